@@ -1,0 +1,5 @@
+//! The `ringdb` command line.
+
+fn main() {
+    println!("ringdb");
+}

@@ -1,0 +1,11 @@
+//! The storage engine: an LSM tree on one data directory.
+//!
+//! Layers, bottom up: the commit log ([`commitlog`]) makes writes durable;
+//! the memtable ([`memtable`]) holds recent writes in order; SSTables
+//! ([`sstable`]) are immutable sorted files; the manifest ([`manifest`]) names
+//! the live files; the engine ([`engine`]) ties them together, merges versions
+//! on reads and compacts in the background.
+
+pub mod error;
+
+pub use error::{Result, StorageError};
