@@ -1,0 +1,433 @@
+//! Row versions, sibling sets and their merge.
+//!
+//! A [`RowState`] is everything a replica knows about one row: the versions
+//! that no known write has superseded (siblings) and the set of every dot it
+//! has seen (its causal context). Merging two states keeps a version when
+//! both sides have it, or when the other side has never seen its dot:
+//!
+//! ```text
+//! join((V1, C1), (V2, C2)) = ((V1 ∩ V2) ∪ {v ∈ V1 | v.dot ∉ C2} ∪ {v ∈ V2 | v.dot ∉ C1}, C1 ∪ C2)
+//! ```
+//!
+//! This is a join-semilattice (commutative, associative, idempotent) for any
+//! inputs, so replicas, the memtable, SSTables and compaction can merge in
+//! any order and agree. Concurrent versions are never dropped: only a state
+//! that has seen a version's dot, and does not hold the version any more,
+//! removes it.
+//!
+//! A [`PartitionHeader`] holds a partition's deletion and its range
+//! tombstones; its merge is a maximum and a set union.
+
+use super::dots::{Dot, DotSet, NodeId};
+use super::hlc::Timestamp;
+use cql_lite::Value;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// The content of a cell: a value or a deletion.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum CellValue {
+    /// A live value.
+    Live(Value),
+    /// A deletion of the column (written by `DELETE col` or `SET col = null`).
+    Deleted,
+}
+
+/// One column's cell: its content, write timestamp and optional expiry.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct Cell {
+    /// Write timestamp (HLC, or the client's `USING TIMESTAMP`).
+    pub ts: Timestamp,
+    /// Value or deletion.
+    pub value: CellValue,
+    /// Wall-clock millisecond at which the cell expires (TTL), if any.
+    pub expires_at: Option<u64>,
+}
+
+impl Cell {
+    /// Whether `self` wins over `other` for the same column: the higher
+    /// timestamp wins; at equal timestamps a deletion wins, then an expiring
+    /// cell over a non-expiring one, then the greater value (Cassandra's
+    /// rules), so every replica picks the same cell.
+    pub fn wins_over(&self, other: &Cell) -> bool {
+        self.rank() > other.rank()
+    }
+
+    fn rank(&self) -> (Timestamp, bool, Option<u64>, Option<&Value>) {
+        let live = match &self.value {
+            CellValue::Live(v) => Some(v),
+            CellValue::Deleted => None,
+        };
+        (self.ts, live.is_none(), self.expires_at, live)
+    }
+
+    /// Whether the cell reads as a value at wall-clock time `now_ms`.
+    pub fn is_live(&self, now_ms: u64) -> bool {
+        matches!(self.value, CellValue::Live(_)) && self.expires_at.is_none_or(|e| now_ms < e)
+    }
+}
+
+/// The row marker of an INSERT: the row exists even when all its regular
+/// columns are null (an UPDATE writes no marker).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct Liveness {
+    /// Write timestamp.
+    pub ts: Timestamp,
+    /// Wall-clock expiry in milliseconds, if the INSERT had a TTL.
+    pub expires_at: Option<u64>,
+}
+
+/// One version of a row: a set of cells plus the dot that names it.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct RowVersion {
+    /// The write that made this version.
+    pub dot: Dot,
+    /// The INSERT row marker, if any.
+    pub marker: Option<Liveness>,
+    /// A row deletion: cells and markers at or below this timestamp are dead.
+    pub deleted_at: Option<Timestamp>,
+    /// Cells by column name.
+    pub cells: BTreeMap<String, Cell>,
+}
+
+impl RowVersion {
+    /// Smallest and largest timestamp in the version.
+    pub fn ts_bounds(&self) -> Option<(Timestamp, Timestamp)> {
+        let all = self
+            .cells
+            .values()
+            .map(|c| c.ts)
+            .chain(self.marker.map(|m| m.ts))
+            .chain(self.deleted_at);
+        all.fold(None, |acc, ts| match acc {
+            None => Some((ts, ts)),
+            Some((lo, hi)) => Some((lo.min(ts), hi.max(ts))),
+        })
+    }
+}
+
+/// A write to one row, before it is stamped with a dot.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct RowWrite {
+    /// The write's timestamp.
+    pub ts: Timestamp,
+    /// An INSERT sets the row marker (with the TTL's expiry, if any).
+    pub insert_marker: Option<Option<u64>>,
+    /// A `DELETE FROM t WHERE <full primary key>`.
+    pub delete_row: bool,
+    /// Columns written: value or deletion, with optional expiry.
+    pub cells: Vec<(String, CellValue, Option<u64>)>,
+}
+
+/// Everything a replica knows of one row: its siblings and causal context.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RowState {
+    versions: Vec<RowVersion>,
+    context: DotSet,
+}
+
+/// A row as a reader sees it, after resolving siblings and tombstones.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ResolvedRow {
+    /// Live columns: value, write timestamp and expiry.
+    pub cells: BTreeMap<String, Cell>,
+    /// Whether the row has more than one sibling version.
+    pub conflict: bool,
+}
+
+impl RowState {
+    /// A state holding exactly these versions, having seen `context` (the
+    /// versions' own dots are added to it).
+    pub fn from_parts(mut versions: Vec<RowVersion>, mut context: DotSet) -> RowState {
+        versions.sort();
+        versions.dedup_by(|a, b| a.dot == b.dot);
+        for v in &versions {
+            context.insert(v.dot);
+        }
+        RowState { versions, context }
+    }
+
+    /// The sibling versions, ordered by dot.
+    pub fn versions(&self) -> &[RowVersion] {
+        &self.versions
+    }
+
+    /// Every dot this state has seen.
+    pub fn context(&self) -> &DotSet {
+        &self.context
+    }
+
+    /// True when nothing is known of the row.
+    pub fn is_empty(&self) -> bool {
+        self.versions.is_empty() && self.context.is_empty()
+    }
+
+    /// The merge of two states (see the module documentation).
+    pub fn join(&self, other: &RowState) -> RowState {
+        let mut versions = Vec::with_capacity(self.versions.len().max(other.versions.len()));
+        let (mut i, mut j) = (0, 0);
+        while i < self.versions.len() || j < other.versions.len() {
+            let a = self.versions.get(i);
+            let b = other.versions.get(j);
+            match (a, b) {
+                (Some(a), Some(b)) if a.dot == b.dot => {
+                    // The same write on both sides: identical unless a bug or
+                    // bit rot made them differ; pick deterministically.
+                    versions.push(if a >= b { a.clone() } else { b.clone() });
+                    i += 1;
+                    j += 1;
+                }
+                (Some(a), b) if b.is_none_or(|b| a.dot < b.dot) => {
+                    if !other.context.contains(a.dot) {
+                        versions.push(a.clone());
+                    }
+                    i += 1;
+                }
+                (_, Some(b)) => {
+                    if !self.context.contains(b.dot) {
+                        versions.push(b.clone());
+                    }
+                    j += 1;
+                }
+                (Some(_), None) | (None, None) => {
+                    unreachable!("loop condition and guards cover these")
+                }
+            }
+        }
+        let mut context = self.context.clone();
+        context.union_with(&other.context);
+        RowState { versions, context }
+    }
+
+    /// Stamps a write at `node`, returning the delta to apply locally and to
+    /// send to the other replicas.
+    ///
+    /// `client_context` is the causal context the client read; the new
+    /// version supersedes exactly the versions in it. Without one, the node's
+    /// own context for the row is used, so blind writes through one replica
+    /// form a chain. The new version carries forward the cells of the
+    /// versions it supersedes that it does not overwrite.
+    pub fn stamp(
+        &self,
+        node: NodeId,
+        client_context: Option<&DotSet>,
+        write: &RowWrite,
+    ) -> RowState {
+        let seen = client_context.unwrap_or(&self.context);
+        let counter = self.context.max_counter(node).max(seen.max_counter(node)) + 1;
+        let dot = Dot { node, counter };
+        let mut version = RowVersion {
+            dot,
+            marker: None,
+            deleted_at: None,
+            cells: BTreeMap::new(),
+        };
+        for old in self.versions.iter().filter(|v| seen.contains(v.dot)) {
+            merge_version_content(&mut version, old);
+        }
+        let written = RowVersion {
+            dot,
+            marker: write.insert_marker.map(|expires_at| Liveness {
+                ts: write.ts,
+                expires_at,
+            }),
+            deleted_at: write.delete_row.then_some(write.ts),
+            cells: write
+                .cells
+                .iter()
+                .map(|(name, value, expires_at)| {
+                    let cell = Cell {
+                        ts: write.ts,
+                        value: value.clone(),
+                        expires_at: *expires_at,
+                    };
+                    (name.clone(), cell)
+                })
+                .collect(),
+        };
+        merge_version_content(&mut version, &written);
+        let mut context = seen.clone();
+        context.insert(dot);
+        RowState {
+            versions: vec![version],
+            context,
+        }
+    }
+
+    /// Resolves the siblings into what a reader sees at wall-clock `now_ms`,
+    /// after a shadowing deletion at `shadowed_at` (partition or range
+    /// tombstone). `None` when the row does not exist.
+    pub fn resolve(&self, shadowed_at: Option<Timestamp>, now_ms: u64) -> Option<ResolvedRow> {
+        if self.versions.is_empty() {
+            return None;
+        }
+        let mut merged = self.versions[0].clone();
+        for v in &self.versions[1..] {
+            merge_version_content(&mut merged, v);
+        }
+        let deleted_at = merged.deleted_at.max(shadowed_at);
+        let alive = |ts: Timestamp| deleted_at.is_none_or(|d| ts > d);
+        let cells: BTreeMap<String, Cell> = merged
+            .cells
+            .into_iter()
+            .filter(|(_, c)| c.is_live(now_ms) && alive(c.ts))
+            .collect();
+        let marker_live = merged
+            .marker
+            .is_some_and(|m| alive(m.ts) && m.expires_at.is_none_or(|e| now_ms < e));
+        if cells.is_empty() && !marker_live {
+            return None;
+        }
+        Some(ResolvedRow {
+            cells,
+            conflict: self.versions.len() > 1,
+        })
+    }
+
+    /// Smallest and largest write timestamp over all versions.
+    pub fn ts_bounds(&self) -> Option<(Timestamp, Timestamp)> {
+        self.versions
+            .iter()
+            .filter_map(RowVersion::ts_bounds)
+            .fold(None, |acc, (lo, hi)| match acc {
+                None => Some((lo, hi)),
+                Some((a, b)) => Some((a.min(lo), b.max(hi))),
+            })
+    }
+
+    /// Whether every version is only deletions, all older than
+    /// `purge_before` (and expired TTL cells count as deletions): such a row
+    /// can be dropped by compaction once the grace period has passed.
+    pub fn is_purgeable(&self, purge_before: Timestamp, now_ms: u64) -> bool {
+        self.versions.iter().all(|v| {
+            v.ts_bounds().is_none_or(|(_, hi)| hi < purge_before)
+                && v.cells.values().all(|c| !c.is_live(now_ms))
+                && v.marker
+                    .is_none_or(|m| m.expires_at.is_some_and(|e| e <= now_ms))
+        })
+    }
+}
+
+/// Folds `other`'s content into `into`, column by column, keeping the
+/// winning cell, the newest marker and the latest row deletion. Cells a row
+/// deletion shadows are dropped. Commutative, associative and idempotent on
+/// content, so the order of siblings does not matter.
+fn merge_version_content(into: &mut RowVersion, other: &RowVersion) {
+    for (name, cell) in &other.cells {
+        match into.cells.get(name) {
+            Some(existing) if !cell.wins_over(existing) => {}
+            _ => {
+                into.cells.insert(name.clone(), cell.clone());
+            }
+        }
+    }
+    into.marker = match (into.marker, other.marker) {
+        (Some(a), Some(b)) => Some(a.max(b)),
+        (a, b) => a.or(b),
+    };
+    into.deleted_at = into.deleted_at.max(other.deleted_at);
+    if let Some(deleted) = into.deleted_at {
+        into.cells.retain(|_, c| c.ts > deleted);
+        if into.marker.is_some_and(|m| m.ts <= deleted) {
+            into.marker = None;
+        }
+    }
+}
+
+/// One end of a range of encoded clustering keys (like `std::ops::Bound`,
+/// but ordered, so range tombstones can be kept sorted).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum KeyBound {
+    /// No limit on this side.
+    Unbounded,
+    /// The key itself is in the range.
+    Included(Vec<u8>),
+    /// The key itself is not in the range.
+    Excluded(Vec<u8>),
+}
+
+/// A deletion of a range of clustering keys in one partition.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct RangeTombstone {
+    /// Lower bound on the encoded clustering key.
+    pub start: KeyBound,
+    /// Upper bound on the encoded clustering key.
+    pub end: KeyBound,
+    /// Deletion timestamp: cells at or below it in the range are dead.
+    pub ts: Timestamp,
+}
+
+impl RangeTombstone {
+    /// Whether the encoded clustering key lies in the range.
+    pub fn covers(&self, clustering: &[u8]) -> bool {
+        let above = match &self.start {
+            KeyBound::Included(s) => clustering >= s.as_slice(),
+            KeyBound::Excluded(s) => clustering > s.as_slice(),
+            KeyBound::Unbounded => true,
+        };
+        let below = match &self.end {
+            KeyBound::Included(e) => clustering <= e.as_slice(),
+            KeyBound::Excluded(e) => clustering < e.as_slice(),
+            KeyBound::Unbounded => true,
+        };
+        above && below
+    }
+}
+
+/// A partition's deletions: a partition tombstone and range tombstones.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PartitionHeader {
+    /// Partition deletion: every cell at or below it is dead.
+    pub deleted_at: Option<Timestamp>,
+    /// Range tombstones, sorted and without duplicates.
+    pub ranges: Vec<RangeTombstone>,
+}
+
+impl PartitionHeader {
+    /// The merge of two headers: the later deletion and all ranges.
+    pub fn join(&self, other: &PartitionHeader) -> PartitionHeader {
+        let mut ranges: Vec<RangeTombstone> =
+            self.ranges.iter().chain(&other.ranges).cloned().collect();
+        ranges.sort();
+        ranges.dedup();
+        PartitionHeader {
+            deleted_at: self.deleted_at.max(other.deleted_at),
+            ranges,
+        }
+    }
+
+    /// The latest deletion that covers a row with this encoded clustering key.
+    pub fn shadow_for(&self, clustering: &[u8]) -> Option<Timestamp> {
+        self.ranges
+            .iter()
+            .filter(|r| r.covers(clustering))
+            .map(|r| r.ts)
+            .max()
+            .max(self.deleted_at)
+    }
+
+    /// Smallest and largest timestamp.
+    pub fn ts_bounds(&self) -> Option<(Timestamp, Timestamp)> {
+        self.deleted_at
+            .into_iter()
+            .chain(self.ranges.iter().map(|r| r.ts))
+            .fold(None, |acc, ts| match acc {
+                None => Some((ts, ts)),
+                Some((lo, hi)) => Some((lo.min(ts), hi.max(ts))),
+            })
+    }
+
+    /// Drops deletions older than `purge_before`; `None` if nothing is left.
+    pub fn purge(&self, purge_before: Timestamp) -> Option<PartitionHeader> {
+        let header = PartitionHeader {
+            deleted_at: self.deleted_at.filter(|d| *d >= purge_before),
+            ranges: self
+                .ranges
+                .iter()
+                .filter(|r| r.ts >= purge_before)
+                .cloned()
+                .collect(),
+        };
+        (header.deleted_at.is_some() || !header.ranges.is_empty()).then_some(header)
+    }
+}

@@ -1,0 +1,245 @@
+//! Property tests of the merge laws and of stamping.
+
+use super::*;
+use cql_lite::Value;
+use proptest::prelude::*;
+use std::collections::BTreeMap;
+
+/// A fixed version for every dot: in a real cluster a dot names exactly one
+/// write, so two states that hold the same dot hold the same version.
+fn version_for(dot: Dot, seed: u64) -> RowVersion {
+    let mix = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(dot.node.0 * 31 + dot.counter);
+    let mut cells = BTreeMap::new();
+    for col in 0..3u64 {
+        if (mix >> col) & 1 == 1 {
+            let value = if (mix >> (col + 8)) & 3 == 0 {
+                CellValue::Deleted
+            } else {
+                CellValue::Live(Value::BigInt(((mix >> 16) % 5) as i64))
+            };
+            let cell = Cell {
+                ts: Timestamp((mix >> (col * 3 + 20)) % 6),
+                value,
+                expires_at: ((mix >> 40) & 1 == 1).then_some((mix >> 41) % 4),
+            };
+            cells.insert(format!("c{col}"), cell);
+        }
+    }
+    RowVersion {
+        dot,
+        marker: ((mix >> 5) & 1 == 1).then_some(row::Liveness {
+            ts: Timestamp((mix >> 50) % 6),
+            expires_at: None,
+        }),
+        deleted_at: ((mix >> 6) & 3 == 0).then_some(Timestamp((mix >> 55) % 6)),
+        cells,
+    }
+}
+
+fn dot_strategy() -> impl Strategy<Value = Dot> {
+    (0u64..3, 1u64..5).prop_map(|(n, c)| Dot {
+        node: NodeId(n),
+        counter: c,
+    })
+}
+
+fn state_strategy(seed: u64) -> impl Strategy<Value = RowState> {
+    (
+        proptest::collection::vec(dot_strategy(), 0..5),
+        proptest::collection::vec(dot_strategy(), 0..6),
+    )
+        .prop_map(move |(held, seen)| {
+            let versions = held.iter().map(|d| version_for(*d, seed)).collect();
+            RowState::from_parts(versions, seen.into_iter().collect())
+        })
+}
+
+fn three_states() -> impl Strategy<Value = (RowState, RowState, RowState)> {
+    any::<u64>().prop_flat_map(|seed| {
+        (
+            state_strategy(seed),
+            state_strategy(seed),
+            state_strategy(seed),
+        )
+    })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(512))]
+
+    #[test]
+    fn join_is_commutative((a, b, _c) in three_states()) {
+        prop_assert_eq!(a.join(&b), b.join(&a));
+    }
+
+    #[test]
+    fn join_is_associative((a, b, c) in three_states()) {
+        prop_assert_eq!(a.join(&b).join(&c), a.join(&b.join(&c)));
+    }
+
+    #[test]
+    fn join_is_idempotent((a, b, _c) in three_states()) {
+        prop_assert_eq!(a.join(&a), a.clone());
+        let ab = a.join(&b);
+        prop_assert_eq!(ab.join(&b), ab.clone());
+    }
+
+    #[test]
+    fn join_drops_only_versions_the_other_side_superseded((a, b, _c) in three_states()) {
+        let ab = a.join(&b);
+        for v in a.versions() {
+            let kept = ab.versions().iter().any(|x| x.dot == v.dot);
+            let superseded = b.context().contains(v.dot) && !b.versions().iter().any(|x| x.dot == v.dot);
+            prop_assert_eq!(kept, !superseded);
+        }
+        for d in a.context().vector().iter().flat_map(|(n, c)| (1..=*c).map(move |c| Dot { node: *n, counter: c })) {
+            prop_assert!(ab.context().contains(d));
+        }
+    }
+
+    #[test]
+    fn resolution_does_not_depend_on_merge_order((a, b, c) in three_states(), now in 0u64..5) {
+        let x = a.join(&b).join(&c);
+        let y = c.join(&a).join(&b);
+        prop_assert_eq!(x.resolve(None, now), y.resolve(None, now));
+    }
+
+    #[test]
+    fn entries_round_trip_through_the_codec((a, _b, _c) in three_states()) {
+        let entry = Entry::Row(a);
+        prop_assert_eq!(Entry::decode(&entry.encode()).unwrap(), entry);
+    }
+
+    #[test]
+    fn decoding_garbage_is_an_error_not_a_panic(bytes in proptest::collection::vec(any::<u8>(), 0..64)) {
+        let _ = Entry::decode(&bytes);
+    }
+
+    #[test]
+    fn header_join_laws(
+        a in proptest::option::of(0u64..5), b in proptest::option::of(0u64..5), c in proptest::option::of(0u64..5),
+        ra in proptest::collection::vec((0u8..4, 0u8..4, 0u64..5), 0..3),
+        rb in proptest::collection::vec((0u8..4, 0u8..4, 0u64..5), 0..3),
+    ) {
+        let make = |d: Option<u64>, rs: &[(u8, u8, u64)]| {
+            let mut ranges: Vec<RangeTombstone> = rs.iter().map(|(s, e, t)| RangeTombstone {
+                start: row::KeyBound::Included(vec![*s]),
+                end: row::KeyBound::Excluded(vec![*e]),
+                ts: Timestamp(*t),
+            }).collect();
+            ranges.sort();
+            ranges.dedup();
+            PartitionHeader { deleted_at: d.map(Timestamp), ranges }
+        };
+        let (x, y, z) = (make(a, &ra), make(b, &rb), make(c, &[]));
+        prop_assert_eq!(x.join(&y), y.join(&x));
+        prop_assert_eq!(x.join(&y).join(&z), x.join(&y.join(&z)));
+        prop_assert_eq!(x.join(&x), x.clone());
+    }
+}
+
+fn write(ts: u64, cells: &[(&str, i64)]) -> RowWrite {
+    RowWrite {
+        ts: Timestamp(ts),
+        insert_marker: None,
+        delete_row: false,
+        cells: cells
+            .iter()
+            .map(|(n, v)| (n.to_string(), CellValue::Live(Value::BigInt(*v)), None))
+            .collect(),
+    }
+}
+
+fn value_of(row: &ResolvedRow, col: &str) -> Option<i64> {
+    match row.cells.get(col).map(|c| &c.value) {
+        Some(CellValue::Live(Value::BigInt(v))) => Some(*v),
+        _ => None,
+    }
+}
+
+#[test]
+fn blind_writes_through_one_replica_form_a_chain() {
+    let a = NodeId(1);
+    let mut state = RowState::default();
+    for i in 0..5 {
+        let delta = state.stamp(a, None, &write(10 + i, &[("x", i as i64)]));
+        state = state.join(&delta);
+        assert_eq!(state.versions().len(), 1, "no siblings from one replica");
+    }
+    let row = state.resolve(None, 0).unwrap();
+    assert_eq!(value_of(&row, "x"), Some(4));
+    assert!(!row.conflict);
+}
+
+#[test]
+fn concurrent_writes_become_siblings_and_a_later_write_supersedes_both() {
+    let (a, b) = (NodeId(1), NodeId(2));
+    let base = RowState::default().stamp(a, None, &write(1, &[("x", 1), ("y", 1)]));
+    // Both replicas hold the base, then stamp concurrently (a partition).
+    let on_a = base.join(&base.stamp(a, None, &write(5, &[("x", 2)])));
+    let on_b = base.join(&base.stamp(b, None, &write(6, &[("y", 3)])));
+    let healed = on_a.join(&on_b);
+    assert_eq!(healed.versions().len(), 2, "both concurrent writes survive");
+    let row = healed.resolve(None, 0).unwrap();
+    assert!(row.conflict);
+    assert_eq!(value_of(&row, "x"), Some(2));
+    assert_eq!(value_of(&row, "y"), Some(3));
+    // A client reads the merged context and writes: it supersedes both, and
+    // carries forward the cells it did not write.
+    let ctx = healed.context().clone();
+    let resolved = healed.join(&healed.stamp(a, Some(&ctx), &write(7, &[("z", 9)])));
+    assert_eq!(resolved.versions().len(), 1);
+    let row = resolved.resolve(None, 0).unwrap();
+    assert!(!row.conflict);
+    assert_eq!(
+        (
+            value_of(&row, "x"),
+            value_of(&row, "y"),
+            value_of(&row, "z")
+        ),
+        (Some(2), Some(3), Some(9))
+    );
+    // A replica that only saw one side converges to the same state.
+    assert_eq!(on_b.join(&resolved), resolved.join(&on_a).join(&on_b));
+}
+
+#[test]
+fn a_write_with_an_old_context_leaves_unseen_versions_as_siblings() {
+    let a = NodeId(1);
+    let first = RowState::default().stamp(a, None, &write(1, &[("x", 1)]));
+    let old_ctx = first.context().clone();
+    let second = first.join(&first.stamp(a, None, &write(2, &[("x", 2)])));
+    let third = second.join(&second.stamp(a, Some(&old_ctx), &write(3, &[("x", 3)])));
+    assert_eq!(third.versions().len(), 2, "the write did not see version 2");
+}
+
+#[test]
+fn deletes_and_ttl_shadow_older_cells() {
+    let a = NodeId(1);
+    let mut s = RowState::default().stamp(a, None, &write(10, &[("x", 1), ("y", 1)]));
+    let del = RowWrite {
+        ts: Timestamp(20),
+        delete_row: true,
+        ..RowWrite::default()
+    };
+    s = s.join(&s.stamp(a, None, &del));
+    assert_eq!(s.resolve(None, 0), None);
+    s = s.join(&s.stamp(a, None, &write(30, &[("y", 2)])));
+    let row = s.resolve(None, 0).unwrap();
+    assert_eq!((value_of(&row, "x"), value_of(&row, "y")), (None, Some(2)));
+    assert_eq!(
+        s.resolve(Some(Timestamp(30)), 0),
+        None,
+        "partition tombstone at 30 shadows"
+    );
+    let ttl = RowWrite {
+        ts: Timestamp(40),
+        cells: vec![("z".into(), CellValue::Live(Value::BigInt(5)), Some(1_000))],
+        ..RowWrite::default()
+    };
+    s = s.join(&s.stamp(a, None, &ttl));
+    assert_eq!(value_of(&s.resolve(None, 999).unwrap(), "z"), Some(5));
+    assert_eq!(value_of(&s.resolve(None, 1_000).unwrap(), "z"), None);
+}
