@@ -284,6 +284,31 @@ impl RowState {
         })
     }
 
+    /// The same state with every cell, marker and row deletion at or below
+    /// `shadow` removed: what compaction keeps when it drops the partition
+    /// or range tombstone at `shadow` that made them dead.
+    pub fn without_content_at_or_below(&self, shadow: Timestamp) -> RowState {
+        let versions = self
+            .versions
+            .iter()
+            .map(|v| RowVersion {
+                dot: v.dot,
+                marker: v.marker.filter(|m| m.ts > shadow),
+                deleted_at: v.deleted_at.filter(|d| *d > shadow),
+                cells: v
+                    .cells
+                    .iter()
+                    .filter(|(_, c)| c.ts > shadow)
+                    .map(|(n, c)| (n.clone(), c.clone()))
+                    .collect(),
+            })
+            .collect();
+        RowState {
+            versions,
+            context: self.context.clone(),
+        }
+    }
+
     /// Smallest and largest write timestamp over all versions.
     pub fn ts_bounds(&self) -> Option<(Timestamp, Timestamp)> {
         self.versions

@@ -6,7 +6,13 @@
 //! the live files; the engine ([`engine`]) ties them together, merges versions
 //! on reads and compacts in the background.
 
+pub mod commitlog;
+pub mod compaction;
+pub mod engine;
 pub mod error;
+pub mod iter;
+pub mod manifest;
+pub mod memtable;
 pub mod sstable;
 
 pub use error::{Result, StorageError};

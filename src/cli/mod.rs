@@ -1,0 +1,3 @@
+//! Subcommands of the `ringdb` binary (the CLI edge: errors are `anyhow`).
+
+pub mod crash_writer;

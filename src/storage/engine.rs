@@ -1,0 +1,920 @@
+//! The engine: commit log, memtables, SSTables and manifest on one data
+//! directory, with background flush and compaction.
+//!
+//! Layout of a data directory:
+//!
+//! ```text
+//! <dir>/commitlog/commitlog-<id>.log   commit-log segments
+//! <dir>/tables/<id>.sst                SSTables
+//! <dir>/CURRENT, <dir>/MANIFEST-<n>    the manifest (live tables, flushed log position)
+//! ```
+//!
+//! Writes: a batch of `(key, entry)` deltas is appended to the commit log as
+//! one record (durable per the sync mode), then merged into the active
+//! memtable. A full memtable is frozen, the log rolls to a new segment, and
+//! the flush thread writes the frozen memtable to an SSTable, records it in
+//! the manifest with the log position it covers, and deletes the log
+//! segments it made redundant.
+//!
+//! Reads merge the memtables and every SSTable that may hold the key (key
+//! range, bloom filter on the partition, clustering bounds) with the model's
+//! join, so the order of sources never matters.
+
+use super::commitlog::{CommitLog, CommitLogOptions, SegmentId, SyncMode};
+use super::compaction::{CompactionStrategy, TableStats};
+use super::iter::{hex, MemtableRange, MergeIter, Source};
+use super::manifest::{Manifest, ManifestEdit, TableRecord};
+use super::memtable::Memtable;
+use super::sstable::{BlockCache, SsTable, SsTableOptions, SsTableWriter};
+use super::{Result, StorageError};
+use crate::model::key::{self, KeyKind};
+use crate::model::{Entry, PartitionHeader, ResolvedRow, RowState, SystemClock, Timestamp, WallClock};
+use parking_lot::{Condvar, Mutex, RwLock};
+use std::collections::VecDeque;
+use std::ops::Bound;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+/// Settings of one engine.
+#[derive(Debug, Clone)]
+pub struct EngineOptions {
+    /// When a write is acknowledged: after fsync (`Batch`) or periodically.
+    pub sync_mode: SyncMode,
+    /// Commit-log segment size before rolling.
+    pub segment_size: u64,
+    /// Memtable size that triggers a flush.
+    pub memtable_bytes: usize,
+    /// Frozen memtables waiting for flush before writers are slowed down.
+    pub max_frozen_memtables: usize,
+    /// SSTable block size and bloom filter density.
+    pub sstable: SsTableOptions,
+    /// Shared cache of decoded SSTable blocks.
+    pub block_cache_bytes: usize,
+    /// Which tables compaction merges.
+    pub compaction: CompactionStrategy,
+    /// How long tombstones are kept before compaction may purge them.
+    pub gc_grace: Duration,
+    /// Wall clock for TTL expiry and tombstone purging.
+    pub clock: Arc<dyn WallClock>,
+    /// Flush and compact in background threads (tests may turn this off and
+    /// call [`Engine::flush`] and [`Engine::compact`] themselves).
+    pub background: bool,
+}
+
+impl Default for EngineOptions {
+    fn default() -> Self {
+        EngineOptions {
+            sync_mode: SyncMode::Batch,
+            segment_size: 64 << 20,
+            memtable_bytes: 64 << 20,
+            max_frozen_memtables: 4,
+            sstable: SsTableOptions::default(),
+            block_cache_bytes: 64 << 20,
+            compaction: CompactionStrategy::default(),
+            gc_grace: Duration::from_secs(10 * 24 * 3600),
+            clock: Arc::new(SystemClock),
+            background: true,
+        }
+    }
+}
+
+/// Byte counters, for write amplification and monitoring.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct EngineStats {
+    /// Bytes of keys and encoded entries written by callers.
+    pub ingested_bytes: u64,
+    /// Bytes written to the commit log.
+    pub log_bytes: u64,
+    /// Bytes written to SSTables by flushes.
+    pub flush_bytes: u64,
+    /// Bytes written to SSTables by compactions.
+    pub compaction_bytes: u64,
+    /// Live SSTables.
+    pub sstables: usize,
+    /// Bytes of live SSTables.
+    pub sstable_bytes: u64,
+    /// Memtables not yet flushed (active and frozen).
+    pub memtables: usize,
+    /// Compactions run.
+    pub compactions: u64,
+}
+
+/// One row of a partition slice.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SliceRow {
+    /// Encoded clustering key.
+    pub clustering: Vec<u8>,
+    /// All versions the replica holds (for causal contexts and repair).
+    pub state: RowState,
+    /// What a reader sees.
+    pub row: ResolvedRow,
+}
+
+/// Result of a partition slice read.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct PartitionSlice {
+    /// The partition's deletions.
+    pub header: PartitionHeader,
+    /// Live rows in the requested order.
+    pub rows: Vec<SliceRow>,
+}
+
+struct Frozen {
+    mem: Arc<Memtable>,
+    /// Every record of this memtable is in a log segment below this id.
+    log_before: SegmentId,
+}
+
+struct LiveTable {
+    record: TableRecord,
+    table: Arc<SsTable>,
+}
+
+/// An immutable view of the engine's sources, swapped on flush/compaction.
+struct Snapshot {
+    active: Arc<Memtable>,
+    /// Oldest first.
+    frozen: VecDeque<Arc<Frozen>>,
+    /// Newest first.
+    tables: Vec<Arc<LiveTable>>,
+}
+
+struct Inner {
+    dir: PathBuf,
+    opts: EngineOptions,
+    log: CommitLog,
+    manifest: Mutex<Manifest>,
+    snapshot: RwLock<Arc<Snapshot>>,
+    /// Writers hold it shared across log append and memtable apply; a
+    /// memtable switch holds it exclusively, so every record lands in a
+    /// memtable whose log segments are still live.
+    switch_lock: RwLock<()>,
+    flush_lock: Mutex<()>,
+    compaction_lock: Mutex<()>,
+    row_locks: Vec<Mutex<()>>,
+    cache: Arc<BlockCache>,
+    work: Mutex<bool>,
+    work_ready: Condvar,
+    flushed: Condvar,
+    flushed_mutex: Mutex<()>,
+    shutdown: AtomicBool,
+    failure: Mutex<Option<String>>,
+    recovery_problems: Vec<String>,
+    ingested: AtomicU64,
+    flush_bytes: AtomicU64,
+    compaction_bytes: AtomicU64,
+    compactions: AtomicU64,
+}
+
+/// An LSM storage engine on one data directory. Cheap to share: clone the
+/// `Arc<Engine>`; dropping the last handle stops background work.
+pub struct Engine {
+    inner: Arc<Inner>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+const ROW_LOCK_STRIPES: usize = 256;
+
+impl Engine {
+    /// Opens (creating if needed) the engine in `dir` and replays its log.
+    pub fn open(dir: &Path, opts: EngineOptions) -> Result<Engine> {
+        let tables_dir = dir.join("tables");
+        std::fs::create_dir_all(&tables_dir).map_err(|e| StorageError::io(&tables_dir, e))?;
+        let (manifest, state) = Manifest::open(dir)?;
+        remove_orphans(&tables_dir, |id| state.live_tables.contains_key(&id))?;
+        let cache = BlockCache::new(opts.block_cache_bytes);
+        let mut tables = Vec::new();
+        for record in state.live_tables.values() {
+            let table = SsTable::open(&table_path(dir, record.file_id), Some(cache.clone()))?;
+            tables.push(Arc::new(LiveTable {
+                record: record.clone(),
+                table,
+            }));
+        }
+        tables.sort_by_key(|t| std::cmp::Reverse(t.record.file_id));
+        let log_opts = CommitLogOptions {
+            sync_mode: opts.sync_mode.clone(),
+            segment_size: opts.segment_size,
+        };
+        let log_dir = dir.join("commitlog");
+        let (log, replay) = CommitLog::open(&log_dir, SegmentId(state.log_flushed_before), log_opts)?;
+        for problem in &replay.problems {
+            tracing::warn!(%problem, "commit log damage found on replay");
+        }
+        let active = Arc::new(Memtable::new());
+        for (segment, record) in &replay.records {
+            match decode_record(record) {
+                Ok(mutations) => {
+                    for (k, entry, len) in mutations {
+                        active
+                            .apply(&k, entry, len)
+                            .map_err(|e| StorageError::Codec(format!("replaying key {}: {e}", hex(&k))))?;
+                    }
+                }
+                Err(reason) => tracing::warn!(?segment, %reason, "skipping undecodable commit log record"),
+            }
+        }
+        let inner = Arc::new(Inner {
+            dir: dir.to_path_buf(),
+            log,
+            manifest: Mutex::new(manifest),
+            snapshot: RwLock::new(Arc::new(Snapshot {
+                active,
+                frozen: VecDeque::new(),
+                tables,
+            })),
+            switch_lock: RwLock::new(()),
+            flush_lock: Mutex::new(()),
+            compaction_lock: Mutex::new(()),
+            row_locks: (0..ROW_LOCK_STRIPES).map(|_| Mutex::new(())).collect(),
+            cache,
+            work: Mutex::new(false),
+            work_ready: Condvar::new(),
+            flushed: Condvar::new(),
+            flushed_mutex: Mutex::new(()),
+            shutdown: AtomicBool::new(false),
+            failure: Mutex::new(None),
+            recovery_problems: replay.problems.iter().map(|p| p.to_string()).collect(),
+            ingested: AtomicU64::new(0),
+            flush_bytes: AtomicU64::new(0),
+            compaction_bytes: AtomicU64::new(0),
+            compactions: AtomicU64::new(0),
+            opts,
+        });
+        let mut threads = Vec::new();
+        if inner.opts.background {
+            let bg = inner.clone();
+            let handle = std::thread::Builder::new()
+                .name("ringdb-lsm".into())
+                .spawn(move || bg.background_loop())
+                .map_err(|e| StorageError::io(dir, e))?;
+            threads.push(handle);
+            inner.wake_background();
+        }
+        Ok(Engine { inner, threads })
+    }
+
+    /// Damage found in the commit log when the engine opened (each names
+    /// the file and offset); the records around it were recovered.
+    pub fn recovery_problems(&self) -> &[String] {
+        &self.inner.recovery_problems
+    }
+
+    /// The data directory.
+    pub fn dir(&self) -> &Path {
+        &self.inner.dir
+    }
+
+    /// Merges one entry into the row or header at `key`, durably.
+    pub fn write(&self, key: &[u8], entry: Entry) -> Result<()> {
+        self.write_batch(&[(key.to_vec(), entry)])
+    }
+
+    /// Merges several entries atomically: after a crash, all or none are
+    /// there.
+    pub fn write_batch(&self, mutations: &[(Vec<u8>, Entry)]) -> Result<()> {
+        self.inner.check_open()?;
+        let mut encoded = Vec::with_capacity(mutations.len());
+        for (k, entry) in mutations {
+            check_key(k, entry)?;
+            encoded.push(entry.encode());
+        }
+        let record = encode_record(mutations.iter().map(|(k, _)| k.as_slice()).zip(encoded.iter()));
+        self.inner.wait_for_flush_capacity();
+        {
+            let _shared = self.inner.switch_lock.read();
+            self.inner.log.append(&record)?;
+            let active = self.inner.snapshot.read().active.clone();
+            for ((k, entry), bytes) in mutations.iter().zip(&encoded) {
+                active
+                    .apply(k, entry.clone(), bytes.len())
+                    .map_err(|e| StorageError::Codec(format!("key {}: {e}", hex(k))))?;
+            }
+        }
+        self.inner
+            .ingested
+            .fetch_add(record.len() as u64, Ordering::Relaxed);
+        self.inner.maybe_switch()?;
+        Ok(())
+    }
+
+    /// Reads the current state of a row and writes the delta `f` computes
+    /// from it, atomically with respect to other `update_row` calls on the
+    /// same key (a replica stamping a write). Returns the delta.
+    pub fn update_row<F>(&self, key: &[u8], f: F) -> Result<RowState>
+    where
+        F: FnOnce(&RowState) -> RowState,
+    {
+        let stripe = (crate::model::key::token_of(key) as usize) % ROW_LOCK_STRIPES;
+        let _row = self.inner.row_locks[stripe].lock();
+        let current = match self.get(key)? {
+            Some(Entry::Row(r)) => r,
+            Some(Entry::Header(_)) => {
+                return Err(StorageError::InvalidKey(format!("{} is a partition header key", hex(key))))
+            }
+            None => RowState::default(),
+        };
+        let delta = f(&current);
+        self.write(key, Entry::Row(delta.clone()))?;
+        Ok(delta)
+    }
+
+    /// The merged entry at `key` from every source.
+    pub fn get(&self, key: &[u8]) -> Result<Option<Entry>> {
+        let kind = key::classify(key).map_err(|e| StorageError::InvalidKey(e.to_string()))?;
+        let partition = &key[..kind.partition_len()];
+        let snap = self.inner.snapshot.read().clone();
+        let mut found: Option<Entry> = None;
+        let mut add = |entry: Entry| -> Result<()> {
+            found = Some(match found.take() {
+                None => entry,
+                Some(acc) => acc
+                    .join(&entry)
+                    .map_err(|e| StorageError::Codec(format!("key {}: {e}", hex(key))))?,
+            });
+            Ok(())
+        };
+        if let Some(e) = snap.active.get(key) {
+            add(e)?;
+        }
+        for frozen in &snap.frozen {
+            if let Some(e) = frozen.mem.get(key) {
+                add(e)?;
+            }
+        }
+        for live in &snap.tables {
+            let meta = live.table.meta();
+            if key < meta.min_key.as_slice() || key > meta.max_key.as_slice() {
+                continue;
+            }
+            if !live.table.may_contain_partition(partition) {
+                continue;
+            }
+            if let Some(bytes) = live.table.get(key)? {
+                add(decode_entry(&bytes, live.table.path(), key)?)?;
+            }
+        }
+        Ok(found)
+    }
+
+    /// A streaming merge of every entry with a key within the bounds,
+    /// ascending or descending. Used for partition slices, token-range
+    /// scans (repair, streaming) and compaction.
+    pub fn scan(&self, lower: Bound<Vec<u8>>, upper: Bound<Vec<u8>>, reverse: bool) -> MergeIter {
+        let snap = self.inner.snapshot.read().clone();
+        let mut sources: Vec<Source> = Vec::new();
+        sources.push(Box::new(MemtableRange::new(
+            snap.active.clone(),
+            lower.clone(),
+            upper.clone(),
+            reverse,
+        )));
+        for frozen in &snap.frozen {
+            sources.push(Box::new(MemtableRange::new(
+                frozen.mem.clone(),
+                lower.clone(),
+                upper.clone(),
+                reverse,
+            )));
+        }
+        for live in &snap.tables {
+            let meta = live.table.meta();
+            if !overlaps(&lower, &upper, &meta.min_key, &meta.max_key) {
+                continue;
+            }
+            sources.push(table_source(&live.table, lower.clone(), upper.clone(), reverse));
+        }
+        MergeIter::new(sources, reverse)
+    }
+
+    /// Every entry whose token lies in `[start, end]`.
+    pub fn scan_tokens(&self, start: key::Token, end: key::Token) -> MergeIter {
+        let upper = match end.checked_add(1) {
+            Some(next) => Bound::Excluded(next.to_be_bytes().to_vec()),
+            None => Bound::Unbounded,
+        };
+        self.scan(Bound::Included(start.to_be_bytes().to_vec()), upper, false)
+    }
+
+    /// Reads one row: its state and the partition header, if any.
+    pub fn read_row(&self, prefix: &[u8], clustering: &[u8]) -> Result<(Option<RowState>, PartitionHeader)> {
+        let header = self.read_header(prefix)?;
+        let row = match self.get(&key::row_key(prefix, clustering))? {
+            Some(Entry::Row(state)) => Some(state),
+            _ => None,
+        };
+        Ok((row, header))
+    }
+
+    /// The merged header (partition and range tombstones) of a partition.
+    pub fn read_header(&self, prefix: &[u8]) -> Result<PartitionHeader> {
+        Ok(match self.get(&key::header_key(prefix))? {
+            Some(Entry::Header(h)) => h,
+            _ => PartitionHeader::default(),
+        })
+    }
+
+    /// Reads live rows of one partition between two bounds on the encoded
+    /// clustering key, in clustering order or reversed, up to `limit` rows.
+    /// A bound is a clustering prefix: `Included(p)` takes every key that
+    /// starts with `p`, `Excluded(p)` none of them.
+    pub fn read_partition(
+        &self,
+        prefix: &[u8],
+        lower: Bound<&[u8]>,
+        upper: Bound<&[u8]>,
+        reverse: bool,
+        limit: Option<usize>,
+    ) -> Result<PartitionSlice> {
+        let header = self.read_header(prefix)?;
+        let lo = match lower {
+            Bound::Unbounded => Bound::Included(key::rows_start(prefix)),
+            Bound::Included(p) => Bound::Included(key::row_key(prefix, p)),
+            Bound::Excluded(p) => match key::prefix_successor(&key::row_key(prefix, p)) {
+                Some(s) => Bound::Included(s),
+                None => return Ok(PartitionSlice { header, rows: vec![] }),
+            },
+        };
+        let hi = match upper {
+            Bound::Unbounded => Bound::Excluded(key::partition_end(prefix)),
+            Bound::Included(p) => match key::prefix_successor(&key::row_key(prefix, p)) {
+                Some(s) => Bound::Excluded(s),
+                None => Bound::Excluded(key::partition_end(prefix)),
+            },
+            Bound::Excluded(p) => Bound::Excluded(key::row_key(prefix, p)),
+        };
+        let now = self.inner.opts.clock.now_millis();
+        let mut rows = Vec::new();
+        let limit = limit.unwrap_or(usize::MAX);
+        if limit == 0 {
+            return Ok(PartitionSlice { header, rows });
+        }
+        for item in self.scan(lo, hi, reverse) {
+            let (k, entry) = item?;
+            let Entry::Row(state) = entry else { continue };
+            let clustering = k[prefix.len() + 1..].to_vec();
+            let shadow = header.shadow_for(&clustering);
+            if let Some(row) = state.resolve(shadow, now) {
+                rows.push(SliceRow { clustering, state, row });
+                if rows.len() >= limit {
+                    break;
+                }
+            }
+        }
+        Ok(PartitionSlice { header, rows })
+    }
+
+    /// Freezes the active memtable and writes every frozen memtable to an
+    /// SSTable before returning.
+    pub fn flush(&self) -> Result<()> {
+        self.inner.check_open()?;
+        self.inner.switch_memtable()?;
+        while self.inner.flush_one()? {}
+        Ok(())
+    }
+
+    /// Runs compactions the strategy asks for until none is due.
+    pub fn compact_due(&self) -> Result<usize> {
+        let mut n = 0;
+        while self.inner.compact_once(false)? {
+            n += 1;
+        }
+        Ok(n)
+    }
+
+    /// Merges every SSTable into one (a major compaction), purging
+    /// tombstones older than the grace period.
+    pub fn compact(&self) -> Result<()> {
+        self.inner.check_open()?;
+        self.inner.compact_once(true)?;
+        Ok(())
+    }
+
+    /// Byte counters and table counts.
+    pub fn stats(&self) -> EngineStats {
+        let snap = self.inner.snapshot.read().clone();
+        EngineStats {
+            ingested_bytes: self.inner.ingested.load(Ordering::Relaxed),
+            log_bytes: self.inner.log.bytes_written(),
+            flush_bytes: self.inner.flush_bytes.load(Ordering::Relaxed),
+            compaction_bytes: self.inner.compaction_bytes.load(Ordering::Relaxed),
+            sstables: snap.tables.len(),
+            sstable_bytes: snap.tables.iter().map(|t| t.record.size_bytes).sum(),
+            memtables: 1 + snap.frozen.len(),
+            compactions: self.inner.compactions.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Waits until background flushes and due compactions are done (for
+    /// benchmarks that measure settled state).
+    pub fn wait_idle(&self) -> Result<()> {
+        while self.inner.flush_one()? {}
+        self.compact_due()?;
+        Ok(())
+    }
+}
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        self.inner.shutdown.store(true, Ordering::SeqCst);
+        self.inner.wake_background();
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Inner {
+    fn check_open(&self) -> Result<()> {
+        match &*self.failure.lock() {
+            Some(reason) => Err(StorageError::Closed(reason.clone())),
+            None => Ok(()),
+        }
+    }
+
+    fn wake_background(&self) {
+        *self.work.lock() = true;
+        self.work_ready.notify_all();
+    }
+
+    fn background_loop(self: Arc<Self>) {
+        loop {
+            {
+                let mut work = self.work.lock();
+                while !*work && !self.shutdown.load(Ordering::SeqCst) {
+                    self.work_ready.wait_for(&mut work, Duration::from_millis(500));
+                    if !*work {
+                        break;
+                    }
+                }
+                *work = false;
+            }
+            if self.shutdown.load(Ordering::SeqCst) {
+                return;
+            }
+            let result = (|| -> Result<()> {
+                while self.flush_one()? {}
+                while !self.shutdown.load(Ordering::SeqCst) && self.compact_once(false)? {}
+                Ok(())
+            })();
+            if let Err(e) = result {
+                tracing::error!(error = %e, "background flush or compaction failed; engine stops accepting writes");
+                *self.failure.lock() = Some(e.to_string());
+                self.flushed.notify_all();
+                return;
+            }
+        }
+    }
+
+    fn wait_for_flush_capacity(&self) {
+        if !self.opts.background {
+            return;
+        }
+        let mut guard = self.flushed_mutex.lock();
+        while self.snapshot.read().frozen.len() >= self.opts.max_frozen_memtables.max(1)
+            && self.failure.lock().is_none()
+            && !self.shutdown.load(Ordering::SeqCst)
+        {
+            self.flushed.wait_for(&mut guard, Duration::from_millis(100));
+        }
+    }
+
+    fn maybe_switch(&self) -> Result<()> {
+        let full = self.snapshot.read().active.approximate_bytes() >= self.opts.memtable_bytes;
+        if full {
+            self.switch_memtable()?;
+            if self.opts.background {
+                self.wake_background();
+            } else {
+                while self.flush_one()? {}
+            }
+        }
+        Ok(())
+    }
+
+    /// Freezes the active memtable (if it holds anything) and rolls the log.
+    fn switch_memtable(&self) -> Result<()> {
+        let _exclusive = self.switch_lock.write();
+        let snap = self.snapshot.read().clone();
+        if snap.active.is_empty() {
+            return Ok(());
+        }
+        let log_before = self.log.roll()?;
+        let mut frozen = snap.frozen.clone();
+        frozen.push_back(Arc::new(Frozen {
+            mem: snap.active.clone(),
+            log_before,
+        }));
+        *self.snapshot.write() = Arc::new(Snapshot {
+            active: Arc::new(Memtable::new()),
+            frozen,
+            tables: snap.tables.clone(),
+        });
+        Ok(())
+    }
+
+    /// Flushes the oldest frozen memtable; false if there was none.
+    fn flush_one(&self) -> Result<bool> {
+        let _flush = self.flush_lock.lock();
+        let Some(frozen) = self.snapshot.read().frozen.front().cloned() else {
+            return Ok(false);
+        };
+        let file_id = self.manifest.lock().allocate_file_id()?;
+        let path = table_path(&self.dir, file_id);
+        let mut writer = SsTableWriter::create(&path, &self.opts.sstable)?;
+        for (k, entry) in frozen.mem.iter() {
+            add_to_table(&mut writer, &k, &entry)?;
+        }
+        let table = self.finish_table(writer, file_id, 0)?;
+        self.flush_bytes
+            .fetch_add(table.record.size_bytes, Ordering::Relaxed);
+        self.manifest.lock().apply(vec![
+            ManifestEdit::AddTables(vec![table.record.clone()]),
+            ManifestEdit::LogFlushedBefore(frozen.log_before.0),
+        ])?;
+        {
+            let mut guard = self.snapshot.write();
+            let mut frozen_list = guard.frozen.clone();
+            frozen_list.pop_front();
+            let mut tables = guard.tables.clone();
+            tables.insert(0, Arc::new(table));
+            *guard = Arc::new(Snapshot {
+                active: guard.active.clone(),
+                frozen: frozen_list,
+                tables,
+            });
+        }
+        self.log.release_before(frozen.log_before)?;
+        self.flushed.notify_all();
+        Ok(true)
+    }
+
+    fn finish_table(&self, writer: SsTableWriter, file_id: u64, tier: u32) -> Result<LiveTable> {
+        let path = table_path(&self.dir, file_id);
+        let meta = writer.finish()?;
+        sync_dir(&self.dir.join("tables"))?;
+        let table = SsTable::open(&path, Some(self.cache.clone()))?;
+        Ok(LiveTable {
+            record: TableRecord {
+                file_id,
+                level_or_tier: tier,
+                size_bytes: meta.file_size,
+                min_ts: meta.min_ts,
+                max_ts: meta.max_ts,
+            },
+            table,
+        })
+    }
+
+    /// Runs one compaction: all tables when `major`, else what the strategy
+    /// picks. Returns whether anything was compacted.
+    fn compact_once(&self, major: bool) -> Result<bool> {
+        let _compaction = self.compaction_lock.lock();
+        let snap = self.snapshot.read().clone();
+        let now_ms = self.opts.clock.now_millis();
+        let inputs: Vec<Arc<LiveTable>> = if major {
+            snap.tables.clone()
+        } else {
+            let stats: Vec<TableStats> = snap
+                .tables
+                .iter()
+                .map(|t| TableStats {
+                    id: t.record.file_id,
+                    size: t.record.size_bytes,
+                    max_ts_millis: Timestamp(t.record.max_ts).millis(),
+                })
+                .collect();
+            let picked = self.opts.compaction.pick(&stats, now_ms);
+            snap.tables
+                .iter()
+                .filter(|t| picked.contains(&t.record.file_id))
+                .cloned()
+                .collect()
+        };
+        if inputs.len() < 2 && !(major && inputs.len() == 1) {
+            return Ok(false);
+        }
+        // Tombstones may be purged only when no older data for the key can
+        // exist outside this compaction: every table is an input and no
+        // memtable of this snapshot holds the key.
+        let covers_all = inputs.len() == snap.tables.len();
+        let grace_ms = self.opts.gc_grace.as_millis() as u64;
+        let purge_before = Timestamp::from_millis(now_ms.saturating_sub(grace_ms));
+        let in_memtables = |k: &[u8]| {
+            snap.active.get(k).is_some() || snap.frozen.iter().any(|f| f.mem.get(k).is_some())
+        };
+        let sources: Vec<Source> = inputs
+            .iter()
+            .map(|t| table_source(&t.table, Bound::Unbounded, Bound::Unbounded, false))
+            .collect();
+        let file_id = self.manifest.lock().allocate_file_id()?;
+        let mut writer = SsTableWriter::create(&table_path(&self.dir, file_id), &self.opts.sstable)?;
+        let mut current_header: Option<(Vec<u8>, PartitionHeader)> = None;
+        for item in MergeIter::new(sources, false) {
+            let (k, entry) = item?;
+            let kind = key::classify(&k).map_err(|e| StorageError::InvalidKey(e.to_string()))?;
+            let purgeable_here = covers_all && !in_memtables(&k);
+            match entry {
+                Entry::Header(header) => {
+                    let partition = k[..kind.partition_len()].to_vec();
+                    let kept = if purgeable_here && header_purgeable(&header, purge_before) {
+                        header.purge(purge_before)
+                    } else {
+                        Some(header.clone())
+                    };
+                    // Rows of this partition follow; while the header is
+                    // being dropped, apply its deletions to them physically.
+                    current_header = match &kept {
+                        Some(h) if *h == header => None,
+                        _ => Some((partition, header)),
+                    };
+                    if let Some(h) = kept {
+                        add_to_table(&mut writer, &k, &Entry::Header(h))?;
+                    }
+                }
+                Entry::Row(mut state) => {
+                    if let KeyKind::Row { partition_len } = kind {
+                        if let Some((p, h)) = &current_header {
+                            if k.starts_with(p) && p.len() == partition_len {
+                                let clustering = &k[partition_len + 1..];
+                                if let Some(shadow) = h.shadow_for(clustering) {
+                                    state = state.without_content_at_or_below(shadow);
+                                }
+                            }
+                        }
+                    }
+                    if purgeable_here && state.is_purgeable(purge_before, now_ms) {
+                        continue;
+                    }
+                    add_to_table(&mut writer, &k, &Entry::Row(state))?;
+                }
+            }
+        }
+        let output = self.finish_table(writer, file_id, 1)?;
+        let input_ids: Vec<u64> = inputs.iter().map(|t| t.record.file_id).collect();
+        let empty = output.table.meta().entries == 0;
+        self.compaction_bytes
+            .fetch_add(output.record.size_bytes, Ordering::Relaxed);
+        let mut edits = vec![ManifestEdit::RemoveTables(input_ids.clone())];
+        if !empty {
+            edits.insert(0, ManifestEdit::AddTables(vec![output.record.clone()]));
+        }
+        self.manifest.lock().apply(edits)?;
+        {
+            let mut guard = self.snapshot.write();
+            let mut tables: Vec<Arc<LiveTable>> = guard
+                .tables
+                .iter()
+                .filter(|t| !input_ids.contains(&t.record.file_id))
+                .cloned()
+                .collect();
+            if !empty {
+                tables.push(Arc::new(output));
+                tables.sort_by_key(|t| std::cmp::Reverse(t.record.file_id));
+            }
+            *guard = Arc::new(Snapshot {
+                active: guard.active.clone(),
+                frozen: guard.frozen.clone(),
+                tables,
+            });
+        }
+        for id in input_ids {
+            let path = table_path(&self.dir, id);
+            if let Err(e) = std::fs::remove_file(&path) {
+                tracing::warn!(path = %path.display(), error = %e, "could not delete compacted table");
+            }
+        }
+        if empty {
+            let _ = std::fs::remove_file(table_path(&self.dir, file_id));
+        }
+        sync_dir(&self.dir.join("tables"))?;
+        self.compactions.fetch_add(1, Ordering::Relaxed);
+        Ok(true)
+    }
+}
+
+fn header_purgeable(header: &PartitionHeader, purge_before: Timestamp) -> bool {
+    header.ts_bounds().is_some_and(|(lo, _)| lo < purge_before)
+}
+
+fn table_path(dir: &Path, id: u64) -> PathBuf {
+    dir.join("tables").join(format!("{id:010}.sst"))
+}
+
+fn table_source(table: &Arc<SsTable>, lower: Bound<Vec<u8>>, upper: Bound<Vec<u8>>, reverse: bool) -> Source {
+    let path = table.path().to_path_buf();
+    Box::new(table.range(lower, upper, reverse).map(move |item| {
+        let (k, v) = item?;
+        let entry = decode_entry(&v, &path, &k)?;
+        Ok((k, entry))
+    }))
+}
+
+fn decode_entry(bytes: &[u8], path: &Path, key: &[u8]) -> Result<Entry> {
+    Entry::decode(bytes).map_err(|e| StorageError::Corrupt {
+        path: path.to_path_buf(),
+        offset: 0,
+        reason: format!("entry for key {} does not decode: {e}", hex(key)),
+    })
+}
+
+fn add_to_table(writer: &mut SsTableWriter, k: &[u8], entry: &Entry) -> Result<()> {
+    let kind = key::classify(k).map_err(|e| StorageError::InvalidKey(e.to_string()))?;
+    let (lo, hi) = entry.ts_bounds().unwrap_or_default();
+    writer.add(k, kind.partition_len(), &entry.encode(), lo.0, hi.0)
+}
+
+fn overlaps(lower: &Bound<Vec<u8>>, upper: &Bound<Vec<u8>>, min: &[u8], max: &[u8]) -> bool {
+    let above_lower = match lower {
+        Bound::Included(l) => max >= l.as_slice(),
+        Bound::Excluded(l) => max > l.as_slice(),
+        Bound::Unbounded => true,
+    };
+    let below_upper = match upper {
+        Bound::Included(u) => min <= u.as_slice(),
+        Bound::Excluded(u) => min < u.as_slice(),
+        Bound::Unbounded => true,
+    };
+    above_lower && below_upper
+}
+
+fn check_key(k: &[u8], entry: &Entry) -> Result<()> {
+    let kind = key::classify(k).map_err(|e| StorageError::InvalidKey(e.to_string()))?;
+    match (kind, entry) {
+        (KeyKind::Row { .. }, Entry::Row(_)) | (KeyKind::Header { .. }, Entry::Header(_)) => Ok(()),
+        _ => Err(StorageError::InvalidKey(format!(
+            "key {} does not match its entry kind",
+            hex(k)
+        ))),
+    }
+}
+
+/// A commit-log record: `count u32`, then per mutation `key_len u32, key,
+/// entry_len u32, entry` (little-endian lengths).
+fn encode_record<'a>(mutations: impl Iterator<Item = (&'a [u8], &'a Vec<u8>)>) -> Vec<u8> {
+    let mut out = vec![0u8; 4];
+    let mut count = 0u32;
+    for (k, v) in mutations {
+        out.extend_from_slice(&(k.len() as u32).to_le_bytes());
+        out.extend_from_slice(k);
+        out.extend_from_slice(&(v.len() as u32).to_le_bytes());
+        out.extend_from_slice(v);
+        count += 1;
+    }
+    out[..4].copy_from_slice(&count.to_le_bytes());
+    out
+}
+
+fn decode_record(record: &[u8]) -> std::result::Result<Vec<(Vec<u8>, Entry, usize)>, String> {
+    fn take<'a>(buf: &mut &'a [u8], n: usize) -> std::result::Result<&'a [u8], String> {
+        if buf.len() < n {
+            return Err(format!("record ends early: wanted {n} bytes, {} left", buf.len()));
+        }
+        let (head, tail) = buf.split_at(n);
+        *buf = tail;
+        Ok(head)
+    }
+    fn take_u32(buf: &mut &[u8]) -> std::result::Result<usize, String> {
+        let b = take(buf, 4)?;
+        Ok(u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize)
+    }
+    let mut buf = record;
+    let count = take_u32(&mut buf)?;
+    let mut out = Vec::with_capacity(count.min(1024));
+    for _ in 0..count {
+        let klen = take_u32(&mut buf)?;
+        let k = take(&mut buf, klen)?.to_vec();
+        let vlen = take_u32(&mut buf)?;
+        let v = take(&mut buf, vlen)?;
+        let entry = Entry::decode(v).map_err(|e| e.to_string())?;
+        check_key(&k, &entry).map_err(|e| e.to_string())?;
+        out.push((k, entry, vlen));
+    }
+    if !buf.is_empty() {
+        return Err(format!("{} trailing bytes in record", buf.len()));
+    }
+    Ok(out)
+}
+
+fn remove_orphans(tables_dir: &Path, live: impl Fn(u64) -> bool) -> Result<()> {
+    let entries = std::fs::read_dir(tables_dir).map_err(|e| StorageError::io(tables_dir, e))?;
+    for entry in entries {
+        let entry = entry.map_err(|e| StorageError::io(tables_dir, e))?;
+        let name = entry.file_name().to_string_lossy().to_string();
+        let id = name.strip_suffix(".sst").and_then(|s| s.parse::<u64>().ok());
+        if id.is_none_or(|id| !live(id)) {
+            tracing::info!(file = %name, "removing file not in the manifest (unfinished flush or compaction)");
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
+    Ok(())
+}
+
+fn sync_dir(dir: &Path) -> Result<()> {
+    std::fs::File::open(dir)
+        .and_then(|f| f.sync_all())
+        .map_err(|e| StorageError::io(dir, e))
+}
