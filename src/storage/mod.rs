@@ -7,5 +7,6 @@
 //! on reads and compacts in the background.
 
 pub mod error;
+pub mod framing;
 
 pub use error::{Result, StorageError};
