@@ -9,5 +9,6 @@
 pub mod commitlog;
 pub mod error;
 pub mod framing;
+pub mod manifest;
 
 pub use error::{Result, StorageError};
