@@ -11,7 +11,8 @@ use std::path::{Path, PathBuf};
 
 fn key_of(i: i64) -> Vec<u8> {
     let spk = key::serialize_partition_key(&[Value::BigInt(i)], &[DataType::BigInt]).unwrap();
-    let c = key::encode_clustering(&[Value::Int(0)], &[DataType::Int], &[ClusteringOrder::Asc]).unwrap();
+    let c = key::encode_clustering(&[Value::Int(0)], &[DataType::Int], &[ClusteringOrder::Asc])
+        .unwrap();
     key::row_key(&key::partition_prefix(&spk), &c)
 }
 
@@ -20,17 +21,26 @@ fn write(engine: &Engine, i: i64) {
         ts: Timestamp(i as u64 + 1),
         insert_marker: Some(None),
         delete_row: false,
-        cells: vec![("v".into(), CellValue::Live(Value::Text(format!("value-{i:06}-{}", "x".repeat(40)))), None)],
+        cells: vec![(
+            "v".into(),
+            CellValue::Live(Value::Text(format!("value-{i:06}-{}", "x".repeat(40)))),
+            None,
+        )],
     };
-    engine.update_row(&key_of(i), |cur| cur.stamp(NodeId(1), None, &w)).unwrap();
+    engine
+        .update_row(&key_of(i), |cur| cur.stamp(NodeId(1), None, &w))
+        .unwrap();
 }
 
 fn read(engine: &Engine, i: i64) -> Result<Option<String>, StorageError> {
     Ok(match engine.get(&key_of(i))? {
-        Some(Entry::Row(r)) => r.resolve(None, 0).and_then(|row| match row.cells.get("v").map(|c| &c.value) {
-            Some(CellValue::Live(Value::Text(s))) => Some(s.clone()),
-            _ => None,
-        }),
+        Some(Entry::Row(r)) => {
+            r.resolve(None, 0)
+                .and_then(|row| match row.cells.get("v").map(|c| &c.value) {
+                    Some(CellValue::Live(Value::Text(s))) => Some(s.clone()),
+                    _ => None,
+                })
+        }
         _ => None,
     })
 }
@@ -85,14 +95,20 @@ fn flipped_byte_in_an_sstable_names_file_and_offset_and_spares_the_rest() {
             Ok(None) => panic!("key {i} silently missing"),
             Err(StorageError::Corrupt { path, offset, .. }) => {
                 assert_eq!(path, tables[0]);
-                assert!(offset <= 700, "offset {offset} is the damaged block's start");
+                assert!(
+                    offset <= 700,
+                    "offset {offset} is the damaged block's start"
+                );
                 corrupt += 1;
             }
             Err(e) => panic!("unexpected error {e}"),
         }
     }
     assert!(corrupt > 0, "the damaged block is reported");
-    assert!(corrupt < n / 10, "only the damaged block is lost: {corrupt} of {n}");
+    assert!(
+        corrupt < n / 10,
+        "only the damaged block is lost: {corrupt} of {n}"
+    );
 }
 
 #[test]
@@ -137,9 +153,17 @@ fn flipped_byte_in_the_commit_log_is_reported_and_other_records_recover() {
     let problems = engine.recovery_problems();
     assert!(!problems.is_empty(), "the damage is reported");
     let name = segment.file_name().unwrap().to_string_lossy().to_string();
-    assert!(problems.iter().any(|p| p.contains(&name)), "report names the file: {problems:?}");
-    let recovered = (0..n).filter(|i| read(&engine, *i).unwrap().is_some()).count();
-    assert!(recovered >= n as usize - 2, "only the damaged record is lost: {recovered} of {n}");
+    assert!(
+        problems.iter().any(|p| p.contains(&name)),
+        "report names the file: {problems:?}"
+    );
+    let recovered = (0..n)
+        .filter(|i| read(&engine, *i).unwrap().is_some())
+        .count();
+    assert!(
+        recovered >= n as usize - 2,
+        "only the damaged record is lost: {recovered} of {n}"
+    );
     // New writes still work and survive another reopen.
     write(&engine, n);
     drop(engine);

@@ -40,12 +40,18 @@ fn acknowledged_writes_survive_sigkill() {
                 let Ok(line) = line else { break };
                 let parts: Vec<&str> = line.split_whitespace().collect();
                 if let ["ack", p, r, v] = parts[..] {
-                    let _ = tx.send((p.parse::<i64>().unwrap(), r.parse::<i64>().unwrap(), v.parse::<u64>().unwrap()));
+                    let _ = tx.send((
+                        p.parse::<i64>().unwrap(),
+                        r.parse::<i64>().unwrap(),
+                        v.parse::<u64>().unwrap(),
+                    ));
                 }
             }
         });
         // Let it get going (at least one ack), then kill it at a random moment.
-        let first = rx.recv_timeout(Duration::from_secs(30)).expect("writer acknowledges writes");
+        let first = rx
+            .recv_timeout(Duration::from_secs(30))
+            .expect("writer acknowledges writes");
         acked.push(first);
         let deadline = Instant::now() + Duration::from_millis(rng.random_range(20..400));
         while Instant::now() < deadline {
@@ -69,21 +75,34 @@ fn acknowledged_writes_survive_sigkill() {
         let mut missing = Vec::new();
         for &(p, r, v) in &acked {
             let found = match engine.get(&crash_writer::crash_key(p, r)).unwrap() {
-                Some(Entry::Row(state)) => state.resolve(None, 0).and_then(|row| match row.cells.get("v") {
-                    Some(cell) => match &cell.value {
-                        CellValue::Live(Value::BigInt(x)) => Some(*x as u64),
-                        _ => None,
-                    },
-                    None => None,
-                }),
+                Some(Entry::Row(state)) => {
+                    state
+                        .resolve(None, 0)
+                        .and_then(|row| match row.cells.get("v") {
+                            Some(cell) => match &cell.value {
+                                CellValue::Live(Value::BigInt(x)) => Some(*x as u64),
+                                _ => None,
+                            },
+                            None => None,
+                        })
+                }
                 _ => None,
             };
             if found != Some(v) {
                 missing.push((p, r, v, found));
             }
         }
-        assert!(missing.is_empty(), "round {round}: {} acknowledged writes lost, e.g. {:?}", missing.len(), &missing[..missing.len().min(5)]);
+        assert!(
+            missing.is_empty(),
+            "round {round}: {} acknowledged writes lost, e.g. {:?}",
+            missing.len(),
+            &missing[..missing.len().min(5)]
+        );
         drop(engine);
     }
-    assert!(acked.len() > rounds, "the writers made progress: {} acks", acked.len());
+    assert!(
+        acked.len() > rounds,
+        "the writers made progress: {} acks",
+        acked.len()
+    );
 }

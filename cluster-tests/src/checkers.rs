@@ -23,7 +23,12 @@ pub fn lost_writes(history: &[Event], final_reads: &BTreeMap<String, Vec<i64>>) 
     let mut lost = Vec::new();
     for event in history {
         if let (Operation::Write { key, value }, Outcome::Ok(_)) = (&event.op, &event.outcome) {
-            let seen: BTreeSet<i64> = final_reads.get(key).into_iter().flatten().copied().collect();
+            let seen: BTreeSet<i64> = final_reads
+                .get(key)
+                .into_iter()
+                .flatten()
+                .copied()
+                .collect();
             if !seen.contains(value) {
                 lost.push(LostWrite {
                     key: key.clone(),
@@ -37,7 +42,10 @@ pub fn lost_writes(history: &[Event], final_reads: &BTreeMap<String, Vec<i64>>) 
 
 /// Values in the final state that no client ever tried to write: data
 /// that came from nowhere (corruption or a mixed-up merge).
-pub fn phantom_values(history: &[Event], final_reads: &BTreeMap<String, Vec<i64>>) -> Vec<(String, i64)> {
+pub fn phantom_values(
+    history: &[Event],
+    final_reads: &BTreeMap<String, Vec<i64>>,
+) -> Vec<(String, i64)> {
     let attempted: BTreeSet<(String, i64)> = history
         .iter()
         .filter_map(|e| match &e.op {

@@ -17,7 +17,8 @@ pub mod row;
 pub use dots::{Dot, DotSet, NodeId};
 pub use hlc::{HybridClock, ManualClock, SystemClock, Timestamp, WallClock};
 pub use row::{
-    Cell, CellValue, PartitionHeader, RangeTombstone, ResolvedRow, RowState, RowVersion, RowWrite,
+    Cell, CellValue, KeyBound, PartitionHeader, RangeTombstone, ResolvedRow, RowState, RowVersion,
+    RowWrite,
 };
 
 use serde::{Deserialize, Serialize};

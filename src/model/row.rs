@@ -91,6 +91,16 @@ pub struct RowVersion {
 }
 
 impl RowVersion {
+    /// Whether the version holds nothing live at `now_ms` (only deletions
+    /// and expired cells) and nothing written at or after `purge_before`.
+    pub fn is_dead_before(&self, purge_before: Timestamp, now_ms: u64) -> bool {
+        self.ts_bounds().is_none_or(|(_, hi)| hi < purge_before)
+            && self.cells.values().all(|c| !c.is_live(now_ms))
+            && self
+                .marker
+                .is_none_or(|m| m.expires_at.is_some_and(|e| e <= now_ms))
+    }
+
     /// Smallest and largest timestamp in the version.
     pub fn ts_bounds(&self) -> Option<(Timestamp, Timestamp)> {
         let all = self
@@ -320,16 +330,13 @@ impl RowState {
             })
     }
 
-    /// Whether every version is only deletions, all older than
-    /// `purge_before` (and expired TTL cells count as deletions): such a row
-    /// can be dropped by compaction once the grace period has passed.
+    /// Whether every version is dead and old (see
+    /// [`RowVersion::is_dead_before`]): such a row can be dropped by
+    /// compaction once the grace period has passed.
     pub fn is_purgeable(&self, purge_before: Timestamp, now_ms: u64) -> bool {
-        self.versions.iter().all(|v| {
-            v.ts_bounds().is_none_or(|(_, hi)| hi < purge_before)
-                && v.cells.values().all(|c| !c.is_live(now_ms))
-                && v.marker
-                    .is_none_or(|m| m.expires_at.is_some_and(|e| e <= now_ms))
-        })
+        self.versions
+            .iter()
+            .all(|v| v.is_dead_before(purge_before, now_ms))
     }
 }
 

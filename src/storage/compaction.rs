@@ -65,7 +65,8 @@ impl CompactionStrategy {
             } => {
                 let width = (window.as_millis() as u64).max(1);
                 let current = now_millis / width;
-                let mut windows: std::collections::BTreeMap<u64, Vec<TableStats>> = Default::default();
+                let mut windows: std::collections::BTreeMap<u64, Vec<TableStats>> =
+                    Default::default();
                 for t in tables {
                     windows.entry(t.max_ts_millis / width).or_default().push(*t);
                 }
@@ -75,7 +76,10 @@ impl CompactionStrategy {
                         return group.iter().map(|t| t.id).collect();
                     }
                 }
-                match windows.get(&current).or_else(|| windows.values().next_back()) {
+                match windows
+                    .get(&current)
+                    .or_else(|| windows.values().next_back())
+                {
                     Some(group) => size_tiered(group, min_threshold.max(2), 32),
                     None => Vec::new(),
                 }
@@ -124,14 +128,24 @@ mod tests {
     fn size_tiered_waits_for_enough_similar_tables() {
         let s = CompactionStrategy::default();
         let mb = 1 << 20;
-        assert!(s.pick(&[t(1, mb, 0), t(2, mb, 0), t(3, mb, 0)], 0).is_empty());
+        assert!(s
+            .pick(&[t(1, mb, 0), t(2, mb, 0), t(3, mb, 0)], 0)
+            .is_empty());
         let mut picked = s.pick(&[t(1, mb, 0), t(2, mb, 0), t(3, 2 * mb, 0), t(4, mb, 0)], 0);
         picked.sort();
         assert_eq!(picked, vec![1, 2, 3, 4]);
         // Big tables of very different sizes are not merged.
         let big = 100 * mb;
         assert!(s
-            .pick(&[t(1, big, 0), t(2, 4 * big, 0), t(3, 16 * big, 0), t(4, 64 * big, 0)], 0)
+            .pick(
+                &[
+                    t(1, big, 0),
+                    t(2, 4 * big, 0),
+                    t(3, 16 * big, 0),
+                    t(4, 64 * big, 0)
+                ],
+                0
+            )
             .is_empty());
     }
 

@@ -28,7 +28,9 @@ use super::memtable::Memtable;
 use super::sstable::{BlockCache, SsTable, SsTableOptions, SsTableWriter};
 use super::{Result, StorageError};
 use crate::model::key::{self, KeyKind};
-use crate::model::{Entry, PartitionHeader, ResolvedRow, RowState, SystemClock, Timestamp, WallClock};
+use crate::model::{
+    Entry, PartitionHeader, ResolvedRow, RowState, SystemClock, Timestamp, WallClock,
+};
 use parking_lot::{Condvar, Mutex, RwLock};
 use std::collections::VecDeque;
 use std::ops::Bound;
@@ -196,11 +198,12 @@ impl Engine {
         }
         tables.sort_by_key(|t| std::cmp::Reverse(t.record.file_id));
         let log_opts = CommitLogOptions {
-            sync_mode: opts.sync_mode.clone(),
+            sync_mode: opts.sync_mode,
             segment_size: opts.segment_size,
         };
         let log_dir = dir.join("commitlog");
-        let (log, replay) = CommitLog::open(&log_dir, SegmentId(state.log_flushed_before), log_opts)?;
+        let (log, replay) =
+            CommitLog::open(&log_dir, SegmentId(state.log_flushed_before), log_opts)?;
         for problem in &replay.problems {
             tracing::warn!(%problem, "commit log damage found on replay");
         }
@@ -209,12 +212,14 @@ impl Engine {
             match decode_record(record) {
                 Ok(mutations) => {
                     for (k, entry, len) in mutations {
-                        active
-                            .apply(&k, entry, len)
-                            .map_err(|e| StorageError::Codec(format!("replaying key {}: {e}", hex(&k))))?;
+                        active.apply(&k, entry, len).map_err(|e| {
+                            StorageError::Codec(format!("replaying key {}: {e}", hex(&k)))
+                        })?;
                     }
                 }
-                Err(reason) => tracing::warn!(?segment, %reason, "skipping undecodable commit log record"),
+                Err(reason) => {
+                    tracing::warn!(?segment, %reason, "skipping undecodable commit log record")
+                }
             }
         }
         let inner = Arc::new(Inner {
@@ -282,7 +287,12 @@ impl Engine {
             check_key(k, entry)?;
             encoded.push(entry.encode());
         }
-        let record = encode_record(mutations.iter().map(|(k, _)| k.as_slice()).zip(encoded.iter()));
+        let record = encode_record(
+            mutations
+                .iter()
+                .map(|(k, _)| k.as_slice())
+                .zip(encoded.iter()),
+        );
         self.inner.wait_for_flush_capacity();
         {
             let _shared = self.inner.switch_lock.read();
@@ -304,19 +314,33 @@ impl Engine {
     /// Reads the current state of a row and writes the delta `f` computes
     /// from it, atomically with respect to other `update_row` calls on the
     /// same key (a replica stamping a write). Returns the delta.
+    ///
+    /// The state `f` sees has the partition's deletions applied (content
+    /// they shadow is removed, the causal context is whole), so a stamped
+    /// version never carries forward cells that were already dead.
     pub fn update_row<F>(&self, key: &[u8], f: F) -> Result<RowState>
     where
         F: FnOnce(&RowState) -> RowState,
     {
-        let stripe = (crate::model::key::token_of(key) as usize) % ROW_LOCK_STRIPES;
-        let _row = self.inner.row_locks[stripe].lock();
-        let current = match self.get(key)? {
-            Some(Entry::Row(r)) => r,
-            Some(Entry::Header(_)) => {
-                return Err(StorageError::InvalidKey(format!("{} is a partition header key", hex(key))))
-            }
-            None => RowState::default(),
+        let kind = key::classify(key).map_err(|e| StorageError::InvalidKey(e.to_string()))?;
+        let KeyKind::Row { partition_len } = kind else {
+            return Err(StorageError::InvalidKey(format!(
+                "{} is a partition header key",
+                hex(key)
+            )));
         };
+        let stripe = (key::token_of(key) as usize) % ROW_LOCK_STRIPES;
+        let _row = self.inner.row_locks[stripe].lock();
+        let mut current = match self.get(key)? {
+            Some(Entry::Row(r)) => r,
+            _ => RowState::default(),
+        };
+        if !current.versions().is_empty() {
+            let header = self.read_header(&key[..partition_len])?;
+            if let Some(shadow) = header.shadow_for(&key[partition_len + 1..]) {
+                current = current.without_content_at_or_below(shadow);
+            }
+        }
         let delta = f(&current);
         self.write(key, Entry::Row(delta.clone()))?;
         Ok(delta)
@@ -385,7 +409,12 @@ impl Engine {
             if !overlaps(&lower, &upper, &meta.min_key, &meta.max_key) {
                 continue;
             }
-            sources.push(table_source(&live.table, lower.clone(), upper.clone(), reverse));
+            sources.push(table_source(
+                &live.table,
+                lower.clone(),
+                upper.clone(),
+                reverse,
+            ));
         }
         MergeIter::new(sources, reverse)
     }
@@ -400,7 +429,11 @@ impl Engine {
     }
 
     /// Reads one row: its state and the partition header, if any.
-    pub fn read_row(&self, prefix: &[u8], clustering: &[u8]) -> Result<(Option<RowState>, PartitionHeader)> {
+    pub fn read_row(
+        &self,
+        prefix: &[u8],
+        clustering: &[u8],
+    ) -> Result<(Option<RowState>, PartitionHeader)> {
         let header = self.read_header(prefix)?;
         let row = match self.get(&key::row_key(prefix, clustering))? {
             Some(Entry::Row(state)) => Some(state),
@@ -435,7 +468,12 @@ impl Engine {
             Bound::Included(p) => Bound::Included(key::row_key(prefix, p)),
             Bound::Excluded(p) => match key::prefix_successor(&key::row_key(prefix, p)) {
                 Some(s) => Bound::Included(s),
-                None => return Ok(PartitionSlice { header, rows: vec![] }),
+                None => {
+                    return Ok(PartitionSlice {
+                        header,
+                        rows: vec![],
+                    })
+                }
             },
         };
         let hi = match upper {
@@ -458,7 +496,11 @@ impl Engine {
             let clustering = k[prefix.len() + 1..].to_vec();
             let shadow = header.shadow_for(&clustering);
             if let Some(row) = state.resolve(shadow, now) {
-                rows.push(SliceRow { clustering, state, row });
+                rows.push(SliceRow {
+                    clustering,
+                    state,
+                    row,
+                });
                 if rows.len() >= limit {
                     break;
                 }
@@ -545,7 +587,8 @@ impl Inner {
             {
                 let mut work = self.work.lock();
                 while !*work && !self.shutdown.load(Ordering::SeqCst) {
-                    self.work_ready.wait_for(&mut work, Duration::from_millis(500));
+                    self.work_ready
+                        .wait_for(&mut work, Duration::from_millis(500));
                     if !*work {
                         break;
                     }
@@ -557,7 +600,11 @@ impl Inner {
             }
             let result = (|| -> Result<()> {
                 while self.flush_one()? {}
-                while !self.shutdown.load(Ordering::SeqCst) && self.compact_once(false)? {}
+                while !self.shutdown.load(Ordering::SeqCst) {
+                    if !self.compact_once(false)? {
+                        break;
+                    }
+                }
                 Ok(())
             })();
             if let Err(e) = result {
@@ -578,7 +625,8 @@ impl Inner {
             && self.failure.lock().is_none()
             && !self.shutdown.load(Ordering::SeqCst)
         {
-            self.flushed.wait_for(&mut guard, Duration::from_millis(100));
+            self.flushed
+                .wait_for(&mut guard, Duration::from_millis(100));
         }
     }
 
@@ -703,15 +751,26 @@ impl Inner {
         let covers_all = inputs.len() == snap.tables.len();
         let grace_ms = self.opts.gc_grace.as_millis() as u64;
         let purge_before = Timestamp::from_millis(now_ms.saturating_sub(grace_ms));
-        let in_memtables = |k: &[u8]| {
-            snap.active.get(k).is_some() || snap.frozen.iter().any(|f| f.mem.get(k).is_some())
+        let memtables: Vec<&Arc<Memtable>> = std::iter::once(&snap.active)
+            .chain(snap.frozen.iter().map(|f| &f.mem))
+            .collect();
+        let in_memtables = |k: &[u8]| memtables.iter().any(|m| m.get(k).is_some());
+        // A partition deletion may be dropped only if no memtable holds any
+        // key of the partition: their shadowed content would come back.
+        let partition_in_memtables = |prefix: &[u8]| {
+            let end = key::partition_end(prefix);
+            memtables.iter().any(|m| {
+                m.next_after(Bound::Included(prefix), Bound::Excluded(&end))
+                    .is_some()
+            })
         };
         let sources: Vec<Source> = inputs
             .iter()
             .map(|t| table_source(&t.table, Bound::Unbounded, Bound::Unbounded, false))
             .collect();
         let file_id = self.manifest.lock().allocate_file_id()?;
-        let mut writer = SsTableWriter::create(&table_path(&self.dir, file_id), &self.opts.sstable)?;
+        let mut writer =
+            SsTableWriter::create(&table_path(&self.dir, file_id), &self.opts.sstable)?;
         let mut current_header: Option<(Vec<u8>, PartitionHeader)> = None;
         for item in MergeIter::new(sources, false) {
             let (k, entry) = item?;
@@ -720,7 +779,10 @@ impl Inner {
             match entry {
                 Entry::Header(header) => {
                     let partition = k[..kind.partition_len()].to_vec();
-                    let kept = if purgeable_here && header_purgeable(&header, purge_before) {
+                    let kept = if purgeable_here
+                        && header_purgeable(&header, purge_before)
+                        && !partition_in_memtables(&partition)
+                    {
                         header.purge(purge_before)
                     } else {
                         Some(header.clone())
@@ -804,7 +866,12 @@ fn table_path(dir: &Path, id: u64) -> PathBuf {
     dir.join("tables").join(format!("{id:010}.sst"))
 }
 
-fn table_source(table: &Arc<SsTable>, lower: Bound<Vec<u8>>, upper: Bound<Vec<u8>>, reverse: bool) -> Source {
+fn table_source(
+    table: &Arc<SsTable>,
+    lower: Bound<Vec<u8>>,
+    upper: Bound<Vec<u8>>,
+    reverse: bool,
+) -> Source {
     let path = table.path().to_path_buf();
     Box::new(table.range(lower, upper, reverse).map(move |item| {
         let (k, v) = item?;
@@ -871,7 +938,10 @@ fn encode_record<'a>(mutations: impl Iterator<Item = (&'a [u8], &'a Vec<u8>)>) -
 fn decode_record(record: &[u8]) -> std::result::Result<Vec<(Vec<u8>, Entry, usize)>, String> {
     fn take<'a>(buf: &mut &'a [u8], n: usize) -> std::result::Result<&'a [u8], String> {
         if buf.len() < n {
-            return Err(format!("record ends early: wanted {n} bytes, {} left", buf.len()));
+            return Err(format!(
+                "record ends early: wanted {n} bytes, {} left",
+                buf.len()
+            ));
         }
         let (head, tail) = buf.split_at(n);
         *buf = tail;
@@ -904,7 +974,9 @@ fn remove_orphans(tables_dir: &Path, live: impl Fn(u64) -> bool) -> Result<()> {
     for entry in entries {
         let entry = entry.map_err(|e| StorageError::io(tables_dir, e))?;
         let name = entry.file_name().to_string_lossy().to_string();
-        let id = name.strip_suffix(".sst").and_then(|s| s.parse::<u64>().ok());
+        let id = name
+            .strip_suffix(".sst")
+            .and_then(|s| s.parse::<u64>().ok());
         if id.is_none_or(|id| !live(id)) {
             tracing::info!(file = %name, "removing file not in the manifest (unfinished flush or compaction)");
             let _ = std::fs::remove_file(entry.path());

@@ -27,7 +27,12 @@ pub struct MemtableRange {
 
 impl MemtableRange {
     /// The entries of `mem` within the bounds, in the given direction.
-    pub fn new(mem: Arc<Memtable>, lower: Bound<Vec<u8>>, upper: Bound<Vec<u8>>, reverse: bool) -> Self {
+    pub fn new(
+        mem: Arc<Memtable>,
+        lower: Bound<Vec<u8>>,
+        upper: Bound<Vec<u8>>,
+        reverse: bool,
+    ) -> Self {
         MemtableRange {
             mem,
             lower,
@@ -180,7 +185,10 @@ mod tests {
     #[test]
     fn merges_and_joins_equal_keys_in_both_directions() {
         let forward = MergeIter::new(
-            vec![source(vec![("a", 1), ("c", 5)]), source(vec![("b", 2), ("c", 7)])],
+            vec![
+                source(vec![("a", 1), ("c", 5)]),
+                source(vec![("b", 2), ("c", 7)]),
+            ],
             false,
         );
         let got: Vec<_> = forward.map(|r| r.unwrap()).collect();
@@ -193,7 +201,10 @@ mod tests {
             ]
         );
         let backward = MergeIter::new(
-            vec![source(vec![("c", 5), ("a", 1)]), source(vec![("c", 7), ("b", 2)])],
+            vec![
+                source(vec![("c", 5), ("a", 1)]),
+                source(vec![("c", 7), ("b", 2)]),
+            ],
             true,
         );
         let keys: Vec<_> = backward.map(|r| r.unwrap().0).collect();
@@ -212,13 +223,24 @@ mod tests {
                 .collect::<Vec<_>>()
         };
         assert_eq!(
-            keys(Bound::Excluded(b"a".to_vec()), Bound::Included(b"c".to_vec()), false),
+            keys(
+                Bound::Excluded(b"a".to_vec()),
+                Bound::Included(b"c".to_vec()),
+                false
+            ),
             ["b", "c"]
         );
         assert_eq!(
-            keys(Bound::Included(b"b".to_vec()), Bound::Excluded(b"d".to_vec()), true),
+            keys(
+                Bound::Included(b"b".to_vec()),
+                Bound::Excluded(b"d".to_vec()),
+                true
+            ),
             ["c", "b"]
         );
-        assert_eq!(keys(Bound::Unbounded, Bound::Unbounded, true), ["d", "c", "b", "a"]);
+        assert_eq!(
+            keys(Bound::Unbounded, Bound::Unbounded, true),
+            ["d", "c", "b", "a"]
+        );
     }
 }

@@ -38,7 +38,12 @@ impl Memtable {
 
     /// Merges `entry` into whatever the memtable holds for `key`.
     /// `encoded_len` is the entry's encoded size, for accounting.
-    pub fn apply(&self, key: &[u8], entry: Entry, encoded_len: usize) -> Result<(), crate::model::ModelError> {
+    pub fn apply(
+        &self,
+        key: &[u8],
+        entry: Entry,
+        encoded_len: usize,
+    ) -> Result<(), crate::model::ModelError> {
         if let Some((lo, _)) = entry.ts_bounds() {
             self.min_ts.fetch_min(lo.0, Ordering::Relaxed);
         }
@@ -73,7 +78,11 @@ impl Memtable {
 
     /// The last entry before `before` (or from the end) within `lower`,
     /// walking down.
-    pub fn next_before(&self, before: Bound<&[u8]>, lower: Bound<&[u8]>) -> Option<(Vec<u8>, Entry)> {
+    pub fn next_before(
+        &self,
+        before: Bound<&[u8]>,
+        lower: Bound<&[u8]>,
+    ) -> Option<(Vec<u8>, Entry)> {
         let entry = self.map.upper_bound(before.map(|k| k))?;
         let key = entry.key();
         let in_range = match lower {
@@ -107,7 +116,9 @@ impl Memtable {
 
     /// Every entry in key order (for flushing).
     pub fn iter(&self) -> impl Iterator<Item = (Vec<u8>, Entry)> + '_ {
-        self.map.iter().map(|e| (e.key().clone(), e.value().clone()))
+        self.map
+            .iter()
+            .map(|e| (e.key().clone(), e.value().clone()))
     }
 }
 
@@ -141,13 +152,21 @@ mod tests {
         assert_eq!(m.len(), 2);
         let first = m.next_after(Bound::Unbounded, Bound::Unbounded).unwrap();
         assert_eq!(first.0, b"k1");
-        let second = m.next_after(Bound::Excluded(b"k1"), Bound::Unbounded).unwrap();
+        let second = m
+            .next_after(Bound::Excluded(b"k1"), Bound::Unbounded)
+            .unwrap();
         assert_eq!(second.0, b"k2");
-        assert!(m.next_after(Bound::Excluded(b"k1"), Bound::Excluded(b"k2")).is_none());
+        assert!(m
+            .next_after(Bound::Excluded(b"k1"), Bound::Excluded(b"k2"))
+            .is_none());
         let last = m.next_before(Bound::Unbounded, Bound::Unbounded).unwrap();
         assert_eq!(last.0, b"k2");
-        assert!(m.next_before(Bound::Excluded(b"k1"), Bound::Unbounded).is_none());
+        assert!(m
+            .next_before(Bound::Excluded(b"k1"), Bound::Unbounded)
+            .is_none());
         assert_eq!(m.min_ts(), Some(Timestamp(1)));
-        assert!(m.apply(b"k1", Entry::Header(Default::default()), 1).is_err());
+        assert!(m
+            .apply(b"k1", Entry::Header(Default::default()), 1)
+            .is_err());
     }
 }

@@ -10,6 +10,7 @@ pub mod commitlog;
 pub mod compaction;
 pub mod engine;
 pub mod error;
+pub mod framing;
 pub mod iter;
 pub mod manifest;
 pub mod memtable;

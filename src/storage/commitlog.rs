@@ -1,0 +1,967 @@
+//! The commit log: makes writes durable before they are acknowledged.
+//!
+//! The log is a directory of segment files named
+//! `commitlog-<id, 20 digits>.log`, each a sequence of records framed by
+//! [`framing`]. Exactly one segment, the one with the highest
+//! id, is *active* and receives appends; a segment is never appended to again
+//! once it has been rolled away from (and never after a reopen).
+//!
+//! # Group commit
+//!
+//! Appenders copy their framed records into a shared queue. If no other
+//! thread is writing, the appender becomes the *leader*: it takes everything
+//! queued, writes it with one `write` call and, in [`SyncMode::Batch`], makes
+//! it durable with one `fdatasync`. Appenders arriving meanwhile queue behind
+//! it; when the leader is done, one of them leads the next round, which covers
+//! all of them. So under load the cost of a `write` and an `fdatasync` is
+//! shared by every record queued during the previous round.
+//!
+//! # Failures
+//!
+//! If a write or fsync fails, what reached the disk is unknown (and retrying
+//! an fsync after a failure can falsely report success), so the log stops:
+//! the failing call returns the I/O error and every later call returns
+//! [`StorageError::Closed`]. Reopening replays what did reach the disk.
+
+use std::collections::BTreeSet;
+use std::fs::{self, File, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use parking_lot::{Condvar, Mutex, MutexGuard};
+
+use super::error::{Result, StorageError};
+use super::framing::{self, Frame, RecordReader, HEADER_LEN};
+
+/// Default size past which the active segment is rolled (64 MiB).
+pub const DEFAULT_SEGMENT_SIZE: u64 = 64 << 20;
+
+/// When appends become durable.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum SyncMode {
+    /// An append returns only after an fsync that covers it (group commit).
+    #[default]
+    Batch,
+    /// An append returns once its record is handed to the OS (it survives a
+    /// process kill); a background thread fsyncs every `interval`, so an OS
+    /// crash can lose up to `interval` of acknowledged appends.
+    Periodic {
+        /// Time between background fsyncs. Must not be zero.
+        interval: Duration,
+    },
+}
+
+/// Options of [`CommitLog::open`].
+#[derive(Clone, Debug)]
+pub struct CommitLogOptions {
+    /// When appends become durable.
+    pub sync_mode: SyncMode,
+    /// The active segment is rolled to a new file once it is at least this
+    /// many bytes long. Must not be zero.
+    pub segment_size: u64,
+}
+
+impl Default for CommitLogOptions {
+    fn default() -> Self {
+        CommitLogOptions {
+            sync_mode: SyncMode::Batch,
+            segment_size: DEFAULT_SEGMENT_SIZE,
+        }
+    }
+}
+
+/// Identifies a segment file; ids grow with time.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct SegmentId(pub u64);
+
+/// What [`CommitLog::open`] found in the existing segments.
+#[derive(Debug, Default)]
+pub struct Replay {
+    /// Every recovered record, in log order, with the segment it came from.
+    pub records: Vec<(SegmentId, Vec<u8>)>,
+    /// Every corrupt range and torn tail found (all
+    /// [`StorageError::Corrupt`], naming file and offset), already logged
+    /// with `tracing::warn`.
+    pub problems: Vec<StorageError>,
+}
+
+/// File name of segment `id`.
+pub fn segment_file_name(id: SegmentId) -> String {
+    format!("commitlog-{:020}.log", id.0)
+}
+
+/// Parses a segment file name back to its id.
+fn parse_segment_file_name(name: &str) -> Option<SegmentId> {
+    let digits = name.strip_prefix("commitlog-")?.strip_suffix(".log")?;
+    if digits.len() != 20 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    digits.parse().ok().map(SegmentId)
+}
+
+/// fsyncs a directory, so file creations, deletions and renames in it are
+/// durable.
+pub(crate) fn sync_dir(dir: &Path) -> Result<()> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| StorageError::io(dir, e))
+}
+
+/// The ids of the segment files in `dir`.
+fn list_segments(dir: &Path) -> Result<BTreeSet<u64>> {
+    let mut ids = BTreeSet::new();
+    let entries = fs::read_dir(dir).map_err(|e| StorageError::io(dir, e))?;
+    for entry in entries {
+        let entry = entry.map_err(|e| StorageError::io(dir, e))?;
+        if let Some(id) = entry.file_name().to_str().and_then(parse_segment_file_name) {
+            ids.insert(id.0);
+        }
+    }
+    Ok(ids)
+}
+
+/// Removes a file; a file that is already gone is not an error.
+fn remove_if_exists(path: &Path) -> Result<()> {
+    match fs::remove_file(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(StorageError::io(path, e)),
+    }
+}
+
+/// The segment receiving appends.
+struct Active {
+    id: u64,
+    path: PathBuf,
+    file: Arc<File>,
+    len: u64,
+}
+
+/// The group-commit queue.
+struct Queue {
+    /// Framed records waiting for the next round.
+    buf: Vec<u8>,
+    /// A cleared buffer kept to avoid reallocating every round.
+    spare: Vec<u8>,
+    /// Sequence number of the last submission queued.
+    queued_seq: u64,
+    /// Every submission with a sequence number up to this one is done.
+    done_seq: u64,
+    /// A thread holds exclusive access to the active segment file.
+    leader: bool,
+    /// Set when an I/O error stopped the log.
+    failed: Option<String>,
+}
+
+struct Shared {
+    dir: PathBuf,
+    fsync_each_round: bool,
+    segment_size: u64,
+    queue: Mutex<Queue>,
+    queue_cv: Condvar,
+    /// Locked only by the leader (and briefly by `sync`).
+    active: Mutex<Active>,
+    active_id: AtomicU64,
+    /// Ids of the segment files that exist.
+    segments: Mutex<BTreeSet<u64>>,
+    bytes_written: AtomicU64,
+    stop: Mutex<bool>,
+    stop_cv: Condvar,
+}
+
+/// The commit log of one data directory; see the [module docs](self).
+///
+/// `Send + Sync`: share it between writer threads by reference or `Arc`.
+pub struct CommitLog {
+    shared: Arc<Shared>,
+    syncer: Option<JoinHandle<()>>,
+}
+
+impl CommitLog {
+    /// Opens (creating if needed) the log in `dir`, replays every segment
+    /// with id >= `first_live` (older ones are deleted: their data was
+    /// flushed), truncates a torn or corrupt tail of the last segment so new
+    /// appends follow good data, and starts a new active segment.
+    pub fn open(
+        dir: &Path,
+        first_live: SegmentId,
+        opts: CommitLogOptions,
+    ) -> Result<(CommitLog, Replay)> {
+        if opts.segment_size == 0 {
+            return Err(StorageError::InvalidArgument(
+                "commit log segment_size must be positive".into(),
+            ));
+        }
+        if let SyncMode::Periodic { interval } = opts.sync_mode {
+            if interval.is_zero() {
+                return Err(StorageError::InvalidArgument(
+                    "commit log periodic sync interval must be positive".into(),
+                ));
+            }
+        }
+        fs::create_dir_all(dir).map_err(|e| StorageError::io(dir, e))?;
+        let found = list_segments(dir)?;
+        let max_found = found.last().copied();
+
+        // Segments below first_live were flushed: delete them.
+        for &id in found.range(..first_live.0) {
+            remove_if_exists(&dir.join(segment_file_name(SegmentId(id))))?;
+        }
+        let mut live: BTreeSet<u64> = found.range(first_live.0..).copied().collect();
+
+        let mut replay = Replay::default();
+        let last_live = live.last().copied();
+        let mut empty = Vec::new();
+        for &id in &live {
+            let path = dir.join(segment_file_name(SegmentId(id)));
+            let data = fs::read(&path).map_err(|e| StorageError::io(&path, e))?;
+            let mut good_end = 0u64;
+            let mut damaged_tail = false;
+            for frame in RecordReader::new(&path, &data) {
+                match frame {
+                    Frame::Record { offset, payload } => {
+                        replay.records.push((SegmentId(id), payload.to_vec()));
+                        good_end = offset + framing::encoded_len(payload.len()) as u64;
+                    }
+                    Frame::Corrupt {
+                        resume_at, error, ..
+                    } => {
+                        tracing::warn!(%error, "commit log replay: skipping corrupt range");
+                        damaged_tail = resume_at == data.len() as u64;
+                        replay.problems.push(error);
+                    }
+                    Frame::TornTail { error, .. } => {
+                        tracing::warn!(%error, "commit log replay: torn tail");
+                        damaged_tail = true;
+                        replay.problems.push(error);
+                    }
+                }
+            }
+            if damaged_tail && Some(id) == last_live {
+                tracing::warn!(
+                    path = %path.display(),
+                    from = data.len(),
+                    to = good_end,
+                    "truncating damaged tail of the last commit log segment"
+                );
+                let truncate = || -> std::io::Result<()> {
+                    let f = OpenOptions::new().write(true).open(&path)?;
+                    f.set_len(good_end)?;
+                    f.sync_all()
+                };
+                truncate().map_err(|e| StorageError::io(&path, e))?;
+            }
+            if data.is_empty() {
+                empty.push((id, path));
+            }
+        }
+        // Empty segments hold nothing; drop them so reopening does not pile
+        // them up. (New ids are still taken above the highest id seen.)
+        for (id, path) in empty {
+            remove_if_exists(&path)?;
+            live.remove(&id);
+        }
+
+        let next_id = match max_found {
+            Some(max) => max.checked_add(1).ok_or_else(|| {
+                StorageError::corrupt(dir, 0, "commit log segment id space exhausted")
+            })?,
+            None => 0,
+        }
+        .max(first_live.0);
+        let (file, path) = create_segment(dir, next_id)?;
+        sync_dir(dir)?;
+        live.insert(next_id);
+
+        let fsync_each_round = opts.sync_mode == SyncMode::Batch;
+        let shared = Arc::new(Shared {
+            dir: dir.to_path_buf(),
+            fsync_each_round,
+            segment_size: opts.segment_size,
+            queue: Mutex::new(Queue {
+                buf: Vec::new(),
+                spare: Vec::new(),
+                queued_seq: 0,
+                done_seq: 0,
+                leader: false,
+                failed: None,
+            }),
+            queue_cv: Condvar::new(),
+            active: Mutex::new(Active {
+                id: next_id,
+                path,
+                file: Arc::new(file),
+                len: 0,
+            }),
+            active_id: AtomicU64::new(next_id),
+            segments: Mutex::new(live),
+            bytes_written: AtomicU64::new(0),
+            stop: Mutex::new(false),
+            stop_cv: Condvar::new(),
+        });
+        let syncer = match opts.sync_mode {
+            SyncMode::Batch => None,
+            SyncMode::Periodic { interval } => {
+                let shared = Arc::clone(&shared);
+                let handle = std::thread::Builder::new()
+                    .name("commitlog-sync".into())
+                    .spawn(move || shared.periodic_sync(interval))
+                    .map_err(|e| StorageError::io(dir, e))?;
+                Some(handle)
+            }
+        };
+        Ok((CommitLog { shared, syncer }, replay))
+    }
+
+    /// Appends one record. In [`SyncMode::Batch`] it returns only after an
+    /// fsync (fdatasync) that covers the record; concurrent appenders share
+    /// fsyncs (group commit). In [`SyncMode::Periodic`] it returns once the
+    /// record is written to the OS.
+    pub fn append(&self, record: &[u8]) -> Result<()> {
+        let header = framing::record_header(record)?;
+        self.shared.submit(|buf| {
+            buf.extend_from_slice(&header);
+            buf.extend_from_slice(record);
+        })
+    }
+
+    /// Same as [`append`](Self::append) for several records, written in
+    /// order and made durable together.
+    pub fn append_batch(&self, records: &[&[u8]]) -> Result<()> {
+        if records.is_empty() {
+            return self.shared.check_failed(&self.shared.queue.lock());
+        }
+        let headers = records
+            .iter()
+            .map(|r| framing::record_header(r))
+            .collect::<Result<Vec<_>>>()?;
+        let total: usize = records.iter().map(|r| r.len() + HEADER_LEN).sum();
+        self.shared.submit(|buf| {
+            buf.reserve(total);
+            for (header, record) in headers.iter().zip(records) {
+                buf.extend_from_slice(header);
+                buf.extend_from_slice(record);
+            }
+        })
+    }
+
+    /// Closes the active segment and opens a new one; returns the new active
+    /// segment's id. Every record appended before `roll` was called (and
+    /// every record queued when it takes over the log) is in a segment with a
+    /// smaller id; appends that start after `roll` returns go to the returned
+    /// segment or a later one.
+    pub fn roll(&self) -> Result<SegmentId> {
+        self.shared.roll()
+    }
+
+    /// Deletes all segments with id < `segment` (their data is flushed to
+    /// SSTables and recorded in the manifest). Never deletes the active
+    /// segment.
+    pub fn release_before(&self, segment: SegmentId) -> Result<()> {
+        self.shared.release_before(segment)
+    }
+
+    /// fsyncs everything appended so far.
+    pub fn sync(&self) -> Result<()> {
+        self.shared.sync()
+    }
+
+    /// Bytes written to disk by the log since open.
+    pub fn bytes_written(&self) -> u64 {
+        self.shared.bytes_written.load(Ordering::Relaxed)
+    }
+
+    /// Id of the segment currently receiving appends.
+    pub fn active_segment(&self) -> SegmentId {
+        SegmentId(self.shared.active_id.load(Ordering::Acquire))
+    }
+}
+
+impl Drop for CommitLog {
+    fn drop(&mut self) {
+        if let Some(handle) = self.syncer.take() {
+            *self.shared.stop.lock() = true;
+            self.shared.stop_cv.notify_all();
+            if handle.join().is_err() {
+                tracing::error!("commit log sync thread panicked");
+            }
+            // A clean shutdown loses nothing, even in periodic mode.
+            if let Err(error) = self.shared.sync() {
+                tracing::warn!(%error, "commit log: final sync on close failed");
+            }
+        }
+    }
+}
+
+/// Creates the file of segment `id` (the caller fsyncs the directory).
+fn create_segment(dir: &Path, id: u64) -> Result<(File, PathBuf)> {
+    let path = dir.join(segment_file_name(SegmentId(id)));
+    let file = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&path)
+        .map_err(|e| StorageError::io(&path, e))?;
+    Ok((file, path))
+}
+
+impl Shared {
+    fn check_failed(&self, q: &Queue) -> Result<()> {
+        match &q.failed {
+            None => Ok(()),
+            Some(msg) => Err(StorageError::Closed(format!(
+                "commit log stopped after an I/O error: {msg}"
+            ))),
+        }
+    }
+
+    /// Stops the log after an I/O error whose effect on disk is unknown.
+    fn poison(&self, error: &StorageError) {
+        let mut q = self.queue.lock();
+        if q.failed.is_none() {
+            tracing::error!(%error, "commit log stopped after an I/O error");
+            q.failed = Some(error.to_string());
+        }
+        self.queue_cv.notify_all();
+    }
+
+    /// Takes everything queued for a round; the caller must be the leader.
+    fn take_round(q: &mut Queue) -> (Vec<u8>, u64) {
+        let spare = std::mem::take(&mut q.spare);
+        (std::mem::replace(&mut q.buf, spare), q.queued_seq)
+    }
+
+    /// Ends a round: records its outcome, recycles the buffer, wakes waiters.
+    fn finish_round(
+        &self,
+        q: &mut Queue,
+        mut batch: Vec<u8>,
+        upto: u64,
+        error: Option<&StorageError>,
+    ) {
+        q.leader = false;
+        match error {
+            None => q.done_seq = upto,
+            Some(e) => {
+                if q.failed.is_none() {
+                    tracing::error!(error = %e, "commit log stopped after an I/O error");
+                    q.failed = Some(e.to_string());
+                }
+            }
+        }
+        // Keep one buffer of moderate size for reuse.
+        if batch.capacity() <= 4 << 20 && q.spare.capacity() == 0 {
+            batch.clear();
+            q.spare = batch;
+        }
+        self.queue_cv.notify_all();
+    }
+
+    /// Queues framed bytes (written by `fill`) and waits until a round has
+    /// made them durable (or written them, in periodic mode).
+    fn submit(&self, fill: impl FnOnce(&mut Vec<u8>)) -> Result<()> {
+        let mut q = self.queue.lock();
+        self.check_failed(&q)?;
+        fill(&mut q.buf);
+        q.queued_seq += 1;
+        let my_seq = q.queued_seq;
+        loop {
+            if q.done_seq >= my_seq {
+                return Ok(());
+            }
+            self.check_failed(&q)?;
+            if q.leader {
+                self.queue_cv.wait(&mut q);
+                continue;
+            }
+            q.leader = true;
+            let (batch, upto) = Self::take_round(&mut q);
+            let result = MutexGuard::unlocked(&mut q, || {
+                let mut active = self.active.lock();
+                self.write_locked(&mut active, &batch)?;
+                if active.len >= self.segment_size {
+                    if let Err(error) = self.roll_locked(&mut active) {
+                        // The records are safe; keep using the current segment.
+                        tracing::warn!(%error, "commit log: could not roll to a new segment");
+                    }
+                }
+                Ok(())
+            });
+            self.finish_round(&mut q, batch, upto, result.as_ref().err());
+            result?;
+        }
+    }
+
+    /// Writes `batch` to the active segment and, in batch mode, fsyncs it.
+    fn write_locked(&self, active: &mut Active, batch: &[u8]) -> Result<()> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        (&*active.file)
+            .write_all(batch)
+            .map_err(|e| StorageError::io(&active.path, e))?;
+        active.len += batch.len() as u64;
+        self.bytes_written
+            .fetch_add(batch.len() as u64, Ordering::Relaxed);
+        if self.fsync_each_round {
+            active
+                .file
+                .sync_data()
+                .map_err(|e| StorageError::io(&active.path, e))?;
+        }
+        Ok(())
+    }
+
+    /// Switches to a new segment. The old one is made durable first.
+    fn roll_locked(&self, active: &mut Active) -> Result<SegmentId> {
+        if !self.fsync_each_round {
+            if let Err(e) = active.file.sync_data() {
+                let error = StorageError::io(&active.path, e);
+                self.poison(&error);
+                return Err(error);
+            }
+        }
+        let id = active.id.checked_add(1).ok_or_else(|| {
+            StorageError::InvalidArgument("commit log segment id space exhausted".into())
+        })?;
+        let (file, path) = create_segment(&self.dir, id)?;
+        if let Err(error) = sync_dir(&self.dir) {
+            // Leave no half-created segment behind; the old one stays active.
+            let _ = fs::remove_file(&path);
+            return Err(error);
+        }
+        self.segments.lock().insert(id);
+        *active = Active {
+            id,
+            path,
+            file: Arc::new(file),
+            len: 0,
+        };
+        self.active_id.store(id, Ordering::Release);
+        Ok(SegmentId(id))
+    }
+
+    fn roll(&self) -> Result<SegmentId> {
+        let mut q = self.queue.lock();
+        loop {
+            self.check_failed(&q)?;
+            if !q.leader {
+                break;
+            }
+            self.queue_cv.wait(&mut q);
+        }
+        q.leader = true;
+        // Records already queued go to the old segment.
+        let (batch, upto) = Self::take_round(&mut q);
+        let (written, rolled) = MutexGuard::unlocked(&mut q, || {
+            let mut active = self.active.lock();
+            match self.write_locked(&mut active, &batch) {
+                Ok(()) => (Ok(()), self.roll_locked(&mut active)),
+                Err(e) => {
+                    let msg = e.to_string();
+                    (Err(e), Err(StorageError::Closed(msg)))
+                }
+            }
+        });
+        self.finish_round(&mut q, batch, upto, written.as_ref().err());
+        written?;
+        rolled
+    }
+
+    fn release_before(&self, segment: SegmentId) -> Result<()> {
+        let mut segments = self.segments.lock();
+        let active = self.active_id.load(Ordering::Acquire);
+        let limit = segment.0.min(active);
+        let victims: Vec<u64> = segments.range(..limit).copied().collect();
+        if victims.is_empty() {
+            return Ok(());
+        }
+        for id in victims {
+            remove_if_exists(&self.dir.join(segment_file_name(SegmentId(id))))?;
+            segments.remove(&id);
+        }
+        sync_dir(&self.dir)
+    }
+
+    fn sync(&self) -> Result<()> {
+        self.check_failed(&self.queue.lock())?;
+        let (file, path) = {
+            let active = self.active.lock();
+            (Arc::clone(&active.file), active.path.clone())
+        };
+        // Earlier segments were fsynced when they were rolled away from.
+        if let Err(e) = file.sync_data() {
+            let error = StorageError::io(&path, e);
+            self.poison(&error);
+            return Err(error);
+        }
+        Ok(())
+    }
+
+    /// Body of the periodic-mode background thread.
+    fn periodic_sync(&self, interval: Duration) {
+        let mut synced_upto = 0u64;
+        let mut stop = self.stop.lock();
+        let mut deadline = Instant::now() + interval;
+        loop {
+            if *stop {
+                return;
+            }
+            if !self.stop_cv.wait_until(&mut stop, deadline).timed_out() {
+                continue; // woken early: re-check `stop`
+            }
+            deadline = Instant::now() + interval;
+            let written = self.bytes_written.load(Ordering::Relaxed);
+            if written == synced_upto {
+                continue;
+            }
+            let result = MutexGuard::unlocked(&mut stop, || self.sync());
+            match result {
+                Ok(()) => synced_upto = written,
+                Err(error) => {
+                    tracing::warn!(%error, "commit log: periodic sync failed; stopping it");
+                    return;
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashSet;
+
+    fn opts() -> CommitLogOptions {
+        CommitLogOptions::default()
+    }
+
+    fn segment_path(dir: &Path, id: SegmentId) -> PathBuf {
+        dir.join(segment_file_name(id))
+    }
+
+    fn payloads(replay: &Replay) -> Vec<Vec<u8>> {
+        replay.records.iter().map(|(_, r)| r.clone()).collect()
+    }
+
+    #[test]
+    fn commit_log_is_send_and_sync() {
+        fn send_sync<T: Send + Sync>() {}
+        send_sync::<CommitLog>();
+    }
+
+    #[test]
+    fn segment_names_round_trip() {
+        let name = segment_file_name(SegmentId(42));
+        assert_eq!(name, "commitlog-00000000000000000042.log");
+        assert_eq!(parse_segment_file_name(&name), Some(SegmentId(42)));
+        assert_eq!(parse_segment_file_name("commitlog-42.log"), None);
+        assert_eq!(
+            parse_segment_file_name("commitlog-99999999999999999999.log"),
+            None
+        );
+    }
+
+    #[test]
+    fn append_reopen_replay() {
+        let dir = tempfile::tempdir().unwrap();
+        let (log, replay) = CommitLog::open(dir.path(), SegmentId(0), opts()).unwrap();
+        assert!(replay.records.is_empty() && replay.problems.is_empty());
+        let first = log.active_segment();
+        log.append(b"one").unwrap();
+        log.append(b"").unwrap();
+        log.append_batch(&[b"two", b"three"]).unwrap();
+        log.append_batch(&[]).unwrap();
+        let expected_bytes: u64 = [3usize, 0, 3, 5]
+            .iter()
+            .map(|&n| framing::encoded_len(n) as u64)
+            .sum();
+        assert_eq!(log.bytes_written(), expected_bytes);
+        drop(log);
+
+        let (log, replay) = CommitLog::open(dir.path(), SegmentId(0), opts()).unwrap();
+        assert!(replay.problems.is_empty());
+        assert_eq!(
+            payloads(&replay),
+            vec![b"one".to_vec(), vec![], b"two".to_vec(), b"three".to_vec()]
+        );
+        assert!(replay.records.iter().all(|(s, _)| *s == first));
+        assert!(log.active_segment() > first);
+        assert_eq!(log.bytes_written(), 0);
+    }
+
+    #[test]
+    fn concurrent_batch_appends_all_replay() {
+        let dir = tempfile::tempdir().unwrap();
+        let opts = CommitLogOptions {
+            segment_size: 16 << 10, // force automatic rolls too
+            ..opts()
+        };
+        let (log, _) = CommitLog::open(dir.path(), SegmentId(0), opts.clone()).unwrap();
+        let threads = 16;
+        let per_thread = 200;
+        std::thread::scope(|s| {
+            for t in 0..threads {
+                let log = &log;
+                s.spawn(move || {
+                    for i in 0..per_thread {
+                        let rec = format!("t{t}-r{i}-{}", "x".repeat(i % 50));
+                        if i % 7 == 0 {
+                            let second = format!("{rec}-b");
+                            log.append_batch(&[rec.as_bytes(), second.as_bytes()])
+                                .unwrap();
+                        } else {
+                            log.append(rec.as_bytes()).unwrap();
+                        }
+                    }
+                });
+            }
+        });
+        assert!(
+            log.active_segment() > SegmentId(1),
+            "segment_size should roll"
+        );
+        drop(log);
+        let (_log, replay) = CommitLog::open(dir.path(), SegmentId(0), opts).unwrap();
+        assert!(replay.problems.is_empty());
+        let got: Vec<String> = replay
+            .records
+            .iter()
+            .map(|(_, r)| String::from_utf8(r.clone()).unwrap())
+            .collect();
+        let set: HashSet<&String> = got.iter().collect();
+        assert_eq!(set.len(), got.len(), "no duplicates");
+        let mut expected = 0;
+        for t in 0..threads {
+            // Each thread's records replay in its append order.
+            let mine: Vec<&String> = got
+                .iter()
+                .filter(|r| r.starts_with(&format!("t{t}-")))
+                .collect();
+            let mut want = Vec::new();
+            for i in 0..per_thread {
+                let rec = format!("t{t}-r{i}-{}", "x".repeat(i % 50));
+                if i % 7 == 0 {
+                    want.push(rec.clone());
+                    want.push(format!("{rec}-b"));
+                } else {
+                    want.push(rec);
+                }
+            }
+            assert_eq!(mine, want.iter().collect::<Vec<_>>());
+            expected += want.len();
+        }
+        assert_eq!(got.len(), expected);
+        // Segments replay in id order.
+        assert!(replay.records.windows(2).all(|w| w[0].0 <= w[1].0));
+    }
+
+    #[test]
+    fn roll_and_release_before() {
+        let dir = tempfile::tempdir().unwrap();
+        let (log, _) = CommitLog::open(dir.path(), SegmentId(5), opts()).unwrap();
+        assert_eq!(log.active_segment(), SegmentId(5));
+        log.append(b"a").unwrap();
+        let s6 = log.roll().unwrap();
+        assert_eq!(s6, SegmentId(6));
+        log.append(b"b").unwrap();
+        let s7 = log.roll().unwrap();
+        log.append(b"c").unwrap();
+        let s8 = log.roll().unwrap();
+        assert_eq!(s8, SegmentId(8));
+        assert_eq!(log.active_segment(), s8);
+        for id in 5..=8 {
+            assert!(segment_path(dir.path(), SegmentId(id)).exists());
+        }
+        log.release_before(s7).unwrap();
+        assert!(!segment_path(dir.path(), SegmentId(5)).exists());
+        assert!(!segment_path(dir.path(), SegmentId(6)).exists());
+        assert!(segment_path(dir.path(), s7).exists());
+        assert!(segment_path(dir.path(), s8).exists());
+        // Never deletes the active segment, even when asked to.
+        log.release_before(SegmentId(100)).unwrap();
+        assert!(!segment_path(dir.path(), s7).exists());
+        assert!(segment_path(dir.path(), s8).exists());
+        log.append(b"d").unwrap();
+        drop(log);
+
+        let (_log, replay) = CommitLog::open(dir.path(), SegmentId(8), opts()).unwrap();
+        assert_eq!(replay.records, vec![(s8, b"d".to_vec())]);
+    }
+
+    #[test]
+    fn open_deletes_segments_below_first_live() {
+        let dir = tempfile::tempdir().unwrap();
+        let (log, _) = CommitLog::open(dir.path(), SegmentId(0), opts()).unwrap();
+        log.append(b"old").unwrap();
+        let s1 = log.roll().unwrap();
+        log.append(b"new").unwrap();
+        drop(log);
+        let (log, replay) = CommitLog::open(dir.path(), s1, opts()).unwrap();
+        assert_eq!(replay.records, vec![(s1, b"new".to_vec())]);
+        assert!(!segment_path(dir.path(), SegmentId(0)).exists());
+        assert_eq!(log.active_segment(), SegmentId(2));
+    }
+
+    #[test]
+    fn torn_tail_truncated_and_appends_continue() {
+        let dir = tempfile::tempdir().unwrap();
+        let (log, _) = CommitLog::open(dir.path(), SegmentId(0), opts()).unwrap();
+        let seg = log.active_segment();
+        for i in 0..10u8 {
+            log.append(&[i; 100]).unwrap();
+        }
+        drop(log);
+        let path = segment_path(dir.path(), seg);
+        let full = fs::metadata(&path).unwrap().len();
+        let rec = framing::encoded_len(100) as u64;
+        // Cut the last record in the middle of its payload.
+        let cut = full - 40;
+        OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_len(cut)
+            .unwrap();
+
+        let (log, replay) = CommitLog::open(dir.path(), SegmentId(0), opts()).unwrap();
+        assert_eq!(replay.records.len(), 9);
+        assert_eq!(replay.problems.len(), 1);
+        match &replay.problems[0] {
+            StorageError::Corrupt {
+                offset,
+                reason,
+                path: p,
+            } => {
+                assert_eq!(*offset, 9 * rec);
+                assert!(reason.contains("torn tail"), "{reason}");
+                assert_eq!(p, &path);
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+        assert_eq!(fs::metadata(&path).unwrap().len(), 9 * rec);
+        log.append(b"after").unwrap();
+        drop(log);
+
+        let (_log, replay) = CommitLog::open(dir.path(), SegmentId(0), opts()).unwrap();
+        assert!(replay.problems.is_empty(), "{:?}", replay.problems);
+        let got = payloads(&replay);
+        assert_eq!(got.len(), 10);
+        assert_eq!(got[8], vec![8u8; 100]);
+        assert_eq!(got[9], b"after".to_vec());
+    }
+
+    #[test]
+    fn flipped_byte_reported_and_later_records_recovered() {
+        let dir = tempfile::tempdir().unwrap();
+        let (log, _) = CommitLog::open(dir.path(), SegmentId(0), opts()).unwrap();
+        let seg = log.active_segment();
+        for i in 0..10u8 {
+            log.append(&[i; 64]).unwrap();
+        }
+        drop(log);
+        let path = segment_path(dir.path(), seg);
+        let mut data = fs::read(&path).unwrap();
+        let rec = framing::encoded_len(64);
+        data[4 * rec + HEADER_LEN + 10] ^= 0xff;
+        fs::write(&path, &data).unwrap();
+
+        let (_log, replay) = CommitLog::open(dir.path(), SegmentId(0), opts()).unwrap();
+        let expected: Vec<Vec<u8>> = (0..10u8).filter(|&i| i != 4).map(|i| vec![i; 64]).collect();
+        assert_eq!(payloads(&replay), expected);
+        assert_eq!(replay.problems.len(), 1);
+        assert!(
+            matches!(&replay.problems[0], StorageError::Corrupt { offset, .. } if *offset == 4 * rec as u64)
+        );
+        // The damage is in the middle: the file is left as it was.
+        assert_eq!(fs::read(&path).unwrap(), data);
+    }
+
+    #[test]
+    fn corrupt_tail_of_last_segment_truncated() {
+        let dir = tempfile::tempdir().unwrap();
+        let (log, _) = CommitLog::open(dir.path(), SegmentId(0), opts()).unwrap();
+        let seg = log.active_segment();
+        log.append(b"good").unwrap();
+        drop(log);
+        let path = segment_path(dir.path(), seg);
+        let good_len = fs::metadata(&path).unwrap().len();
+        // Zeros appended after the good record (as after a crash mid-append).
+        let mut data = fs::read(&path).unwrap();
+        data.extend_from_slice(&[0u8; 100]);
+        fs::write(&path, &data).unwrap();
+        let (_log, replay) = CommitLog::open(dir.path(), SegmentId(0), opts()).unwrap();
+        assert_eq!(payloads(&replay), vec![b"good".to_vec()]);
+        assert_eq!(replay.problems.len(), 1);
+        assert_eq!(fs::metadata(&path).unwrap().len(), good_len);
+    }
+
+    #[test]
+    fn periodic_mode_works_and_thread_stops_on_drop() {
+        let dir = tempfile::tempdir().unwrap();
+        let opts = CommitLogOptions {
+            sync_mode: SyncMode::Periodic {
+                interval: Duration::from_millis(10),
+            },
+            ..opts()
+        };
+        let (log, _) = CommitLog::open(dir.path(), SegmentId(0), opts.clone()).unwrap();
+        std::thread::scope(|s| {
+            for t in 0..4u8 {
+                let log = &log;
+                s.spawn(move || {
+                    for i in 0..100u8 {
+                        log.append(&[t, i]).unwrap();
+                    }
+                });
+            }
+        });
+        std::thread::sleep(Duration::from_millis(30));
+        log.sync().unwrap();
+        // The background thread holds a reference to the shared state; after
+        // drop joins it, ours is the only one left.
+        let weak = Arc::downgrade(&log.shared);
+        assert_eq!(weak.strong_count(), 2);
+        drop(log);
+        assert_eq!(weak.strong_count(), 0, "sync thread still running");
+
+        let (_log, replay) = CommitLog::open(dir.path(), SegmentId(0), opts).unwrap();
+        assert_eq!(replay.records.len(), 400);
+        assert!(replay.problems.is_empty());
+    }
+
+    #[test]
+    fn invalid_options_rejected() {
+        let dir = tempfile::tempdir().unwrap();
+        let zero_seg = CommitLogOptions {
+            segment_size: 0,
+            ..opts()
+        };
+        assert!(matches!(
+            CommitLog::open(dir.path(), SegmentId(0), zero_seg),
+            Err(StorageError::InvalidArgument(_))
+        ));
+        let zero_interval = CommitLogOptions {
+            sync_mode: SyncMode::Periodic {
+                interval: Duration::ZERO,
+            },
+            ..opts()
+        };
+        assert!(matches!(
+            CommitLog::open(dir.path(), SegmentId(0), zero_interval),
+            Err(StorageError::InvalidArgument(_))
+        ));
+    }
+
+    #[test]
+    fn reopen_without_writes_does_not_pile_up_segments() {
+        let dir = tempfile::tempdir().unwrap();
+        for _ in 0..5 {
+            let _ = CommitLog::open(dir.path(), SegmentId(0), opts()).unwrap();
+        }
+        assert_eq!(list_segments(dir.path()).unwrap().len(), 1);
+    }
+}
