@@ -408,13 +408,13 @@ impl Harness {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 48, max_shrink_iters: 200, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: 128, max_shrink_iters: 400, ..ProptestConfig::default() })]
 
     #[test]
     fn engine_matches_model(
         ops in proptest::collection::vec(op(), 1..60),
         probes in proptest::collection::vec((0..ROWS, 0..ROWS, 1usize..5), 60),
-        background in proptest::bool::weighted(0.25),
+        background in proptest::bool::weighted(0.3),
     ) {
         let mut h = Harness::new(background);
         for (step, op) in ops.iter().enumerate() {

@@ -646,20 +646,22 @@ impl Inner {
     /// Freezes the active memtable (if it holds anything) and rolls the log.
     fn switch_memtable(&self) -> Result<()> {
         let _exclusive = self.switch_lock.write();
-        let snap = self.snapshot.read().clone();
-        if snap.active.is_empty() {
+        if self.snapshot.read().active.is_empty() {
             return Ok(());
         }
         let log_before = self.log.roll()?;
-        let mut frozen = snap.frozen.clone();
+        // Read-modify-write under the snapshot lock: flushes and compactions
+        // swap the snapshot concurrently and must not be undone.
+        let mut guard = self.snapshot.write();
+        let mut frozen = guard.frozen.clone();
         frozen.push_back(Arc::new(Frozen {
-            mem: snap.active.clone(),
+            mem: guard.active.clone(),
             log_before,
         }));
-        *self.snapshot.write() = Arc::new(Snapshot {
+        *guard = Arc::new(Snapshot {
             active: Arc::new(Memtable::new()),
             frozen,
-            tables: snap.tables.clone(),
+            tables: guard.tables.clone(),
         });
         Ok(())
     }
