@@ -1337,11 +1337,17 @@ impl<'t> Parser<'t> {
 
     fn select(&mut self) -> PResult<Select> {
         self.advance();
+        // `distinct` is also a valid column name: it is the keyword unless
+        // what follows reads as the rest of a selector named `distinct`.
         let next = self.peek_at(1);
+        let after = self.peek_at(2);
         let distinct = self.at_kw("DISTINCT")
             && next.kind != TokenKind::Comma
             && !next.is_keyword("FROM")
-            && !next.is_keyword("AS");
+            && (!next.is_keyword("AS")
+                || after.kind == TokenKind::Comma
+                || after.is_keyword("FROM")
+                || after.is_keyword("AS"));
         if distinct {
             self.advance();
         }

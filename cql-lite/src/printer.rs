@@ -419,6 +419,10 @@ impl Display for Batch {
     }
 }
 
+fn is_distinct_column(item: &SelectItem) -> bool {
+    matches!(&item.selector, Selector::Column(c) if c.name == "distinct")
+}
+
 impl Display for Select {
     fn fmt(&self, f: &mut Formatter<'_>) -> fmt::Result {
         f.write_str("SELECT ")?;
@@ -427,7 +431,20 @@ impl Display for Select {
         }
         match &self.selection {
             Selection::All => f.write_str("*")?,
-            Selection::Items(items) => list(f, items)?,
+            Selection::Items(items) => match items.split_first() {
+                // A first column named `distinct` is quoted so that it
+                // cannot read as the DISTINCT keyword.
+                Some((first, rest)) if !self.distinct && is_distinct_column(first) => {
+                    f.write_str("\"distinct\"")?;
+                    if let Some(a) = &first.alias {
+                        write!(f, " AS {a}")?;
+                    }
+                    for item in rest {
+                        write!(f, ", {item}")?;
+                    }
+                }
+                _ => list(f, items)?,
+            },
         }
         write!(f, " FROM {}", self.table)?;
         where_clause(f, &self.where_clause)?;
