@@ -14,6 +14,8 @@
 //! - [`error`]: [`ParseError`] and its rendering with a caret.
 //! - [`analyze`]: checks of a statement against a schema ([`SemanticError`]).
 
+#![warn(missing_docs)]
+
 pub mod analyze;
 pub mod ast;
 pub mod error;

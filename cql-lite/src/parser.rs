@@ -56,7 +56,13 @@ struct Parser<'t> {
     /// What was tried at `expected_at` (for "expecting ..." messages).
     expected: Vec<&'static str>,
     expected_at: usize,
+    /// How deeply function calls are nested at this point.
+    depth: usize,
 }
+
+/// How deeply function calls may nest (`toTimestamp(toTimestamp(...))`),
+/// so that no input can exhaust the stack.
+pub const MAX_NESTING: usize = 32;
 
 /// A constant or map given as an option value in `WITH`.
 enum OptionValue {
@@ -98,6 +104,7 @@ impl<'t> Parser<'t> {
             pos: 0,
             expected: Vec::new(),
             expected_at: usize::MAX,
+            depth: 0,
         }
     }
 
@@ -363,16 +370,19 @@ impl<'t> Parser<'t> {
                 format!("Unknown function '{name}'"),
             ));
         };
+        if self.depth >= MAX_NESTING {
+            return Err(error_at(
+                ErrorKind::Invalid,
+                name_tok,
+                format!("function calls are nested more than {MAX_NESTING} deep"),
+            ));
+        }
         self.advance();
         self.expect(TokenKind::LParen)?;
-        let mut args = Vec::new();
-        if !self.eat(TokenKind::RParen) {
-            args.push(self.term()?);
-            while self.eat(TokenKind::Comma) {
-                args.push(self.term()?);
-            }
-            self.expect(TokenKind::RParen)?;
-        }
+        self.depth += 1;
+        let args = self.call_args();
+        self.depth -= 1;
+        let args = args?;
         if args.len() != function.arity() {
             return Err(error_at(
                 ErrorKind::Invalid,
@@ -392,6 +402,18 @@ impl<'t> Parser<'t> {
             },
             args,
         })
+    }
+
+    fn call_args(&mut self) -> PResult<Vec<Term>> {
+        let mut args = Vec::new();
+        if !self.eat(TokenKind::RParen) {
+            args.push(self.term()?);
+            while self.eat(TokenKind::Comma) {
+                args.push(self.term()?);
+            }
+            self.expect(TokenKind::RParen)?;
+        }
+        Ok(args)
     }
 
     /// A constant (for option values and map entries).
@@ -633,14 +655,17 @@ impl<'t> Parser<'t> {
                 AlterTableOp::Drop(cols)
             } else if self.at_kw("WITH") {
                 let with = self.advance();
-                if self.at_kw("CLUSTERING") {
+                let options = self.options()?;
+                if let Some(o) = options
+                    .iter()
+                    .find(|o| matches!(o.value, OptionValue::ClusteringOrder(_)))
+                {
                     return Err(error_at(
                         ErrorKind::Invalid,
-                        self.peek(),
+                        &o.value_token,
                         "CLUSTERING ORDER of an existing table cannot be changed",
                     ));
                 }
-                let options = self.options()?;
                 let opts = self.table_options(options)?;
                 if opts.is_empty() {
                     return Err(error_at(ErrorKind::Syntax, with, "expecting an option"));
@@ -1017,15 +1042,14 @@ impl<'t> Parser<'t> {
                     ))
                 }
                 Some(p) if p != i => {
-                    let expected = &primary_key.clustering[i];
-                    return Err(error_at_ident(
-                        ErrorKind::Invalid,
-                        col,
-                        format!(
+                    let message = match primary_key.clustering.get(i) {
+                        Some(expected) if p > i => format!(
                             "The order of columns in the CLUSTERING ORDER directive must match that of the clustering columns ({} must appear before {})",
                             expected.name, col.name
                         ),
-                    ));
+                        _ => format!("Multiple definition of {} in CLUSTERING ORDER", col.name),
+                    };
+                    return Err(error_at_ident(ErrorKind::Invalid, col, message));
                 }
                 Some(_) => {}
             }

@@ -135,6 +135,7 @@ fn create_table_errors() {
         ("CREATE TABLE t (k int PRIMARY KEY, v counter)", "the type counter is not supported", 38),
         ("CREATE TABLE t (k int, c int, v int, PRIMARY KEY (k, c)) WITH CLUSTERING ORDER BY (v ASC)", "Only clustering key columns can be defined in CLUSTERING ORDER directive", 84),
         ("CREATE TABLE t (k int, c int, d int, PRIMARY KEY (k, c, d)) WITH CLUSTERING ORDER BY (d ASC, c ASC)", "(c must appear before d)", 87),
+        ("CREATE TABLE t (k int, c int, PRIMARY KEY (k, c)) WITH CLUSTERING ORDER BY (c ASC, c DESC)", "Multiple definition of c in CLUSTERING ORDER", 84),
         ("CREATE TABLE t (k int PRIMARY KEY) WITH default_time_to_live = -1", "default_time_to_live must be greater than or equal to 0 (got -1)", 64),
         ("CREATE TABLE t (k int PRIMARY KEY) WITH default_time_to_live = 630720001", "default_time_to_live must be less than or equal to 630720000", 64),
         ("CREATE TABLE t (k int PRIMARY KEY) WITH compaction = {'min_threshold': 2}", "Missing sub-option 'class' for the 'compaction' option.", 54),
@@ -178,6 +179,11 @@ fn alter_drop_truncate_table() {
     assert!(fail("ALTER TABLE t WITH CLUSTERING ORDER BY (c DESC)")
         .message
         .contains("cannot be changed"));
+    assert!(
+        fail("ALTER TABLE t WITH comment = 'x' AND CLUSTERING ORDER BY (c DESC)")
+            .message
+            .contains("cannot be changed")
+    );
     assert!(fail("ALTER TABLE t ADD (a int, a text)")
         .message
         .contains("Multiple definition of identifier a"));
@@ -522,6 +528,27 @@ fn error_rendering() {
     assert!(e
         .render(src)
         .ends_with("\n comment */ SELECT * FROM t /* open\n                            ^^^^^^^"));
+}
+
+#[test]
+fn nesting_is_bounded() {
+    let deep = format!(
+        "INSERT INTO t (k) VALUES ({}now(){})",
+        "toTimestamp(".repeat(100_000),
+        ")".repeat(100_000)
+    );
+    let e = fail(&deep);
+    assert!(
+        e.message.contains("nested more than 32 deep"),
+        "{}",
+        e.message
+    );
+    let ok_depth = format!(
+        "INSERT INTO t (k) VALUES ({}now(){})",
+        "toTimestamp(".repeat(31),
+        ")".repeat(31)
+    );
+    ok(&ok_depth);
 }
 
 #[test]
