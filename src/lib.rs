@@ -5,4 +5,5 @@
 //! and their merge.
 
 pub mod model;
+pub mod query;
 pub mod storage;

@@ -9,11 +9,13 @@
 //! What the storage engine stores under a key is an [`Entry`]: a row's state
 //! under a row key, a partition's header under a header key.
 
+pub mod consistency;
 pub mod dots;
 pub mod hlc;
 pub mod key;
 pub mod row;
 
+pub use consistency::Consistency;
 pub use dots::{Dot, DotSet, NodeId};
 pub use hlc::{HybridClock, ManualClock, SystemClock, Timestamp, WallClock};
 pub use row::{

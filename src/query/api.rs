@@ -1,0 +1,316 @@
+//! The seams of the query layer.
+//!
+//! Upward, [`QueryExecutor`] is what the server (and tests) call: text or a
+//! prepared statement in, a [`QueryResult`] out. Downward, [`DataStore`] is
+//! the narrow interface the query layer writes and reads data through: a
+//! single node implements it over its local storage engines, and the
+//! cluster's coordinator implements it over replicas, without the query
+//! layer changing.
+
+use crate::model::{Consistency, DotSet, PartitionHeader, RangeTombstone, RowState, RowWrite, Timestamp};
+use crate::storage::StorageError;
+use cql_lite::{DataType, Value};
+use serde::{Deserialize, Serialize};
+use std::future::Future;
+use std::ops::Bound;
+use std::pin::Pin;
+
+/// A boxed, sendable future (the trait methods return these so the traits
+/// stay object-safe).
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// Per-request options a client sends with a statement.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct QueryOptions {
+    /// Consistency level of the request.
+    pub consistency: Consistency,
+    /// Rows per page (`None`: the server's default page size).
+    pub page_size: Option<u32>,
+    /// Where the previous page stopped.
+    pub paging_state: Option<PagingState>,
+    /// The causal context a read returned, sent back with a write so that
+    /// it supersedes exactly the versions the client saw.
+    pub causal_context: Option<DotSet>,
+}
+
+impl Default for QueryOptions {
+    fn default() -> Self {
+        QueryOptions {
+            consistency: Consistency::One,
+            page_size: None,
+            paging_state: None,
+            causal_context: None,
+        }
+    }
+}
+
+/// An opaque position in a result, returned with a page and sent back for
+/// the next one.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PagingState(pub Vec<u8>);
+
+/// The name and type of one result column.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ColumnSpec {
+    /// Column name or alias, as the client sees it.
+    pub name: String,
+    /// Its type.
+    pub data_type: DataType,
+}
+
+/// One result row.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Row {
+    /// One value per column of the result set (`Value::Null` for none).
+    pub values: Vec<Value>,
+    /// Whether the row had concurrent versions (siblings) that were
+    /// resolved by timestamp.
+    pub conflict: bool,
+    /// With `WITH SIBLINGS`: each sibling's values, in the same column
+    /// layout. Empty otherwise.
+    pub siblings: Vec<Vec<Value>>,
+}
+
+/// Rows returned by a SELECT.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ResultSet {
+    /// The columns, in order.
+    pub columns: Vec<ColumnSpec>,
+    /// The rows of this page.
+    pub rows: Vec<Row>,
+    /// Set when more rows follow: send it back for the next page.
+    pub paging_state: Option<PagingState>,
+    /// The causal context of what was read (for read-modify-write).
+    pub causal_context: Option<DotSet>,
+}
+
+/// What a statement returned.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum QueryResult {
+    /// A write or DDL statement succeeded.
+    Void,
+    /// `USE ks` succeeded; the session's keyspace is now `ks`.
+    SetKeyspace(String),
+    /// The schema changed; `description` says what (e.g. "CREATED TABLE ks.t").
+    SchemaChange {
+        /// What changed.
+        description: String,
+    },
+    /// Rows.
+    Rows(ResultSet),
+}
+
+/// A non-fatal remark attached to a result (Cassandra's warnings).
+pub type Warning = String;
+
+/// Errors a statement can end with. Each is typed so the client and the
+/// shell can show it clearly.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, thiserror::Error)]
+pub enum QueryError {
+    /// The text does not parse; `rendered` has the caret line.
+    #[error("{rendered}")]
+    Syntax {
+        /// Message with position.
+        message: String,
+        /// Position, message, source line and caret.
+        rendered: String,
+    },
+    /// The statement does not fit the schema; `rendered` has the caret line.
+    #[error("{rendered}")]
+    Invalid {
+        /// Message with position.
+        message: String,
+        /// Position, message, source line and caret.
+        rendered: String,
+    },
+    /// Too few replicas are alive to even try.
+    #[error("cannot achieve consistency level {consistency}: {required} replicas required but only {alive} alive")]
+    Unavailable {
+        /// The requested level.
+        consistency: Consistency,
+        /// Replicas the level needs.
+        required: usize,
+        /// Replicas known alive.
+        alive: usize,
+    },
+    /// Replicas did not answer in time.
+    #[error("operation timed out at consistency {consistency}: {received} of {required} replicas answered")]
+    Timeout {
+        /// The requested level.
+        consistency: Consistency,
+        /// Replicas the level needs.
+        required: usize,
+        /// Replicas that answered in time.
+        received: usize,
+        /// Whether it was a write (its outcome is then unknown).
+        write: bool,
+    },
+    /// A prepared statement id the server does not know (re-prepare it).
+    #[error("unknown prepared statement {0}")]
+    UnknownPrepared(String),
+    /// The storage or another server-side part failed.
+    #[error("server error: {0}")]
+    Server(String),
+}
+
+impl From<StorageError> for QueryError {
+    fn from(e: StorageError) -> Self {
+        QueryError::Server(e.to_string())
+    }
+}
+
+/// A successful statement: its result and any warnings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Response {
+    /// The result.
+    pub result: QueryResult,
+    /// Warnings (e.g. a large batch across partitions).
+    pub warnings: Vec<Warning>,
+}
+
+/// A statement parsed and checked once, executed many times with values.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Prepared {
+    /// The id the client sends back.
+    pub id: Vec<u8>,
+    /// Types of the bind markers, in order, with their names (`?` gets the
+    /// column name it binds to).
+    pub bind_columns: Vec<ColumnSpec>,
+    /// Columns of the result, for a SELECT.
+    pub result_columns: Vec<ColumnSpec>,
+}
+
+/// Per-connection state: the keyspace in use.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionState {
+    /// Set by `USE ks`.
+    pub keyspace: Option<String>,
+}
+
+/// What the server calls to run statements.
+pub trait QueryExecutor: Send + Sync + 'static {
+    /// Parses and runs one statement (or a script of them; the last
+    /// result is returned).
+    fn execute<'a>(
+        &'a self,
+        session: &'a mut SessionState,
+        text: &'a str,
+        values: Vec<Value>,
+        options: QueryOptions,
+    ) -> BoxFuture<'a, Result<Response, QueryError>>;
+
+    /// Parses and checks a statement for repeated execution.
+    fn prepare<'a>(&'a self, session: &'a SessionState, text: &'a str) -> BoxFuture<'a, Result<Prepared, QueryError>>;
+
+    /// Runs a prepared statement with bound values.
+    fn execute_prepared<'a>(
+        &'a self,
+        session: &'a mut SessionState,
+        id: &'a [u8],
+        values: Vec<Value>,
+        options: QueryOptions,
+    ) -> BoxFuture<'a, Result<Response, QueryError>>;
+}
+
+/// Names a table's data: its keyspace, name and schema id (a table dropped
+/// and created again under the same name gets a new id, so old data is
+/// never read as new).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct TableRef {
+    /// Keyspace name.
+    pub keyspace: String,
+    /// Table name.
+    pub table: String,
+    /// Schema id of the table.
+    pub id: u128,
+}
+
+/// One change to one partition.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Mutation {
+    /// A write to one row, stamped by a replica: the row is named by its
+    /// encoded clustering key; `context` is the client's causal context.
+    Row {
+        /// Encoded clustering key.
+        clustering: Vec<u8>,
+        /// The cells, marker and deletion written.
+        write: RowWrite,
+        /// What the client read, if it sent a context.
+        context: Option<DotSet>,
+    },
+    /// A deletion of a range of clustering keys.
+    Range(RangeTombstone),
+    /// A deletion of the whole partition.
+    Partition(Timestamp),
+}
+
+/// What a read of one partition asks for.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SliceRequest {
+    /// Lower bound on the encoded clustering key (a prefix bound).
+    pub lower: Bound<Vec<u8>>,
+    /// Upper bound on the encoded clustering key (a prefix bound).
+    pub upper: Bound<Vec<u8>>,
+    /// Descending clustering order.
+    pub reverse: bool,
+    /// Most live rows to return.
+    pub limit: Option<usize>,
+}
+
+/// One row as the store returns it: all versions, so the query layer can
+/// resolve, show siblings and hand out causal contexts.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredRow {
+    /// Encoded clustering key.
+    pub clustering: Vec<u8>,
+    /// The merged state of the row.
+    pub state: RowState,
+}
+
+/// One partition's rows from a read.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct StoredPartition {
+    /// The partition's deletions.
+    pub header: PartitionHeader,
+    /// Live rows in the requested order.
+    pub rows: Vec<StoredRow>,
+}
+
+/// The data below the query layer: local engines on a single node, the
+/// coordinator in a cluster.
+pub trait DataStore: Send + Sync + 'static {
+    /// Applies mutations to one partition (named by its serialized
+    /// partition key) at a consistency level.
+    fn write<'a>(
+        &'a self,
+        table: &'a TableRef,
+        partition_key: &'a [u8],
+        mutations: Vec<Mutation>,
+        consistency: Consistency,
+    ) -> BoxFuture<'a, Result<(), QueryError>>;
+
+    /// Reads a slice of one partition.
+    fn read<'a>(
+        &'a self,
+        table: &'a TableRef,
+        partition_key: &'a [u8],
+        slice: SliceRequest,
+        consistency: Consistency,
+    ) -> BoxFuture<'a, Result<StoredPartition, QueryError>>;
+
+    /// Reads partitions in token order starting after `after` (a partition
+    /// prefix: token and key), at most `max_partitions` of them, each with
+    /// at most `rows_per_partition` live rows. Used by full scans (ALLOW
+    /// FILTERING, DISTINCT, queries without a partition key) and paging.
+    fn scan<'a>(
+        &'a self,
+        table: &'a TableRef,
+        after: Option<Vec<u8>>,
+        max_partitions: usize,
+        rows_per_partition: Option<usize>,
+        consistency: Consistency,
+    ) -> BoxFuture<'a, Result<Vec<(Vec<u8>, StoredPartition)>, QueryError>>;
+
+    /// Removes all data of a table (TRUNCATE, DROP TABLE).
+    fn truncate<'a>(&'a self, table: &'a TableRef) -> BoxFuture<'a, Result<(), QueryError>>;
+}
