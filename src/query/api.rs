@@ -276,6 +276,9 @@ pub struct StoredPartition {
     pub rows: Vec<StoredRow>,
 }
 
+/// A partition from a scan: its prefix (token and key) and its rows.
+pub type ScannedPartition = (Vec<u8>, StoredPartition);
+
 /// The data below the query layer: local engines on a single node, the
 /// coordinator in a cluster.
 pub trait DataStore: Send + Sync + 'static {
@@ -309,7 +312,7 @@ pub trait DataStore: Send + Sync + 'static {
         max_partitions: usize,
         rows_per_partition: Option<usize>,
         consistency: Consistency,
-    ) -> BoxFuture<'a, Result<Vec<(Vec<u8>, StoredPartition)>, QueryError>>;
+    ) -> BoxFuture<'a, Result<Vec<ScannedPartition>, QueryError>>;
 
     /// Removes all data of a table (TRUNCATE, DROP TABLE).
     fn truncate<'a>(&'a self, table: &'a TableRef) -> BoxFuture<'a, Result<(), QueryError>>;
