@@ -583,29 +583,39 @@ impl<'a> Lexer<'a> {
         }
     }
 
-    fn string(&mut self, m: Mark) -> Result<Token, ParseError> {
+    /// Reads text up to a closing `quote`, where a doubled quote stands
+    /// for one (the escape of both string literals and quoted identifiers).
+    fn quoted_text(
+        &mut self,
+        m: Mark,
+        quote: char,
+        unterminated: &str,
+    ) -> Result<String, ParseError> {
         self.bump();
         let mut value = String::new();
         loop {
             match self.bump() {
-                None => {
-                    return Err(self.error(
-                        m,
-                        ErrorKind::Lexical,
-                        "unterminated string literal: missing closing quote (')".into(),
-                    ))
-                }
-                Some('\'') => {
-                    if self.peek() == Some('\'') {
+                None => return Err(self.error(m, ErrorKind::Lexical, unterminated.into())),
+                Some(c) if c == quote => {
+                    if self.peek() == Some(quote) {
                         self.bump();
-                        value.push('\'');
+                        value.push(quote);
                     } else {
-                        return Ok(self.token(m, TokenKind::Str(value)));
+                        return Ok(value);
                     }
                 }
                 Some(c) => value.push(c),
             }
         }
+    }
+
+    fn string(&mut self, m: Mark) -> Result<Token, ParseError> {
+        let value = self.quoted_text(
+            m,
+            '\'',
+            "unterminated string literal: missing closing quote (')",
+        )?;
+        Ok(self.token(m, TokenKind::Str(value)))
     }
 
     fn dollar_string(&mut self, m: Mark) -> Result<Token, ParseError> {
@@ -631,34 +641,15 @@ impl<'a> Lexer<'a> {
     }
 
     fn quoted_ident(&mut self, m: Mark) -> Result<Token, ParseError> {
-        self.bump();
-        let mut value = String::new();
-        loop {
-            match self.bump() {
-                None => {
-                    return Err(self.error(
-                        m,
-                        ErrorKind::Lexical,
-                        "unterminated quoted identifier: missing closing quote (\")".into(),
-                    ))
-                }
-                Some('"') => {
-                    if self.peek() == Some('"') {
-                        self.bump();
-                        value.push('"');
-                    } else if value.is_empty() {
-                        return Err(self.error(
-                            m,
-                            ErrorKind::Lexical,
-                            "empty quoted identifier".into(),
-                        ));
-                    } else {
-                        return Ok(self.token(m, TokenKind::QuotedIdent(value)));
-                    }
-                }
-                Some(c) => value.push(c),
-            }
+        let value = self.quoted_text(
+            m,
+            '"',
+            "unterminated quoted identifier: missing closing quote (\")",
+        )?;
+        if value.is_empty() {
+            return Err(self.error(m, ErrorKind::Lexical, "empty quoted identifier".into()));
         }
+        Ok(self.token(m, TokenKind::QuotedIdent(value)))
     }
 }
 
