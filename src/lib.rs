@@ -4,6 +4,7 @@
 //! the LSM engine on one data directory and [`model`] defines keys, versions
 //! and their merge.
 
+pub mod cluster;
 pub mod model;
 pub mod query;
 pub mod storage;

@@ -1,0 +1,15 @@
+//! The cluster layer: how nodes share the data.
+//!
+//! - [`ring`]: the token ring. Tokens are SipHash of the serialized
+//!   partition key; each node owns a few tokens (vnodes); a partition's
+//!   replicas are the distinct nodes met walking the ring clockwise from its
+//!   token, one per rack first where racks are set. Ownership changes only
+//!   by explicit operations (bootstrap, decommission, removenode); liveness
+//!   is not the ring's business.
+
+pub mod ring;
+
+pub use ring::{pick_tokens, NodeInfo, Ring, RingError, TokenRange, DEFAULT_VNODES};
+
+#[cfg(test)]
+mod ring_tests;
