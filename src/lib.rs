@@ -1,10 +1,13 @@
 //! ringdb: a Dynamo-style, leaderless, AP wide-column database.
 //!
-//! The node is built in layers (see `docs/architecture.md`): [`storage`] is
-//! the LSM engine on one data directory and [`model`] defines keys, versions
-//! and their merge.
+//! The node is built in layers (see `docs/architecture.md`), bottom up:
+//! [`model`] defines keys, versions and their merge; [`storage`] is the LSM
+//! engine on one data directory; [`net`] carries messages between nodes
+//! (QUIC with mutual TLS, or a deterministic simulation); [`cluster`] holds
+//! the ring; [`query`] runs CQL-lite statements through a data store.
 
 pub mod cluster;
 pub mod model;
+pub mod net;
 pub mod query;
 pub mod storage;

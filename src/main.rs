@@ -14,6 +14,9 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
+    /// Creates the cluster CA and issues node certificates (mutual TLS
+    /// between nodes).
+    Certs(cli::certs::CertsArgs),
     /// Writes to a storage engine and reports each acknowledged write on
     /// stdout until killed (used by the crash-recovery test).
     #[command(hide = true)]
@@ -30,6 +33,7 @@ fn main() -> anyhow::Result<()> {
         .init();
     let cli = Cli::parse();
     match cli.command {
+        Command::Certs(args) => cli::certs::run(args),
         Command::CrashWriter(args) => cli::crash_writer::run(args),
     }
 }

@@ -1,0 +1,534 @@
+//! The production transport: one QUIC endpoint per node (quinn, rustls with
+//! ring, mutual TLS under the cluster CA).
+//!
+//! - The endpoint is both server and client on one UDP socket: peers see
+//!   the same address whether we dial them or they dial us.
+//! - Outgoing: one cached connection per peer, dialed on first use and
+//!   re-dialed when it is closed. Each request is one bidirectional stream:
+//!   write the request frame, finish, read the response frame to its end.
+//!   The request's timeout bounds everything, dialing included.
+//! - Incoming: an accept loop spawns a task per connection; each connection
+//!   task spawns a task per stream and reads datagrams. Connections we dial
+//!   accept no streams from the peer (their stream limit is 0).
+//! - A request stream that does not decode is reset with a code from
+//!   [`super::frame::code`], logged and counted; nothing a peer sends can
+//!   panic the node. A peer gets `stream_read_timeout` to send a whole
+//!   request frame.
+//!
+//! A peer that crashed without closing its connections is noticed after the
+//! idle timeout (keep-alives make a live, idle peer answer); until then
+//! requests to it time out, and then the connection is dialed anew.
+
+use std::collections::HashMap;
+use std::marker::PhantomData;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use parking_lot::Mutex;
+use quinn::{Connection, Endpoint, VarInt};
+
+use super::frame::{self, code, Envelope, LENGTH_PREFIX, MAX_FRAME_SIZE};
+use super::rpc;
+use super::tls::{NodeTls, ALPN, PEER_SERVER_NAME};
+use super::{BoxFuture, Handler, Message, NetError, NetStats, NetStatsSnapshot, Transport};
+
+/// Configuration of a [`QuicTransport`].
+#[derive(Debug, Clone)]
+pub struct QuicConfig {
+    /// UDP address to bind (port 0 picks a free port).
+    pub listen: SocketAddr,
+    /// The address peers know this node by; defaults to the bound address.
+    /// Set it when binding an unspecified address (`0.0.0.0`).
+    pub advertise: Option<SocketAddr>,
+    /// This node's TLS identity.
+    pub tls: NodeTls,
+    /// A connection with no traffic for this long is closed.
+    pub idle_timeout: Duration,
+    /// Keep-alive interval, well below `idle_timeout`.
+    pub keep_alive: Duration,
+    /// Time a peer gets to send one complete request frame.
+    pub stream_read_timeout: Duration,
+    /// Time [`Transport::send_datagram`] may spend dialing a peer.
+    pub dial_timeout: Duration,
+    /// Concurrent request streams a peer may have open on one connection.
+    pub max_concurrent_streams: u32,
+}
+
+impl QuicConfig {
+    /// Defaults: idle timeout 10 s, keep-alive 2 s, 10 s to send a request,
+    /// 3 s to dial for a datagram, 1024 concurrent streams per connection.
+    pub fn new(listen: SocketAddr, tls: NodeTls) -> QuicConfig {
+        QuicConfig {
+            listen,
+            advertise: None,
+            tls,
+            idle_timeout: Duration::from_secs(10),
+            keep_alive: Duration::from_secs(2),
+            stream_read_timeout: Duration::from_secs(10),
+            dial_timeout: Duration::from_secs(3),
+            max_concurrent_streams: 1024,
+        }
+    }
+
+    fn transport_config(&self, incoming_streams: u32) -> Result<quinn::TransportConfig, NetError> {
+        let mut t = quinn::TransportConfig::default();
+        let idle =
+            quinn::IdleTimeout::try_from(self.idle_timeout).map_err(|e| NetError::Config {
+                reason: format!("idle timeout {:?}: {e}", self.idle_timeout),
+            })?;
+        t.max_idle_timeout(Some(idle))
+            .keep_alive_interval(Some(self.keep_alive))
+            .max_concurrent_bidi_streams(VarInt::from_u32(incoming_streams))
+            .max_concurrent_uni_streams(VarInt::from_u32(0))
+            .datagram_receive_buffer_size(Some(1024 * 1024))
+            .datagram_send_buffer_size(1024 * 1024);
+        Ok(t)
+    }
+}
+
+/// State shared by the transport and its server tasks.
+struct Shared<Req, Resp> {
+    handler: Arc<dyn Handler<Req, Resp>>,
+    stats: Arc<NetStats>,
+    local: SocketAddr,
+    stream_read_timeout: Duration,
+}
+
+type Slot = Arc<tokio::sync::Mutex<Option<Connection>>>;
+
+struct Inner<Req, Resp> {
+    endpoint: Endpoint,
+    client_config: quinn::ClientConfig,
+    shared: Arc<Shared<Req, Resp>>,
+    conns: Mutex<HashMap<SocketAddr, Slot>>,
+    next_id: AtomicU64,
+    closing: AtomicBool,
+    dial_timeout: Duration,
+    accept_task: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    _types: PhantomData<fn(Req) -> Resp>,
+}
+
+impl<Req, Resp> Drop for Inner<Req, Resp> {
+    fn drop(&mut self) {
+        if let Some(task) = self.accept_task.lock().take() {
+            task.abort();
+        }
+        self.endpoint
+            .close(VarInt::from_u32(code::SHUTTING_DOWN as u32), b"dropped");
+    }
+}
+
+/// The QUIC transport of one node. Cheap to clone (all clones share one
+/// endpoint).
+pub struct QuicTransport<Req, Resp> {
+    inner: Arc<Inner<Req, Resp>>,
+}
+
+impl<Req, Resp> Clone for QuicTransport<Req, Resp> {
+    fn clone(&self) -> Self {
+        QuicTransport {
+            inner: self.inner.clone(),
+        }
+    }
+}
+
+impl<Req: Message, Resp: Message> QuicTransport<Req, Resp> {
+    /// Binds the endpoint and starts serving `handler`. Must be called
+    /// inside a tokio runtime (it spawns the accept loop); outside one it
+    /// fails with [`NetError::Config`].
+    pub fn bind(
+        config: QuicConfig,
+        handler: Arc<dyn Handler<Req, Resp>>,
+    ) -> Result<Self, NetError> {
+        if tokio::runtime::Handle::try_current().is_err() {
+            return Err(NetError::Config {
+                reason: "QuicTransport::bind must be called inside a tokio runtime".into(),
+            });
+        }
+        let mut server_config = quinn::ServerConfig::with_crypto(config.tls.quic_server_crypto()?);
+        server_config.transport_config(Arc::new(
+            config.transport_config(config.max_concurrent_streams)?,
+        ));
+        let mut client_config = quinn::ClientConfig::new(config.tls.quic_client_crypto()?);
+        client_config.transport_config(Arc::new(config.transport_config(0)?));
+
+        let endpoint =
+            Endpoint::server(server_config, config.listen).map_err(|e| NetError::Bind {
+                addr: config.listen,
+                reason: e.to_string(),
+            })?;
+        let bound = endpoint.local_addr().map_err(|e| NetError::Bind {
+            addr: config.listen,
+            reason: e.to_string(),
+        })?;
+        let shared = Arc::new(Shared {
+            handler,
+            stats: Arc::new(NetStats::default()),
+            local: config.advertise.unwrap_or(bound),
+            stream_read_timeout: config.stream_read_timeout,
+        });
+        let accept_task = tokio::spawn(accept_loop(endpoint.clone(), shared.clone()));
+        Ok(QuicTransport {
+            inner: Arc::new(Inner {
+                endpoint,
+                client_config,
+                shared,
+                conns: Mutex::new(HashMap::new()),
+                next_id: AtomicU64::new(1),
+                closing: AtomicBool::new(false),
+                dial_timeout: config.dial_timeout,
+                accept_task: Mutex::new(Some(accept_task)),
+                _types: PhantomData,
+            }),
+        })
+    }
+
+    /// The UDP address the endpoint is bound to.
+    pub fn bound_addr(&self) -> Result<SocketAddr, NetError> {
+        self.inner
+            .endpoint
+            .local_addr()
+            .map_err(|e| NetError::Config {
+                reason: format!("endpoint has no local address: {e}"),
+            })
+    }
+
+    /// Closes all connections (telling peers the node is shutting down),
+    /// stops accepting, and waits until the peers were told. The UDP port is
+    /// released once every clone of this transport is dropped.
+    pub async fn shutdown(&self) {
+        self.inner.closing.store(true, Ordering::SeqCst);
+        let task = self.inner.accept_task.lock().take();
+        if let Some(task) = task {
+            task.abort();
+            let _ = task.await;
+        }
+        self.inner.conns.lock().clear();
+        self.inner
+            .endpoint
+            .close(VarInt::from_u32(code::SHUTTING_DOWN as u32), b"shutdown");
+        self.inner.endpoint.wait_idle().await;
+    }
+}
+
+impl<Req, Resp> Inner<Req, Resp> {
+    /// The cached connection to `to`, dialed if there is none or it closed.
+    async fn connection(&self, to: SocketAddr) -> Result<Connection, NetError> {
+        if self.closing.load(Ordering::SeqCst) {
+            return Err(NetError::Closed);
+        }
+        let slot = self.conns.lock().entry(to).or_default().clone();
+        let mut guard = slot.lock().await;
+        if let Some(conn) = guard.as_ref() {
+            if conn.close_reason().is_none() {
+                return Ok(conn.clone());
+            }
+            tracing::debug!(peer = %to, "cached connection closed; dialing again");
+        }
+        *guard = None;
+        let connecting = self
+            .endpoint
+            .connect_with(self.client_config.clone(), to, PEER_SERVER_NAME)
+            .map_err(|e| match e {
+                quinn::ConnectError::EndpointStopping => NetError::Closed,
+                other => NetError::Unreachable {
+                    peer: to,
+                    reason: other.to_string(),
+                },
+            })?;
+        let conn = connecting.await.map_err(|e| {
+            let err = NetError::from_connection(to, &e);
+            tracing::debug!(peer = %to, %err, "dial failed");
+            err
+        })?;
+        *guard = Some(conn.clone());
+        Ok(conn)
+    }
+
+    async fn request_once(
+        &self,
+        to: SocketAddr,
+        request_id: u64,
+        frame: Vec<u8>,
+    ) -> Result<Resp, NetError>
+    where
+        Resp: Message,
+    {
+        let conn = self.connection(to).await?;
+        let (mut send, mut recv) = conn
+            .open_bi()
+            .await
+            .map_err(|e| NetError::from_connection(to, &e))?;
+        send.write_all(&frame)
+            .await
+            .map_err(|e| write_error(to, e))?;
+        send.finish().map_err(|_| NetError::ConnectionLost {
+            peer: to,
+            reason: "request stream closed while sending".into(),
+        })?;
+        let response = recv
+            .read_to_end(LENGTH_PREFIX + MAX_FRAME_SIZE)
+            .await
+            .map_err(|e| match e {
+                quinn::ReadToEndError::TooLong => {
+                    self.shared.stats.inc_malformed();
+                    NetError::TooLarge {
+                        size: LENGTH_PREFIX + MAX_FRAME_SIZE + 1,
+                        max: MAX_FRAME_SIZE,
+                    }
+                }
+                quinn::ReadToEndError::Read(e) => read_error(to, e),
+            })?;
+        rpc::read_response(&self.shared.stats, to, request_id, &response)
+    }
+}
+
+fn write_error(peer: SocketAddr, e: quinn::WriteError) -> NetError {
+    match e {
+        quinn::WriteError::ConnectionLost(e) => NetError::from_connection(peer, &e),
+        quinn::WriteError::Stopped(code) => {
+            NetError::from_stream_code(peer, code.into_inner(), Duration::ZERO)
+        }
+        other => NetError::ConnectionLost {
+            peer,
+            reason: other.to_string(),
+        },
+    }
+}
+
+/// A read error on a request stream: a reset carries the peer's rejection
+/// code; `Timeout` from a deadline reset is fixed up by the caller.
+fn read_error(peer: SocketAddr, e: quinn::ReadError) -> NetError {
+    match e {
+        quinn::ReadError::Reset(code) => {
+            NetError::from_stream_code(peer, code.into_inner(), Duration::ZERO)
+        }
+        quinn::ReadError::ConnectionLost(e) => NetError::from_connection(peer, &e),
+        other => NetError::ConnectionLost {
+            peer,
+            reason: other.to_string(),
+        },
+    }
+}
+
+impl<Req: Message, Resp: Message> Transport<Req, Resp> for QuicTransport<Req, Resp> {
+    fn request(
+        &self,
+        to: SocketAddr,
+        req: Req,
+        timeout: Duration,
+    ) -> BoxFuture<'static, Result<Resp, NetError>> {
+        let inner = self.inner.clone();
+        Box::pin(async move {
+            let stats = inner.shared.stats.clone();
+            stats.inc_requests_out();
+            let request_id = inner.next_id.fetch_add(1, Ordering::Relaxed);
+            let envelope = Envelope::new(
+                request_id,
+                frame::deadline_ms(timeout),
+                inner.shared.local,
+                req,
+            );
+            let result = match frame::encode_frame(&envelope) {
+                Err(e) => Err(e),
+                Ok(frame) => {
+                    match tokio::time::timeout(timeout, inner.request_once(to, request_id, frame))
+                        .await
+                    {
+                        Ok(Err(NetError::Timeout { peer, .. })) => {
+                            Err(NetError::Timeout { peer, timeout })
+                        }
+                        Ok(result) => result,
+                        Err(_) => Err(NetError::Timeout { peer: to, timeout }),
+                    }
+                }
+            };
+            if result.is_err() {
+                stats.inc_requests_failed();
+            }
+            result
+        })
+    }
+
+    fn send_datagram(
+        &self,
+        to: SocketAddr,
+        payload: Bytes,
+    ) -> BoxFuture<'static, Result<(), NetError>> {
+        let inner = self.inner.clone();
+        Box::pin(async move {
+            let stats = inner.shared.stats.clone();
+            let result = async {
+                let datagram = frame::encode_datagram(inner.shared.local, &payload)?;
+                let conn =
+                    match tokio::time::timeout(inner.dial_timeout, inner.connection(to)).await {
+                        Ok(conn) => conn?,
+                        Err(_) => {
+                            return Err(NetError::Timeout {
+                                peer: to,
+                                timeout: inner.dial_timeout,
+                            })
+                        }
+                    };
+                let size = datagram.len();
+                conn.send_datagram(datagram).map_err(|e| match e {
+                    quinn::SendDatagramError::TooLarge => NetError::TooLarge {
+                        size,
+                        max: conn.max_datagram_size().unwrap_or(0),
+                    },
+                    quinn::SendDatagramError::ConnectionLost(e) => {
+                        NetError::from_connection(to, &e)
+                    }
+                    other => NetError::Protocol {
+                        peer: to,
+                        reason: other.to_string(),
+                    },
+                })
+            }
+            .await;
+            match &result {
+                Ok(()) => stats.inc_datagrams_out(),
+                Err(_) => stats.inc_datagrams_dropped(),
+            }
+            result
+        })
+    }
+
+    fn max_datagram_size(&self, to: SocketAddr) -> Option<usize> {
+        let slot = self.inner.conns.lock().get(&to).cloned()?;
+        let guard = slot.try_lock().ok()?;
+        let max = guard.as_ref()?.max_datagram_size()?;
+        max.checked_sub(frame::datagram_header_len(self.inner.shared.local))
+    }
+
+    fn local_addr(&self) -> SocketAddr {
+        self.inner.shared.local
+    }
+
+    fn stats(&self) -> NetStatsSnapshot {
+        self.inner.shared.stats.snapshot()
+    }
+
+    fn shutdown(&self) -> BoxFuture<'static, ()> {
+        let this = self.clone();
+        Box::pin(async move { QuicTransport::shutdown(&this).await })
+    }
+}
+
+async fn accept_loop<Req: Message, Resp: Message>(
+    endpoint: Endpoint,
+    shared: Arc<Shared<Req, Resp>>,
+) {
+    while let Some(incoming) = endpoint.accept().await {
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            let remote = incoming.remote_address();
+            let conn = match incoming.await {
+                Ok(conn) => conn,
+                Err(e) => {
+                    shared.stats.inc_handshakes_failed();
+                    let err = NetError::from_connection(remote, &e);
+                    tracing::warn!(peer = %remote, %err, "refused incoming connection");
+                    return;
+                }
+            };
+            let alpn = conn
+                .handshake_data()
+                .and_then(|d| d.downcast::<quinn::crypto::rustls::HandshakeData>().ok())
+                .and_then(|d| d.protocol);
+            if alpn.as_deref() != Some(ALPN) {
+                shared.stats.inc_handshakes_failed();
+                tracing::warn!(peer = %remote, "refused incoming connection without the ringdb ALPN");
+                conn.close(VarInt::from_u32(code::PROTOCOL as u32), b"wrong ALPN");
+                return;
+            }
+            serve_connection(conn, shared).await;
+        });
+    }
+}
+
+async fn serve_connection<Req: Message, Resp: Message>(
+    conn: Connection,
+    shared: Arc<Shared<Req, Resp>>,
+) {
+    let remote = conn.remote_address();
+    let datagrams = {
+        let conn = conn.clone();
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            while let Ok(datagram) = conn.read_datagram().await {
+                rpc::deliver_datagram(&*shared.handler, &shared.stats, remote, datagram);
+            }
+        })
+    };
+    loop {
+        match conn.accept_bi().await {
+            Ok((send, recv)) => {
+                tokio::spawn(serve_stream(send, recv, remote, shared.clone()));
+            }
+            Err(e) => {
+                tracing::debug!(peer = %remote, error = %e, "incoming connection ended");
+                break;
+            }
+        }
+    }
+    datagrams.abort();
+}
+
+async fn serve_stream<Req: Message, Resp: Message>(
+    mut send: quinn::SendStream,
+    mut recv: quinn::RecvStream,
+    remote: SocketAddr,
+    shared: Arc<Shared<Req, Resp>>,
+) {
+    let reject = |send: &mut quinn::SendStream, recv: &mut quinn::RecvStream, code: u64| {
+        let code = VarInt::from_u64(code).unwrap_or(VarInt::from_u32(0));
+        let _ = recv.stop(code);
+        let _ = send.reset(code);
+    };
+    let read = tokio::time::timeout(
+        shared.stream_read_timeout,
+        recv.read_to_end(LENGTH_PREFIX + MAX_FRAME_SIZE),
+    )
+    .await;
+    let request = match read {
+        Ok(Ok(bytes)) => bytes,
+        Ok(Err(quinn::ReadToEndError::TooLong)) => {
+            shared.stats.inc_malformed();
+            tracing::warn!(peer = %remote, "rejecting request stream longer than the frame limit");
+            reject(&mut send, &mut recv, code::TOO_LARGE);
+            return;
+        }
+        Ok(Err(quinn::ReadToEndError::Read(e))) => {
+            tracing::debug!(peer = %remote, error = %e, "request stream broken by the peer");
+            return;
+        }
+        Err(_) => {
+            shared.stats.inc_malformed();
+            tracing::warn!(peer = %remote, "peer did not finish its request frame in time");
+            reject(&mut send, &mut recv, code::MALFORMED);
+            return;
+        }
+    };
+    let response = rpc::serve_request(
+        shared.handler.clone(),
+        shared.stats.clone(),
+        shared.local,
+        remote,
+        request,
+    )
+    .await;
+    match response {
+        Ok(frame) => {
+            if let Err(e) = send.write_all(&frame).await {
+                tracing::debug!(peer = %remote, error = %e, "cannot send response");
+                return;
+            }
+            let _ = send.finish();
+        }
+        Err(code) => reject(&mut send, &mut recv, code),
+    }
+}
