@@ -6,7 +6,10 @@
 //!   token, one per rack first where racks are set. Ownership changes only
 //!   by explicit operations (bootstrap, decommission, removenode); liveness
 //!   is not the ring's business.
+//! - [`hints`]: durable hints, writes held for a replica that was down,
+//!   replayed when it is back and dropped (counted) past the hint window.
 
+pub mod hints;
 pub mod ring;
 
 pub use ring::{pick_tokens, NodeInfo, Ring, RingError, TokenRange, DEFAULT_VNODES};

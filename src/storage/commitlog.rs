@@ -105,7 +105,7 @@ fn parse_segment_file_name(name: &str) -> Option<SegmentId> {
 
 /// fsyncs a directory, so file creations, deletions and renames in it are
 /// durable.
-pub(crate) fn sync_dir(dir: &Path) -> Result<()> {
+pub fn sync_dir(dir: &Path) -> Result<()> {
     File::open(dir)
         .and_then(|d| d.sync_all())
         .map_err(|e| StorageError::io(dir, e))

@@ -20,7 +20,7 @@
 //! range, bloom filter on the partition, clustering bounds) with the model's
 //! join, so the order of sources never matters.
 
-use super::commitlog::{CommitLog, CommitLogOptions, SegmentId, SyncMode};
+use super::commitlog::{sync_dir, CommitLog, CommitLogOptions, SegmentId, SyncMode};
 use super::compaction::{CompactionStrategy, TableStats};
 use super::iter::{hex, MemtableRange, MergeIter, Source};
 use super::manifest::{Manifest, ManifestEdit, TableRecord};
@@ -985,10 +985,4 @@ fn remove_orphans(tables_dir: &Path, live: impl Fn(u64) -> bool) -> Result<()> {
         }
     }
     Ok(())
-}
-
-fn sync_dir(dir: &Path) -> Result<()> {
-    std::fs::File::open(dir)
-        .and_then(|f| f.sync_all())
-        .map_err(|e| StorageError::io(dir, e))
 }
