@@ -6,4 +6,5 @@
 
 pub mod model;
 pub mod query;
+pub mod schema;
 pub mod storage;

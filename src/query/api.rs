@@ -7,7 +7,9 @@
 //! cluster's coordinator implements it over replicas, without the query
 //! layer changing.
 
-use crate::model::{Consistency, DotSet, PartitionHeader, RangeTombstone, RowState, RowWrite, Timestamp};
+use crate::model::{
+    Consistency, DotSet, PartitionHeader, RangeTombstone, RowState, RowWrite, Timestamp,
+};
 use crate::storage::StorageError;
 use cql_lite::{DataType, Value};
 use serde::{Deserialize, Serialize};
@@ -200,7 +202,11 @@ pub trait QueryExecutor: Send + Sync + 'static {
     ) -> BoxFuture<'a, Result<Response, QueryError>>;
 
     /// Parses and checks a statement for repeated execution.
-    fn prepare<'a>(&'a self, session: &'a SessionState, text: &'a str) -> BoxFuture<'a, Result<Prepared, QueryError>>;
+    fn prepare<'a>(
+        &'a self,
+        session: &'a SessionState,
+        text: &'a str,
+    ) -> BoxFuture<'a, Result<Prepared, QueryError>>;
 
     /// Runs a prepared statement with bound values.
     fn execute_prepared<'a>(
