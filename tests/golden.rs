@@ -280,7 +280,7 @@ impl Runner {
                     _ => return format!("bad context {arg}"),
                 };
                 match &self.next_context {
-                    Some(c) => format!("context of {} dots", c.size()),
+                    Some(_) => "context set".into(),
                     None => "no context".into(),
                 }
             }
