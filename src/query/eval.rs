@@ -40,10 +40,10 @@ impl TimeUuids {
 
     /// A new timeuuid for wall-clock millisecond `ms`.
     pub fn make(&self, ms: u64) -> u128 {
-        let wanted = ms * 10_000 + UUID_EPOCH_OFFSET;
+        let wanted = ms.saturating_mul(10_000).saturating_add(UUID_EPOCH_OFFSET);
         let mut prev = self.last.load(Ordering::SeqCst);
         let ticks = loop {
-            let next = wanted.max(prev + 1);
+            let next = wanted.max(prev.saturating_add(1));
             match self
                 .last
                 .compare_exchange(prev, next, Ordering::SeqCst, Ordering::SeqCst)

@@ -262,7 +262,7 @@ fn ttl_expiry(
             cql_lite::parser::MAX_TTL
         )));
     }
-    Ok((ttl > 0).then(|| ctx.now_ms + ttl as u64 * 1000))
+    Ok((ttl > 0).then(|| ctx.now_ms.saturating_add(ttl as u64 * 1000)))
 }
 
 fn timestamp_of(term: Option<&Term>, ctx: &WriteContext<'_>) -> Result<Timestamp, QueryError> {
