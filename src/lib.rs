@@ -10,4 +10,5 @@ pub mod cluster;
 pub mod model;
 pub mod net;
 pub mod query;
+pub mod schema;
 pub mod storage;

@@ -2,5 +2,45 @@
 //!
 //! [`api`] holds the seams: [`api::QueryExecutor`] upward (the server) and
 //! [`api::DataStore`] downward (local engines now, the coordinator later).
+//! [`Executor`] implements the first over any implementation of the second;
+//! [`local::LocalStore`] is the single-node store over storage engines.
+//!
+//! The executor is async only at its seams: parsing, checking and planning
+//! are plain functions, and every await is a call into the `DataStore`. The
+//! local store runs the blocking engine calls in `spawn_blocking`, so a
+//! coordinator that awaits network replies can replace it unchanged.
+//!
+//! Decisions worth knowing:
+//!
+//! - Results of `pk IN (...)` come partition by partition in the order of
+//!   the key values (deduplicated), rows in clustering order; with `ORDER
+//!   BY` they are merged in clustering order and, as in Cassandra, such a
+//!   query cannot be paged. Scans return partitions in token order.
+//! - `causal_context` of a result is the row's context when the query names
+//!   exactly one row (full primary key by `=`; an empty context when the
+//!   row does not exist), and `None` otherwise: dots are counted per row,
+//!   so a join over several rows would name dots of other rows and could
+//!   make a write supersede versions it never saw. A write with a context
+//!   must write exactly one row.
+//! - `WITH SIBLINGS` lists each version of a row that has more than one.
+//! - Timestamps: `USING TIMESTAMP` microseconds become HLC values with the
+//!   milliseconds in the high bits and the remaining microseconds in the
+//!   logical counter (order-preserving); `WRITETIME` converts back.
+//! - A logged batch is not atomic across partitions yet (there is no batch
+//!   log on a single node); its statements share one timestamp.
+//!
+//! Inside: [`bind`] (markers and values), [`eval`] (terms, functions,
+//! timestamps), [`write`] (INSERT/UPDATE/DELETE/BATCH to mutations),
+//! [`select`] (plans, paging, aggregates) and [`format`] (text output).
 
 pub mod api;
+pub mod bind;
+pub mod eval;
+mod executor;
+pub mod format;
+pub mod local;
+pub mod select;
+pub mod write;
+
+pub use executor::{Executor, ExecutorConfig};
+pub use local::LocalStore;

@@ -1,0 +1,506 @@
+//! The executor: CQL-lite text to results, through a [`DataStore`].
+
+use super::api::{
+    BoxFuture, ColumnSpec, DataStore, Mutation, Prepared, QueryError, QueryExecutor, QueryOptions,
+    QueryResult, Response, SessionState, TableRef,
+};
+use super::bind::{bind, bind_specs};
+use super::eval::{invalid, micros_to_hlc, EvalContext, TimeUuids};
+use super::select::{execute_select, plan_select};
+use super::write::{plan_delete, plan_insert, plan_update, table_ref, Planned, WriteContext};
+use crate::model::HybridClock;
+use crate::schema::{Schema, SchemaChange, SchemaError, SchemaStore, Table};
+use cql_lite::analyze::{check_select, check_statement, SemanticError};
+use cql_lite::ast::{BatchKind, BatchStatement, QualifiedName, Statement};
+use cql_lite::{ErrorKind, ParseError, Value};
+use parking_lot::Mutex;
+use std::collections::HashMap;
+use std::hash::Hasher;
+use std::sync::Arc;
+
+/// Settings of an [`Executor`].
+#[derive(Debug, Clone)]
+pub struct ExecutorConfig {
+    /// Rows per page when the request does not say.
+    pub default_page_size: u32,
+    /// A batch touching more partitions than this gets a warning.
+    pub batch_partitions_warn: usize,
+}
+
+impl Default for ExecutorConfig {
+    fn default() -> Self {
+        ExecutorConfig {
+            default_page_size: 5000,
+            batch_partitions_warn: 10,
+        }
+    }
+}
+
+struct PreparedEntry {
+    stmt: Statement,
+    text: String,
+    keyspace: Option<String>,
+}
+
+/// Runs CQL-lite statements: parse, check against the schema, plan,
+/// execute through a [`DataStore`].
+pub struct Executor {
+    store: Arc<dyn DataStore>,
+    schema: Arc<SchemaStore>,
+    clock: Arc<HybridClock>,
+    uuids: TimeUuids,
+    config: ExecutorConfig,
+    prepared: Mutex<HashMap<Vec<u8>, Arc<PreparedEntry>>>,
+}
+
+impl std::fmt::Debug for Executor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Executor")
+            .field("config", &self.config)
+            .finish()
+    }
+}
+
+fn parse_error(e: &ParseError, text: &str) -> QueryError {
+    match e.kind {
+        ErrorKind::Lexical | ErrorKind::Syntax => QueryError::Syntax {
+            message: e.to_string(),
+            rendered: e.render(text),
+        },
+        ErrorKind::Unsupported | ErrorKind::Invalid => QueryError::Invalid {
+            message: e.to_string(),
+            rendered: e.render(text),
+        },
+    }
+}
+
+fn semantic_error(e: &SemanticError, text: &str) -> QueryError {
+    QueryError::Invalid {
+        message: e.to_string(),
+        rendered: e.render(text),
+    }
+}
+
+fn schema_error(e: SchemaError) -> QueryError {
+    match e {
+        SchemaError::Io { .. } | SchemaError::Corrupt { .. } => QueryError::Server(e.to_string()),
+        other => invalid(other.to_string()),
+    }
+}
+
+fn hash64(parts: &[&[u8]]) -> u64 {
+    let mut h =
+        siphasher::sip::SipHasher13::new_with_keys(0x7175_6572_792d_6964, 0x7072_6570_6172_6564);
+    for p in parts {
+        h.write(&(p.len() as u64).to_le_bytes());
+        h.write(p);
+    }
+    h.finish()
+}
+
+fn keyspace_of(name: &QualifiedName, session: Option<&str>) -> Option<String> {
+    name.keyspace
+        .as_ref()
+        .map(|k| k.name.clone())
+        .or_else(|| session.map(str::to_string))
+}
+
+impl Executor {
+    /// An executor over `store`, with the node's schema and clock.
+    pub fn new(
+        store: Arc<dyn DataStore>,
+        schema: Arc<SchemaStore>,
+        clock: Arc<HybridClock>,
+        config: ExecutorConfig,
+    ) -> Executor {
+        Executor {
+            store,
+            schema,
+            clock,
+            uuids: TimeUuids::new(),
+            config,
+            prepared: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The schema store.
+    pub fn schema(&self) -> &Arc<SchemaStore> {
+        &self.schema
+    }
+
+    fn eval_ctx(&self) -> EvalContext<'_> {
+        EvalContext {
+            clock: &self.clock,
+            uuids: &self.uuids,
+        }
+    }
+
+    fn table<'s>(
+        &self,
+        schema: &'s Schema,
+        name: &QualifiedName,
+        session: Option<&str>,
+    ) -> Result<&'s Table, QueryError> {
+        let ks = keyspace_of(name, session).ok_or_else(|| invalid("No keyspace has been specified. USE a keyspace, or explicitly specify keyspace.tablename"))?;
+        schema
+            .get_table(&ks, &name.name.name)
+            .ok_or_else(|| invalid(format!("unconfigured table {}", name.name)))
+    }
+
+    async fn run_script(
+        &self,
+        session: &mut SessionState,
+        text: &str,
+        values: Vec<Value>,
+        options: QueryOptions,
+    ) -> Result<Response, QueryError> {
+        let statements = cql_lite::parse(text).map_err(|e| parse_error(&e, text))?;
+        if statements.is_empty() {
+            return Err(invalid("no statement to execute"));
+        }
+        if statements.len() > 1 && !values.is_empty() {
+            return Err(invalid(
+                "bound values need a single statement, not a script",
+            ));
+        }
+        let mut last = None;
+        let mut values = Some(values);
+        for stmt in statements {
+            let v = values.take().unwrap_or_default();
+            last = Some(self.run(session, &stmt, text, v, options.clone()).await?);
+        }
+        last.ok_or_else(|| invalid("no statement to execute"))
+    }
+
+    async fn run(
+        &self,
+        session: &mut SessionState,
+        stmt: &Statement,
+        text: &str,
+        values: Vec<Value>,
+        options: QueryOptions,
+    ) -> Result<Response, QueryError> {
+        let schema = self.schema.current();
+        let ks = session.keyspace.clone();
+        check_statement(stmt, ks.as_deref(), &*schema).map_err(|e| semantic_error(&e, text))?;
+        let bound = bind(stmt, &schema, ks.as_deref(), values)?;
+        let ok = |result| Response {
+            result,
+            warnings: Vec::new(),
+        };
+        match &bound {
+            Statement::Use(k) => {
+                session.keyspace = Some(k.name.clone());
+                Ok(ok(QueryResult::SetKeyspace(k.name.clone())))
+            }
+            s if s.is_schema_change() => self.schema_change(s, ks.as_deref()).await.map(ok),
+            Statement::Truncate(t) => {
+                let table = self.table(&schema, &t.name, ks.as_deref())?;
+                self.store.truncate(&table_ref(table)).await?;
+                Ok(ok(QueryResult::Void))
+            }
+            Statement::Select(s) => {
+                let table = self.table(&schema, &s.table, ks.as_deref())?;
+                let restrictions = check_select(s, ks.as_deref(), &*schema)
+                    .map_err(|e| semantic_error(&e, text))?;
+                let fingerprint = hash64(&[&table.id.to_le_bytes(), bound.to_string().as_bytes()]);
+                let plan = plan_select(table, s, &restrictions, &self.eval_ctx(), fingerprint)?;
+                let page_size = options
+                    .page_size
+                    .filter(|p| *p > 0)
+                    .unwrap_or(self.config.default_page_size)
+                    .max(1) as usize;
+                let now = self.clock.wall().now_millis();
+                let rs = execute_select(&plan, &*self.store, &options, page_size, now).await?;
+                Ok(ok(QueryResult::Rows(rs)))
+            }
+            Statement::Insert(_)
+            | Statement::Update(_)
+            | Statement::Delete(_)
+            | Statement::Batch(_) => self.write(&schema, &bound, ks.as_deref(), &options).await,
+            _ => Err(invalid("unsupported statement")),
+        }
+    }
+
+    async fn schema_change(
+        &self,
+        stmt: &Statement,
+        session: Option<&str>,
+    ) -> Result<QueryResult, QueryError> {
+        let schema = self.schema.current();
+        let id = rand::random::<u128>();
+        let Some(change) = schema
+            .change_for(stmt, session, id, self.clock.now())
+            .map_err(schema_error)?
+        else {
+            return Ok(QueryResult::Void);
+        };
+        // Tables whose data goes with the change.
+        let dropped: Vec<TableRef> = match &change {
+            SchemaChange::DropKeyspace(k) => schema.tables(k).map(table_ref).collect(),
+            SchemaChange::DropTable { keyspace, table } => schema
+                .get_table(keyspace, table)
+                .map(table_ref)
+                .into_iter()
+                .collect(),
+            _ => Vec::new(),
+        };
+        self.schema.apply(&change).map_err(schema_error)?;
+        for t in &dropped {
+            self.store.truncate(t).await?;
+        }
+        Ok(QueryResult::SchemaChange {
+            description: change.description(),
+        })
+    }
+
+    async fn write(
+        &self,
+        schema: &Schema,
+        stmt: &Statement,
+        session: Option<&str>,
+        options: &QueryOptions,
+    ) -> Result<Response, QueryError> {
+        let now_ms = self.clock.wall().now_millis();
+        let eval = self.eval_ctx();
+        let batch_ts = match stmt {
+            Statement::Batch(b) => match &b.timestamp {
+                Some(t) => match eval.eval_int(t, "[timestamp]")? {
+                    Some(m) => Some(micros_to_hlc(m)?),
+                    None => return Err(invalid("Invalid null value of timestamp")),
+                },
+                None => None,
+            },
+            _ => None,
+        };
+        let ctx = WriteContext {
+            eval,
+            ts: batch_ts.unwrap_or_else(|| self.clock.now()),
+            now_ms,
+        };
+        let mut planned: Vec<Planned> = Vec::new();
+        let plan_one = |s: &BatchStatement| -> Result<Planned, QueryError> {
+            match s {
+                BatchStatement::Insert(i) => {
+                    plan_insert(self.table(schema, &i.table, session)?, i, &ctx)
+                }
+                BatchStatement::Update(u) => {
+                    plan_update(self.table(schema, &u.table, session)?, u, &ctx)
+                }
+                BatchStatement::Delete(d) => {
+                    plan_delete(self.table(schema, &d.table, session)?, d, &ctx)
+                }
+            }
+        };
+        let mut batch_kind = None;
+        match stmt {
+            Statement::Insert(i) => planned.push(plan_one(&BatchStatement::Insert(i.clone()))?),
+            Statement::Update(u) => planned.push(plan_one(&BatchStatement::Update(u.clone()))?),
+            Statement::Delete(d) => planned.push(plan_one(&BatchStatement::Delete(d.clone()))?),
+            Statement::Batch(b) => {
+                batch_kind = Some(b.kind);
+                for s in &b.statements {
+                    planned.push(plan_one(s)?);
+                }
+            }
+            _ => return Err(invalid("not a write")),
+        }
+        // Group per (table, partition), keeping statement order.
+        let mut groups: Vec<(TableRef, Vec<u8>, Vec<Mutation>)> = Vec::new();
+        for p in planned {
+            for (pk, m) in p.writes {
+                match groups
+                    .iter_mut()
+                    .find(|(t, k, _)| *t == p.table && *k == pk)
+                {
+                    Some((_, _, ms)) => ms.push(m),
+                    None => groups.push((p.table.clone(), pk, vec![m])),
+                }
+            }
+        }
+        // A causal context names one row's versions: it applies only to a
+        // write of exactly one row.
+        if let Some(ctx_set) = &options.causal_context {
+            let rows: usize = groups
+                .iter()
+                .map(|(_, _, ms)| {
+                    ms.iter()
+                        .filter(|m| matches!(m, Mutation::Row { .. }))
+                        .count()
+                })
+                .sum();
+            if rows != 1 || groups.len() != 1 {
+                return Err(invalid(
+                    "A causal context applies to a write of exactly one row",
+                ));
+            }
+            for (_, _, ms) in &mut groups {
+                for m in ms {
+                    if let Mutation::Row { context, .. } = m {
+                        *context = Some(ctx_set.clone());
+                    }
+                }
+            }
+        }
+        let mut warnings = Vec::new();
+        if let Some(kind) = batch_kind {
+            let n = groups.len();
+            if n > self.config.batch_partitions_warn {
+                let tables: Vec<String> = {
+                    let mut t: Vec<String> = groups
+                        .iter()
+                        .map(|(t, _, _)| format!("{}.{}", t.keyspace, t.table))
+                        .collect();
+                    t.sort();
+                    t.dedup();
+                    t
+                };
+                let what = match kind {
+                    BatchKind::Unlogged => "Unlogged batch",
+                    BatchKind::Logged => "Batch",
+                };
+                warnings.push(format!(
+                    "{what} covering {n} partitions detected against table{} [{}]. You should use a logged batch for atomicity, or asynchronous writes for performance.",
+                    if tables.len() > 1 { "s" } else { "" },
+                    tables.join(", ")
+                ));
+            }
+        }
+        for (table, pk, mutations) in groups {
+            self.store
+                .write(&table, &pk, mutations, options.consistency)
+                .await?;
+        }
+        Ok(Response {
+            result: QueryResult::Void,
+            warnings,
+        })
+    }
+
+    fn prepared_id(text: &str, keyspace: Option<&str>) -> Vec<u8> {
+        let a = hash64(&[text.as_bytes(), keyspace.unwrap_or("").as_bytes()]);
+        let b = hash64(&[keyspace.unwrap_or("").as_bytes(), text.as_bytes()]);
+        let mut id = a.to_be_bytes().to_vec();
+        id.extend_from_slice(&b.to_be_bytes());
+        id
+    }
+
+    fn prepare_now(&self, session: &SessionState, text: &str) -> Result<Prepared, QueryError> {
+        let stmt = cql_lite::parse_statement(text).map_err(|e| parse_error(&e, text))?;
+        let schema = self.schema.current();
+        let ks = session.keyspace.as_deref();
+        check_statement(&stmt, ks, &*schema).map_err(|e| semantic_error(&e, text))?;
+        let bind_columns = bind_specs(&stmt, &schema, ks)?;
+        let result_columns = match &stmt {
+            Statement::Select(s) => {
+                let table = self.table(&schema, &s.table, ks)?;
+                result_columns(table, s)
+            }
+            _ => Vec::new(),
+        };
+        let id = Self::prepared_id(text, ks);
+        self.prepared.lock().insert(
+            id.clone(),
+            Arc::new(PreparedEntry {
+                stmt,
+                text: text.to_string(),
+                keyspace: session.keyspace.clone(),
+            }),
+        );
+        Ok(Prepared {
+            id,
+            bind_columns,
+            result_columns,
+        })
+    }
+}
+
+/// The result columns of a SELECT, without running it.
+fn result_columns(table: &Table, s: &cql_lite::ast::Select) -> Vec<ColumnSpec> {
+    use cql_lite::ast::{Aggregate, Selection, Selector};
+    use cql_lite::DataType;
+    match &s.selection {
+        Selection::All => table
+            .select_star_columns()
+            .iter()
+            .map(|c| ColumnSpec {
+                name: c.name.clone(),
+                data_type: c.data_type,
+            })
+            .collect(),
+        Selection::Items(items) => items
+            .iter()
+            .map(|i| {
+                let ty_of = |c: &str| {
+                    table
+                        .column(c)
+                        .map(|c| c.data_type)
+                        .unwrap_or(DataType::Blob)
+                };
+                let (name, ty) = match &i.selector {
+                    Selector::Column(c) => (c.name.clone(), ty_of(&c.name)),
+                    Selector::CountStar => ("count".into(), DataType::BigInt),
+                    Selector::Aggregate { function, column } => (
+                        format!("system.{}({})", function.name(), column.name),
+                        if *function == Aggregate::Count {
+                            DataType::BigInt
+                        } else {
+                            ty_of(&column.name)
+                        },
+                    ),
+                    Selector::WriteTime(c) => (format!("writetime({})", c.name), DataType::BigInt),
+                    Selector::Ttl(c) => (format!("ttl({})", c.name), DataType::Int),
+                };
+                ColumnSpec {
+                    name: i.alias.as_ref().map(|a| a.name.clone()).unwrap_or(name),
+                    data_type: ty,
+                }
+            })
+            .collect(),
+    }
+}
+
+impl QueryExecutor for Executor {
+    fn execute<'a>(
+        &'a self,
+        session: &'a mut SessionState,
+        text: &'a str,
+        values: Vec<Value>,
+        options: QueryOptions,
+    ) -> BoxFuture<'a, Result<Response, QueryError>> {
+        Box::pin(self.run_script(session, text, values, options))
+    }
+
+    fn prepare<'a>(
+        &'a self,
+        session: &'a SessionState,
+        text: &'a str,
+    ) -> BoxFuture<'a, Result<Prepared, QueryError>> {
+        Box::pin(async move { self.prepare_now(session, text) })
+    }
+
+    fn execute_prepared<'a>(
+        &'a self,
+        session: &'a mut SessionState,
+        id: &'a [u8],
+        values: Vec<Value>,
+        options: QueryOptions,
+    ) -> BoxFuture<'a, Result<Response, QueryError>> {
+        Box::pin(async move {
+            let entry = self.prepared.lock().get(id).cloned().ok_or_else(|| {
+                QueryError::UnknownPrepared(id.iter().map(|b| format!("{b:02x}")).collect())
+            })?;
+            // A prepared statement runs in the keyspace it was prepared in.
+            let mut scoped = SessionState {
+                keyspace: entry.keyspace.clone(),
+            };
+            let r = self
+                .run(&mut scoped, &entry.stmt, &entry.text, values, options)
+                .await?;
+            if let QueryResult::SetKeyspace(k) = &r.result {
+                session.keyspace = Some(k.clone());
+            }
+            Ok(r)
+        })
+    }
+}

@@ -1,0 +1,369 @@
+//! [`LocalStore`]: the [`DataStore`] of a single node, over one storage
+//! engine per table.
+//!
+//! Layout: `<data>/<keyspace>/<table>-<id hex>/` holds a table's engine
+//! (opened on first use, with the compaction strategy and grace period of
+//! the table's options); `<data>/node_id` holds the node's id, chosen at
+//! random on first start.
+//!
+//! Engine calls block (fsync, file reads), so each runs in
+//! `tokio::task::spawn_blocking` when a tokio runtime is present, and inline
+//! otherwise; the query layer above only awaits futures.
+
+use super::api::{
+    BoxFuture, DataStore, Mutation, QueryError, ScannedPartition, SliceRequest, StoredPartition,
+    StoredRow, TableRef,
+};
+use crate::model::key::{self, KeyKind};
+use crate::model::{Consistency, Entry, HybridClock, NodeId, PartitionHeader};
+use crate::schema::SchemaStore;
+use crate::storage::engine::{Engine, EngineOptions};
+use parking_lot::Mutex;
+use std::collections::HashMap;
+use std::ops::Bound;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// The data of a single node: one storage engine per table.
+pub struct LocalStore {
+    dir: PathBuf,
+    node: NodeId,
+    clock: Arc<HybridClock>,
+    schema: Arc<SchemaStore>,
+    template: EngineOptions,
+    engines: Mutex<HashMap<u128, Arc<Engine>>>,
+}
+
+impl std::fmt::Debug for LocalStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LocalStore")
+            .field("dir", &self.dir)
+            .field("node", &self.node)
+            .finish()
+    }
+}
+
+fn server(e: impl std::fmt::Display) -> QueryError {
+    QueryError::Server(e.to_string())
+}
+
+/// Reads the node id from `<dir>/node_id`, or picks one at random and
+/// writes it (atomically) on first start.
+pub fn load_or_create_node_id(dir: &Path) -> Result<NodeId, QueryError> {
+    std::fs::create_dir_all(dir).map_err(|e| server(format!("{}: {e}", dir.display())))?;
+    let path = dir.join("node_id");
+    match std::fs::read_to_string(&path) {
+        Ok(text) => u64::from_str_radix(text.trim(), 16)
+            .map(NodeId)
+            .map_err(|_| server(format!("{}: not a node id: {text:?}", path.display()))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let id = NodeId(rand::random::<u64>());
+            let tmp = dir.join("node_id.tmp");
+            let write = || -> std::io::Result<()> {
+                use std::io::Write;
+                let mut f = std::fs::File::create(&tmp)?;
+                f.write_all(format!("{:016x}\n", id.0).as_bytes())?;
+                f.sync_all()?;
+                std::fs::rename(&tmp, &path)?;
+                std::fs::File::open(dir)?.sync_all()
+            };
+            write().map_err(|e| server(format!("{}: {e}", path.display())))?;
+            Ok(id)
+        }
+        Err(e) => Err(server(format!("{}: {e}", path.display()))),
+    }
+}
+
+/// Runs blocking work off the async threads when a tokio runtime is there.
+async fn blocking<T, F>(f: F) -> Result<T, QueryError>
+where
+    F: FnOnce() -> Result<T, QueryError> + Send + 'static,
+    T: Send + 'static,
+{
+    match tokio::runtime::Handle::try_current() {
+        Ok(handle) => handle
+            .spawn_blocking(f)
+            .await
+            .map_err(|e| server(format!("storage task failed: {e}")))?,
+        Err(_) => f(),
+    }
+}
+
+impl LocalStore {
+    /// A store on the data directory `dir`: node id from `<dir>/node_id`,
+    /// tables' settings from `schema`, write timestamps and TTL expiry from
+    /// `clock` (its wall clock is given to every engine). `template` holds
+    /// the engine settings common to all tables (sync mode, sizes,
+    /// background work); compaction, grace period and clock are set per
+    /// table.
+    pub fn open(
+        dir: &Path,
+        clock: Arc<HybridClock>,
+        schema: Arc<SchemaStore>,
+        template: EngineOptions,
+    ) -> Result<LocalStore, QueryError> {
+        let node = load_or_create_node_id(dir)?;
+        Ok(LocalStore {
+            dir: dir.to_path_buf(),
+            node,
+            clock,
+            schema,
+            template,
+            engines: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// This node's id (the node part of the dots it stamps).
+    pub fn node_id(&self) -> NodeId {
+        self.node
+    }
+
+    /// The hybrid clock of the node.
+    pub fn clock(&self) -> &Arc<HybridClock> {
+        &self.clock
+    }
+
+    fn table_dir(&self, table: &TableRef) -> PathBuf {
+        self.dir
+            .join(&table.keyspace)
+            .join(format!("{}-{:032x}", table.table, table.id))
+    }
+
+    /// The engine of a table, opened on first use.
+    pub fn engine(&self, table: &TableRef) -> Result<Arc<Engine>, QueryError> {
+        let mut engines = self.engines.lock();
+        if let Some(e) = engines.get(&table.id) {
+            return Ok(e.clone());
+        }
+        let schema = self.schema.current();
+        let def = schema
+            .get_table(&table.keyspace, &table.table)
+            .filter(|t| t.id == table.id)
+            .ok_or_else(|| QueryError::Invalid {
+                message: format!("unconfigured table {}", table.table),
+                rendered: format!(
+                    "unconfigured table {}.{} (it was dropped or recreated)",
+                    table.keyspace, table.table
+                ),
+            })?;
+        let mut opts = self.template.clone();
+        opts.compaction = def.storage_compaction().map_err(server)?;
+        opts.gc_grace = def.gc_grace();
+        opts.clock = self.clock.wall().clone();
+        let dir = self.table_dir(table);
+        let engine = Arc::new(Engine::open(&dir, opts)?);
+        engines.insert(table.id, engine.clone());
+        Ok(engine)
+    }
+
+    /// Flushes every open engine's memtables to SSTables.
+    pub fn flush_all(&self) -> Result<(), QueryError> {
+        let engines: Vec<Arc<Engine>> = self.engines.lock().values().cloned().collect();
+        for e in engines {
+            e.flush()?;
+        }
+        Ok(())
+    }
+
+    /// Runs a major compaction on every open engine.
+    pub fn compact_all(&self) -> Result<(), QueryError> {
+        let engines: Vec<Arc<Engine>> = self.engines.lock().values().cloned().collect();
+        for e in engines {
+            e.compact()?;
+        }
+        Ok(())
+    }
+}
+
+fn apply_mutations(
+    engine: &Engine,
+    node: NodeId,
+    partition_key: &[u8],
+    mutations: Vec<Mutation>,
+) -> Result<(), QueryError> {
+    let prefix = key::partition_prefix(partition_key);
+    for m in mutations {
+        match m {
+            Mutation::Row {
+                clustering,
+                write,
+                context,
+            } => {
+                let k = key::row_key(&prefix, &clustering);
+                engine.update_row(&k, |cur| cur.stamp(node, context.as_ref(), &write))?;
+            }
+            Mutation::Range(rt) => {
+                let header = PartitionHeader {
+                    deleted_at: None,
+                    ranges: vec![rt],
+                };
+                engine.write(&key::header_key(&prefix), Entry::Header(header))?;
+            }
+            Mutation::Partition(ts) => {
+                let header = PartitionHeader {
+                    deleted_at: Some(ts),
+                    ranges: vec![],
+                };
+                engine.write(&key::header_key(&prefix), Entry::Header(header))?;
+            }
+        }
+    }
+    Ok(())
+}
+
+fn bound_ref(b: &Bound<Vec<u8>>) -> Bound<&[u8]> {
+    match b {
+        Bound::Included(v) => Bound::Included(v.as_slice()),
+        Bound::Excluded(v) => Bound::Excluded(v.as_slice()),
+        Bound::Unbounded => Bound::Unbounded,
+    }
+}
+
+fn read_slice(
+    engine: &Engine,
+    partition_key: &[u8],
+    slice: &SliceRequest,
+) -> Result<StoredPartition, QueryError> {
+    let prefix = key::partition_prefix(partition_key);
+    let got = engine.read_partition(
+        &prefix,
+        bound_ref(&slice.lower),
+        bound_ref(&slice.upper),
+        slice.reverse,
+        slice.limit,
+    )?;
+    Ok(StoredPartition {
+        header: got.header,
+        rows: got
+            .rows
+            .into_iter()
+            .map(|r| StoredRow {
+                clustering: r.clustering,
+                state: r.state,
+            })
+            .collect(),
+    })
+}
+
+fn scan_partitions(
+    engine: &Engine,
+    after: Option<Vec<u8>>,
+    max_partitions: usize,
+    rows_per_partition: Option<usize>,
+    now_ms: u64,
+) -> Result<Vec<ScannedPartition>, QueryError> {
+    let lower = match after {
+        Some(prefix) => Bound::Included(key::partition_end(&prefix)),
+        None => Bound::Unbounded,
+    };
+    let mut out: Vec<ScannedPartition> = Vec::new();
+    let mut current: Option<(Vec<u8>, StoredPartition)> = None;
+    let per = rows_per_partition.unwrap_or(usize::MAX);
+    let finish = |cur: Option<(Vec<u8>, StoredPartition)>, out: &mut Vec<ScannedPartition>| {
+        if let Some((p, part)) = cur {
+            if !part.rows.is_empty() {
+                out.push((p, part));
+            }
+        }
+    };
+    for item in engine.scan(lower, Bound::Unbounded, false) {
+        let (k, entry) = item?;
+        let kind = key::classify(&k).map_err(server)?;
+        let plen = kind.partition_len();
+        let prefix = &k[..plen];
+        if current.as_ref().is_none_or(|(p, _)| p.as_slice() != prefix) {
+            finish(current.take(), &mut out);
+            if out.len() >= max_partitions {
+                return Ok(out);
+            }
+            current = Some((prefix.to_vec(), StoredPartition::default()));
+        }
+        let Some((_, part)) = current.as_mut() else {
+            continue;
+        };
+        match (kind, entry) {
+            (KeyKind::Header { .. }, Entry::Header(h)) => part.header = part.header.join(&h),
+            (KeyKind::Row { .. }, Entry::Row(state)) => {
+                if part.rows.len() >= per {
+                    continue;
+                }
+                let clustering = k[plen + 1..].to_vec();
+                let shadow = part.header.shadow_for(&clustering);
+                if state.resolve(shadow, now_ms).is_some() {
+                    part.rows.push(StoredRow { clustering, state });
+                }
+            }
+            _ => return Err(server(format!("entry of the wrong kind at key {k:02x?}"))),
+        }
+    }
+    finish(current.take(), &mut out);
+    out.truncate(max_partitions);
+    Ok(out)
+}
+
+impl DataStore for LocalStore {
+    fn write<'a>(
+        &'a self,
+        table: &'a TableRef,
+        partition_key: &'a [u8],
+        mutations: Vec<Mutation>,
+        _consistency: Consistency,
+    ) -> BoxFuture<'a, Result<(), QueryError>> {
+        Box::pin(async move {
+            let engine = self.engine(table)?;
+            let node = self.node;
+            let pk = partition_key.to_vec();
+            blocking(move || apply_mutations(&engine, node, &pk, mutations)).await
+        })
+    }
+
+    fn read<'a>(
+        &'a self,
+        table: &'a TableRef,
+        partition_key: &'a [u8],
+        slice: SliceRequest,
+        _consistency: Consistency,
+    ) -> BoxFuture<'a, Result<StoredPartition, QueryError>> {
+        Box::pin(async move {
+            let engine = self.engine(table)?;
+            let pk = partition_key.to_vec();
+            blocking(move || read_slice(&engine, &pk, &slice)).await
+        })
+    }
+
+    fn scan<'a>(
+        &'a self,
+        table: &'a TableRef,
+        after: Option<Vec<u8>>,
+        max_partitions: usize,
+        rows_per_partition: Option<usize>,
+        _consistency: Consistency,
+    ) -> BoxFuture<'a, Result<Vec<ScannedPartition>, QueryError>> {
+        Box::pin(async move {
+            let engine = self.engine(table)?;
+            let now = self.clock.wall().now_millis();
+            blocking(move || {
+                scan_partitions(&engine, after, max_partitions, rows_per_partition, now)
+            })
+            .await
+        })
+    }
+
+    fn truncate<'a>(&'a self, table: &'a TableRef) -> BoxFuture<'a, Result<(), QueryError>> {
+        Box::pin(async move {
+            let engine = self.engines.lock().remove(&table.id);
+            let dir = self.table_dir(table);
+            blocking(move || {
+                // The last handle stops the engine's background work before
+                // its files go.
+                drop(engine);
+                match std::fs::remove_dir_all(&dir) {
+                    Ok(()) => Ok(()),
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+                    Err(e) => Err(server(format!("{}: {e}", dir.display()))),
+                }
+            })
+            .await
+        })
+    }
+}

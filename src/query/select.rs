@@ -1,0 +1,1240 @@
+//! SELECT: planning and execution.
+//!
+//! A plan reads either known partitions (every partition key column by `=`
+//! or `IN`), each through the same clustering intervals (from `=`, `IN` and
+//! ranges, sorted in clustering order), or scans the table in token order.
+//! Rows then flow through one pipeline: filters (`ALLOW FILTERING`),
+//! `DISTINCT`, `PER PARTITION LIMIT`, grouping and aggregates, `LIMIT` and
+//! the page size. A page ends at a position (partition, clustering key or
+//! group prefix) that the paging state names, with the counts `LIMIT` and
+//! `PER PARTITION LIMIT` need to go on from there.
+
+use super::api::{
+    ColumnSpec, DataStore, PagingState, QueryError, QueryOptions, ResultSet, Row, SliceRequest,
+    StoredRow, TableRef,
+};
+use super::eval::{hlc_to_micros, invalid, EvalContext};
+use super::write::{combinations, range_interval, table_ref, Interval};
+use crate::model::key;
+use crate::model::{Cell, CellValue, DotSet, PartitionHeader, RowState, Timestamp};
+use crate::schema::Table;
+use cql_lite::analyze::{ColumnKind, SelectRestrictions};
+use cql_lite::ast::{Aggregate, InValues, Operator, Order, Relation, Select, Selection, Selector};
+use cql_lite::{DataType, Value};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::ops::Bound;
+
+/// Partitions read per scan request.
+const SCAN_BATCH: usize = 64;
+/// Rows read per partition request when the need is unknown.
+const READ_CHUNK: usize = 1000;
+
+/// Where a column's value comes from in a row.
+#[derive(Debug, Clone, PartialEq)]
+enum Source {
+    /// The n-th primary key value (partition key, then clustering).
+    Key(usize),
+    /// A regular column's cell.
+    Cell(String),
+}
+
+#[derive(Debug, Clone)]
+enum Output {
+    Value(Source),
+    WriteTime(String),
+    Ttl(String),
+    CountStar,
+    Agg(Aggregate, Source, DataType),
+}
+
+#[derive(Debug, Clone)]
+enum Filter {
+    Compare(Source, Operator, Value),
+    In(Source, Vec<Value>),
+}
+
+/// A planned SELECT.
+#[derive(Debug, Clone)]
+pub struct SelectPlan {
+    table: Table,
+    tref: TableRef,
+    /// Known partitions (values and serialized key), or `None` to scan.
+    partitions: Option<Vec<(Vec<Value>, Vec<u8>)>>,
+    intervals: Vec<Interval>,
+    reverse: bool,
+    filters: Vec<Filter>,
+    outputs: Vec<Output>,
+    /// The result columns.
+    pub columns: Vec<ColumnSpec>,
+    aggregate: bool,
+    group_len: usize,
+    distinct: bool,
+    per_partition_limit: Option<usize>,
+    limit: Option<usize>,
+    with_siblings: bool,
+    order_merge: bool,
+    single_row: bool,
+    fingerprint: u64,
+}
+
+fn source_of(table: &Table, name: &str) -> Result<(Source, DataType), QueryError> {
+    let col = table
+        .column(name)
+        .ok_or_else(|| invalid(format!("Undefined column name {name}")))?;
+    let npk = table.def.partition_key.len();
+    let src = match col.kind {
+        ColumnKind::PartitionKey => Source::Key(
+            table
+                .def
+                .partition_key
+                .iter()
+                .position(|k| k == name)
+                .unwrap_or(0),
+        ),
+        ColumnKind::Clustering => Source::Key(
+            npk + table
+                .def
+                .clustering
+                .iter()
+                .position(|(k, _)| k == name)
+                .unwrap_or(0),
+        ),
+        ColumnKind::Regular => Source::Cell(name.to_string()),
+    };
+    Ok((src, col.data_type))
+}
+
+fn positive(
+    ctx: &EvalContext<'_>,
+    term: &cql_lite::ast::Term,
+    what: &str,
+) -> Result<usize, QueryError> {
+    match ctx.eval_int(term, what)? {
+        Some(n) if n > 0 => Ok(usize::try_from(n).unwrap_or(usize::MAX)),
+        Some(n) => Err(invalid(format!(
+            "{what} must be strictly positive, got {n}"
+        ))),
+        None => Err(invalid(format!("Invalid null value of {what}"))),
+    }
+}
+
+/// Plans a SELECT that passed [`cql_lite::analyze::check_select`].
+pub fn plan_select(
+    table: &Table,
+    sel: &Select,
+    restrictions: &SelectRestrictions,
+    ctx: &EvalContext<'_>,
+    fingerprint: u64,
+) -> Result<SelectPlan, QueryError> {
+    let npk = table.def.partition_key.len();
+    let nck = table.def.clustering.len();
+    // Key restrictions.
+    let mut partitions = None;
+    let mut intervals = vec![Interval { lo: None, hi: None }];
+    let mut single_row = false;
+    if restrictions.partition_key_restricted {
+        let key_rel: Vec<Relation> = restrictions
+            .key_relations
+            .iter()
+            .filter_map(|&i| sel.where_clause.get(i).cloned())
+            .collect();
+        let value_lists = |name: &str, ty: DataType| -> Result<Option<Vec<Value>>, QueryError> {
+            let mut out = None;
+            for r in key_rel.iter().filter(|r| r.column().name == name) {
+                let vals = match r {
+                    Relation::Compare {
+                        op: Operator::Eq,
+                        value,
+                        ..
+                    } => vec![ctx.eval(value, ty, name)?],
+                    Relation::In {
+                        values: InValues::List(ts),
+                        ..
+                    } => ts
+                        .iter()
+                        .map(|t| ctx.eval(t, ty, name))
+                        .collect::<Result<Vec<_>, _>>()?,
+                    Relation::In { .. } => {
+                        return Err(invalid(format!("IN ? on {name} is not supported")))
+                    }
+                    Relation::Compare { .. } => continue,
+                };
+                if vals.iter().any(Value::is_null) {
+                    return Err(invalid(format!(
+                        "Invalid null value in condition for column {name}"
+                    )));
+                }
+                let mut vals = vals;
+                vals.sort();
+                vals.dedup();
+                out = Some(vals);
+            }
+            Ok(out)
+        };
+        let mut pk_lists = Vec::new();
+        for c in table.partition_columns() {
+            pk_lists.push(value_lists(&c.name, c.data_type)?.ok_or_else(|| {
+                invalid(format!("Some partition key parts are missing: {}", c.name))
+            })?);
+        }
+        let types = table.partition_types();
+        let mut parts = Vec::new();
+        for combo in combinations(&pk_lists) {
+            let bytes =
+                key::serialize_partition_key(&combo, &types).map_err(|e| invalid(e.to_string()))?;
+            parts.push((combo, bytes));
+        }
+        // Clustering: an equality/IN prefix, then maybe a range.
+        let mut ck_lists = Vec::new();
+        let mut ranges = Vec::new();
+        for c in table.clustering_columns() {
+            if ck_lists.len() >= restrictions.clustering_prefix {
+                break;
+            }
+            if let Some(v) = value_lists(&c.name, c.data_type)? {
+                ck_lists.push(v);
+                continue;
+            }
+            for r in key_rel.iter().filter(|r| r.column().name == c.name) {
+                if let Relation::Compare { op, value, .. } = r {
+                    let v = ctx.eval(value, c.data_type, &c.name)?;
+                    if v.is_null() {
+                        return Err(invalid(format!(
+                            "Invalid null value in condition for column {}",
+                            c.name
+                        )));
+                    }
+                    ranges.push((*op, v));
+                }
+            }
+            break;
+        }
+        let types = table.clustering_types();
+        let orders = table.clustering_orders();
+        let mut ivs = Vec::new();
+        for combo in combinations(&ck_lists) {
+            let n = combo.len();
+            let prefix = key::encode_clustering(&combo, &types[..n], &orders[..n])
+                .map_err(|e| invalid(e.to_string()))?;
+            let iv = if ranges.is_empty() {
+                Interval::prefix(&prefix)
+            } else {
+                range_interval(&prefix, &ranges, types[n], orders[n])?
+            };
+            if !iv.is_empty() {
+                ivs.push(iv);
+            }
+        }
+        ivs.sort_by(|a, b| a.lo.cmp(&b.lo));
+        ivs.dedup();
+        single_row = parts.len() == 1
+            && ck_lists.len() == nck
+            && ck_lists.iter().all(|l| l.len() == 1)
+            && ranges.is_empty();
+        intervals = ivs;
+        partitions = Some(parts);
+    }
+    // Filters.
+    let mut filters = Vec::new();
+    for &i in &restrictions.filter_relations {
+        let Some(r) = sel.where_clause.get(i) else {
+            continue;
+        };
+        let (src, ty) = source_of(table, &r.column().name)?;
+        let name = &r.column().name;
+        match r {
+            Relation::Compare { op, value, .. } => {
+                filters.push(Filter::Compare(src, *op, ctx.eval(value, ty, name)?))
+            }
+            Relation::In {
+                values: InValues::List(ts),
+                ..
+            } => filters.push(Filter::In(
+                src,
+                ts.iter()
+                    .map(|t| ctx.eval(t, ty, name))
+                    .collect::<Result<_, _>>()?,
+            )),
+            Relation::In { .. } => return Err(invalid(format!("IN ? on {name} is not supported"))),
+        }
+    }
+    // Selection.
+    let mut outputs = Vec::new();
+    let mut columns = Vec::new();
+    let mut aggregate = !sel.group_by.is_empty();
+    match &sel.selection {
+        Selection::All => {
+            for c in table.select_star_columns() {
+                let (src, ty) = source_of(table, &c.name)?;
+                outputs.push(Output::Value(src));
+                columns.push(ColumnSpec {
+                    name: c.name.clone(),
+                    data_type: ty,
+                });
+            }
+        }
+        Selection::Items(items) => {
+            for item in items {
+                let (out, name, ty) = match &item.selector {
+                    Selector::Column(c) => {
+                        let (src, ty) = source_of(table, &c.name)?;
+                        (Output::Value(src), c.name.clone(), ty)
+                    }
+                    Selector::WriteTime(c) => (
+                        Output::WriteTime(c.name.clone()),
+                        format!("writetime({})", c.name),
+                        DataType::BigInt,
+                    ),
+                    Selector::Ttl(c) => (
+                        Output::Ttl(c.name.clone()),
+                        format!("ttl({})", c.name),
+                        DataType::Int,
+                    ),
+                    Selector::CountStar => {
+                        aggregate = true;
+                        (Output::CountStar, "count".to_string(), DataType::BigInt)
+                    }
+                    Selector::Aggregate { function, column } => {
+                        aggregate = true;
+                        let (src, ty) = source_of(table, &column.name)?;
+                        let out_ty = if *function == Aggregate::Count {
+                            DataType::BigInt
+                        } else {
+                            ty
+                        };
+                        (
+                            Output::Agg(*function, src, ty),
+                            format!("system.{}({})", function.name(), column.name),
+                            out_ty,
+                        )
+                    }
+                };
+                outputs.push(out);
+                columns.push(ColumnSpec {
+                    name: item.alias.as_ref().map(|a| a.name.clone()).unwrap_or(name),
+                    data_type: ty,
+                });
+            }
+        }
+    }
+    let reverse = match sel.order_by.first() {
+        Some(o) => table
+            .def
+            .clustering
+            .iter()
+            .find(|(c, _)| *c == o.column.name)
+            .is_some_and(|(_, declared)| *declared != o.order),
+        None => false,
+    };
+    let order_merge = !sel.order_by.is_empty() && partitions.as_ref().is_some_and(|p| p.len() > 1);
+    let per_partition_limit = sel
+        .per_partition_limit
+        .as_ref()
+        .map(|t| positive(ctx, t, "PER PARTITION LIMIT"))
+        .transpose()?;
+    let limit = sel
+        .limit
+        .as_ref()
+        .map(|t| positive(ctx, t, "LIMIT"))
+        .transpose()?;
+    let _ = Order::Asc;
+    Ok(SelectPlan {
+        tref: table_ref(table),
+        table: table.clone(),
+        partitions,
+        intervals,
+        reverse,
+        filters,
+        outputs,
+        columns,
+        aggregate,
+        group_len: sel.group_by.len().min(npk + nck),
+        distinct: sel.distinct,
+        per_partition_limit,
+        limit,
+        with_siblings: sel.with_siblings,
+        order_merge,
+        single_row: single_row && !aggregate && !sel.distinct,
+        fingerprint,
+    })
+}
+
+/// A row read from the store, resolved.
+struct ReadRow {
+    partition: Vec<u8>,
+    key: Vec<Value>,
+    clustering: Vec<u8>,
+    cells: BTreeMap<String, Cell>,
+    state: RowState,
+    shadow: Option<Timestamp>,
+}
+
+impl ReadRow {
+    fn value(&self, src: &Source) -> Value {
+        match src {
+            Source::Key(i) => self.key.get(*i).cloned().unwrap_or(Value::Null),
+            Source::Cell(name) => match self.cells.get(name) {
+                Some(Cell {
+                    value: CellValue::Live(v),
+                    ..
+                }) => v.clone(),
+                _ => Value::Null,
+            },
+        }
+    }
+}
+
+fn matches(filter: &Filter, row: &ReadRow) -> bool {
+    match filter {
+        Filter::Compare(src, op, v) => {
+            let have = row.value(src);
+            if have.is_null() || v.is_null() {
+                return false;
+            }
+            match op {
+                Operator::Eq => have == *v,
+                Operator::Lt => have < *v,
+                Operator::Le => have <= *v,
+                Operator::Gt => have > *v,
+                Operator::Ge => have >= *v,
+            }
+        }
+        Filter::In(src, vs) => {
+            let have = row.value(src);
+            !have.is_null() && vs.contains(&have)
+        }
+    }
+}
+
+/// Whether an INSERT row marker keeps the row alive.
+fn marker_live(state: &RowState, shadow: Option<Timestamp>, now_ms: u64) -> bool {
+    let deleted = state
+        .versions()
+        .iter()
+        .filter_map(|v| v.deleted_at)
+        .max()
+        .max(shadow);
+    state
+        .versions()
+        .iter()
+        .filter_map(|v| v.marker)
+        .any(|m| deleted.is_none_or(|d| m.ts > d) && m.expires_at.is_none_or(|e| now_ms < e))
+}
+
+/// Live cells of a resolved row, without dropped columns.
+fn visible_cells(table: &Table, cells: BTreeMap<String, Cell>) -> BTreeMap<String, Cell> {
+    cells
+        .into_iter()
+        .filter(|(name, cell)| {
+            table
+                .column(name)
+                .is_some_and(|c| c.kind == ColumnKind::Regular)
+                && table
+                    .dropped_columns
+                    .get(name)
+                    .is_none_or(|dropped| cell.ts > *dropped)
+        })
+        .collect()
+}
+
+fn materialize(
+    table: &Table,
+    partition: &[u8],
+    pk: &[Value],
+    stored: StoredRow,
+    header: &PartitionHeader,
+    now_ms: u64,
+) -> Result<Option<ReadRow>, QueryError> {
+    let shadow = header.shadow_for(&stored.clustering);
+    let Some(resolved) = stored.state.resolve(shadow, now_ms) else {
+        return Ok(None);
+    };
+    let had_cells = !resolved.cells.is_empty();
+    let cells = visible_cells(table, resolved.cells);
+    if cells.is_empty() && had_cells && !marker_live(&stored.state, shadow, now_ms) {
+        return Ok(None);
+    }
+    let ck = key::decode_clustering(
+        &stored.clustering,
+        &table.clustering_types(),
+        &table.clustering_orders(),
+    )
+    .map_err(|e| QueryError::Server(format!("stored clustering key: {e}")))?;
+    let mut key = pk.to_vec();
+    key.extend(ck);
+    Ok(Some(ReadRow {
+        partition: partition.to_vec(),
+        key,
+        clustering: stored.clustering,
+        cells,
+        state: stored.state,
+        shadow,
+    }))
+}
+
+/// Where a page stopped, and the counts to go on with.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct PageState {
+    fingerprint: u64,
+    partition: Vec<u8>,
+    /// `None`: the partition is done. Otherwise resume after this key or
+    /// group prefix (all keys starting with it are done).
+    clustering: Option<Vec<u8>>,
+    total: u64,
+    in_partition: u64,
+}
+
+fn codec() -> impl bincode::config::Config {
+    bincode::config::standard().with_limit::<{ 1 << 20 }>()
+}
+
+impl PageState {
+    fn encode(&self) -> PagingState {
+        PagingState(bincode::serde::encode_to_vec(self, codec()).unwrap_or_default())
+    }
+
+    fn decode(p: &PagingState, fingerprint: u64) -> Result<PageState, QueryError> {
+        let bad = || invalid("Invalid value for the paging state");
+        let (s, used) =
+            bincode::serde::decode_from_slice::<PageState, _>(&p.0, codec()).map_err(|_| bad())?;
+        if used != p.0.len() || s.fingerprint != fingerprint {
+            return Err(bad());
+        }
+        Ok(s)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Flow {
+    Continue,
+    SkipPartition,
+    Stop,
+}
+
+#[derive(Debug, Clone)]
+enum Acc {
+    First(Option<Value>),
+    WriteTime(Option<Value>),
+    Ttl(Option<Value>),
+    Count(i64),
+    CountCol(i64, Source),
+    MinMax(Option<Value>, Source, bool),
+    Sum(Source, DataType, i128, f64, i64, bool),
+}
+
+struct Group {
+    key: Vec<Value>,
+    accs: Vec<Acc>,
+    partition: Vec<u8>,
+    prefix: Option<Vec<u8>>,
+    in_partition: u64,
+}
+
+struct Position {
+    partition: Vec<u8>,
+    clustering: Option<Vec<u8>>,
+    in_partition: u64,
+}
+
+struct Collector<'p> {
+    plan: &'p SelectPlan,
+    page_size: usize,
+    now_ms: u64,
+    rows: Vec<Row>,
+    total: u64,
+    in_partition: u64,
+    last: Option<Position>,
+    more: bool,
+    group: Option<Group>,
+    context: Option<DotSet>,
+    apply_ppl: bool,
+}
+
+fn numeric(v: &Value) -> Option<(i128, f64)> {
+    match v {
+        Value::Int(i) => Some((i128::from(*i), f64::from(*i))),
+        Value::BigInt(i) => Some((i128::from(*i), *i as f64)),
+        Value::SmallInt(i) => Some((i128::from(*i), f64::from(*i))),
+        Value::Float(f) => Some((0, f64::from(*f))),
+        Value::Double(f) => Some((0, *f)),
+        _ => None,
+    }
+}
+
+impl<'p> Collector<'p> {
+    fn new(plan: &'p SelectPlan, page_size: usize, now_ms: u64) -> Collector<'p> {
+        Collector {
+            plan,
+            page_size: page_size.max(1),
+            now_ms,
+            rows: Vec::new(),
+            total: 0,
+            in_partition: 0,
+            last: None,
+            more: false,
+            group: None,
+            context: None,
+            apply_ppl: true,
+        }
+    }
+
+    fn begin_partition(&mut self, in_partition: u64) {
+        self.in_partition = in_partition;
+    }
+
+    fn grouped(&self) -> bool {
+        self.plan.aggregate && self.plan.group_len > 0
+    }
+
+    fn output_values(&self, row: &ReadRow) -> Vec<Value> {
+        self.plan
+            .outputs
+            .iter()
+            .map(|o| match o {
+                Output::Value(src) => row.value(src),
+                Output::WriteTime(c) => row
+                    .cells
+                    .get(c)
+                    .map(|cell| Value::BigInt(hlc_to_micros(cell.ts)))
+                    .unwrap_or(Value::Null),
+                Output::Ttl(c) => row
+                    .cells
+                    .get(c)
+                    .and_then(|cell| cell.expires_at)
+                    .map(|e| {
+                        let left = e.saturating_sub(self.now_ms).div_ceil(1000);
+                        Value::Int(i32::try_from(left).unwrap_or(i32::MAX))
+                    })
+                    .unwrap_or(Value::Null),
+                Output::CountStar | Output::Agg(..) => Value::Null,
+            })
+            .collect()
+    }
+
+    fn siblings(&self, row: &ReadRow) -> Vec<Vec<Value>> {
+        if !self.plan.with_siblings || row.state.versions().len() < 2 {
+            return Vec::new();
+        }
+        row.state
+            .versions()
+            .iter()
+            .map(|v| {
+                let single = RowState::from_parts(vec![v.clone()], DotSet::new());
+                let cells = single
+                    .resolve(row.shadow, self.now_ms)
+                    .map(|r| visible_cells(&self.plan.table, r.cells))
+                    .unwrap_or_default();
+                let sib = ReadRow {
+                    partition: Vec::new(),
+                    key: row.key.clone(),
+                    clustering: Vec::new(),
+                    cells,
+                    state: RowState::default(),
+                    shadow: None,
+                };
+                self.output_values(&sib)
+            })
+            .collect()
+    }
+
+    fn push(&mut self, row: ReadRow) -> Flow {
+        if !self.plan.filters.iter().all(|f| matches(f, &row)) {
+            return Flow::Continue;
+        }
+        if self.plan.distinct && self.in_partition >= 1 && !self.grouped() {
+            return Flow::SkipPartition;
+        }
+        if self.grouped() {
+            return self.push_grouped(row);
+        }
+        if self.apply_ppl
+            && self
+                .plan
+                .per_partition_limit
+                .is_some_and(|n| self.in_partition >= n as u64)
+        {
+            return Flow::SkipPartition;
+        }
+        if self.plan.aggregate {
+            self.in_partition += 1;
+            let key = Vec::new();
+            if self.group.is_none() {
+                self.group = Some(self.new_group(key, &row));
+            }
+            self.accumulate(&row);
+            return if self.plan.distinct {
+                Flow::SkipPartition
+            } else {
+                Flow::Continue
+            };
+        }
+        if self.plan.limit.is_some_and(|l| self.total >= l as u64) {
+            return Flow::Stop;
+        }
+        if self.rows.len() >= self.page_size {
+            self.more = true;
+            return Flow::Stop;
+        }
+        let values = self.output_values(&row);
+        let siblings = self.siblings(&row);
+        if self.rows.is_empty() {
+            self.context = Some(row.state.context().clone());
+        }
+        self.rows.push(Row {
+            values,
+            conflict: row.state.versions().len() > 1,
+            siblings,
+        });
+        self.total += 1;
+        self.in_partition += 1;
+        self.last = Some(Position {
+            partition: row.partition.clone(),
+            clustering: (!self.plan.distinct).then(|| row.clustering.clone()),
+            in_partition: self.in_partition,
+        });
+        if self.plan.limit.is_some_and(|l| self.total >= l as u64) {
+            return Flow::Stop;
+        }
+        if self.plan.distinct {
+            Flow::SkipPartition
+        } else {
+            Flow::Continue
+        }
+    }
+
+    fn new_group(&self, key: Vec<Value>, row: &ReadRow) -> Group {
+        let npk = self.plan.table.def.partition_key.len();
+        let prefix = if self.plan.group_len > npk {
+            let n = self.plan.group_len - npk;
+            let types = self.plan.table.clustering_types();
+            let orders = self.plan.table.clustering_orders();
+            key::encode_clustering(&row.key[npk..npk + n], &types[..n], &orders[..n]).ok()
+        } else {
+            None
+        };
+        let accs = self
+            .plan
+            .outputs
+            .iter()
+            .map(|o| match o {
+                Output::Value(_) => Acc::First(None),
+                Output::WriteTime(_) => Acc::WriteTime(None),
+                Output::Ttl(_) => Acc::Ttl(None),
+                Output::CountStar => Acc::Count(0),
+                Output::Agg(Aggregate::Count, src, _) => Acc::CountCol(0, src.clone()),
+                Output::Agg(Aggregate::Min, src, _) => Acc::MinMax(None, src.clone(), false),
+                Output::Agg(Aggregate::Max, src, _) => Acc::MinMax(None, src.clone(), true),
+                Output::Agg(Aggregate::Sum, src, ty) => {
+                    Acc::Sum(src.clone(), *ty, 0, 0.0, 0, false)
+                }
+                Output::Agg(Aggregate::Avg, src, ty) => Acc::Sum(src.clone(), *ty, 0, 0.0, 0, true),
+            })
+            .collect();
+        Group {
+            key,
+            accs,
+            partition: row.partition.clone(),
+            prefix,
+            in_partition: self.in_partition,
+        }
+    }
+
+    fn accumulate(&mut self, row: &ReadRow) {
+        let firsts = self.output_values(row);
+        let Some(g) = self.group.as_mut() else {
+            return;
+        };
+        g.partition = row.partition.clone();
+        for (acc, first) in g.accs.iter_mut().zip(firsts) {
+            match acc {
+                Acc::First(v @ None) | Acc::WriteTime(v @ None) | Acc::Ttl(v @ None) => {
+                    *v = Some(first)
+                }
+                Acc::First(_) | Acc::WriteTime(_) | Acc::Ttl(_) => {}
+                Acc::Count(n) => *n += 1,
+                Acc::CountCol(n, src) => {
+                    if !row.value(src).is_null() {
+                        *n += 1
+                    }
+                }
+                Acc::MinMax(best, src, max) => {
+                    let v = row.value(src);
+                    if !v.is_null() {
+                        let better = match best {
+                            None => true,
+                            Some(b) => {
+                                if *max {
+                                    v > *b
+                                } else {
+                                    v < *b
+                                }
+                            }
+                        };
+                        if better {
+                            *best = Some(v);
+                        }
+                    }
+                }
+                Acc::Sum(src, _, int_sum, float_sum, count, _) => {
+                    if let Some((i, f)) = numeric(&row.value(src)) {
+                        *int_sum = int_sum.wrapping_add(i);
+                        *float_sum += f;
+                        *count += 1;
+                    }
+                }
+            }
+        }
+    }
+
+    fn group_values(g: &Group) -> Vec<Value> {
+        g.accs
+            .iter()
+            .map(|acc| match acc {
+                Acc::First(v) | Acc::WriteTime(v) | Acc::Ttl(v) => v.clone().unwrap_or(Value::Null),
+                Acc::Count(n) | Acc::CountCol(n, _) => Value::BigInt(*n),
+                Acc::MinMax(v, _, _) => v.clone().unwrap_or(Value::Null),
+                Acc::Sum(_, ty, i, f, count, avg) => {
+                    let n = (*count).max(1);
+                    match ty {
+                        DataType::Int => {
+                            let v = if *avg { i / i128::from(n) } else { *i };
+                            Value::Int(v as i32)
+                        }
+                        DataType::BigInt => {
+                            let v = if *avg { i / i128::from(n) } else { *i };
+                            Value::BigInt(v as i64)
+                        }
+                        DataType::SmallInt => {
+                            let v = if *avg { i / i128::from(n) } else { *i };
+                            Value::SmallInt(v as i16)
+                        }
+                        DataType::Float => {
+                            let v = if *avg { f / n as f64 } else { *f };
+                            Value::Float(v as f32)
+                        }
+                        _ => Value::Double(if *avg { f / n as f64 } else { *f }),
+                    }
+                }
+            })
+            .collect()
+    }
+
+    fn emit_group(&mut self, g: Group) -> Flow {
+        if self.plan.limit.is_some_and(|l| self.total >= l as u64) {
+            return Flow::Stop;
+        }
+        if self.rows.len() >= self.page_size {
+            self.more = true;
+            return Flow::Stop;
+        }
+        self.rows.push(Row {
+            values: Self::group_values(&g),
+            conflict: false,
+            siblings: Vec::new(),
+        });
+        self.total += 1;
+        self.last = Some(Position {
+            partition: g.partition.clone(),
+            clustering: g.prefix.clone(),
+            in_partition: g.in_partition,
+        });
+        if self.plan.limit.is_some_and(|l| self.total >= l as u64) {
+            return Flow::Stop;
+        }
+        Flow::Continue
+    }
+
+    fn push_grouped(&mut self, row: ReadRow) -> Flow {
+        let key: Vec<Value> = row.key[..self.plan.group_len.min(row.key.len())].to_vec();
+        if let Some(g) = &self.group {
+            if g.key == key {
+                self.accumulate(&row);
+                return Flow::Continue;
+            }
+        }
+        if let Some(g) = self.group.take() {
+            if self.emit_group(g) == Flow::Stop {
+                return Flow::Stop;
+            }
+        }
+        if self.apply_ppl
+            && self
+                .plan
+                .per_partition_limit
+                .is_some_and(|n| self.in_partition >= n as u64)
+        {
+            return Flow::SkipPartition;
+        }
+        if self.plan.limit.is_some_and(|l| self.total >= l as u64) {
+            return Flow::Stop;
+        }
+        self.in_partition += 1;
+        self.group = Some(self.new_group(key, &row));
+        self.accumulate(&row);
+        Flow::Continue
+    }
+
+    /// Ends the input: emits the last group, or the one row of an
+    /// aggregate without GROUP BY.
+    fn finish(&mut self, stopped: bool) {
+        if self.grouped() {
+            if !stopped {
+                if let Some(g) = self.group.take() {
+                    self.emit_group(g);
+                }
+            }
+        } else if self.plan.aggregate {
+            let g = match self.group.take() {
+                Some(g) => g,
+                None => Group {
+                    key: Vec::new(),
+                    accs: Vec::new(),
+                    partition: Vec::new(),
+                    prefix: None,
+                    in_partition: 0,
+                },
+            };
+            let values = if g.accs.is_empty() {
+                let empty = Group {
+                    accs: self
+                        .plan
+                        .outputs
+                        .iter()
+                        .map(|o| match o {
+                            Output::CountStar => Acc::Count(0),
+                            Output::Agg(Aggregate::Count, s, _) => Acc::CountCol(0, s.clone()),
+                            Output::Agg(Aggregate::Sum, s, ty) => {
+                                Acc::Sum(s.clone(), *ty, 0, 0.0, 0, false)
+                            }
+                            Output::Agg(Aggregate::Avg, s, ty) => {
+                                Acc::Sum(s.clone(), *ty, 0, 0.0, 0, true)
+                            }
+                            _ => Acc::First(None),
+                        })
+                        .collect(),
+                    ..g
+                };
+                Self::group_values(&empty)
+            } else {
+                Self::group_values(&g)
+            };
+            if self.total == 0 {
+                self.rows.push(Row {
+                    values,
+                    conflict: false,
+                    siblings: Vec::new(),
+                });
+            }
+        }
+    }
+}
+
+fn to_bound_lo(lo: &Option<Vec<u8>>) -> Bound<Vec<u8>> {
+    match lo {
+        Some(l) => Bound::Included(l.clone()),
+        None => Bound::Unbounded,
+    }
+}
+
+fn to_bound_hi(hi: &Option<Vec<u8>>) -> Bound<Vec<u8>> {
+    match hi {
+        Some(h) => Bound::Excluded(h.clone()),
+        None => Bound::Unbounded,
+    }
+}
+
+/// Narrows an interval to what comes after `resume` in the read direction.
+fn clamp(iv: &Interval, resume: Option<&[u8]>, reverse: bool) -> Option<Interval> {
+    let mut iv = iv.clone();
+    if let Some(r) = resume {
+        if reverse {
+            if iv.hi.as_ref().is_none_or(|h| r < h.as_slice()) {
+                iv.hi = Some(r.to_vec());
+            }
+        } else {
+            let after = key::prefix_successor(r)?;
+            if iv.lo.as_ref().is_none_or(|l| after > *l) {
+                iv.lo = Some(after);
+            }
+        }
+    }
+    (!iv.is_empty()).then_some(iv)
+}
+
+struct Reader<'a> {
+    store: &'a dyn DataStore,
+    options: &'a QueryOptions,
+    now_ms: u64,
+    chunk: usize,
+}
+
+impl Reader<'_> {
+    /// Reads one partition's intervals into the collector, in order.
+    async fn partition(
+        &self,
+        plan: &SelectPlan,
+        pk_values: &[Value],
+        pk: &[u8],
+        resume: Option<&[u8]>,
+        sink: &mut (dyn FnMut(ReadRow) -> Flow + Send),
+    ) -> Result<Flow, QueryError> {
+        let order: Vec<&Interval> = if plan.reverse {
+            plan.intervals.iter().rev().collect()
+        } else {
+            plan.intervals.iter().collect()
+        };
+        for iv in order {
+            let Some(mut iv) = clamp(iv, resume, plan.reverse) else {
+                continue;
+            };
+            loop {
+                let slice = SliceRequest {
+                    lower: to_bound_lo(&iv.lo),
+                    upper: to_bound_hi(&iv.hi),
+                    reverse: plan.reverse,
+                    limit: Some(self.chunk),
+                };
+                let got = self
+                    .store
+                    .read(&plan.tref, pk, slice, self.options.consistency)
+                    .await?;
+                let n = got.rows.len();
+                let mut last = None;
+                for stored in got.rows {
+                    last = Some(stored.clustering.clone());
+                    if let Some(row) =
+                        materialize(&plan.table, pk, pk_values, stored, &got.header, self.now_ms)?
+                    {
+                        match sink(row) {
+                            Flow::Continue => {}
+                            other => return Ok(other),
+                        }
+                    }
+                }
+                if n < self.chunk {
+                    break;
+                }
+                let Some(last) = last else { break };
+                match clamp(&iv, Some(&last), plan.reverse) {
+                    Some(next) => iv = next,
+                    None => break,
+                }
+            }
+        }
+        Ok(Flow::Continue)
+    }
+}
+
+/// Runs a planned SELECT: one page of its result.
+pub async fn execute_select(
+    plan: &SelectPlan,
+    store: &dyn DataStore,
+    options: &QueryOptions,
+    page_size: usize,
+    now_ms: u64,
+) -> Result<ResultSet, QueryError> {
+    let state = options
+        .paging_state
+        .as_ref()
+        .map(|p| PageState::decode(p, plan.fingerprint))
+        .transpose()?;
+    let paged = !(plan.order_merge || (plan.aggregate && plan.group_len == 0));
+    let mut c = Collector::new(plan, if paged { page_size } else { usize::MAX }, now_ms);
+    if let Some(s) = &state {
+        c.total = s.total;
+    }
+    let plain_unfiltered = plan.filters.is_empty() && !plan.aggregate;
+    let chunk = if plain_unfiltered {
+        let need = page_size
+            .min(plan.limit.unwrap_or(usize::MAX))
+            .min(plan.per_partition_limit.unwrap_or(usize::MAX))
+            .min(if plan.distinct { 1 } else { usize::MAX });
+        need.saturating_add(1).clamp(2, READ_CHUNK)
+    } else {
+        READ_CHUNK
+    };
+    let reader = Reader {
+        store,
+        options,
+        now_ms,
+        chunk,
+    };
+    let pk_types = plan.table.partition_types();
+    let mut stopped = false;
+    if plan.order_merge {
+        // IN on the partition key with ORDER BY: merge the partitions'
+        // rows in clustering order (no paging, as in Cassandra).
+        let mut all: Vec<ReadRow> = Vec::new();
+        for (values, pk) in plan.partitions.iter().flatten() {
+            let mut taken = 0usize;
+            let ppl = plan.per_partition_limit.unwrap_or(usize::MAX);
+            let filters = &plan.filters;
+            let mut sink = |row: ReadRow| {
+                if !filters.iter().all(|f| matches(f, &row)) {
+                    return Flow::Continue;
+                }
+                if taken >= ppl {
+                    return Flow::SkipPartition;
+                }
+                taken += 1;
+                all.push(row);
+                Flow::Continue
+            };
+            reader.partition(plan, values, pk, None, &mut sink).await?;
+        }
+        all.sort_by(|a, b| {
+            let o = a.clustering.cmp(&b.clustering);
+            if plan.reverse {
+                o.reverse()
+            } else {
+                o
+            }
+        });
+        let limit = plan.limit.unwrap_or(usize::MAX);
+        if !plan.aggregate && all.len().min(limit) > page_size {
+            return Err(invalid("Cannot page queries with both ORDER BY and a IN restriction on the partition key; you must either remove the ORDER BY or the IN and sort client side, or disable paging for this query"));
+        }
+        let mut without_filters = plan.clone();
+        without_filters.filters.clear();
+        let mut merged = Collector::new(&without_filters, usize::MAX, now_ms);
+        merged.apply_ppl = false;
+        for row in all {
+            if merged.push(row) == Flow::Stop {
+                stopped = true;
+                break;
+            }
+        }
+        merged.finish(stopped);
+        return Ok(ResultSet {
+            columns: plan.columns.clone(),
+            rows: merged.rows,
+            paging_state: None,
+            causal_context: None,
+        });
+    }
+    match &plan.partitions {
+        Some(parts) => {
+            let mut start = 0;
+            let mut resume: Option<Vec<u8>> = None;
+            if let Some(s) = &state {
+                let idx = parts
+                    .iter()
+                    .position(|(_, pk)| *pk == s.partition)
+                    .ok_or_else(|| invalid("Invalid value for the paging state"))?;
+                match &s.clustering {
+                    Some(ck) => {
+                        start = idx;
+                        resume = Some(ck.clone());
+                        c.begin_partition(s.in_partition);
+                    }
+                    None => start = idx + 1,
+                }
+            }
+            for (i, (values, pk)) in parts.iter().enumerate().skip(start) {
+                let resuming = i == start && resume.is_some();
+                if !resuming {
+                    c.begin_partition(0);
+                }
+                let r = resume.take();
+                let flow = reader
+                    .partition(plan, values, pk, r.as_deref(), &mut |row| c.push(row))
+                    .await?;
+                if flow == Flow::Stop {
+                    stopped = true;
+                    break;
+                }
+            }
+        }
+        None => {
+            let rows_per_partition = if plan.distinct && !plan.aggregate {
+                Some(1)
+            } else if plan.filters.is_empty() && !plan.aggregate {
+                plan.per_partition_limit
+            } else {
+                None
+            };
+            let mut after: Option<Vec<u8>> = None;
+            if let Some(s) = &state {
+                after = Some(key::partition_prefix(&s.partition));
+                if let Some(ck) = &s.clustering {
+                    let prefix = key::partition_prefix(&s.partition);
+                    let values = key::decode_partition_key(&prefix, &pk_types)
+                        .map_err(|_| invalid("Invalid value for the paging state"))?;
+                    c.begin_partition(s.in_partition);
+                    let mut whole = plan.clone();
+                    whole.intervals = vec![Interval { lo: None, hi: None }];
+                    let flow = reader
+                        .partition(&whole, &values, &s.partition, Some(ck), &mut |row| {
+                            c.push(row)
+                        })
+                        .await?;
+                    stopped = flow == Flow::Stop;
+                }
+            }
+            while !stopped {
+                let batch = store
+                    .scan(
+                        &plan.tref,
+                        after.clone(),
+                        SCAN_BATCH,
+                        rows_per_partition,
+                        options.consistency,
+                    )
+                    .await?;
+                let n = batch.len();
+                for (prefix, part) in batch {
+                    after = Some(prefix.clone());
+                    let pk = prefix.get(10..).unwrap_or_default().to_vec();
+                    let values = key::decode_partition_key(&prefix, &pk_types)
+                        .map_err(|e| QueryError::Server(format!("stored partition key: {e}")))?;
+                    c.begin_partition(0);
+                    let mut flow = Flow::Continue;
+                    for stored in part.rows {
+                        if let Some(row) =
+                            materialize(&plan.table, &pk, &values, stored, &part.header, now_ms)?
+                        {
+                            flow = c.push(row);
+                            if flow != Flow::Continue {
+                                break;
+                            }
+                        }
+                    }
+                    if flow == Flow::Stop {
+                        stopped = true;
+                        break;
+                    }
+                }
+                if n < SCAN_BATCH {
+                    break;
+                }
+            }
+        }
+    }
+    c.finish(stopped);
+    let paging_state = if c.more {
+        c.last.as_ref().map(|p| {
+            PageState {
+                fingerprint: plan.fingerprint,
+                partition: p.partition.clone(),
+                clustering: p.clustering.clone(),
+                total: c.total,
+                in_partition: p.in_partition,
+            }
+            .encode()
+        })
+    } else {
+        None
+    };
+    let causal_context = if plan.single_row {
+        Some(c.context.take().unwrap_or_default())
+    } else {
+        None
+    };
+    Ok(ResultSet {
+        columns: plan.columns.clone(),
+        rows: c.rows,
+        paging_state,
+        causal_context,
+    })
+}
