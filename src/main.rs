@@ -18,6 +18,8 @@ enum Command {
     /// stdout until killed (used by the crash-recovery test).
     #[command(hide = true)]
     CrashWriter(cli::crash_writer::CrashWriterArgs),
+    /// Runs a node serving clients.
+    Server(cli::server::ServerArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -31,5 +33,6 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::CrashWriter(args) => cli::crash_writer::run(args),
+        Command::Server(args) => cli::server::run(args),
     }
 }

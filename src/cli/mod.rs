@@ -1,3 +1,4 @@
 //! Subcommands of the `ringdb` binary (the CLI edge: errors are `anyhow`).
 
 pub mod crash_writer;
+pub mod server;
