@@ -20,6 +20,8 @@ enum Command {
     CrashWriter(cli::crash_writer::CrashWriterArgs),
     /// Runs a node serving clients.
     Server(cli::server::ServerArgs),
+    /// The interactive CQL-lite shell.
+    Shell(ringdb::shell::ShellArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -34,5 +36,6 @@ fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::CrashWriter(args) => cli::crash_writer::run(args),
         Command::Server(args) => cli::server::run(args),
+        Command::Shell(args) => std::process::exit(ringdb::shell::run(args)),
     }
 }
