@@ -385,7 +385,9 @@ pub fn decode_frame<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, FrameError> 
 }
 
 /// Reads one frame from a QUIC stream: the length prefix, then the body.
-/// Nothing beyond [`MAX_FRAME_LEN`] is allocated.
+/// The body grows as bytes arrive, so a peer that announces a large frame
+/// and sends little costs only what it sent; nothing beyond
+/// [`MAX_FRAME_LEN`] is ever read.
 pub async fn read_frame<T: DeserializeOwned>(
     recv: &mut quinn::RecvStream,
 ) -> Result<T, StreamFrameError> {
@@ -394,10 +396,24 @@ pub async fn read_frame<T: DeserializeOwned>(
         .await
         .map_err(read_exact_error)?;
     let len = check_length(prefix)?;
-    let mut body = vec![0u8; len];
-    recv.read_exact(&mut body).await.map_err(read_exact_error)?;
+    let mut body = Vec::with_capacity(len.min(INITIAL_READ_CAPACITY));
+    while body.len() < len {
+        match recv.read_chunk(len - body.len(), true).await {
+            Ok(Some(chunk)) => body.extend_from_slice(&chunk.bytes),
+            Ok(None) => {
+                return Err(StreamFrameError::Frame(FrameError::Truncated(format!(
+                    "the stream ended after {} of {len} bytes",
+                    body.len()
+                ))))
+            }
+            Err(e) => return Err(StreamFrameError::Stream(e.to_string())),
+        }
+    }
     Ok(decode_body(&body)?)
 }
+
+/// What [`read_frame`] reserves before the body arrives.
+const INITIAL_READ_CAPACITY: usize = 64 * 1024;
 
 /// Writes one frame to a QUIC stream (does not finish the stream).
 pub async fn write_frame<T: Serialize>(
