@@ -21,6 +21,10 @@ enum Command {
     /// stdout until killed (used by the crash-recovery test).
     #[command(hide = true)]
     CrashWriter(cli::crash_writer::CrashWriterArgs),
+    /// Runs a node serving clients.
+    Server(cli::server::ServerArgs),
+    /// The interactive CQL-lite shell.
+    Shell(ringdb::shell::ShellArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -35,5 +39,7 @@ fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Certs(args) => cli::certs::run(args),
         Command::CrashWriter(args) => cli::crash_writer::run(args),
+        Command::Server(args) => cli::server::run(args),
+        Command::Shell(args) => std::process::exit(ringdb::shell::run(args)),
     }
 }

@@ -2,3 +2,4 @@
 
 pub mod certs;
 pub mod crash_writer;
+pub mod server;

@@ -1,0 +1,433 @@
+//! Connections, streams and requests of the client-facing server.
+
+use super::{bump, SchemaSource, ServerLimits, ServerStats};
+use crate::client::protocol::{
+    self, BatchEntry, BatchKind, BatchStatement, ClientFrame, FrameError, ProtocolError,
+    ProtocolErrorCode, ServerFrame, StreamFrameError, WireError, PROTOCOL_VERSION,
+};
+use crate::model::DotSet;
+use crate::query::api::{QueryError, QueryExecutor, QueryOptions, SessionState};
+use cql_lite::Value;
+use parking_lot::Mutex;
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+/// What every connection shares.
+pub(super) struct Shared {
+    executor: Arc<dyn QueryExecutor>,
+    schema: Arc<dyn SchemaSource>,
+    stats: Arc<ServerStats>,
+    limits: ServerLimits,
+    prepared_texts: Mutex<PreparedTexts>,
+}
+
+impl Shared {
+    pub(super) fn new(
+        executor: Arc<dyn QueryExecutor>,
+        schema: Arc<dyn SchemaSource>,
+        stats: Arc<ServerStats>,
+        limits: ServerLimits,
+    ) -> Shared {
+        Shared {
+            executor,
+            schema,
+            stats,
+            limits,
+            prepared_texts: Mutex::new(PreparedTexts::default()),
+        }
+    }
+}
+
+/// Texts of the statements prepared here, by id: a batch names prepared
+/// statements by id and is run as one `BEGIN BATCH` text.
+#[derive(Default)]
+struct PreparedTexts {
+    by_id: HashMap<Vec<u8>, String>,
+    order: VecDeque<Vec<u8>>,
+}
+
+impl PreparedTexts {
+    fn insert(&mut self, id: Vec<u8>, text: String, capacity: usize) {
+        if self.by_id.insert(id.clone(), text).is_none() {
+            self.order.push_back(id);
+        }
+        while self.by_id.len() > capacity.max(1) {
+            match self.order.pop_front() {
+                Some(old) => {
+                    self.by_id.remove(&old);
+                }
+                None => break,
+            }
+        }
+    }
+}
+
+/// One connection's session.
+#[derive(Default)]
+struct Connection {
+    started: bool,
+    session: SessionState,
+}
+
+/// Counts open connections while it lives.
+struct OpenGuard(Arc<ServerStats>);
+
+impl Drop for OpenGuard {
+    fn drop(&mut self) {
+        self.0.connections_open.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+pub(super) async fn accept_loop(endpoint: quinn::Endpoint, shared: Arc<Shared>) {
+    while let Some(incoming) = endpoint.accept().await {
+        let open = shared.stats.connections_open.load(Ordering::Relaxed);
+        if open >= shared.limits.max_connections as u64 {
+            bump(&shared.stats.connections_refused);
+            incoming.refuse();
+            continue;
+        }
+        tokio::spawn(serve_connection(incoming, shared.clone()));
+    }
+}
+
+async fn serve_connection(incoming: quinn::Incoming, shared: Arc<Shared>) {
+    let connection = match incoming.await {
+        Ok(c) => c,
+        Err(e) => {
+            bump(&shared.stats.handshake_failures);
+            tracing::debug!("client handshake failed: {e}");
+            return;
+        }
+    };
+    bump(&shared.stats.connections_accepted);
+    shared
+        .stats
+        .connections_open
+        .fetch_add(1, Ordering::Relaxed);
+    let _open = OpenGuard(shared.stats.clone());
+    let remote = connection.remote_address();
+    tracing::debug!(%remote, "client connected");
+    let state = Arc::new(Mutex::new(Connection::default()));
+    loop {
+        match connection.accept_bi().await {
+            Ok((send, recv)) => {
+                tokio::spawn(serve_stream(shared.clone(), state.clone(), send, recv));
+            }
+            Err(e) => {
+                tracing::debug!(%remote, "client connection ended: {e}");
+                break;
+            }
+        }
+    }
+}
+
+async fn serve_stream(
+    shared: Arc<Shared>,
+    state: Arc<Mutex<Connection>>,
+    mut send: quinn::SendStream,
+    mut recv: quinn::RecvStream,
+) {
+    let read = tokio::time::timeout(
+        shared.limits.request_read_timeout,
+        protocol::read_frame::<ClientFrame>(&mut recv),
+    )
+    .await;
+    let frame = match read {
+        Err(_) => {
+            bump(&shared.stats.read_timeouts);
+            let error = ProtocolError::new(
+                ProtocolErrorCode::ReadTimeout,
+                "the request did not arrive in time",
+            );
+            return refuse(&mut send, &mut recv, error).await;
+        }
+        Ok(Err(StreamFrameError::Frame(e))) => {
+            let counter = match e {
+                FrameError::TooLarge(_) => &shared.stats.oversized_frames,
+                FrameError::Truncated(_) => &shared.stats.truncated_frames,
+                FrameError::Malformed(_) => &shared.stats.malformed_frames,
+            };
+            bump(counter);
+            tracing::debug!("refused a client frame: {e}");
+            return refuse(&mut send, &mut recv, e.to_protocol_error()).await;
+        }
+        Ok(Err(StreamFrameError::Stream(e))) => {
+            bump(&shared.stats.stream_failures);
+            tracing::debug!("client stream failed: {e}");
+            return;
+        }
+        Ok(Ok(frame)) => frame,
+    };
+    // One request per stream: anything the client sends after it is not read.
+    let _ = recv.stop(quinn::VarInt::from_u32(0));
+    bump(&shared.stats.requests);
+    // The request runs in its own task so that a panic in the executor
+    // fails this request only, with an error frame.
+    let task = tokio::spawn(dispatch(shared.clone(), state, frame));
+    let answer = match task.await {
+        Ok(answer) => answer,
+        Err(e) => {
+            bump(&shared.stats.internal_errors);
+            tracing::error!("a client request failed inside the server: {e}");
+            ServerFrame::Error(WireError::Protocol(ProtocolError::new(
+                ProtocolErrorCode::Internal,
+                "the request failed inside the server",
+            )))
+        }
+    };
+    match &answer {
+        ServerFrame::Error(WireError::Query(_)) => bump(&shared.stats.query_errors),
+        ServerFrame::Error(WireError::Protocol(e)) => match e.code {
+            ProtocolErrorCode::UnsupportedVersion => bump(&shared.stats.bad_versions),
+            ProtocolErrorCode::NotStarted => bump(&shared.stats.not_started),
+            _ => {}
+        },
+        _ => {}
+    }
+    let bytes = match protocol::encode_frame(&answer) {
+        Ok(bytes) => bytes,
+        Err(e) => {
+            bump(&shared.stats.internal_errors);
+            let error = ProtocolError::new(ProtocolErrorCode::ResponseTooLarge, e.to_string());
+            match protocol::encode_frame(&ServerFrame::Error(WireError::Protocol(error))) {
+                Ok(bytes) => bytes,
+                Err(_) => {
+                    let _ = send.reset(quinn::VarInt::from_u32(ProtocolErrorCode::Internal.code()));
+                    return;
+                }
+            }
+        }
+    };
+    if send.write_all(&bytes).await.is_err() {
+        bump(&shared.stats.stream_failures);
+        return;
+    }
+    let _ = send.finish();
+}
+
+/// Answers a bad request: stops reading the stream with the error's code,
+/// sends the error frame and finishes.
+async fn refuse(send: &mut quinn::SendStream, recv: &mut quinn::RecvStream, error: ProtocolError) {
+    let _ = recv.stop(quinn::VarInt::from_u32(error.code.code()));
+    if let Ok(bytes) = protocol::encode_frame(&ServerFrame::Error(WireError::Protocol(error))) {
+        if send.write_all(&bytes).await.is_ok() {
+            let _ = send.finish();
+        }
+    }
+}
+
+fn protocol_error(code: ProtocolErrorCode, message: impl Into<String>) -> ServerFrame {
+    ServerFrame::Error(WireError::Protocol(ProtocolError::new(code, message)))
+}
+
+fn query_answer<T>(
+    result: Result<T, QueryError>,
+    ok: impl FnOnce(T) -> ServerFrame,
+) -> ServerFrame {
+    match result {
+        Ok(v) => ok(v),
+        Err(e) => ServerFrame::Error(WireError::Query(e)),
+    }
+}
+
+async fn dispatch(
+    shared: Arc<Shared>,
+    state: Arc<Mutex<Connection>>,
+    frame: ClientFrame,
+) -> ServerFrame {
+    if let ClientFrame::Startup {
+        protocol_version,
+        keyspace,
+    } = frame
+    {
+        return startup(&shared, &state, protocol_version, keyspace).await;
+    }
+    let (started, mut session) = {
+        let conn = state.lock();
+        (conn.started, conn.session.clone())
+    };
+    if !started {
+        return protocol_error(
+            ProtocolErrorCode::NotStarted,
+            "send a Startup frame before any request",
+        );
+    }
+    let before = session.clone();
+    let executor = &shared.executor;
+    let answer = match frame {
+        ClientFrame::Startup { .. } => unreachable_startup(),
+        ClientFrame::Query {
+            text,
+            values,
+            options,
+        } => {
+            let result = executor
+                .execute(&mut session, &text, values, sanitize(options))
+                .await;
+            query_answer(result, ServerFrame::Result)
+        }
+        ClientFrame::Prepare { text } => {
+            let result = executor.prepare(&session, &text).await;
+            if let Ok(prepared) = &result {
+                shared.prepared_texts.lock().insert(
+                    prepared.id.clone(),
+                    text,
+                    shared.limits.max_prepared_texts,
+                );
+            }
+            query_answer(result, ServerFrame::Prepared)
+        }
+        ClientFrame::Execute {
+            id,
+            values,
+            options,
+        } => {
+            let result = executor
+                .execute_prepared(&mut session, &id, values, sanitize(options))
+                .await;
+            query_answer(result, ServerFrame::Result)
+        }
+        ClientFrame::Batch {
+            kind,
+            statements,
+            options,
+        } => match batch_text(&shared, kind, statements) {
+            Ok((text, values)) => {
+                let result = executor
+                    .execute(&mut session, &text, values, sanitize(options))
+                    .await;
+                query_answer(result, ServerFrame::Result)
+            }
+            Err(e) => ServerFrame::Error(WireError::Query(e)),
+        },
+        ClientFrame::DescribeSchema => ServerFrame::Schema(shared.schema.snapshot()),
+    };
+    if session != before {
+        state.lock().session = session;
+    }
+    answer
+}
+
+/// The startup frame is handled before the match in [`dispatch`].
+fn unreachable_startup() -> ServerFrame {
+    protocol_error(ProtocolErrorCode::Internal, "startup handled out of order")
+}
+
+async fn startup(
+    shared: &Shared,
+    state: &Mutex<Connection>,
+    protocol_version: u16,
+    keyspace: Option<String>,
+) -> ServerFrame {
+    if protocol_version != PROTOCOL_VERSION {
+        return protocol_error(
+            ProtocolErrorCode::UnsupportedVersion,
+            format!("protocol version {protocol_version} is not supported; this server speaks version {PROTOCOL_VERSION}"),
+        );
+    }
+    let mut session = state.lock().session.clone();
+    if let Some(keyspace) = &keyspace {
+        let text = format!("USE {}", identifier(keyspace));
+        let result = shared
+            .executor
+            .execute(&mut session, &text, Vec::new(), QueryOptions::default())
+            .await;
+        if let Err(e) = result {
+            return ServerFrame::Error(WireError::Query(e));
+        }
+    }
+    let mut conn = state.lock();
+    conn.started = true;
+    conn.session = session;
+    ServerFrame::Ready {
+        protocol_version: PROTOCOL_VERSION,
+        keyspace: conn.session.keyspace.clone(),
+    }
+}
+
+/// A keyspace name as given (an unquoted identifier or already quoted), or
+/// quoted when it is neither.
+fn identifier(name: &str) -> String {
+    let plain = name.chars().next().is_some_and(|c| c.is_ascii_alphabetic())
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+    let quoted = name.len() >= 2 && name.starts_with('"') && name.ends_with('"');
+    if plain || quoted {
+        name.to_string()
+    } else {
+        format!("\"{}\"", name.replace('"', "\"\""))
+    }
+}
+
+/// Options as received, with the causal context brought to its normal form
+/// (a client can send any bytes).
+fn sanitize(mut options: QueryOptions) -> QueryOptions {
+    if let Some(context) = options.causal_context.take() {
+        let mut normal = DotSet::new();
+        normal.union_with(&context);
+        options.causal_context = Some(normal);
+    }
+    options
+}
+
+/// A batch as one `BEGIN ... BATCH` statement: the statements' texts (a
+/// prepared statement's text as it was prepared here) and their values
+/// concatenated in order, as the bind markers appear.
+fn batch_text(
+    shared: &Shared,
+    kind: BatchKind,
+    statements: Vec<BatchEntry>,
+) -> Result<(String, Vec<Value>), QueryError> {
+    let mut text = String::from(match kind {
+        BatchKind::Logged => "BEGIN BATCH\n",
+        BatchKind::Unlogged => "BEGIN UNLOGGED BATCH\n",
+    });
+    let mut values = Vec::new();
+    let texts = shared.prepared_texts.lock();
+    for entry in statements {
+        let statement = match &entry.statement {
+            BatchStatement::Text(t) => t.as_str(),
+            BatchStatement::Prepared(id) => texts
+                .by_id
+                .get(id)
+                .map(String::as_str)
+                .ok_or_else(|| QueryError::UnknownPrepared(hex(id)))?,
+        };
+        let statement = statement.trim().trim_end_matches(';').trim_end();
+        text.push_str("  ");
+        text.push_str(statement);
+        text.push_str(";\n");
+        values.extend(entry.values);
+    }
+    text.push_str("APPLY BATCH");
+    Ok((text, values))
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn identifiers_are_quoted_only_when_needed() {
+        assert_eq!(identifier("ks1"), "ks1");
+        assert_eq!(identifier("\"MyKs\""), "\"MyKs\"");
+        assert_eq!(identifier("my ks"), "\"my ks\"");
+        assert_eq!(identifier("a\"b"), "\"a\"\"b\"");
+        assert_eq!(identifier(""), "\"\"");
+    }
+
+    #[test]
+    fn prepared_texts_forget_the_oldest() {
+        let mut texts = PreparedTexts::default();
+        for i in 0..5u8 {
+            texts.insert(vec![i], format!("s{i}"), 3);
+        }
+        assert_eq!(texts.by_id.len(), 3);
+        assert!(!texts.by_id.contains_key(&vec![0u8]));
+        assert!(texts.by_id.contains_key(&vec![4u8]));
+    }
+}

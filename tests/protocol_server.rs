@@ -1,0 +1,485 @@
+//! The client protocol over real QUIC connections: the client library end
+//! to end against the server (with the in-test executor), and a fuzzer
+//! that sends random, truncated, oversized and out-of-order frames on many
+//! streams while good requests keep being answered on other streams and
+//! connections.
+
+#[path = "protocol_support.rs"]
+mod support;
+
+use ringdb::client::protocol::{
+    self, BatchKind, ClientFrame, ProtocolErrorCode, ServerFrame, WireError, MAX_FRAME_LEN,
+    PROTOCOL_VERSION,
+};
+use ringdb::client::{Batch, Client, ClientError};
+use ringdb::model::Consistency;
+use ringdb::query::api::{QueryError, QueryOptions, QueryResult};
+use ringdb::server::{ClientServer, ServerLimits};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use support::{client_tls, server_tls, test_certs, TestCerts, TestExecutor};
+
+fn start(limits: ServerLimits) -> (ClientServer, TestCerts) {
+    let certs = test_certs();
+    let executor = TestExecutor::new();
+    let server = ClientServer::bind_with_limits(
+        "127.0.0.1:0".parse().expect("address"),
+        server_tls(&certs),
+        executor.clone(),
+        executor,
+        limits,
+    )
+    .expect("server binds");
+    (server, certs)
+}
+
+fn rows(result: &QueryResult) -> &ringdb::query::api::ResultSet {
+    match result {
+        QueryResult::Rows(rows) => rows,
+        other => panic!("rows expected, got {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_library_end_to_end() {
+    let (server, certs) = start(ServerLimits::default());
+    let client = Client::connect(server.local_addr(), client_tls(&certs))
+        .await
+        .expect("connects");
+    assert_eq!(client.keyspace(), None);
+
+    // Without a keyspace the table is unknown: an Invalid error with a caret.
+    let err = client
+        .execute("SELECT * FROM users", vec![])
+        .await
+        .unwrap_err();
+    match err {
+        ClientError::Query(QueryError::Invalid { rendered, .. }) => {
+            assert!(rendered.contains('^'), "{rendered}")
+        }
+        other => panic!("invalid expected, got {other:?}"),
+    }
+
+    client.use_keyspace("demo").await.expect("USE");
+    assert_eq!(client.keyspace().as_deref(), Some("demo"));
+
+    // Paging through 25 rows, 10 at a time.
+    let options = QueryOptions {
+        page_size: Some(10),
+        ..client.default_options()
+    };
+    let mut pager = client.pages("SELECT * FROM users", vec![], options);
+    let mut sizes = Vec::new();
+    while let Some(page) = pager.next_page().await.expect("page") {
+        sizes.push(page.rows.len());
+    }
+    assert_eq!(sizes, vec![10, 10, 5]);
+    client.set_page_size(Some(7));
+    assert_eq!(
+        client
+            .fetch_all("SELECT id FROM users", vec![])
+            .await
+            .expect("all")
+            .rows
+            .len(),
+        25
+    );
+
+    // Syntax errors come back typed, with the caret.
+    match client.execute("SELEC * FROM users", vec![]).await {
+        Err(ClientError::Query(QueryError::Syntax { rendered, .. })) => {
+            assert!(rendered.contains("SELEC * FROM users\n^"), "{rendered}")
+        }
+        other => panic!("syntax error expected, got {other:?}"),
+    }
+
+    // The default consistency travels with each request.
+    client.set_consistency(Consistency::All);
+    assert!(matches!(
+        client.execute("SELECT * FROM users", vec![]).await,
+        Err(ClientError::Query(QueryError::Unavailable { .. }))
+    ));
+    client.set_consistency(Consistency::Quorum);
+
+    // Prepared statements and batches mixing text and prepared statements.
+    let insert = client
+        .prepare("INSERT INTO users (id, name, age) VALUES (?, ?, ?)")
+        .await
+        .expect("prepare");
+    assert_eq!(insert.prepared.bind_columns.len(), 3);
+    client
+        .execute_prepared(
+            &insert,
+            vec![
+                cql_lite::Value::Int(100),
+                cql_lite::Value::Text("hundred".into()),
+                cql_lite::Value::Int(1),
+            ],
+        )
+        .await
+        .expect("execute prepared");
+    let batch = Batch::new(BatchKind::Logged)
+        .add(
+            "INSERT INTO users (id, name) VALUES (?, 'text-insert');",
+            vec![cql_lite::Value::Int(101)],
+        )
+        .add_prepared(
+            &insert,
+            vec![
+                cql_lite::Value::Int(102),
+                cql_lite::Value::Text("prepared-insert".into()),
+                cql_lite::Value::Int(2),
+            ],
+        );
+    client.batch(&batch).await.expect("batch");
+    let found = client
+        .execute(
+            "SELECT name FROM users WHERE id = ?",
+            vec![cql_lite::Value::Int(102)],
+        )
+        .await
+        .expect("select");
+    assert_eq!(
+        rows(&found.result).rows[0].values,
+        vec![cql_lite::Value::Text("prepared-insert".into())]
+    );
+    let found = client
+        .execute("SELECT name FROM users WHERE id = 101", vec![])
+        .await
+        .expect("select");
+    assert_eq!(
+        rows(&found.result).rows[0].values,
+        vec![cql_lite::Value::Text("text-insert".into())]
+    );
+
+    // The schema for DESCRIBE and completion.
+    let schema = client.describe_schema().await.expect("schema");
+    let demo = schema.keyspace("demo").expect("demo");
+    assert!(demo
+        .table("users")
+        .expect("users")
+        .create_statement
+        .starts_with("CREATE TABLE"));
+
+    // A panic in the executor fails that request only.
+    match client
+        .execute("SELECT panic_please FROM users", vec![])
+        .await
+    {
+        Err(ClientError::Refused(e)) => assert_eq!(e.code, ProtocolErrorCode::Internal),
+        other => panic!("internal error expected, got {other:?}"),
+    }
+    assert!(client
+        .execute("SELECT * FROM conflicts", vec![])
+        .await
+        .is_ok());
+
+    // A session opened with a keyspace.
+    let second =
+        Client::connect_with_keyspace(server.local_addr(), client_tls(&certs), Some("demo".into()))
+            .await
+            .expect("connects with keyspace");
+    assert_eq!(second.keyspace().as_deref(), Some("demo"));
+    assert!(second
+        .execute("SELECT * FROM users LIMIT 1", vec![])
+        .await
+        .is_ok());
+    // ... and one with a keyspace that does not exist is refused.
+    assert!(matches!(
+        Client::connect_with_keyspace(server.local_addr(), client_tls(&certs), Some("nope".into()))
+            .await,
+        Err(ClientError::Query(QueryError::Invalid { .. }))
+    ));
+
+    let stats = server.stats();
+    assert!(stats.requests >= 10, "{stats:?}");
+    assert!(stats.query_errors >= 3, "{stats:?}");
+    assert_eq!(stats.internal_errors, 1, "{stats:?}");
+    second.close().await;
+    client.close().await;
+    server.shutdown().await;
+}
+
+/// A deterministic generator for the fuzzer (xorshift64*).
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n.max(1)
+    }
+
+    fn bytes(&mut self, n: usize) -> Vec<u8> {
+        (0..n).map(|_| self.next() as u8).collect()
+    }
+}
+
+async fn raw_connection(
+    addr: SocketAddr,
+    certs: &TestCerts,
+) -> (quinn::Endpoint, quinn::Connection) {
+    let mut endpoint =
+        quinn::Endpoint::client("127.0.0.1:0".parse().expect("address")).expect("endpoint");
+    endpoint.set_default_client_config(client_tls(certs).quinn_config().expect("client config"));
+    let connection = endpoint
+        .connect(addr, support::SERVER_NAME)
+        .expect("connect")
+        .await
+        .expect("handshake");
+    (endpoint, connection)
+}
+
+/// Sends `bytes` on a new stream (finishing it if asked) and returns the
+/// server's answer, which must be one valid frame when there is one.
+async fn raw_exchange(
+    connection: &quinn::Connection,
+    bytes: &[u8],
+    finish: bool,
+) -> Option<ServerFrame> {
+    let (mut send, mut recv) = connection.open_bi().await.expect("stream");
+    // The server may stop reading early (oversized frame): ignore write errors.
+    let _ = send.write_all(bytes).await;
+    if finish {
+        let _ = send.finish();
+    }
+    let answer = recv.read_to_end(MAX_FRAME_LEN as usize + 4).await.ok()?;
+    if answer.is_empty() {
+        return None;
+    }
+    Some(
+        protocol::decode_frame::<ServerFrame>(&answer)
+            .expect("the server's answer is a valid frame"),
+    )
+}
+
+fn protocol_code(answer: &Option<ServerFrame>) -> Option<ProtocolErrorCode> {
+    match answer {
+        Some(ServerFrame::Error(WireError::Protocol(e))) => Some(e.code),
+        _ => None,
+    }
+}
+
+fn frame(frame: &ClientFrame) -> Vec<u8> {
+    protocol::encode_frame(frame).expect("encodes")
+}
+
+fn startup(version: u16) -> Vec<u8> {
+    frame(&ClientFrame::Startup {
+        protocol_version: version,
+        keyspace: None,
+    })
+}
+
+fn query(text: &str) -> Vec<u8> {
+    frame(&ClientFrame::Query {
+        text: text.into(),
+        values: vec![],
+        options: QueryOptions::default(),
+    })
+}
+
+async fn assert_good_query(connection: &quinn::Connection) {
+    let answer = raw_exchange(connection, &query("SELECT * FROM demo.users LIMIT 2"), true).await;
+    match answer {
+        Some(ServerFrame::Result(response)) => assert_eq!(rows(&response.result).rows.len(), 2),
+        other => panic!("a result expected, got {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_frames_fail_only_their_own_stream() {
+    let limits = ServerLimits {
+        request_read_timeout: Duration::from_millis(300),
+        ..ServerLimits::default()
+    };
+    let (server, certs) = start(limits);
+    let addr = server.local_addr();
+    let good = Client::connect(addr, client_tls(&certs))
+        .await
+        .expect("good client");
+    let (_endpoint, raw) = raw_connection(addr, &certs).await;
+
+    // Before a startup: refused, and the connection stays usable.
+    assert_eq!(
+        protocol_code(&raw_exchange(&raw, &query("SELECT * FROM demo.users"), true).await),
+        Some(ProtocolErrorCode::NotStarted)
+    );
+    // A startup with a version the server does not speak.
+    assert_eq!(
+        protocol_code(&raw_exchange(&raw, &startup(PROTOCOL_VERSION + 1), true).await),
+        Some(ProtocolErrorCode::UnsupportedVersion)
+    );
+    assert!(matches!(
+        raw_exchange(&raw, &startup(PROTOCOL_VERSION), true).await,
+        Some(ServerFrame::Ready { .. })
+    ));
+    assert_good_query(&raw).await;
+
+    // An oversized length prefix: refused before the body is read, without
+    // waiting for the stream to end.
+    let mut oversized = (MAX_FRAME_LEN + 1).to_be_bytes().to_vec();
+    oversized.extend_from_slice(&[7; 64]);
+    assert_eq!(
+        protocol_code(&raw_exchange(&raw, &oversized, false).await),
+        Some(ProtocolErrorCode::FrameTooLarge)
+    );
+    assert_eq!(
+        protocol_code(&raw_exchange(&raw, &u32::MAX.to_be_bytes(), true).await),
+        Some(ProtocolErrorCode::FrameTooLarge)
+    );
+    // Truncated frames: the body, and the length prefix itself.
+    let whole = query("SELECT * FROM demo.users");
+    assert_eq!(
+        protocol_code(&raw_exchange(&raw, &whole[..whole.len() / 2], true).await),
+        Some(ProtocolErrorCode::Truncated)
+    );
+    assert_eq!(
+        protocol_code(&raw_exchange(&raw, &whole[..2], true).await),
+        Some(ProtocolErrorCode::Truncated)
+    );
+    // A body that does not decode, with a correct length.
+    let mut garbage = 8u32.to_be_bytes().to_vec();
+    garbage.extend_from_slice(&[0xFF; 8]);
+    assert_eq!(
+        protocol_code(&raw_exchange(&raw, &garbage, true).await),
+        Some(ProtocolErrorCode::Malformed)
+    );
+    // A frame whose length is too long for its body's content.
+    let mut padded = whole.clone();
+    let len = u32::from_be_bytes([padded[0], padded[1], padded[2], padded[3]]) + 3;
+    padded[..4].copy_from_slice(&len.to_be_bytes());
+    padded.extend_from_slice(&[0, 0, 0]);
+    assert_eq!(
+        protocol_code(&raw_exchange(&raw, &padded, true).await),
+        Some(ProtocolErrorCode::Malformed)
+    );
+    // A stream that never sends its request.
+    assert_eq!(
+        protocol_code(&raw_exchange(&raw, &[0, 0], false).await),
+        Some(ProtocolErrorCode::ReadTimeout)
+    );
+    assert_good_query(&raw).await;
+    good.use_keyspace("demo")
+        .await
+        .expect("good client still served");
+
+    // Random and mutated frames on many concurrent streams, while good
+    // requests run on the same connection and on another one.
+    let raw = Arc::new(raw);
+    let good = Arc::new(good);
+    let mut tasks = Vec::new();
+    for seed in 1..=24u64 {
+        let raw = raw.clone();
+        let good = good.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut rng = Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
+            for _ in 0..8 {
+                let valid = query("SELECT * FROM demo.users");
+                let bytes = match rng.below(4) {
+                    0 => {
+                        let n = rng.below(300) as usize;
+                        rng.bytes(n)
+                    }
+                    1 => {
+                        let mut b = valid.clone();
+                        let at = rng.below(b.len() as u64) as usize;
+                        b[at] ^= (rng.below(255) + 1) as u8;
+                        b
+                    }
+                    2 => {
+                        let cut = rng.below(valid.len() as u64) as usize;
+                        valid[..cut].to_vec()
+                    }
+                    _ => {
+                        let mut b = (rng.below(u64::from(u32::MAX)) as u32)
+                            .to_be_bytes()
+                            .to_vec();
+                        let n = rng.below(64) as usize;
+                        b.extend(rng.bytes(n));
+                        b
+                    }
+                };
+                // Whatever comes back is a valid frame (checked inside) or
+                // nothing; what matters is that the server keeps serving.
+                let _ = raw_exchange(&raw, &bytes, true).await;
+                assert_good_query(&raw).await;
+                let answer = good
+                    .execute("SELECT * FROM users LIMIT 1", vec![])
+                    .await
+                    .expect("good request");
+                assert_eq!(rows(&answer.result).rows.len(), 1);
+            }
+        }));
+    }
+    for task in tasks {
+        task.await.expect("fuzz task");
+    }
+
+    // A client that does not speak the protocol's ALPN is turned away at
+    // the handshake; the server goes on.
+    let mut wrong = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_protocol_versions(&[&rustls::version::TLS13])
+    .expect("TLS 1.3")
+    .with_root_certificates({
+        let mut roots = rustls::RootCertStore::empty();
+        use rustls::pki_types::pem::PemObject;
+        for cert in rustls::pki_types::CertificateDer::pem_slice_iter(certs.ca_pem.as_bytes()) {
+            roots.add(cert.expect("pem")).expect("root");
+        }
+        roots
+    })
+    .with_no_client_auth();
+    wrong.alpn_protocols = vec![b"not-ringdb".to_vec()];
+    let quic = quinn::crypto::rustls::QuicClientConfig::try_from(wrong).expect("quic config");
+    let mut endpoint =
+        quinn::Endpoint::client("127.0.0.1:0".parse().expect("address")).expect("endpoint");
+    endpoint.set_default_client_config(quinn::ClientConfig::new(Arc::new(quic)));
+    assert!(endpoint
+        .connect(addr, support::SERVER_NAME)
+        .expect("connect")
+        .await
+        .is_err());
+
+    assert_good_query(&raw).await;
+    let stats = server.stats();
+    assert!(stats.oversized_frames >= 2, "{stats:?}");
+    assert!(stats.truncated_frames >= 2, "{stats:?}");
+    assert!(stats.malformed_frames >= 2, "{stats:?}");
+    assert!(stats.bad_versions >= 1, "{stats:?}");
+    assert!(stats.not_started >= 1, "{stats:?}");
+    assert!(stats.read_timeouts >= 1, "{stats:?}");
+    assert!(stats.handshake_failures >= 1, "{stats:?}");
+    assert!(stats.protocol_errors() >= 10, "{stats:?}");
+    assert_eq!(stats.internal_errors, 0, "{stats:?}");
+    assert_eq!(stats.connections_open, 2, "{stats:?}");
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_consistency_level_travels_with_each_request() {
+    let (server, certs) = start(ServerLimits::default());
+    let client =
+        Client::connect_with_keyspace(server.local_addr(), client_tls(&certs), Some("demo".into()))
+            .await
+            .expect("connects");
+    let all = QueryOptions {
+        consistency: Consistency::All,
+        ..QueryOptions::default()
+    };
+    assert!(client
+        .execute_with("SELECT * FROM users", vec![], all)
+        .await
+        .is_err());
+    assert!(client.execute("SELECT * FROM users", vec![]).await.is_ok());
+    client.close().await;
+    server.shutdown().await;
+}
