@@ -17,6 +17,9 @@ enum Command {
     /// Creates the cluster CA and issues node certificates (mutual TLS
     /// between nodes).
     Certs(cli::certs::CertsArgs),
+    /// A local ringdb in one command: starts a node and opens the shell on
+    /// it; leaving the shell stops the node.
+    Dev(cli::dev::DevArgs),
     /// Writes to a storage engine and reports each acknowledged write on
     /// stdout until killed (used by the crash-recovery test).
     #[command(hide = true)]
@@ -39,6 +42,7 @@ fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Certs(args) => cli::certs::run(args),
         Command::CrashWriter(args) => cli::crash_writer::run(args),
+        Command::Dev(args) => std::process::exit(cli::dev::run(args)?),
         Command::Server(args) => cli::server::run(args),
         Command::Shell(args) => std::process::exit(ringdb::shell::run(args)),
     }

@@ -2,4 +2,5 @@
 
 pub mod certs;
 pub mod crash_writer;
+pub mod dev;
 pub mod server;

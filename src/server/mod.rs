@@ -13,6 +13,9 @@
 //! subcommand calls.
 
 mod handler;
+pub mod schema_source;
+
+pub use schema_source::CatalogSource;
 
 use crate::client::protocol::{SchemaSnapshot, ALPN};
 use crate::query::api::QueryExecutor;
@@ -291,11 +294,8 @@ pub struct ServerConfig {
     pub limits: ServerLimits,
 }
 
-/// Runs the client-facing server until Ctrl-C (SIGINT), then shuts down.
-///
-/// INTEGRATION POINT: the `ringdb server` subcommand (`src/cli/server.rs`)
-/// calls this with the node's real executor (the query layer over the
-/// storage engines or the coordinator) and schema source.
+/// Runs the client-facing server until SIGINT (Ctrl-C) or SIGTERM, then
+/// shuts down.
 pub async fn run_server(
     config: ServerConfig,
     executor: Arc<dyn QueryExecutor>,
@@ -304,10 +304,28 @@ pub async fn run_server(
     let server =
         ClientServer::bind_with_limits(config.listen, config.tls, executor, schema, config.limits)?;
     eprintln!("ringdb: serving clients on {}", server.local_addr());
-    if let Err(e) = tokio::signal::ctrl_c().await {
-        tracing::warn!("cannot wait for Ctrl-C ({e}); shutting down");
-    }
+    wait_for_stop_signal().await;
     eprintln!("ringdb: shutting down");
     server.shutdown().await;
     Ok(())
+}
+
+/// Waits for SIGINT or SIGTERM (a plain `kill`, as `ringdb dev` and
+/// scripts/cluster.sh send).
+pub async fn wait_for_stop_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+        }
+        Err(e) => {
+            tracing::warn!("cannot listen for SIGTERM ({e}); waiting for Ctrl-C only");
+            if let Err(e) = tokio::signal::ctrl_c().await {
+                tracing::warn!("cannot wait for Ctrl-C ({e}); shutting down");
+            }
+        }
+    }
 }
