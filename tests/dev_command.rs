@@ -37,10 +37,17 @@ fn dev_runs_statements_stops_cleanly_and_keeps_data() {
     );
     assert_eq!(code, 0, "stdout: {out}\nstderr: {err}");
     let log = std::fs::read_to_string(dir.path().join("node1.log")).unwrap();
-    assert!(log.contains("shutting down"), "the server stopped cleanly: {log}");
+    assert!(
+        log.contains("shutting down"),
+        "the server stopped cleanly: {log}"
+    );
 
     // A second run starts the node again on the same data.
-    let (code, out, err) = dev(dir.path(), port, "SELECT c, v FROM ks.t WHERE p = 1 ORDER BY c DESC;");
+    let (code, out, err) = dev(
+        dir.path(),
+        port,
+        "SELECT c, v FROM ks.t WHERE p = 1 ORDER BY c DESC;",
+    );
     assert_eq!(code, 0, "stdout: {out}\nstderr: {err}");
     let second = out.find("second").expect("row 2 survived the restart");
     let first = out.find("first").expect("row 1 survived the restart");
