@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# Starts a local ringdb node and opens the CQL-lite shell on it; leaving the
+# shell stops the node. Data is kept in ./ringdb-dev (delete it to start
+# afresh). Extra arguments go to `ringdb dev` (e.g. --port 9043, -e "...").
+# Installs what the build needs on a fresh machine.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+if ! command -v cc >/dev/null 2>&1; then
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq gcc
+fi
+cargo build --release --locked --bin ringdb
+exec target/release/ringdb dev "$@"
