@@ -388,6 +388,27 @@ impl Engine {
     /// ascending or descending. Used for partition slices, token-range
     /// scans (repair, streaming) and compaction.
     pub fn scan(&self, lower: Bound<Vec<u8>>, upper: Bound<Vec<u8>>, reverse: bool) -> MergeIter {
+        self.scan_within(lower, upper, reverse, None)
+    }
+
+    /// [`Engine::scan`], skipping more SSTables when the range lies inside
+    /// one partition (`partition` is its prefix): those whose bloom filter
+    /// rules the partition out, and those whose clustering bounds (file-wide
+    /// minimum and maximum of the key after the partition prefix) miss the
+    /// range.
+    fn scan_within(
+        &self,
+        lower: Bound<Vec<u8>>,
+        upper: Bound<Vec<u8>>,
+        reverse: bool,
+        partition: Option<&[u8]>,
+    ) -> MergeIter {
+        let tail = |b: &Bound<Vec<u8>>, plen: usize| match b {
+            Bound::Included(k) => Bound::Included(k.get(plen..).unwrap_or_default().to_vec()),
+            Bound::Excluded(k) => Bound::Excluded(k.get(plen..).unwrap_or_default().to_vec()),
+            Bound::Unbounded => Bound::Unbounded,
+        };
+        let clustering_bounds = partition.map(|p| (tail(&lower, p.len()), tail(&upper, p.len())));
         let snap = self.inner.snapshot.read().clone();
         let mut sources: Vec<Source> = Vec::new();
         sources.push(Box::new(MemtableRange::new(
@@ -408,6 +429,13 @@ impl Engine {
             let meta = live.table.meta();
             if !overlaps(&lower, &upper, &meta.min_key, &meta.max_key) {
                 continue;
+            }
+            if let (Some(p), Some((lo, hi))) = (partition, &clustering_bounds) {
+                if !live.table.may_contain_partition(p)
+                    || !overlaps(lo, hi, &meta.min_clustering, &meta.max_clustering)
+                {
+                    continue;
+                }
             }
             sources.push(table_source(
                 &live.table,
@@ -490,7 +518,7 @@ impl Engine {
         if limit == 0 {
             return Ok(PartitionSlice { header, rows });
         }
-        for item in self.scan(lo, hi, reverse) {
+        for item in self.scan_within(lo, hi, reverse, Some(prefix)) {
             let (k, entry) = item?;
             let Entry::Row(state) = entry else { continue };
             let clustering = k[prefix.len() + 1..].to_vec();
