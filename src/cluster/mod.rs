@@ -6,9 +6,17 @@
 //!   token, one per rack first where racks are set. Ownership changes only
 //!   by explicit operations (bootstrap, decommission, removenode); liveness
 //!   is not the ring's business.
+//! - [`membership`]: who is in the cluster and who is up (SWIM via foca over
+//!   the transport's datagrams), and every node's metadata (tokens, status,
+//!   schema version, load) gossiped to all.
 
+pub mod membership;
 pub mod ring;
 
+pub use membership::{
+    status_table, ClusterView, GossipSender, Liveness, Member, Membership, MembershipConfig,
+    MembershipError, MembershipEvent, NodeMetadata, NodeStatus, PeerId,
+};
 pub use ring::{pick_tokens, NodeInfo, Ring, RingError, TokenRange, DEFAULT_VNODES};
 
 #[cfg(test)]
