@@ -54,9 +54,11 @@
 //!
 //! A gossip datagram is one tag byte and a body: a foca packet, one pushed
 //! [`NodeMetadata`], or an anti-entropy digest. Packets are at most
-//! `min(MembershipConfig::max_packet_size, the transport's datagram size)`;
-//! while the transport does not know the size for a peer yet, 1,200 bytes
-//! (a fresh QUIC path). Anything that does not decode, and foca packets whose
+//! `min(MembershipConfig::max_packet_size, the transport's datagram size)`,
+//! fixed at start; when the transport cannot tell yet,
+//! [`FALLBACK_DATAGRAM_SIZE`] (1,100: what a fresh QUIC path carries, with
+//! margin). A packet that does not fit a peer's path is dropped and counted
+//! ([`MembershipStats::oversize`]). Anything that does not decode, and foca packets whose
 //! sender is not the address they came from, are counted
 //! ([`Membership::stats`]) and dropped; nothing a peer sends can panic the
 //! node.
@@ -93,15 +95,19 @@ use metadata::{
     DIGEST_ENTRY_MAX,
 };
 
-/// Datagram size assumed while the transport does not know a peer's: the
-/// smallest QUIC path.
-pub const FALLBACK_DATAGRAM_SIZE: usize = 1200;
+/// Datagram payload assumed while the transport cannot tell its size. QUIC
+/// carries 1,200-byte UDP payloads on any path, but its packet and frame
+/// overhead and the transport's datagram header leave 1,152 bytes on a
+/// fresh IPv4 path (measured with quinn 0.11 on 127.0.0.1), a little less
+/// with IPv6 addresses: 1,100 fits with room to spare.
+pub const FALLBACK_DATAGRAM_SIZE: usize = 1100;
 
-/// Packets are never cut below this, whatever a transport reports.
-pub const MIN_PACKET_SIZE: usize = 512;
+/// The smallest gossip packet size: below it foca's packets and one
+/// node's metadata may not fit.
+pub const MIN_PACKET_SIZE: usize = 1024;
 
 /// The largest encoded [`NodeMetadata`]: it must fit one gossip packet with
-/// foca's header around it on any path (about 90 tokens).
+/// foca's header around it (about 90 tokens).
 pub const MAX_METADATA_BYTES: usize = 900;
 
 const TAG_FOCA: u8 = 0xF0;
@@ -129,6 +135,7 @@ pub struct MembershipConfig {
     pub max_transmissions: u8,
     /// Upper bound of a gossip packet (tag byte included); the transport's
     /// datagram size lowers it. Default 1,400 (foca's default).
+    /// Must be at least [`MIN_PACKET_SIZE`].
     pub max_packet_size: usize,
     /// How often pending updates are gossiped besides probes. Default
     /// 200 ms.
@@ -398,12 +405,12 @@ impl Membership {
             });
         }
         let identity = PeerId::new(local.addr, local.node, generation);
-        let packet_limit = config.max_packet_size.min(FALLBACK_DATAGRAM_SIZE);
+        let packet_limit = packet_limit(&sender, &config);
         let foca_config = config.foca_config(packet_limit);
         let store = Arc::new(Mutex::new(MetaStore::new(identity)));
         let foca = Foca::with_custom_broadcast(
             identity,
-            foca_config.clone(),
+            foca_config,
             StdRng::seed_from_u64(rng_seed),
             BincodeCodec,
             MetaBroadcasts {
@@ -417,7 +424,6 @@ impl Membership {
         let counters = Arc::new(Counters::default());
         let mut task = Task {
             foca,
-            foca_config,
             runtime: AccumulatingRuntime::new(),
             sender: Arc::new(sender),
             // A different stream than foca's, from the same seed.
@@ -563,6 +569,22 @@ impl Membership {
     }
 }
 
+/// The size of every gossip packet this node sends, tag byte included:
+/// `min(config.max_packet_size, the transport's datagram size)`, with
+/// [`FALLBACK_DATAGRAM_SIZE`] while the transport cannot tell (a QUIC
+/// transport knows only once connected). It is fixed for the life of the
+/// service: foca sizes its send buffer once (changing it later trips an
+/// assertion in foca).
+fn packet_limit(sender: &impl GossipSender, config: &MembershipConfig) -> usize {
+    let transport = config
+        .seeds
+        .iter()
+        .filter(|&&seed| seed != sender.local_addr())
+        .find_map(|&seed| sender.max_datagram_size(seed))
+        .unwrap_or(FALLBACK_DATAGRAM_SIZE);
+    config.max_packet_size.min(transport).max(MIN_PACKET_SIZE)
+}
+
 enum TaskTimer {
     Foca(Timer<PeerId>),
     JoinRetry,
@@ -577,7 +599,6 @@ type ViewSignature = (Vec<(SocketAddr, NodeId, u64, Liveness)>, u64, bool);
 /// The service's task: owns foca and everything it needs.
 struct Task {
     foca: Swim,
-    foca_config: foca::Config,
     runtime: AccumulatingRuntime<PeerId>,
     sender: Arc<dyn GossipSender>,
     config: MembershipConfig,
@@ -586,7 +607,7 @@ struct Task {
     local: Arc<Mutex<NodeMetadata>>,
     timers: BTreeMap<(Instant, u64), TaskTimer>,
     timer_seq: u64,
-    /// Largest datagram sent, tag byte included.
+    /// Largest datagram sent, tag byte included (see [`packet_limit`]).
     packet_limit: usize,
     view: ClusterView,
     view_signature: Option<ViewSignature>,
@@ -860,14 +881,13 @@ impl Task {
         }
     }
 
-    /// Sends one datagram, learning the path's size from the transport.
+    /// Sends one datagram if it fits the path to `to`.
     fn send(&mut self, to: SocketAddr, tag: u8, body: &[u8]) {
         let len = body.len() + 1;
         if let Some(max) = self.sender.max_datagram_size(to) {
-            self.lower_packet_limit(max);
             if len > max {
                 inc(&self.counters.oversize);
-                tracing::debug!(%to, len, max, "gossip packet larger than the path allows");
+                tracing::warn!(%to, len, max, "gossip packet larger than the path allows: dropped");
                 return;
             }
         }
@@ -876,18 +896,6 @@ impl Task {
         datagram.put_slice(body);
         inc(&self.counters.datagrams_out);
         self.sender.send(to, datagram.freeze());
-    }
-
-    fn lower_packet_limit(&mut self, max: usize) {
-        let limit = max.max(MIN_PACKET_SIZE);
-        if limit < self.packet_limit {
-            self.packet_limit = limit;
-            self.foca_config.max_packet_size =
-                NonZeroUsize::new(limit - 1).unwrap_or(NonZeroUsize::MIN);
-            if let Err(err) = self.foca.set_config(self.foca_config.clone()) {
-                tracing::warn!(%err, "cannot lower the gossip packet size");
-            }
-        }
     }
 
     /// Acts on everything foca asked for: packets, timers, notifications.
@@ -903,10 +911,10 @@ impl Task {
                 match notification {
                     // Two nodes that meet exchange metadata directly: a new
                     // node learns everyone's within a round trip.
-                    OwnedNotification::MemberUp(id) | OwnedNotification::Rename(_, id) => {
-                        if !self.left {
-                            self.start_sync(id.addr);
-                        }
+                    OwnedNotification::MemberUp(id) | OwnedNotification::Rename(_, id)
+                        if !self.left =>
+                    {
+                        self.start_sync(id.addr);
                     }
                     OwnedNotification::Rejoin(id) => {
                         tracing::info!(

@@ -307,9 +307,9 @@ mod tests {
         old.members.insert(NodeId(2), member(2, Liveness::Alive, 1));
         old.members.insert(NodeId(3), member(3, Liveness::Down, 1));
         let mut new = old.clone();
-        new.members
-            .get_mut(&NodeId(2))
-            .map(|m| m.liveness = Liveness::Down);
+        if let Some(m) = new.members.get_mut(&NodeId(2)) {
+            m.liveness = Liveness::Down;
+        }
         new.members.insert(NodeId(3), member(3, Liveness::Alive, 2));
         if let Some(m) = new
             .members
