@@ -18,7 +18,8 @@
 //!
 //! A node joins by announcing itself to its seeds
 //! ([`MembershipConfig::seeds`], by address only), again every
-//! [`MembershipConfig::join_retry`] while it knows no live member. A
+//! [`MembershipConfig::join_retry`] (to the seeds and a few known members)
+//! until a member has answered its current identity. A
 //! member's identity is a [`PeerId`]: address, node id and generation. A
 //! restarted node comes back with a larger generation and replaces its old
 //! identity everywhere. A node that finds itself declared down while alive
@@ -147,8 +148,8 @@ pub struct MembershipConfig {
     /// How often a node announces itself to two members it thinks are
     /// down, which heals partitions. Default 5 s.
     pub announce_down_interval: Duration,
-    /// How often a node that knows no live member announces to its seeds
-    /// again. Default 1 s.
+    /// How often a node that is not (or no longer) connected announces
+    /// itself again to its seeds and a few members. Default 1 s.
     pub join_retry: Duration,
     /// How often a node runs the metadata anti-entropy exchange with one
     /// random member. Default 2 s.
@@ -440,6 +441,7 @@ impl Membership {
             view_signature: None,
             events: events.clone(),
             counters: counters.clone(),
+            connected: false,
             left: false,
             config,
         };
@@ -613,6 +615,10 @@ struct Task {
     view_signature: Option<ViewSignature>,
     events: broadcast::Sender<MembershipEvent>,
     counters: Arc<Counters>,
+    /// Whether foca is connected: it knows a live member that knows this
+    /// node's current identity (foca's `Active`, until `Idle` or a
+    /// renewal). While not, the node announces itself every `join_retry`.
+    connected: bool,
     left: bool,
 }
 
@@ -693,8 +699,9 @@ impl Task {
                     }
                 }
                 TaskTimer::JoinRetry => {
-                    if self.foca.num_members() == 0 {
+                    if !self.connected && !self.left {
                         self.announce_to_seeds();
+                        self.announce_to_members();
                     }
                     self.schedule(self.config.join_retry, TaskTimer::JoinRetry);
                 }
@@ -720,6 +727,25 @@ impl Task {
                 if let Err(err) = self.foca.announce(PeerId::seed(seed), &mut self.runtime) {
                     tracing::debug!(%seed, %err, "cannot announce to seed");
                 }
+            }
+        }
+    }
+
+    /// Announces this node to a few members it believes alive. After foca
+    /// renews the identity it waits, disconnected, until some member
+    /// answers the new identity; if the few gossips it sent were lost, the
+    /// others keep talking to the old identity, which is no longer
+    /// accepted, so ask them directly.
+    fn announce_to_members(&mut self) {
+        let mut members: Vec<PeerId> = self.foca.iter_members().map(|m| *m.id()).collect();
+        let fanout = self.config.num_indirect_probes.max(1);
+        while members.len() > fanout {
+            let i = self.rng.random_range(0..members.len());
+            members.swap_remove(i);
+        }
+        for member in members {
+            if let Err(err) = self.foca.announce(member, &mut self.runtime) {
+                tracing::debug!(peer = %member.addr, %err, "cannot announce to member");
             }
         }
     }
@@ -916,13 +942,17 @@ impl Task {
                     {
                         self.start_sync(id.addr);
                     }
+                    OwnedNotification::Active => self.connected = true,
+                    OwnedNotification::Idle => self.connected = false,
                     OwnedNotification::Rejoin(id) => {
+                        self.connected = false;
                         tracing::info!(
                             generation = id.generation,
                             "declared down while alive: rejoined with a new identity"
                         );
                     }
                     OwnedNotification::Defunct => {
+                        self.connected = false;
                         tracing::warn!("declared down by the cluster");
                     }
                     _ => {}
