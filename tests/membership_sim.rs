@@ -172,6 +172,7 @@ async fn scenario(seed: u64) -> Run {
         .expect("status Normal reaches everyone");
     milestones.push(took);
     let table = status_table(&nodes[0].view());
+    println!("{table}");
     assert_eq!(
         table.lines().filter(|l| l.starts_with("UN ")).count(),
         5,
