@@ -8,10 +8,18 @@
 //!   is not the ring's business.
 //! - [`hints`]: durable hints, writes held for a replica that was down,
 //!   replayed when it is back and dropped (counted) past the hint window.
+//! - [`membership`]: who is in the cluster and who is up (SWIM via foca over
+//!   the transport's datagrams), and every node's metadata (tokens, status,
+//!   schema version, load) gossiped to all.
 
 pub mod hints;
+pub mod membership;
 pub mod ring;
 
+pub use membership::{
+    status_table, ClusterView, GossipSender, Liveness, Member, Membership, MembershipConfig,
+    MembershipError, MembershipEvent, NodeMetadata, NodeStatus, PeerId,
+};
 pub use ring::{pick_tokens, NodeInfo, Ring, RingError, TokenRange, DEFAULT_VNODES};
 
 #[cfg(test)]
