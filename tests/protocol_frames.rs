@@ -231,6 +231,7 @@ fn client_frame() -> impl Strategy<Value = ClientFrame> {
                 options
             }),
         Just(ClientFrame::DescribeSchema),
+        Just(ClientFrame::AdminStatus),
     ]
 }
 
@@ -258,6 +259,7 @@ fn server_frame() -> impl Strategy<Value = ServerFrame> {
                 }
             )),
         schema().prop_map(ServerFrame::Schema),
+        ".{0,40}".prop_map(ServerFrame::AdminText),
         query_error().prop_map(|e| ServerFrame::Error(WireError::Query(e))),
         (protocol_code(), ".{0,30}").prop_map(|(code, message)| ServerFrame::Error(
             WireError::Protocol(ProtocolError { code, message })

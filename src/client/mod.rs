@@ -436,6 +436,15 @@ impl Client {
         }
     }
 
+    /// The cluster's status as the connected node sees it (`ringdb admin
+    /// status`).
+    pub async fn admin_status(&self) -> Result<String, ClientError> {
+        match self.request(ClientFrame::AdminStatus).await? {
+            ServerFrame::AdminText(text) => Ok(text),
+            other => Err(unexpected(&other)),
+        }
+    }
+
     /// Pages through the result of a SELECT: each call of
     /// [`Pager::next_page`] fetches the next page.
     pub fn pages(&self, text: &str, values: Vec<Value>, options: QueryOptions) -> Pager<'_> {
@@ -522,6 +531,7 @@ fn unexpected(frame: &ServerFrame) -> ClientError {
         ServerFrame::Result(_) => "Result",
         ServerFrame::Prepared(_) => "Prepared",
         ServerFrame::Schema(_) => "Schema",
+        ServerFrame::AdminText(_) => "AdminText",
         ServerFrame::Error(_) => "Error",
     };
     ClientError::Protocol(format!("unexpected {name} frame from the server"))

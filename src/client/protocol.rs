@@ -84,6 +84,9 @@ pub enum ClientFrame {
     /// Asks for the schema: keyspaces, tables, columns and the CQL that
     /// recreates them (for `DESCRIBE` and completion).
     DescribeSchema,
+    /// Asks for the cluster's status as this node sees it (`ringdb admin
+    /// status`): every node, its state, load and tokens.
+    AdminStatus,
 }
 
 /// A logged or unlogged batch.
@@ -130,6 +133,8 @@ pub enum ServerFrame {
     Prepared(Prepared),
     /// The schema, for `DescribeSchema`.
     Schema(SchemaSnapshot),
+    /// Text for an admin request (a `nodetool status`-like table).
+    AdminText(String),
     /// The request failed.
     Error(WireError),
 }
@@ -184,6 +189,9 @@ pub enum ProtocolErrorCode {
     ReadTimeout,
     /// The server failed in a way that is not the request's fault.
     Internal,
+    /// The server does not offer what was asked (e.g. admin status on a
+    /// server without the cluster layer).
+    Unsupported,
 }
 
 impl ProtocolErrorCode {
@@ -198,6 +206,7 @@ impl ProtocolErrorCode {
             ProtocolErrorCode::ResponseTooLarge => 6,
             ProtocolErrorCode::ReadTimeout => 7,
             ProtocolErrorCode::Internal => 8,
+            ProtocolErrorCode::Unsupported => 9,
         }
     }
 }
@@ -213,6 +222,7 @@ impl fmt::Display for ProtocolErrorCode {
             ProtocolErrorCode::ResponseTooLarge => "response too large",
             ProtocolErrorCode::ReadTimeout => "request read timed out",
             ProtocolErrorCode::Internal => "internal server error",
+            ProtocolErrorCode::Unsupported => "not supported by this server",
         };
         f.write_str(name)
     }

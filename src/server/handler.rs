@@ -1,6 +1,6 @@
 //! Connections, streams and requests of the client-facing server.
 
-use super::{bump, SchemaSource, ServerLimits, ServerStats};
+use super::{bump, AdminSource, SchemaSource, ServerLimits, ServerStats};
 use crate::client::protocol::{
     self, BatchEntry, BatchKind, BatchStatement, ClientFrame, FrameError, ProtocolError,
     ProtocolErrorCode, ServerFrame, StreamFrameError, WireError, PROTOCOL_VERSION,
@@ -17,6 +17,7 @@ use std::sync::Arc;
 pub(super) struct Shared {
     executor: Arc<dyn QueryExecutor>,
     schema: Arc<dyn SchemaSource>,
+    admin: Option<Arc<dyn AdminSource>>,
     stats: Arc<ServerStats>,
     limits: ServerLimits,
     prepared_texts: Mutex<PreparedTexts>,
@@ -26,12 +27,14 @@ impl Shared {
     pub(super) fn new(
         executor: Arc<dyn QueryExecutor>,
         schema: Arc<dyn SchemaSource>,
+        admin: Option<Arc<dyn AdminSource>>,
         stats: Arc<ServerStats>,
         limits: ServerLimits,
     ) -> Shared {
         Shared {
             executor,
             schema,
+            admin,
             stats,
             limits,
             prepared_texts: Mutex::new(PreparedTexts::default()),
@@ -302,6 +305,13 @@ async fn dispatch(
             Err(e) => ServerFrame::Error(WireError::Query(e)),
         },
         ClientFrame::DescribeSchema => ServerFrame::Schema(shared.schema.snapshot()),
+        ClientFrame::AdminStatus => match &shared.admin {
+            Some(admin) => ServerFrame::AdminText(admin.status()),
+            None => protocol_error(
+                ProtocolErrorCode::Unsupported,
+                "this server runs without the cluster layer: no admin status",
+            ),
+        },
     };
     if session != before {
         state.lock().session = session;

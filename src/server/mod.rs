@@ -40,6 +40,13 @@ pub trait SchemaSource: Send + Sync + 'static {
     fn snapshot(&self) -> SchemaSnapshot;
 }
 
+/// Cluster administration a node offers its clients (`ringdb admin`).
+pub trait AdminSource: Send + Sync + 'static {
+    /// Every node as this node sees it: state, address, load, tokens
+    /// (like `nodetool status`).
+    fn status(&self) -> String;
+}
+
 /// Limits that protect the server from one client.
 #[derive(Debug, Clone)]
 pub struct ServerLimits {
@@ -224,9 +231,22 @@ impl ClientServer {
     /// Like [`ClientServer::bind`], with explicit limits.
     pub fn bind_with_limits(
         addr: SocketAddr,
+        tls: rustls::ServerConfig,
+        executor: Arc<dyn QueryExecutor>,
+        schema: Arc<dyn SchemaSource>,
+        limits: ServerLimits,
+    ) -> Result<ClientServer, ServerError> {
+        ClientServer::bind_full(addr, tls, executor, schema, None, limits)
+    }
+
+    /// Like [`ClientServer::bind_with_limits`], with cluster administration
+    /// (`admin`) for `ringdb admin` when the node runs the cluster layer.
+    pub fn bind_full(
+        addr: SocketAddr,
         mut tls: rustls::ServerConfig,
         executor: Arc<dyn QueryExecutor>,
         schema: Arc<dyn SchemaSource>,
+        admin: Option<Arc<dyn AdminSource>>,
         limits: ServerLimits,
     ) -> Result<ClientServer, ServerError> {
         tls.alpn_protocols = vec![ALPN.to_vec()];
@@ -250,6 +270,7 @@ impl ClientServer {
         let shared = Arc::new(handler::Shared::new(
             executor,
             schema,
+            admin,
             stats.clone(),
             limits,
         ));
