@@ -14,6 +14,8 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
+    /// Operations on a running node (`status`).
+    Admin(cli::admin::AdminArgs),
     /// Creates the cluster CA and issues node certificates (mutual TLS
     /// between nodes).
     Certs(cli::certs::CertsArgs),
@@ -40,6 +42,7 @@ fn main() -> anyhow::Result<()> {
         .init();
     let cli = Cli::parse();
     match cli.command {
+        Command::Admin(args) => cli::admin::run(args),
         Command::Certs(args) => cli::certs::run(args),
         Command::CrashWriter(args) => cli::crash_writer::run(args),
         Command::Dev(args) => std::process::exit(cli::dev::run(args)?),

@@ -1,5 +1,6 @@
 //! Subcommands of the `ringdb` binary (the CLI edge: errors are `anyhow`).
 
+pub mod admin;
 pub mod certs;
 pub mod crash_writer;
 pub mod dev;

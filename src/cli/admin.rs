@@ -1,0 +1,59 @@
+//! `ringdb admin`: operations on a running node.
+
+use anyhow::Context;
+use ringdb::client::{Client, ClientTlsConfig};
+use std::path::PathBuf;
+
+/// Arguments of `ringdb admin`.
+#[derive(clap::Args, Debug)]
+pub struct AdminArgs {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: AdminCommand,
+    /// The node to ask, `host:port` of its client listener.
+    #[arg(long, global = true, default_value = "127.0.0.1:9042")]
+    pub host: String,
+    /// The CA certificate (PEM) to trust; `$RINGDB_CA_CERT` when omitted.
+    #[arg(long, global = true)]
+    pub ca_cert: Option<PathBuf>,
+}
+
+/// `ringdb admin` subcommands.
+#[derive(clap::Subcommand, Debug)]
+pub enum AdminCommand {
+    /// Every node as this node sees it: state (U/D, N/J/L), address, load,
+    /// tokens, rack, host id, schema version (like `nodetool status`).
+    Status,
+}
+
+/// Runs `ringdb admin`.
+pub fn run(args: AdminArgs) -> anyhow::Result<()> {
+    let ca_path = args
+        .ca_cert
+        .or_else(|| std::env::var_os("RINGDB_CA_CERT").map(PathBuf::from))
+        .context("give the cluster's CA certificate with --ca-cert or $RINGDB_CA_CERT")?;
+    let ca = std::fs::read_to_string(&ca_path)
+        .with_context(|| format!("reading {}", ca_path.display()))?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async move {
+        let addr = tokio::net::lookup_host(args.host.as_str())
+            .await
+            .with_context(|| format!("resolving {}", args.host))?
+            .next()
+            .with_context(|| format!("{} resolves to no address", args.host))?;
+        let connect = Client::connect(addr, ClientTlsConfig::new(ca, "ringdb-node"));
+        let client = tokio::time::timeout(std::time::Duration::from_secs(10), connect)
+            .await
+            .map_err(|_| {
+                anyhow::anyhow!("no answer from {addr} within 10 s: is a node running there?")
+            })?
+            .with_context(|| format!("connecting to {addr}"))?;
+        match args.command {
+            AdminCommand::Status => print!("{}", client.admin_status().await?),
+        }
+        client.close().await;
+        anyhow::Ok(())
+    })
+}
