@@ -7,6 +7,7 @@
 //! the ring; [`query`] runs CQL-lite statements through a data store.
 
 pub mod cluster;
+pub mod coordinator;
 pub mod model;
 pub mod net;
 pub mod query;

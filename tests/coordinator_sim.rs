@@ -1,0 +1,353 @@
+//! The coordinator on a simulated cluster: deterministic from the seed,
+//! on a paused clock, with kills, partitions, loss and delays.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use cql_lite::{DataType, Value};
+use rand::rngs::StdRng;
+use rand::{RngExt, SeedableRng};
+use ringdb::cluster::hints::{HintOptions, HintStore};
+use ringdb::cluster::{NodeInfo, Ring};
+use ringdb::coordinator::{
+    ClusterStore, CoordinatorConfig, ManualLiveness, PeerRequest, PeerResponse, ReplicaHandler,
+    TokioClock,
+};
+use ringdb::model::key::serialize_partition_key;
+use ringdb::model::{Consistency, DotSet, HybridClock, NodeId};
+use ringdb::net::{SimConfig, SimNetwork, Transport};
+use ringdb::query::api::{
+    QueryError, QueryExecutor, QueryOptions, QueryResult, ResultSet, SessionState,
+};
+use ringdb::query::{Executor, ExecutorConfig, LocalStore};
+use ringdb::schema::SchemaStore;
+use ringdb::storage::commitlog::SyncMode;
+use ringdb::storage::engine::EngineOptions;
+
+const EPOCH_MS: u64 = 1_700_000_000_000;
+const VNODES: u64 = 16;
+
+fn addr(i: usize) -> SocketAddr {
+    SocketAddr::from(([10, 0, 0, (i + 1) as u8], 7000))
+}
+
+fn node_id(i: usize) -> NodeId {
+    NodeId(0x1000 + i as u64)
+}
+
+/// Evenly interleaved tokens: the replicas of any token are consecutive
+/// nodes (mod n).
+fn tokens(i: usize, n: usize) -> Vec<u64> {
+    let step = u64::MAX / (VNODES * n as u64);
+    (0..VNODES)
+        .map(|j| (j * n as u64 + i as u64) * step + 12_345)
+        .collect()
+}
+
+struct Node {
+    dir: PathBuf,
+    schema: Arc<SchemaStore>,
+    local: Arc<LocalStore>,
+    store: ClusterStore,
+    exec: Executor,
+    local_exec: Executor,
+}
+
+struct Cluster {
+    net: SimNetwork,
+    live: Arc<ManualLiveness>,
+    ring: Ring,
+    config: CoordinatorConfig,
+    hint_options: HintOptions,
+    nodes: Vec<Option<Node>>,
+    _tmp: tempfile::TempDir,
+}
+
+fn engine_options() -> EngineOptions {
+    EngineOptions {
+        sync_mode: SyncMode::Periodic {
+            interval: Duration::from_millis(200),
+        },
+        background: false,
+        block_cache_bytes: 1 << 20,
+        ..EngineOptions::default()
+    }
+}
+
+impl Cluster {
+    /// `n` nodes, keyspace `ks` with RF 3 and the given tables.
+    async fn new(n: usize, sim: SimConfig, tables: &[&str]) -> Cluster {
+        Cluster::with(n, sim, tables, CoordinatorConfig::default(), hint_options()).await
+    }
+
+    async fn with(
+        n: usize,
+        sim: SimConfig,
+        tables: &[&str],
+        config: CoordinatorConfig,
+        hint_options: HintOptions,
+    ) -> Cluster {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let net = SimNetwork::new(sim);
+        let ring =
+            Ring::new((0..n).map(|i| NodeInfo::new(node_id(i), addr(i), None, tokens(i, n))))
+                .expect("ring");
+        let mut cluster = Cluster {
+            net,
+            live: Arc::new(ManualLiveness::new()),
+            ring,
+            config,
+            hint_options,
+            nodes: Vec::new(),
+            _tmp: tmp,
+        };
+        for i in 0..n {
+            let dir = cluster._tmp.path().join(format!("node{i}"));
+            std::fs::create_dir_all(&dir).expect("dir");
+            std::fs::write(dir.join("node_id"), format!("{:016x}\n", node_id(i).0))
+                .expect("node id");
+            let node = cluster.open_node(i, &dir);
+            cluster.nodes.push(Some(node));
+        }
+        let mut ddl = vec![
+            "CREATE KEYSPACE ks WITH replication = {'class': 'SimpleStrategy', 'replication_factor': 3}".to_string(),
+        ];
+        ddl.extend(tables.iter().map(|t| t.to_string()));
+        for stmt in ddl {
+            cluster
+                .query(0, Consistency::One, &stmt)
+                .await
+                .expect("ddl");
+        }
+        let schema = (*cluster.node(0).schema.current()).clone();
+        for i in 1..n {
+            cluster
+                .node(i)
+                .schema
+                .replace_if_newer(schema.clone())
+                .expect("schema");
+        }
+        cluster
+    }
+
+    fn open_node(&self, i: usize, dir: &Path) -> Node {
+        let hlc = Arc::new(HybridClock::new(Arc::new(TokioClock::new(EPOCH_MS))));
+        let schema = Arc::new(SchemaStore::open(dir).expect("schema"));
+        let local = Arc::new(
+            LocalStore::open(dir, hlc.clone(), schema.clone(), engine_options()).expect("store"),
+        );
+        local.set_inline_io(true);
+        assert_eq!(local.node_id(), node_id(i));
+        let hints = Arc::new(
+            HintStore::open(&dir.join("hints"), self.hint_options.clone()).expect("hints"),
+        );
+        let handler = Arc::new(ReplicaHandler::new(local.clone(), hints.clone()));
+        let transport: Arc<dyn Transport<PeerRequest, PeerResponse>> =
+            Arc::new(self.net.add_node(addr(i), handler));
+        let store = ClusterStore::new(
+            local.clone(),
+            hints,
+            schema.clone(),
+            transport,
+            self.ring.clone(),
+            self.live.clone(),
+            self.config.clone(),
+        );
+        let exec = Executor::new(
+            Arc::new(store.clone()),
+            schema.clone(),
+            hlc.clone(),
+            ExecutorConfig::default(),
+        );
+        let local_exec = Executor::new(
+            local.clone(),
+            schema.clone(),
+            hlc,
+            ExecutorConfig::default(),
+        );
+        Node {
+            dir: dir.to_path_buf(),
+            schema,
+            local,
+            store,
+            exec,
+            local_exec,
+        }
+    }
+
+    fn node(&self, i: usize) -> &Node {
+        self.nodes[i].as_ref().expect("node is running")
+    }
+
+    fn store(&self, i: usize) -> &ClusterStore {
+        &self.node(i).store
+    }
+
+    /// Runs a statement through node `i` as coordinator.
+    async fn query(
+        &self,
+        i: usize,
+        cl: Consistency,
+        text: &str,
+    ) -> Result<QueryResult, QueryError> {
+        self.query_with(i, cl, text, None).await
+    }
+
+    async fn query_with(
+        &self,
+        i: usize,
+        cl: Consistency,
+        text: &str,
+        context: Option<DotSet>,
+    ) -> Result<QueryResult, QueryError> {
+        let mut session = SessionState::default();
+        let options = QueryOptions {
+            consistency: cl,
+            causal_context: context,
+            ..QueryOptions::default()
+        };
+        self.node(i)
+            .exec
+            .execute(&mut session, text, vec![], options)
+            .await
+            .map(|r| r.result)
+    }
+
+    /// Runs a statement on node `i`'s own data only (no coordinator).
+    async fn local_query(&self, i: usize, text: &str) -> ResultSet {
+        let mut session = SessionState::default();
+        match self
+            .node(i)
+            .local_exec
+            .execute(&mut session, text, vec![], QueryOptions::default())
+            .await
+            .map(|r| r.result)
+        {
+            Ok(QueryResult::Rows(rs)) => rs,
+            other => panic!("expected rows, got {other:?}"),
+        }
+    }
+
+    /// The nodes (indices) holding key `k` of an int-keyed table.
+    fn replicas_of(&self, k: i32) -> Vec<usize> {
+        let pk = serialize_partition_key(&[Value::Int(k)], &[DataType::Int]).expect("pk");
+        self.ring
+            .replicas_for_key(&pk, 3)
+            .into_iter()
+            .map(|id| (id.0 - 0x1000) as usize)
+            .collect()
+    }
+
+    /// Kills node `i` on the network and marks it down.
+    fn kill(&self, i: usize) {
+        self.net.kill(addr(i));
+        self.live.set_down(node_id(i));
+    }
+
+    /// Revives node `i`, marks it up and replays every node's hints for it.
+    async fn revive(&self, i: usize) {
+        self.net.revive(addr(i));
+        self.live.set_up(node_id(i));
+        let mut tasks = Vec::new();
+        for (j, n) in self.nodes.iter().enumerate() {
+            if let (Some(n), true) = (n, j != i) {
+                tasks.push(n.store.on_node_up(node_id(i)));
+            }
+        }
+        for t in tasks {
+            t.await.expect("replay task").expect("replay");
+        }
+    }
+
+    /// Drops node `i`'s process state (it must be killed) and opens it
+    /// again from its data directory.
+    async fn restart(&mut self, i: usize) {
+        let dir = self.node(i).dir.clone();
+        self.nodes[i] = None;
+        // Let in-flight work of the old process end.
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        let node = self.open_node(i, &dir);
+        self.net.kill(addr(i));
+        self.nodes[i] = Some(node);
+    }
+}
+
+fn hint_options() -> HintOptions {
+    HintOptions {
+        window: Duration::from_secs(600),
+        sync: false,
+        segment_bytes: 1 << 20,
+    }
+}
+
+fn rows(r: &QueryResult) -> &ResultSet {
+    match r {
+        QueryResult::Rows(rs) => rs,
+        other => panic!("expected rows, got {other:?}"),
+    }
+}
+
+/// The `v` column (second column) of a single-row result, if any.
+fn single_v(rs: &ResultSet) -> Option<Value> {
+    rs.rows.first().map(|r| r.values[1].clone())
+}
+
+const KV: &str = "CREATE TABLE ks.kv (k int PRIMARY KEY, v int)";
+
+#[tokio::test(start_paused = true)]
+async fn writes_and_reads_at_quorum_on_a_healthy_cluster() {
+    let c = Cluster::new(4, SimConfig::with_seed(1), &[KV]).await;
+    for k in 0..20 {
+        c.query(
+            k as usize % 4,
+            Consistency::Quorum,
+            &format!("INSERT INTO ks.kv (k, v) VALUES ({k}, {})", k * 10),
+        )
+        .await
+        .expect("write");
+    }
+    for k in 0..20 {
+        let r = c
+            .query(
+                (k as usize + 1) % 4,
+                Consistency::Quorum,
+                &format!("SELECT * FROM ks.kv WHERE k = {k}"),
+            )
+            .await
+            .expect("read");
+        assert_eq!(single_v(rows(&r)), Some(Value::Int(k * 10)));
+        // Every replica holds it (ALL was not needed: writes go to all N).
+        for i in c.replicas_of(k) {
+            let local = c
+                .local_query(i, &format!("SELECT * FROM ks.kv WHERE k = {k}"))
+                .await;
+            assert_eq!(
+                single_v(&local),
+                Some(Value::Int(k * 10)),
+                "replica {i} of {k}"
+            );
+        }
+    }
+    // A full scan through the coordinator sees every row once.
+    let r = c
+        .query(2, Consistency::Quorum, "SELECT * FROM ks.kv")
+        .await
+        .expect("scan");
+    let mut keys: Vec<Value> = rows(&r).rows.iter().map(|r| r.values[0].clone()).collect();
+    keys.sort_by_key(|v| match v {
+        Value::Int(i) => *i,
+        _ => i32::MAX,
+    });
+    assert_eq!(keys, (0..20).map(Value::Int).collect::<Vec<_>>());
+    // Deletes go through too.
+    c.query(3, Consistency::Quorum, "DELETE FROM ks.kv WHERE k = 5")
+        .await
+        .expect("delete");
+    let r = c
+        .query(0, Consistency::All, "SELECT * FROM ks.kv WHERE k = 5")
+        .await
+        .expect("read");
+    assert!(rows(&r).rows.is_empty());
+}
