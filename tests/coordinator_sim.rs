@@ -351,3 +351,362 @@ async fn writes_and_reads_at_quorum_on_a_healthy_cluster() {
         .expect("read");
     assert!(rows(&r).rows.is_empty());
 }
+
+/// A key whose replicas include node `coord`, and one of its other
+/// replicas, and a node that holds no replica of it.
+fn pick_key(c: &Cluster, coord: usize) -> (i32, usize, usize) {
+    for k in 0..1000 {
+        let reps = c.replicas_of(k);
+        if reps.contains(&coord) {
+            let other = *reps.iter().find(|r| **r != coord).expect("other replica");
+            let outsider = (0..c.nodes.len())
+                .find(|n| !reps.contains(n))
+                .expect("outsider");
+            return (k, other, outsider);
+        }
+    }
+    panic!("no key found")
+}
+
+#[tokio::test(start_paused = true)]
+async fn quorum_write_with_a_replica_down_goes_to_a_fallback_and_the_hint_replays() {
+    let c = Cluster::new(4, SimConfig::with_seed(2), &[KV]).await;
+    let (k, down, fallback) = pick_key(&c, 0);
+    c.kill(down);
+    c.query(
+        0,
+        Consistency::Quorum,
+        &format!("INSERT INTO ks.kv (k, v) VALUES ({k}, 7)"),
+    )
+    .await
+    .expect("sloppy quorum write");
+    // The fallback (the one node that is not a replica) holds the hint.
+    assert_eq!(c.store(fallback).hints().stats().stored, 1);
+    assert_eq!(c.store(fallback).hints().targets(), vec![node_id(down)]);
+    assert_eq!(c.store(0).stats().hints_sent_to_fallbacks, 1);
+    // The down replica does not have it yet.
+    let before = c
+        .local_query(down, &format!("SELECT * FROM ks.kv WHERE k = {k}"))
+        .await;
+    assert!(before.rows.is_empty());
+    c.revive(down).await;
+    assert_eq!(c.store(fallback).hints().stats().delivered, 1);
+    assert!(c.store(fallback).hints().targets().is_empty());
+    let after = c
+        .local_query(down, &format!("SELECT * FROM ks.kv WHERE k = {k}"))
+        .await;
+    assert_eq!(single_v(&after), Some(Value::Int(7)));
+}
+
+#[tokio::test(start_paused = true)]
+async fn hints_past_the_window_are_dropped_and_counted() {
+    let hints = HintOptions {
+        window: Duration::from_secs(60),
+        ..hint_options()
+    };
+    let c = Cluster::with(
+        4,
+        SimConfig::with_seed(3),
+        &[KV],
+        CoordinatorConfig::default(),
+        hints,
+    )
+    .await;
+    let (k, down, fallback) = pick_key(&c, 0);
+    c.kill(down);
+    c.query(
+        0,
+        Consistency::Quorum,
+        &format!("INSERT INTO ks.kv (k, v) VALUES ({k}, 8)"),
+    )
+    .await
+    .expect("write");
+    tokio::time::sleep(Duration::from_secs(61)).await;
+    c.revive(down).await;
+    let stats = c.store(fallback).hints().stats();
+    assert_eq!((stats.stored, stats.delivered, stats.expired), (1, 0, 1));
+    let after = c
+        .local_query(down, &format!("SELECT * FROM ks.kv WHERE k = {k}"))
+        .await;
+    assert!(after.rows.is_empty(), "an expired hint is not replayed");
+}
+
+#[tokio::test(start_paused = true)]
+async fn with_sloppy_quorum_off_the_coordinator_keeps_the_hint_and_it_counts_only_for_any() {
+    let c = Cluster::new(4, SimConfig::with_seed(4), &[KV]).await;
+    let (k, down, _) = pick_key(&c, 0);
+    let third = *c
+        .replicas_of(k)
+        .iter()
+        .find(|r| **r != 0 && **r != down)
+        .expect("third replica");
+    c.store(0).set_sloppy_quorum("ks", false);
+    c.kill(down);
+    c.kill(third);
+    let err = c
+        .query(
+            0,
+            Consistency::Quorum,
+            &format!("INSERT INTO ks.kv (k, v) VALUES ({k}, 1)"),
+        )
+        .await
+        .expect_err("strict quorum with two of three replicas down");
+    assert_eq!(
+        err,
+        QueryError::Unavailable {
+            consistency: Consistency::Quorum,
+            required: 2,
+            alive: 1
+        }
+    );
+    assert_eq!(
+        err.to_string(),
+        "cannot achieve consistency level QUORUM: 2 replicas required but only 1 alive"
+    );
+    // ONE and ANY succeed; the coordinator keeps hints for both down replicas.
+    c.query(
+        0,
+        Consistency::Any,
+        &format!("INSERT INTO ks.kv (k, v) VALUES ({k}, 2)"),
+    )
+    .await
+    .expect("ANY");
+    assert_eq!(c.store(0).hints().stats().stored, 2);
+    c.revive(down).await;
+    c.revive(third).await;
+    for i in c.replicas_of(k) {
+        let r = c
+            .local_query(i, &format!("SELECT * FROM ks.kv WHERE k = {k}"))
+            .await;
+        assert_eq!(single_v(&r), Some(Value::Int(2)), "replica {i}");
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn any_with_every_replica_down_is_stamped_by_the_coordinator_and_delivered_later() {
+    let c = Cluster::new(4, SimConfig::with_seed(5), &[KV]).await;
+    let (k, _, outsider) = pick_key(&c, 0);
+    for i in c.replicas_of(k) {
+        c.kill(i);
+    }
+    // Sloppy quorum: the outsider is the fallback of all three replicas,
+    // so even ONE is accepted (its hints count).
+    c.query(
+        outsider,
+        Consistency::One,
+        &format!("INSERT INTO ks.kv (k, v) VALUES ({k}, 3)"),
+    )
+    .await
+    .expect("sloppy ONE");
+    // Strict: ONE is unavailable, ANY takes hints on the coordinator.
+    c.store(outsider).set_sloppy_quorum("ks", false);
+    let err = c
+        .query(
+            outsider,
+            Consistency::One,
+            &format!("INSERT INTO ks.kv (k, v) VALUES ({k}, 4)"),
+        )
+        .await
+        .expect_err("no replica");
+    assert!(
+        matches!(
+            err,
+            QueryError::Unavailable {
+                required: 1,
+                alive: 0,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    c.query(
+        outsider,
+        Consistency::Any,
+        &format!("UPDATE ks.kv SET v = 5 WHERE k = {k}"),
+    )
+    .await
+    .expect("ANY takes a hint");
+    assert_eq!(c.store(outsider).hints().stats().stored, 6);
+    for i in c.replicas_of(k) {
+        c.revive(i).await;
+    }
+    let r = c
+        .query(
+            outsider,
+            Consistency::All,
+            &format!("SELECT * FROM ks.kv WHERE k = {k}"),
+        )
+        .await
+        .expect("read");
+    assert_eq!(single_v(rows(&r)), Some(Value::Int(5)));
+    // Two blind writes stamped without any replica's state are siblings.
+    assert!(rows(&r).rows[0].conflict);
+}
+
+#[tokio::test(start_paused = true)]
+async fn unavailable_and_timeout_name_their_counts() {
+    let c = Cluster::new(3, SimConfig::with_seed(6), &[KV]).await;
+    c.kill(2);
+    let err = c
+        .query(
+            0,
+            Consistency::All,
+            "INSERT INTO ks.kv (k, v) VALUES (1, 1)",
+        )
+        .await
+        .expect_err("ALL with one down");
+    assert_eq!(
+        err,
+        QueryError::Unavailable {
+            consistency: Consistency::All,
+            required: 3,
+            alive: 2
+        }
+    );
+    let err = c
+        .query(0, Consistency::All, "SELECT * FROM ks.kv WHERE k = 1")
+        .await
+        .expect_err("ALL read with one down");
+    assert!(matches!(
+        err,
+        QueryError::Unavailable {
+            required: 3,
+            alive: 2,
+            ..
+        }
+    ));
+    c.revive(2).await;
+    // Alive by liveness but cut off: the requests time out.
+    c.net.partition(&[addr(0)], &[addr(1), addr(2)]);
+    let err = c
+        .query(
+            0,
+            Consistency::Quorum,
+            "INSERT INTO ks.kv (k, v) VALUES (1, 2)",
+        )
+        .await
+        .expect_err("partitioned write");
+    assert_eq!(
+        err,
+        QueryError::Timeout {
+            consistency: Consistency::Quorum,
+            required: 2,
+            received: 1,
+            write: true
+        }
+    );
+    assert_eq!(
+        err.to_string(),
+        "operation timed out at consistency QUORUM: 1 of 2 replicas answered"
+    );
+    let err = c
+        .query(0, Consistency::Quorum, "SELECT * FROM ks.kv WHERE k = 1")
+        .await
+        .expect_err("partitioned read");
+    assert_eq!(
+        err,
+        QueryError::Timeout {
+            consistency: Consistency::Quorum,
+            required: 2,
+            received: 1,
+            write: false
+        }
+    );
+    // The timed-out replicas got hints; after the heal they are delivered.
+    c.net.heal();
+    assert!(c.store(0).hints().stats().stored >= 2);
+    c.revive(1).await;
+    c.revive(2).await;
+    for i in 0..3 {
+        let r = c.local_query(i, "SELECT * FROM ks.kv WHERE k = 1").await;
+        assert_eq!(single_v(&r), Some(Value::Int(2)), "replica {i}");
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn read_repair_brings_a_stale_replica_up_to_date() {
+    let c = Cluster::new(3, SimConfig::with_seed(7), &[KV]).await;
+    c.query(
+        0,
+        Consistency::All,
+        "INSERT INTO ks.kv (k, v) VALUES (1, 1)",
+    )
+    .await
+    .expect("write");
+    // Node 2 misses the second write (no hints are replayed for it).
+    c.net.partition(&[addr(2)], &[addr(0), addr(1)]);
+    c.query(0, Consistency::One, "UPDATE ks.kv SET v = 2 WHERE k = 1")
+        .await
+        .expect("write at ONE");
+    // Let the copy to node 1 land (a ONE write answers after one ack).
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    c.net.heal();
+    let stale = c.local_query(2, "SELECT * FROM ks.kv WHERE k = 1").await;
+    assert_eq!(single_v(&stale), Some(Value::Int(1)));
+    // A QUORUM read through the stale replica answers the newest value and
+    // repairs it before answering.
+    let r = c
+        .query(2, Consistency::Quorum, "SELECT * FROM ks.kv WHERE k = 1")
+        .await
+        .expect("read");
+    assert_eq!(single_v(rows(&r)), Some(Value::Int(2)));
+    assert!(c.store(2).stats().read_repairs >= 1);
+    let repaired = c.local_query(2, "SELECT * FROM ks.kv WHERE k = 1").await;
+    assert_eq!(single_v(&repaired), Some(Value::Int(2)));
+    assert!(
+        !repaired.rows[0].conflict,
+        "the repair carries the causal history"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn background_repair_fixes_the_replica_the_read_did_not_wait_for() {
+    let c = Cluster::new(3, SimConfig::with_seed(8), &[KV]).await;
+    c.net.partition(&[addr(2)], &[addr(0), addr(1)]);
+    c.query(
+        0,
+        Consistency::Quorum,
+        "INSERT INTO ks.kv (k, v) VALUES (1, 5)",
+    )
+    .await
+    .expect("write");
+    c.net.heal();
+    // Node 2 is slow to answer: the read waits for nodes 0 and 1 only.
+    c.net.set_link_drop(addr(0), addr(2), Some(0.0));
+    let r = c
+        .query(0, Consistency::One, "SELECT * FROM ks.kv WHERE k = 1")
+        .await
+        .expect("read");
+    assert_eq!(single_v(rows(&r)), Some(Value::Int(5)));
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(c.store(0).stats().background_repairs >= 1);
+    let repaired = c.local_query(2, "SELECT * FROM ks.kv WHERE k = 1").await;
+    assert_eq!(single_v(&repaired), Some(Value::Int(5)));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_newer_deletion_on_one_replica_shadows_an_older_row_on_another() {
+    let c = Cluster::new(3, SimConfig::with_seed(9), &[KV]).await;
+    c.query(
+        0,
+        Consistency::All,
+        "INSERT INTO ks.kv (k, v) VALUES (1, 1)",
+    )
+    .await
+    .expect("write");
+    c.net.partition(&[addr(2)], &[addr(0), addr(1)]);
+    c.query(0, Consistency::Quorum, "DELETE FROM ks.kv WHERE k = 1")
+        .await
+        .expect("delete");
+    c.net.heal();
+    let r = c
+        .query(2, Consistency::Quorum, "SELECT * FROM ks.kv WHERE k = 1")
+        .await
+        .expect("read");
+    assert!(rows(&r).rows.is_empty());
+    let local = c.local_query(2, "SELECT * FROM ks.kv WHERE k = 1").await;
+    assert!(
+        local.rows.is_empty(),
+        "the deletion was repaired onto node 2"
+    );
+}
