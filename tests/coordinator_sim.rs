@@ -710,3 +710,128 @@ async fn a_newer_deletion_on_one_replica_shadows_an_older_row_on_another() {
         "the deletion was repaired onto node 2"
     );
 }
+
+const ABC: &str = "CREATE TABLE ks.abc (k int PRIMARY KEY, a int, b int, c int)";
+
+#[tokio::test(start_paused = true)]
+async fn concurrent_writes_in_a_partition_become_siblings_and_a_context_write_supersedes_them() {
+    let c = Cluster::new(3, SimConfig::with_seed(10), &[ABC]).await;
+    c.query(0, Consistency::All, "INSERT INTO ks.abc (k, a, b, c) VALUES (1, 0, 0, 0)")
+        .await
+        .expect("write");
+    // Node 0 on one side, nodes 1 and 2 on the other; both sides write.
+    c.net.partition(&[addr(0)], &[addr(1), addr(2)]);
+    c.query(0, Consistency::One, "UPDATE ks.abc SET a = 1 WHERE k = 1")
+        .await
+        .expect("side A");
+    c.query(1, Consistency::Quorum, "UPDATE ks.abc SET b = 2 WHERE k = 1")
+        .await
+        .expect("side B");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    c.net.heal();
+    let r = c
+        .query(2, Consistency::All, "SELECT * FROM ks.abc WHERE k = 1 WITH SIBLINGS")
+        .await
+        .expect("read");
+    let rs = rows(&r);
+    assert_eq!(rs.rows.len(), 1);
+    let row = &rs.rows[0];
+    assert!(row.conflict, "both versions survive as siblings");
+    assert_eq!(row.siblings.len(), 2);
+    // Resolved column by column: each side's column wins.
+    assert_eq!(
+        row.values,
+        vec![Value::Int(1), Value::Int(1), Value::Int(2), Value::Int(0)]
+    );
+    let mut sibs = row.siblings.clone();
+    sibs.sort_by_key(|s| format!("{s:?}"));
+    assert_eq!(
+        sibs,
+        vec![
+            vec![Value::Int(1), Value::Int(0), Value::Int(2), Value::Int(0)],
+            vec![Value::Int(1), Value::Int(1), Value::Int(0), Value::Int(0)],
+        ]
+    );
+    // Every replica keeps both (ALL read repaired the rest).
+    for i in 0..3 {
+        let local = c.local_query(i, "SELECT * FROM ks.abc WHERE k = 1").await;
+        assert!(local.rows[0].conflict, "replica {i}");
+    }
+    // A read-modify-write with the read's causal context supersedes both
+    // and carries their cells forward.
+    let context = rs.causal_context.clone().expect("a single-row read has a context");
+    c.query_with(
+        0,
+        Consistency::Quorum,
+        "UPDATE ks.abc SET c = 3 WHERE k = 1",
+        Some(context),
+    )
+    .await
+    .expect("context write");
+    let r = c
+        .query(1, Consistency::Quorum, "SELECT * FROM ks.abc WHERE k = 1 WITH SIBLINGS")
+        .await
+        .expect("read");
+    let row = &rows(&r).rows[0];
+    assert!(!row.conflict);
+    assert!(row.siblings.is_empty());
+    assert_eq!(
+        row.values,
+        vec![Value::Int(1), Value::Int(1), Value::Int(2), Value::Int(3)]
+    );
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    for i in 0..3 {
+        let local = c.local_query(i, "SELECT * FROM ks.abc WHERE k = 1").await;
+        assert!(!local.rows[0].conflict, "replica {i}");
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_restarted_node_keeps_what_it_acknowledged() {
+    let mut c = Cluster::new(3, SimConfig::with_seed(11), &[KV]).await;
+    for k in 0..30 {
+        c.query(k as usize % 3, Consistency::All, &format!("INSERT INTO ks.kv (k, v) VALUES ({k}, {k})"))
+            .await
+            .expect("write");
+    }
+    c.kill(1);
+    c.restart(1).await;
+    // Writes while it was down reach it by hints.
+    c.query(0, Consistency::Quorum, "INSERT INTO ks.kv (k, v) VALUES (100, 100)")
+        .await
+        .expect("write while down");
+    c.revive(1).await;
+    let all = c.local_query(1, "SELECT * FROM ks.kv").await;
+    assert_eq!(all.rows.len(), 31);
+    // And it serves reads as a coordinator again.
+    let r = c
+        .query(1, Consistency::All, "SELECT * FROM ks.kv WHERE k = 100")
+        .await
+        .expect("read");
+    assert_eq!(single_v(rows(&r)), Some(Value::Int(100)));
+}
+
+#[tokio::test(start_paused = true)]
+async fn short_reads_are_protected_against_deletions_on_other_replicas() {
+    let c = Cluster::new(3, SimConfig::with_seed(12), &["CREATE TABLE ks.ts (k int, c int, v int, PRIMARY KEY (k, c))"]).await;
+    for i in 0..10 {
+        c.query(0, Consistency::All, &format!("INSERT INTO ks.ts (k, c, v) VALUES (1, {i}, {i})"))
+            .await
+            .expect("write");
+    }
+    // Nodes 0 and 1 see rows 0..5 deleted; node 2 does not.
+    c.net.partition(&[addr(2)], &[addr(0), addr(1)]);
+    for i in 0..5 {
+        c.query(0, Consistency::Quorum, &format!("DELETE FROM ks.ts WHERE k = 1 AND c = {i}"))
+            .await
+            .expect("delete");
+    }
+    c.net.heal();
+    let r = c
+        .query(2, Consistency::Quorum, "SELECT * FROM ks.ts WHERE k = 1 LIMIT 3")
+        .await
+        .expect("read");
+    let cs: Vec<Value> = rows(&r).rows.iter().map(|r| r.values[1].clone()).collect();
+    assert_eq!(cs, vec![Value::Int(5), Value::Int(6), Value::Int(7)]);
+    assert!(c.store(2).stats().short_read_retries >= 1);
+}
