@@ -25,6 +25,10 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
+/// Partitions (prefix and every row state) from
+/// [`LocalStore::scan_states`], and whether the scan stopped at its limit.
+pub type ScannedStates = (Vec<(Vec<u8>, StateSlice)>, bool);
+
 /// The data of a single node: one storage engine per table.
 pub struct LocalStore {
     dir: PathBuf,
@@ -203,7 +207,7 @@ impl LocalStore {
         upper: Bound<Vec<u8>>,
         max_partitions: usize,
         rows_per_partition: Option<usize>,
-    ) -> Result<(Vec<(Vec<u8>, StateSlice)>, bool), QueryError> {
+    ) -> Result<ScannedStates, QueryError> {
         let engine = self.engine(table)?;
         let now = self.clock.wall().now_millis();
         blocking(self.inline(), move || {
@@ -333,7 +337,7 @@ fn scan_states(
     max_partitions: usize,
     rows_per_partition: Option<usize>,
     now_ms: u64,
-) -> Result<(Vec<(Vec<u8>, StateSlice)>, bool), QueryError> {
+) -> Result<ScannedStates, QueryError> {
     use crate::storage::engine::StateRow;
     let per = rows_per_partition.unwrap_or(usize::MAX);
     let mut out: Vec<(Vec<u8>, StateSlice)> = Vec::new();
