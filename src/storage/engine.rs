@@ -923,11 +923,7 @@ type KeyRange = (Bound<Vec<u8>>, Bound<Vec<u8>>);
 
 /// Key bounds of the rows of a partition between two clustering prefix
 /// bounds; `None` when the range is empty.
-fn slice_bounds(
-    prefix: &[u8],
-    lower: Bound<&[u8]>,
-    upper: Bound<&[u8]>,
-) -> Option<KeyRange> {
+fn slice_bounds(prefix: &[u8], lower: Bound<&[u8]>, upper: Bound<&[u8]>) -> Option<KeyRange> {
     let lo = match lower {
         Bound::Unbounded => Bound::Included(key::rows_start(prefix)),
         Bound::Included(p) => Bound::Included(key::row_key(prefix, p)),
