@@ -1102,3 +1102,46 @@ fn acknowledged_writes_survive_faults_and_replicas_converge() {
         convergence_case(seed);
     }
 }
+
+#[tokio::test(start_paused = true)]
+async fn truncate_reaches_every_node_and_needs_them_all() {
+    let c = Cluster::new(4, SimConfig::with_seed(13), &[KV]).await;
+    for k in 0..10 {
+        c.query(
+            0,
+            Consistency::All,
+            &format!("INSERT INTO ks.kv (k, v) VALUES ({k}, {k})"),
+        )
+        .await
+        .expect("write");
+    }
+    c.kill(3);
+    let err = c
+        .query(0, Consistency::One, "TRUNCATE ks.kv")
+        .await
+        .expect_err("a node is down");
+    assert!(
+        matches!(
+            err,
+            QueryError::Unavailable {
+                required: 4,
+                alive: 3,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    c.revive(3).await;
+    c.query(1, Consistency::One, "TRUNCATE ks.kv")
+        .await
+        .expect("truncate");
+    for i in 0..4 {
+        assert!(
+            c.local_query(i, "SELECT * FROM ks.kv")
+                .await
+                .rows
+                .is_empty(),
+            "node {i}"
+        );
+    }
+}
