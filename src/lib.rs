@@ -11,6 +11,7 @@
 
 pub mod client;
 pub mod cluster;
+pub mod coordinator;
 pub mod model;
 pub mod net;
 pub mod query;

@@ -17,12 +17,17 @@ use super::api::{
 use crate::model::key::{self, KeyKind};
 use crate::model::{Consistency, Entry, HybridClock, NodeId, PartitionHeader};
 use crate::schema::SchemaStore;
-use crate::storage::engine::{Engine, EngineOptions};
+use crate::storage::engine::{Engine, EngineOptions, StateSlice};
 use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::ops::Bound;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+
+/// Partitions (prefix and every row state) from
+/// [`LocalStore::scan_states`], and whether the scan stopped at its limit.
+pub type ScannedStates = (Vec<(Vec<u8>, StateSlice)>, bool);
 
 /// The data of a single node: one storage engine per table.
 pub struct LocalStore {
@@ -32,6 +37,7 @@ pub struct LocalStore {
     schema: Arc<SchemaStore>,
     template: EngineOptions,
     engines: Mutex<HashMap<u128, Arc<Engine>>>,
+    inline_io: AtomicBool,
 }
 
 impl std::fmt::Debug for LocalStore {
@@ -74,12 +80,16 @@ pub fn load_or_create_node_id(dir: &Path) -> Result<NodeId, QueryError> {
     }
 }
 
-/// Runs blocking work off the async threads when a tokio runtime is there.
-async fn blocking<T, F>(f: F) -> Result<T, QueryError>
+/// Runs blocking work off the async threads when a tokio runtime is there
+/// (and `inline` is off).
+async fn blocking<T, F>(inline: bool, f: F) -> Result<T, QueryError>
 where
     F: FnOnce() -> Result<T, QueryError> + Send + 'static,
     T: Send + 'static,
 {
+    if inline {
+        return f();
+    }
     match tokio::runtime::Handle::try_current() {
         Ok(handle) => handle
             .spawn_blocking(f)
@@ -110,7 +120,107 @@ impl LocalStore {
             schema,
             template,
             engines: Mutex::new(HashMap::new()),
+            inline_io: AtomicBool::new(false),
         })
+    }
+
+    /// Runs engine calls inline on the calling task instead of in
+    /// `spawn_blocking` (deterministic simulation: one thread, paused
+    /// clock, no work finishing in another thread's order).
+    pub fn set_inline_io(&self, inline: bool) {
+        self.inline_io.store(inline, Ordering::Relaxed);
+    }
+
+    fn inline(&self) -> bool {
+        self.inline_io.load(Ordering::Relaxed)
+    }
+
+    /// Stamps mutations to one partition as its replica (see
+    /// `RowState::stamp`), applies them and returns the deltas written:
+    /// what the other replicas are sent.
+    pub async fn stamp(
+        &self,
+        table: &TableRef,
+        partition_key: &[u8],
+        mutations: Vec<Mutation>,
+    ) -> Result<Vec<(Vec<u8>, Entry)>, QueryError> {
+        let engine = self.engine(table)?;
+        let node = self.node;
+        let pk = partition_key.to_vec();
+        blocking(self.inline(), move || {
+            apply_mutations(&engine, node, &pk, mutations)
+        })
+        .await
+    }
+
+    /// Merges already stamped deltas (from another replica, read repair or
+    /// a hint) into the table, atomically. Idempotent.
+    pub async fn apply(
+        &self,
+        table: &TableRef,
+        entries: Vec<(Vec<u8>, Entry)>,
+    ) -> Result<(), QueryError> {
+        if entries.is_empty() {
+            return Ok(());
+        }
+        let engine = self.engine(table)?;
+        blocking(self.inline(), move || {
+            engine.write_batch(&entries).map_err(QueryError::from)
+        })
+        .await
+    }
+
+    /// Reads a slice of one partition with every row state in the range,
+    /// dead ones included (see `Engine::read_partition_states`).
+    pub async fn read_states(
+        &self,
+        table: &TableRef,
+        partition_key: &[u8],
+        slice: SliceRequest,
+    ) -> Result<StateSlice, QueryError> {
+        let engine = self.engine(table)?;
+        let prefix = key::partition_prefix(partition_key);
+        blocking(self.inline(), move || {
+            engine
+                .read_partition_states(
+                    &prefix,
+                    bound_ref(&slice.lower),
+                    bound_ref(&slice.upper),
+                    slice.reverse,
+                    slice.limit,
+                )
+                .map_err(QueryError::from)
+        })
+        .await
+    }
+
+    /// Reads partitions with keys in `[lower, upper)` (key bounds, in key
+    /// order), at most `max_partitions` of them (every partition met
+    /// counts, even one holding only deletions), each with at most
+    /// `rows_per_partition` live rows plus the dead rows met on the way.
+    /// Returns the partitions (prefix and slice) and whether the scan
+    /// stopped at `max_partitions` (more may follow).
+    pub async fn scan_states(
+        &self,
+        table: &TableRef,
+        lower: Bound<Vec<u8>>,
+        upper: Bound<Vec<u8>>,
+        max_partitions: usize,
+        rows_per_partition: Option<usize>,
+    ) -> Result<ScannedStates, QueryError> {
+        let engine = self.engine(table)?;
+        let now = self.clock.wall().now_millis();
+        blocking(self.inline(), move || {
+            scan_states(
+                &engine,
+                lower,
+                upper,
+                max_partitions,
+                rows_per_partition,
+                now,
+            )
+        })
+        .await
     }
 
     /// This node's id (the node part of the dots it stamps).
@@ -175,13 +285,15 @@ impl LocalStore {
     }
 }
 
+/// Stamps and applies mutations; returns the deltas written, in order.
 fn apply_mutations(
     engine: &Engine,
     node: NodeId,
     partition_key: &[u8],
     mutations: Vec<Mutation>,
-) -> Result<(), QueryError> {
+) -> Result<Vec<(Vec<u8>, Entry)>, QueryError> {
     let prefix = key::partition_prefix(partition_key);
+    let mut deltas = Vec::with_capacity(mutations.len());
     for m in mutations {
         match m {
             Mutation::Row {
@@ -190,25 +302,85 @@ fn apply_mutations(
                 context,
             } => {
                 let k = key::row_key(&prefix, &clustering);
-                engine.update_row(&k, |cur| cur.stamp(node, context.as_ref(), &write))?;
+                let delta =
+                    engine.update_row(&k, |cur| cur.stamp(node, context.as_ref(), &write))?;
+                deltas.push((k, Entry::Row(delta)));
             }
             Mutation::Range(rt) => {
                 let header = PartitionHeader {
                     deleted_at: None,
                     ranges: vec![rt],
                 };
-                engine.write(&key::header_key(&prefix), Entry::Header(header))?;
+                let k = key::header_key(&prefix);
+                engine.write(&k, Entry::Header(header.clone()))?;
+                deltas.push((k, Entry::Header(header)));
             }
             Mutation::Partition(ts) => {
                 let header = PartitionHeader {
                     deleted_at: Some(ts),
                     ranges: vec![],
                 };
-                engine.write(&key::header_key(&prefix), Entry::Header(header))?;
+                let k = key::header_key(&prefix);
+                engine.write(&k, Entry::Header(header.clone()))?;
+                deltas.push((k, Entry::Header(header)));
             }
         }
     }
-    Ok(())
+    Ok(deltas)
+}
+
+/// See [`LocalStore::scan_states`].
+fn scan_states(
+    engine: &Engine,
+    lower: Bound<Vec<u8>>,
+    upper: Bound<Vec<u8>>,
+    max_partitions: usize,
+    rows_per_partition: Option<usize>,
+    now_ms: u64,
+) -> Result<ScannedStates, QueryError> {
+    use crate::storage::engine::StateRow;
+    let per = rows_per_partition.unwrap_or(usize::MAX);
+    let mut out: Vec<(Vec<u8>, StateSlice)> = Vec::new();
+    let mut live_in_current = 0usize;
+    if max_partitions == 0 {
+        return Ok((out, true));
+    }
+    for item in engine.scan(lower, upper, false) {
+        let (k, entry) = item?;
+        let kind = key::classify(&k).map_err(server)?;
+        let plen = kind.partition_len();
+        let prefix = &k[..plen];
+        if out.last().is_none_or(|(p, _)| p.as_slice() != prefix) {
+            if out.len() >= max_partitions {
+                return Ok((out, true));
+            }
+            out.push((prefix.to_vec(), StateSlice::default()));
+            live_in_current = 0;
+        }
+        let Some((_, part)) = out.last_mut() else {
+            continue;
+        };
+        match (kind, entry) {
+            (KeyKind::Header { .. }, Entry::Header(h)) => part.header = part.header.join(&h),
+            (KeyKind::Row { .. }, Entry::Row(state)) => {
+                if live_in_current >= per {
+                    part.cut = true;
+                    continue;
+                }
+                let clustering = k[plen + 1..].to_vec();
+                let shadow = part.header.shadow_for(&clustering);
+                let live = state.resolve(shadow, now_ms).is_some();
+                live_in_current += usize::from(live);
+                part.rows.push(StateRow {
+                    clustering,
+                    state,
+                    live,
+                });
+            }
+            _ => return Err(server(format!("entry of the wrong kind at key {k:02x?}"))),
+        }
+    }
+    Ok((out, false))
 }
 
 fn bound_ref(b: &Bound<Vec<u8>>) -> Bound<&[u8]> {
@@ -313,7 +485,10 @@ impl DataStore for LocalStore {
             let engine = self.engine(table)?;
             let node = self.node;
             let pk = partition_key.to_vec();
-            blocking(move || apply_mutations(&engine, node, &pk, mutations)).await
+            blocking(self.inline(), move || {
+                apply_mutations(&engine, node, &pk, mutations).map(|_| ())
+            })
+            .await
         })
     }
 
@@ -327,7 +502,7 @@ impl DataStore for LocalStore {
         Box::pin(async move {
             let engine = self.engine(table)?;
             let pk = partition_key.to_vec();
-            blocking(move || read_slice(&engine, &pk, &slice)).await
+            blocking(self.inline(), move || read_slice(&engine, &pk, &slice)).await
         })
     }
 
@@ -342,7 +517,7 @@ impl DataStore for LocalStore {
         Box::pin(async move {
             let engine = self.engine(table)?;
             let now = self.clock.wall().now_millis();
-            blocking(move || {
+            blocking(self.inline(), move || {
                 scan_partitions(&engine, after, max_partitions, rows_per_partition, now)
             })
             .await
@@ -353,7 +528,7 @@ impl DataStore for LocalStore {
         Box::pin(async move {
             let engine = self.engines.lock().remove(&table.id);
             let dir = self.table_dir(table);
-            blocking(move || {
+            blocking(self.inline(), move || {
                 // The last handle stops the engine's background work before
                 // its files go.
                 drop(engine);

@@ -124,6 +124,31 @@ pub struct PartitionSlice {
     pub rows: Vec<SliceRow>,
 }
 
+/// One row of a [`Engine::read_partition_states`] slice: live or not.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StateRow {
+    /// Encoded clustering key.
+    pub clustering: Vec<u8>,
+    /// All versions the replica holds, as stored (deletions included).
+    pub state: RowState,
+    /// Whether the row reads as live here, after the partition's deletions.
+    pub live: bool,
+}
+
+/// Result of [`Engine::read_partition_states`]: every row state in the
+/// range, dead ones included, so a coordinator merging several replicas
+/// lets a newer deletion on one shadow an older live row on another.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct StateSlice {
+    /// The partition's deletions.
+    pub header: PartitionHeader,
+    /// Rows in the requested order, live and dead.
+    pub rows: Vec<StateRow>,
+    /// The read stopped at the limit of live rows: rows after the last one
+    /// returned were not read.
+    pub cut: bool,
+}
+
 struct Frozen {
     mem: Arc<Memtable>,
     /// Every record of this memtable is in a log segment below this id.
@@ -491,26 +516,11 @@ impl Engine {
         limit: Option<usize>,
     ) -> Result<PartitionSlice> {
         let header = self.read_header(prefix)?;
-        let lo = match lower {
-            Bound::Unbounded => Bound::Included(key::rows_start(prefix)),
-            Bound::Included(p) => Bound::Included(key::row_key(prefix, p)),
-            Bound::Excluded(p) => match key::prefix_successor(&key::row_key(prefix, p)) {
-                Some(s) => Bound::Included(s),
-                None => {
-                    return Ok(PartitionSlice {
-                        header,
-                        rows: vec![],
-                    })
-                }
-            },
-        };
-        let hi = match upper {
-            Bound::Unbounded => Bound::Excluded(key::partition_end(prefix)),
-            Bound::Included(p) => match key::prefix_successor(&key::row_key(prefix, p)) {
-                Some(s) => Bound::Excluded(s),
-                None => Bound::Excluded(key::partition_end(prefix)),
-            },
-            Bound::Excluded(p) => Bound::Excluded(key::row_key(prefix, p)),
+        let Some((lo, hi)) = slice_bounds(prefix, lower, upper) else {
+            return Ok(PartitionSlice {
+                header,
+                rows: vec![],
+            });
         };
         let now = self.inner.opts.clock.now_millis();
         let mut rows = Vec::new();
@@ -535,6 +545,54 @@ impl Engine {
             }
         }
         Ok(PartitionSlice { header, rows })
+    }
+
+    /// Like [`Engine::read_partition`], but returns every row state in the
+    /// range as stored, dead rows (deleted, expired, shadowed) included,
+    /// each flagged live or not; `limit` counts live rows only. This is
+    /// what a replica answers a coordinator's read with.
+    pub fn read_partition_states(
+        &self,
+        prefix: &[u8],
+        lower: Bound<&[u8]>,
+        upper: Bound<&[u8]>,
+        reverse: bool,
+        limit: Option<usize>,
+    ) -> Result<StateSlice> {
+        let header = self.read_header(prefix)?;
+        let limit = limit.unwrap_or(usize::MAX);
+        let mut out = StateSlice {
+            header,
+            rows: Vec::new(),
+            cut: false,
+        };
+        let Some((lo, hi)) = slice_bounds(prefix, lower, upper) else {
+            return Ok(out);
+        };
+        if limit == 0 {
+            out.cut = true;
+            return Ok(out);
+        }
+        let now = self.inner.opts.clock.now_millis();
+        let mut live_rows = 0;
+        for item in self.scan(lo, hi, reverse) {
+            let (k, entry) = item?;
+            let Entry::Row(state) = entry else { continue };
+            if live_rows >= limit {
+                out.cut = true;
+                break;
+            }
+            let clustering = k[prefix.len() + 1..].to_vec();
+            let shadow = out.header.shadow_for(&clustering);
+            let live = state.resolve(shadow, now).is_some();
+            live_rows += usize::from(live);
+            out.rows.push(StateRow {
+                clustering,
+                state,
+                live,
+            });
+        }
+        Ok(out)
     }
 
     /// Freezes the active memtable and writes every frozen memtable to an
@@ -886,6 +944,28 @@ impl Inner {
         self.compactions.fetch_add(1, Ordering::Relaxed);
         Ok(true)
     }
+}
+
+/// Lower and upper key bounds.
+type KeyRange = (Bound<Vec<u8>>, Bound<Vec<u8>>);
+
+/// Key bounds of the rows of a partition between two clustering prefix
+/// bounds; `None` when the range is empty.
+fn slice_bounds(prefix: &[u8], lower: Bound<&[u8]>, upper: Bound<&[u8]>) -> Option<KeyRange> {
+    let lo = match lower {
+        Bound::Unbounded => Bound::Included(key::rows_start(prefix)),
+        Bound::Included(p) => Bound::Included(key::row_key(prefix, p)),
+        Bound::Excluded(p) => Bound::Included(key::prefix_successor(&key::row_key(prefix, p))?),
+    };
+    let hi = match upper {
+        Bound::Unbounded => Bound::Excluded(key::partition_end(prefix)),
+        Bound::Included(p) => match key::prefix_successor(&key::row_key(prefix, p)) {
+            Some(s) => Bound::Excluded(s),
+            None => Bound::Excluded(key::partition_end(prefix)),
+        },
+        Bound::Excluded(p) => Bound::Excluded(key::row_key(prefix, p)),
+    };
+    Some((lo, hi))
 }
 
 fn header_purgeable(header: &PartitionHeader, purge_before: Timestamp) -> bool {

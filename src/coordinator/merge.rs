@@ -1,0 +1,186 @@
+//! Merging replicas' answers and computing what each replica misses.
+//!
+//! Pure functions, no I/O: the read path, the scan path and the tests use
+//! them.
+
+use super::messages::{Deltas, ReplicaPartition};
+use crate::model::key;
+use crate::model::{Entry, PartitionHeader, RowState};
+use crate::query::api::StoredRow;
+use std::collections::BTreeMap;
+
+/// The join of several replicas' answers for one partition slice.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct MergedPartition {
+    /// The join of the headers.
+    pub header: PartitionHeader,
+    /// Every row (live or dead) up to the cut-off, joined over the
+    /// answers, in the requested order.
+    pub rows: Vec<(Vec<u8>, RowState)>,
+    /// Some answer stopped at its limit: rows past the last one here were
+    /// not read from every replica.
+    pub cut: bool,
+}
+
+/// Whether `k` lies at or before `cutoff` in read order.
+fn within(k: &[u8], cutoff: &[u8], reverse: bool) -> bool {
+    if reverse {
+        k >= cutoff
+    } else {
+        k <= cutoff
+    }
+}
+
+/// Joins answers for one partition slice read in one order. An answer that
+/// was cut at its limit covers the range only up to its last row, so the
+/// merge keeps only rows up to the earliest such point (short-read
+/// protection: a row beyond it might be shadowed by a deletion the cut
+/// replica did not send).
+pub fn merge_partition(answers: &[&ReplicaPartition], reverse: bool) -> MergedPartition {
+    let mut header = PartitionHeader::default();
+    // `None`: no cut; `Some(None)`: a cut answer with no rows (covers
+    // nothing); `Some(Some(k))`: covered up to `k`.
+    let mut cutoff: Option<Option<&[u8]>> = None;
+    for a in answers {
+        header = header.join(&a.header);
+        if a.cut {
+            let last = a.rows.last().map(|(k, _)| k.as_slice());
+            cutoff = Some(match (cutoff, last) {
+                (None, l) => l,
+                (Some(None), _) | (Some(Some(_)), None) => None,
+                (Some(Some(c)), Some(l)) => Some(if within(l, c, reverse) { l } else { c }),
+            });
+        }
+    }
+    let mut rows: BTreeMap<&[u8], RowState> = BTreeMap::new();
+    for a in answers {
+        for (k, state) in &a.rows {
+            let keep = match cutoff {
+                None => true,
+                Some(None) => false,
+                Some(Some(c)) => within(k, c, reverse),
+            };
+            if !keep {
+                continue;
+            }
+            rows.entry(k.as_slice())
+                .and_modify(|s| *s = s.join(state))
+                .or_insert_with(|| state.clone());
+        }
+    }
+    let mut rows: Vec<(Vec<u8>, RowState)> =
+        rows.into_iter().map(|(k, s)| (k.to_vec(), s)).collect();
+    if reverse {
+        rows.reverse();
+    }
+    MergedPartition {
+        header,
+        rows,
+        cut: cutoff.is_some(),
+    }
+}
+
+impl MergedPartition {
+    /// The live rows at `now_ms` (resolved with the joined header), at most
+    /// `limit`, and how many live rows there are in all.
+    pub fn live_rows(&self, now_ms: u64, limit: Option<usize>) -> (Vec<StoredRow>, usize) {
+        let mut out = Vec::new();
+        let mut count = 0;
+        let limit = limit.unwrap_or(usize::MAX);
+        for (k, state) in &self.rows {
+            if state.resolve(self.header.shadow_for(k), now_ms).is_some() {
+                count += 1;
+                if out.len() < limit {
+                    out.push(StoredRow {
+                        clustering: k.clone(),
+                        state: state.clone(),
+                    });
+                }
+            }
+        }
+        (out, count)
+    }
+
+    /// The deltas that bring `answer` (one replica's view of the same
+    /// slice) up to this merge: the merged state of every row where the
+    /// replica's differs, and the header if it differs. Empty when the
+    /// replica is up to date.
+    pub fn repair_for(&self, prefix: &[u8], answer: &ReplicaPartition) -> Deltas {
+        let mut out = Vec::new();
+        if answer.header != self.header {
+            out.push((key::header_key(prefix), Entry::Header(self.header.clone())));
+        }
+        let theirs: BTreeMap<&[u8], &RowState> =
+            answer.rows.iter().map(|(k, s)| (k.as_slice(), s)).collect();
+        for (k, state) in &self.rows {
+            if theirs.get(k.as_slice()).is_none_or(|s| *s != state) {
+                out.push((key::row_key(prefix, k), Entry::Row(state.clone())));
+            }
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{CellValue, NodeId, RowWrite, Timestamp};
+    use cql_lite::Value;
+
+    fn write(v: i32, ts: u64) -> RowWrite {
+        RowWrite {
+            ts: Timestamp(ts),
+            insert_marker: Some(None),
+            delete_row: false,
+            cells: vec![("v".into(), CellValue::Live(Value::Int(v)), None)],
+        }
+    }
+
+    fn row(node: u64, v: i32, ts: u64) -> RowState {
+        RowState::default().stamp(NodeId(node), None, &write(v, ts))
+    }
+
+    #[test]
+    fn a_cut_answer_limits_the_merge_to_what_it_covered() {
+        let a = ReplicaPartition {
+            header: PartitionHeader::default(),
+            rows: vec![(vec![1], row(1, 1, 10)), (vec![2], row(1, 2, 10))],
+            cut: true,
+        };
+        let b = ReplicaPartition {
+            header: PartitionHeader::default(),
+            rows: vec![(vec![1], row(2, 5, 20)), (vec![3], row(2, 3, 10))],
+            cut: false,
+        };
+        let m = merge_partition(&[&a, &b], false);
+        assert!(m.cut);
+        assert_eq!(
+            m.rows.iter().map(|(k, _)| k.clone()).collect::<Vec<_>>(),
+            vec![vec![1], vec![2]]
+        );
+        // Row 1 has both versions (siblings: neither saw the other).
+        assert_eq!(m.rows[0].1.versions().len(), 2);
+        // A repairs row 1 only (it lacks b's version); b gets rows 1 and 2.
+        assert_eq!(m.repair_for(&[0; 11], &a).len(), 1);
+        assert_eq!(m.repair_for(&[0; 11], &b).len(), 2);
+        let a_rev = ReplicaPartition {
+            header: PartitionHeader::default(),
+            rows: vec![(vec![3], row(1, 3, 10)), (vec![2], row(1, 2, 10))],
+            cut: true,
+        };
+        let b_rev = ReplicaPartition {
+            header: PartitionHeader::default(),
+            rows: vec![(vec![3], row(1, 3, 10)), (vec![1], row(2, 1, 10))],
+            cut: false,
+        };
+        let rev = merge_partition(&[&a_rev, &b_rev], true);
+        let keys: Vec<Vec<u8>> = rev.rows.iter().map(|(k, _)| k.clone()).collect();
+        assert_eq!(
+            keys,
+            vec![vec![3], vec![2]],
+            "descending, up to a's cut at 2"
+        );
+        let agreed = merge_partition(&[&b, &b], false);
+        assert!(agreed.repair_for(&[0; 11], &b).is_empty());
+    }
+}

@@ -1,0 +1,241 @@
+//! The messages coordinators and replicas exchange (serde, bincode on the
+//! wire through [`crate::net`]).
+//!
+//! Every request names its table by [`TableRef`] (keyspace, name and schema
+//! id), so a replica never applies data to a table that was dropped and
+//! created again. Failures a replica reports are typed ([`PeerError`]);
+//! a request the replica cannot decode (another protocol version, garbage)
+//! is rejected by the transport with a typed `NetError` instead.
+
+use crate::model::{Entry, KeyBound, NodeId, PartitionHeader, RowState};
+use crate::query::api::{Mutation, QueryError, SliceRequest, TableRef};
+use crate::storage::engine::StateSlice;
+use serde::{Deserialize, Serialize};
+use std::ops::Bound;
+
+/// Stamped deltas: `(encoded key, entry)` pairs, merged by the receiver.
+pub type Deltas = Vec<(Vec<u8>, Entry)>;
+
+/// A request from a coordinator to a replica (or to a sloppy-quorum
+/// fallback node).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum PeerRequest {
+    /// Stamp these mutations as a replica of the partition, apply them
+    /// locally and answer with the deltas ([`PeerResponse::Stamped`]).
+    Stamp {
+        /// The table.
+        table: TableRef,
+        /// Serialized partition key.
+        pk: Vec<u8>,
+        /// The unstamped mutations.
+        mutations: Vec<Mutation>,
+    },
+    /// Merge stamped deltas (a write's copy, a read repair, a hint replay).
+    Apply {
+        /// The table.
+        table: TableRef,
+        /// The deltas.
+        entries: Deltas,
+    },
+    /// Read a slice of one partition, dead rows included.
+    Read {
+        /// The table.
+        table: TableRef,
+        /// Serialized partition key.
+        pk: Vec<u8>,
+        /// What to read.
+        slice: WireSlice,
+    },
+    /// Read partitions in key order within `[lower, upper)`.
+    Scan {
+        /// The table.
+        table: TableRef,
+        /// Lower key bound.
+        lower: KeyBound,
+        /// Upper key bound.
+        upper: KeyBound,
+        /// Most partitions to return.
+        max_partitions: u32,
+        /// Most live rows per partition.
+        rows_per_partition: Option<u32>,
+    },
+    /// Hold these deltas for `target` (down) as a durable hint; the
+    /// receiver replays them when `target` is back.
+    StoreHint {
+        /// The replica the deltas are for.
+        target: NodeId,
+        /// The table.
+        table: TableRef,
+        /// The deltas.
+        entries: Deltas,
+    },
+    /// Remove all data of the table (TRUNCATE, DROP).
+    Truncate {
+        /// The table.
+        table: TableRef,
+    },
+}
+
+/// A replica's answer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum PeerResponse {
+    /// The deltas the replica stamped and applied.
+    Stamped(Deltas),
+    /// Deltas applied (or data truncated).
+    Applied,
+    /// The hint is stored durably.
+    HintStored,
+    /// A partition slice.
+    Partition(ReplicaPartition),
+    /// Partitions of a scan; `cut` when the replica stopped at the limit.
+    Partitions {
+        /// Partition prefix and slice, in key order.
+        partitions: Vec<(Vec<u8>, ReplicaPartition)>,
+        /// More partitions may follow the last one.
+        cut: bool,
+    },
+    /// The request failed on the replica.
+    Error(PeerError),
+}
+
+/// Why a replica could not serve a request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum PeerError {
+    /// The replica does not know the table (schema not there yet, or the
+    /// table was dropped or recreated).
+    #[error("unknown table: {0}")]
+    UnknownTable(String),
+    /// The request is not valid (bad keys, bad bounds).
+    #[error("invalid request: {0}")]
+    Invalid(String),
+    /// Storage failed on the replica.
+    #[error("storage error on the replica: {0}")]
+    Storage(String),
+    /// The node does not serve this request (e.g. it keeps no hints).
+    #[error("unsupported request: {0}")]
+    Unsupported(String),
+}
+
+impl From<QueryError> for PeerError {
+    fn from(e: QueryError) -> Self {
+        match e {
+            QueryError::Invalid { rendered, .. } => PeerError::UnknownTable(rendered),
+            QueryError::Syntax { message, .. } => PeerError::Invalid(message),
+            other => PeerError::Storage(other.to_string()),
+        }
+    }
+}
+
+/// A [`SliceRequest`] as it travels.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WireSlice {
+    /// Lower clustering prefix bound.
+    pub lower: KeyBound,
+    /// Upper clustering prefix bound.
+    pub upper: KeyBound,
+    /// Descending order.
+    pub reverse: bool,
+    /// Most live rows.
+    pub limit: Option<u32>,
+}
+
+/// `std::ops::Bound` to the serializable [`KeyBound`].
+pub fn to_key_bound(b: &Bound<Vec<u8>>) -> KeyBound {
+    match b {
+        Bound::Included(v) => KeyBound::Included(v.clone()),
+        Bound::Excluded(v) => KeyBound::Excluded(v.clone()),
+        Bound::Unbounded => KeyBound::Unbounded,
+    }
+}
+
+/// [`KeyBound`] back to `std::ops::Bound`.
+pub fn from_key_bound(b: KeyBound) -> Bound<Vec<u8>> {
+    match b {
+        KeyBound::Included(v) => Bound::Included(v),
+        KeyBound::Excluded(v) => Bound::Excluded(v),
+        KeyBound::Unbounded => Bound::Unbounded,
+    }
+}
+
+fn limit_u32(limit: Option<usize>) -> Option<u32> {
+    limit.map(|l| u32::try_from(l).unwrap_or(u32::MAX))
+}
+
+impl From<&SliceRequest> for WireSlice {
+    fn from(s: &SliceRequest) -> Self {
+        WireSlice {
+            lower: to_key_bound(&s.lower),
+            upper: to_key_bound(&s.upper),
+            reverse: s.reverse,
+            limit: limit_u32(s.limit),
+        }
+    }
+}
+
+impl From<WireSlice> for SliceRequest {
+    fn from(s: WireSlice) -> Self {
+        SliceRequest {
+            lower: from_key_bound(s.lower),
+            upper: from_key_bound(s.upper),
+            reverse: s.reverse,
+            limit: s.limit.map(|l| l as usize),
+        }
+    }
+}
+
+/// One replica's view of a partition slice: every row state in the range
+/// (dead ones included) in the requested order.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ReplicaPartition {
+    /// The partition's deletions.
+    pub header: PartitionHeader,
+    /// Encoded clustering key and row state.
+    pub rows: Vec<(Vec<u8>, RowState)>,
+    /// The replica stopped at the limit of live rows: it did not read past
+    /// its last row.
+    pub cut: bool,
+}
+
+impl From<StateSlice> for ReplicaPartition {
+    fn from(s: StateSlice) -> Self {
+        ReplicaPartition {
+            header: s.header,
+            rows: s
+                .rows
+                .into_iter()
+                .map(|r| (r.clustering, r.state))
+                .collect(),
+            cut: s.cut,
+        }
+    }
+}
+
+/// What a stored hint holds (the payload of a `cluster::hints::Hint`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HintPayload {
+    /// The table.
+    pub table: TableRef,
+    /// The deltas to apply on the target.
+    pub entries: Deltas,
+}
+
+fn codec() -> impl bincode::config::Config {
+    bincode::config::standard().with_limit::<{ 256 << 20 }>()
+}
+
+impl HintPayload {
+    /// Encodes the payload.
+    pub fn encode(&self) -> Result<Vec<u8>, String> {
+        bincode::serde::encode_to_vec(self, codec()).map_err(|e| e.to_string())
+    }
+
+    /// Decodes a payload (bytes from disk: errors, never panics).
+    pub fn decode(bytes: &[u8]) -> Result<HintPayload, String> {
+        let (p, used) = bincode::serde::decode_from_slice::<HintPayload, _>(bytes, codec())
+            .map_err(|e| e.to_string())?;
+        if used != bytes.len() {
+            return Err(format!("{} trailing bytes", bytes.len() - used));
+        }
+        Ok(p)
+    }
+}

@@ -1,0 +1,105 @@
+//! The coordinator: one request, over the replicas of the ring.
+//!
+//! Any node coordinates. [`ClusterStore`] implements the query layer's
+//! [`crate::query::api::DataStore`], so the executor runs unchanged over the
+//! cluster. Replicas serve coordinators through [`ReplicaHandler`], a
+//! [`crate::net::Handler`] of [`PeerRequest`] / [`PeerResponse`] that runs
+//! over the simulated network and over QUIC alike.
+//!
+//! # Writes
+//!
+//! 1. The ring gives the partition's N replicas; [`Liveness`] says which
+//!    are up. If fewer than W could take the write (alive replicas, plus
+//!    sloppy-quorum fallbacks), the write fails at once with
+//!    `QueryError::Unavailable { required, alive }`.
+//! 2. One alive replica stamps it (this node if it is one; otherwise the
+//!    first alive replica, then the next if that one fails): it applies
+//!    the write locally and answers with the stamped deltas. Its own apply
+//!    is the first acknowledgement.
+//! 3. The deltas (never the unstamped mutations) go to the other alive
+//!    replicas (`Apply`; merging is idempotent, so retries are safe). For a
+//!    replica known down, with sloppy quorum on, the next healthy node
+//!    after the replicas on the ring walk gets the deltas as a durable hint
+//!    (`StoreHint`); its acknowledgement counts toward W. Without a
+//!    fallback (or with sloppy quorum off for the keyspace) this node
+//!    stores the hint; that counts only for ANY.
+//! 4. W acknowledgements answer the client; otherwise, at the deadline,
+//!    `QueryError::Timeout { received }`. Replicas that fail or do not
+//!    answer get a hint on this node, also after the client was answered.
+//!
+//! ANY with every replica down: this node stamps the write itself (a blind
+//! write only; its dot counter is its HLC value, unique without stored
+//! state) and keeps hints for all replicas.
+//!
+//! # Reads
+//!
+//! The request goes to every alive replica (this node first); the read
+//! waits for R answers. Replicas answer with every row state in the slice,
+//! deleted rows included, so a newer deletion on one replica shadows an
+//! older live row on another. The answers are joined row by row (the
+//! model's join) with the joined partition header. A replica that stopped
+//! at the limit covers the slice only up to its last row; the merge stops
+//! there, and if too few rows are live the read is asked again with twice
+//! the limit (short-read protection).
+//!
+//! Read repair: before answering, the merged state of every row where an
+//! answering replica differs is written to it and awaited (so quorum reads
+//! are monotonic); answers that come after the R-th are merged in the
+//! background and their replicas repaired too.
+//!
+//! Digests are not used: replicas send full states. Digest reads would
+//! save bytes only when replicas agree, and each stale digest costs a
+//! second round trip; full states also give read repair its data at once.
+//! A later optimisation if read bandwidth matters.
+//!
+//! # Scans
+//!
+//! The ring is walked in token order, one span of equal replicas at a
+//! time; each span is read from R replicas in pages, merged per partition
+//! as above (with the same cut-off rule on partitions), repaired, and a
+//! partition whose rows were cut is re-read as a partition read.
+//!
+//! # Hints
+//!
+//! Hints are stored in the node's `cluster::hints::HintStore`, replayed by
+//! [`ClusterStore::replay_hints`] when membership reports the target up
+//! ([`ClusterStore::on_node_up`]) and by a periodic sweep
+//! ([`ClusterStore::spawn_hint_sweeper`]), throttled (a bounded group in
+//! flight, a pause between groups), and dropped and counted by the hint
+//! store past the hint window.
+//!
+//! # Sloppy quorum per keyspace
+//!
+//! The keyspace schema has no option for it (adding one needs parser
+//! support in `cql-lite`), so it is coordinator configuration:
+//! [`CoordinatorConfig::sloppy_quorum`] for all keyspaces and
+//! [`ClusterStore::set_sloppy_quorum`] per keyspace.
+//!
+//! # Versions
+//!
+//! Stamping happens on a replica (`RowState::stamp`): a write without a
+//! causal context takes the stamping replica's own context, so blind
+//! writes through one replica form a chain; writes stamped by different
+//! replicas during a partition become siblings, kept by every replica
+//! until a write whose context has seen both supersedes them.
+//!
+//! # Determinism
+//!
+//! All waiting is tokio time, all randomness comes from outside, and a
+//! node's own requests are served on the calling task: on a paused
+//! current-thread runtime with [`TokioClock`], a `SimNetwork` and a local
+//! store in inline mode (`LocalStore::set_inline_io`), the same seed gives
+//! the same history.
+
+mod clock;
+mod liveness;
+pub mod merge;
+pub mod messages;
+mod replica;
+mod store;
+
+pub use clock::TokioClock;
+pub use liveness::{Liveness, ManualLiveness};
+pub use messages::{PeerError, PeerRequest, PeerResponse};
+pub use replica::ReplicaHandler;
+pub use store::{ClusterStore, CoordinatorConfig, CoordinatorStats, ReplayReport};

@@ -1,0 +1,157 @@
+//! The replica side: a [`Handler`] that serves coordinators' requests from
+//! the node's local store and hint store.
+
+use super::messages::{
+    from_key_bound, Deltas, HintPayload, PeerError, PeerRequest, PeerResponse, ReplicaPartition,
+};
+use crate::cluster::hints::{Hint, HintStore};
+use crate::model::Entry;
+use crate::net::{BoxFuture, Handler};
+use crate::query::api::DataStore;
+use crate::query::LocalStore;
+use bytes::Bytes;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+/// Serves [`PeerRequest`]s on one node. Give it to the node's transport
+/// (`SimNetwork::add_node`, `QuicTransport::bind`) at construction.
+#[derive(Clone)]
+pub struct ReplicaHandler {
+    local: Arc<LocalStore>,
+    hints: Arc<HintStore>,
+}
+
+impl std::fmt::Debug for ReplicaHandler {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ReplicaHandler")
+            .field("node", &self.local.node_id())
+            .finish()
+    }
+}
+
+impl ReplicaHandler {
+    /// A handler over the node's data and hints.
+    pub fn new(local: Arc<LocalStore>, hints: Arc<HintStore>) -> ReplicaHandler {
+        ReplicaHandler { local, hints }
+    }
+
+    /// Serves one request (also what the coordinator calls for itself,
+    /// without the network).
+    pub async fn serve(&self, req: PeerRequest) -> PeerResponse {
+        match self.serve_inner(req).await {
+            Ok(r) => r,
+            Err(e) => PeerResponse::Error(e),
+        }
+    }
+
+    fn observe(&self, entries: &Deltas) {
+        if let Some(max) = entries
+            .iter()
+            .filter_map(|(_, e)| e.ts_bounds().map(|(_, hi)| hi))
+            .max()
+        {
+            self.local.clock().observe(max);
+        }
+    }
+
+    async fn serve_inner(&self, req: PeerRequest) -> Result<PeerResponse, PeerError> {
+        match req {
+            PeerRequest::Stamp {
+                table,
+                pk,
+                mutations,
+            } => {
+                let deltas = self.local.stamp(&table, &pk, mutations).await?;
+                self.observe(&deltas);
+                Ok(PeerResponse::Stamped(deltas))
+            }
+            PeerRequest::Apply { table, entries } => {
+                check_entries(&entries)?;
+                self.observe(&entries);
+                self.local.apply(&table, entries).await?;
+                Ok(PeerResponse::Applied)
+            }
+            PeerRequest::Read { table, pk, slice } => {
+                let got = self.local.read_states(&table, &pk, slice.into()).await?;
+                Ok(PeerResponse::Partition(got.into()))
+            }
+            PeerRequest::Scan {
+                table,
+                lower,
+                upper,
+                max_partitions,
+                rows_per_partition,
+            } => {
+                let (parts, cut) = self
+                    .local
+                    .scan_states(
+                        &table,
+                        from_key_bound(lower),
+                        from_key_bound(upper),
+                        max_partitions as usize,
+                        rows_per_partition.map(|r| r as usize),
+                    )
+                    .await?;
+                Ok(PeerResponse::Partitions {
+                    partitions: parts
+                        .into_iter()
+                        .map(|(p, s)| (p, ReplicaPartition::from(s)))
+                        .collect(),
+                    cut,
+                })
+            }
+            PeerRequest::StoreHint {
+                target,
+                table,
+                entries,
+            } => {
+                check_entries(&entries)?;
+                let payload = HintPayload { table, entries }
+                    .encode()
+                    .map_err(PeerError::Invalid)?;
+                let hint = Hint {
+                    created_ms: self.local.clock().wall().now_millis(),
+                    payload,
+                };
+                let hints = self.hints.clone();
+                // The hint store writes (and fsyncs) inline: hints are small
+                // and rare, and the simulation needs no blocking pool.
+                hints
+                    .store(target, &hint)
+                    .map_err(|e| PeerError::Storage(e.to_string()))?;
+                Ok(PeerResponse::HintStored)
+            }
+            PeerRequest::Truncate { table } => {
+                self.local.truncate(&table).await?;
+                Ok(PeerResponse::Applied)
+            }
+        }
+    }
+}
+
+/// Every key must be a well-formed key of the entry's kind.
+fn check_entries(entries: &Deltas) -> Result<(), PeerError> {
+    use crate::model::key::{classify, KeyKind};
+    for (k, e) in entries {
+        match (classify(k), e) {
+            (Ok(KeyKind::Row { .. }), Entry::Row(_))
+            | (Ok(KeyKind::Header { .. }), Entry::Header(_)) => {}
+            (Ok(_), _) => {
+                return Err(PeerError::Invalid(
+                    "a key does not match its entry kind".into(),
+                ))
+            }
+            (Err(err), _) => return Err(PeerError::Invalid(format!("bad key: {err}"))),
+        }
+    }
+    Ok(())
+}
+
+impl Handler<PeerRequest, PeerResponse> for ReplicaHandler {
+    fn on_request(&self, _from: SocketAddr, req: PeerRequest) -> BoxFuture<'static, PeerResponse> {
+        let this = self.clone();
+        Box::pin(async move { this.serve(req).await })
+    }
+
+    fn on_datagram(&self, _from: SocketAddr, _payload: Bytes) {}
+}

@@ -1,0 +1,1230 @@
+//! [`ClusterStore`]: the coordinator, a [`DataStore`] over the replicas.
+
+use super::liveness::Liveness;
+use super::merge::{merge_partition, MergedPartition};
+use super::messages::{
+    to_key_bound, Deltas, HintPayload, PeerError, PeerRequest, PeerResponse, ReplicaPartition,
+    WireSlice,
+};
+use super::replica::ReplicaHandler;
+use crate::cluster::hints::{Hint, HintStore};
+use crate::cluster::Ring;
+use crate::model::key::{self, Token};
+use crate::model::row::Liveness as RowMarker;
+use crate::model::{Consistency, Dot, DotSet, Entry, NodeId, RowState, RowVersion};
+use crate::net::{NetError, Transport};
+use crate::query::api::{
+    BoxFuture, DataStore, Mutation, QueryError, ScannedPartition, SliceRequest, StoredPartition,
+    TableRef,
+};
+use crate::query::LocalStore;
+use crate::schema::SchemaStore;
+use parking_lot::{Mutex, RwLock};
+use std::collections::{BTreeMap, BTreeSet};
+use std::ops::Bound;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+
+/// Settings of a [`ClusterStore`].
+#[derive(Debug, Clone)]
+pub struct CoordinatorConfig {
+    /// How long a write waits for its acknowledgements.
+    pub write_timeout: Duration,
+    /// How long a partition read waits for its replicas (repair included).
+    pub read_timeout: Duration,
+    /// How long one step of a scan (one token range) waits.
+    pub range_timeout: Duration,
+    /// Sloppy quorum for keyspaces without an override
+    /// ([`ClusterStore::set_sloppy_quorum`]): a write for a replica known
+    /// down goes to the next healthy node on the ring with a hint, and
+    /// counts toward W.
+    pub sloppy_quorum: bool,
+    /// Repair, in the background, the replicas a read did not wait for.
+    pub background_read_repair: bool,
+    /// Hints replayed concurrently to one node.
+    pub hint_replay_concurrency: usize,
+    /// Pause between two groups of replayed hints (throttle).
+    pub hint_replay_pause: Duration,
+}
+
+impl Default for CoordinatorConfig {
+    fn default() -> Self {
+        CoordinatorConfig {
+            write_timeout: Duration::from_secs(2),
+            read_timeout: Duration::from_secs(5),
+            range_timeout: Duration::from_secs(10),
+            sloppy_quorum: true,
+            background_read_repair: true,
+            hint_replay_concurrency: 8,
+            hint_replay_pause: Duration::from_millis(10),
+        }
+    }
+}
+
+/// Counters of a coordinator since it started.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CoordinatorStats {
+    /// Hints this node stored for replicas that were down or did not
+    /// answer.
+    pub hints_stored: u64,
+    /// Writes sent to a sloppy-quorum fallback node with a hint.
+    pub hints_sent_to_fallbacks: u64,
+    /// Hints delivered by replay.
+    pub hints_replayed: u64,
+    /// Read repairs sent before answering (one per stale replica).
+    pub read_repairs: u64,
+    /// Read repairs sent in the background.
+    pub background_repairs: u64,
+    /// Reads retried with a larger limit (short-read protection).
+    pub short_read_retries: u64,
+}
+
+#[derive(Default)]
+struct Counters {
+    hints_stored: AtomicU64,
+    hints_sent_to_fallbacks: AtomicU64,
+    hints_replayed: AtomicU64,
+    read_repairs: AtomicU64,
+    background_repairs: AtomicU64,
+    short_read_retries: AtomicU64,
+}
+
+/// What one hint replay did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ReplayReport {
+    /// Hints delivered (and acknowledged, so deleted).
+    pub delivered: usize,
+    /// Hints whose delivery failed: the batch was kept for a later replay.
+    pub failed: usize,
+    /// Hints dropped because the target does not know their table any
+    /// more, or their payload did not decode.
+    pub discarded: usize,
+    /// Another replay to the same node was running; nothing was done.
+    pub busy: bool,
+}
+
+/// Why one request to a peer failed.
+#[derive(Debug)]
+enum SendError {
+    Net(NetError),
+    Peer(PeerError),
+    UnknownNode(NodeId),
+}
+
+impl std::fmt::Display for SendError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SendError::Net(e) => e.fmt(f),
+            SendError::Peer(e) => e.fmt(f),
+            SendError::UnknownNode(n) => write!(f, "node {:016x} is not in the ring", n.0),
+        }
+    }
+}
+
+struct Inner {
+    node: NodeId,
+    local: Arc<LocalStore>,
+    replica: ReplicaHandler,
+    hints: Arc<HintStore>,
+    schema: Arc<SchemaStore>,
+    transport: Arc<dyn Transport<PeerRequest, PeerResponse>>,
+    ring: RwLock<Ring>,
+    liveness: Arc<dyn Liveness>,
+    config: CoordinatorConfig,
+    sloppy: RwLock<BTreeMap<String, bool>>,
+    replaying: Mutex<BTreeSet<NodeId>>,
+    counters: Counters,
+}
+
+/// The coordinator: implements [`DataStore`] over the replicas of the
+/// ring, so the query executor runs unchanged on any node. Cheap to clone.
+///
+/// See the module documentation of [`crate::coordinator`] for the write,
+/// read, repair and hint paths.
+#[derive(Clone)]
+pub struct ClusterStore {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for ClusterStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClusterStore")
+            .field("node", &self.inner.node)
+            .finish_non_exhaustive()
+    }
+}
+
+fn server(e: impl std::fmt::Display) -> QueryError {
+    QueryError::Server(e.to_string())
+}
+
+fn remaining(deadline: Instant) -> Duration {
+    deadline.saturating_duration_since(Instant::now())
+}
+
+impl ClusterStore {
+    /// A coordinator for the node whose data is `local` (its node id is the
+    /// local store's), with its hint store, schema, transport (whose
+    /// handler should be a [`ReplicaHandler`] over the same `local` and
+    /// `hints`), the current ring and a liveness view.
+    pub fn new(
+        local: Arc<LocalStore>,
+        hints: Arc<HintStore>,
+        schema: Arc<SchemaStore>,
+        transport: Arc<dyn Transport<PeerRequest, PeerResponse>>,
+        ring: Ring,
+        liveness: Arc<dyn Liveness>,
+        config: CoordinatorConfig,
+    ) -> ClusterStore {
+        ClusterStore {
+            inner: Arc::new(Inner {
+                node: local.node_id(),
+                replica: ReplicaHandler::new(local.clone(), hints.clone()),
+                local,
+                hints,
+                schema,
+                transport,
+                ring: RwLock::new(ring),
+                liveness,
+                config,
+                sloppy: RwLock::new(BTreeMap::new()),
+                replaying: Mutex::new(BTreeSet::new()),
+                counters: Counters::default(),
+            }),
+        }
+    }
+
+    /// This node's id.
+    pub fn node_id(&self) -> NodeId {
+        self.inner.node
+    }
+
+    /// The node's local store.
+    pub fn local(&self) -> &Arc<LocalStore> {
+        &self.inner.local
+    }
+
+    /// The node's hint store.
+    pub fn hints(&self) -> &Arc<HintStore> {
+        &self.inner.hints
+    }
+
+    /// The ring in use.
+    pub fn ring(&self) -> Ring {
+        self.inner.ring.read().clone()
+    }
+
+    /// Replaces the ring (bootstrap, decommission, learned from gossip).
+    pub fn set_ring(&self, ring: Ring) {
+        *self.inner.ring.write() = ring;
+    }
+
+    /// Switches sloppy quorum on or off for one keyspace (off: strict
+    /// quorums, only the keyspace's own replicas count toward W). The
+    /// schema has no keyspace option for it yet, so it is coordinator
+    /// configuration; every node should be told the same.
+    pub fn set_sloppy_quorum(&self, keyspace: &str, on: bool) {
+        self.inner.sloppy.write().insert(keyspace.to_string(), on);
+    }
+
+    /// Whether writes to `keyspace` use sloppy quorum.
+    pub fn sloppy_quorum(&self, keyspace: &str) -> bool {
+        self.inner
+            .sloppy
+            .read()
+            .get(keyspace)
+            .copied()
+            .unwrap_or(self.inner.config.sloppy_quorum)
+    }
+
+    /// Counters since start.
+    pub fn stats(&self) -> CoordinatorStats {
+        let c = &self.inner.counters;
+        CoordinatorStats {
+            hints_stored: c.hints_stored.load(Ordering::Relaxed),
+            hints_sent_to_fallbacks: c.hints_sent_to_fallbacks.load(Ordering::Relaxed),
+            hints_replayed: c.hints_replayed.load(Ordering::Relaxed),
+            read_repairs: c.read_repairs.load(Ordering::Relaxed),
+            background_repairs: c.background_repairs.load(Ordering::Relaxed),
+            short_read_retries: c.short_read_retries.load(Ordering::Relaxed),
+        }
+    }
+
+    fn is_alive(&self, node: NodeId) -> bool {
+        node == self.inner.node || self.inner.liveness.is_alive(node)
+    }
+
+    fn rf(&self, keyspace: &str) -> Result<usize, QueryError> {
+        let schema = self.inner.schema.current();
+        let ks = schema
+            .keyspace(keyspace)
+            .ok_or_else(|| QueryError::Invalid {
+                message: format!("Keyspace {keyspace} does not exist"),
+                rendered: format!("Keyspace {keyspace} does not exist"),
+            })?;
+        Ok(ks.replication.total_replicas() as usize)
+    }
+
+    /// Alive nodes of `nodes`, this node first, then in the given order.
+    fn ordered_alive(&self, nodes: &[NodeId]) -> Vec<NodeId> {
+        let mut out: Vec<NodeId> = nodes
+            .iter()
+            .copied()
+            .filter(|n| *n == self.inner.node)
+            .collect();
+        out.extend(
+            nodes
+                .iter()
+                .copied()
+                .filter(|n| *n != self.inner.node && self.is_alive(*n)),
+        );
+        out
+    }
+
+    /// Sends one request; this node's own requests are served directly.
+    fn send(
+        &self,
+        node: NodeId,
+        req: PeerRequest,
+        timeout: Duration,
+    ) -> BoxFuture<'static, Result<PeerResponse, SendError>> {
+        let inner = self.inner.clone();
+        Box::pin(async move {
+            let resp = if node == inner.node {
+                inner.replica.serve(req).await
+            } else {
+                let addr = inner
+                    .ring
+                    .read()
+                    .node(node)
+                    .map(|n| n.addr)
+                    .ok_or(SendError::UnknownNode(node))?;
+                if timeout.is_zero() {
+                    return Err(SendError::Net(NetError::Timeout {
+                        peer: addr,
+                        timeout,
+                    }));
+                }
+                inner
+                    .transport
+                    .request(addr, req, timeout)
+                    .await
+                    .map_err(SendError::Net)?
+            };
+            match resp {
+                PeerResponse::Error(e) => Err(SendError::Peer(e)),
+                r => Ok(r),
+            }
+        })
+    }
+
+    /// Stores a hint for `target` in this node's hint store.
+    fn store_hint(&self, target: NodeId, table: &TableRef, entries: &Deltas) {
+        let payload = match (HintPayload {
+            table: table.clone(),
+            entries: entries.clone(),
+        })
+        .encode()
+        {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot encode a hint");
+                return;
+            }
+        };
+        let hint = Hint {
+            created_ms: self.inner.local.clock().wall().now_millis(),
+            payload,
+        };
+        match self.inner.hints.store(target, &hint) {
+            Ok(()) => {
+                self.inner
+                    .counters
+                    .hints_stored
+                    .fetch_add(1, Ordering::Relaxed);
+            }
+            Err(e) => tracing::error!(error = %e, target = target.0, "cannot store a hint"),
+        }
+    }
+
+    // ---------------------------------------------------------------- writes
+
+    async fn write_partition(
+        &self,
+        table: &TableRef,
+        pk: &[u8],
+        mutations: Vec<Mutation>,
+        cl: Consistency,
+    ) -> Result<(), QueryError> {
+        let rf = self.rf(&table.keyspace)?;
+        let token = key::token_of(pk);
+        let ring = self.ring();
+        let replicas = ring.replicas(token, rf);
+        if replicas.is_empty() {
+            return Err(server("the ring has no nodes"));
+        }
+        let required = cl.required(rf);
+        let any = cl == Consistency::Any;
+        let (alive, down): (Vec<NodeId>, Vec<NodeId>) =
+            replicas.iter().partition(|n| self.is_alive(**n));
+        let mut fallbacks: Vec<(NodeId, NodeId)> = Vec::new();
+        if self.sloppy_quorum(&table.keyspace) && !down.is_empty() {
+            let mut candidates = ring
+                .next_fallback_nodes(token, rf, &[])
+                .into_iter()
+                .filter(|n| self.is_alive(*n));
+            for t in &down {
+                if let Some(f) = candidates.next() {
+                    fallbacks.push((*t, f));
+                }
+            }
+        }
+        let capable = alive.len() + fallbacks.len();
+        if !any && capable < required {
+            return Err(QueryError::Unavailable {
+                consistency: cl,
+                required,
+                alive: capable,
+            });
+        }
+        let deadline = Instant::now() + self.inner.config.write_timeout;
+        let alive = self.ordered_alive(&alive);
+        let (stamper, deltas, failed_stampers) = if alive.is_empty() {
+            (None, self.orphan_stamp(pk, mutations, cl)?, Vec::new())
+        } else {
+            let (s, d, f) = self
+                .stamp(table, pk, mutations, &alive, deadline, cl, required)
+                .await?;
+            (Some(s), d, f)
+        };
+        let mut acks = usize::from(stamper.is_some());
+        let mut hinted = 0usize;
+        let mut set: JoinSet<(NodeId, bool)> = JoinSet::new();
+        for &r in &alive {
+            if Some(r) == stamper || failed_stampers.contains(&r) {
+                continue;
+            }
+            let req = PeerRequest::Apply {
+                table: table.clone(),
+                entries: deltas.clone(),
+            };
+            let fut = self.send(r, req, remaining(deadline));
+            set.spawn(async move { (r, fut.await.is_ok()) });
+        }
+        for &(target, fallback) in &fallbacks {
+            let req = PeerRequest::StoreHint {
+                target,
+                table: table.clone(),
+                entries: deltas.clone(),
+            };
+            self.inner
+                .counters
+                .hints_sent_to_fallbacks
+                .fetch_add(1, Ordering::Relaxed);
+            let fut = self.send(fallback, req, remaining(deadline));
+            set.spawn(async move { (target, fut.await.is_ok()) });
+        }
+        for &t in down
+            .iter()
+            .filter(|t| !fallbacks.iter().any(|(x, _)| x == *t))
+            .chain(failed_stampers.iter())
+        {
+            self.store_hint(t, table, &deltas);
+            hinted += 1;
+        }
+        let done = |acks: usize, hinted: usize| acks >= required || (any && acks + hinted >= 1);
+        while !done(acks, hinted) {
+            match set.join_next().await {
+                Some(Ok((_, true))) => acks += 1,
+                Some(Ok((target, false))) => {
+                    self.store_hint(target, table, &deltas);
+                    hinted += 1;
+                }
+                Some(Err(e)) => tracing::error!(error = %e, "write task failed"),
+                None => break,
+            }
+        }
+        if !set.is_empty() {
+            // The rest finish in the background; whoever fails gets a hint.
+            let this = self.clone();
+            let table = table.clone();
+            tokio::spawn(async move {
+                while let Some(res) = set.join_next().await {
+                    if let Ok((target, false)) = res {
+                        this.store_hint(target, &table, &deltas);
+                    }
+                }
+            });
+        }
+        if done(acks, hinted) {
+            Ok(())
+        } else {
+            Err(QueryError::Timeout {
+                consistency: cl,
+                required,
+                received: acks,
+                write: true,
+            })
+        }
+    }
+
+    /// Has one alive replica stamp the write (this node first if it is
+    /// one). Returns the stamper, the deltas and the replicas that failed
+    /// to stamp (they get hints).
+    #[allow(clippy::too_many_arguments)]
+    async fn stamp(
+        &self,
+        table: &TableRef,
+        pk: &[u8],
+        mutations: Vec<Mutation>,
+        alive: &[NodeId],
+        deadline: Instant,
+        cl: Consistency,
+        required: usize,
+    ) -> Result<(NodeId, Deltas, Vec<NodeId>), QueryError> {
+        let mut failed = Vec::new();
+        let mut last_error = None;
+        for (i, &node) in alive.iter().enumerate() {
+            let left = remaining(deadline);
+            if left.is_zero() {
+                break;
+            }
+            // Leave time for another replica unless this is the last one.
+            let timeout = if i + 1 == alive.len() { left } else { left / 2 };
+            let req = PeerRequest::Stamp {
+                table: table.clone(),
+                pk: pk.to_vec(),
+                mutations: mutations.clone(),
+            };
+            match self.send(node, req, timeout).await {
+                Ok(PeerResponse::Stamped(deltas)) => return Ok((node, deltas, failed)),
+                Ok(_) => last_error = Some("unexpected answer to a stamp request".to_string()),
+                Err(SendError::Peer(PeerError::UnknownTable(m))) => last_error = Some(m),
+                Err(e) => tracing::debug!(node = node.0, error = %e, "stamping failed"),
+            }
+            failed.push(node);
+        }
+        if let Some(m) = last_error {
+            if failed.len() == alive.len() {
+                return Err(server(format!("no replica could stamp the write: {m}")));
+            }
+        }
+        Err(QueryError::Timeout {
+            consistency: cl,
+            required,
+            received: 0,
+            write: true,
+        })
+    }
+
+    /// Stamps a write at this node when no replica is alive (consistency
+    /// ANY): the counter of the dot is the node's HLC value, unique per node
+    /// without a stored state. Only blind writes: a write with a causal
+    /// context must carry forward cells this node does not have.
+    fn orphan_stamp(
+        &self,
+        pk: &[u8],
+        mutations: Vec<Mutation>,
+        cl: Consistency,
+    ) -> Result<Deltas, QueryError> {
+        let prefix = key::partition_prefix(pk);
+        let mut out = Vec::new();
+        for m in mutations {
+            match m {
+                Mutation::Row {
+                    clustering,
+                    write,
+                    context,
+                } => {
+                    if context.is_some() {
+                        return Err(QueryError::Unavailable {
+                            consistency: cl,
+                            required: 1,
+                            alive: 0,
+                        });
+                    }
+                    let dot = Dot {
+                        node: self.inner.node,
+                        counter: self.inner.local.clock().now().0,
+                    };
+                    let deleted_at = write.delete_row.then_some(write.ts);
+                    let alive = |ts| deleted_at.is_none_or(|d| ts > d);
+                    let version = RowVersion {
+                        dot,
+                        marker: write
+                            .insert_marker
+                            .map(|expires_at| RowMarker {
+                                ts: write.ts,
+                                expires_at,
+                            })
+                            .filter(|m| alive(m.ts)),
+                        deleted_at,
+                        cells: write
+                            .cells
+                            .iter()
+                            .filter(|_| alive(write.ts))
+                            .map(|(name, value, expires_at)| {
+                                let cell = crate::model::Cell {
+                                    ts: write.ts,
+                                    value: value.clone(),
+                                    expires_at: *expires_at,
+                                };
+                                (name.clone(), cell)
+                            })
+                            .collect(),
+                    };
+                    let state = RowState::from_parts(vec![version], DotSet::new());
+                    out.push((key::row_key(&prefix, &clustering), Entry::Row(state)));
+                }
+                Mutation::Range(rt) => out.push((
+                    key::header_key(&prefix),
+                    Entry::Header(crate::model::PartitionHeader {
+                        deleted_at: None,
+                        ranges: vec![rt],
+                    }),
+                )),
+                Mutation::Partition(ts) => out.push((
+                    key::header_key(&prefix),
+                    Entry::Header(crate::model::PartitionHeader {
+                        deleted_at: Some(ts),
+                        ranges: vec![],
+                    }),
+                )),
+            }
+        }
+        Ok(out)
+    }
+
+    // ----------------------------------------------------------------- reads
+
+    /// Sends `req` to every node of `nodes` and waits for `need` answers.
+    /// Returns them (in completion order) with the requests still running.
+    async fn gather(
+        &self,
+        nodes: &[NodeId],
+        req: PeerRequest,
+        need: usize,
+        deadline: Instant,
+        cl: Consistency,
+    ) -> Result<(Vec<(NodeId, PeerResponse)>, Replies), QueryError> {
+        let mut set: Replies = JoinSet::new();
+        for &n in nodes {
+            let fut = self.send(n, req.clone(), remaining(deadline));
+            set.spawn(async move { (n, fut.await) });
+        }
+        let mut got = Vec::new();
+        let mut failed = 0;
+        while got.len() < need && nodes.len() - failed >= need {
+            match set.join_next().await {
+                Some(Ok((n, Ok(resp)))) => got.push((n, resp)),
+                Some(Ok((n, Err(e)))) => {
+                    tracing::debug!(node = n.0, error = %e, "replica did not answer");
+                    failed += 1;
+                }
+                Some(Err(_)) => failed += 1,
+                None => break,
+            }
+        }
+        if got.len() < need {
+            return Err(QueryError::Timeout {
+                consistency: cl,
+                required: need,
+                received: got.len(),
+                write: false,
+            });
+        }
+        Ok((got, set))
+    }
+
+    fn read_targets(
+        &self,
+        keyspace: &str,
+        token: Token,
+        cl: Consistency,
+    ) -> Result<(Vec<NodeId>, usize), QueryError> {
+        if cl == Consistency::Any {
+            return Err(QueryError::Invalid {
+                message: "ANY consistency is not supported for reads".into(),
+                rendered: "ANY consistency is not supported for reads".into(),
+            });
+        }
+        let rf = self.rf(keyspace)?;
+        let replicas = self.ring().replicas(token, rf);
+        let required = cl.required(rf);
+        let alive = self.ordered_alive(&replicas);
+        if alive.len() < required {
+            return Err(QueryError::Unavailable {
+                consistency: cl,
+                required,
+                alive: alive.len(),
+            });
+        }
+        Ok((alive, required))
+    }
+
+    async fn read_partition(
+        &self,
+        table: &TableRef,
+        pk: &[u8],
+        slice: SliceRequest,
+        cl: Consistency,
+    ) -> Result<StoredPartition, QueryError> {
+        let (alive, required) = self.read_targets(&table.keyspace, key::token_of(pk), cl)?;
+        let deadline = Instant::now() + self.inner.config.read_timeout;
+        let prefix = key::partition_prefix(pk);
+        let mut limit = slice.limit;
+        loop {
+            let ask = SliceRequest {
+                limit,
+                ..slice.clone()
+            };
+            let req = PeerRequest::Read {
+                table: table.clone(),
+                pk: pk.to_vec(),
+                slice: WireSlice::from(&ask),
+            };
+            let (got, rest) = self.gather(&alive, req, required, deadline, cl).await?;
+            let answers = partitions_of(got)?;
+            let refs: Vec<&ReplicaPartition> = answers.iter().map(|(_, a)| a).collect();
+            let merged = merge_partition(&refs, slice.reverse);
+            let now = self.inner.local.clock().wall().now_millis();
+            let (rows, live) = merged.live_rows(now, slice.limit);
+            if let (true, Some(want), Some(asked)) = (merged.cut, slice.limit, limit) {
+                if live < want {
+                    // Short read: deletions on one replica hid rows another
+                    // returned. Ask again for more.
+                    self.inner
+                        .counters
+                        .short_read_retries
+                        .fetch_add(1, Ordering::Relaxed);
+                    limit = Some(asked.saturating_mul(2).max(asked + 1));
+                    continue;
+                }
+            }
+            self.observe(&merged);
+            self.repair_blocking(table, &prefix, &merged, &answers, required, deadline, cl)
+                .await?;
+            if self.inner.config.background_read_repair && !rest.is_empty() {
+                self.repair_background(
+                    table.clone(),
+                    prefix,
+                    merged.clone(),
+                    answers,
+                    rest,
+                    slice.reverse,
+                );
+            }
+            return Ok(StoredPartition {
+                header: merged.header,
+                rows,
+            });
+        }
+    }
+
+    fn observe(&self, merged: &MergedPartition) {
+        let hi = merged
+            .rows
+            .iter()
+            .filter_map(|(_, s)| s.ts_bounds().map(|(_, hi)| hi))
+            .chain(merged.header.ts_bounds().map(|(_, hi)| hi))
+            .max();
+        if let Some(ts) = hi {
+            self.inner.local.clock().observe(ts);
+        }
+    }
+
+    /// Writes the merge to the stale replicas among those that answered and
+    /// waits: after it, `required` replicas hold the merge (monotonic
+    /// quorum reads), or the read times out.
+    #[allow(clippy::too_many_arguments)]
+    async fn repair_blocking(
+        &self,
+        table: &TableRef,
+        prefix: &[u8],
+        merged: &MergedPartition,
+        answers: &[(NodeId, ReplicaPartition)],
+        required: usize,
+        deadline: Instant,
+        cl: Consistency,
+    ) -> Result<(), QueryError> {
+        let mut ok = 0;
+        let mut set: JoinSet<bool> = JoinSet::new();
+        for (n, a) in answers {
+            let deltas = merged.repair_for(prefix, a);
+            if deltas.is_empty() {
+                ok += 1;
+                continue;
+            }
+            self.inner
+                .counters
+                .read_repairs
+                .fetch_add(1, Ordering::Relaxed);
+            let req = PeerRequest::Apply {
+                table: table.clone(),
+                entries: deltas,
+            };
+            let fut = self.send(*n, req, remaining(deadline));
+            set.spawn(async move { fut.await.is_ok() });
+        }
+        while let Some(res) = set.join_next().await {
+            if matches!(res, Ok(true)) {
+                ok += 1;
+            }
+        }
+        if ok < required {
+            return Err(QueryError::Timeout {
+                consistency: cl,
+                required,
+                received: ok,
+                write: false,
+            });
+        }
+        Ok(())
+    }
+
+    /// Collects the answers the read did not wait for and repairs every
+    /// replica that differs from the merge of all answers.
+    fn repair_background(
+        &self,
+        table: TableRef,
+        prefix: Vec<u8>,
+        merged: MergedPartition,
+        answered: Vec<(NodeId, ReplicaPartition)>,
+        mut rest: Replies,
+        reverse: bool,
+    ) {
+        let this = self.clone();
+        tokio::spawn(async move {
+            let mut late = Vec::new();
+            while let Some(res) = rest.join_next().await {
+                if let Ok((n, Ok(PeerResponse::Partition(p)))) = res {
+                    late.push((n, p));
+                }
+            }
+            if late.is_empty() {
+                return;
+            }
+            // The replicas that answered in time now hold `merged`.
+            let repaired = ReplicaPartition {
+                header: merged.header.clone(),
+                rows: merged.rows.clone(),
+                cut: merged.cut,
+            };
+            let mut views: Vec<(NodeId, &ReplicaPartition)> =
+                answered.iter().map(|(n, _)| (*n, &repaired)).collect();
+            views.extend(late.iter().map(|(n, p)| (*n, p)));
+            let refs: Vec<&ReplicaPartition> = views.iter().map(|(_, p)| *p).collect();
+            let all = merge_partition(&refs, reverse);
+            let timeout = this.inner.config.write_timeout;
+            let mut set = JoinSet::new();
+            for (n, view) in views {
+                let deltas = all.repair_for(&prefix, view);
+                if deltas.is_empty() {
+                    continue;
+                }
+                this.inner
+                    .counters
+                    .background_repairs
+                    .fetch_add(1, Ordering::Relaxed);
+                let req = PeerRequest::Apply {
+                    table: table.clone(),
+                    entries: deltas,
+                };
+                set.spawn(this.send(n, req, timeout));
+            }
+            while set.join_next().await.is_some() {}
+        });
+    }
+
+    // ----------------------------------------------------------------- scans
+
+    async fn scan_all(
+        &self,
+        table: &TableRef,
+        after: Option<Vec<u8>>,
+        max_partitions: usize,
+        rows_per_partition: Option<usize>,
+        cl: Consistency,
+    ) -> Result<Vec<ScannedPartition>, QueryError> {
+        let mut out: Vec<ScannedPartition> = Vec::new();
+        if max_partitions == 0 {
+            return Ok(out);
+        }
+        if cl == Consistency::Any {
+            return Err(QueryError::Invalid {
+                message: "ANY consistency is not supported for reads".into(),
+                rendered: "ANY consistency is not supported for reads".into(),
+            });
+        }
+        let rf = self.rf(&table.keyspace)?;
+        let required = cl.required(rf);
+        let start = match &after {
+            Some(p) => key::token_of_key(p).map_err(server)?,
+            None => 0,
+        };
+        let mut pos = after;
+        for (lo, hi, replicas) in scan_spans(&self.ring(), rf) {
+            if hi < start {
+                continue;
+            }
+            let alive = self.ordered_alive(&replicas);
+            if alive.len() < required {
+                return Err(QueryError::Unavailable {
+                    consistency: cl,
+                    required,
+                    alive: alive.len(),
+                });
+            }
+            loop {
+                let lower = match &pos {
+                    Some(p) if key::token_of_key(p).is_ok_and(|t| t >= lo) => {
+                        Bound::Included(key::partition_end(p))
+                    }
+                    _ => Bound::Included(lo.to_be_bytes().to_vec()),
+                };
+                let upper = match hi.checked_add(1) {
+                    Some(n) => Bound::Excluded(n.to_be_bytes().to_vec()),
+                    None => Bound::Unbounded,
+                };
+                let want = max_partitions - out.len();
+                let req = PeerRequest::Scan {
+                    table: table.clone(),
+                    lower: to_key_bound(&lower),
+                    upper: to_key_bound(&upper),
+                    max_partitions: u32::try_from(want).unwrap_or(u32::MAX),
+                    rows_per_partition: rows_per_partition
+                        .map(|r| u32::try_from(r).unwrap_or(u32::MAX)),
+                };
+                let deadline = Instant::now() + self.inner.config.range_timeout;
+                let (got, _rest) = self.gather(&alive, req, required, deadline, cl).await?;
+                let mut answers: Vec<(NodeId, BTreeMap<Vec<u8>, ReplicaPartition>, bool)> =
+                    Vec::new();
+                for (n, resp) in got {
+                    match resp {
+                        PeerResponse::Partitions { partitions, cut } => {
+                            answers.push((n, partitions.into_iter().collect(), cut))
+                        }
+                        _ => return Err(server("a replica answered a scan with something else")),
+                    }
+                }
+                // Every answer covers the range up to its last partition
+                // when it was cut, so the merge stops at the earliest one.
+                let cutoff: Option<Vec<u8>> = answers
+                    .iter()
+                    .filter(|(_, _, cut)| *cut)
+                    .filter_map(|(_, parts, _)| parts.keys().next_back().cloned())
+                    .min();
+                let prefixes: BTreeSet<Vec<u8>> = answers
+                    .iter()
+                    .flat_map(|(_, parts, _)| parts.keys())
+                    .filter(|p| cutoff.as_ref().is_none_or(|c| *p <= c))
+                    .cloned()
+                    .collect();
+                let empty = ReplicaPartition::default();
+                let mut repairs: BTreeMap<NodeId, Deltas> = BTreeMap::new();
+                let now = self.inner.local.clock().wall().now_millis();
+                let mut full = false;
+                for p in prefixes {
+                    let views: Vec<&ReplicaPartition> = answers
+                        .iter()
+                        .map(|(_, parts, _)| parts.get(&p).unwrap_or(&empty))
+                        .collect();
+                    let merged = merge_partition(&views, false);
+                    for ((n, _, _), view) in answers.iter().zip(&views) {
+                        let deltas = merged.repair_for(&p, view);
+                        if !deltas.is_empty() {
+                            repairs.entry(*n).or_default().extend(deltas);
+                        }
+                    }
+                    let (rows, live) = merged.live_rows(now, rows_per_partition);
+                    let part = if merged.cut && rows_per_partition.is_some_and(|l| live < l) {
+                        let pk = p.get(10..).unwrap_or_default();
+                        let slice = SliceRequest {
+                            lower: Bound::Unbounded,
+                            upper: Bound::Unbounded,
+                            reverse: false,
+                            limit: rows_per_partition,
+                        };
+                        Box::pin(self.read_partition(table, pk, slice, cl)).await?
+                    } else {
+                        self.observe(&merged);
+                        StoredPartition {
+                            header: merged.header,
+                            rows,
+                        }
+                    };
+                    if !part.rows.is_empty() {
+                        out.push((p, part));
+                        if out.len() >= max_partitions {
+                            full = true;
+                            break;
+                        }
+                    }
+                }
+                self.apply_repairs(table, repairs, deadline).await;
+                if full {
+                    return Ok(out);
+                }
+                match cutoff {
+                    Some(c) => pos = Some(c),
+                    None => break,
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    async fn apply_repairs(
+        &self,
+        table: &TableRef,
+        repairs: BTreeMap<NodeId, Deltas>,
+        deadline: Instant,
+    ) {
+        let mut set = JoinSet::new();
+        for (n, entries) in repairs {
+            self.inner
+                .counters
+                .read_repairs
+                .fetch_add(1, Ordering::Relaxed);
+            let req = PeerRequest::Apply {
+                table: table.clone(),
+                entries,
+            };
+            set.spawn(self.send(n, req, remaining(deadline)));
+        }
+        while set.join_next().await.is_some() {}
+    }
+
+    async fn truncate_everywhere(&self, table: &TableRef) -> Result<(), QueryError> {
+        let ring = self.ring();
+        let nodes: Vec<NodeId> = ring.nodes().iter().map(|n| n.id).collect();
+        let alive = self.ordered_alive(&nodes);
+        if alive.len() < nodes.len() {
+            return Err(QueryError::Unavailable {
+                consistency: Consistency::All,
+                required: nodes.len(),
+                alive: alive.len(),
+            });
+        }
+        let deadline = Instant::now() + self.inner.config.write_timeout;
+        let req = PeerRequest::Truncate {
+            table: table.clone(),
+        };
+        self.gather(&alive, req, alive.len(), deadline, Consistency::All)
+            .await
+            .map(|_| ())
+    }
+
+    // ----------------------------------------------------------------- hints
+
+    /// Replays the hints this node holds for `target`: sends them
+    /// (at most `hint_replay_concurrency` at a time, pausing between
+    /// groups) and deletes them once all were delivered. Hints past the
+    /// hint window are dropped and counted by the hint store. A failed
+    /// delivery keeps the batch for the next replay (applying a hint twice
+    /// is harmless).
+    pub async fn replay_hints(&self, target: NodeId) -> Result<ReplayReport, QueryError> {
+        if !self.inner.replaying.lock().insert(target) {
+            return Ok(ReplayReport {
+                busy: true,
+                ..ReplayReport::default()
+            });
+        }
+        struct Release(Weak<Inner>, NodeId);
+        impl Drop for Release {
+            fn drop(&mut self) {
+                if let Some(inner) = self.0.upgrade() {
+                    inner.replaying.lock().remove(&self.1);
+                }
+            }
+        }
+        let _release = Release(Arc::downgrade(&self.inner), target);
+        let now = self.inner.local.clock().wall().now_millis();
+        let hints = self.inner.hints.clone();
+        let batch = hints.take_batch(target, now).map_err(server)?;
+        let mut report = ReplayReport::default();
+        let per_group = self.inner.config.hint_replay_concurrency.max(1);
+        let timeout = self.inner.config.write_timeout;
+        for (i, group) in batch.hints.chunks(per_group).enumerate() {
+            if i > 0 && !self.inner.config.hint_replay_pause.is_zero() {
+                tokio::time::sleep(self.inner.config.hint_replay_pause).await;
+            }
+            let mut set = JoinSet::new();
+            for hint in group {
+                match HintPayload::decode(&hint.payload) {
+                    Ok(p) => {
+                        let req = PeerRequest::Apply {
+                            table: p.table,
+                            entries: p.entries,
+                        };
+                        set.spawn(self.send(target, req, timeout));
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "undecodable hint dropped");
+                        report.discarded += 1;
+                    }
+                }
+            }
+            while let Some(res) = set.join_next().await {
+                match res {
+                    Ok(Ok(_)) => report.delivered += 1,
+                    Ok(Err(SendError::Peer(PeerError::UnknownTable(_)))) => report.discarded += 1,
+                    _ => report.failed += 1,
+                }
+            }
+            if report.failed > 0 {
+                return Ok(report);
+            }
+        }
+        hints.ack(batch).map_err(server)?;
+        self.inner
+            .counters
+            .hints_replayed
+            .fetch_add(report.delivered as u64, Ordering::Relaxed);
+        Ok(report)
+    }
+
+    /// Membership saw `node` come up: replays its hints in the background.
+    /// Returns the replay's task (awaiting it is optional).
+    pub fn on_node_up(
+        &self,
+        node: NodeId,
+    ) -> tokio::task::JoinHandle<Result<ReplayReport, QueryError>> {
+        let this = self.clone();
+        tokio::spawn(async move { this.replay_hints(node).await })
+    }
+
+    /// Every `every`, replays the hints of every target that is alive (for
+    /// up-events that were missed). Stops when the store is dropped.
+    pub fn spawn_hint_sweeper(&self, every: Duration) -> tokio::task::JoinHandle<()> {
+        let weak = Arc::downgrade(&self.inner);
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(every).await;
+                let Some(inner) = weak.upgrade() else { return };
+                let this = ClusterStore { inner };
+                for target in this.inner.hints.targets() {
+                    if this.is_alive(target) && target != this.inner.node {
+                        if let Err(e) = this.replay_hints(target).await {
+                            tracing::warn!(error = %e, target = target.0, "hint replay failed");
+                        }
+                    }
+                }
+            }
+        })
+    }
+}
+
+type Replies = JoinSet<(NodeId, Result<PeerResponse, SendError>)>;
+
+fn partitions_of(
+    got: Vec<(NodeId, PeerResponse)>,
+) -> Result<Vec<(NodeId, ReplicaPartition)>, QueryError> {
+    got.into_iter()
+        .map(|(n, r)| match r {
+            PeerResponse::Partition(p) => Ok((n, p)),
+            _ => Err(server("a replica answered a read with something else")),
+        })
+        .collect()
+}
+
+/// The ring as inclusive token spans in ascending order, each with its
+/// replicas; neighbouring spans with the same replicas are joined.
+fn scan_spans(ring: &Ring, rf: usize) -> Vec<(Token, Token, Vec<NodeId>)> {
+    let mut spans: Vec<(Token, Token, Vec<NodeId>)> = Vec::new();
+    for (range, replicas) in ring.range_replicas(rf) {
+        for s in range.spans() {
+            spans.push((*s.start(), *s.end(), replicas.clone()));
+        }
+    }
+    spans.sort_by_key(|s| s.0);
+    let mut out: Vec<(Token, Token, Vec<NodeId>)> = Vec::new();
+    for (lo, hi, reps) in spans {
+        if let Some(last) = out.last_mut() {
+            let same = {
+                let mut a = last.2.clone();
+                let mut b = reps.clone();
+                a.sort();
+                b.sort();
+                a == b
+            };
+            if same && last.1.checked_add(1) == Some(lo) {
+                last.1 = hi;
+                continue;
+            }
+        }
+        out.push((lo, hi, reps));
+    }
+    out
+}
+
+impl DataStore for ClusterStore {
+    fn write<'a>(
+        &'a self,
+        table: &'a TableRef,
+        partition_key: &'a [u8],
+        mutations: Vec<Mutation>,
+        consistency: Consistency,
+    ) -> BoxFuture<'a, Result<(), QueryError>> {
+        Box::pin(self.write_partition(table, partition_key, mutations, consistency))
+    }
+
+    fn read<'a>(
+        &'a self,
+        table: &'a TableRef,
+        partition_key: &'a [u8],
+        slice: SliceRequest,
+        consistency: Consistency,
+    ) -> BoxFuture<'a, Result<StoredPartition, QueryError>> {
+        Box::pin(self.read_partition(table, partition_key, slice, consistency))
+    }
+
+    fn scan<'a>(
+        &'a self,
+        table: &'a TableRef,
+        after: Option<Vec<u8>>,
+        max_partitions: usize,
+        rows_per_partition: Option<usize>,
+        consistency: Consistency,
+    ) -> BoxFuture<'a, Result<Vec<ScannedPartition>, QueryError>> {
+        Box::pin(self.scan_all(
+            table,
+            after,
+            max_partitions,
+            rows_per_partition,
+            consistency,
+        ))
+    }
+
+    fn truncate<'a>(&'a self, table: &'a TableRef) -> BoxFuture<'a, Result<(), QueryError>> {
+        Box::pin(self.truncate_everywhere(table))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cluster::NodeInfo;
+
+    #[test]
+    fn scan_spans_cover_the_ring_in_order() {
+        let nodes = (1..=3u64).map(|i| {
+            NodeInfo::new(
+                NodeId(i),
+                std::net::SocketAddr::from(([127, 0, 0, 1], 7000 + i as u16)),
+                None,
+                vec![i * (u64::MAX / 4), i * (u64::MAX / 4) + 1000],
+            )
+        });
+        let ring = Ring::new(nodes).expect("ring");
+        let spans = scan_spans(&ring, 2);
+        assert_eq!(spans.first().map(|s| s.0), Some(0));
+        assert_eq!(spans.last().map(|s| s.1), Some(u64::MAX));
+        for w in spans.windows(2) {
+            assert_eq!(w[0].1 + 1, w[1].0);
+        }
+    }
+}

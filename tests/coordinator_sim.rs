@@ -1,0 +1,1147 @@
+//! The coordinator on a simulated cluster: deterministic from the seed,
+//! on a paused clock, with kills, partitions, loss and delays.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use cql_lite::{DataType, Value};
+use rand::rngs::StdRng;
+use rand::{RngExt, SeedableRng};
+use ringdb::cluster::hints::{HintOptions, HintStore};
+use ringdb::cluster::{NodeInfo, Ring};
+use ringdb::coordinator::{
+    ClusterStore, CoordinatorConfig, ManualLiveness, PeerRequest, PeerResponse, ReplicaHandler,
+    TokioClock,
+};
+use ringdb::model::key::serialize_partition_key;
+use ringdb::model::{Consistency, DotSet, HybridClock, NodeId};
+use ringdb::net::{SimConfig, SimNetwork, Transport};
+use ringdb::query::api::{
+    QueryError, QueryExecutor, QueryOptions, QueryResult, ResultSet, SessionState,
+};
+use ringdb::query::{Executor, ExecutorConfig, LocalStore};
+use ringdb::schema::SchemaStore;
+use ringdb::storage::commitlog::SyncMode;
+use ringdb::storage::engine::EngineOptions;
+
+const EPOCH_MS: u64 = 1_700_000_000_000;
+const VNODES: u64 = 16;
+
+fn addr(i: usize) -> SocketAddr {
+    SocketAddr::from(([10, 0, 0, (i + 1) as u8], 7000))
+}
+
+fn node_id(i: usize) -> NodeId {
+    NodeId(0x1000 + i as u64)
+}
+
+/// Evenly interleaved tokens: the replicas of any token are consecutive
+/// nodes (mod n).
+fn tokens(i: usize, n: usize) -> Vec<u64> {
+    let step = u64::MAX / (VNODES * n as u64);
+    (0..VNODES)
+        .map(|j| (j * n as u64 + i as u64) * step + 12_345)
+        .collect()
+}
+
+struct Node {
+    dir: PathBuf,
+    schema: Arc<SchemaStore>,
+    store: ClusterStore,
+    exec: Executor,
+    local_exec: Executor,
+}
+
+struct Cluster {
+    net: SimNetwork,
+    live: Arc<ManualLiveness>,
+    ring: Ring,
+    config: CoordinatorConfig,
+    hint_options: HintOptions,
+    nodes: Vec<Option<Node>>,
+    _tmp: tempfile::TempDir,
+}
+
+fn engine_options() -> EngineOptions {
+    EngineOptions {
+        sync_mode: SyncMode::Periodic {
+            interval: Duration::from_millis(200),
+        },
+        background: false,
+        block_cache_bytes: 1 << 20,
+        ..EngineOptions::default()
+    }
+}
+
+impl Cluster {
+    /// `n` nodes, keyspace `ks` with RF 3 and the given tables.
+    async fn new(n: usize, sim: SimConfig, tables: &[&str]) -> Cluster {
+        Cluster::with(n, sim, tables, CoordinatorConfig::default(), hint_options()).await
+    }
+
+    async fn with(
+        n: usize,
+        sim: SimConfig,
+        tables: &[&str],
+        config: CoordinatorConfig,
+        hint_options: HintOptions,
+    ) -> Cluster {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let net = SimNetwork::new(sim);
+        let ring =
+            Ring::new((0..n).map(|i| NodeInfo::new(node_id(i), addr(i), None, tokens(i, n))))
+                .expect("ring");
+        let mut cluster = Cluster {
+            net,
+            live: Arc::new(ManualLiveness::new()),
+            ring,
+            config,
+            hint_options,
+            nodes: Vec::new(),
+            _tmp: tmp,
+        };
+        for i in 0..n {
+            let dir = cluster._tmp.path().join(format!("node{i}"));
+            std::fs::create_dir_all(&dir).expect("dir");
+            std::fs::write(dir.join("node_id"), format!("{:016x}\n", node_id(i).0))
+                .expect("node id");
+            let node = cluster.open_node(i, &dir);
+            cluster.nodes.push(Some(node));
+        }
+        let mut ddl = vec![
+            "CREATE KEYSPACE ks WITH replication = {'class': 'SimpleStrategy', 'replication_factor': 3}".to_string(),
+        ];
+        ddl.extend(tables.iter().map(|t| t.to_string()));
+        for stmt in ddl {
+            cluster
+                .query(0, Consistency::One, &stmt)
+                .await
+                .expect("ddl");
+        }
+        let schema = (*cluster.node(0).schema.current()).clone();
+        for i in 1..n {
+            cluster
+                .node(i)
+                .schema
+                .replace_if_newer(schema.clone())
+                .expect("schema");
+        }
+        cluster
+    }
+
+    fn open_node(&self, i: usize, dir: &Path) -> Node {
+        let hlc = Arc::new(HybridClock::new(Arc::new(TokioClock::new(EPOCH_MS))));
+        let schema = Arc::new(SchemaStore::open(dir).expect("schema"));
+        let local = Arc::new(
+            LocalStore::open(dir, hlc.clone(), schema.clone(), engine_options()).expect("store"),
+        );
+        local.set_inline_io(true);
+        assert_eq!(local.node_id(), node_id(i));
+        let hints = Arc::new(
+            HintStore::open(&dir.join("hints"), self.hint_options.clone()).expect("hints"),
+        );
+        let handler = Arc::new(ReplicaHandler::new(local.clone(), hints.clone()));
+        let transport: Arc<dyn Transport<PeerRequest, PeerResponse>> =
+            Arc::new(self.net.add_node(addr(i), handler));
+        let store = ClusterStore::new(
+            local.clone(),
+            hints,
+            schema.clone(),
+            transport,
+            self.ring.clone(),
+            self.live.clone(),
+            self.config.clone(),
+        );
+        let exec = Executor::new(
+            Arc::new(store.clone()),
+            schema.clone(),
+            hlc.clone(),
+            ExecutorConfig::default(),
+        );
+        let local_exec = Executor::new(
+            local.clone(),
+            schema.clone(),
+            hlc,
+            ExecutorConfig::default(),
+        );
+        Node {
+            dir: dir.to_path_buf(),
+            schema,
+            store,
+            exec,
+            local_exec,
+        }
+    }
+
+    fn node(&self, i: usize) -> &Node {
+        self.nodes[i].as_ref().expect("node is running")
+    }
+
+    fn store(&self, i: usize) -> &ClusterStore {
+        &self.node(i).store
+    }
+
+    /// Runs a statement through node `i` as coordinator.
+    async fn query(
+        &self,
+        i: usize,
+        cl: Consistency,
+        text: &str,
+    ) -> Result<QueryResult, QueryError> {
+        self.query_with(i, cl, text, None).await
+    }
+
+    async fn query_with(
+        &self,
+        i: usize,
+        cl: Consistency,
+        text: &str,
+        context: Option<DotSet>,
+    ) -> Result<QueryResult, QueryError> {
+        let mut session = SessionState::default();
+        let options = QueryOptions {
+            consistency: cl,
+            causal_context: context,
+            ..QueryOptions::default()
+        };
+        self.node(i)
+            .exec
+            .execute(&mut session, text, vec![], options)
+            .await
+            .map(|r| r.result)
+    }
+
+    /// Runs a statement on node `i`'s own data only (no coordinator).
+    async fn local_query(&self, i: usize, text: &str) -> ResultSet {
+        let mut session = SessionState::default();
+        match self
+            .node(i)
+            .local_exec
+            .execute(&mut session, text, vec![], QueryOptions::default())
+            .await
+            .map(|r| r.result)
+        {
+            Ok(QueryResult::Rows(rs)) => rs,
+            other => panic!("expected rows, got {other:?}"),
+        }
+    }
+
+    /// The nodes (indices) holding key `k` of an int-keyed table.
+    fn replicas_of(&self, k: i32) -> Vec<usize> {
+        let pk = serialize_partition_key(&[Value::Int(k)], &[DataType::Int]).expect("pk");
+        self.ring
+            .replicas_for_key(&pk, 3)
+            .into_iter()
+            .map(|id| (id.0 - 0x1000) as usize)
+            .collect()
+    }
+
+    /// Kills node `i` on the network and marks it down.
+    fn kill(&self, i: usize) {
+        self.net.kill(addr(i));
+        self.live.set_down(node_id(i));
+    }
+
+    /// Revives node `i`, marks it up and replays every node's hints for it.
+    async fn revive(&self, i: usize) {
+        self.net.revive(addr(i));
+        self.live.set_up(node_id(i));
+        let mut tasks = Vec::new();
+        for (j, n) in self.nodes.iter().enumerate() {
+            if let (Some(n), true) = (n, j != i) {
+                tasks.push(n.store.on_node_up(node_id(i)));
+            }
+        }
+        for t in tasks {
+            t.await.expect("replay task").expect("replay");
+        }
+    }
+
+    /// Drops node `i`'s process state (it must be killed) and opens it
+    /// again from its data directory.
+    async fn restart(&mut self, i: usize) {
+        let dir = self.node(i).dir.clone();
+        self.nodes[i] = None;
+        // Let in-flight work of the old process end.
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        let node = self.open_node(i, &dir);
+        self.net.kill(addr(i));
+        self.nodes[i] = Some(node);
+    }
+}
+
+fn hint_options() -> HintOptions {
+    HintOptions {
+        window: Duration::from_secs(600),
+        sync: false,
+        segment_bytes: 1 << 20,
+    }
+}
+
+fn rows(r: &QueryResult) -> &ResultSet {
+    match r {
+        QueryResult::Rows(rs) => rs,
+        other => panic!("expected rows, got {other:?}"),
+    }
+}
+
+/// The `v` column (second column) of a single-row result, if any.
+fn single_v(rs: &ResultSet) -> Option<Value> {
+    rs.rows.first().map(|r| r.values[1].clone())
+}
+
+const KV: &str = "CREATE TABLE ks.kv (k int PRIMARY KEY, v int)";
+
+#[tokio::test(start_paused = true)]
+async fn writes_and_reads_at_quorum_on_a_healthy_cluster() {
+    let c = Cluster::new(4, SimConfig::with_seed(1), &[KV]).await;
+    for k in 0..20 {
+        c.query(
+            k as usize % 4,
+            Consistency::Quorum,
+            &format!("INSERT INTO ks.kv (k, v) VALUES ({k}, {})", k * 10),
+        )
+        .await
+        .expect("write");
+    }
+    for k in 0..20 {
+        let r = c
+            .query(
+                (k as usize + 1) % 4,
+                Consistency::Quorum,
+                &format!("SELECT * FROM ks.kv WHERE k = {k}"),
+            )
+            .await
+            .expect("read");
+        assert_eq!(single_v(rows(&r)), Some(Value::Int(k * 10)));
+        // Every replica holds it (ALL was not needed: writes go to all N).
+        for i in c.replicas_of(k) {
+            let local = c
+                .local_query(i, &format!("SELECT * FROM ks.kv WHERE k = {k}"))
+                .await;
+            assert_eq!(
+                single_v(&local),
+                Some(Value::Int(k * 10)),
+                "replica {i} of {k}"
+            );
+        }
+    }
+    // A full scan through the coordinator sees every row once.
+    let r = c
+        .query(2, Consistency::Quorum, "SELECT * FROM ks.kv")
+        .await
+        .expect("scan");
+    let mut keys: Vec<Value> = rows(&r).rows.iter().map(|r| r.values[0].clone()).collect();
+    keys.sort_by_key(|v| match v {
+        Value::Int(i) => *i,
+        _ => i32::MAX,
+    });
+    assert_eq!(keys, (0..20).map(Value::Int).collect::<Vec<_>>());
+    // Deletes go through too.
+    c.query(3, Consistency::Quorum, "DELETE FROM ks.kv WHERE k = 5")
+        .await
+        .expect("delete");
+    let r = c
+        .query(0, Consistency::All, "SELECT * FROM ks.kv WHERE k = 5")
+        .await
+        .expect("read");
+    assert!(rows(&r).rows.is_empty());
+}
+
+/// A key whose replicas include node `coord`, and one of its other
+/// replicas, and a node that holds no replica of it.
+fn pick_key(c: &Cluster, coord: usize) -> (i32, usize, usize) {
+    for k in 0..1000 {
+        let reps = c.replicas_of(k);
+        if reps.contains(&coord) {
+            let other = *reps.iter().find(|r| **r != coord).expect("other replica");
+            let outsider = (0..c.nodes.len())
+                .find(|n| !reps.contains(n))
+                .expect("outsider");
+            return (k, other, outsider);
+        }
+    }
+    panic!("no key found")
+}
+
+#[tokio::test(start_paused = true)]
+async fn quorum_write_with_a_replica_down_goes_to_a_fallback_and_the_hint_replays() {
+    let c = Cluster::new(4, SimConfig::with_seed(2), &[KV]).await;
+    let (k, down, fallback) = pick_key(&c, 0);
+    c.kill(down);
+    c.query(
+        0,
+        Consistency::Quorum,
+        &format!("INSERT INTO ks.kv (k, v) VALUES ({k}, 7)"),
+    )
+    .await
+    .expect("sloppy quorum write");
+    // The fallback (the one node that is not a replica) holds the hint.
+    assert_eq!(c.store(fallback).hints().stats().stored, 1);
+    assert_eq!(c.store(fallback).hints().targets(), vec![node_id(down)]);
+    assert_eq!(c.store(0).stats().hints_sent_to_fallbacks, 1);
+    // The down replica does not have it yet.
+    let before = c
+        .local_query(down, &format!("SELECT * FROM ks.kv WHERE k = {k}"))
+        .await;
+    assert!(before.rows.is_empty());
+    c.revive(down).await;
+    assert_eq!(c.store(fallback).hints().stats().delivered, 1);
+    assert!(c.store(fallback).hints().targets().is_empty());
+    let after = c
+        .local_query(down, &format!("SELECT * FROM ks.kv WHERE k = {k}"))
+        .await;
+    assert_eq!(single_v(&after), Some(Value::Int(7)));
+}
+
+#[tokio::test(start_paused = true)]
+async fn hints_past_the_window_are_dropped_and_counted() {
+    let hints = HintOptions {
+        window: Duration::from_secs(60),
+        ..hint_options()
+    };
+    let c = Cluster::with(
+        4,
+        SimConfig::with_seed(3),
+        &[KV],
+        CoordinatorConfig::default(),
+        hints,
+    )
+    .await;
+    let (k, down, fallback) = pick_key(&c, 0);
+    c.kill(down);
+    c.query(
+        0,
+        Consistency::Quorum,
+        &format!("INSERT INTO ks.kv (k, v) VALUES ({k}, 8)"),
+    )
+    .await
+    .expect("write");
+    tokio::time::sleep(Duration::from_secs(61)).await;
+    c.revive(down).await;
+    let stats = c.store(fallback).hints().stats();
+    assert_eq!((stats.stored, stats.delivered, stats.expired), (1, 0, 1));
+    let after = c
+        .local_query(down, &format!("SELECT * FROM ks.kv WHERE k = {k}"))
+        .await;
+    assert!(after.rows.is_empty(), "an expired hint is not replayed");
+}
+
+#[tokio::test(start_paused = true)]
+async fn with_sloppy_quorum_off_the_coordinator_keeps_the_hint_and_it_counts_only_for_any() {
+    let c = Cluster::new(4, SimConfig::with_seed(4), &[KV]).await;
+    let (k, down, _) = pick_key(&c, 0);
+    let third = *c
+        .replicas_of(k)
+        .iter()
+        .find(|r| **r != 0 && **r != down)
+        .expect("third replica");
+    c.store(0).set_sloppy_quorum("ks", false);
+    c.kill(down);
+    c.kill(third);
+    let err = c
+        .query(
+            0,
+            Consistency::Quorum,
+            &format!("INSERT INTO ks.kv (k, v) VALUES ({k}, 1)"),
+        )
+        .await
+        .expect_err("strict quorum with two of three replicas down");
+    assert_eq!(
+        err,
+        QueryError::Unavailable {
+            consistency: Consistency::Quorum,
+            required: 2,
+            alive: 1
+        }
+    );
+    assert_eq!(
+        err.to_string(),
+        "cannot achieve consistency level QUORUM: 2 replicas required but only 1 alive"
+    );
+    // ONE and ANY succeed; the coordinator keeps hints for both down replicas.
+    c.query(
+        0,
+        Consistency::Any,
+        &format!("INSERT INTO ks.kv (k, v) VALUES ({k}, 2)"),
+    )
+    .await
+    .expect("ANY");
+    assert_eq!(c.store(0).hints().stats().stored, 2);
+    c.revive(down).await;
+    c.revive(third).await;
+    for i in c.replicas_of(k) {
+        let r = c
+            .local_query(i, &format!("SELECT * FROM ks.kv WHERE k = {k}"))
+            .await;
+        assert_eq!(single_v(&r), Some(Value::Int(2)), "replica {i}");
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn any_with_every_replica_down_is_stamped_by_the_coordinator_and_delivered_later() {
+    let c = Cluster::new(4, SimConfig::with_seed(5), &[KV]).await;
+    let (k, _, outsider) = pick_key(&c, 0);
+    for i in c.replicas_of(k) {
+        c.kill(i);
+    }
+    // Sloppy quorum: the outsider is the fallback of all three replicas,
+    // so even ONE is accepted (its hints count).
+    c.query(
+        outsider,
+        Consistency::One,
+        &format!("INSERT INTO ks.kv (k, v) VALUES ({k}, 3)"),
+    )
+    .await
+    .expect("sloppy ONE");
+    // Strict: ONE is unavailable, ANY takes hints on the coordinator.
+    c.store(outsider).set_sloppy_quorum("ks", false);
+    let err = c
+        .query(
+            outsider,
+            Consistency::One,
+            &format!("INSERT INTO ks.kv (k, v) VALUES ({k}, 4)"),
+        )
+        .await
+        .expect_err("no replica");
+    assert!(
+        matches!(
+            err,
+            QueryError::Unavailable {
+                required: 1,
+                alive: 0,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    c.query(
+        outsider,
+        Consistency::Any,
+        &format!("UPDATE ks.kv SET v = 5 WHERE k = {k}"),
+    )
+    .await
+    .expect("ANY takes a hint");
+    assert_eq!(c.store(outsider).hints().stats().stored, 6);
+    for i in c.replicas_of(k) {
+        c.revive(i).await;
+    }
+    let r = c
+        .query(
+            outsider,
+            Consistency::All,
+            &format!("SELECT * FROM ks.kv WHERE k = {k}"),
+        )
+        .await
+        .expect("read");
+    assert_eq!(single_v(rows(&r)), Some(Value::Int(5)));
+    // Two blind writes stamped without any replica's state are siblings.
+    assert!(rows(&r).rows[0].conflict);
+}
+
+#[tokio::test(start_paused = true)]
+async fn unavailable_and_timeout_name_their_counts() {
+    let c = Cluster::new(3, SimConfig::with_seed(6), &[KV]).await;
+    c.kill(2);
+    let err = c
+        .query(
+            0,
+            Consistency::All,
+            "INSERT INTO ks.kv (k, v) VALUES (1, 1)",
+        )
+        .await
+        .expect_err("ALL with one down");
+    assert_eq!(
+        err,
+        QueryError::Unavailable {
+            consistency: Consistency::All,
+            required: 3,
+            alive: 2
+        }
+    );
+    let err = c
+        .query(0, Consistency::All, "SELECT * FROM ks.kv WHERE k = 1")
+        .await
+        .expect_err("ALL read with one down");
+    assert!(matches!(
+        err,
+        QueryError::Unavailable {
+            required: 3,
+            alive: 2,
+            ..
+        }
+    ));
+    c.revive(2).await;
+    // Alive by liveness but cut off: the requests time out.
+    c.net.partition(&[addr(0)], &[addr(1), addr(2)]);
+    let err = c
+        .query(
+            0,
+            Consistency::Quorum,
+            "INSERT INTO ks.kv (k, v) VALUES (1, 2)",
+        )
+        .await
+        .expect_err("partitioned write");
+    assert_eq!(
+        err,
+        QueryError::Timeout {
+            consistency: Consistency::Quorum,
+            required: 2,
+            received: 1,
+            write: true
+        }
+    );
+    assert_eq!(
+        err.to_string(),
+        "operation timed out at consistency QUORUM: 1 of 2 replicas answered"
+    );
+    let err = c
+        .query(0, Consistency::Quorum, "SELECT * FROM ks.kv WHERE k = 1")
+        .await
+        .expect_err("partitioned read");
+    assert_eq!(
+        err,
+        QueryError::Timeout {
+            consistency: Consistency::Quorum,
+            required: 2,
+            received: 1,
+            write: false
+        }
+    );
+    // The timed-out replicas got hints; after the heal they are delivered.
+    c.net.heal();
+    assert!(c.store(0).hints().stats().stored >= 2);
+    c.revive(1).await;
+    c.revive(2).await;
+    for i in 0..3 {
+        let r = c.local_query(i, "SELECT * FROM ks.kv WHERE k = 1").await;
+        assert_eq!(single_v(&r), Some(Value::Int(2)), "replica {i}");
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn read_repair_brings_a_stale_replica_up_to_date() {
+    let c = Cluster::new(3, SimConfig::with_seed(7), &[KV]).await;
+    c.query(
+        0,
+        Consistency::All,
+        "INSERT INTO ks.kv (k, v) VALUES (1, 1)",
+    )
+    .await
+    .expect("write");
+    // Node 2 misses the second write (no hints are replayed for it).
+    c.net.partition(&[addr(2)], &[addr(0), addr(1)]);
+    c.query(0, Consistency::One, "UPDATE ks.kv SET v = 2 WHERE k = 1")
+        .await
+        .expect("write at ONE");
+    // Let the copy to node 1 land (a ONE write answers after one ack).
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    c.net.heal();
+    let stale = c.local_query(2, "SELECT * FROM ks.kv WHERE k = 1").await;
+    assert_eq!(single_v(&stale), Some(Value::Int(1)));
+    // A QUORUM read through the stale replica answers the newest value and
+    // repairs it before answering.
+    let r = c
+        .query(2, Consistency::Quorum, "SELECT * FROM ks.kv WHERE k = 1")
+        .await
+        .expect("read");
+    assert_eq!(single_v(rows(&r)), Some(Value::Int(2)));
+    assert!(c.store(2).stats().read_repairs >= 1);
+    let repaired = c.local_query(2, "SELECT * FROM ks.kv WHERE k = 1").await;
+    assert_eq!(single_v(&repaired), Some(Value::Int(2)));
+    assert!(
+        !repaired.rows[0].conflict,
+        "the repair carries the causal history"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn background_repair_fixes_the_replica_the_read_did_not_wait_for() {
+    let c = Cluster::new(3, SimConfig::with_seed(8), &[KV]).await;
+    c.net.partition(&[addr(2)], &[addr(0), addr(1)]);
+    c.query(
+        0,
+        Consistency::Quorum,
+        "INSERT INTO ks.kv (k, v) VALUES (1, 5)",
+    )
+    .await
+    .expect("write");
+    c.net.heal();
+    // Node 2 is slow to answer: the read waits for nodes 0 and 1 only.
+    c.net.set_link_drop(addr(0), addr(2), Some(0.0));
+    let r = c
+        .query(0, Consistency::One, "SELECT * FROM ks.kv WHERE k = 1")
+        .await
+        .expect("read");
+    assert_eq!(single_v(rows(&r)), Some(Value::Int(5)));
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(c.store(0).stats().background_repairs >= 1);
+    let repaired = c.local_query(2, "SELECT * FROM ks.kv WHERE k = 1").await;
+    assert_eq!(single_v(&repaired), Some(Value::Int(5)));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_newer_deletion_on_one_replica_shadows_an_older_row_on_another() {
+    let c = Cluster::new(3, SimConfig::with_seed(9), &[KV]).await;
+    c.query(
+        0,
+        Consistency::All,
+        "INSERT INTO ks.kv (k, v) VALUES (1, 1)",
+    )
+    .await
+    .expect("write");
+    c.net.partition(&[addr(2)], &[addr(0), addr(1)]);
+    c.query(0, Consistency::Quorum, "DELETE FROM ks.kv WHERE k = 1")
+        .await
+        .expect("delete");
+    c.net.heal();
+    let r = c
+        .query(2, Consistency::Quorum, "SELECT * FROM ks.kv WHERE k = 1")
+        .await
+        .expect("read");
+    assert!(rows(&r).rows.is_empty());
+    let local = c.local_query(2, "SELECT * FROM ks.kv WHERE k = 1").await;
+    assert!(
+        local.rows.is_empty(),
+        "the deletion was repaired onto node 2"
+    );
+}
+
+const ABC: &str = "CREATE TABLE ks.abc (k int PRIMARY KEY, a int, b int, c int)";
+
+#[tokio::test(start_paused = true)]
+async fn concurrent_writes_in_a_partition_become_siblings_and_a_context_write_supersedes_them() {
+    let c = Cluster::new(3, SimConfig::with_seed(10), &[ABC]).await;
+    c.query(
+        0,
+        Consistency::All,
+        "INSERT INTO ks.abc (k, a, b, c) VALUES (1, 0, 0, 0)",
+    )
+    .await
+    .expect("write");
+    // Node 0 on one side, nodes 1 and 2 on the other; both sides write.
+    c.net.partition(&[addr(0)], &[addr(1), addr(2)]);
+    c.query(0, Consistency::One, "UPDATE ks.abc SET a = 1 WHERE k = 1")
+        .await
+        .expect("side A");
+    c.query(
+        1,
+        Consistency::Quorum,
+        "UPDATE ks.abc SET b = 2 WHERE k = 1",
+    )
+    .await
+    .expect("side B");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    c.net.heal();
+    let r = c
+        .query(
+            2,
+            Consistency::All,
+            "SELECT * FROM ks.abc WHERE k = 1 WITH SIBLINGS",
+        )
+        .await
+        .expect("read");
+    let rs = rows(&r);
+    assert_eq!(rs.rows.len(), 1);
+    let row = &rs.rows[0];
+    assert!(row.conflict, "both versions survive as siblings");
+    assert_eq!(row.siblings.len(), 2);
+    // Resolved column by column: each side's column wins.
+    assert_eq!(
+        row.values,
+        vec![Value::Int(1), Value::Int(1), Value::Int(2), Value::Int(0)]
+    );
+    let mut sibs = row.siblings.clone();
+    sibs.sort_by_key(|s| format!("{s:?}"));
+    assert_eq!(
+        sibs,
+        vec![
+            vec![Value::Int(1), Value::Int(0), Value::Int(2), Value::Int(0)],
+            vec![Value::Int(1), Value::Int(1), Value::Int(0), Value::Int(0)],
+        ]
+    );
+    // Every replica keeps both (ALL read repaired the rest).
+    for i in 0..3 {
+        let local = c.local_query(i, "SELECT * FROM ks.abc WHERE k = 1").await;
+        assert!(local.rows[0].conflict, "replica {i}");
+    }
+    // A read-modify-write with the read's causal context supersedes both
+    // and carries their cells forward.
+    let context = rs
+        .causal_context
+        .clone()
+        .expect("a single-row read has a context");
+    c.query_with(
+        0,
+        Consistency::Quorum,
+        "UPDATE ks.abc SET c = 3 WHERE k = 1",
+        Some(context),
+    )
+    .await
+    .expect("context write");
+    let r = c
+        .query(
+            1,
+            Consistency::Quorum,
+            "SELECT * FROM ks.abc WHERE k = 1 WITH SIBLINGS",
+        )
+        .await
+        .expect("read");
+    let row = &rows(&r).rows[0];
+    assert!(!row.conflict);
+    assert!(row.siblings.is_empty());
+    assert_eq!(
+        row.values,
+        vec![Value::Int(1), Value::Int(1), Value::Int(2), Value::Int(3)]
+    );
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    for i in 0..3 {
+        let local = c.local_query(i, "SELECT * FROM ks.abc WHERE k = 1").await;
+        assert!(!local.rows[0].conflict, "replica {i}");
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_restarted_node_keeps_what_it_acknowledged() {
+    let mut c = Cluster::new(3, SimConfig::with_seed(11), &[KV]).await;
+    for k in 0..30 {
+        c.query(
+            k as usize % 3,
+            Consistency::All,
+            &format!("INSERT INTO ks.kv (k, v) VALUES ({k}, {k})"),
+        )
+        .await
+        .expect("write");
+    }
+    c.kill(1);
+    c.restart(1).await;
+    // Writes while it was down reach it by hints.
+    c.query(
+        0,
+        Consistency::Quorum,
+        "INSERT INTO ks.kv (k, v) VALUES (100, 100)",
+    )
+    .await
+    .expect("write while down");
+    c.revive(1).await;
+    let all = c.local_query(1, "SELECT * FROM ks.kv").await;
+    assert_eq!(all.rows.len(), 31);
+    // And it serves reads as a coordinator again.
+    let r = c
+        .query(1, Consistency::All, "SELECT * FROM ks.kv WHERE k = 100")
+        .await
+        .expect("read");
+    assert_eq!(single_v(rows(&r)), Some(Value::Int(100)));
+}
+
+#[tokio::test(start_paused = true)]
+async fn short_reads_are_protected_against_deletions_on_other_replicas() {
+    let c = Cluster::new(
+        3,
+        SimConfig::with_seed(12),
+        &["CREATE TABLE ks.ts (k int, c int, v int, PRIMARY KEY (k, c))"],
+    )
+    .await;
+    for i in 0..10 {
+        c.query(
+            0,
+            Consistency::All,
+            &format!("INSERT INTO ks.ts (k, c, v) VALUES (1, {i}, {i})"),
+        )
+        .await
+        .expect("write");
+    }
+    // Nodes 0 and 1 see rows 0..5 deleted; node 2 does not.
+    c.net.partition(&[addr(2)], &[addr(0), addr(1)]);
+    for i in 0..5 {
+        c.query(
+            0,
+            Consistency::Quorum,
+            &format!("DELETE FROM ks.ts WHERE k = 1 AND c = {i}"),
+        )
+        .await
+        .expect("delete");
+    }
+    c.net.heal();
+    let r = c
+        .query(
+            2,
+            Consistency::Quorum,
+            "SELECT * FROM ks.ts WHERE k = 1 LIMIT 3",
+        )
+        .await
+        .expect("read");
+    let cs: Vec<Value> = rows(&r).rows.iter().map(|r| r.values[1].clone()).collect();
+    assert_eq!(cs, vec![Value::Int(5), Value::Int(6), Value::Int(7)]);
+    assert!(c.store(2).stats().short_read_retries >= 1);
+}
+
+fn paused_runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .start_paused(true)
+        .build()
+        .expect("runtime")
+}
+
+fn fast_config() -> CoordinatorConfig {
+    CoordinatorConfig {
+        write_timeout: Duration::from_millis(500),
+        read_timeout: Duration::from_millis(500),
+        range_timeout: Duration::from_millis(1000),
+        ..CoordinatorConfig::default()
+    }
+}
+
+/// Three clients writing and reading through random coordinators while a
+/// nemesis kills, revives, partitions and heals; with 5 % loss and 1 to
+/// 20 ms delays. Returns the history (op, result, virtual time) and the
+/// network's delivery log.
+fn workload(seed: u64) -> (Vec<String>, Vec<ringdb::net::sim::LogEntry>) {
+    paused_runtime().block_on(async move {
+        let sim = SimConfig {
+            seed,
+            drop_probability: 0.05,
+            min_delay: Duration::from_millis(1),
+            max_delay: Duration::from_millis(20),
+            ..SimConfig::default()
+        };
+        let c = Arc::new(Cluster::with(4, sim, &[KV], fast_config(), hint_options()).await);
+        let history = Arc::new(parking_lot::Mutex::new(Vec::new()));
+        let mut tasks = Vec::new();
+        for client in 0..3u64 {
+            let c = c.clone();
+            let history = history.clone();
+            tasks.push(tokio::spawn(async move {
+                let mut rng = StdRng::seed_from_u64(seed * 100 + client);
+                for i in 0..30 {
+                    let node = rng.random_range(0..4usize);
+                    let k = rng.random_range(0..8);
+                    let cl = [Consistency::One, Consistency::Quorum, Consistency::All]
+                        [rng.random_range(0..3usize)];
+                    let text = if rng.random_bool(0.5) {
+                        format!(
+                            "INSERT INTO ks.kv (k, v) VALUES ({k}, {})",
+                            client * 1000 + i
+                        )
+                    } else {
+                        format!("SELECT * FROM ks.kv WHERE k = {k}")
+                    };
+                    let result = if c.nodes[node].is_some() {
+                        format!("{:?}", c.query(node, cl, &text).await)
+                    } else {
+                        "down".to_string()
+                    };
+                    let at = c.net.elapsed();
+                    history.lock().push(format!(
+                        "{at:?} client {client} via {node} {cl} {text}: {result}"
+                    ));
+                    tokio::time::sleep(Duration::from_millis(rng.random_range(0..50))).await;
+                }
+            }));
+        }
+        let nemesis = {
+            let c = c.clone();
+            let history = history.clone();
+            tokio::spawn(async move {
+                let mut rng = StdRng::seed_from_u64(seed.wrapping_mul(7919));
+                for _ in 0..8 {
+                    tokio::time::sleep(Duration::from_millis(rng.random_range(50..300))).await;
+                    let n = rng.random_range(0..4usize);
+                    let what = match rng.random_range(0..4) {
+                        0 => {
+                            c.kill(n);
+                            format!("kill {n}")
+                        }
+                        1 => {
+                            c.revive(n).await;
+                            format!("revive {n}")
+                        }
+                        2 => {
+                            let others: Vec<SocketAddr> =
+                                (0..4).filter(|m| *m != n).map(addr).collect();
+                            c.net.partition(&[addr(n)], &others);
+                            format!("isolate {n}")
+                        }
+                        _ => {
+                            c.net.heal();
+                            "heal".to_string()
+                        }
+                    };
+                    history
+                        .lock()
+                        .push(format!("{:?} nemesis {what}", c.net.elapsed()));
+                }
+            })
+        };
+        for t in tasks {
+            t.await.expect("client");
+        }
+        nemesis.await.expect("nemesis");
+        let h = history.lock().clone();
+        (h, c.net.log())
+    })
+}
+
+#[test]
+fn the_same_seed_gives_the_same_history() {
+    let first = workload(42);
+    let second = workload(42);
+    assert_eq!(first.0, second.0);
+    assert_eq!(first.1, second.1);
+    // The run saw successes and failures both.
+    assert!(first.0.iter().any(|l| l.contains("Ok(Rows")));
+    assert!(first.0.iter().any(|l| l.contains("Ok(Void)")));
+    assert!(first.0.iter().any(|l| l.contains("Err(")));
+    let other = workload(43);
+    assert_ne!(first.0, other.0);
+}
+
+const LOG: &str = "CREATE TABLE ks.log (k int, seq int, v int, PRIMARY KEY (k, seq))";
+
+/// Random QUORUM inserts under random kills, isolations and heals; then
+/// heal everything, replay hints and run a repair sweep (ALL reads of
+/// every key). Invariant 2: every acknowledged insert is there.
+/// Invariant 4: every replica holds the same rows.
+fn convergence_case(seed: u64) {
+    paused_runtime().block_on(async move {
+        let sim = SimConfig {
+            seed,
+            drop_probability: 0.02,
+            min_delay: Duration::from_millis(1),
+            max_delay: Duration::from_millis(15),
+            ..SimConfig::default()
+        };
+        let c = Arc::new(Cluster::with(4, sim, &[LOG], fast_config(), hint_options()).await);
+        let acked = Arc::new(parking_lot::Mutex::new(Vec::<(i32, i32)>::new()));
+        let mut tasks = Vec::new();
+        for client in 0..3i32 {
+            let c = c.clone();
+            let acked = acked.clone();
+            tasks.push(tokio::spawn(async move {
+                let mut rng = StdRng::seed_from_u64(seed * 31 + client as u64);
+                for i in 0..25 {
+                    let node = rng.random_range(0..4usize);
+                    let k = rng.random_range(0..5);
+                    let seq = client * 1000 + i;
+                    let text = format!("INSERT INTO ks.log (k, seq, v) VALUES ({k}, {seq}, {seq})");
+                    if c.query(node, Consistency::Quorum, &text).await.is_ok() {
+                        acked.lock().push((k, seq));
+                    }
+                    tokio::time::sleep(Duration::from_millis(rng.random_range(0..40))).await;
+                }
+            }));
+        }
+        {
+            let mut rng = StdRng::seed_from_u64(seed ^ 0x5eed);
+            for _ in 0..10 {
+                tokio::time::sleep(Duration::from_millis(rng.random_range(20..200))).await;
+                let n = rng.random_range(0..4usize);
+                match rng.random_range(0..4) {
+                    0 => c.kill(n),
+                    1 => c.revive(n).await,
+                    2 => {
+                        let others: Vec<SocketAddr> =
+                            (0..4).filter(|m| *m != n).map(addr).collect();
+                        c.net.partition(&[addr(n)], &others);
+                    }
+                    _ => c.net.heal(),
+                }
+            }
+        }
+        for t in tasks {
+            t.await.expect("client");
+        }
+        // Heal everything and replay every hint.
+        c.net.heal();
+        c.net.set_drop(0.0);
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        for n in 0..4 {
+            c.revive(n).await;
+        }
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        // Repair sweep.
+        for k in 0..5 {
+            let r = c
+                .query(
+                    k as usize % 4,
+                    Consistency::All,
+                    &format!("SELECT * FROM ks.log WHERE k = {k}"),
+                )
+                .await
+                .expect("repair read");
+            let seen: Vec<Value> = rows(&r).rows.iter().map(|r| r.values[1].clone()).collect();
+            for (_, seq) in acked.lock().iter().filter(|(kk, _)| *kk == k) {
+                assert!(
+                    seen.contains(&Value::Int(*seq)),
+                    "seed {seed}: acknowledged insert ({k}, {seq}) lost"
+                );
+            }
+        }
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        for k in 0..5 {
+            let reps = c.replicas_of(k);
+            let text = format!("SELECT * FROM ks.log WHERE k = {k}");
+            let first = c.local_query(reps[0], &text).await;
+            for &r in &reps[1..] {
+                let other = c.local_query(r, &text).await;
+                assert_eq!(
+                    first.rows, other.rows,
+                    "seed {seed}: replicas of {k} differ"
+                );
+            }
+        }
+    })
+}
+
+#[test]
+fn acknowledged_writes_survive_faults_and_replicas_converge() {
+    for seed in 0..6 {
+        convergence_case(seed);
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn truncate_reaches_every_node_and_needs_them_all() {
+    let c = Cluster::new(4, SimConfig::with_seed(13), &[KV]).await;
+    for k in 0..10 {
+        c.query(
+            0,
+            Consistency::All,
+            &format!("INSERT INTO ks.kv (k, v) VALUES ({k}, {k})"),
+        )
+        .await
+        .expect("write");
+    }
+    c.kill(3);
+    let err = c
+        .query(0, Consistency::One, "TRUNCATE ks.kv")
+        .await
+        .expect_err("a node is down");
+    assert!(
+        matches!(
+            err,
+            QueryError::Unavailable {
+                required: 4,
+                alive: 3,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    c.revive(3).await;
+    c.query(1, Consistency::One, "TRUNCATE ks.kv")
+        .await
+        .expect("truncate");
+    for i in 0..4 {
+        assert!(
+            c.local_query(i, "SELECT * FROM ks.kv")
+                .await
+                .rows
+                .is_empty(),
+            "node {i}"
+        );
+    }
+}
