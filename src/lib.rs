@@ -14,6 +14,7 @@ pub mod cluster;
 pub mod coordinator;
 pub mod model;
 pub mod net;
+pub mod node;
 pub mod query;
 pub mod schema;
 pub mod server;

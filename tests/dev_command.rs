@@ -9,10 +9,12 @@ fn free_udp_port() -> u16 {
 }
 
 fn dev(dir: &std::path::Path, port: u16, statements: &str) -> (i32, String, String) {
+    let peer_port = free_udp_port();
     let out = Command::new(env!("CARGO_BIN_EXE_ringdb"))
-        .args(["dev", "--dir"])
+        .args(["dev", "--nodes", "1", "--dir"])
         .arg(dir)
         .args(["--port", &port.to_string(), "-e", statements])
+        .args(["--peer-port", &peer_port.to_string()])
         .env("NO_COLOR", "1")
         .output()
         .expect("run ringdb dev");

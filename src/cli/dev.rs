@@ -1,11 +1,14 @@
-//! `ringdb dev`: a local ringdb in one command.
+//! `ringdb dev`: a local ringdb cluster in one command.
 //!
-//! Starts a real `ringdb server` process with its data (and a throw-away
-//! CA) under one directory, waits until it answers, opens the shell on it,
-//! and stops the server cleanly when the shell exits.
+//! Creates a throw-away CA and node certificates, starts `--nodes` real
+//! `ringdb server` processes on 127.0.0.1 with their data under one
+//! directory (node 1 is everyone's seed), waits until every node answers
+//! and gossip sees them all up, opens the shell on node 1, and stops the
+//! nodes cleanly when the shell exits.
 
 use anyhow::Context;
 use ringdb::client::{Client, ClientTlsConfig};
+use ringdb::net::tls::{ClusterCa, NodeCert};
 use ringdb::shell::ShellArgs;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -18,9 +21,16 @@ pub struct DevArgs {
     /// between runs; delete it to start afresh).
     #[arg(long, default_value = "ringdb-dev")]
     pub dir: PathBuf,
-    /// Client port of the node.
+    /// Number of nodes.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u16).range(1..=32))]
+    pub nodes: u16,
+    /// Client port of node 1 (node i uses port + i - 1).
     #[arg(long, default_value_t = 9042)]
     pub port: u16,
+    /// Peer (gossip and replication) port of node 1 (node i uses
+    /// peer-port + i - 1).
+    #[arg(long, default_value_t = 7000)]
+    pub peer_port: u16,
     /// Run these statements instead of an interactive shell.
     #[arg(short = 'e', long = "execute")]
     pub execute: Option<String>,
@@ -54,18 +64,51 @@ impl Drop for ServerProcess {
     }
 }
 
-fn start_server(dir: &Path, port: u16) -> anyhow::Result<ServerProcess> {
+/// Creates the CA and a certificate for each node, unless they exist.
+fn ensure_certs(dir: &Path, nodes: u16) -> anyhow::Result<PathBuf> {
+    let certs = dir.join("certs");
+    let ca = if certs.join("ca.key").exists() {
+        ClusterCa::load(&certs).context("loading the dev CA")?
+    } else {
+        let ca = ClusterCa::generate().context("generating the dev CA")?;
+        ca.save(&certs, false).context("saving the dev CA")?;
+        ca
+    };
+    for i in 1..=nodes {
+        let node_dir = certs.join(format!("node{i}"));
+        if !node_dir.join("node.pem").exists() {
+            NodeCert::issue(&ca, &format!("node{i}"), &["127.0.0.1".parse()?], &[])
+                .context("issuing a node certificate")?
+                .save(&node_dir, true)
+                .with_context(|| format!("saving {}", node_dir.display()))?;
+        }
+    }
+    Ok(certs.join("ca.pem"))
+}
+
+fn start_server(dir: &Path, i: u16, args: &DevArgs) -> anyhow::Result<ServerProcess> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    let log_path = dir.join("node1.log");
+    let log_path = dir.join(format!("node{i}.log"));
     let log = std::fs::File::create(&log_path)
         .with_context(|| format!("creating {}", log_path.display()))?;
     let exe = std::env::current_exe().context("finding the ringdb binary")?;
-    let child = Command::new(exe)
+    let mut command = Command::new(exe);
+    command
         .arg("server")
         .arg("--data-dir")
-        .arg(dir.join("node1"))
+        .arg(dir.join(format!("node{i}")))
+        .arg("--certs-dir")
+        .arg(dir.join("certs").join(format!("node{i}")))
         .arg("--listen")
-        .arg(format!("127.0.0.1:{port}"))
+        .arg(format!("127.0.0.1:{}", args.port + i - 1))
+        .arg("--peer-listen")
+        .arg(format!("127.0.0.1:{}", args.peer_port + i - 1));
+    if i > 1 {
+        command
+            .arg("--seeds")
+            .arg(format!("127.0.0.1:{}", args.peer_port));
+    }
+    let child = command
         .stdin(Stdio::null())
         .stdout(log.try_clone()?)
         .stderr(log)
@@ -74,51 +117,74 @@ fn start_server(dir: &Path, port: u16) -> anyhow::Result<ServerProcess> {
     Ok(ServerProcess { child })
 }
 
-/// Waits until the server accepts a client connection.
+/// Waits until the node accepts a client connection and its gossip sees
+/// `expected` nodes up.
 fn wait_until_up(
     server: &mut ServerProcess,
     port: u16,
     ca: &Path,
     log: &Path,
+    expected: usize,
 ) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
     let deadline = Instant::now() + Duration::from_secs(60);
+    let ca_pem =
+        std::fs::read_to_string(ca).with_context(|| format!("reading {}", ca.display()))?;
     loop {
         if let Some(status) = server.child.try_wait()? {
             let tail = std::fs::read_to_string(log).unwrap_or_default();
             anyhow::bail!("ringdb server exited ({status}) before it was up; its log:\n{tail}");
         }
-        if let Ok(ca_pem) = std::fs::read_to_string(ca) {
-            let addr = format!("127.0.0.1:{port}").parse()?;
-            let tls = ClientTlsConfig::new(ca_pem, "ringdb-node");
-            let connected = runtime.block_on(async {
-                tokio::time::timeout(Duration::from_secs(2), Client::connect(addr, tls)).await
-            });
-            if let Ok(Ok(client)) = connected {
-                runtime.block_on(client.close());
+        let addr = format!("127.0.0.1:{port}").parse()?;
+        let tls = ClientTlsConfig::new(ca_pem.clone(), "ringdb-node");
+        let up = runtime.block_on(async {
+            let client = tokio::time::timeout(Duration::from_secs(2), Client::connect(addr, tls))
+                .await
+                .ok()?
+                .ok()?;
+            let status = client.admin_status().await.ok();
+            client.close().await;
+            status
+        });
+        if let Some(status) = up {
+            let nodes_up = status.lines().filter(|l| l.starts_with("UN")).count();
+            if nodes_up >= expected {
                 return Ok(());
             }
         }
         if Instant::now() > deadline {
             anyhow::bail!(
-                "ringdb server did not answer on port {port} within 60 s; see {}",
+                "ringdb server on port {port} was not up with {expected} nodes within 60 s; see {}",
                 log.display()
             );
         }
-        std::thread::sleep(Duration::from_millis(100));
+        std::thread::sleep(Duration::from_millis(200));
     }
 }
 
 /// Runs `ringdb dev`; returns the shell's exit code.
 pub fn run(args: DevArgs) -> anyhow::Result<i32> {
-    let mut server = start_server(&args.dir, args.port)?;
-    let ca = args.dir.join("node1").join("certs").join("ca.pem");
-    wait_until_up(&mut server, args.port, &ca, &args.dir.join("node1.log"))?;
+    let ca = ensure_certs(&args.dir, args.nodes)?;
+    let mut servers = Vec::new();
+    for i in 1..=args.nodes {
+        servers.push(start_server(&args.dir, i, &args)?);
+        if i == 1 {
+            // The seed first, so the others find it at once.
+            let log = args.dir.join("node1.log");
+            wait_until_up(&mut servers[0], args.port, &ca, &log, 1)?;
+        }
+    }
+    for (i, server) in servers.iter_mut().enumerate() {
+        let log = args.dir.join(format!("node{}.log", i + 1));
+        wait_until_up(server, args.port + i as u16, &ca, &log, args.nodes as usize)?;
+    }
     eprintln!(
-        "ringdb dev: node up on 127.0.0.1:{} (data in {}); leave the shell to stop it",
+        "ringdb dev: {} node(s) up, clients on 127.0.0.1:{}..{} (data in {}); leave the shell to stop them",
+        args.nodes,
         args.port,
+        args.port + args.nodes - 1,
         args.dir.display()
     );
     let shell = ShellArgs {
@@ -131,6 +197,6 @@ pub fn run(args: DevArgs) -> anyhow::Result<i32> {
         no_color: false,
     };
     let code = ringdb::shell::run(shell);
-    drop(server);
+    drop(servers);
     Ok(code)
 }

@@ -1,42 +1,83 @@
-//! `ringdb server`: runs a node that serves clients.
+//! `ringdb server`: runs one ringdb node.
 //!
-//! Today a node is a single-node database: the query layer over the storage
-//! engines in `--data-dir`. The cluster layer (gossip, ring, coordinator)
-//! plugs in underneath the same executor.
+//! Settings come from flags, or from a TOML file (`--config`) whose keys
+//! are the flag names with underscores; flags given on the command line
+//! win over the file. A node with no seeds starts a new cluster; a node
+//! with seeds joins theirs. Without `--certs-dir`, a throw-away CA and node
+//! certificate are created in `<data-dir>/certs` (fine for one node; a
+//! cluster needs certificates from one CA: `ringdb certs`).
 
 use anyhow::Context;
-use ringdb::model::{HybridClock, SystemClock};
+use ringdb::cluster::membership::MembershipConfig;
+use ringdb::cluster::ring::DEFAULT_VNODES;
+use ringdb::coordinator::CoordinatorConfig;
 use ringdb::net::tls::{ClusterCa, NodeCert};
-use ringdb::query::LocalStore;
-use ringdb::query::{Executor, ExecutorConfig};
-use ringdb::schema::SchemaStore;
-use ringdb::server::{CatalogSource, ServerConfig};
+use ringdb::node::{Node, NodeConfig};
 use ringdb::storage::commitlog::SyncMode;
-use ringdb::storage::engine::EngineOptions;
+use serde::Deserialize;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::Duration;
 
 /// Arguments of `ringdb server`.
-#[derive(clap::Args, Debug)]
+#[derive(clap::Args, Debug, Default)]
 pub struct ServerArgs {
+    /// A TOML file with any of the settings below (keys as the flag names,
+    /// with underscores: `listen`, `peer_listen`, `seeds`, `data_dir`, ...).
+    #[arg(long)]
+    pub config: Option<PathBuf>,
     /// Address of the client listener (QUIC, ALPN `ringdb-cql/1`).
-    #[arg(long, default_value = "127.0.0.1:9042")]
-    pub listen: SocketAddr,
+    #[arg(long)]
+    pub listen: Option<SocketAddr>,
+    /// Address of the peer listener (QUIC with mutual TLS; also gossip).
+    #[arg(long)]
+    pub peer_listen: Option<SocketAddr>,
+    /// Peer addresses of seed nodes (repeat or separate with commas).
+    #[arg(long, value_delimiter = ',')]
+    pub seeds: Vec<SocketAddr>,
     /// Data directory of the node.
     #[arg(long)]
-    pub data_dir: PathBuf,
-    /// Directory of the node's certificates (`ca.pem`, `node.pem`,
-    /// `node.key`, as `ringdb certs` writes them). Default: `<data-dir>/certs`,
-    /// where a throw-away CA and node certificate are created on first
-    /// start.
+    pub data_dir: Option<PathBuf>,
+    /// Directory of the node's certificates (`ca.pem`, `node.pem`, `node.key`).
     #[arg(long)]
     pub certs_dir: Option<PathBuf>,
+    /// Rack of the node (replicas go to distinct racks first).
+    #[arg(long)]
+    pub rack: Option<String>,
+    /// Tokens (virtual nodes) to take on first start.
+    #[arg(long)]
+    pub vnodes: Option<usize>,
     /// Commit-log durability: `batch` (acknowledge after fsync) or
-    /// `periodic:<ms>` (fsync every so many milliseconds).
-    #[arg(long, default_value = "batch", value_parser = parse_sync_mode)]
-    pub commitlog_sync: SyncMode,
+    /// `periodic:<ms>`.
+    #[arg(long, value_parser = parse_sync_mode)]
+    pub commitlog_sync: Option<SyncMode>,
+    /// Milliseconds a write waits for its acknowledgements.
+    #[arg(long)]
+    pub write_timeout_ms: Option<u64>,
+    /// Milliseconds a read waits for its replicas.
+    #[arg(long)]
+    pub read_timeout_ms: Option<u64>,
+    /// Hours a hint is kept for a node that is down.
+    #[arg(long)]
+    pub hint_window_hours: Option<u64>,
+}
+
+/// The TOML form of [`ServerArgs`].
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    listen: Option<SocketAddr>,
+    peer_listen: Option<SocketAddr>,
+    #[serde(default)]
+    seeds: Vec<SocketAddr>,
+    data_dir: Option<PathBuf>,
+    certs_dir: Option<PathBuf>,
+    rack: Option<String>,
+    vnodes: Option<usize>,
+    commitlog_sync: Option<String>,
+    write_timeout_ms: Option<u64>,
+    read_timeout_ms: Option<u64>,
+    hint_window_hours: Option<u64>,
 }
 
 fn parse_sync_mode(text: &str) -> Result<SyncMode, String> {
@@ -52,79 +93,115 @@ fn parse_sync_mode(text: &str) -> Result<SyncMode, String> {
     }
 }
 
-/// Loads the node's client-facing TLS identity, creating a throw-away CA
-/// and node certificate when the directory has none.
-pub fn server_tls(certs_dir: &Path) -> anyhow::Result<rustls::ServerConfig> {
-    let node_pem = certs_dir.join("node.pem");
-    if !node_pem.exists() {
-        let ca = ClusterCa::generate().context("generating a CA")?;
-        ca.save(certs_dir, false)
-            .with_context(|| format!("saving the CA in {}", certs_dir.display()))?;
-        let ips = ["127.0.0.1".parse()?, "::1".parse()?];
-        NodeCert::issue(&ca, "node", &ips, &[])
-            .context("issuing the node certificate")?
-            // The node's files include ca.pem again (same content).
-            .save(certs_dir, true)
-            .with_context(|| format!("saving the node certificate in {}", certs_dir.display()))?;
-        eprintln!(
-            "ringdb: created a throw-away CA and node certificate in {} (clients trust {})",
-            certs_dir.display(),
-            certs_dir.join("ca.pem").display()
-        );
-    }
-    let read = |name: &str| {
-        let path = certs_dir.join(name);
-        std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))
+/// Flags over the file over the defaults.
+fn merge(args: ServerArgs) -> anyhow::Result<NodeConfig> {
+    let file = match &args.config {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("reading {}", path.display()))?;
+            toml::from_str::<FileConfig>(&text).with_context(|| format!("in {}", path.display()))?
+        }
+        None => FileConfig::default(),
     };
-    Ok(ringdb::server::tls_config_from_pem(
-        &read("node.pem")?,
-        &read("node.key")?,
-    )?)
+    let data_dir = args
+        .data_dir
+        .or(file.data_dir)
+        .context("--data-dir is required (or data_dir in --config)")?;
+    let sync_mode = match (args.commitlog_sync, file.commitlog_sync) {
+        (Some(m), _) => m,
+        (None, Some(text)) => parse_sync_mode(&text)
+            .map_err(anyhow::Error::msg)
+            .context("commitlog_sync")?,
+        (None, None) => SyncMode::Batch,
+    };
+    let seeds = if args.seeds.is_empty() {
+        file.seeds
+    } else {
+        args.seeds
+    };
+    let defaults = CoordinatorConfig::default();
+    let coordinator = CoordinatorConfig {
+        write_timeout: args
+            .write_timeout_ms
+            .or(file.write_timeout_ms)
+            .map(Duration::from_millis)
+            .unwrap_or(defaults.write_timeout),
+        read_timeout: args
+            .read_timeout_ms
+            .or(file.read_timeout_ms)
+            .map(Duration::from_millis)
+            .unwrap_or(defaults.read_timeout),
+        ..defaults
+    };
+    Ok(NodeConfig {
+        certs_dir: args
+            .certs_dir
+            .or(file.certs_dir)
+            .unwrap_or_else(|| data_dir.join("certs")),
+        client_listen: args
+            .listen
+            .or(file.listen)
+            .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 9042))),
+        peer_listen: args
+            .peer_listen
+            .or(file.peer_listen)
+            .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 7000))),
+        membership: MembershipConfig::with_seeds(seeds.clone()),
+        seeds,
+        rack: args.rack.or(file.rack),
+        vnodes: args.vnodes.or(file.vnodes).unwrap_or(DEFAULT_VNODES),
+        sync_mode,
+        coordinator,
+        hint_window: Duration::from_secs(
+            3600 * args
+                .hint_window_hours
+                .or(file.hint_window_hours)
+                .unwrap_or(3),
+        ),
+        data_dir,
+    })
 }
 
-/// Runs the server until SIGINT or SIGTERM.
-pub fn run(args: ServerArgs) -> anyhow::Result<()> {
-    let certs_dir = args
-        .certs_dir
-        .clone()
-        .unwrap_or_else(|| args.data_dir.join("certs"));
-    let tls = server_tls(&certs_dir)?;
-    let schema = Arc::new(
-        SchemaStore::open(&args.data_dir.join("schema"))
-            .with_context(|| format!("opening the schema in {}", args.data_dir.display()))?,
+/// Creates a throw-away CA and node certificate when `certs_dir` has none.
+pub fn ensure_certs(certs_dir: &Path) -> anyhow::Result<()> {
+    if certs_dir.join("node.pem").exists() {
+        return Ok(());
+    }
+    let ca = ClusterCa::generate().context("generating a CA")?;
+    ca.save(certs_dir, false)
+        .with_context(|| format!("saving the CA in {}", certs_dir.display()))?;
+    let ips = ["127.0.0.1".parse()?, "::1".parse()?];
+    NodeCert::issue(&ca, "node", &ips, &[])
+        .context("issuing the node certificate")?
+        // The node's files include ca.pem again (same content).
+        .save(certs_dir, true)
+        .with_context(|| format!("saving the node certificate in {}", certs_dir.display()))?;
+    eprintln!(
+        "ringdb: created a throw-away CA and node certificate in {} (clients trust {})",
+        certs_dir.display(),
+        certs_dir.join("ca.pem").display()
     );
-    let clock = Arc::new(HybridClock::new(Arc::new(SystemClock)));
-    let template = EngineOptions {
-        sync_mode: args.commitlog_sync,
-        ..EngineOptions::default()
-    };
-    let store = Arc::new(
-        LocalStore::open(
-            &args.data_dir.join("data"),
-            clock.clone(),
-            schema.clone(),
-            template,
-        )
-        .with_context(|| format!("opening the data in {}", args.data_dir.display()))?,
-    );
-    let executor = Arc::new(Executor::new(
-        store,
-        schema.clone(),
-        clock,
-        ExecutorConfig::default(),
-    ));
-    let config = ServerConfig {
-        listen: args.listen,
-        tls,
-        limits: Default::default(),
-    };
-    let runtime = tokio::runtime::Runtime::new().context("starting the runtime")?;
-    runtime.block_on(ringdb::server::run_server(
-        config,
-        executor,
-        Arc::new(CatalogSource(schema)),
-    ))?;
     Ok(())
+}
+
+/// Runs the node until SIGINT or SIGTERM.
+pub fn run(args: ServerArgs) -> anyhow::Result<()> {
+    let config = merge(args)?;
+    ensure_certs(&config.certs_dir)?;
+    let runtime = tokio::runtime::Runtime::new().context("starting the runtime")?;
+    runtime.block_on(async move {
+        let node = Node::start(config).await?;
+        eprintln!(
+            "ringdb: node {} serving clients on {}, peers on {}",
+            node.cluster.node_id().0,
+            node.client_addr(),
+            node.peer_addr()
+        );
+        ringdb::server::wait_for_stop_signal().await;
+        eprintln!("ringdb: shutting down");
+        node.shutdown().await;
+        anyhow::Ok(())
+    })
 }
 
 #[cfg(test)]
@@ -142,5 +219,46 @@ mod tests {
         );
         assert!(parse_sync_mode("periodic:0").is_err());
         assert!(parse_sync_mode("sometimes").is_err());
+    }
+
+    #[test]
+    fn flags_win_over_the_file_and_unknown_keys_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("node.toml");
+        std::fs::write(
+            &file,
+            "data_dir = \"/data/a\"\nlisten = \"127.0.0.1:9100\"\nseeds = [\"127.0.0.1:7001\"]\ncommitlog_sync = \"periodic:20\"\n",
+        )
+        .unwrap();
+        let config = merge(ServerArgs {
+            config: Some(file.clone()),
+            listen: Some("127.0.0.1:9200".parse().unwrap()),
+            ..ServerArgs::default()
+        })
+        .unwrap();
+        assert_eq!(config.client_listen, "127.0.0.1:9200".parse().unwrap());
+        assert_eq!(config.data_dir, PathBuf::from("/data/a"));
+        assert_eq!(config.seeds, vec!["127.0.0.1:7001".parse().unwrap()]);
+        assert_eq!(
+            config.sync_mode,
+            SyncMode::Periodic {
+                interval: Duration::from_millis(20)
+            }
+        );
+        std::fs::write(
+            &file,
+            "data_dir = \"/x\"\nlisten_adress = \"127.0.0.1:1\"\n",
+        )
+        .unwrap();
+        let err = merge(ServerArgs {
+            config: Some(file),
+            ..ServerArgs::default()
+        })
+        .unwrap_err();
+        assert!(format!("{err:#}").contains("listen_adress"), "{err:#}");
+        assert!(
+            merge(ServerArgs::default()).is_err(),
+            "data dir is required"
+        );
     }
 }

@@ -74,6 +74,9 @@ pub enum PeerRequest {
         /// The table.
         table: TableRef,
     },
+    /// Send your schema (a node that saw a newer schema version in gossip
+    /// pulls it).
+    GetSchema,
 }
 
 /// A replica's answer.
@@ -94,6 +97,8 @@ pub enum PeerResponse {
         /// More partitions may follow the last one.
         cut: bool,
     },
+    /// The node's schema, for [`PeerRequest::GetSchema`].
+    Schema(Box<crate::schema::Schema>),
     /// The request failed on the replica.
     Error(PeerError),
 }

@@ -125,6 +125,9 @@ impl ReplicaHandler {
                 self.local.truncate(&table).await?;
                 Ok(PeerResponse::Applied)
             }
+            PeerRequest::GetSchema => Err(PeerError::Unsupported(
+                "schema pulls are served by the node's handler, not the replica".into(),
+            )),
         }
     }
 }

@@ -471,6 +471,12 @@ impl Catalog for Schema {
 }
 
 impl Schema {
+    /// The order in which schemas replace each other across nodes: version,
+    /// then 64 bits of the digest (what gossip carries).
+    pub fn precedence(&self) -> (u64, u64) {
+        (self.version, self.digest() as u64)
+    }
+
     /// The empty schema at version 0.
     pub fn new() -> Schema {
         Schema::default()

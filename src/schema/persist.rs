@@ -133,11 +133,14 @@ impl SchemaStore {
     }
 
     /// Replaces the schema by a newer one learned from elsewhere (gossip);
-    /// ignored unless its version is higher.
+    /// ignored unless it orders after the current one by
+    /// [`Schema::precedence`]: a higher version, or at an equal version
+    /// (two nodes changed the schema at once) the higher digest, so every
+    /// node settles on the same schema.
     pub fn replace_if_newer(&self, schema: Schema) -> Result<Arc<Schema>, SchemaError> {
         let _guard = self.write.lock();
         let current = self.current();
-        if schema.version <= current.version {
+        if schema.precedence() <= current.precedence() {
             return Ok(current);
         }
         schema.validate()?;

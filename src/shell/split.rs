@@ -52,7 +52,15 @@ impl Accumulator {
         self.buffer.push('\n');
         let (statements, rest) = split_statements(&self.buffer);
         self.buffer = rest;
-        statements.into_iter().map(Input::Statement).collect()
+        // A shell command ended by `;` after other statements on the same
+        // line (as in `-e "USE ks; CONSISTENCY QUORUM; SELECT ..."`).
+        statements
+            .into_iter()
+            .map(|s| match shell_command(&s) {
+                Some(command) => Input::Command(command),
+                None => Input::Statement(s),
+            })
+            .collect()
     }
 
     /// At the end of the input: what is left, if it holds anything but
@@ -255,6 +263,20 @@ mod tests {
         let (out, acc) = run(&["SELECT @ FROM t; SELECT é;", "x"]);
         assert_eq!(out, vec![stmt("SELECT @ FROM t;"), stmt("SELECT é;")]);
         assert_eq!(acc.pending(), "x\n");
+    }
+
+    #[test]
+    fn shell_commands_between_statements_on_one_line() {
+        let mut acc = Accumulator::new();
+        let got = acc.push_line("USE ks; CONSISTENCY QUORUM; SELECT * FROM t;");
+        assert_eq!(
+            got,
+            vec![
+                Input::Statement("USE ks;".into()),
+                Input::Command("CONSISTENCY QUORUM".into()),
+                Input::Statement("SELECT * FROM t;".into()),
+            ]
+        );
     }
 
     #[test]

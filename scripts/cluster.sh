@@ -1,0 +1,97 @@
+#!/usr/bin/env bash
+# A local ringdb cluster of real processes, for tests and demos.
+#
+#   scripts/cluster.sh start [N]   start N nodes (default 3) on 127.0.0.1
+#   scripts/cluster.sh stop        stop every node (SIGTERM, then SIGKILL)
+#   scripts/cluster.sh kill I      kill node I with SIGKILL
+#   scripts/cluster.sh restart I   start node I again (after kill or stop)
+#   scripts/cluster.sh status      which nodes run, and the cluster as node 1 sees it
+#
+# Node I listens for clients on 127.0.0.1:$((BASE_PORT + I - 1)) and for
+# peers on 127.0.0.1:$((PEER_BASE_PORT + I - 1)); node 1 is everyone's seed.
+# Data, certificates, logs and pid files live in $RINGDB_CLUSTER_DIR
+# (default ./ringdb-cluster). $RINGDB_BIN names the binary (default: build
+# target/release/ringdb).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+DIR="${RINGDB_CLUSTER_DIR:-ringdb-cluster}"
+BASE_PORT="${BASE_PORT:-9042}"
+PEER_BASE_PORT="${PEER_BASE_PORT:-7000}"
+BIN="${RINGDB_BIN:-}"
+if [ -z "$BIN" ]; then
+  cargo build --release --locked --bin ringdb >&2
+  BIN=target/release/ringdb
+fi
+
+client_port() { echo $((BASE_PORT + $1 - 1)); }
+peer_port() { echo $((PEER_BASE_PORT + $1 - 1)); }
+pid_of() { cat "$DIR/node$1.pid" 2>/dev/null || true; }
+running() { local pid; pid=$(pid_of "$1"); [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; }
+
+start_node() {
+  local i=$1
+  if running "$i"; then echo "node $i already runs (pid $(pid_of "$i"))"; return; fi
+  if [ ! -f "$DIR/certs/node$i/node.pem" ]; then
+    "$BIN" certs node "node$i" --dir "$DIR/certs" --ip 127.0.0.1 >/dev/null
+  fi
+  local seeds=()
+  [ "$i" -ne 1 ] && seeds=(--seeds "127.0.0.1:$(peer_port 1)")
+  "$BIN" server --data-dir "$DIR/node$i" --certs-dir "$DIR/certs/node$i" \
+    --listen "127.0.0.1:$(client_port "$i")" --peer-listen "127.0.0.1:$(peer_port "$i")" \
+    "${seeds[@]}" >>"$DIR/node$i.log" 2>&1 &
+  echo $! >"$DIR/node$i.pid"
+  echo "node $i: pid $!, clients 127.0.0.1:$(client_port "$i"), peers 127.0.0.1:$(peer_port "$i")"
+}
+
+case "${1:-}" in
+  start)
+    n="${2:-3}"
+    mkdir -p "$DIR"
+    [ -f "$DIR/certs/ca.pem" ] || "$BIN" certs init --dir "$DIR/certs" >/dev/null
+    echo "$n" >"$DIR/size"
+    for i in $(seq 1 "$n"); do
+      start_node "$i"
+      # Let the seed come up before the others join it.
+      [ "$i" -eq 1 ] && sleep 1
+    done
+    echo "shell: $BIN shell --host 127.0.0.1:$(client_port 1) --ca-cert $DIR/certs/ca.pem"
+    ;;
+  stop)
+    for pidfile in "$DIR"/node*.pid; do
+      [ -e "$pidfile" ] || continue
+      pid=$(cat "$pidfile")
+      kill -TERM "$pid" 2>/dev/null || true
+      for _ in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+      kill -KILL "$pid" 2>/dev/null || true
+      rm -f "$pidfile"
+    done
+    echo "stopped"
+    ;;
+  kill)
+    i="${2:?node number}"
+    pid=$(pid_of "$i")
+    [ -n "$pid" ] && kill -KILL "$pid" 2>/dev/null || true
+    rm -f "$DIR/node$i.pid"
+    echo "node $i killed"
+    ;;
+  restart)
+    i="${2:?node number}"
+    start_node "$i"
+    ;;
+  status)
+    n=$(cat "$DIR/size" 2>/dev/null || echo 0)
+    for i in $(seq 1 "$n"); do
+      if running "$i"; then echo "node $i: up (pid $(pid_of "$i"))"; else echo "node $i: down"; fi
+    done
+    for i in $(seq 1 "$n"); do
+      if running "$i"; then
+        "$BIN" admin status --host "127.0.0.1:$(client_port "$i")" --ca-cert "$DIR/certs/ca.pem" || true
+        break
+      fi
+    done
+    ;;
+  *)
+    sed -n '2,16p' "$0"
+    exit 2
+    ;;
+esac

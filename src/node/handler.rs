@@ -1,0 +1,59 @@
+//! The node's peer handler: requests go to the replica side of the
+//! coordinator (or, for schema pulls, to the schema); datagrams go to
+//! gossip.
+
+use crate::cluster::hints::HintStore;
+use crate::cluster::membership::Membership;
+use crate::coordinator::{PeerRequest, PeerResponse, ReplicaHandler};
+use crate::net::{BoxFuture, Handler};
+use crate::query::LocalStore;
+use crate::schema::SchemaStore;
+use bytes::Bytes;
+use std::net::SocketAddr;
+use std::sync::{Arc, OnceLock};
+
+/// Serves peers: replica requests, schema pulls and gossip datagrams.
+pub struct NodeHandler {
+    replica: ReplicaHandler,
+    schema: Arc<SchemaStore>,
+    /// Set once gossip is started (it needs the transport this handler
+    /// belongs to); datagrams before that are dropped, and gossip retries.
+    membership: OnceLock<Membership>,
+}
+
+impl NodeHandler {
+    /// A handler over the node's data, hints and schema.
+    pub fn new(
+        local: Arc<LocalStore>,
+        hints: Arc<HintStore>,
+        schema: Arc<SchemaStore>,
+    ) -> NodeHandler {
+        NodeHandler {
+            replica: ReplicaHandler::new(local, hints),
+            schema,
+            membership: OnceLock::new(),
+        }
+    }
+
+    /// Connects gossip datagrams to the membership service.
+    pub fn set_membership(&self, membership: Membership) {
+        let _ = self.membership.set(membership);
+    }
+}
+
+impl Handler<PeerRequest, PeerResponse> for NodeHandler {
+    fn on_request(&self, _from: SocketAddr, req: PeerRequest) -> BoxFuture<'static, PeerResponse> {
+        if let PeerRequest::GetSchema = req {
+            let schema = self.schema.current();
+            return Box::pin(async move { PeerResponse::Schema(Box::new((*schema).clone())) });
+        }
+        let replica = self.replica.clone();
+        Box::pin(async move { replica.serve(req).await })
+    }
+
+    fn on_datagram(&self, from: SocketAddr, payload: Bytes) {
+        if let Some(m) = self.membership.get() {
+            m.handle_datagram(from, payload);
+        }
+    }
+}

@@ -1,0 +1,474 @@
+//! The node process: every layer composed into one running ringdb node.
+//!
+//! ```text
+//! clients --QUIC (ringdb-cql/1)--> ClientServer -> Executor (query) -> ClusterStore (coordinator)
+//!                                                                        |        |
+//! peers   --QUIC (ringdb-peer/1, mutual TLS)--> NodeHandler ---------> replica  hints
+//!                                   datagrams -> Membership (SWIM) -> ring, liveness, schema sync
+//! ```
+//!
+//! A node keeps its identity and tokens in its data directory: the node id
+//! (`LocalStore`), and the tokens it picked when it first joined
+//! (`tokens`), so a restart rejoins with the same ranges under a new
+//! generation.
+
+mod admin;
+mod handler;
+
+pub use admin::NodeAdmin;
+
+use crate::cluster::hints::{HintOptions, HintStore};
+use crate::cluster::membership::{
+    generation_now, Membership, MembershipConfig, MembershipEvent, NodeMetadata, NodeStatus,
+};
+use crate::cluster::ring::{pick_tokens, Ring};
+use crate::coordinator::{ClusterStore, CoordinatorConfig, Liveness, PeerRequest, PeerResponse};
+use crate::model::key::Token;
+use crate::model::{HybridClock, NodeId, SystemClock};
+use crate::net::quic::{QuicConfig, QuicTransport};
+use crate::net::tls::NodeTls;
+use crate::net::Transport;
+use crate::query::{Executor, ExecutorConfig, LocalStore};
+use crate::schema::SchemaStore;
+use crate::server::{CatalogSource, ClientServer, ServerLimits};
+use crate::storage::commitlog::SyncMode;
+use crate::storage::engine::EngineOptions;
+use handler::NodeHandler;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Everything a node needs to start.
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    /// Data directory (schema, tables, hints, node id, tokens).
+    pub data_dir: PathBuf,
+    /// Certificates: `ca.pem`, `node.pem`, `node.key` (the cluster CA and
+    /// this node's certificate, used for peers and for clients).
+    pub certs_dir: PathBuf,
+    /// Client listener (QUIC, `ringdb-cql/1`).
+    pub client_listen: SocketAddr,
+    /// Peer listener (QUIC, `ringdb-peer/1`, mutual TLS); also gossip.
+    pub peer_listen: SocketAddr,
+    /// Peer addresses of seed nodes to join through (empty: a new cluster).
+    pub seeds: Vec<SocketAddr>,
+    /// Rack, for rack-aware replica placement.
+    pub rack: Option<String>,
+    /// Virtual nodes (tokens) to pick on first start.
+    pub vnodes: usize,
+    /// Commit-log durability.
+    pub sync_mode: SyncMode,
+    /// Coordinator timeouts and sloppy quorum.
+    pub coordinator: CoordinatorConfig,
+    /// Gossip timing.
+    pub membership: MembershipConfig,
+    /// How long a hint is kept for a node that is down.
+    pub hint_window: Duration,
+}
+
+/// Errors starting or running a node.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    /// A file of the node could not be read or written.
+    #[error("{what} ({path}): {reason}")]
+    File {
+        /// What it was.
+        what: &'static str,
+        /// Where.
+        path: PathBuf,
+        /// Why it failed.
+        reason: String,
+    },
+    /// A layer failed to start.
+    #[error("cannot start {layer}: {reason}")]
+    Start {
+        /// Which layer.
+        layer: &'static str,
+        /// Why.
+        reason: String,
+    },
+}
+
+fn start_err(layer: &'static str) -> impl Fn(&dyn std::fmt::Display) -> NodeError {
+    move |e| NodeError::Start {
+        layer,
+        reason: e.to_string(),
+    }
+}
+
+/// Liveness as gossip sees it: this node is always up; others are up when
+/// the membership view says so.
+struct GossipLiveness {
+    membership: Membership,
+    local: NodeId,
+}
+
+impl Liveness for GossipLiveness {
+    fn is_alive(&self, node: NodeId) -> bool {
+        node == self.local || self.membership.view().is_up(node)
+    }
+}
+
+/// A running node.
+pub struct Node {
+    /// The coordinator.
+    pub cluster: ClusterStore,
+    /// Gossip membership.
+    pub membership: Membership,
+    /// The schema.
+    pub schema: Arc<SchemaStore>,
+    client_server: ClientServer,
+    transport: Arc<dyn Transport<PeerRequest, PeerResponse>>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Node {
+    /// Starts the node: opens its data, binds its listeners, joins the
+    /// cluster through the seeds (picking tokens on first start), and
+    /// serves clients. Must run inside a multi-threaded tokio runtime.
+    pub async fn start(config: NodeConfig) -> Result<Node, NodeError> {
+        let schema = Arc::new(
+            SchemaStore::open(&config.data_dir.join("schema"))
+                .map_err(|e| start_err("the schema")(&e))?,
+        );
+        let clock = Arc::new(HybridClock::new(Arc::new(SystemClock)));
+        let template = EngineOptions {
+            sync_mode: config.sync_mode,
+            ..EngineOptions::default()
+        };
+        let local = Arc::new(
+            LocalStore::open(
+                &config.data_dir.join("data"),
+                clock.clone(),
+                schema.clone(),
+                template,
+            )
+            .map_err(|e| start_err("the local store")(&e))?,
+        );
+        let node_id = local.node_id();
+        let hints = Arc::new(
+            HintStore::open(
+                &config.data_dir.join("hints"),
+                HintOptions {
+                    window: config.hint_window,
+                    ..HintOptions::default()
+                },
+            )
+            .map_err(|e| start_err("the hint store")(&e))?,
+        );
+        let tls =
+            NodeTls::load(&config.certs_dir).map_err(|e| start_err("the node certificate")(&e))?;
+
+        let handler = Arc::new(NodeHandler::new(
+            local.clone(),
+            hints.clone(),
+            schema.clone(),
+        ));
+        let quic = QuicTransport::bind(QuicConfig::new(config.peer_listen, tls), handler.clone())
+            .map_err(|e| start_err("the peer listener")(&e))?;
+        let transport: Arc<dyn Transport<PeerRequest, PeerResponse>> = Arc::new(quic);
+        let peer_addr = transport.local_addr();
+
+        // Tokens: kept from the first start; picked after joining, so they
+        // split the ranges of the nodes already there.
+        let tokens_path = config.data_dir.join("tokens");
+        let saved_tokens = load_tokens(&tokens_path)?;
+        let mut metadata = NodeMetadata::new(
+            node_id,
+            peer_addr,
+            config.rack.clone(),
+            saved_tokens.clone().unwrap_or_default(),
+        );
+        let current = schema.current();
+        metadata.schema_version = current.version;
+        metadata.schema_digest = digest64(&current);
+        if saved_tokens.is_some() {
+            metadata.status = NodeStatus::Normal;
+        }
+        let membership = Membership::start(
+            transport.clone(),
+            config.membership.clone(),
+            metadata,
+            generation_now(),
+            node_id.0 ^ generation_now(),
+        )
+        .map_err(|e| start_err("gossip")(&e))?;
+        handler.set_membership(membership.clone());
+
+        if saved_tokens.is_none() {
+            if !config.seeds.is_empty() {
+                wait_for_peers(&membership, Duration::from_secs(5)).await;
+            }
+            let ring = Ring::new(membership.view().ring_nodes()).unwrap_or_else(|_| Ring::empty());
+            let tokens = pick_tokens(node_id, config.vnodes, &ring, node_id.0);
+            save_tokens(&tokens_path, &tokens)?;
+            membership
+                .update_local(|m| {
+                    m.tokens = tokens.clone();
+                    m.status = NodeStatus::Normal;
+                })
+                .map_err(|e| start_err("gossip")(&e))?;
+        }
+
+        let liveness = Arc::new(GossipLiveness {
+            membership: membership.clone(),
+            local: node_id,
+        });
+        let ring = ring_of(&membership);
+        let cluster = ClusterStore::new(
+            local.clone(),
+            hints.clone(),
+            schema.clone(),
+            transport.clone(),
+            ring,
+            liveness,
+            config.coordinator.clone(),
+        );
+        let mut tasks = vec![
+            cluster.spawn_hint_sweeper(Duration::from_secs(10)),
+            tokio::spawn(react_to_gossip(
+                membership.clone(),
+                cluster.clone(),
+                schema.clone(),
+                transport.clone(),
+            )),
+        ];
+        tasks.push(tokio::spawn(publish_schema_changes(
+            membership.clone(),
+            schema.clone(),
+        )));
+
+        let executor = Arc::new(Executor::new(
+            Arc::new(cluster.clone()),
+            schema.clone(),
+            clock,
+            ExecutorConfig::default(),
+        ));
+        let client_tls = client_tls(&config.certs_dir)?;
+        let admin = Arc::new(NodeAdmin::new(membership.clone(), cluster.clone()));
+        let client_server = ClientServer::bind_full(
+            config.client_listen,
+            client_tls,
+            executor,
+            Arc::new(CatalogSource(schema.clone())),
+            Some(admin),
+            ServerLimits::default(),
+        )
+        .map_err(|e| start_err("the client listener")(&e))?;
+        Ok(Node {
+            cluster,
+            membership,
+            schema,
+            client_server,
+            transport,
+            tasks,
+        })
+    }
+
+    /// The client listener's address.
+    pub fn client_addr(&self) -> SocketAddr {
+        self.client_server.local_addr()
+    }
+
+    /// The peer listener's address.
+    pub fn peer_addr(&self) -> SocketAddr {
+        self.transport.local_addr()
+    }
+
+    /// Stops cleanly: tells the cluster it is leaving for now (it keeps
+    /// its tokens), stops serving clients and peers.
+    pub async fn shutdown(self) {
+        self.client_server.shutdown().await;
+        self.membership.shutdown().await;
+        for t in &self.tasks {
+            t.abort();
+        }
+        self.transport.shutdown().await;
+    }
+}
+
+/// The ring as gossip describes it now.
+fn ring_of(membership: &Membership) -> Ring {
+    match Ring::new(membership.view().ring_nodes()) {
+        Ok(ring) => ring,
+        Err(e) => {
+            tracing::warn!(error = %e, "gossiped ring is inconsistent; keeping an empty ring");
+            Ring::empty()
+        }
+    }
+}
+
+/// Follows gossip: a node coming up gets its hints; metadata changes
+/// rebuild the ring; a newer schema elsewhere is pulled.
+async fn react_to_gossip(
+    membership: Membership,
+    cluster: ClusterStore,
+    schema: Arc<SchemaStore>,
+    transport: Arc<dyn Transport<PeerRequest, PeerResponse>>,
+) {
+    let mut events = membership.subscribe();
+    loop {
+        let event = match events.recv().await {
+            Ok(e) => e,
+            Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                cluster.set_ring(ring_of(&membership));
+                continue;
+            }
+            Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+        };
+        match event {
+            MembershipEvent::Up { node, .. } => {
+                cluster.set_ring(ring_of(&membership));
+                // Replays in the background; the task handle is not needed.
+                drop(cluster.on_node_up(node));
+            }
+            MembershipEvent::MetadataChanged { .. } => cluster.set_ring(ring_of(&membership)),
+            MembershipEvent::SchemaVersionChanged { node, .. } => {
+                let view = membership.view();
+                let Some(meta) = view.get(node).and_then(|m| m.metadata.clone()) else {
+                    continue;
+                };
+                let ours = schema.current();
+                let newer =
+                    (meta.schema_version, meta.schema_digest) > (ours.version, digest64(&ours));
+                if newer {
+                    pull_schema(&transport, meta.addr, &schema).await;
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+async fn pull_schema(
+    transport: &Arc<dyn Transport<PeerRequest, PeerResponse>>,
+    from: SocketAddr,
+    schema: &SchemaStore,
+) {
+    match transport
+        .request(from, PeerRequest::GetSchema, Duration::from_secs(5))
+        .await
+    {
+        Ok(PeerResponse::Schema(theirs)) => {
+            if let Err(e) = schema.replace_if_newer(*theirs) {
+                tracing::warn!(error = %e, "could not apply the schema pulled from {from}");
+            }
+        }
+        Ok(other) => tracing::warn!(?other, "unexpected answer to a schema pull from {from}"),
+        Err(e) => tracing::warn!(error = %e, "schema pull from {from} failed"),
+    }
+}
+
+/// The schema digest as gossip carries it (the second half of
+/// [`crate::schema::Schema::precedence`]).
+fn digest64(schema: &crate::schema::Schema) -> u64 {
+    schema.precedence().1
+}
+
+/// Publishes this node's schema version in gossip whenever it changes, so
+/// the others pull it.
+async fn publish_schema_changes(membership: Membership, schema: Arc<SchemaStore>) {
+    let mut last = (0u64, 0u64);
+    loop {
+        let current = schema.current();
+        let now = (current.version, digest64(&current));
+        if now != last {
+            last = now;
+            let _ = membership.update_local(|m| {
+                m.schema_version = now.0;
+                m.schema_digest = now.1;
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Waits until gossip knows at least one other node's metadata (or the
+/// time runs out: the seeds may all be down).
+async fn wait_for_peers(membership: &Membership, patience: Duration) {
+    let deadline = tokio::time::Instant::now() + patience;
+    while tokio::time::Instant::now() < deadline {
+        let view = membership.view();
+        if view.members.values().any(|m| {
+            m.metadata.is_some()
+                && view.local != m.metadata.as_ref().map_or(view.local, |md| md.node)
+        }) {
+            // Give metadata of the rest a moment to arrive.
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn load_tokens(path: &Path) -> Result<Option<Vec<Token>>, NodeError> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => {
+            let tokens: Result<Vec<Token>, _> =
+                text.split_whitespace().map(str::parse::<u64>).collect();
+            match tokens {
+                Ok(t) if !t.is_empty() => Ok(Some(t)),
+                _ => Err(NodeError::File {
+                    what: "token file",
+                    path: path.to_path_buf(),
+                    reason: "expected whitespace-separated unsigned 64-bit tokens".into(),
+                }),
+            }
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(NodeError::File {
+            what: "token file",
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        }),
+    }
+}
+
+fn save_tokens(path: &Path, tokens: &[Token]) -> Result<(), NodeError> {
+    let text: Vec<String> = tokens.iter().map(|t| t.to_string()).collect();
+    let tmp = path.with_extension("tmp");
+    let write = || -> std::io::Result<()> {
+        std::fs::write(&tmp, text.join("\n") + "\n")?;
+        std::fs::File::open(&tmp)?.sync_all()?;
+        std::fs::rename(&tmp, path)?;
+        if let Some(dir) = path.parent() {
+            std::fs::File::open(dir)?.sync_all()?;
+        }
+        Ok(())
+    };
+    write().map_err(|e| NodeError::File {
+        what: "token file",
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    })
+}
+
+fn client_tls(certs_dir: &Path) -> Result<rustls::ServerConfig, NodeError> {
+    let read = |name: &str| {
+        let path = certs_dir.join(name);
+        std::fs::read_to_string(&path).map_err(|e| NodeError::File {
+            what: "certificate",
+            path,
+            reason: e.to_string(),
+        })
+    };
+    crate::server::tls_config_from_pem(&read("node.pem")?, &read("node.key")?)
+        .map_err(|e| start_err("client TLS")(&e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_round_trip_and_garbage_is_a_typed_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tokens");
+        assert_eq!(load_tokens(&path).unwrap(), None);
+        save_tokens(&path, &[3, 1, u64::MAX]).unwrap();
+        assert_eq!(load_tokens(&path).unwrap(), Some(vec![3, 1, u64::MAX]));
+        std::fs::write(&path, "12 nope").unwrap();
+        assert!(matches!(load_tokens(&path), Err(NodeError::File { .. })));
+    }
+}
