@@ -26,12 +26,13 @@ impl AdminSource for NodeAdmin {
         let stats = self.cluster.stats();
         let hints = self.cluster.hints().stats();
         format!(
-            "{}\nThis node: {} (hints stored {}, delivered {}, expired {}; coordinator: {:?})\n",
+            "{}\nThis node: {:016x}\nHints: stored={} delivered={} expired={} pending_targets={}\nCoordinator: {:?}\n",
             status_table(&view),
             self.cluster.node_id().0,
             hints.stored,
             hints.delivered,
             hints.expired,
+            self.cluster.hints().targets().len(),
             stats
         )
     }

@@ -1,0 +1,302 @@
+//! A real cluster of three `ringdb server` processes on 127.0.0.1.
+//!
+//! - Writes at QUORUM keep succeeding while one node is killed with
+//!   SIGKILL; after it restarts, the others replay their hints to it, and
+//!   every acknowledged write is readable at ONE from that node alone (the
+//!   other two stopped).
+//! - A node whose certificate comes from another CA never joins.
+
+use cql_lite::Value;
+use ringdb::client::{Client, ClientTlsConfig};
+use ringdb::model::Consistency;
+use ringdb::net::tls::{ClusterCa, NodeCert};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn free_port() -> u16 {
+    std::net::UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+struct Node {
+    data: PathBuf,
+    certs: PathBuf,
+    client: SocketAddr,
+    peer: SocketAddr,
+    seed: Option<SocketAddr>,
+    log: PathBuf,
+    child: Option<Child>,
+}
+
+impl Node {
+    fn start(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .unwrap();
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_ringdb"));
+        cmd.arg("server")
+            .arg("--data-dir")
+            .arg(&self.data)
+            .arg("--certs-dir")
+            .arg(&self.certs)
+            .args(["--listen", &self.client.to_string()])
+            .args(["--peer-listen", &self.peer.to_string()])
+            .args(["--write-timeout-ms", "1000"])
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log);
+        if let Some(seed) = self.seed {
+            cmd.args(["--seeds", &seed.to_string()]);
+        }
+        self.child = Some(cmd.spawn().expect("start ringdb server"));
+    }
+
+    fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            c.kill().unwrap();
+            c.wait().unwrap();
+        }
+    }
+
+    fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            unsafe {
+                libc::kill(c.id() as i32, libc::SIGTERM);
+            }
+            c.wait().unwrap();
+        }
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+fn make_node(root: &Path, ca: &ClusterCa, name: &str, seed: Option<SocketAddr>) -> Node {
+    let certs = root.join("certs").join(name);
+    NodeCert::issue(ca, name, &["127.0.0.1".parse().unwrap()], &[])
+        .unwrap()
+        .save(&certs, true)
+        .unwrap();
+    Node {
+        data: root.join(name),
+        certs,
+        client: SocketAddr::from(([127, 0, 0, 1], free_port())),
+        peer: SocketAddr::from(([127, 0, 0, 1], free_port())),
+        seed,
+        log: root.join(format!("{name}.log")),
+        child: None,
+    }
+}
+
+struct Cluster {
+    rt: tokio::runtime::Runtime,
+    ca_pem: String,
+}
+
+impl Cluster {
+    fn connect(&self, node: &Node) -> Client {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let tls = ClientTlsConfig::new(self.ca_pem.clone(), "ringdb-node");
+            let attempt = self.rt.block_on(async {
+                tokio::time::timeout(Duration::from_secs(3), Client::connect(node.client, tls))
+                    .await
+            });
+            if let Ok(Ok(c)) = attempt {
+                return c;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "node at {} never answered; log {}",
+                node.client,
+                node.log.display()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    fn status(&self, node: &Node) -> String {
+        let c = self.connect(node);
+        let s = self.rt.block_on(c.admin_status()).unwrap();
+        self.rt.block_on(c.close());
+        s
+    }
+
+    /// Waits until `node` sees `up` nodes up and normal.
+    fn wait_for_up(&self, node: &Node, up: usize) -> String {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let s = self.status(node);
+            if s.lines().filter(|l| l.starts_with("UN")).count() == up {
+                return s;
+            }
+            assert!(Instant::now() < deadline, "never saw {up} nodes up:\n{s}");
+            std::thread::sleep(Duration::from_millis(300));
+        }
+    }
+}
+
+fn hint_line(status: &str) -> (u64, u64, u64) {
+    let line = status
+        .lines()
+        .find(|l| l.starts_with("Hints:"))
+        .expect("hints line");
+    let field = |name: &str| -> u64 {
+        line.split_whitespace()
+            .find_map(|w| w.strip_prefix(&format!("{name}=")))
+            .and_then(|v| v.parse().ok())
+            .expect("hint counter")
+    };
+    (
+        field("stored"),
+        field("delivered"),
+        field("pending_targets"),
+    )
+}
+
+#[test]
+fn quorum_writes_survive_sigkill_and_hints_reach_the_restarted_node() {
+    let root = tempfile::tempdir().unwrap();
+    let ca = ClusterCa::generate().unwrap();
+    ca.save(&root.path().join("certs"), false).unwrap();
+    let mut n1 = make_node(root.path(), &ca, "node1", None);
+    let seed = Some(n1.peer);
+    let mut n2 = make_node(root.path(), &ca, "node2", seed);
+    let mut n3 = make_node(root.path(), &ca, "node3", seed);
+    let cluster = Cluster {
+        rt: tokio::runtime::Runtime::new().unwrap(),
+        ca_pem: ca.cert_pem().to_string(),
+    };
+    n1.start();
+    cluster.wait_for_up(&n1, 1);
+    n2.start();
+    n3.start();
+    cluster.wait_for_up(&n1, 3);
+
+    let client = cluster.connect(&n1);
+    client.set_consistency(Consistency::Quorum);
+    let run =
+        |c: &Client, text: &str, values: Vec<Value>| cluster.rt.block_on(c.execute(text, values));
+    run(&client, "CREATE KEYSPACE ks WITH replication = {'class': 'SimpleStrategy', 'replication_factor': 3}", vec![]).unwrap();
+    run(
+        &client,
+        "CREATE TABLE ks.kv (k int PRIMARY KEY, v int)",
+        vec![],
+    )
+    .unwrap();
+    // Let the schema reach every node.
+    std::thread::sleep(Duration::from_secs(2));
+
+    let mut acked = Vec::new();
+    for k in 0..300 {
+        if k == 100 {
+            n3.kill9();
+        }
+        let result = run(
+            &client,
+            "INSERT INTO ks.kv (k, v) VALUES (?, ?)",
+            vec![Value::Int(k), Value::Int(k * 7)],
+        );
+        match result {
+            Ok(_) => acked.push(k),
+            Err(e) => panic!("QUORUM write {k} failed with one node down: {e}"),
+        }
+    }
+    assert_eq!(acked.len(), 300);
+
+    // Node 3 comes back; the others replay the hints they hold for it.
+    n3.start();
+    cluster.wait_for_up(&n1, 3);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (s1, d1, p1) = hint_line(&cluster.status(&n1));
+        let (s2, d2, p2) = hint_line(&cluster.status(&n2));
+        if p1 == 0 && p2 == 0 && d1 + d2 >= 1 && d1 >= s1 && d2 >= s2 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "hints not replayed: node1 {s1}/{d1}/{p1}, node2 {s2}/{d2}/{p2}"
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+
+    // Node 3 alone must now hold every acknowledged write.
+    cluster.rt.block_on(client.close());
+    n1.stop();
+    n2.stop();
+    let alone = cluster.connect(&n3);
+    alone.set_consistency(Consistency::One);
+    let mut missing = Vec::new();
+    for k in &acked {
+        let rows = match cluster
+            .rt
+            .block_on(alone.execute("SELECT v FROM ks.kv WHERE k = ?", vec![Value::Int(*k)]))
+        {
+            Ok(r) => format!("{:?}", r.result),
+            Err(e) => panic!("read of {k} from node 3 alone failed: {e}"),
+        };
+        if !rows.contains(&format!("Int({})", k * 7)) {
+            missing.push(*k);
+        }
+    }
+    assert!(
+        missing.is_empty(),
+        "node 3 lacks {} acknowledged writes, e.g. {:?}",
+        missing.len(),
+        &missing[..missing.len().min(10)]
+    );
+}
+
+#[test]
+fn a_node_with_a_foreign_certificate_never_joins() {
+    let root = tempfile::tempdir().unwrap();
+    let ca = ClusterCa::generate().unwrap();
+    ca.save(&root.path().join("certs"), false).unwrap();
+    let mut n1 = make_node(root.path(), &ca, "node1", None);
+    let mut n2 = make_node(root.path(), &ca, "node2", Some(n1.peer));
+    let rogue_root = root.path().join("rogue");
+    let rogue_ca = ClusterCa::generate().unwrap();
+    let mut rogue = make_node(&rogue_root, &rogue_ca, "rogue", Some(n1.peer));
+    let cluster = Cluster {
+        rt: tokio::runtime::Runtime::new().unwrap(),
+        ca_pem: ca.cert_pem().to_string(),
+    };
+    n1.start();
+    cluster.wait_for_up(&n1, 1);
+    n2.start();
+    rogue.start();
+    cluster.wait_for_up(&n1, 2);
+    // Give the rogue node many gossip rounds to try.
+    std::thread::sleep(Duration::from_secs(6));
+    for node in [&n1, &n2] {
+        let status = cluster.status(node);
+        assert!(
+            status.contains("Cluster: 2 nodes, 2 up"),
+            "only the two real nodes are members:\n{status}"
+        );
+        let node_rows = status.lines().filter(|l| l.contains("127.0.0.1:")).count();
+        assert_eq!(node_rows, 2, "{status}");
+        assert!(!status.contains(&rogue.peer.to_string()), "{status}");
+    }
+    // And the rogue node, for its part, sees nobody but itself.
+    let rogue_view = Cluster {
+        rt: tokio::runtime::Runtime::new().unwrap(),
+        ca_pem: rogue_ca.cert_pem().to_string(),
+    }
+    .status(&rogue);
+    assert!(
+        rogue_view.contains("Cluster: 1 nodes, 1 up"),
+        "{rogue_view}"
+    );
+}
