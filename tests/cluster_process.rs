@@ -194,8 +194,24 @@ fn quorum_writes_survive_sigkill_and_hints_reach_the_restarted_node() {
         vec![],
     )
     .unwrap();
-    // Let the schema reach every node.
-    std::thread::sleep(Duration::from_secs(2));
+    // The schema change made on node 1 reaches the other nodes by gossip.
+    for node in [&n2, &n3] {
+        let c = cluster.connect(node);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let schema = cluster.rt.block_on(c.describe_schema()).unwrap();
+            if schema.keyspace("ks").and_then(|k| k.table("kv")).is_some() {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "schema never reached {}",
+                node.client
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        cluster.rt.block_on(c.close());
+    }
 
     let mut acked = Vec::new();
     for k in 0..300 {
