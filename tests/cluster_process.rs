@@ -194,6 +194,13 @@ fn quorum_writes_survive_sigkill_and_hints_reach_the_restarted_node() {
         vec![],
     )
     .unwrap();
+    // A schema change answers only once every live node has it: a write
+    // through node 2 right after it finds the table.
+    let other = cluster.connect(&n2);
+    other.set_consistency(Consistency::Quorum);
+    run(&other, "INSERT INTO ks.kv (k, v) VALUES (-1, -1)", vec![])
+        .expect("the table exists on node 2 as soon as CREATE TABLE answered");
+    cluster.rt.block_on(other.close());
     // The schema change made on node 1 reaches the other nodes by gossip.
     for node in [&n2, &n3] {
         let c = cluster.connect(node);

@@ -13,9 +13,11 @@
 //! generation.
 
 mod admin;
+mod agreement;
 mod handler;
 
 pub use admin::NodeAdmin;
+pub use agreement::AgreeingExecutor;
 
 use crate::cluster::hints::{HintOptions, HintStore};
 use crate::cluster::membership::{
@@ -239,11 +241,16 @@ impl Node {
             schema.clone(),
         )));
 
-        let executor = Arc::new(Executor::new(
-            Arc::new(cluster.clone()),
+        let executor = Arc::new(AgreeingExecutor::new(
+            Arc::new(Executor::new(
+                Arc::new(cluster.clone()),
+                schema.clone(),
+                clock,
+                ExecutorConfig::default(),
+            )),
+            membership.clone(),
             schema.clone(),
-            clock,
-            ExecutorConfig::default(),
+            Duration::from_secs(10),
         ));
         let client_tls = client_tls(&config.certs_dir)?;
         let admin = Arc::new(NodeAdmin::new(membership.clone(), cluster.clone()));
