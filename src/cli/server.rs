@@ -47,6 +47,10 @@ pub struct ServerArgs {
     /// Tokens (virtual nodes) to take on first start.
     #[arg(long)]
     pub vnodes: Option<usize>,
+    /// Exact tokens (unsigned 64-bit, comma-separated) to take on first
+    /// start instead of picking them.
+    #[arg(long, value_delimiter = ',')]
+    pub tokens: Vec<u64>,
     /// Commit-log durability: `batch` (acknowledge after fsync) or
     /// `periodic:<ms>`.
     #[arg(long, value_parser = parse_sync_mode)]
@@ -74,6 +78,8 @@ struct FileConfig {
     certs_dir: Option<PathBuf>,
     rack: Option<String>,
     vnodes: Option<usize>,
+    #[serde(default)]
+    tokens: Vec<u64>,
     commitlog_sync: Option<String>,
     write_timeout_ms: Option<u64>,
     read_timeout_ms: Option<u64>,
@@ -150,6 +156,11 @@ fn merge(args: ServerArgs) -> anyhow::Result<NodeConfig> {
         seeds,
         rack: args.rack.or(file.rack),
         vnodes: args.vnodes.or(file.vnodes).unwrap_or(DEFAULT_VNODES),
+        initial_tokens: match (args.tokens.is_empty(), file.tokens.is_empty()) {
+            (false, _) => Some(args.tokens),
+            (true, false) => Some(file.tokens),
+            (true, true) => None,
+        },
         sync_mode,
         coordinator,
         hint_window: Duration::from_secs(
@@ -227,7 +238,7 @@ mod tests {
         let file = dir.path().join("node.toml");
         std::fs::write(
             &file,
-            "data_dir = \"/data/a\"\nlisten = \"127.0.0.1:9100\"\nseeds = [\"127.0.0.1:7001\"]\ncommitlog_sync = \"periodic:20\"\n",
+            "data_dir = \"/data/a\"\nlisten = \"127.0.0.1:9100\"\nseeds = [\"127.0.0.1:7001\"]\ncommitlog_sync = \"periodic:20\"\ntokens = [5, 1000]\n",
         )
         .unwrap();
         let config = merge(ServerArgs {
@@ -238,6 +249,7 @@ mod tests {
         .unwrap();
         assert_eq!(config.client_listen, "127.0.0.1:9200".parse().unwrap());
         assert_eq!(config.data_dir, PathBuf::from("/data/a"));
+        assert_eq!(config.initial_tokens, Some(vec![5, 1000]));
         assert_eq!(config.seeds, vec!["127.0.0.1:7001".parse().unwrap()]);
         assert_eq!(
             config.sync_mode,

@@ -59,6 +59,9 @@ pub struct NodeConfig {
     pub rack: Option<String>,
     /// Virtual nodes (tokens) to pick on first start.
     pub vnodes: usize,
+    /// Tokens to take on first start instead of picking them (ignored once
+    /// the node has tokens in its data directory).
+    pub initial_tokens: Option<Vec<Token>>,
     /// Commit-log durability.
     pub sync_mode: SyncMode,
     /// Coordinator timeouts and sloppy quorum.
@@ -202,8 +205,14 @@ impl Node {
             if !config.seeds.is_empty() {
                 wait_for_peers(&membership, Duration::from_secs(5)).await;
             }
-            let ring = Ring::new(membership.view().ring_nodes()).unwrap_or_else(|_| Ring::empty());
-            let tokens = pick_tokens(node_id, config.vnodes, &ring, node_id.0);
+            let tokens = match &config.initial_tokens {
+                Some(tokens) if !tokens.is_empty() => tokens.clone(),
+                _ => {
+                    let ring =
+                        Ring::new(membership.view().ring_nodes()).unwrap_or_else(|_| Ring::empty());
+                    pick_tokens(node_id, config.vnodes, &ring, node_id.0)
+                }
+            };
             save_tokens(&tokens_path, &tokens)?;
             membership
                 .update_local(|m| {
