@@ -248,6 +248,7 @@ impl Node {
         tasks.push(tokio::spawn(publish_schema_changes(
             membership.clone(),
             schema.clone(),
+            transport.clone(),
         )));
 
         let executor = Arc::new(AgreeingExecutor::new(
@@ -382,19 +383,42 @@ fn digest64(schema: &crate::schema::Schema) -> u64 {
     schema.precedence().1
 }
 
-/// Publishes this node's schema version in gossip whenever it changes, so
-/// the others pull it.
-async fn publish_schema_changes(membership: Membership, schema: Arc<SchemaStore>) {
+/// Keeps this node's schema in step with the cluster: publishes its own
+/// (version, digest) in gossip whenever it changes, and about every
+/// second pulls the schema from any live node that gossips a greater one.
+/// The periodic pull makes up for a pull that failed or an event that was
+/// missed.
+async fn publish_schema_changes(
+    membership: Membership,
+    schema: Arc<SchemaStore>,
+    transport: Arc<dyn Transport<PeerRequest, PeerResponse>>,
+) {
     let mut last = (0u64, 0u64);
+    let mut tick = 0u64;
     loop {
-        let current = schema.current();
-        let now = (current.version, digest64(&current));
+        let now = schema.current().precedence();
         if now != last {
             last = now;
             let _ = membership.update_local(|m| {
                 m.schema_version = now.0;
                 m.schema_digest = now.1;
             });
+        }
+        tick += 1;
+        if tick % 10 == 0 {
+            let view = membership.view();
+            let newest = view
+                .members
+                .values()
+                .filter(|m| m.liveness.is_up())
+                .filter_map(|m| m.metadata.as_ref())
+                .filter(|md| md.node != view.local)
+                .max_by_key(|md| (md.schema_version, md.schema_digest));
+            if let Some(md) = newest {
+                if (md.schema_version, md.schema_digest) > now {
+                    pull_schema(&transport, md.addr, &schema).await;
+                }
+            }
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
