@@ -59,7 +59,7 @@ pub struct NodeConfig {
     pub vnodes: usize,
     /// Commit-log durability.
     pub sync_mode: SyncMode,
-    /// Coordinator timeouts and sloppy quorum.
+    /// Coordinator timeouts, read repair and hint replay.
     pub coordinator: CoordinatorConfig,
     /// Gossip timing.
     pub membership: MembershipConfig,
