@@ -88,6 +88,31 @@ impl Cluster {
         config: CoordinatorConfig,
         hint_options: HintOptions,
     ) -> Cluster {
+        Cluster::build(n, sim, KS, tables, config, hint_options).await
+    }
+
+    /// `n` nodes, keyspace `ks` created by `keyspace` (a `CREATE KEYSPACE ks
+    /// ...` statement run through the executor) and the given tables.
+    async fn with_keyspace(n: usize, sim: SimConfig, keyspace: &str, tables: &[&str]) -> Cluster {
+        Cluster::build(
+            n,
+            sim,
+            keyspace,
+            tables,
+            CoordinatorConfig::default(),
+            hint_options(),
+        )
+        .await
+    }
+
+    async fn build(
+        n: usize,
+        sim: SimConfig,
+        keyspace: &str,
+        tables: &[&str],
+        config: CoordinatorConfig,
+        hint_options: HintOptions,
+    ) -> Cluster {
         let tmp = tempfile::tempdir().expect("tempdir");
         let net = SimNetwork::new(sim);
         let ring =
@@ -110,25 +135,22 @@ impl Cluster {
             let node = cluster.open_node(i, &dir);
             cluster.nodes.push(Some(node));
         }
-        let mut ddl = vec![
-            "CREATE KEYSPACE ks WITH replication = {'class': 'SimpleStrategy', 'replication_factor': 3}".to_string(),
-        ];
-        ddl.extend(tables.iter().map(|t| t.to_string()));
-        for stmt in ddl {
-            cluster
-                .query(0, Consistency::One, &stmt)
-                .await
-                .expect("ddl");
-        }
-        let schema = (*cluster.node(0).schema.current()).clone();
-        for i in 1..n {
-            cluster
-                .node(i)
-                .schema
-                .replace_if_newer(schema.clone())
-                .expect("schema");
+        for stmt in std::iter::once(&keyspace).chain(tables) {
+            cluster.ddl(0, stmt).await;
         }
         cluster
+    }
+
+    /// Runs a schema statement through node `i`'s executor and gives the
+    /// resulting schema to every other node (as schema gossip would).
+    async fn ddl(&self, i: usize, stmt: &str) {
+        self.query(i, Consistency::One, stmt).await.expect("ddl");
+        let schema = (*self.node(i).schema.current()).clone();
+        for (j, n) in self.nodes.iter().enumerate() {
+            if let (Some(n), true) = (n, j != i) {
+                n.schema.replace_if_newer(schema.clone()).expect("schema");
+            }
+        }
     }
 
     fn open_node(&self, i: usize, dir: &Path) -> Node {
@@ -292,6 +314,9 @@ fn single_v(rs: &ResultSet) -> Option<Value> {
     rs.rows.first().map(|r| r.values[1].clone())
 }
 
+const KS: &str =
+    "CREATE KEYSPACE ks WITH replication = {'class': 'SimpleStrategy', 'replication_factor': 3}";
+const STRICT_KS: &str = "CREATE KEYSPACE ks WITH replication = {'class': 'SimpleStrategy', 'replication_factor': 3} AND sloppy_quorum = false";
 const KV: &str = "CREATE TABLE ks.kv (k int PRIMARY KEY, v int)";
 
 #[tokio::test(start_paused = true)]
@@ -431,14 +456,16 @@ async fn hints_past_the_window_are_dropped_and_counted() {
 
 #[tokio::test(start_paused = true)]
 async fn with_sloppy_quorum_off_the_coordinator_keeps_the_hint_and_it_counts_only_for_any() {
-    let c = Cluster::new(4, SimConfig::with_seed(4), &[KV]).await;
-    let (k, down, _) = pick_key(&c, 0);
+    let c = Cluster::with_keyspace(4, SimConfig::with_seed(4), STRICT_KS, &[KV]).await;
+    for i in 0..4 {
+        assert!(!c.store(i).sloppy_quorum("ks"), "node {i}");
+    }
+    let (k, down, outsider) = pick_key(&c, 0);
     let third = *c
         .replicas_of(k)
         .iter()
         .find(|r| **r != 0 && **r != down)
         .expect("third replica");
-    c.store(0).set_sloppy_quorum("ks", false);
     c.kill(down);
     c.kill(third);
     let err = c
@@ -461,6 +488,9 @@ async fn with_sloppy_quorum_off_the_coordinator_keeps_the_hint_and_it_counts_onl
         err.to_string(),
         "cannot achieve consistency level QUORUM: 2 replicas required but only 1 alive"
     );
+    // The outsider was alive, but no fallback was asked or counted.
+    assert_eq!(c.store(0).stats().hints_sent_to_fallbacks, 0);
+    assert_eq!(c.store(outsider).hints().stats().stored, 0);
     // ONE and ANY succeed; the coordinator keeps hints for both down replicas.
     c.query(
         0,
@@ -470,6 +500,8 @@ async fn with_sloppy_quorum_off_the_coordinator_keeps_the_hint_and_it_counts_onl
     .await
     .expect("ANY");
     assert_eq!(c.store(0).hints().stats().stored, 2);
+    assert_eq!(c.store(0).stats().hints_sent_to_fallbacks, 0);
+    assert_eq!(c.store(outsider).hints().stats().stored, 0);
     c.revive(down).await;
     c.revive(third).await;
     for i in c.replicas_of(k) {
@@ -478,6 +510,22 @@ async fn with_sloppy_quorum_off_the_coordinator_keeps_the_hint_and_it_counts_onl
             .await;
         assert_eq!(single_v(&r), Some(Value::Int(2)), "replica {i}");
     }
+    // Switched back on, the same outage takes QUORUM through the fallback
+    // (the outsider, the one node that is not a replica: it takes the
+    // hint of one down replica; this node keeps the other's).
+    c.ddl(0, "ALTER KEYSPACE ks WITH sloppy_quorum = true")
+        .await;
+    c.kill(down);
+    c.kill(third);
+    c.query(
+        0,
+        Consistency::Quorum,
+        &format!("INSERT INTO ks.kv (k, v) VALUES ({k}, 3)"),
+    )
+    .await
+    .expect("sloppy quorum again");
+    assert_eq!(c.store(0).stats().hints_sent_to_fallbacks, 1);
+    assert_eq!(c.store(outsider).hints().stats().stored, 1);
 }
 
 #[tokio::test(start_paused = true)]
@@ -497,7 +545,10 @@ async fn any_with_every_replica_down_is_stamped_by_the_coordinator_and_delivered
     .await
     .expect("sloppy ONE");
     // Strict: ONE is unavailable, ANY takes hints on the coordinator.
-    c.store(outsider).set_sloppy_quorum("ks", false);
+    c.ddl(outsider, "ALTER KEYSPACE ks WITH sloppy_quorum = false")
+        .await;
+    assert!(!c.store(outsider).sloppy_quorum("ks"));
+    let sent = c.store(outsider).stats().hints_sent_to_fallbacks;
     let err = c
         .query(
             outsider,
@@ -525,6 +576,7 @@ async fn any_with_every_replica_down_is_stamped_by_the_coordinator_and_delivered
     .await
     .expect("ANY takes a hint");
     assert_eq!(c.store(outsider).hints().stats().stored, 6);
+    assert_eq!(c.store(outsider).stats().hints_sent_to_fallbacks, sent);
     for i in c.replicas_of(k) {
         c.revive(i).await;
     }

@@ -192,7 +192,8 @@ pub enum Replication {
     },
 }
 
-/// `CREATE KEYSPACE [IF NOT EXISTS] ks WITH replication = {...} [AND durable_writes = b]`.
+/// `CREATE KEYSPACE [IF NOT EXISTS] ks WITH replication = {...} [AND durable_writes = b]
+/// [AND sloppy_quorum = b]`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CreateKeyspace {
     /// `IF NOT EXISTS` was given.
@@ -203,6 +204,9 @@ pub struct CreateKeyspace {
     pub replication: Replication,
     /// `durable_writes`, when given.
     pub durable_writes: Option<bool>,
+    /// `sloppy_quorum`, when given: whether writes may count hinted
+    /// fallback nodes toward W (off: strict quorums).
+    pub sloppy_quorum: Option<bool>,
 }
 
 /// `ALTER KEYSPACE [IF EXISTS] ks WITH ...`: at least one option is set.
@@ -216,6 +220,8 @@ pub struct AlterKeyspace {
     pub replication: Option<Replication>,
     /// New `durable_writes`, when given.
     pub durable_writes: Option<bool>,
+    /// New `sloppy_quorum`, when given.
+    pub sloppy_quorum: Option<bool>,
 }
 
 /// `DROP KEYSPACE [IF EXISTS] ks`.

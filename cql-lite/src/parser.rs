@@ -79,6 +79,14 @@ struct RawOption {
     value_token: Token,
 }
 
+/// The options of `CREATE KEYSPACE` / `ALTER KEYSPACE`, each when given.
+#[derive(Default)]
+struct KeyspaceOptions {
+    replication: Option<Replication>,
+    durable_writes: Option<bool>,
+    sloppy_quorum: Option<bool>,
+}
+
 fn error_at(kind: ErrorKind, token: &Token, message: impl Into<String>) -> ParseError {
     ParseError {
         kind,
@@ -561,7 +569,11 @@ impl<'t> Parser<'t> {
             let name = self.ident()?;
             self.expect_kw("WITH")?;
             let options = self.options()?;
-            let (replication, durable_writes) = self.keyspace_options(&name, options)?;
+            let KeyspaceOptions {
+                replication,
+                durable_writes,
+                sloppy_quorum,
+            } = self.keyspace_options(&name, options)?;
             let Some(replication) = replication else {
                 return Err(error_at_ident(
                     ErrorKind::Invalid,
@@ -574,6 +586,7 @@ impl<'t> Parser<'t> {
                 name,
                 replication,
                 durable_writes,
+                sloppy_quorum,
             }));
         }
         if self.eat_kw("TABLE") || self.eat_kw("COLUMNFAMILY") {
@@ -612,12 +625,17 @@ impl<'t> Parser<'t> {
             let name = self.ident()?;
             self.expect_kw("WITH")?;
             let options = self.options()?;
-            let (replication, durable_writes) = self.keyspace_options(&name, options)?;
+            let KeyspaceOptions {
+                replication,
+                durable_writes,
+                sloppy_quorum,
+            } = self.keyspace_options(&name, options)?;
             return Ok(Statement::AlterKeyspace(AlterKeyspace {
                 if_exists,
                 name,
                 replication,
                 durable_writes,
+                sloppy_quorum,
             }));
         }
         if self.eat_kw("TABLE") || self.eat_kw("COLUMNFAMILY") {
@@ -796,9 +814,8 @@ impl<'t> Parser<'t> {
         &self,
         keyspace: &Ident,
         options: Vec<RawOption>,
-    ) -> PResult<(Option<Replication>, Option<bool>)> {
-        let mut replication = None;
-        let mut durable = None;
+    ) -> PResult<KeyspaceOptions> {
+        let mut out = KeyspaceOptions::default();
         for o in options {
             if let OptionValue::ClusteringOrder(_) = o.value {
                 return Err(error_at(
@@ -816,33 +833,14 @@ impl<'t> Parser<'t> {
                             "Invalid value for property 'replication': expecting a map {'class': ...}",
                         ));
                     };
-                    replication = Some(replication_from_map(keyspace, &o.value_token, map)?);
+                    out.replication = Some(replication_from_map(keyspace, &o.value_token, map)?);
                 }
-                "durable_writes" => {
-                    let b = match o.value {
-                        OptionValue::Constant(Literal::Bool(b)) => Some(b),
-                        OptionValue::Constant(Literal::String(s)) => {
-                            match s.to_ascii_lowercase().as_str() {
-                                "true" => Some(true),
-                                "false" => Some(false),
-                                _ => None,
-                            }
-                        }
-                        _ => None,
-                    };
-                    let Some(b) = b else {
-                        return Err(error_at(
-                            ErrorKind::Invalid,
-                            &o.value_token,
-                            "Invalid boolean value for property 'durable_writes'",
-                        ));
-                    };
-                    durable = Some(b);
-                }
+                "durable_writes" => out.durable_writes = Some(bool_option(&o)?),
+                "sloppy_quorum" => out.sloppy_quorum = Some(bool_option(&o)?),
                 _ => return Err(unknown_property(&o.name)),
             }
         }
-        Ok((replication, durable))
+        Ok(out)
     }
 
     fn table_options(&self, options: Vec<RawOption>) -> PResult<TableOptions> {
@@ -1504,6 +1502,27 @@ fn check_no_duplicates(cols: &[Ident]) -> PResult<()> {
         }
     }
     Ok(())
+}
+
+/// A boolean property: `true`/`false`, or the same as a string
+/// (case-insensitive), as Cassandra accepts for `durable_writes`.
+fn bool_option(o: &RawOption) -> PResult<bool> {
+    let b = match &o.value {
+        OptionValue::Constant(Literal::Bool(b)) => Some(*b),
+        OptionValue::Constant(Literal::String(s)) => match s.to_ascii_lowercase().as_str() {
+            "true" => Some(true),
+            "false" => Some(false),
+            _ => None,
+        },
+        _ => None,
+    };
+    b.ok_or_else(|| {
+        error_at(
+            ErrorKind::Invalid,
+            &o.value_token,
+            format!("Invalid boolean value for property '{}'", o.name.name),
+        )
+    })
 }
 
 fn seconds_option(o: &RawOption, max: i128) -> PResult<u32> {

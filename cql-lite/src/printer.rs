@@ -292,6 +292,9 @@ impl Display for CreateKeyspace {
         if let Some(d) = self.durable_writes {
             write!(f, " AND durable_writes = {d}")?;
         }
+        if let Some(s) = self.sloppy_quorum {
+            write!(f, " AND sloppy_quorum = {s}")?;
+        }
         Ok(())
     }
 }
@@ -309,6 +312,9 @@ impl Display for AlterKeyspace {
         }
         if let Some(d) = self.durable_writes {
             parts.push(format!("durable_writes = {d}"));
+        }
+        if let Some(s) = self.sloppy_quorum {
+            parts.push(format!("sloppy_quorum = {s}"));
         }
         f.write_str(&parts.join(" AND "))
     }

@@ -412,33 +412,40 @@ fn statement() -> impl Strategy<Value = Statement> {
             any::<bool>(),
             ident(),
             replication(),
+            option::of(any::<bool>()),
             option::of(any::<bool>())
         )
-            .prop_map(|(if_not_exists, name, replication, durable_writes)| {
-                Statement::CreateKeyspace(CreateKeyspace {
-                    if_not_exists,
-                    name,
-                    replication,
-                    durable_writes,
-                })
-            }),
+            .prop_map(
+                |(if_not_exists, name, replication, durable_writes, sloppy_quorum)| {
+                    Statement::CreateKeyspace(CreateKeyspace {
+                        if_not_exists,
+                        name,
+                        replication,
+                        durable_writes,
+                        sloppy_quorum,
+                    })
+                }
+            ),
         (
             any::<bool>(),
             ident(),
             option::of(replication()),
+            option::of(any::<bool>()),
             option::of(any::<bool>())
         )
-            .prop_filter("at least one option", |(_, _, r, d)| r.is_some()
-                || d.is_some())
+            .prop_filter("at least one option", |(_, _, r, d, s)| r.is_some()
+                || d.is_some()
+                || s.is_some())
             .prop_map(
-                |(if_exists, name, replication, durable_writes)| Statement::AlterKeyspace(
-                    AlterKeyspace {
+                |(if_exists, name, replication, durable_writes, sloppy_quorum)| {
+                    Statement::AlterKeyspace(AlterKeyspace {
                         if_exists,
                         name,
                         replication,
-                        durable_writes
-                    }
-                )
+                        durable_writes,
+                        sloppy_quorum,
+                    })
+                }
             ),
         (any::<bool>(), ident()).prop_map(|(if_exists, name)| Statement::DropKeyspace(
             DropKeyspace { if_exists, name }
@@ -511,6 +518,7 @@ fn soup_token() -> impl Strategy<Value = String> {
         "text",
         "replication",
         "durable_writes",
+        "sloppy_quorum",
         "default_time_to_live",
         "compaction",
         "now",

@@ -43,11 +43,23 @@ fn create_keyspace() {
                 replication_factor: 2
             },
             durable_writes: None,
+            sloppy_quorum: None,
         })
     );
     assert_eq!(
         canon("CREATE SCHEMA k WITH replication = {'class': 'org.apache.cassandra.locator.NetworkTopologyStrategy', 'dc1': 3, 'DC2': 1} AND durable_writes = false"),
         "CREATE KEYSPACE k WITH replication = {'class': 'NetworkTopologyStrategy', 'dc1': 3, 'DC2': 1} AND durable_writes = false"
+    );
+    let Statement::CreateKeyspace(ks) = ok(
+        "CREATE KEYSPACE k WITH SLOPPY_QUORUM = false AND replication = {'class': 'SimpleStrategy', 'replication_factor': 3}",
+    ) else {
+        panic!("not a CREATE KEYSPACE")
+    };
+    assert_eq!((ks.durable_writes, ks.sloppy_quorum), (None, Some(false)));
+    // Options print in a fixed order, whatever order they were written in.
+    assert_eq!(
+        canon("CREATE KEYSPACE k WITH sloppy_quorum = 'TRUE' AND durable_writes = false AND replication = {'class': 'SimpleStrategy', 'replication_factor': 1}"),
+        "CREATE KEYSPACE k WITH replication = {'class': 'SimpleStrategy', 'replication_factor': 1} AND durable_writes = false AND sloppy_quorum = true"
     );
 }
 
@@ -65,6 +77,8 @@ fn keyspace_option_errors() {
         ("CREATE KEYSPACE k WITH replication = 3", "Invalid value for property 'replication'"),
         ("CREATE KEYSPACE k WITH foo = 3", "Unknown property 'foo'"),
         ("CREATE KEYSPACE k WITH durable_writes = true AND durable_writes = false", "Multiple definition for property durable_writes"),
+        ("CREATE KEYSPACE k WITH sloppy_quorum = false AND sloppy_quorum = false", "Multiple definition for property sloppy_quorum"),
+        ("CREATE KEYSPACE k WITH sloppy_quorum = true", "Missing mandatory option 'replication'"),
         ("CREATE KEYSPACE k WITH replication = {'class': 'SimpleStrategy', 'class': 'SimpleStrategy'}", "Multiple definition for key 'class'"),
     ];
     for (src, msg) in cases {
@@ -73,6 +87,23 @@ fn keyspace_option_errors() {
     }
     let e = fail("CREATE KEYSPACE k WITH foo = 3");
     assert_eq!((e.span.column, e.token.as_str()), (24, "foo"));
+    // A non-boolean is refused at its own token, for either property.
+    for (src, prop, column, token) in [
+        ("CREATE KEYSPACE k WITH replication = {'class': 'SimpleStrategy', 'replication_factor': 1} AND sloppy_quorum = 1", "sloppy_quorum", 111, "1"),
+        ("ALTER KEYSPACE k WITH sloppy_quorum = 'maybe'", "sloppy_quorum", 39, "'maybe'"),
+        ("ALTER KEYSPACE k WITH sloppy_quorum = {}", "sloppy_quorum", 39, "{"),
+        ("ALTER KEYSPACE k WITH durable_writes = 0", "durable_writes", 40, "0"),
+    ] {
+        let e = fail(src);
+        assert_eq!(
+            e.message,
+            format!("Invalid boolean value for property '{prop}'"),
+            "{src}"
+        );
+        assert_eq!((e.span.column, e.token.as_str()), (column, token), "{src}");
+        let caret = format!("\n{}{}", " ".repeat(column as usize - 1), "^".repeat(token.len()));
+        assert!(e.render(src).ends_with(&caret), "{src}");
+    }
 }
 
 #[test]
@@ -84,7 +115,22 @@ fn alter_and_drop_keyspace() {
             name: id("k"),
             replication: None,
             durable_writes: Some(true),
+            sloppy_quorum: None,
         })
+    );
+    assert_eq!(
+        ok("ALTER KEYSPACE k WITH sloppy_quorum = false"),
+        Statement::AlterKeyspace(AlterKeyspace {
+            if_exists: false,
+            name: id("k"),
+            replication: None,
+            durable_writes: None,
+            sloppy_quorum: Some(false),
+        })
+    );
+    assert_eq!(
+        canon("alter keyspace k with sloppy_quorum = 'false' and durable_writes = true"),
+        "ALTER KEYSPACE k WITH durable_writes = true AND sloppy_quorum = false"
     );
     assert_eq!(
         canon("drop keyspace if exists k"),

@@ -70,10 +70,12 @@
 //!
 //! # Sloppy quorum per keyspace
 //!
-//! The keyspace schema has no option for it (adding one needs parser
-//! support in `cql-lite`), so it is coordinator configuration:
-//! [`CoordinatorConfig::sloppy_quorum`] for all keyspaces and
-//! [`ClusterStore::set_sloppy_quorum`] per keyspace.
+//! It is the keyspace property `sloppy_quorum` (default `true`), set by
+//! `CREATE KEYSPACE ... AND sloppy_quorum = false` or `ALTER KEYSPACE`
+//! and spread with the schema. The coordinator reads it from its schema
+//! for every write ([`ClusterStore::sloppy_quorum`]): off, no fallbacks
+//! are chosen, so only the keyspace's own alive replicas count toward W
+//! (strict quorums) and the hints this node keeps count only for ANY.
 //!
 //! # Versions
 //!

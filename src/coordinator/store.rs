@@ -37,11 +37,6 @@ pub struct CoordinatorConfig {
     pub read_timeout: Duration,
     /// How long one step of a scan (one token range) waits.
     pub range_timeout: Duration,
-    /// Sloppy quorum for keyspaces without an override
-    /// ([`ClusterStore::set_sloppy_quorum`]): a write for a replica known
-    /// down goes to the next healthy node on the ring with a hint, and
-    /// counts toward W.
-    pub sloppy_quorum: bool,
     /// Repair, in the background, the replicas a read did not wait for.
     pub background_read_repair: bool,
     /// Hints replayed concurrently to one node.
@@ -56,7 +51,6 @@ impl Default for CoordinatorConfig {
             write_timeout: Duration::from_secs(2),
             read_timeout: Duration::from_secs(5),
             range_timeout: Duration::from_secs(10),
-            sloppy_quorum: true,
             background_read_repair: true,
             hint_replay_concurrency: 8,
             hint_replay_pause: Duration::from_millis(10),
@@ -134,7 +128,6 @@ struct Inner {
     ring: RwLock<Ring>,
     liveness: Arc<dyn Liveness>,
     config: CoordinatorConfig,
-    sloppy: RwLock<BTreeMap<String, bool>>,
     replaying: Mutex<BTreeSet<NodeId>>,
     counters: Counters,
 }
@@ -190,7 +183,6 @@ impl ClusterStore {
                 ring: RwLock::new(ring),
                 liveness,
                 config,
-                sloppy: RwLock::new(BTreeMap::new()),
                 replaying: Mutex::new(BTreeSet::new()),
                 counters: Counters::default(),
             }),
@@ -222,22 +214,16 @@ impl ClusterStore {
         *self.inner.ring.write() = ring;
     }
 
-    /// Switches sloppy quorum on or off for one keyspace (off: strict
-    /// quorums, only the keyspace's own replicas count toward W). The
-    /// schema has no keyspace option for it yet, so it is coordinator
-    /// configuration; every node should be told the same.
-    pub fn set_sloppy_quorum(&self, keyspace: &str, on: bool) {
-        self.inner.sloppy.write().insert(keyspace.to_string(), on);
-    }
-
-    /// Whether writes to `keyspace` use sloppy quorum.
+    /// Whether writes to `keyspace` use sloppy quorum: the keyspace's
+    /// `sloppy_quorum` property in this node's schema (on for a keyspace
+    /// this node does not know; its writes fail on the replication
+    /// factor anyway).
     pub fn sloppy_quorum(&self, keyspace: &str) -> bool {
         self.inner
-            .sloppy
-            .read()
-            .get(keyspace)
-            .copied()
-            .unwrap_or(self.inner.config.sloppy_quorum)
+            .schema
+            .current()
+            .keyspace(keyspace)
+            .is_none_or(|k| k.sloppy_quorum)
     }
 
     /// Counters since start.
@@ -257,7 +243,9 @@ impl ClusterStore {
         node == self.inner.node || self.inner.liveness.is_alive(node)
     }
 
-    fn rf(&self, keyspace: &str) -> Result<usize, QueryError> {
+    /// The replication factor of `keyspace` and whether its writes use
+    /// sloppy quorum, from one reading of the schema.
+    fn write_settings(&self, keyspace: &str) -> Result<(usize, bool), QueryError> {
         let schema = self.inner.schema.current();
         let ks = schema
             .keyspace(keyspace)
@@ -265,7 +253,11 @@ impl ClusterStore {
                 message: format!("Keyspace {keyspace} does not exist"),
                 rendered: format!("Keyspace {keyspace} does not exist"),
             })?;
-        Ok(ks.replication.total_replicas() as usize)
+        Ok((ks.replication.total_replicas() as usize, ks.sloppy_quorum))
+    }
+
+    fn rf(&self, keyspace: &str) -> Result<usize, QueryError> {
+        self.write_settings(keyspace).map(|(rf, _)| rf)
     }
 
     /// Alive nodes of `nodes`, this node first, then in the given order.
@@ -359,7 +351,7 @@ impl ClusterStore {
         mutations: Vec<Mutation>,
         cl: Consistency,
     ) -> Result<(), QueryError> {
-        let rf = self.rf(&table.keyspace)?;
+        let (rf, sloppy) = self.write_settings(&table.keyspace)?;
         let token = key::token_of(pk);
         let ring = self.ring();
         let replicas = ring.replicas(token, rf);
@@ -371,7 +363,7 @@ impl ClusterStore {
         let (alive, down): (Vec<NodeId>, Vec<NodeId>) =
             replicas.iter().partition(|n| self.is_alive(**n));
         let mut fallbacks: Vec<(NodeId, NodeId)> = Vec::new();
-        if self.sloppy_quorum(&table.keyspace) && !down.is_empty() {
+        if sloppy && !down.is_empty() {
             let mut candidates = ring
                 .next_fallback_nodes(token, rf, &[])
                 .into_iter()

@@ -64,7 +64,7 @@ pub struct NodeConfig {
     pub initial_tokens: Option<Vec<Token>>,
     /// Commit-log durability.
     pub sync_mode: SyncMode,
-    /// Coordinator timeouts and sloppy quorum.
+    /// Coordinator timeouts, read repair and hint replay.
     pub coordinator: CoordinatorConfig,
     /// Gossip timing.
     pub membership: MembershipConfig,

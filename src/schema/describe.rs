@@ -29,9 +29,11 @@ impl Keyspace {
             },
         };
         format!(
-            "CREATE KEYSPACE {} WITH replication = {replication} AND durable_writes = {};",
+            "CREATE KEYSPACE {} WITH replication = {replication} AND durable_writes = {} \
+             AND sloppy_quorum = {};",
             ident(&self.name),
-            self.durable_writes
+            self.durable_writes,
+            self.sloppy_quorum
         )
     }
 }

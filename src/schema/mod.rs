@@ -112,6 +112,11 @@ pub struct Keyspace {
     pub replication: Replication,
     /// `durable_writes` (kept for DESCRIBE; ringdb always logs writes).
     pub durable_writes: bool,
+    /// `sloppy_quorum` (default true): a write whose replica is down may go
+    /// to the next healthy node with a hint and count toward W. Off: only
+    /// the keyspace's own replicas count (strict quorums). The
+    /// coordinator reads it for every write.
+    pub sloppy_quorum: bool,
 }
 
 /// A table's compaction settings: the class and its other sub-options.
@@ -650,6 +655,7 @@ impl Schema {
                     name: s.name.name.clone(),
                     replication: Replication::from_ast(&s.replication),
                     durable_writes: s.durable_writes.unwrap_or(true),
+                    sloppy_quorum: s.sloppy_quorum.unwrap_or(true),
                 })
             }
             Statement::AlterKeyspace(s) => {
@@ -665,6 +671,9 @@ impl Schema {
                 }
                 if let Some(d) = s.durable_writes {
                     k.durable_writes = d;
+                }
+                if let Some(q) = s.sloppy_quorum {
+                    k.sloppy_quorum = q;
                 }
                 SchemaChange::AlterKeyspace(k)
             }

@@ -1,8 +1,14 @@
 //! The schema file: one file in the data directory, replaced atomically.
 //!
 //! ```text
-//! <data>/schema.bin:  magic "RNGSCHM1" | payload length u64 LE | crc32c u32 LE | payload (bincode of Schema)
+//! <data>/schema.bin:  magic "RNGSCHM2" | payload length u64 LE | crc32c u32 LE | payload (bincode of Schema)
 //! ```
+//!
+//! The payload is bincode of the structs, which is positional: a field
+//! added to any of them changes the format (`#[serde(default)]` cannot
+//! help), so the magic's digit is the format version. Format 1 (before
+//! keyspaces had `sloppy_quorum`) is refused with its own message; no
+//! such file was ever released.
 //!
 //! A new version is written to `schema.bin.tmp`, fsynced, renamed over
 //! `schema.bin`, and the directory is fsynced: after a crash the file holds
@@ -17,7 +23,9 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-const MAGIC: &[u8; 8] = b"RNGSCHM1";
+const MAGIC: &[u8; 8] = b"RNGSCHM2";
+/// Format 1: keyspaces without `sloppy_quorum`.
+const MAGIC_V1: &[u8; 8] = b"RNGSCHM1";
 const FILE_NAME: &str = "schema.bin";
 const MAX_SCHEMA_BYTES: usize = 64 << 20;
 
@@ -49,6 +57,13 @@ pub fn decode(bytes: &[u8], path: &Path) -> Result<Schema, SchemaError> {
         path: path.display().to_string(),
         reason,
     };
+    if bytes.len() >= 8 && &bytes[..8] == MAGIC_V1 {
+        return Err(corrupt(
+            "schema file format 1 (from before keyspaces had sloppy_quorum) is not supported; \
+             this version reads format 2"
+                .into(),
+        ));
+    }
     if bytes.len() < 20 || &bytes[..8] != MAGIC {
         return Err(corrupt("not a ringdb schema file (bad magic)".into()));
     }

@@ -176,7 +176,7 @@ fn garbage_never_panics_the_loader() {
             bytes.push(seed as u8);
         }
         if len > 20 {
-            bytes[..8].copy_from_slice(b"RNGSCHM1");
+            bytes[..8].copy_from_slice(b"RNGSCHM2");
             let payload_len = (len - 20) as u64;
             bytes[8..16].copy_from_slice(&payload_len.to_le_bytes());
             let crc = crc32c::crc32c(&bytes[20..]);
@@ -184,4 +184,47 @@ fn garbage_never_panics_the_loader() {
         }
         let _ = persist::decode(&bytes, path);
     }
+}
+
+#[test]
+fn sloppy_quorum_is_a_keyspace_property() {
+    let s = sample();
+    assert!(s.keyspace("ks").unwrap().sloppy_quorum, "on by default");
+    let s = apply(
+        &s,
+        "CREATE KEYSPACE strict WITH replication = {'class': 'SimpleStrategy', 'replication_factor': 3} AND sloppy_quorum = false",
+        0,
+    );
+    assert!(!s.keyspace("strict").unwrap().sloppy_quorum);
+    // ALTER without the property keeps it; with it, sets it.
+    let kept = apply(
+        &s,
+        "ALTER KEYSPACE strict WITH replication = {'class': 'SimpleStrategy', 'replication_factor': 2}",
+        0,
+    );
+    assert!(!kept.keyspace("strict").unwrap().sloppy_quorum);
+    let on = apply(&kept, "ALTER KEYSPACE strict WITH sloppy_quorum = true", 0);
+    let ks = on.keyspace("strict").unwrap();
+    assert!(ks.sloppy_quorum);
+    assert_eq!(ks.replication, Replication::Simple { rf: 2 });
+    assert_ne!(on.digest(), kept.digest(), "nodes must see the change");
+    // DESCRIBE shows it, and its output recreates the same keyspace.
+    let text = kept.describe_keyspace("strict").unwrap();
+    assert!(
+        text.starts_with("CREATE KEYSPACE strict WITH replication = {'class': 'SimpleStrategy', 'replication_factor': 2} AND durable_writes = true AND sloppy_quorum = false;"),
+        "{text}"
+    );
+    let again = apply(&Schema::new(), &text, 0);
+    assert_eq!(again.keyspace("strict"), kept.keyspace("strict"));
+}
+
+#[test]
+fn a_format_1_schema_file_is_refused_with_its_own_message() {
+    let mut bytes = persist::encode(&sample());
+    bytes[..8].copy_from_slice(b"RNGSCHM1");
+    let e = persist::decode(&bytes, std::path::Path::new("schema.bin")).unwrap_err();
+    assert!(
+        matches!(&e, SchemaError::Corrupt { reason, .. } if reason.contains("format 1")),
+        "{e}"
+    );
 }
