@@ -405,7 +405,7 @@ async fn publish_schema_changes(
             });
         }
         tick += 1;
-        if tick % 10 == 0 {
+        if tick.is_multiple_of(10) {
             let view = membership.view();
             let newest = view
                 .members
