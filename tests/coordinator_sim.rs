@@ -353,6 +353,10 @@ async fn writes_and_reads_at_quorum_on_a_healthy_cluster() {
             );
         }
     }
+    // Replicas that agree answer QUORUM reads with digests: one full
+    // answer, the other replica's digest matching it.
+    let digest_reads: u64 = (0..4).map(|i| c.store(i).stats().digest_reads).sum();
+    assert!(digest_reads > 0, "no read was answered by digests");
     // A full scan through the coordinator sees every row once.
     let r = c
         .query(2, Consistency::Quorum, "SELECT * FROM ks.kv")
@@ -700,6 +704,9 @@ async fn read_repair_brings_a_stale_replica_up_to_date() {
         .await
         .expect("read");
     assert_eq!(single_v(rows(&r)), Some(Value::Int(2)));
+    // The stale replica answered in full (it is the local one); the fresh
+    // one's digest differed, so the read fell back to full data.
+    assert!(c.store(2).stats().digest_mismatches >= 1);
     assert!(c.store(2).stats().read_repairs >= 1);
     let repaired = c.local_query(2, "SELECT * FROM ks.kv WHERE k = 1").await;
     assert_eq!(single_v(&repaired), Some(Value::Int(2)));

@@ -46,6 +46,18 @@ pub enum PeerRequest {
         /// What to read.
         slice: WireSlice,
     },
+    /// Read a slice of one partition like [`PeerRequest::Read`], but answer
+    /// only its digest ([`PeerResponse::Digest`]): the coordinator compares
+    /// it with the one full answer it asked for, and fetches full data only
+    /// when they differ.
+    ReadDigest {
+        /// The table.
+        table: TableRef,
+        /// Serialized partition key.
+        pk: Vec<u8>,
+        /// What to read.
+        slice: WireSlice,
+    },
     /// Read partitions in key order within `[lower, upper)`.
     Scan {
         /// The table.
@@ -90,6 +102,8 @@ pub enum PeerResponse {
     HintStored,
     /// A partition slice.
     Partition(ReplicaPartition),
+    /// The digest of a partition slice ([`ReplicaPartition::digest`]).
+    Digest(u128),
     /// Partitions of a scan; `cut` when the replica stopped at the limit.
     Partitions {
         /// Partition prefix and slice, in key order.
@@ -199,6 +213,19 @@ pub struct ReplicaPartition {
     /// The replica stopped at the limit of live rows: it did not read past
     /// its last row.
     pub cut: bool,
+}
+
+impl ReplicaPartition {
+    /// A 128-bit digest of the slice's exact content (SipHash-1-3 of its
+    /// encoding): replicas holding the same states give the same digest.
+    pub fn digest(&self) -> u128 {
+        use std::hash::Hasher;
+        let bytes =
+            bincode::serde::encode_to_vec(self, bincode::config::standard()).unwrap_or_default();
+        let mut h = siphasher::sip128::SipHasher13::new_with_keys(0x7269_6e67, 0x6469_6765_7374);
+        h.write(&bytes);
+        siphasher::sip128::Hasher128::finish128(&h).as_u128()
+    }
 }
 
 impl From<StateSlice> for ReplicaPartition {

@@ -47,10 +47,14 @@
 //! are monotonic); answers that come after the R-th are merged in the
 //! background and their replicas repaired too.
 //!
-//! Digests are not used: replicas send full states. Digest reads would
-//! save bytes only when replicas agree, and each stale digest costs a
-//! second round trip; full states also give read repair its data at once.
-//! A later optimisation if read bandwidth matters.
+//! Digests: when R is 2 or more, the coordinator first asks one replica
+//! (itself when it is one) for the slice and the others for a 128-bit
+//! digest of theirs. If the first R - 1 digests match the full answer's,
+//! that answer stands: no merge, no repair, one full copy over the wire.
+//! A digest that differs (or a failed or cut-short full answer) falls back
+//! to full data from every replica, merged and repaired as above; a late
+//! digest that differs starts that full read in the background. R = 1
+//! reads skip digests: there is nothing to compare.
 //!
 //! # Scans
 //!

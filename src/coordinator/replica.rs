@@ -75,6 +75,10 @@ impl ReplicaHandler {
                 let got = self.local.read_states(&table, &pk, slice.into()).await?;
                 Ok(PeerResponse::Partition(got.into()))
             }
+            PeerRequest::ReadDigest { table, pk, slice } => {
+                let got = self.local.read_states(&table, &pk, slice.into()).await?;
+                Ok(PeerResponse::Digest(ReplicaPartition::from(got).digest()))
+            }
             PeerRequest::Scan {
                 table,
                 lower,

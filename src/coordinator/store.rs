@@ -74,6 +74,12 @@ pub struct CoordinatorStats {
     pub background_repairs: u64,
     /// Reads retried with a larger limit (short-read protection).
     pub short_read_retries: u64,
+    /// Reads answered from one full answer whose digest the other
+    /// replicas' digests matched.
+    pub digest_reads: u64,
+    /// Digest reads that found a differing replica and fell back to full
+    /// data (and repair).
+    pub digest_mismatches: u64,
 }
 
 #[derive(Default)]
@@ -84,6 +90,8 @@ struct Counters {
     read_repairs: AtomicU64,
     background_repairs: AtomicU64,
     short_read_retries: AtomicU64,
+    digest_reads: AtomicU64,
+    digest_mismatches: AtomicU64,
 }
 
 /// What one hint replay did.
@@ -236,6 +244,8 @@ impl ClusterStore {
             read_repairs: c.read_repairs.load(Ordering::Relaxed),
             background_repairs: c.background_repairs.load(Ordering::Relaxed),
             short_read_retries: c.short_read_retries.load(Ordering::Relaxed),
+            digest_reads: c.digest_reads.load(Ordering::Relaxed),
+            digest_mismatches: c.digest_mismatches.load(Ordering::Relaxed),
         }
     }
 
@@ -666,6 +676,139 @@ impl ClusterStore {
     ) -> Result<StoredPartition, QueryError> {
         let (alive, required) = self.read_targets(&table.keyspace, key::token_of(pk), cl)?;
         let deadline = Instant::now() + self.inner.config.read_timeout;
+        if required >= 2 {
+            if let Some(answer) = self
+                .read_by_digests(table, pk, &slice, &alive, required, deadline)
+                .await
+            {
+                return Ok(answer);
+            }
+        }
+        self.read_full(table, pk, slice, &alive, required, deadline, cl)
+            .await
+    }
+
+    /// Asks one replica (this node first) for the slice and the others for
+    /// its digest. When the `required - 1` first digests match the full
+    /// answer's, the answer stands without a merge or repair, and digests
+    /// that come later and differ start a full read with repair in the
+    /// background. `None` when a digest differs, the full answer failed or
+    /// was cut short: the caller reads full data from every replica.
+    async fn read_by_digests(
+        &self,
+        table: &TableRef,
+        pk: &[u8],
+        slice: &SliceRequest,
+        alive: &[NodeId],
+        required: usize,
+        deadline: Instant,
+    ) -> Option<StoredPartition> {
+        let (data_node, digest_nodes) = alive.split_first()?;
+        let wire = WireSlice::from(slice);
+        let data = self.send(
+            *data_node,
+            PeerRequest::Read {
+                table: table.clone(),
+                pk: pk.to_vec(),
+                slice: wire.clone(),
+            },
+            remaining(deadline),
+        );
+        let mut digests: JoinSet<(NodeId, Option<u128>)> = JoinSet::new();
+        for &n in digest_nodes {
+            let fut = self.send(
+                n,
+                PeerRequest::ReadDigest {
+                    table: table.clone(),
+                    pk: pk.to_vec(),
+                    slice: wire.clone(),
+                },
+                remaining(deadline),
+            );
+            digests.spawn(async move {
+                match fut.await {
+                    Ok(PeerResponse::Digest(d)) => (n, Some(d)),
+                    _ => (n, None),
+                }
+            });
+        }
+        let answer = match data.await {
+            Ok(PeerResponse::Partition(p)) => p,
+            _ => return None,
+        };
+        let expected = answer.digest();
+        let mut matched = 0;
+        while matched + 1 < required {
+            match digests.join_next().await {
+                Some(Ok((_, Some(d)))) if d == expected => matched += 1,
+                Some(Ok((_, Some(_)))) => {
+                    self.inner
+                        .counters
+                        .digest_mismatches
+                        .fetch_add(1, Ordering::Relaxed);
+                    return None;
+                }
+                Some(_) => {}
+                None => return None,
+            }
+        }
+        let merged = merge_partition(&[&answer], slice.reverse);
+        let now = self.inner.local.clock().wall().now_millis();
+        let (rows, live) = merged.live_rows(now, slice.limit);
+        if merged.cut && slice.limit.is_some_and(|want| live < want) {
+            return None;
+        }
+        self.observe(&merged);
+        self.inner
+            .counters
+            .digest_reads
+            .fetch_add(1, Ordering::Relaxed);
+        if self.inner.config.background_read_repair && !digests.is_empty() {
+            let this = self.clone();
+            let (table, pk, slice, alive) =
+                (table.clone(), pk.to_vec(), slice.clone(), alive.to_vec());
+            tokio::spawn(async move {
+                let mut differs = false;
+                while let Some(res) = digests.join_next().await {
+                    if let Ok((_, Some(d))) = res {
+                        differs |= d != expected;
+                    }
+                }
+                if differs {
+                    this.inner
+                        .counters
+                        .digest_mismatches
+                        .fetch_add(1, Ordering::Relaxed);
+                    let deadline = Instant::now() + this.inner.config.read_timeout;
+                    let all = alive.len();
+                    if let Err(e) = this
+                        .read_full(&table, &pk, slice, &alive, all, deadline, Consistency::All)
+                        .await
+                    {
+                        tracing::debug!(error = %e, "background repair after a digest mismatch failed");
+                    }
+                }
+            });
+        }
+        Some(StoredPartition {
+            header: merged.header,
+            rows,
+        })
+    }
+
+    /// Reads full data from the replicas, merges, protects against short
+    /// reads and repairs (see the module documentation).
+    #[allow(clippy::too_many_arguments)]
+    async fn read_full(
+        &self,
+        table: &TableRef,
+        pk: &[u8],
+        slice: SliceRequest,
+        alive: &[NodeId],
+        required: usize,
+        deadline: Instant,
+        cl: Consistency,
+    ) -> Result<StoredPartition, QueryError> {
         let prefix = key::partition_prefix(pk);
         let mut limit = slice.limit;
         loop {
@@ -678,7 +821,7 @@ impl ClusterStore {
                 pk: pk.to_vec(),
                 slice: WireSlice::from(&ask),
             };
-            let (got, rest) = self.gather(&alive, req, required, deadline, cl).await?;
+            let (got, rest) = self.gather(alive, req, required, deadline, cl).await?;
             let answers = partitions_of(got)?;
             let refs: Vec<&ReplicaPartition> = answers.iter().map(|(_, a)| a).collect();
             let merged = merge_partition(&refs, slice.reverse);
