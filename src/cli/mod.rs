@@ -4,4 +4,5 @@ pub mod admin;
 pub mod certs;
 pub mod crash_writer;
 pub mod dev;
+pub mod local_cluster;
 pub mod server;
