@@ -6,3 +6,4 @@ pub mod crash_writer;
 pub mod dev;
 pub mod local_cluster;
 pub mod server;
+pub mod ycsb;
