@@ -30,6 +30,11 @@ enum Command {
     Server(cli::server::ServerArgs),
     /// The interactive CQL-lite shell.
     Shell(ringdb::shell::ShellArgs),
+    /// YCSB core workloads (A, B, C, F) against a 3-node and a 1-node
+    /// local cluster, or an existing one: throughput and latency per
+    /// operation type.
+    #[command(hide = true)]
+    Ycsb(cli::ycsb::YcsbArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -48,5 +53,6 @@ fn main() -> anyhow::Result<()> {
         Command::Dev(args) => std::process::exit(cli::dev::run(args)?),
         Command::Server(args) => cli::server::run(args),
         Command::Shell(args) => std::process::exit(ringdb::shell::run(args)),
+        Command::Ycsb(args) => cli::ycsb::run(args),
     }
 }

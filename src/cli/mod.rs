@@ -4,4 +4,6 @@ pub mod admin;
 pub mod certs;
 pub mod crash_writer;
 pub mod dev;
+pub mod local_cluster;
 pub mod server;
+pub mod ycsb;

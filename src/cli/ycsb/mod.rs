@@ -1,0 +1,648 @@
+//! `ringdb ycsb`: YCSB's core workloads against a ringdb cluster.
+//!
+//! By default it starts a 3-node cluster (RF=3) and then a 1-node cluster
+//! (RF=1) as real `ringdb server` processes on 127.0.0.1 (see
+//! [`super::local_cluster`]), and on each: loads `records` rows of
+//! `usertable` (10 text fields of 100 bytes, YCSB's 1 KB row), runs each
+//! workload (A: 50 % read, 50 % update; B: 95/5; C: read only; F: 50 %
+//! read, 50 % read-modify-write) for `operations` operations with
+//! `concurrency` requests in flight, keys chosen by YCSB's scrambled
+//! zipfian (constant 0.99), then runs one workload again paced at 70 % of
+//! the peak it just measured. It prints throughput and p50/p99/p99.9
+//! latency per operation type (HdrHistogram) and the ratio of throughputs
+//! between the clusters: the cost of replication.
+//!
+//! With `--host` it runs once against an existing cluster instead.
+
+mod runner;
+mod zipfian;
+
+use super::local_cluster::{LocalCluster, LocalClusterSpec, SERVER_NAME};
+use anyhow::Context;
+use comfy_table::{presets, Cell, CellAlignment, Table};
+use indicatif::{ProgressBar, ProgressStyle};
+use ringdb::client::ClientTlsConfig;
+use ringdb::model::Consistency;
+use runner::{Op, OpStats, PhaseKind, PhasePlan, PhaseResult, Session, Target, Workload};
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+/// Arguments of `ringdb ycsb`.
+#[derive(clap::Args, Debug, Clone)]
+pub struct YcsbArgs {
+    /// Rows loaded before the workloads run [default: 50000; 5000 with
+    /// --quick].
+    #[arg(long)]
+    pub records: Option<u64>,
+    /// Operations per workload [default: 50000; 5000 with --quick].
+    #[arg(long)]
+    pub operations: Option<u64>,
+    /// Requests in flight at once (one task each) [default: 64; 16 with
+    /// --quick].
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=4096))]
+    pub concurrency: Option<u64>,
+    /// Workloads to run, in order: a (50 % read / 50 % update), b (95/5),
+    /// c (read only), f (50 % read / 50 % read-modify-write).
+    #[arg(long, value_delimiter = ',', default_value = "a,b,c,f")]
+    pub workloads: Vec<String>,
+    /// A smoke-test size: 5000 records, 5000 operations per workload,
+    /// concurrency 16 (explicit flags win).
+    #[arg(long)]
+    pub quick: bool,
+    /// Local clusters to start, one after the other, by node count; each
+    /// gets RF = its node count.
+    #[arg(long, value_delimiter = ',', default_value = "3,1",
+          value_parser = clap::value_parser!(u16).range(1..=16))]
+    pub clusters: Vec<u16>,
+    /// Run against an existing cluster at these client addresses (repeat
+    /// or separate with commas; connections are spread over them) instead
+    /// of starting local clusters.
+    #[arg(long, value_delimiter = ',')]
+    pub host: Vec<SocketAddr>,
+    /// CA certificate of the existing cluster (with --host).
+    #[arg(long, requires = "host")]
+    pub ca_cert: Option<PathBuf>,
+    /// Name the existing cluster's certificates carry (with --host).
+    #[arg(long, default_value = SERVER_NAME)]
+    pub server_name: String,
+    /// Replication factor of the benchmark keyspace on an existing cluster
+    /// (with --host; local clusters use their node count).
+    #[arg(long, default_value_t = 3)]
+    pub rf: usize,
+    /// Consistency level of every request (QUORUM is 1 of 1 at RF=1).
+    #[arg(long, default_value = "QUORUM", value_parser = parse_consistency)]
+    pub consistency: Consistency,
+    /// Keyspace of the benchmark table (created if missing).
+    #[arg(long, default_value = "ycsb")]
+    pub keyspace: String,
+    /// Directory of the local clusters' data, certificates and logs
+    /// (`<dir>/<n>-node/`, emptied before each run).
+    #[arg(long, default_value = "ringdb-ycsb")]
+    pub dir: PathBuf,
+    /// Commit-log durability of the local nodes: `batch` (their default:
+    /// acknowledge after fsync) or `periodic:<ms>`.
+    #[arg(long)]
+    pub commitlog_sync: Option<String>,
+    /// Client connections (QUIC) to each node; the tasks share them.
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u64).range(1..=64))]
+    pub connections_per_node: u64,
+    /// The workload run again paced at --paced-fraction of its measured
+    /// peak (`none` to skip).
+    #[arg(long, default_value = "b")]
+    pub paced_workload: String,
+    /// Fraction of the peak throughput the paced run asks for.
+    #[arg(long, default_value_t = 0.7)]
+    pub paced_fraction: f64,
+    /// Seed of the key and operation choices.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Also write the results as JSON to this file.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+}
+
+fn parse_consistency(text: &str) -> Result<Consistency, String> {
+    Consistency::parse(text).ok_or_else(|| format!("'{text}' is not a consistency level"))
+}
+
+/// Sizes after `--quick` and the explicit flags.
+#[derive(Debug, Clone, Copy)]
+struct Sizes {
+    records: u64,
+    operations: u64,
+    concurrency: usize,
+}
+
+/// What one cluster measured.
+struct ClusterResult {
+    label: String,
+    nodes: usize,
+    rf: usize,
+    consistency: Consistency,
+    load: PhaseResult,
+    runs: Vec<(Workload, PhaseResult)>,
+    paced: Option<Paced>,
+}
+
+/// The paced run of one workload.
+struct Paced {
+    workload: Workload,
+    peak: f64,
+    result: PhaseResult,
+}
+
+/// Runs `ringdb ycsb`. Fails (after printing the results) if any
+/// operation failed.
+pub fn run(args: YcsbArgs) -> anyhow::Result<()> {
+    let sizes = Sizes {
+        records: args
+            .records
+            .unwrap_or(if args.quick { 5_000 } else { 50_000 }),
+        operations: args
+            .operations
+            .unwrap_or(if args.quick { 5_000 } else { 50_000 }),
+        concurrency: args.concurrency.unwrap_or(if args.quick { 16 } else { 64 }) as usize,
+    };
+    anyhow::ensure!(sizes.records > 0, "--records must be at least 1");
+    let mut workloads = Vec::new();
+    for name in &args.workloads {
+        let w = Workload::by_name(name)
+            .with_context(|| format!("unknown workload '{name}' (known: a, b, c, f)"))?;
+        workloads.push(w);
+    }
+    let paced =
+        match args.paced_workload.trim().to_ascii_lowercase().as_str() {
+            "none" | "" => None,
+            name => Some(Workload::by_name(name).with_context(|| {
+                format!("unknown --paced-workload '{name}' (a, b, c, f or none)")
+            })?),
+        };
+    anyhow::ensure!(
+        args.paced_fraction > 0.0 && args.paced_fraction <= 1.0,
+        "--paced-fraction must be in (0, 1]"
+    );
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the client runtime")?;
+    eprintln!(
+        "ycsb: {} records, {} operations per workload, {} requests in flight, {} per request",
+        sizes.records, sizes.operations, sizes.concurrency, args.consistency
+    );
+
+    let mut results = Vec::new();
+    if !args.host.is_empty() {
+        let ca_path = args
+            .ca_cert
+            .as_ref()
+            .context("--host needs --ca-cert (the cluster's CA certificate)")?;
+        let ca_pem = std::fs::read_to_string(ca_path)
+            .with_context(|| format!("reading {}", ca_path.display()))?;
+        let target = Target {
+            addrs: args.host.clone(),
+            tls: ClientTlsConfig::new(ca_pem, args.server_name.clone()),
+            keyspace: args.keyspace.clone(),
+            rf: args.rf,
+            consistency: args.consistency,
+            connections_per_node: args.connections_per_node as usize,
+        };
+        let label = format!(
+            "{} host(s) RF={} {}",
+            args.host.len(),
+            args.rf,
+            args.consistency
+        );
+        results.push(runtime.block_on(bench_cluster(
+            label,
+            args.host.len(),
+            &target,
+            &workloads,
+            paced,
+            &args,
+            sizes,
+        ))?);
+    } else {
+        for &nodes in &args.clusters {
+            let dir = cluster_dir(&args.dir, nodes);
+            if dir.exists() {
+                std::fs::remove_dir_all(&dir)
+                    .with_context(|| format!("emptying {}", dir.display()))?;
+            }
+            let mut spec = LocalClusterSpec::free_ports(dir.clone(), nodes)?;
+            if let Some(sync) = &args.commitlog_sync {
+                spec.server_args = vec!["--commitlog-sync".into(), sync.into()];
+            }
+            eprintln!("ycsb: starting {nodes} node(s) in {}", dir.display());
+            let cluster = LocalCluster::start(spec)?;
+            eprintln!(
+                "ycsb: {nodes} node(s) up (server pids {:?})",
+                cluster.pids()
+            );
+            let ca_pem = std::fs::read_to_string(cluster.ca_cert())
+                .with_context(|| format!("reading {}", cluster.ca_cert().display()))?;
+            let target = Target {
+                addrs: cluster.client_addrs(),
+                tls: ClientTlsConfig::new(ca_pem, SERVER_NAME),
+                keyspace: args.keyspace.clone(),
+                rf: nodes as usize,
+                consistency: args.consistency,
+                connections_per_node: args.connections_per_node as usize,
+            };
+            let label = format!("{nodes}-node RF={nodes} {}", args.consistency);
+            let result = runtime.block_on(bench_cluster(
+                label,
+                nodes as usize,
+                &target,
+                &workloads,
+                paced,
+                &args,
+                sizes,
+            ));
+            cluster.stop();
+            results.push(result?);
+        }
+    }
+    drop(runtime);
+
+    print!("{}", render(&results, sizes, args.connections_per_node));
+    if let Some(path) = &args.json {
+        std::fs::write(path, to_json(&results, sizes))
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    let failed: u64 = results
+        .iter()
+        .flat_map(|r| phases(r).map(|(_, p)| p.total_errors()))
+        .sum();
+    anyhow::ensure!(failed == 0, "{failed} operation(s) failed (see the table)");
+    Ok(())
+}
+
+/// Every phase of a cluster's run with its name.
+fn phases(r: &ClusterResult) -> impl Iterator<Item = (String, &PhaseResult)> {
+    std::iter::once(("load".to_string(), &r.load))
+        .chain(r.runs.iter().map(|(w, p)| (w.label(), p)))
+        .chain(r.paced.iter().map(|p| {
+            (
+                format!("{} paced", p.workload.label()),
+                &p.result as &PhaseResult,
+            )
+        }))
+}
+
+fn progress(total: u64, label: &str) -> ProgressBar {
+    let bar = ProgressBar::new(total);
+    if let Ok(style) =
+        ProgressStyle::with_template("{prefix:>24} [{bar:30}] {pos}/{len} {per_sec} eta {eta}")
+    {
+        bar.set_style(style.progress_chars("=> "));
+    }
+    bar.set_prefix(label.to_string());
+    bar
+}
+
+fn report_phase(label: &str, name: &str, result: &PhaseResult) {
+    eprintln!(
+        "ycsb: {label} {name}: {} ok, {} failed in {:.1} s ({:.0} ops/s)",
+        result.total_ok(),
+        result.total_errors(),
+        result.elapsed.as_secs_f64(),
+        result.throughput()
+    );
+    for e in &result.error_samples {
+        eprintln!("ycsb:   error: {e}");
+    }
+}
+
+/// Loads the table and runs the workloads (and the paced run) on one
+/// cluster.
+async fn bench_cluster(
+    label: String,
+    nodes: usize,
+    target: &Target,
+    workloads: &[Workload],
+    paced: Option<Workload>,
+    args: &YcsbArgs,
+    sizes: Sizes,
+) -> anyhow::Result<ClusterResult> {
+    runner::create_schema(target)
+        .await
+        .context("creating the benchmark table")?;
+    let session = Session::open(target)
+        .await
+        .context("connecting and preparing statements")?;
+    let plan = |kind, operations, rate, seed| PhasePlan {
+        kind,
+        records: sizes.records,
+        operations,
+        concurrency: sizes.concurrency,
+        rate,
+        seed,
+    };
+    let load = runner::run_phase(
+        &session,
+        plan(PhaseKind::Load, sizes.records, None, args.seed),
+        progress(sizes.records, &format!("{label} load")),
+    )
+    .await;
+    report_phase(&label, "load", &load);
+    let mut runs = Vec::new();
+    for (i, w) in workloads.iter().enumerate() {
+        let name = format!("workload {}", w.label());
+        let result = runner::run_phase(
+            &session,
+            plan(
+                PhaseKind::Run(*w),
+                sizes.operations,
+                None,
+                args.seed.wrapping_add(1 + i as u64),
+            ),
+            progress(sizes.operations, &format!("{label} {}", w.label())),
+        )
+        .await;
+        report_phase(&label, &name, &result);
+        runs.push((*w, result));
+    }
+    let mut paced_result = None;
+    if let Some(pw) = paced {
+        match runs.iter().find(|(w, _)| *w == pw) {
+            None => eprintln!(
+                "ycsb: no paced run: workload {} is not among --workloads",
+                pw.label()
+            ),
+            Some((_, peak_run)) => {
+                let peak = peak_run.throughput();
+                let rate = peak * args.paced_fraction;
+                let result = runner::run_phase(
+                    &session,
+                    plan(
+                        PhaseKind::Run(pw),
+                        sizes.operations,
+                        Some(rate),
+                        args.seed.wrapping_add(100),
+                    ),
+                    progress(
+                        sizes.operations,
+                        &format!("{label} {} @{rate:.0}/s", pw.label()),
+                    ),
+                )
+                .await;
+                report_phase(&label, &format!("workload {} paced", pw.label()), &result);
+                paced_result = Some(Paced {
+                    workload: pw,
+                    peak,
+                    result,
+                });
+            }
+        }
+    }
+    session.close().await;
+    Ok(ClusterResult {
+        label,
+        nodes,
+        rf: target.rf,
+        consistency: target.consistency,
+        load,
+        runs,
+        paced: paced_result,
+    })
+}
+
+fn quantile(stats: &OpStats, q: f64) -> u64 {
+    if stats.count() == 0 {
+        0
+    } else {
+        stats.latency.value_at_quantile(q)
+    }
+}
+
+fn right(text: impl ToString) -> Cell {
+    Cell::new(text.to_string()).set_alignment(CellAlignment::Right)
+}
+
+fn new_table(header: &[&str]) -> Table {
+    let mut table = Table::new();
+    table.load_preset(presets::ASCII_MARKDOWN);
+    table.set_header(header.iter().map(|h| Cell::new(*h)).collect::<Vec<_>>());
+    table
+}
+
+/// The results as text tables (markdown-compatible, so they paste into
+/// the docs).
+fn render(results: &[ClusterResult], sizes: Sizes, connections_per_node: u64) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "\nYCSB: {} records of {} fields x {} bytes, {} operations per workload, \
+         {} requests in flight, {} connection(s) per node; latency in microseconds\n",
+        sizes.records,
+        runner::FIELDS,
+        runner::FIELD_LENGTH,
+        sizes.operations,
+        sizes.concurrency,
+        connections_per_node
+    );
+    let mut table = new_table(&[
+        "cluster", "phase", "op", "ok", "errors", "ops/s", "p50", "p99", "p99.9", "max",
+    ]);
+    for r in results {
+        for (name, phase) in phases(r).filter(|(n, _)| !n.ends_with("paced")) {
+            for (op, stats) in &phase.ops {
+                table.add_row(vec![
+                    Cell::new(&r.label),
+                    Cell::new(&name),
+                    Cell::new(op.name()),
+                    right(stats.count()),
+                    right(stats.errors),
+                    right(format!("{:.0}", phase.op_throughput(*op))),
+                    right(quantile(stats, 0.5)),
+                    right(quantile(stats, 0.99)),
+                    right(quantile(stats, 0.999)),
+                    right(stats.latency.max()),
+                ]);
+            }
+            if phase.ops.len() > 1 {
+                table.add_row(vec![
+                    Cell::new(&r.label),
+                    Cell::new(&name),
+                    Cell::new("total"),
+                    right(phase.total_ok()),
+                    right(phase.total_errors()),
+                    right(format!("{:.0}", phase.throughput())),
+                    Cell::new(""),
+                    Cell::new(""),
+                    Cell::new(""),
+                    Cell::new(""),
+                ]);
+            }
+        }
+    }
+    let _ = writeln!(out, "{table}\n");
+
+    // Throughput of each cluster against the one with the fewest nodes.
+    if results.len() > 1 {
+        if let Some(base) = results.iter().min_by_key(|r| r.nodes) {
+            let mut header = vec!["phase".to_string(), format!("{} ops/s", base.label)];
+            let others: Vec<&ClusterResult> =
+                results.iter().filter(|r| !std::ptr::eq(*r, base)).collect();
+            for o in &others {
+                header.push(format!("{} ops/s", o.label));
+                header.push(format!("{}n / {}n", o.nodes, base.nodes));
+            }
+            let header: Vec<&str> = header.iter().map(String::as_str).collect();
+            let mut ratios = new_table(&header);
+            for (name, phase) in phases(base).filter(|(n, _)| !n.ends_with("paced")) {
+                let mut row = vec![
+                    Cell::new(&name),
+                    right(format!("{:.0}", phase.throughput())),
+                ];
+                for o in &others {
+                    match phases(o).find(|(n, _)| *n == name) {
+                        Some((_, p)) => {
+                            row.push(right(format!("{:.0}", p.throughput())));
+                            let ratio = if phase.throughput() > 0.0 {
+                                format!("{:.2}", p.throughput() / phase.throughput())
+                            } else {
+                                "-".into()
+                            };
+                            row.push(right(ratio));
+                        }
+                        None => {
+                            row.push(Cell::new("-"));
+                            row.push(Cell::new("-"));
+                        }
+                    }
+                }
+                ratios.add_row(row);
+            }
+            let _ = writeln!(
+                out,
+                "Throughput against {} (the cost of replication):\n\n{ratios}\n",
+                base.label
+            );
+        }
+    }
+
+    let paced: Vec<(&ClusterResult, &Paced)> = results
+        .iter()
+        .filter_map(|r| r.paced.as_ref().map(|p| (r, p)))
+        .collect();
+    if !paced.is_empty() {
+        let mut table = new_table(&[
+            "cluster",
+            "workload",
+            "op",
+            "peak ops/s",
+            "asked ops/s",
+            "got ops/s",
+            "p50",
+            "p99",
+            "p99.9",
+            "p99 service",
+        ]);
+        for (r, p) in paced {
+            for (op, stats) in &p.result.ops {
+                table.add_row(vec![
+                    Cell::new(&r.label),
+                    Cell::new(p.workload.label()),
+                    Cell::new(op.name()),
+                    right(format!("{:.0}", p.peak)),
+                    right(format!("{:.0}", p.result.rate.unwrap_or(0.0))),
+                    right(format!("{:.0}", p.result.throughput())),
+                    right(quantile(stats, 0.5)),
+                    right(quantile(stats, 0.99)),
+                    right(quantile(stats, 0.999)),
+                    right(if stats.count() == 0 {
+                        0
+                    } else {
+                        stats.service.value_at_quantile(0.99)
+                    }),
+                ]);
+            }
+        }
+        let _ = writeln!(
+            out,
+            "Paced runs (latency from each operation's scheduled start, so queueing \
+             behind a stall counts; 'service' from when it was sent):\n\n{table}\n"
+        );
+    }
+    out
+}
+
+fn json_string(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if (c as u32) < 0x20 => {
+                let _ = write!(out, "\\u{:04x}", c as u32);
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+fn json_phase(name: &str, phase: &PhaseResult) -> String {
+    let ops: Vec<String> = phase
+        .ops
+        .iter()
+        .map(|(op, s)| op_json(*op, s, phase))
+        .collect();
+    format!(
+        "{{\"phase\":{},\"elapsed_s\":{:.3},\"ops_per_s\":{:.1},\"ok\":{},\"errors\":{},\
+         \"rate\":{},\"ops\":[{}]}}",
+        json_string(name),
+        phase.elapsed.as_secs_f64(),
+        phase.throughput(),
+        phase.total_ok(),
+        phase.total_errors(),
+        phase.rate.map_or("null".to_string(), |r| format!("{r:.1}")),
+        ops.join(",")
+    )
+}
+
+fn op_json(op: Op, s: &OpStats, phase: &PhaseResult) -> String {
+    let q = |h: &hdrhistogram::Histogram<u64>, q: f64| {
+        if h.is_empty() {
+            0
+        } else {
+            h.value_at_quantile(q)
+        }
+    };
+    format!(
+        "{{\"op\":{},\"ok\":{},\"errors\":{},\"ops_per_s\":{:.1},\"p50_us\":{},\"p99_us\":{},\
+         \"p999_us\":{},\"max_us\":{},\"service_p99_us\":{}}}",
+        json_string(op.name()),
+        s.count(),
+        s.errors,
+        phase.op_throughput(op),
+        q(&s.latency, 0.5),
+        q(&s.latency, 0.99),
+        q(&s.latency, 0.999),
+        s.latency.max(),
+        q(&s.service, 0.99)
+    )
+}
+
+/// The results as JSON (written by hand: a handful of numbers and names).
+fn to_json(results: &[ClusterResult], sizes: Sizes) -> String {
+    let clusters: Vec<String> = results
+        .iter()
+        .map(|r| {
+            let phases: Vec<String> = phases(r).map(|(n, p)| json_phase(&n, p)).collect();
+            let paced = r.paced.as_ref().map_or("null".to_string(), |p| {
+                format!(
+                    "{{\"workload\":{},\"peak_ops_per_s\":{:.1}}}",
+                    json_string(&p.workload.label()),
+                    p.peak
+                )
+            });
+            format!(
+                "{{\"cluster\":{},\"nodes\":{},\"rf\":{},\"consistency\":{},\"paced\":{},\
+                 \"phases\":[{}]}}",
+                json_string(&r.label),
+                r.nodes,
+                r.rf,
+                json_string(&r.consistency.to_string()),
+                paced,
+                phases.join(",")
+            )
+        })
+        .collect();
+    format!(
+        "{{\"records\":{},\"operations\":{},\"concurrency\":{},\"clusters\":[{}]}}\n",
+        sizes.records,
+        sizes.operations,
+        sizes.concurrency,
+        clusters.join(",")
+    )
+}
+
+/// Where `ringdb ycsb` keeps a local cluster of `nodes` nodes under `dir`.
+fn cluster_dir(dir: &Path, nodes: u16) -> PathBuf {
+    dir.join(format!("{nodes}-node"))
+}

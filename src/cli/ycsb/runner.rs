@@ -1,0 +1,598 @@
+//! Running one phase (load, or one workload) against a cluster with many
+//! concurrent requests, and recording latency per operation type.
+
+use super::zipfian::ScrambledZipfian;
+use cql_lite::Value;
+use hdrhistogram::Histogram;
+use indicatif::ProgressBar;
+use rand::rngs::SmallRng;
+use rand::{RngExt, SeedableRng};
+use ringdb::client::{Client, ClientError, ClientTlsConfig, PreparedStatement};
+use ringdb::model::{Consistency, DotSet};
+use ringdb::query::api::{QueryOptions, QueryResult};
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Fields per row (YCSB's `fieldcount`).
+pub const FIELDS: usize = 10;
+/// Bytes per field (YCSB's `fieldlength`).
+pub const FIELD_LENGTH: usize = 100;
+/// The table, as YCSB's Cassandra binding has it.
+pub const TABLE: &str = "usertable";
+
+/// Largest latency recorded (µs); longer ones count as this. The client
+/// gives up after 60 s anyway.
+const MAX_LATENCY_US: u64 = 120_000_000;
+
+/// One kind of operation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Op {
+    /// Load: a full row.
+    Insert,
+    /// `SELECT *` of one row.
+    Read,
+    /// One field of one row, written blind.
+    Update,
+    /// A read, then one field written back with the read's causal context.
+    ReadModifyWrite,
+}
+
+impl Op {
+    /// The name YCSB prints.
+    pub fn name(self) -> &'static str {
+        match self {
+            Op::Insert => "INSERT",
+            Op::Read => "READ",
+            Op::Update => "UPDATE",
+            Op::ReadModifyWrite => "READ-MODIFY-WRITE",
+        }
+    }
+}
+
+/// A YCSB core workload: the mix of operations (fractions summing to 1).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Workload {
+    /// `a`, `b`, `c` or `f`.
+    pub name: char,
+    /// Share of reads.
+    pub read: f64,
+    /// Share of blind one-field updates.
+    pub update: f64,
+    /// Share of read-modify-writes.
+    pub rmw: f64,
+}
+
+impl Workload {
+    /// The core workloads this tool knows: A (update heavy), B (read
+    /// mostly), C (read only), F (read-modify-write).
+    pub const ALL: [Workload; 4] = [
+        Workload {
+            name: 'a',
+            read: 0.5,
+            update: 0.5,
+            rmw: 0.0,
+        },
+        Workload {
+            name: 'b',
+            read: 0.95,
+            update: 0.05,
+            rmw: 0.0,
+        },
+        Workload {
+            name: 'c',
+            read: 1.0,
+            update: 0.0,
+            rmw: 0.0,
+        },
+        Workload {
+            name: 'f',
+            read: 0.5,
+            update: 0.0,
+            rmw: 0.5,
+        },
+    ];
+
+    /// The workload called `name` (`a`, `B`, ...).
+    pub fn by_name(name: &str) -> Option<Workload> {
+        let mut chars = name.trim().chars();
+        let c = chars.next()?.to_ascii_lowercase();
+        if chars.next().is_some() {
+            return None;
+        }
+        Workload::ALL.into_iter().find(|w| w.name == c)
+    }
+
+    /// `A`, `B`, ...
+    pub fn label(&self) -> String {
+        self.name.to_ascii_uppercase().to_string()
+    }
+
+    fn pick<R: rand::Rng + ?Sized>(&self, rng: &mut R) -> Op {
+        let u: f64 = rng.random();
+        if u < self.read {
+            Op::Read
+        } else if u < self.read + self.update {
+            Op::Update
+        } else if self.rmw > 0.0 {
+            Op::ReadModifyWrite
+        } else {
+            Op::Update
+        }
+    }
+}
+
+/// Where the benchmark sends requests and at which level.
+#[derive(Debug, Clone)]
+pub struct Target {
+    /// Client addresses of the coordinators to spread connections over.
+    pub addrs: Vec<SocketAddr>,
+    /// Trust settings.
+    pub tls: ClientTlsConfig,
+    /// Keyspace to create and use.
+    pub keyspace: String,
+    /// Replication factor of the keyspace.
+    pub rf: usize,
+    /// Consistency level of every request.
+    pub consistency: Consistency,
+    /// Connections opened to each coordinator.
+    pub connections_per_node: usize,
+}
+
+/// One connection with its prepared statements.
+struct Conn {
+    client: Client,
+    insert: PreparedStatement,
+    read: PreparedStatement,
+    updates: Vec<PreparedStatement>,
+}
+
+/// Open connections to a target, ready to run phases.
+pub struct Session {
+    conns: Vec<Arc<Conn>>,
+    consistency: Consistency,
+}
+
+/// Creates the keyspace and table (if they do not exist).
+pub async fn create_schema(target: &Target) -> anyhow::Result<()> {
+    let addr = *target
+        .addrs
+        .first()
+        .ok_or_else(|| anyhow::anyhow!("no node address to connect to"))?;
+    let client = Client::connect(addr, target.tls.clone()).await?;
+    client
+        .execute(
+            &format!(
+                "CREATE KEYSPACE IF NOT EXISTS {} WITH replication = \
+                 {{'class': 'SimpleStrategy', 'replication_factor': {}}}",
+                target.keyspace, target.rf
+            ),
+            Vec::new(),
+        )
+        .await?;
+    let fields: Vec<String> = (0..FIELDS).map(|i| format!("field{i} text")).collect();
+    client
+        .execute(
+            &format!(
+                "CREATE TABLE IF NOT EXISTS {}.{TABLE} (y_id text PRIMARY KEY, {})",
+                target.keyspace,
+                fields.join(", ")
+            ),
+            Vec::new(),
+        )
+        .await?;
+    client.close().await;
+    Ok(())
+}
+
+impl Session {
+    /// Opens `connections_per_node` connections to each address and
+    /// prepares the statements on each.
+    pub async fn open(target: &Target) -> anyhow::Result<Session> {
+        let mut conns = Vec::new();
+        for _ in 0..target.connections_per_node.max(1) {
+            for addr in &target.addrs {
+                let client = Client::connect_with_keyspace(
+                    *addr,
+                    target.tls.clone(),
+                    Some(target.keyspace.clone()),
+                )
+                .await?;
+                client.set_consistency(target.consistency);
+                let columns: Vec<String> = (0..FIELDS).map(|i| format!("field{i}")).collect();
+                let marks = ["?"; FIELDS + 1].join(", ");
+                let insert = client
+                    .prepare(&format!(
+                        "INSERT INTO {TABLE} (y_id, {}) VALUES ({marks})",
+                        columns.join(", ")
+                    ))
+                    .await?;
+                let read = client
+                    .prepare(&format!("SELECT * FROM {TABLE} WHERE y_id = ?"))
+                    .await?;
+                let mut updates = Vec::new();
+                for column in &columns {
+                    updates.push(
+                        client
+                            .prepare(&format!("UPDATE {TABLE} SET {column} = ? WHERE y_id = ?"))
+                            .await?,
+                    );
+                }
+                conns.push(Arc::new(Conn {
+                    client,
+                    insert,
+                    read,
+                    updates,
+                }));
+            }
+        }
+        Ok(Session {
+            conns,
+            consistency: target.consistency,
+        })
+    }
+
+    /// Closes every connection.
+    pub async fn close(self) {
+        for conn in self.conns {
+            if let Ok(conn) = Arc::try_unwrap(conn) {
+                conn.client.close().await;
+            }
+        }
+    }
+}
+
+/// What a phase does.
+#[derive(Debug, Clone, Copy)]
+pub enum PhaseKind {
+    /// Insert records `0..records`, one full row each.
+    Load,
+    /// Run a workload over records `0..records`.
+    Run(Workload),
+}
+
+/// A phase to run.
+#[derive(Debug, Clone, Copy)]
+pub struct PhasePlan {
+    /// Load or run.
+    pub kind: PhaseKind,
+    /// Records loaded (keys are `user0..user{records-1}`).
+    pub records: u64,
+    /// Operations (for a load: the records).
+    pub operations: u64,
+    /// Concurrent requests in flight.
+    pub concurrency: usize,
+    /// Operations per second to pace at (`None`: as fast as it goes).
+    pub rate: Option<f64>,
+    /// Seed of the per-task random sources.
+    pub seed: u64,
+}
+
+/// Latencies and errors of one operation type in one phase.
+#[derive(Debug, Clone)]
+pub struct OpStats {
+    /// Response time in µs: from when the operation was due (its pacer
+    /// slot, or its start when not paced) to its answer. Successful
+    /// operations only.
+    pub latency: Histogram<u64>,
+    /// Service time in µs: from when the request was sent to its answer.
+    pub service: Histogram<u64>,
+    /// Operations that failed.
+    pub errors: u64,
+}
+
+impl OpStats {
+    fn new() -> OpStats {
+        OpStats {
+            latency: new_histogram(),
+            service: new_histogram(),
+            errors: 0,
+        }
+    }
+
+    fn add(&mut self, other: &OpStats) {
+        // Same bounds on both sides: adding cannot fail.
+        let _ = self.latency.add(&other.latency);
+        let _ = self.service.add(&other.service);
+        self.errors += other.errors;
+    }
+
+    /// Successful operations.
+    pub fn count(&self) -> u64 {
+        self.latency.len()
+    }
+}
+
+fn new_histogram() -> Histogram<u64> {
+    // 1 µs .. 120 s at 3 significant digits: bounds are valid constants.
+    Histogram::new_with_bounds(1, MAX_LATENCY_US, 3).expect("valid histogram bounds")
+}
+
+/// What a phase measured.
+#[derive(Debug, Clone)]
+pub struct PhaseResult {
+    /// From the first request to the last answer.
+    pub elapsed: Duration,
+    /// Per operation type.
+    pub ops: BTreeMap<Op, OpStats>,
+    /// The first few distinct error messages.
+    pub error_samples: Vec<String>,
+    /// The pace asked for, if any.
+    pub rate: Option<f64>,
+}
+
+impl PhaseResult {
+    /// Successful operations of every type.
+    pub fn total_ok(&self) -> u64 {
+        self.ops.values().map(OpStats::count).sum()
+    }
+
+    /// Failed operations of every type.
+    pub fn total_errors(&self) -> u64 {
+        self.ops.values().map(|s| s.errors).sum()
+    }
+
+    /// Successful operations per second.
+    pub fn throughput(&self) -> f64 {
+        per_second(self.total_ok(), self.elapsed)
+    }
+
+    /// Successful operations of one type per second (of the whole phase).
+    pub fn op_throughput(&self, op: Op) -> f64 {
+        self.ops
+            .get(&op)
+            .map_or(0.0, |s| per_second(s.count(), self.elapsed))
+    }
+}
+
+fn per_second(n: u64, elapsed: Duration) -> f64 {
+    let secs = elapsed.as_secs_f64();
+    if secs > 0.0 {
+        n as f64 / secs
+    } else {
+        0.0
+    }
+}
+
+/// Hands out operation numbers and, when paced, the time each is due.
+struct Pacer {
+    next: AtomicU64,
+    total: u64,
+    start: Instant,
+    /// Seconds between operations (`None`: not paced).
+    interval: Option<f64>,
+}
+
+impl Pacer {
+    /// The next operation's number and the time it is due, or `None` when
+    /// all were handed out. Paced, this is a token bucket of depth one
+    /// refilled at the rate: operation i may start at `start + i / rate`,
+    /// and a late one starts at once (its wait counts in its response
+    /// time, so a stall is not hidden: no coordinated omission).
+    fn take(&self) -> Option<(u64, Instant)> {
+        let i = self.next.fetch_add(1, Ordering::Relaxed);
+        if i >= self.total {
+            return None;
+        }
+        let due = match self.interval {
+            Some(interval) => self.start + Duration::from_secs_f64(i as f64 * interval),
+            None => Instant::now(),
+        };
+        Some((i, due))
+    }
+}
+
+/// Per-task results.
+struct TaskResult {
+    ops: BTreeMap<Op, OpStats>,
+    errors: Vec<String>,
+}
+
+/// Runs one phase with `plan.concurrency` tasks sharing the session's
+/// connections.
+pub async fn run_phase(session: &Session, plan: PhasePlan, progress: ProgressBar) -> PhaseResult {
+    let pacer = Arc::new(Pacer {
+        next: AtomicU64::new(0),
+        total: plan.operations,
+        start: Instant::now(),
+        interval: plan.rate.filter(|r| *r > 0.0).map(|r| 1.0 / r),
+    });
+    let chooser = Arc::new(ScrambledZipfian::new(plan.records));
+    let options = QueryOptions {
+        consistency: session.consistency,
+        ..QueryOptions::default()
+    };
+    let mut tasks = Vec::new();
+    for t in 0..plan.concurrency.max(1) {
+        let conn = session.conns[t % session.conns.len()].clone();
+        let pacer = pacer.clone();
+        let chooser = chooser.clone();
+        let progress = progress.clone();
+        let options = options.clone();
+        let seed = plan
+            .seed
+            .wrapping_add(t as u64)
+            .wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        tasks.push(tokio::spawn(async move {
+            let mut worker = Worker {
+                conn,
+                options,
+                rng: SmallRng::seed_from_u64(seed),
+                result: TaskResult {
+                    ops: BTreeMap::new(),
+                    errors: Vec::new(),
+                },
+            };
+            while let Some((i, due)) = pacer.take() {
+                tokio::time::sleep_until(due.into()).await;
+                let sent = Instant::now();
+                let (op, outcome) = match plan.kind {
+                    PhaseKind::Load => (Op::Insert, worker.insert(i).await),
+                    PhaseKind::Run(workload) => {
+                        let key = chooser.next(&mut worker.rng);
+                        let op = workload.pick(&mut worker.rng);
+                        (op, worker.run(op, key).await)
+                    }
+                };
+                let done = Instant::now();
+                worker.record(op, due, sent, done, outcome);
+                progress.inc(1);
+            }
+            worker.result
+        }));
+    }
+    let mut result = PhaseResult {
+        elapsed: Duration::ZERO,
+        ops: BTreeMap::new(),
+        error_samples: Vec::new(),
+        rate: plan.rate,
+    };
+    for task in tasks {
+        match task.await {
+            Ok(task) => {
+                for (op, stats) in task.ops {
+                    result
+                        .ops
+                        .entry(op)
+                        .or_insert_with(OpStats::new)
+                        .add(&stats);
+                }
+                for e in task.errors {
+                    if result.error_samples.len() < 5 && !result.error_samples.contains(&e) {
+                        result.error_samples.push(e);
+                    }
+                }
+            }
+            Err(e) => result
+                .error_samples
+                .push(format!("a client task failed: {e}")),
+        }
+    }
+    result.elapsed = pacer.start.elapsed();
+    progress.finish_and_clear();
+    result
+}
+
+struct Worker {
+    conn: Arc<Conn>,
+    options: QueryOptions,
+    rng: SmallRng,
+    result: TaskResult,
+}
+
+/// Printable characters for field values (as YCSB's random ASCII strings).
+const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+
+impl Worker {
+    fn value(&mut self) -> Value {
+        let text: String = (0..FIELD_LENGTH)
+            .map(|_| ALPHABET[self.rng.random_range(0..ALPHABET.len())] as char)
+            .collect();
+        Value::Text(text)
+    }
+
+    async fn insert(&mut self, record: u64) -> Result<(), String> {
+        let mut values = Vec::with_capacity(FIELDS + 1);
+        values.push(Value::Text(key(record)));
+        for _ in 0..FIELDS {
+            let v = self.value();
+            values.push(v);
+        }
+        let conn = self.conn.clone();
+        conn.client
+            .execute_prepared_with(&conn.insert, values, self.options.clone())
+            .await
+            .map(|_| ())
+            .map_err(|e| describe(&e))
+    }
+
+    async fn run(&mut self, op: Op, record: u64) -> Result<(), String> {
+        match op {
+            Op::Read => self.read(record).await.map(|_| ()),
+            Op::Update => self.update(record, None).await,
+            Op::ReadModifyWrite => {
+                let context = self.read(record).await?;
+                self.update(record, context).await
+            }
+            Op::Insert => self.insert(record).await,
+        }
+    }
+
+    /// Reads a whole row; returns its causal context.
+    async fn read(&mut self, record: u64) -> Result<Option<DotSet>, String> {
+        let conn = self.conn.clone();
+        let response = conn
+            .client
+            .execute_prepared_with(
+                &conn.read,
+                vec![Value::Text(key(record))],
+                self.options.clone(),
+            )
+            .await
+            .map_err(|e| describe(&e))?;
+        match response.result {
+            QueryResult::Rows(rows) if rows.rows.len() == 1 => Ok(rows.causal_context),
+            QueryResult::Rows(rows) => Err(format!(
+                "read of {} found {} rows, not 1",
+                key(record),
+                rows.rows.len()
+            )),
+            other => Err(format!("read answered {other:?}")),
+        }
+    }
+
+    /// Writes one random field, with the causal context of a read if given.
+    async fn update(&mut self, record: u64, context: Option<DotSet>) -> Result<(), String> {
+        let field = self.rng.random_range(0..FIELDS);
+        let value = self.value();
+        let conn = self.conn.clone();
+        let options = QueryOptions {
+            causal_context: context,
+            ..self.options.clone()
+        };
+        conn.client
+            .execute_prepared_with(
+                &conn.updates[field],
+                vec![value, Value::Text(key(record))],
+                options,
+            )
+            .await
+            .map(|_| ())
+            .map_err(|e| describe(&e))
+    }
+
+    fn record(
+        &mut self,
+        op: Op,
+        due: Instant,
+        sent: Instant,
+        done: Instant,
+        outcome: Result<(), String>,
+    ) {
+        let stats = self.result.ops.entry(op).or_insert_with(OpStats::new);
+        match outcome {
+            Ok(()) => {
+                let micros = |d: Duration| (d.as_micros() as u64).clamp(1, MAX_LATENCY_US);
+                stats.latency.saturating_record(micros(done - due));
+                stats.service.saturating_record(micros(done - sent));
+            }
+            Err(e) => {
+                stats.errors += 1;
+                if self.result.errors.len() < 5 && !self.result.errors.contains(&e) {
+                    self.result.errors.push(e);
+                }
+            }
+        }
+    }
+}
+
+/// The key of record `n` (YCSB names them `user<n>`).
+pub fn key(n: u64) -> String {
+    format!("user{n}")
+}
+
+fn describe(e: &ClientError) -> String {
+    e.to_string()
+}

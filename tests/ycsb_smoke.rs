@@ -1,0 +1,95 @@
+//! `ringdb ycsb` end to end with tiny numbers: a 3-node RF=3 and a 1-node
+//! RF=1 cluster of real processes, every phase (load, workloads A and F,
+//! A paced) done with operations counted and none failed. No timing is
+//! asserted.
+
+use std::process::Command;
+
+/// The cells of the markdown table rows on stdout whose first column is a
+/// cluster label.
+fn rows(stdout: &str) -> Vec<Vec<String>> {
+    stdout
+        .lines()
+        .filter(|l| l.starts_with("| ") && l.contains("-node RF="))
+        .map(|l| {
+            l.trim_matches('|')
+                .split('|')
+                .map(|c| c.trim().to_string())
+                .collect()
+        })
+        .collect()
+}
+
+#[test]
+fn ycsb_runs_every_phase_on_both_clusters_without_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("ycsb.json");
+    let out = Command::new(env!("CARGO_BIN_EXE_ringdb"))
+        .args(["ycsb", "--records", "200", "--operations", "200"])
+        .args(["--workloads", "a,f", "--concurrency", "4"])
+        .args(["--clusters", "3,1", "--paced-workload", "a"])
+        .arg("--dir")
+        .arg(dir.path().join("clusters"))
+        .arg("--json")
+        .arg(&json)
+        .output()
+        .expect("run ringdb ycsb");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "exit {:?}\nstdout:\n{stdout}\nstderr:\n{stderr}",
+        out.status
+    );
+
+    // Results table: cluster | phase | op | ok | errors | ops/s | p50 | ...
+    let results: Vec<Vec<String>> = rows(&stdout)
+        .into_iter()
+        .filter(|r| r.len() == 10)
+        .collect();
+    for cluster in ["3-node RF=3 QUORUM", "1-node RF=1 QUORUM"] {
+        for (phase, op) in [
+            ("load", "INSERT"),
+            ("A", "READ"),
+            ("A", "UPDATE"),
+            ("F", "READ"),
+            ("F", "READ-MODIFY-WRITE"),
+        ] {
+            let row = results
+                .iter()
+                .find(|r| r[0] == cluster && r[1] == phase && r[2] == op)
+                .unwrap_or_else(|| panic!("no row {cluster} {phase} {op} in:\n{stdout}"));
+            let ok: u64 = row[3].parse().unwrap();
+            let errors: u64 = row[4].parse().unwrap();
+            let p99: u64 = row[7].parse().unwrap();
+            assert!(ok > 0, "{row:?}");
+            assert_eq!(errors, 0, "{row:?}");
+            assert!(p99 > 0, "{row:?}");
+        }
+        // Every operation of a phase is counted, as done or failed.
+        let load_ok: u64 = results
+            .iter()
+            .find(|r| r[0] == cluster && r[1] == "load")
+            .map(|r| r[3].parse().unwrap())
+            .unwrap();
+        assert_eq!(load_ok, 200);
+        let a_total: u64 = results
+            .iter()
+            .find(|r| r[0] == cluster && r[1] == "A" && r[2] == "total")
+            .map(|r| r[3].parse().unwrap())
+            .unwrap();
+        assert_eq!(a_total, 200);
+    }
+
+    // The ratio table and the paced run are there.
+    assert!(
+        stdout.contains("3n / 1n"),
+        "no throughput ratio in:\n{stdout}"
+    );
+    assert!(stdout.contains("Paced runs"), "no paced run in:\n{stdout}");
+
+    let json = std::fs::read_to_string(&json).unwrap();
+    assert!(json.contains("\"phase\":\"A paced\""), "{json}");
+    assert!(!json.contains("\"errors\":1"), "{json}");
+    assert!(json.starts_with('{') && json.trim_end().ends_with('}'));
+}
