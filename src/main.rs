@@ -14,6 +14,9 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
+    /// Benchmarks (`ringdb bench storage`: the storage engine beside fjall
+    /// and RocksDB's db_bench).
+    Bench(cli::bench::BenchArgs),
     /// Writes to a storage engine and reports each acknowledged write on
     /// stdout until killed (used by the crash-recovery test).
     #[command(hide = true)]
@@ -30,6 +33,7 @@ fn main() -> anyhow::Result<()> {
         .init();
     let cli = Cli::parse();
     match cli.command {
+        Command::Bench(args) => cli::bench::run(args),
         Command::CrashWriter(args) => cli::crash_writer::run(args),
     }
 }

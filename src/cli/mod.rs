@@ -1,3 +1,4 @@
 //! Subcommands of the `ringdb` binary (the CLI edge: errors are `anyhow`).
 
+pub mod bench;
 pub mod crash_writer;
