@@ -259,14 +259,14 @@ impl Report {
             let center = (plot_l + plot_r) / 2;
             let scale = f64::from(plot_r - center) / max_log;
             let x_of = |v: f64| center + (v.log2().clamp(-max_log, max_log) * scale) as i32;
-            let title = TextStyle::from(("sans-serif", 18).into_font()).color(&BLACK);
+            let title = TextStyle::from(("sans-serif", 22).into_font()).color(&BLACK);
             root.draw(&Text::new(
                 "ringdb vs peers (ratio, log scale; right of 1x = ringdb better)".to_string(),
                 (20, 14),
                 title,
             ))
             .map_err(err)?;
-            let small = TextStyle::from(("sans-serif", 12).into_font()).color(&BLACK);
+            let small = TextStyle::from(("sans-serif", 15).into_font()).color(&BLACK);
             let legend = "blue: vs fjall   orange: vs RocksDB db_bench   (write amplification inverted: peer/ringdb)";
             root.draw(&Text::new(legend.to_string(), (20, 38), small.clone()))
                 .map_err(err)?;

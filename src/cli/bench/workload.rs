@@ -155,12 +155,14 @@ where
                     if i.is_multiple_of(TICK) {
                         bar.inc(TICK);
                         done.fetch_add(TICK, Ordering::Relaxed);
-                        if spec
-                            .time_limit
-                            .is_some_and(|limit| started.elapsed() >= limit)
-                        {
-                            break;
-                        }
+                    }
+                    // Checked after every operation: a slow (fsyncing)
+                    // thread may take seconds per TICK.
+                    if spec
+                        .time_limit
+                        .is_some_and(|limit| started.elapsed() >= limit)
+                    {
+                        break;
                     }
                 }
                 bar.inc(i % TICK);
