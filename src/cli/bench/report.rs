@@ -81,6 +81,9 @@ pub struct Section {
     pub lower_is_better: bool,
     /// The rows.
     pub rows: Vec<Row>,
+    /// Share of the machine's CPU time that other processes used while the
+    /// section ran (a busy machine makes figures suspect).
+    pub other_cpu_share: Option<f64>,
 }
 
 /// One workload, its figure per engine and ringdb's ratios to its peers.
@@ -194,7 +197,11 @@ impl Report {
             } else {
                 "higher is better"
             };
-            out.push_str(&format!("\n{} ({}, {better})\n", s.title, s.unit));
+            let busy = s
+                .other_cpu_share
+                .map(|b| format!("; other processes used {:.0}% of CPU time", b * 100.0))
+                .unwrap_or_default();
+            out.push_str(&format!("\n{} ({}, {better}{busy})\n", s.title, s.unit));
             out.push_str(&s.table().to_string());
             out.push('\n');
         }
@@ -400,12 +407,14 @@ mod tests {
                     unit: "ops/s".into(),
                     lower_is_better: false,
                     rows: vec![Row::new("fill", Some(200.0), Some(100.0), None, "")],
+                    other_cpu_share: Some(0.25),
                 },
                 Section {
                     title: "wa".into(),
                     unit: "x".into(),
                     lower_is_better: true,
                     rows: vec![Row::new("wa", Some(4.0), Some(2.0), Some(8.0), "")],
+                    other_cpu_share: None,
                 },
             ],
             commands: vec![],
@@ -424,6 +433,7 @@ mod tests {
         assert_eq!(adv[2].2, 2.0); // write amp 4 vs 8: ringdb better
         let text = r.render_text();
         assert!(text.contains("2.00x") && text.contains("lower is better"));
+        assert!(text.contains("other processes used 25% of CPU time"));
         let svg = r.render_svg().unwrap();
         assert!(svg.starts_with("<svg") && svg.contains("fill (vs fjall)"));
         assert_eq!(group_thousands(1234567), "1,234,567");

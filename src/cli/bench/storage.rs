@@ -21,8 +21,8 @@ use super::report::{probe_machine, PeerStatus, Report, Row, Section, Settings};
 use super::ringdb_peer::{self, RingdbStore};
 use super::ui::Ui;
 use super::workload::{
-    process_write_bytes, raw_key, run_phase, KeyOrder, PhaseResult, PhaseSpec, Values, KEY_BYTES,
-    VALUE_BYTES,
+    process_write_bytes, raw_key, run_phase, CpuShare, KeyOrder, PhaseResult, PhaseSpec, Values,
+    KEY_BYTES, VALUE_BYTES,
 };
 use anyhow::Context;
 use ringdb::storage::commitlog::SyncMode;
@@ -700,6 +700,7 @@ pub fn run_benchmark(config: &Config, dir: &Path, ui: &Ui) -> anyhow::Result<Rep
 
     // 1. Key-value shape.
     ui.log("== key-value shape ==");
+    let cpu = CpuShare::start();
     let ringdb_kv = bench.kv_ringdb()?;
     let fjall_kv = if fjall_skip.is_none() {
         match bench.kv_in_process("fjall", |d| FjallStore::open(d, false)) {
@@ -772,8 +773,11 @@ pub fn run_benchmark(config: &Config, dir: &Path, ui: &Ui) -> anyhow::Result<Rep
         "ringdb: Engine::write of a pre-stamped delta, no read-before-write",
     ));
 
+    let kv_busy = cpu.others();
+
     // 2. Durable writes.
     ui.log("== durable writes ==");
+    let cpu = CpuShare::start();
     let mut durable_rows = Vec::new();
     for threads in [1, config.durable_writers] {
         let ringdb = bench
@@ -811,8 +815,11 @@ pub fn run_benchmark(config: &Config, dir: &Path, ui: &Ui) -> anyhow::Result<Rep
         ));
     }
 
+    let durable_busy = cpu.others();
+
     // 3. Wide rows.
     ui.log("== wide rows ==");
+    let cpu = CpuShare::start();
     let ringdb_wide = {
         let dir = bench.fresh_dir("ringdb-wide")?;
         let store = RingdbStore::open(
@@ -879,6 +886,8 @@ pub fn run_benchmark(config: &Config, dir: &Path, ui: &Ui) -> anyhow::Result<Rep
         ),
     ];
 
+    let wide_busy = cpu.others();
+
     // 4. Write amplification.
     let ingested = 2 * config.ops * (KEY_BYTES + VALUE_BYTES) as u64;
     let amp = |b: Option<u64>| b.map(|b| b as f64 / ingested as f64);
@@ -911,6 +920,7 @@ pub fn run_benchmark(config: &Config, dir: &Path, ui: &Ui) -> anyhow::Result<Rep
             unit: "ops/s".into(),
             lower_is_better: false,
             rows: kv_rows,
+            other_cpu_share: kv_busy,
         },
         Section {
             title: format!(
@@ -920,6 +930,7 @@ pub fn run_benchmark(config: &Config, dir: &Path, ui: &Ui) -> anyhow::Result<Rep
             unit: "ops/s".into(),
             lower_is_better: false,
             rows: durable_rows,
+            other_cpu_share: durable_busy,
         },
         Section {
             title: format!(
@@ -929,12 +940,14 @@ pub fn run_benchmark(config: &Config, dir: &Path, ui: &Ui) -> anyhow::Result<Rep
             unit: "ops/s".into(),
             lower_is_better: false,
             rows: wide_rows,
+            other_cpu_share: wide_busy,
         },
         Section {
             title: "Write amplification: bytes written / bytes ingested".into(),
             unit: "x".into(),
             lower_is_better: true,
             rows: wa_rows,
+            other_cpu_share: kv_busy,
         },
     ];
     let peers = vec![

@@ -202,6 +202,62 @@ pub fn process_write_bytes() -> anyhow::Result<u64> {
     parse_write_bytes(&text).context("no write_bytes line in /proc/self/io")
 }
 
+/// Measures how much of the machine's CPU time went to other processes
+/// while a section ran: benchmark figures from a busy machine are suspect,
+/// so the report says how busy it was.
+pub struct CpuShare {
+    start: Option<(u64, u64, u64)>,
+}
+
+impl CpuShare {
+    /// Starts measuring.
+    pub fn start() -> CpuShare {
+        CpuShare { start: cpu_ticks() }
+    }
+
+    /// Share (0..=1) of all CPU time since [`CpuShare::start`] that other
+    /// processes were busy, or `None` off Linux.
+    pub fn others(&self) -> Option<f64> {
+        let (busy0, total0, own0) = self.start?;
+        let (busy1, total1, own1) = cpu_ticks()?;
+        let total = total1.saturating_sub(total0);
+        let others = busy1
+            .saturating_sub(busy0)
+            .saturating_sub(own1.saturating_sub(own0));
+        (total > 0).then(|| (others as f64 / total as f64).min(1.0))
+    }
+}
+
+/// (busy, total) ticks of all CPUs from /proc/stat and this process's own
+/// ticks (with reaped children) from /proc/self/stat.
+fn cpu_ticks() -> Option<(u64, u64, u64)> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let own = std::fs::read_to_string("/proc/self/stat").ok()?;
+    let (busy, total) = parse_proc_stat(&stat)?;
+    Some((busy, total, parse_own_ticks(&own)?))
+}
+
+fn parse_proc_stat(text: &str) -> Option<(u64, u64)> {
+    let line = text.lines().find(|l| l.starts_with("cpu "))?;
+    let v: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .map(|f| f.parse().ok())
+        .collect::<Option<_>>()?;
+    // user nice system idle iowait irq softirq steal ...
+    let get = |i: usize| v.get(i).copied().unwrap_or(0);
+    let busy = get(0) + get(1) + get(2) + get(5) + get(6) + get(7);
+    Some((busy, busy + get(3) + get(4)))
+}
+
+fn parse_own_ticks(text: &str) -> Option<u64> {
+    // Fields after the command name (which may hold spaces) in parentheses:
+    // utime, stime, cutime, cstime are fields 14..=17 of the line.
+    let rest = &text[text.rfind(')')? + 1..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    (11..=14).map(|i| f.get(i)?.parse::<u64>().ok()).sum()
+}
+
 fn parse_write_bytes(text: &str) -> Option<u64> {
     text.lines()
         .find_map(|l| l.strip_prefix("write_bytes:"))
@@ -220,6 +276,18 @@ mod tests {
         assert_eq!(v.get(0).len(), VALUE_BYTES);
         assert_eq!(v.get(u64::MAX).len(), VALUE_BYTES);
         assert_ne!(v.get(0), v.get(1));
+    }
+
+    #[test]
+    fn parses_cpu_ticks() {
+        let stat = "cpu  100 5 20 1000 7 1 2 3 0 0\ncpu0 1 2 3 4\n";
+        assert_eq!(parse_proc_stat(stat), Some((131, 1138)));
+        let own = "42 (my (odd) name) S 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16";
+        assert_eq!(parse_own_ticks(own), Some(11 + 12 + 13 + 14));
+        assert_eq!(parse_own_ticks("garbage"), None);
+        assert!(CpuShare::start()
+            .others()
+            .is_none_or(|s| (0.0..=1.0).contains(&s)));
     }
 
     #[test]
