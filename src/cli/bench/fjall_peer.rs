@@ -88,6 +88,15 @@ impl FjallStore {
         Ok(n)
     }
 
+    /// Table count and bytes on disk, for the report.
+    pub fn describe(&self) -> String {
+        format!(
+            "{} tables, {:.1} MiB on disk",
+            self.keyspace.table_count(),
+            self.keyspace.disk_space() as f64 / (1 << 20) as f64
+        )
+    }
+
     /// Syncs the journal, flushes the memtable and waits until no flush or
     /// compaction has run for half a second.
     pub fn settle(&self) -> anyhow::Result<()> {

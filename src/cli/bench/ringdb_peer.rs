@@ -105,6 +105,19 @@ impl RingdbStore {
         Ok(slice.rows.len())
     }
 
+    /// SSTable count and bytes, compactions and the encoded size of a
+    /// write, for the report.
+    pub fn describe(&self, writes: u64) -> String {
+        let s = self.stats();
+        format!(
+            "{} SSTables, {:.1} MiB; {} compactions; {:.0} B per commit-log record",
+            s.sstables,
+            s.sstable_bytes as f64 / (1 << 20) as f64,
+            s.compactions,
+            s.ingested_bytes as f64 / writes.max(1) as f64
+        )
+    }
+
     /// Flushes the memtable and waits until due compactions are done.
     pub fn settle(&self) -> anyhow::Result<()> {
         self.engine.flush().context("flushing")?;

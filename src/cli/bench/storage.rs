@@ -147,7 +147,7 @@ impl Config {
             rows: args.rows_per_partition,
             durable_writers: args.durable_writers,
             durable_time: Duration::from_secs_f64(durable_secs),
-            durable_max_ops: (ops / 4).max(100),
+            durable_max_ops: ops.max(100),
             periodic: Duration::from_millis(args.periodic_sync_ms),
             seed: args.seed,
             skip_fjall: args
@@ -222,6 +222,8 @@ struct KvFigures {
     write_bytes: Option<u64>,
     /// ringdb only: log + flush + compaction bytes from its counters.
     engine_bytes: Option<u64>,
+    /// Tables and sizes after settling.
+    shape: Option<String>,
 }
 
 /// The operations every in-process engine offers the key-value phases.
@@ -231,6 +233,8 @@ trait KvTarget {
     fn settle(&self) -> anyhow::Result<()>;
     /// Bytes the engine says it wrote (log, flush, compaction), if it counts.
     fn engine_bytes(&self) -> Option<u64>;
+    /// The engine's shape after `writes` writes (tables, sizes), for notes.
+    fn describe(&self, writes: u64) -> String;
 }
 
 impl KvTarget for RingdbStore {
@@ -247,6 +251,9 @@ impl KvTarget for RingdbStore {
         let s = self.stats();
         Some(s.log_bytes + s.flush_bytes + s.compaction_bytes)
     }
+    fn describe(&self, writes: u64) -> String {
+        RingdbStore::describe(self, writes)
+    }
 }
 
 impl KvTarget for FjallStore {
@@ -261,6 +268,9 @@ impl KvTarget for FjallStore {
     }
     fn engine_bytes(&self) -> Option<u64> {
         None
+    }
+    fn describe(&self, _writes: u64) -> String {
+        FjallStore::describe(self)
     }
 }
 
@@ -418,6 +428,12 @@ impl Bench<'_> {
             .engine_bytes()
             .zip(engine_before)
             .map(|(a, b)| a.saturating_sub(b));
+        let shape = format!(
+            "{name} after fillrandom + overwrite, settled: {}",
+            store.describe(2 * ops)
+        );
+        self.ui.log(&shape);
+        fig.shape = Some(shape);
         let spec = self.spec(format!("{name} readrandom"), 1, ops, KeyOrder::Random, 3);
         fig.readrandom = Some(self.phase(&spec, true, |id, _| store.get(&raw_key(id)))?);
         let spec = self.spec(format!("{name} readmissing"), 1, ops, KeyOrder::Missing, 4);
@@ -774,6 +790,9 @@ pub fn run_benchmark(config: &Config, dir: &Path, ui: &Ui) -> anyhow::Result<Rep
     ));
 
     let kv_busy = cpu.others();
+    for shape in [&ringdb_kv.shape, &fjall_kv.shape].into_iter().flatten() {
+        bench.notes.push(shape.clone());
+    }
 
     // 2. Durable writes.
     ui.log("== durable writes ==");
@@ -1013,7 +1032,12 @@ mod tests {
                 assert!(r.db_bench.is_none());
             }
         }
-        assert!(report.notes.is_empty(), "{:?}", report.notes);
+        assert!(
+            !report.notes.iter().any(|n| n.contains("slice")),
+            "{:?}",
+            report.notes
+        );
+        assert_eq!(report.notes.len(), 2, "{:?}", report.notes);
         assert_eq!(
             report.peers[1].skipped.as_deref(),
             Some("not used in tests")
