@@ -3,11 +3,11 @@
 
 use anyhow::anyhow;
 use comfy_table::{presets::UTF8_FULL_CONDENSED, Cell, CellAlignment, Table};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::path::Path;
 
 /// Everything one run measured.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Report {
     /// The machine it ran on.
     pub machine: Machine,
@@ -24,7 +24,7 @@ pub struct Report {
 }
 
 /// The machine and the disk under the data directory.
-#[derive(Debug, Clone, Serialize, Default)]
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
 pub struct Machine {
     /// Logical CPUs.
     pub cpus: usize,
@@ -41,7 +41,7 @@ pub struct Machine {
 }
 
 /// Sizes and settings of the run.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Settings {
     /// Operations per key-value phase (db_bench's `--num`).
     pub ops: u64,
@@ -60,7 +60,7 @@ pub struct Settings {
 }
 
 /// One peer's fate in this run.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct PeerStatus {
     /// `fjall` or `db_bench`.
     pub name: String,
@@ -71,7 +71,7 @@ pub struct PeerStatus {
 }
 
 /// A table of figures.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Section {
     /// Heading.
     pub title: String,
@@ -87,7 +87,7 @@ pub struct Section {
 }
 
 /// One workload, its figure per engine and ringdb's ratios to its peers.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Row {
     /// What was measured.
     pub workload: String,
@@ -216,6 +216,14 @@ impl Report {
         out
     }
 
+    /// Reads a report written by [`Report::write_json`].
+    pub fn read_json(path: &Path) -> anyhow::Result<Report> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| anyhow!("reading {}: {e}", path.display()))?;
+        serde_json::from_str(&text)
+            .map_err(|e| anyhow!("{} is not a saved report: {e}", path.display()))
+    }
+
     /// Writes the report as pretty JSON.
     pub fn write_json(&self, path: &Path) -> anyhow::Result<()> {
         let text = serde_json::to_string_pretty(self)?;
@@ -255,12 +263,12 @@ impl Report {
             let root = SVGBackend::with_string(&mut svg, (width, height)).into_drawing_area();
             let err = |e: DrawingAreaErrorKind<_>| anyhow!("drawing the chart: {e:?}");
             root.fill(&WHITE).map_err(err)?;
-            let max_log = bars
+            let longest = bars
                 .iter()
                 .map(|(_, _, v)| v.log2().abs())
-                .fold(1.0f64, f64::max)
-                .ceil()
-                .min(8.0);
+                .fold(0.0f64, f64::max);
+            // Room for the value label beyond the longest bar.
+            let max_log = (longest + 0.6).clamp(1.0, 8.0).ceil();
             let plot_l = label_w + 10;
             let plot_r = width as i32 - 30;
             let center = (plot_l + plot_r) / 2;
@@ -434,6 +442,13 @@ mod tests {
         let text = r.render_text();
         assert!(text.contains("2.00x") && text.contains("lower is better"));
         assert!(text.contains("other processes used 25% of CPU time"));
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("r.json");
+        r.write_json(&path).unwrap();
+        let back = Report::read_json(&path).unwrap();
+        assert_eq!(back.render_text(), r.render_text());
+        std::fs::write(&path, "{").unwrap();
+        assert!(Report::read_json(&path).is_err());
         let svg = r.render_svg().unwrap();
         assert!(svg.starts_with("<svg") && svg.contains("fill (vs fjall)"));
         assert_eq!(group_thousands(1234567), "1,234,567");

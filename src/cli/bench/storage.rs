@@ -74,6 +74,10 @@ pub struct StorageArgs {
     /// Seed of every key choice.
     #[arg(long, default_value_t = 42)]
     pub seed: u64,
+    /// Run nothing: print the tables of a report saved with --json (and
+    /// write --svg / --json from it).
+    #[arg(long, value_name = "FILE")]
+    pub from_json: Option<PathBuf>,
 }
 
 /// A peer that `--skip-peers` can name.
@@ -165,6 +169,10 @@ impl Config {
 
 /// Runs the benchmark, prints the tables and writes the requested files.
 pub fn run(args: StorageArgs) -> anyhow::Result<()> {
+    if let Some(saved) = &args.from_json {
+        let report = Report::read_json(saved)?;
+        return output(&report, &args, &Ui::stderr());
+    }
     let config = Config::from_args(&args)?;
     let base = match &args.dir {
         Some(d) => d.clone(),
@@ -182,6 +190,11 @@ pub fn run(args: StorageArgs) -> anyhow::Result<()> {
         data.path().display()
     ));
     let report = run_benchmark(&config, data.path(), &ui)?;
+    output(&report, &args, &ui)
+}
+
+/// Prints the tables and writes the files `--json` and `--svg` ask for.
+fn output(report: &Report, args: &StorageArgs, ui: &Ui) -> anyhow::Result<()> {
     print!("{}", report.render_text());
     if let Some(path) = &args.json {
         report.write_json(path)?;
