@@ -22,6 +22,10 @@ enum Command {
     /// A local ringdb in one command: starts a node and opens the shell on
     /// it; leaving the shell stops the node.
     Dev(cli::dev::DevArgs),
+    /// Benchmarks: `ringdb bench storage` (the storage engine beside fjall
+    /// and RocksDB's db_bench) and `ringdb bench ycsb` (YCSB workloads on
+    /// local clusters).
+    Bench(cli::bench::BenchArgs),
     /// Writes to a storage engine and reports each acknowledged write on
     /// stdout until killed (used by the crash-recovery test).
     #[command(hide = true)]
@@ -30,11 +34,6 @@ enum Command {
     Server(cli::server::ServerArgs),
     /// The interactive CQL-lite shell.
     Shell(ringdb::shell::ShellArgs),
-    /// YCSB core workloads (A, B, C, F) against a 3-node and a 1-node
-    /// local cluster, or an existing one: throughput and latency per
-    /// operation type.
-    #[command(hide = true)]
-    Ycsb(cli::ycsb::YcsbArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -49,10 +48,10 @@ fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Admin(args) => cli::admin::run(args),
         Command::Certs(args) => cli::certs::run(args),
+        Command::Bench(args) => cli::bench::run(args),
         Command::CrashWriter(args) => cli::crash_writer::run(args),
         Command::Dev(args) => std::process::exit(cli::dev::run(args)?),
         Command::Server(args) => cli::server::run(args),
         Command::Shell(args) => std::process::exit(ringdb::shell::run(args)),
-        Command::Ycsb(args) => cli::ycsb::run(args),
     }
 }

@@ -1,4 +1,4 @@
-//! `ringdb ycsb` end to end with tiny numbers: a 3-node RF=3 and a 1-node
+//! `ringdb bench ycsb` end to end with tiny numbers: a 3-node RF=3 and a 1-node
 //! RF=1 cluster of real processes, every phase (load, workloads A and F,
 //! A paced) done with operations counted and none failed. No timing is
 //! asserted.
@@ -25,7 +25,7 @@ fn ycsb_runs_every_phase_on_both_clusters_without_errors() {
     let dir = tempfile::tempdir().unwrap();
     let json = dir.path().join("ycsb.json");
     let out = Command::new(env!("CARGO_BIN_EXE_ringdb"))
-        .args(["ycsb", "--records", "200", "--operations", "200"])
+        .args(["bench", "ycsb", "--records", "200", "--operations", "200"])
         .args(["--workloads", "a,f", "--concurrency", "4"])
         .args(["--clusters", "3,1", "--paced-workload", "a"])
         .arg("--dir")
@@ -33,7 +33,7 @@ fn ycsb_runs_every_phase_on_both_clusters_without_errors() {
         .arg("--json")
         .arg(&json)
         .output()
-        .expect("run ringdb ycsb");
+        .expect("run ringdb bench ycsb");
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(

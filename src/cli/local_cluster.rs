@@ -1,5 +1,5 @@
 //! A local cluster of real `ringdb server` processes on 127.0.0.1, shared
-//! by `ringdb dev` and `ringdb ycsb`.
+//! by `ringdb dev` and `ringdb bench ycsb`.
 //!
 //! Creates a throw-away CA and node certificates under one directory,
 //! starts the nodes (node 1 first: it is everyone's seed), waits until

@@ -1,4 +1,4 @@
-//! `ringdb ycsb`: YCSB's core workloads against a ringdb cluster.
+//! `ringdb bench ycsb`: YCSB's core workloads against a ringdb cluster.
 //!
 //! By default it starts a 3-node cluster (RF=3) and then a 1-node cluster
 //! (RF=1) as real `ringdb server` processes on 127.0.0.1 (see
@@ -28,7 +28,7 @@ use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-/// Arguments of `ringdb ycsb`.
+/// Arguments of `ringdb bench ycsb`.
 #[derive(clap::Args, Debug, Clone)]
 pub struct YcsbArgs {
     /// Rows loaded before the workloads run [default: 50000; 5000 with
@@ -132,7 +132,7 @@ struct Paced {
     result: PhaseResult,
 }
 
-/// Runs `ringdb ycsb`. Fails (after printing the results) if any
+/// Runs `ringdb bench ycsb`. Fails (after printing the results) if any
 /// operation failed.
 pub fn run(args: YcsbArgs) -> anyhow::Result<()> {
     let sizes = Sizes {
@@ -642,7 +642,7 @@ fn to_json(results: &[ClusterResult], sizes: Sizes) -> String {
     )
 }
 
-/// Where `ringdb ycsb` keeps a local cluster of `nodes` nodes under `dir`.
+/// Where `ringdb bench ycsb` keeps a local cluster of `nodes` nodes under `dir`.
 fn cluster_dir(dir: &Path, nodes: u16) -> PathBuf {
     dir.join(format!("{nodes}-node"))
 }
