@@ -329,7 +329,7 @@ async fn a_cluster_over_quic() {
         .expect("ddl");
     let schema = (*execs[0].1.current()).clone();
     for (_, sch) in &execs[1..] {
-        sch.replace_if_newer(schema.clone()).expect("schema");
+        sch.merge(&schema).expect("schema");
     }
     let opts = |cl| QueryOptions {
         consistency: cl,

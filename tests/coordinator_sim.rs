@@ -148,7 +148,7 @@ impl Cluster {
         let schema = (*self.node(i).schema.current()).clone();
         for (j, n) in self.nodes.iter().enumerate() {
             if let (Some(n), true) = (n, j != i) {
-                n.schema.replace_if_newer(schema.clone()).expect("schema");
+                n.schema.merge(&schema).expect("schema");
             }
         }
     }

@@ -39,7 +39,7 @@ impl AgreeingExecutor {
 
     /// Whether every live node with known metadata reports our schema.
     fn agreed(&self) -> bool {
-        let ours = self.schema.current().precedence();
+        let ours = self.schema.current().fingerprint();
         let view = self.membership.view();
         view.members
             .values()

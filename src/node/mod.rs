@@ -185,9 +185,7 @@ impl Node {
             config.rack.clone(),
             saved_tokens.clone().unwrap_or_default(),
         );
-        let current = schema.current();
-        metadata.schema_version = current.version;
-        metadata.schema_digest = digest64(&current);
+        (metadata.schema_version, metadata.schema_digest) = schema.current().fingerprint();
         if saved_tokens.is_some() {
             metadata.status = NodeStatus::Normal;
         }
@@ -241,14 +239,20 @@ impl Node {
             tokio::spawn(react_to_gossip(
                 membership.clone(),
                 cluster.clone(),
-                schema.clone(),
-                transport.clone(),
+                SchemaSync {
+                    schema: schema.clone(),
+                    transport: transport.clone(),
+                    clock: clock.clone(),
+                },
             )),
         ];
         tasks.push(tokio::spawn(publish_schema_changes(
             membership.clone(),
-            schema.clone(),
-            transport.clone(),
+            SchemaSync {
+                schema: schema.clone(),
+                transport: transport.clone(),
+                clock: clock.clone(),
+            },
         )));
 
         let executor = Arc::new(AgreeingExecutor::new(
@@ -317,13 +321,9 @@ fn ring_of(membership: &Membership) -> Ring {
 }
 
 /// Follows gossip: a node coming up gets its hints; metadata changes
-/// rebuild the ring; a newer schema elsewhere is pulled.
-async fn react_to_gossip(
-    membership: Membership,
-    cluster: ClusterStore,
-    schema: Arc<SchemaStore>,
-    transport: Arc<dyn Transport<PeerRequest, PeerResponse>>,
-) {
+/// rebuild the ring; a node gossiping a schema other than ours is pulled
+/// from and its schema merged into ours.
+async fn react_to_gossip(membership: Membership, cluster: ClusterStore, sync: SchemaSync) {
     let mut events = membership.subscribe();
     loop {
         let event = match events.recv().await {
@@ -346,11 +346,9 @@ async fn react_to_gossip(
                 let Some(meta) = view.get(node).and_then(|m| m.metadata.clone()) else {
                     continue;
                 };
-                let ours = schema.current();
-                let newer =
-                    (meta.schema_version, meta.schema_digest) > (ours.version, digest64(&ours));
-                if newer {
-                    pull_schema(&transport, meta.addr, &schema).await;
+                if (meta.schema_version, meta.schema_digest) != sync.schema.current().fingerprint()
+                {
+                    sync.pull(meta.addr).await;
                 }
             }
             _ => {}
@@ -358,66 +356,71 @@ async fn react_to_gossip(
     }
 }
 
-async fn pull_schema(
-    transport: &Arc<dyn Transport<PeerRequest, PeerResponse>>,
-    from: SocketAddr,
-    schema: &SchemaStore,
-) {
-    match transport
-        .request(from, PeerRequest::GetSchema, Duration::from_secs(5))
-        .await
-    {
-        Ok(PeerResponse::Schema(theirs)) => {
-            if let Err(e) = schema.replace_if_newer(*theirs) {
-                tracing::warn!(error = %e, "could not apply the schema pulled from {from}");
-            }
+/// What schema exchange needs: the node's schema, the transport to pull
+/// with, and the clock that must move past every schema change seen.
+struct SchemaSync {
+    schema: Arc<SchemaStore>,
+    transport: Arc<dyn Transport<PeerRequest, PeerResponse>>,
+    clock: Arc<HybridClock>,
+}
+
+impl SchemaSync {
+    /// Pulls the schema of the node at `from` and merges it into ours.
+    /// The clock observes the merged schema's latest change, so what this
+    /// node does next (a DDL statement, a write to a column added
+    /// elsewhere) is stamped after it.
+    async fn pull(&self, from: SocketAddr) {
+        match self
+            .transport
+            .request(from, PeerRequest::GetSchema, Duration::from_secs(5))
+            .await
+        {
+            Ok(PeerResponse::Schema(theirs)) => match self.schema.merge(&theirs) {
+                Ok(merged) => self.clock.observe(merged.latest()),
+                Err(e) => {
+                    tracing::warn!(error = %e, "could not merge the schema pulled from {from}")
+                }
+            },
+            Ok(other) => tracing::warn!(?other, "unexpected answer to a schema pull from {from}"),
+            Err(e) => tracing::warn!(error = %e, "schema pull from {from} failed"),
         }
-        Ok(other) => tracing::warn!(?other, "unexpected answer to a schema pull from {from}"),
-        Err(e) => tracing::warn!(error = %e, "schema pull from {from} failed"),
     }
 }
 
-/// The schema digest as gossip carries it (the second half of
-/// [`crate::schema::Schema::precedence`]).
-fn digest64(schema: &crate::schema::Schema) -> u64 {
-    schema.precedence().1
-}
-
 /// Keeps this node's schema in step with the cluster: publishes its own
-/// (version, digest) in gossip whenever it changes, and about every
-/// second pulls the schema from any live node that gossips a greater one.
-/// The periodic pull makes up for a pull that failed or an event that was
+/// fingerprint (version, digest) in gossip whenever it changes, and about
+/// every second pulls the schema of one live node whose fingerprint
+/// differs (taking such nodes in turn) and merges it. Merging is
+/// symmetric: the other node sees our new fingerprint and pulls ours, so
+/// changes made concurrently on different nodes meet everywhere. The
+/// periodic pull makes up for a pull that failed or an event that was
 /// missed.
-async fn publish_schema_changes(
-    membership: Membership,
-    schema: Arc<SchemaStore>,
-    transport: Arc<dyn Transport<PeerRequest, PeerResponse>>,
-) {
+async fn publish_schema_changes(membership: Membership, sync: SchemaSync) {
     let mut last = (0u64, 0u64);
     let mut tick = 0u64;
     loop {
-        let now = schema.current().precedence();
+        let now = sync.schema.current().fingerprint();
         if now != last {
             last = now;
             let _ = membership.update_local(|m| {
-                m.schema_version = now.0;
-                m.schema_digest = now.1;
+                (m.schema_version, m.schema_digest) = now;
             });
         }
         tick += 1;
         if tick.is_multiple_of(10) {
             let view = membership.view();
-            let newest = view
+            let differing: Vec<SocketAddr> = view
                 .members
                 .values()
                 .filter(|m| m.liveness.is_up())
                 .filter_map(|m| m.metadata.as_ref())
                 .filter(|md| md.node != view.local)
-                .max_by_key(|md| (md.schema_version, md.schema_digest));
-            if let Some(md) = newest {
-                if (md.schema_version, md.schema_digest) > now {
-                    pull_schema(&transport, md.addr, &schema).await;
-                }
+                .filter(|md| (md.schema_version, md.schema_digest) != now)
+                .map(|md| md.addr)
+                .collect();
+            if !differing.is_empty() {
+                let pick = (tick / 10) as usize % differing.len();
+                sync.pull(differing[pick]).await;
             }
         }
         tokio::time::sleep(Duration::from_millis(100)).await;

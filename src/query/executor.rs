@@ -237,8 +237,10 @@ impl Executor {
         };
         // Tables whose data goes with the change.
         let dropped: Vec<TableRef> = match &change {
-            SchemaChange::DropKeyspace(k) => schema.tables(k).map(table_ref).collect(),
-            SchemaChange::DropTable { keyspace, table } => schema
+            SchemaChange::DropKeyspace { name, .. } => schema.tables(name).map(table_ref).collect(),
+            SchemaChange::DropTable {
+                keyspace, table, ..
+            } => schema
                 .get_table(keyspace, table)
                 .map(table_ref)
                 .into_iter()

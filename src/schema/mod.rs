@@ -1,11 +1,18 @@
-//! The schema: keyspaces and tables, versioned, persisted, described.
+//! The schema: keyspaces and tables, merged across nodes, persisted,
+//! described.
 //!
-//! A [`Schema`] is a value: keyspaces, their tables, a monotonically
-//! increasing `version` and a content [`Schema::digest`]. It changes only by
-//! applying a [`SchemaChange`] (itself a value, so the cluster can gossip
-//! changes and compare digests), which gives a new schema one version
-//! higher. [`SchemaStore`] keeps the current schema of a node and persists
-//! every new version to one file in the data directory, written atomically.
+//! A [`Schema`] is a mergeable value: every keyspace, table and column
+//! with the HLC timestamp and id of the change that created it, the
+//! settings `ALTER` changed (one last-writer-wins register each), and
+//! tombstones for drops (see `state.rs` for the rules). It changes by
+//! applying a [`SchemaChange`] made on this node ([`Schema::apply`]) or by
+//! merging the schema of another node ([`Schema::merge`]); the merge is
+//! commutative, associative and idempotent, so concurrent changes on
+//! different nodes all survive and every node ends with the same schema.
+//! Its [`Schema::digest`] is a hash of the contents: equal exactly when
+//! the contents are. [`SchemaStore`] keeps the current schema of a node
+//! and persists every new one to one file in the data directory, written
+//! atomically.
 //!
 //! The schema implements [`cql_lite::analyze::Catalog`], so statements are
 //! checked against it with positions and carets, and prints the CQL that
@@ -13,9 +20,14 @@
 //! [`Schema::describe_table`]).
 
 mod describe;
+mod legacy;
 mod persist;
+mod state;
 
 pub use persist::SchemaStore;
+pub use state::SchemaConflict;
+
+use state::{KeyspaceSettings, Lww, SchemaState, TableState, View};
 
 use crate::model::Timestamp;
 use crate::storage::compaction::CompactionStrategy as StorageCompaction;
@@ -413,25 +425,99 @@ impl Table {
     }
 }
 
-/// A change of the schema, as a value (the cluster gossips these).
+/// What `ALTER TABLE` does to one table.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum TableAlteration {
+    /// `ADD`: new regular columns. `change` is the id of this change, which
+    /// orders two additions made at the same instant.
+    AddColumns {
+        /// The columns with their types.
+        columns: Vec<(String, DataType)>,
+        /// The id of the change.
+        change: u128,
+    },
+    /// `DROP`: regular columns removed (their cells written up to the drop
+    /// are never read again, even if the name is added later).
+    DropColumns(Vec<String>),
+    /// `WITH`: options set (those not given keep their values).
+    SetOptions(TableOptionChanges),
+}
+
+/// The options an `ALTER TABLE ... WITH` sets; `None` leaves one alone.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct TableOptionChanges {
+    /// `default_time_to_live`.
+    pub default_time_to_live: Option<u32>,
+    /// `gc_grace_seconds`.
+    pub gc_grace_seconds: Option<u32>,
+    /// `compaction` (validated).
+    pub compaction: Option<Compaction>,
+    /// `comment`.
+    pub comment: Option<String>,
+}
+
+/// A change of the schema made by one DDL statement on one node, with the
+/// HLC timestamp that orders it against concurrent changes elsewhere.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum SchemaChange {
     /// A new keyspace.
-    CreateKeyspace(Keyspace),
-    /// New settings for an existing keyspace.
-    AlterKeyspace(Keyspace),
+    CreateKeyspace {
+        /// The keyspace.
+        keyspace: Keyspace,
+        /// The id of this creation (orders creations at the same instant).
+        id: u128,
+        /// When.
+        at: Timestamp,
+    },
+    /// New settings for an existing keyspace (`None`: unchanged).
+    AlterKeyspace {
+        /// The keyspace.
+        name: String,
+        /// New replication.
+        replication: Option<Replication>,
+        /// New `durable_writes`.
+        durable_writes: Option<bool>,
+        /// New `sloppy_quorum`.
+        sloppy_quorum: Option<bool>,
+        /// When.
+        at: Timestamp,
+    },
     /// Drops a keyspace and its tables.
-    DropKeyspace(String),
-    /// A new table.
-    CreateTable(Table),
-    /// The new definition of an existing table (same id).
-    AlterTable(Table),
+    DropKeyspace {
+        /// The keyspace.
+        name: String,
+        /// When.
+        at: Timestamp,
+    },
+    /// A new table (with a fresh id).
+    CreateTable {
+        /// The table.
+        table: Table,
+        /// When.
+        at: Timestamp,
+    },
+    /// Changes one table, named by its id.
+    AlterTable {
+        /// Its keyspace.
+        keyspace: String,
+        /// Its name.
+        table: String,
+        /// Its id: the change is for this table only, not one created
+        /// again under the same name.
+        id: u128,
+        /// What changes.
+        alteration: TableAlteration,
+        /// When.
+        at: Timestamp,
+    },
     /// Drops a table.
     DropTable {
         /// Its keyspace.
         keyspace: String,
         /// Its name.
         table: String,
+        /// When.
+        at: Timestamp,
     },
 }
 
@@ -440,34 +526,75 @@ impl SchemaChange {
     /// (`CREATED TABLE ks.t`).
     pub fn description(&self) -> String {
         match self {
-            SchemaChange::CreateKeyspace(k) => format!("CREATED KEYSPACE {}", k.name),
-            SchemaChange::AlterKeyspace(k) => format!("UPDATED KEYSPACE {}", k.name),
-            SchemaChange::DropKeyspace(k) => format!("DROPPED KEYSPACE {k}"),
-            SchemaChange::CreateTable(t) => {
-                format!("CREATED TABLE {}.{}", t.keyspace(), t.name())
+            SchemaChange::CreateKeyspace { keyspace, .. } => {
+                format!("CREATED KEYSPACE {}", keyspace.name)
             }
-            SchemaChange::AlterTable(t) => {
-                format!("UPDATED TABLE {}.{}", t.keyspace(), t.name())
+            SchemaChange::AlterKeyspace { name, .. } => format!("UPDATED KEYSPACE {name}"),
+            SchemaChange::DropKeyspace { name, .. } => format!("DROPPED KEYSPACE {name}"),
+            SchemaChange::CreateTable { table, .. } => {
+                format!("CREATED TABLE {}.{}", table.keyspace(), table.name())
             }
-            SchemaChange::DropTable { keyspace, table } => {
+            SchemaChange::AlterTable {
+                keyspace, table, ..
+            } => {
+                format!("UPDATED TABLE {keyspace}.{table}")
+            }
+            SchemaChange::DropTable {
+                keyspace, table, ..
+            } => {
                 format!("DROPPED TABLE {keyspace}.{table}")
             }
         }
     }
+
+    /// When the change was made.
+    pub fn at(&self) -> Timestamp {
+        match self {
+            SchemaChange::CreateKeyspace { at, .. }
+            | SchemaChange::AlterKeyspace { at, .. }
+            | SchemaChange::DropKeyspace { at, .. }
+            | SchemaChange::CreateTable { at, .. }
+            | SchemaChange::AlterTable { at, .. }
+            | SchemaChange::DropTable { at, .. } => *at,
+        }
+    }
 }
 
-/// Keyspaces and tables at one version.
-#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+/// Every keyspace and table with the history needed to merge it with the
+/// schema of another node (see the module documentation).
+///
+/// Serialized as its mergeable state only; deserializing normalizes and
+/// validates it, so a schema from a peer or a file is always sound.
+#[derive(Debug, Clone, Default)]
 pub struct Schema {
-    /// Increases by one with every change.
-    pub version: u64,
-    keyspaces: BTreeMap<String, Keyspace>,
-    tables: BTreeMap<String, BTreeMap<String, Table>>,
+    state: SchemaState,
+    view: View,
+    digest: u128,
+    latest: Timestamp,
+}
+
+impl PartialEq for Schema {
+    fn eq(&self, other: &Schema) -> bool {
+        self.digest == other.digest && self.encoded_state() == other.encoded_state()
+    }
+}
+
+impl Serialize for Schema {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        self.state.serialize(serializer)
+    }
+}
+
+impl<'de> Deserialize<'de> for Schema {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Schema, D::Error> {
+        let state = SchemaState::deserialize(deserializer)?;
+        Schema::from_state(state).map_err(serde::de::Error::custom)
+    }
 }
 
 impl Catalog for Schema {
     fn has_keyspace(&self, keyspace: &str) -> bool {
-        self.keyspaces.contains_key(keyspace)
+        self.view.keyspaces.contains_key(keyspace)
     }
 
     fn table(&self, keyspace: &str, table: &str) -> Option<&TableSchema> {
@@ -476,146 +603,369 @@ impl Catalog for Schema {
 }
 
 impl Schema {
-    /// The order in which schemas replace each other across nodes: version,
-    /// then 64 bits of the digest (what gossip carries).
-    pub fn precedence(&self) -> (u64, u64) {
-        (self.version, self.digest() as u64)
-    }
-
-    /// The empty schema at version 0.
+    /// The empty schema.
     pub fn new() -> Schema {
         Schema::default()
     }
 
+    /// A schema over a state: normalized, validated, with its view and
+    /// digest computed once.
+    fn from_state(mut state: SchemaState) -> Result<Schema, SchemaError> {
+        state.normalize();
+        state.validate()?;
+        let bytes = encode_state(&state);
+        Ok(Schema {
+            view: state.view(),
+            digest: digest_of(&bytes),
+            latest: state.latest(),
+            state,
+        })
+    }
+
+    fn encoded_state(&self) -> Vec<u8> {
+        encode_state(&self.state)
+    }
+
+    /// The schema's version: the HLC timestamp (as a number) of the latest
+    /// change it holds. It only grows, by changes and by merges; two nodes
+    /// with equal contents have equal versions.
+    pub fn version(&self) -> u64 {
+        self.latest.0
+    }
+
+    /// The HLC timestamp of the latest change the schema holds; a change
+    /// made against this schema is stamped after it.
+    pub fn latest(&self) -> Timestamp {
+        self.latest
+    }
+
+    /// What gossip carries to compare schemas: the version and 64 bits of
+    /// the digest. Two nodes agree when these are equal.
+    pub fn fingerprint(&self) -> (u64, u64) {
+        (self.version(), self.digest as u64)
+    }
+
     /// A keyspace by name.
     pub fn keyspace(&self, name: &str) -> Option<&Keyspace> {
-        self.keyspaces.get(name)
+        self.view.keyspaces.get(name)
     }
 
     /// Every keyspace, by name.
     pub fn keyspaces(&self) -> impl Iterator<Item = &Keyspace> {
-        self.keyspaces.values()
+        self.view.keyspaces.values()
     }
 
     /// A table by keyspace and name.
     pub fn get_table(&self, keyspace: &str, table: &str) -> Option<&Table> {
-        self.tables.get(keyspace).and_then(|t| t.get(table))
+        self.view.tables.get(keyspace).and_then(|t| t.get(table))
     }
 
     /// The tables of a keyspace, by name.
     pub fn tables(&self, keyspace: &str) -> impl Iterator<Item = &Table> {
-        self.tables
+        self.view
+            .tables
             .get(keyspace)
             .into_iter()
             .flat_map(|t| t.values())
     }
 
-    /// A digest of the content (not the version): two nodes with equal
-    /// digests have the same keyspaces and tables.
+    /// A 128-bit hash of the whole mergeable content (history included):
+    /// two schemas have equal digests exactly when they are equal.
     pub fn digest(&self) -> u128 {
-        use siphasher::sip128::{Hasher128, SipHasher13};
-        use std::hash::Hasher;
-        let content = (&self.keyspaces, &self.tables);
-        let bytes =
-            bincode::serde::encode_to_vec(content, bincode::config::standard()).unwrap_or_default();
-        let mut h = SipHasher13::new_with_keys(0x7363_6865_6d61_2d64, 0x6967_6573_742d_7631);
-        h.write(&bytes);
-        h.finish128().as_u128()
+        self.digest
     }
 
-    /// The schema after `change`, one version higher.
+    /// The conflicts between concurrent changes that the merge rules
+    /// resolved (a table or column created twice, a keyspace created twice
+    /// with different settings), among live objects.
+    pub fn conflicts(&self) -> Vec<SchemaConflict> {
+        self.state.conflicts()
+    }
+
+    /// The schema of this node and the schema of another, merged: the
+    /// least schema that holds both. Commutative, associative and
+    /// idempotent.
+    pub fn merge(&self, other: &Schema) -> Result<Schema, SchemaError> {
+        let mut state = self.state.clone();
+        state.join_with(&other.state);
+        Schema::from_state(state)
+    }
+
+    /// The schema after `change`, made on this node: refused with a typed
+    /// error if it no longer fits (the keyspace or table it creates exists,
+    /// the one it alters is gone or was created again). Drops are
+    /// tombstones and are always recorded.
     pub fn apply(&self, change: &SchemaChange) -> Result<Schema, SchemaError> {
-        let mut next = self.clone();
+        self.check(change)?;
+        self.record(change)
+    }
+
+    fn check(&self, change: &SchemaChange) -> Result<(), SchemaError> {
         match change {
-            SchemaChange::CreateKeyspace(k) => {
-                if next.keyspaces.contains_key(&k.name) {
-                    return Err(SchemaError::KeyspaceExists(k.name.clone()));
+            SchemaChange::CreateKeyspace { keyspace, .. } => {
+                if self.keyspace(&keyspace.name).is_some() {
+                    return Err(SchemaError::KeyspaceExists(keyspace.name.clone()));
                 }
-                next.keyspaces.insert(k.name.clone(), k.clone());
             }
-            SchemaChange::AlterKeyspace(k) => {
-                let Some(slot) = next.keyspaces.get_mut(&k.name) else {
-                    return Err(SchemaError::UnknownKeyspace(k.name.clone()));
-                };
-                *slot = k.clone();
-            }
-            SchemaChange::DropKeyspace(name) => {
-                if next.keyspaces.remove(name).is_none() {
+            SchemaChange::AlterKeyspace { name, .. } => {
+                if self.keyspace(name).is_none() {
                     return Err(SchemaError::UnknownKeyspace(name.clone()));
                 }
-                next.tables.remove(name);
             }
-            SchemaChange::CreateTable(t) => {
-                t.validate()?;
-                let ks = t.keyspace().to_string();
-                if !next.keyspaces.contains_key(&ks) {
+            SchemaChange::CreateTable { table, .. } => {
+                table.validate()?;
+                let ks = table.keyspace().to_string();
+                if self.keyspace(&ks).is_none() {
                     return Err(SchemaError::UnknownKeyspace(ks));
                 }
-                let tables = next.tables.entry(ks.clone()).or_default();
-                if tables.contains_key(t.name()) {
-                    return Err(SchemaError::TableExists(ks, t.name().to_string()));
+                if self.get_table(&ks, table.name()).is_some() {
+                    return Err(SchemaError::TableExists(ks, table.name().to_string()));
                 }
-                tables.insert(t.name().to_string(), t.clone());
             }
-            SchemaChange::AlterTable(t) => {
-                t.validate()?;
-                let (ks, name) = (t.keyspace().to_string(), t.name().to_string());
-                let Some(slot) = next.tables.get_mut(&ks).and_then(|m| m.get_mut(&name)) else {
-                    return Err(SchemaError::UnknownTable(ks, name));
+            SchemaChange::AlterTable {
+                keyspace,
+                table,
+                id,
+                alteration,
+                ..
+            } => {
+                let Some(current) = self.get_table(keyspace, table) else {
+                    return Err(SchemaError::UnknownTable(keyspace.clone(), table.clone()));
                 };
-                if slot.id != t.id {
+                if current.id != *id {
                     return Err(SchemaError::Invalid(format!(
-                        "table {ks}.{name} was recreated; the change is for an older table"
+                        "table {keyspace}.{table} was recreated; the change is for an older table"
                     )));
                 }
-                *slot = t.clone();
-            }
-            SchemaChange::DropTable { keyspace, table } => {
-                let removed = next.tables.get_mut(keyspace).and_then(|m| m.remove(table));
-                if removed.is_none() {
-                    return Err(SchemaError::UnknownTable(keyspace.clone(), table.clone()));
+                match alteration {
+                    TableAlteration::AddColumns { columns, .. } => {
+                        if let Some((c, _)) =
+                            columns.iter().find(|(c, _)| current.column(c).is_some())
+                        {
+                            return Err(SchemaError::Invalid(format!(
+                                "Invalid column name {c} because it conflicts with an existing column"
+                            )));
+                        }
+                    }
+                    TableAlteration::DropColumns(cols) => {
+                        if let Some(c) = cols.iter().find(|c| {
+                            current
+                                .column(c)
+                                .is_some_and(|col| col.kind != ColumnKind::Regular)
+                        }) {
+                            return Err(SchemaError::Invalid(format!(
+                                "Cannot drop PRIMARY KEY part {c}"
+                            )));
+                        }
+                    }
+                    TableAlteration::SetOptions(o) => {
+                        if let Some(c) = &o.compaction {
+                            c.storage_strategy()?;
+                        }
+                    }
                 }
             }
+            SchemaChange::DropKeyspace { .. } | SchemaChange::DropTable { .. } => {}
         }
-        next.version = self.version + 1;
-        Ok(next)
+        Ok(())
     }
 
-    /// Checks every invariant (used when loading the schema file).
-    pub fn validate(&self) -> Result<(), SchemaError> {
-        for (name, k) in &self.keyspaces {
-            if name != &k.name {
-                return Err(SchemaError::Invalid(format!(
-                    "keyspace {} stored under the name {name}",
-                    k.name
-                )));
+    /// The schema with `change` recorded as it is, unchecked: what a change
+    /// made on another node amounts to once its schema is merged here. A
+    /// change that does not fit (a second creation of a name, an `ALTER`
+    /// of a table that lost or is gone) is kept by the rules of the merge
+    /// but changes nothing visible.
+    pub fn record(&self, change: &SchemaChange) -> Result<Schema, SchemaError> {
+        let mut state = self.state.clone();
+        match change {
+            SchemaChange::CreateKeyspace { keyspace, id, at } => {
+                let entry = state.keyspaces.entry(keyspace.name.clone()).or_default();
+                entry.births.insert(
+                    (*at, *id),
+                    KeyspaceSettings {
+                        replication: keyspace.replication.clone(),
+                        durable_writes: keyspace.durable_writes,
+                        sloppy_quorum: keyspace.sloppy_quorum,
+                    },
+                );
+            }
+            SchemaChange::AlterKeyspace {
+                name,
+                replication,
+                durable_writes,
+                sloppy_quorum,
+                at,
+            } => {
+                use state::Join;
+                let entry = state.keyspaces.entry(name.clone()).or_default();
+                entry
+                    .replication
+                    .join(&replication.clone().map(|r| Lww::new(*at, r)));
+                entry
+                    .durable_writes
+                    .join(&durable_writes.map(|d| Lww::new(*at, d)));
+                entry
+                    .sloppy_quorum
+                    .join(&sloppy_quorum.map(|q| Lww::new(*at, q)));
+            }
+            SchemaChange::DropKeyspace { name, at } => {
+                let entry = state.keyspaces.entry(name.clone()).or_default();
+                entry.dropped = entry.dropped.max(Some(*at));
+            }
+            SchemaChange::CreateTable { table, at } => {
+                table.validate()?;
+                state
+                    .keyspaces
+                    .entry(table.keyspace().to_string())
+                    .or_default()
+                    .tables
+                    .entry(table.name().to_string())
+                    .or_default()
+                    .births
+                    .insert((*at, table.id), TableState::created(table, *at));
+            }
+            SchemaChange::AlterTable {
+                keyspace,
+                table,
+                id,
+                alteration,
+                at,
+            } => {
+                use state::Join;
+                for t in state.table_mut(keyspace, table, *id) {
+                    match alteration {
+                        TableAlteration::AddColumns { columns, change } => {
+                            for (name, ty) in columns {
+                                t.columns
+                                    .entry(name.clone())
+                                    .or_default()
+                                    .births
+                                    .insert((*at, *change), *ty);
+                            }
+                        }
+                        TableAlteration::DropColumns(cols) => {
+                            for name in cols {
+                                let slot = t.columns.entry(name.clone()).or_default();
+                                slot.dropped = slot.dropped.max(Some(*at));
+                            }
+                        }
+                        TableAlteration::SetOptions(o) => {
+                            if let Some(v) = o.default_time_to_live {
+                                t.default_time_to_live.join(&Lww::new(*at, v));
+                            }
+                            if let Some(v) = o.gc_grace_seconds {
+                                t.gc_grace_seconds.join(&Lww::new(*at, v));
+                            }
+                            if let Some(v) = &o.compaction {
+                                t.compaction.join(&Lww::new(*at, v.clone()));
+                            }
+                            if let Some(v) = &o.comment {
+                                t.comment.join(&Lww::new(*at, v.clone()));
+                            }
+                        }
+                    }
+                }
+            }
+            SchemaChange::DropTable {
+                keyspace,
+                table,
+                at,
+            } => {
+                let slot = state
+                    .keyspaces
+                    .entry(keyspace.clone())
+                    .or_default()
+                    .tables
+                    .entry(table.clone())
+                    .or_default();
+                slot.dropped = slot.dropped.max(Some(*at));
             }
         }
-        for (ks, tables) in &self.tables {
-            if !self.keyspaces.contains_key(ks) {
-                return Err(SchemaError::Invalid(format!(
-                    "tables of keyspace {ks}, which does not exist"
-                )));
-            }
-            for (name, t) in tables {
-                if t.keyspace() != ks || t.name() != name {
-                    return Err(SchemaError::Invalid(format!(
-                        "table {}.{} stored under the name {ks}.{name}",
-                        t.keyspace(),
-                        t.name()
-                    )));
-                }
+        Schema::from_state(state)
+    }
+
+    /// Checks every invariant of the live keyspaces and tables.
+    pub fn validate(&self) -> Result<(), SchemaError> {
+        self.state.validate()?;
+        for tables in self.view.tables.values() {
+            for t in tables.values() {
                 t.validate()?;
             }
         }
         Ok(())
     }
 
+    /// The schema from a format-2 schema file (before schemas merged):
+    /// every object as if created at time zero, so nodes that agreed on the
+    /// old schema agree on the converted one.
+    pub(crate) fn from_legacy(
+        keyspaces: Vec<Keyspace>,
+        tables: Vec<Table>,
+    ) -> Result<Schema, SchemaError> {
+        let mut state = SchemaState::default();
+        for k in keyspaces {
+            state
+                .keyspaces
+                .entry(k.name.clone())
+                .or_default()
+                .births
+                .insert(
+                    (Timestamp::ZERO, 0),
+                    KeyspaceSettings {
+                        replication: k.replication,
+                        durable_writes: k.durable_writes,
+                        sloppy_quorum: k.sloppy_quorum,
+                    },
+                );
+        }
+        for t in tables {
+            let mut ts = TableState::created(&t, Timestamp::ZERO);
+            for (name, dropped) in &t.dropped_columns {
+                let slot = ts.columns.entry(name.clone()).or_default();
+                // A column dropped and added again: its addition came after
+                // the drop.
+                let births = std::mem::take(&mut slot.births);
+                slot.births = births
+                    .into_iter()
+                    .map(|((_, id), ty)| ((Timestamp(dropped.0.saturating_add(1)), id), ty))
+                    .collect();
+                slot.dropped = Some(*dropped);
+            }
+            state
+                .keyspaces
+                .entry(t.keyspace().to_string())
+                .or_default()
+                .tables
+                .entry(t.name().to_string())
+                .or_default()
+                .births
+                .insert((Timestamp::ZERO, t.id), ts);
+        }
+        Schema::from_state(state)
+    }
+}
+
+fn encode_state(state: &SchemaState) -> Vec<u8> {
+    // Encoding plain data into a Vec cannot fail.
+    bincode::serde::encode_to_vec(state, bincode::config::standard()).unwrap_or_default()
+}
+
+fn digest_of(bytes: &[u8]) -> u128 {
+    use siphasher::sip128::{Hasher128, SipHasher13};
+    use std::hash::Hasher;
+    let mut h = SipHasher13::new_with_keys(0x7363_6865_6d61_2d64, 0x6967_6573_742d_7633);
+    h.write(bytes);
+    h.finish128().as_u128()
+}
+impl Schema {
     /// The change a DDL statement makes, or `None` when it does nothing
     /// (`IF NOT EXISTS` on something that exists, `IF EXISTS` on something
     /// that does not). `current` is the session's keyspace, `new_id` the
-    /// id a created table gets, `now` the time of the change (for dropped
-    /// columns). The statement should have passed
+    /// id a created table or keyspace gets (and the tie-break of the
+    /// change), `now` the time of the change: the change is stamped with
+    /// `now` or, if this schema holds a later change (a node with a clock
+    /// ahead), just after that one, so a change always orders after every
+    /// change it was made against. The statement should have passed
     /// [`cql_lite::analyze::check_statement`].
     pub fn change_for(
         &self,
@@ -624,6 +974,7 @@ impl Schema {
         new_id: u128,
         now: Timestamp,
     ) -> Result<Option<SchemaChange>, SchemaError> {
+        let at = now.max(Timestamp(self.latest.0.saturating_add(1)));
         let ks_of = |name: &ast::QualifiedName| -> Result<String, SchemaError> {
             name.keyspace
                 .as_ref()
@@ -637,7 +988,7 @@ impl Schema {
         };
         let existing_table = |name: &ast::QualifiedName| -> Result<&Table, SchemaError> {
             let ks = ks_of(name)?;
-            if !self.keyspaces.contains_key(&ks) {
+            if !self.view.keyspaces.contains_key(&ks) {
                 return Err(SchemaError::UnknownKeyspace(ks));
             }
             self.get_table(&ks, &name.name.name)
@@ -645,50 +996,53 @@ impl Schema {
         };
         let change = match stmt {
             Statement::CreateKeyspace(s) => {
-                if self.keyspaces.contains_key(&s.name.name) {
+                if self.view.keyspaces.contains_key(&s.name.name) {
                     if s.if_not_exists {
                         return Ok(None);
                     }
                     return Err(SchemaError::KeyspaceExists(s.name.name.clone()));
                 }
-                SchemaChange::CreateKeyspace(Keyspace {
-                    name: s.name.name.clone(),
-                    replication: Replication::from_ast(&s.replication),
-                    durable_writes: s.durable_writes.unwrap_or(true),
-                    sloppy_quorum: s.sloppy_quorum.unwrap_or(true),
-                })
+                SchemaChange::CreateKeyspace {
+                    keyspace: Keyspace {
+                        name: s.name.name.clone(),
+                        replication: Replication::from_ast(&s.replication),
+                        durable_writes: s.durable_writes.unwrap_or(true),
+                        sloppy_quorum: s.sloppy_quorum.unwrap_or(true),
+                    },
+                    id: new_id,
+                    at,
+                }
             }
             Statement::AlterKeyspace(s) => {
-                let Some(k) = self.keyspaces.get(&s.name.name) else {
+                if !self.view.keyspaces.contains_key(&s.name.name) {
                     if s.if_exists {
                         return Ok(None);
                     }
                     return Err(SchemaError::UnknownKeyspace(s.name.name.clone()));
                 };
-                let mut k = k.clone();
-                if let Some(r) = &s.replication {
-                    k.replication = Replication::from_ast(r);
+                SchemaChange::AlterKeyspace {
+                    name: s.name.name.clone(),
+                    replication: s.replication.as_ref().map(Replication::from_ast),
+                    durable_writes: s.durable_writes,
+                    sloppy_quorum: s.sloppy_quorum,
+                    at,
                 }
-                if let Some(d) = s.durable_writes {
-                    k.durable_writes = d;
-                }
-                if let Some(q) = s.sloppy_quorum {
-                    k.sloppy_quorum = q;
-                }
-                SchemaChange::AlterKeyspace(k)
             }
             Statement::DropKeyspace(s) => {
-                if !self.keyspaces.contains_key(&s.name.name) {
+                if !self.view.keyspaces.contains_key(&s.name.name) {
                     if s.if_exists {
                         return Ok(None);
                     }
                     return Err(SchemaError::UnknownKeyspace(s.name.name.clone()));
                 }
-                SchemaChange::DropKeyspace(s.name.name.clone())
+                SchemaChange::DropKeyspace {
+                    name: s.name.name.clone(),
+                    at,
+                }
             }
             Statement::CreateTable(s) => {
                 let ks = ks_of(&s.name)?;
-                if !self.keyspaces.contains_key(&ks) {
+                if !self.view.keyspaces.contains_key(&ks) {
                     return Err(SchemaError::UnknownKeyspace(ks));
                 }
                 if self.get_table(&ks, &s.name.name.name).is_some() {
@@ -697,11 +1051,14 @@ impl Schema {
                     }
                     return Err(SchemaError::TableExists(ks, s.name.name.name.clone()));
                 }
-                SchemaChange::CreateTable(Table::from_create(&ks, s, new_id)?)
+                SchemaChange::CreateTable {
+                    table: Table::from_create(&ks, s, new_id)?,
+                    at,
+                }
             }
             Statement::AlterTable(s) => {
                 let mut t = existing_table(&s.name)?.clone();
-                match &s.op {
+                let alteration = match &s.op {
                     AlterTableOp::Add(defs) => {
                         for d in defs {
                             if t.column(&d.name.name).is_some() {
@@ -715,6 +1072,13 @@ impl Schema {
                                 data_type: d.data_type,
                                 kind: ColumnKind::Regular,
                             });
+                        }
+                        TableAlteration::AddColumns {
+                            columns: defs
+                                .iter()
+                                .map(|d| (d.name.name.clone(), d.data_type))
+                                .collect(),
+                            change: new_id,
                         }
                     }
                     AlterTableOp::Drop(cols) => {
@@ -734,12 +1098,29 @@ impl Schema {
                                 }
                             }
                             t.def.columns.retain(|col| col.name != c.name);
-                            t.dropped_columns.insert(c.name.clone(), now);
                         }
+                        TableAlteration::DropColumns(cols.iter().map(|c| c.name.clone()).collect())
                     }
-                    AlterTableOp::With(o) => t.apply_options(o)?,
+                    AlterTableOp::With(o) => {
+                        t.apply_options(o)?;
+                        TableAlteration::SetOptions(TableOptionChanges {
+                            default_time_to_live: o.default_time_to_live,
+                            gc_grace_seconds: o.gc_grace_seconds,
+                            compaction: o.compaction.as_ref().map(|c| Compaction {
+                                strategy: c.strategy,
+                                options: c.options.clone(),
+                            }),
+                            comment: o.comment.clone(),
+                        })
+                    }
+                };
+                SchemaChange::AlterTable {
+                    keyspace: t.keyspace().to_string(),
+                    table: t.name().to_string(),
+                    id: t.id,
+                    alteration,
+                    at,
                 }
-                SchemaChange::AlterTable(t)
             }
             Statement::DropTable(s) => {
                 let ks = ks_of(&s.name)?;
@@ -752,6 +1133,7 @@ impl Schema {
                 SchemaChange::DropTable {
                     keyspace: ks,
                     table: s.name.name.name.clone(),
+                    at,
                 }
             }
             _ => {

@@ -1,29 +1,38 @@
 //! The schema file: one file in the data directory, replaced atomically.
 //!
 //! ```text
-//! <data>/schema.bin:  magic "RNGSCHM2" | payload length u64 LE | crc32c u32 LE | payload (bincode of Schema)
+//! <data>/schema.bin:  magic "RNGSCHM3" | payload length u64 LE | crc32c u32 LE | payload (bincode of the mergeable state)
 //! ```
 //!
 //! The payload is bincode of the structs, which is positional: a field
 //! added to any of them changes the format (`#[serde(default)]` cannot
-//! help), so the magic's digit is the format version. Format 1 (before
-//! keyspaces had `sloppy_quorum`) is refused with its own message; no
-//! such file was ever released.
+//! help), so the magic's digit is the format version. Format 3 holds the
+//! mergeable schema (every object with the timestamps of its changes and
+//! the tombstones of drops). Format 2 (one schema with a counter version,
+//! before schemas merged) still loads: it becomes a mergeable schema with
+//! every object created at time zero, and is written as format 3 with the
+//! next change. Format 1 (before keyspaces had `sloppy_quorum`) is refused
+//! with its own message; no such file was ever released.
 //!
-//! A new version is written to `schema.bin.tmp`, fsynced, renamed over
+//! A new schema is written to `schema.bin.tmp`, fsynced, renamed over
 //! `schema.bin`, and the directory is fsynced: after a crash the file holds
-//! either the old or the new version, whole. Loading checks the magic, the
-//! length, the checksum and every invariant of the schema, and reports a
-//! typed error for each; it never panics.
+//! either the old or the new schema, whole; a merged schema is durable
+//! before it becomes current, so nothing a node has acknowledged or
+//! gossiped is lost by a crash. Loading checks the magic, the length, the
+//! checksum and every invariant of the schema, and reports a typed error
+//! for each; it never panics.
 
-use super::{Schema, SchemaChange, SchemaError};
+use super::legacy::SchemaV2;
+use super::{Schema, SchemaChange, SchemaConflict, SchemaError};
 use parking_lot::{Mutex, RwLock};
 use std::fs::File;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-const MAGIC: &[u8; 8] = b"RNGSCHM2";
+const MAGIC: &[u8; 8] = b"RNGSCHM3";
+/// Format 2: one schema with a counter version (loaded and converted).
+const MAGIC_V2: &[u8; 8] = b"RNGSCHM2";
 /// Format 1: keyspaces without `sloppy_quorum`.
 const MAGIC_V1: &[u8; 8] = b"RNGSCHM1";
 const FILE_NAME: &str = "schema.bin";
@@ -60,11 +69,13 @@ pub fn decode(bytes: &[u8], path: &Path) -> Result<Schema, SchemaError> {
     if bytes.len() >= 8 && &bytes[..8] == MAGIC_V1 {
         return Err(corrupt(
             "schema file format 1 (from before keyspaces had sloppy_quorum) is not supported; \
-             this version reads format 2"
+             this version reads formats 2 and 3: recreate the schema (the CQL of DESCRIBE \
+             on the old version) on an empty data directory"
                 .into(),
         ));
     }
-    if bytes.len() < 20 || &bytes[..8] != MAGIC {
+    let legacy = bytes.len() >= 8 && &bytes[..8] == MAGIC_V2;
+    if bytes.len() < 20 || (&bytes[..8] != MAGIC && !legacy) {
         return Err(corrupt("not a ringdb schema file (bad magic)".into()));
     }
     let mut len = [0u8; 8];
@@ -83,11 +94,24 @@ pub fn decode(bytes: &[u8], path: &Path) -> Result<Schema, SchemaError> {
     if crc32c::crc32c(payload) != crc {
         return Err(corrupt("checksum mismatch".into()));
     }
-    let (schema, used) = bincode::serde::decode_from_slice::<Schema, _>(payload, config())
-        .map_err(|e| corrupt(format!("cannot decode: {e}")))?;
-    if used != payload.len() {
-        return Err(corrupt("trailing bytes after the schema".into()));
-    }
+    let schema = if legacy {
+        let (old, used) = bincode::serde::decode_from_slice::<SchemaV2, _>(payload, config())
+            .map_err(|e| corrupt(format!("cannot decode (format 2): {e}")))?;
+        if used != payload.len() {
+            return Err(corrupt("trailing bytes after the schema".into()));
+        }
+        old.into_schema()
+            .map_err(|e| corrupt(format!("invalid schema (format 2): {e}")))?
+    } else {
+        // Decoding normalizes and validates the state (an invalid one fails
+        // to decode, with the reason).
+        let (schema, used) = bincode::serde::decode_from_slice::<Schema, _>(payload, config())
+            .map_err(|e| corrupt(format!("cannot decode: {e}")))?;
+        if used != payload.len() {
+            return Err(corrupt("trailing bytes after the schema".into()));
+        }
+        schema
+    };
     schema
         .validate()
         .map_err(|e| corrupt(format!("invalid schema: {e}")))?;
@@ -135,8 +159,9 @@ impl SchemaStore {
         self.current.read().clone()
     }
 
-    /// Applies a change: the new version is durable before it becomes
-    /// current. Changes are serialized.
+    /// Applies a change made on this node (checked against the current
+    /// schema, see [`Schema::apply`]): the new schema is durable before it
+    /// becomes current. Changes and merges are serialized.
     pub fn apply(&self, change: &SchemaChange) -> Result<Arc<Schema>, SchemaError> {
         let _guard = self.write.lock();
         let next = Arc::new(self.current().apply(change)?);
@@ -147,25 +172,35 @@ impl SchemaStore {
         Ok(next)
     }
 
-    /// Replaces the schema by a newer one learned from elsewhere (gossip);
-    /// ignored unless it orders after the current one by
-    /// [`Schema::precedence`]: a higher version, or at an equal version
-    /// (two nodes changed the schema at once) the higher digest, so every
-    /// node settles on the same schema.
-    pub fn replace_if_newer(&self, schema: Schema) -> Result<Arc<Schema>, SchemaError> {
+    /// Merges the schema of another node (gossip) into this one: the
+    /// merged schema is durable before it becomes current. Nothing is
+    /// written when the other schema adds nothing. A conflict the merge
+    /// resolved (see [`SchemaConflict`]) that was not there before is
+    /// logged as a warning.
+    pub fn merge(&self, theirs: &Schema) -> Result<Arc<Schema>, SchemaError> {
         let _guard = self.write.lock();
         let current = self.current();
-        if schema.precedence() <= current.precedence() {
+        let next = current.merge(theirs)?;
+        if next.digest() == current.digest() {
             return Ok(current);
         }
-        schema.validate()?;
-        let next = Arc::new(schema);
+        let before = current.conflicts();
+        for conflict in next.conflicts() {
+            if !before.contains(&conflict) {
+                log_conflict(&conflict);
+            }
+        }
+        let next = Arc::new(next);
         if let Some(path) = &self.path {
             write_atomically(path, &encode(&next))?;
         }
         *self.current.write() = next.clone();
         Ok(next)
     }
+}
+
+fn log_conflict(conflict: &SchemaConflict) {
+    tracing::warn!(%conflict, "concurrent schema changes conflicted");
 }
 
 fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), SchemaError> {

@@ -31,7 +31,7 @@ fn sample() -> Schema {
 #[test]
 fn changes_bump_the_version_and_digest() {
     let s = sample();
-    assert_eq!(s.version, 3);
+    assert!(s.version() > Schema::new().version());
     let t = s.get_table("ks", "readings").unwrap();
     assert_eq!(t.id, 7);
     assert_eq!(t.default_time_to_live, 60);
@@ -43,19 +43,28 @@ fn changes_bump_the_version_and_digest() {
         }
     );
     let altered = apply(&s, "ALTER TABLE kv ADD extra int", 0);
-    assert_eq!(altered.version, 4);
+    assert!(altered.version() > s.version());
     assert_ne!(altered.digest(), s.digest());
     let dropped = apply(&altered, "ALTER TABLE kv DROP extra", 0);
     let kv = dropped.get_table("ks", "kv").unwrap();
     assert!(kv.column("extra").is_none());
+    // Every change here was made at the same wall-clock instant: each is
+    // stamped just after the latest change it was made against.
+    assert_eq!(kv.dropped_columns.get("extra"), Some(&dropped.latest()));
+    assert!(dropped.latest() > altered.latest());
+    // Added again: present, and the drop is still remembered.
+    let again = apply(&dropped, "ALTER TABLE kv ADD extra text", 0);
+    let kv = again.get_table("ks", "kv").unwrap();
     assert_eq!(
-        kv.dropped_columns.get("extra"),
-        Some(&Timestamp::from_millis(5))
+        kv.column("extra").map(|c| c.data_type),
+        Some(DataType::Text)
     );
-    // Same content, different version: same digest.
-    let mut same = s.clone();
-    same.version = 99;
-    assert_eq!(same.digest(), s.digest());
+    assert!(kv.dropped_columns.contains_key("extra"));
+    // Equal content, equal digest; the digest survives a round trip.
+    let bytes = persist::encode(&again);
+    let back = persist::decode(&bytes, std::path::Path::new("x")).unwrap();
+    assert_eq!(back.digest(), again.digest());
+    assert_eq!(back, again);
 }
 
 #[test]
@@ -126,7 +135,7 @@ fn describe_recreates_the_table() {
 fn the_file_round_trips_and_damage_is_reported() {
     let dir = tempfile::tempdir().unwrap();
     let store = SchemaStore::open(dir.path()).unwrap();
-    assert_eq!(store.current().version, 0);
+    assert_eq!(store.current().version(), 0);
     let s = sample();
     let stmt = parse_statement(
         "CREATE KEYSPACE other WITH replication = {'class': 'SimpleStrategy', 'replication_factor': 1}",
@@ -138,10 +147,11 @@ fn the_file_round_trips_and_damage_is_reported() {
         .unwrap()
         .unwrap();
     store.apply(&change).unwrap();
-    store.replace_if_newer(s.clone()).unwrap();
+    let merged = store.merge(&s).unwrap();
+    assert!(merged.keyspace("other").is_some() && merged.get_table("ks", "kv").is_some());
     drop(store);
     let reopened = SchemaStore::open(dir.path()).unwrap();
-    assert_eq!(*reopened.current(), s);
+    assert_eq!(*reopened.current(), *merged);
 
     let path = dir.path().join("schema.bin");
     let good = std::fs::read(&path).unwrap();
@@ -176,7 +186,11 @@ fn garbage_never_panics_the_loader() {
             bytes.push(seed as u8);
         }
         if len > 20 {
-            bytes[..8].copy_from_slice(b"RNGSCHM2");
+            bytes[..8].copy_from_slice(if len % 2 == 0 {
+                b"RNGSCHM2"
+            } else {
+                b"RNGSCHM3"
+            });
             let payload_len = (len - 20) as u64;
             bytes[8..16].copy_from_slice(&payload_len.to_le_bytes());
             let crc = crc32c::crc32c(&bytes[20..]);
@@ -227,4 +241,208 @@ fn a_format_1_schema_file_is_refused_with_its_own_message() {
         matches!(&e, SchemaError::Corrupt { reason, .. } if reason.contains("format 1")),
         "{e}"
     );
+}
+
+/// `tests/fixtures/schema-format2.bin` was written by the version before
+/// schemas merged (format 2), with `.expected` holding what it described.
+#[test]
+fn a_format_2_schema_file_still_loads() {
+    let dir = tempfile::tempdir().unwrap();
+    let fixtures = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    std::fs::copy(
+        fixtures.join("schema-format2.bin"),
+        dir.path().join("schema.bin"),
+    )
+    .unwrap();
+    let expected = std::fs::read_to_string(fixtures.join("schema-format2.expected")).unwrap();
+    let store = SchemaStore::open(dir.path()).unwrap();
+    let s = store.current();
+    let mut text = String::new();
+    for ks in ["ks", "strict"] {
+        text.push_str(&s.describe_keyspace(ks).unwrap());
+        text.push('\n');
+    }
+    for (ks, t) in [("ks", "kv"), ("ks", "readings"), ("strict", "events")] {
+        let t = s.get_table(ks, t).unwrap();
+        text.push_str(&format!(
+            "{ks}.{} id={} dropped={:?}\n",
+            t.name(),
+            t.id,
+            t.dropped_columns
+        ));
+    }
+    assert_eq!(text, expected);
+    assert_eq!(s.keyspaces().count(), 2);
+    assert!(s.conflicts().is_empty());
+    // Changes go on from there, and the file is rewritten as format 3.
+    let stmt = parse_statement("ALTER TABLE ks.kv DROP extra").unwrap();
+    let change = s
+        .change_for(&stmt, None, 1, Timestamp::ZERO)
+        .unwrap()
+        .unwrap();
+    let next = store.apply(&change).unwrap();
+    assert!(next
+        .get_table("ks", "kv")
+        .unwrap()
+        .column("extra")
+        .is_none());
+    drop(store);
+    let bytes = std::fs::read(dir.path().join("schema.bin")).unwrap();
+    assert_eq!(&bytes[..8], b"RNGSCHM3");
+    assert_eq!(*SchemaStore::open(dir.path()).unwrap().current(), *next);
+}
+
+/// Two nodes that each create a different table at the same time: after
+/// merging, both tables exist on both.
+#[test]
+fn concurrent_creates_of_different_tables_both_survive() {
+    let base = apply(
+        &Schema::new(),
+        "CREATE KEYSPACE ks WITH replication = {'class': 'SimpleStrategy', 'replication_factor': 1}",
+        1,
+    );
+    let a = apply(&base, "CREATE TABLE a (k int PRIMARY KEY)", 2);
+    let b = apply(&base, "CREATE TABLE b (k int PRIMARY KEY)", 3);
+    assert_eq!(a.latest(), b.latest(), "made at the same instant");
+    let ab = a.merge(&b).unwrap();
+    assert_eq!(ab, b.merge(&a).unwrap());
+    assert_eq!(ab.get_table("ks", "a").map(|t| t.id), Some(2));
+    assert_eq!(ab.get_table("ks", "b").map(|t| t.id), Some(3));
+    assert!(ab.conflicts().is_empty());
+}
+
+#[test]
+fn the_same_table_created_twice_keeps_the_earliest_and_reports_it() {
+    let base = apply(
+        &Schema::new(),
+        "CREATE KEYSPACE ks WITH replication = {'class': 'SimpleStrategy', 'replication_factor': 1}",
+        1,
+    );
+    let at = |ms| {
+        move |s: &Schema, text: &str, id| {
+            let stmt = parse_statement(text).unwrap();
+            let change = s
+                .change_for(&stmt, Some("ks"), id, Timestamp::from_millis(ms))
+                .unwrap()
+                .unwrap();
+            s.apply(&change).unwrap()
+        }
+    };
+    let late = at(900)(&base, "CREATE TABLE t (k int PRIMARY KEY, v int)", 10);
+    let early = at(800)(&base, "CREATE TABLE t (k int PRIMARY KEY, w text)", 20);
+    let merged = late.merge(&early).unwrap();
+    let t = merged.get_table("ks", "t").unwrap();
+    assert_eq!(t.id, 20, "the earliest creation wins");
+    assert!(t.column("w").is_some() && t.column("v").is_none());
+    assert_eq!(
+        merged.conflicts(),
+        vec![SchemaConflict::TableCreatedConcurrently {
+            keyspace: "ks".into(),
+            table: "t".into(),
+            winner: 20,
+            losers: vec![10],
+        }]
+    );
+    // An ALTER made on the losing table changes nothing visible.
+    let altered = at(950)(&late, "ALTER TABLE t ADD x int", 30);
+    let merged2 = altered.merge(&early).unwrap();
+    assert!(merged2.get_table("ks", "t").unwrap().column("x").is_none());
+    // And a change against the loser is refused once the merge is known.
+    let stmt = parse_statement("ALTER TABLE t ADD y int").unwrap();
+    let stale = late
+        .change_for(&stmt, Some("ks"), 40, Timestamp::from_millis(960))
+        .unwrap()
+        .unwrap();
+    assert!(matches!(merged.apply(&stale), Err(SchemaError::Invalid(_))));
+}
+
+#[test]
+fn a_column_added_twice_with_different_types_keeps_the_earliest() {
+    let base = sample();
+    let add = |ms, text: &str, id| {
+        let stmt = parse_statement(text).unwrap();
+        let change = base
+            .change_for(&stmt, Some("ks"), id, Timestamp::from_millis(ms))
+            .unwrap()
+            .unwrap();
+        base.apply(&change).unwrap()
+    };
+    let int = add(1_000, "ALTER TABLE kv ADD c int", 1);
+    let text = add(999, "ALTER TABLE kv ADD c text", 2);
+    let merged = int.merge(&text).unwrap();
+    let col = merged.get_table("ks", "kv").unwrap().column("c").unwrap();
+    assert_eq!(col.data_type, DataType::Text);
+    assert_eq!(
+        merged.conflicts(),
+        vec![SchemaConflict::ColumnTypeConflict {
+            keyspace: "ks".into(),
+            table: "kv".into(),
+            column: "c".into(),
+            winner: DataType::Text,
+            losers: vec![DataType::Int],
+        }]
+    );
+}
+
+#[test]
+fn a_drop_wins_over_a_concurrent_alter() {
+    let base = sample();
+    let run = |s: &Schema, ms, text: &str| {
+        let stmt = parse_statement(text).unwrap();
+        let change = s
+            .change_for(&stmt, Some("ks"), 9, Timestamp::from_millis(ms))
+            .unwrap()
+            .unwrap();
+        s.apply(&change).unwrap()
+    };
+    // The ALTER is later than the DROP, and still the table stays dropped.
+    let dropped = run(&base, 1_000, "DROP TABLE kv");
+    let altered = run(&base, 2_000, "ALTER TABLE kv ADD later int");
+    for merged in [
+        dropped.merge(&altered).unwrap(),
+        altered.merge(&dropped).unwrap(),
+    ] {
+        assert!(merged.get_table("ks", "kv").is_none());
+        assert!(merged.get_table("ks", "readings").is_some());
+    }
+    // Dropping a keyspace drops its tables, even those created
+    // concurrently before the drop.
+    let ks_dropped = run(&base, 3_000, "DROP KEYSPACE ks");
+    let created = run(&base, 2_500, "CREATE TABLE fresh (k int PRIMARY KEY)");
+    let merged = ks_dropped.merge(&created).unwrap();
+    assert!(merged.keyspace("ks").is_none());
+    assert_eq!(merged.tables("ks").count(), 0);
+    // Created again later: empty, the old tables do not come back.
+    let again = run(
+        &merged,
+        4_000,
+        "CREATE KEYSPACE ks WITH replication = {'class': 'SimpleStrategy', 'replication_factor': 1}",
+    );
+    assert!(again.keyspace("ks").is_some());
+    assert_eq!(again.tables("ks").count(), 0);
+}
+
+#[test]
+fn concurrent_alters_of_different_options_both_stay() {
+    let base = sample();
+    let run = |ms, text: &str| {
+        let stmt = parse_statement(text).unwrap();
+        let change = base
+            .change_for(&stmt, Some("ks"), 9, Timestamp::from_millis(ms))
+            .unwrap()
+            .unwrap();
+        base.apply(&change).unwrap()
+    };
+    let ttl = run(1_000, "ALTER TABLE kv WITH default_time_to_live = 30");
+    let comment = run(1_001, "ALTER TABLE kv WITH comment = 'hi'");
+    let rf = run(
+        999,
+        "ALTER KEYSPACE ks WITH replication = {'class': 'SimpleStrategy', 'replication_factor': 2}",
+    );
+    let merged = ttl.merge(&comment).unwrap().merge(&rf).unwrap();
+    let kv = merged.get_table("ks", "kv").unwrap();
+    assert_eq!((kv.default_time_to_live, kv.comment.as_str()), (30, "hi"));
+    let ks = merged.keyspace("ks").unwrap();
+    assert_eq!(ks.replication, Replication::Simple { rf: 2 });
+    assert!(ks.sloppy_quorum, "settings not altered keep their values");
 }

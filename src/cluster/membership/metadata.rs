@@ -58,10 +58,12 @@ pub struct NodeMetadata {
     pub tokens: Vec<Token>,
     /// Where the node is in its life in the ring.
     pub status: NodeStatus,
-    /// The version of the schema the node has applied.
+    /// The version of the node's schema: the HLC timestamp (as a number)
+    /// of the latest schema change it holds
+    /// ([`crate::schema::Schema::version`]).
     pub schema_version: u64,
-    /// A digest of that schema, to tell diverged schemas of equal version
-    /// apart.
+    /// 64 bits of the digest of that schema's whole content: nodes whose
+    /// (version, digest) differ pull each other's schema and merge it.
     pub schema_digest: u64,
     /// Bytes of data the node stores (the `Load` of `nodetool status`).
     pub load_bytes: u64,
