@@ -565,12 +565,24 @@ impl SchemaChange {
 ///
 /// Serialized as its mergeable state only; deserializing normalizes and
 /// validates it, so a schema from a peer or a file is always sound.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct Schema {
     state: SchemaState,
     view: View,
     digest: u128,
     latest: Timestamp,
+}
+
+impl Default for Schema {
+    fn default() -> Schema {
+        let state = SchemaState::default();
+        Schema {
+            digest: digest_of(&encode_state(&state)),
+            view: View::default(),
+            latest: Timestamp::ZERO,
+            state,
+        }
+    }
 }
 
 impl PartialEq for Schema {
@@ -617,7 +629,7 @@ impl Schema {
         Ok(Schema {
             view: state.view(),
             digest: digest_of(&bytes),
-            latest: state.latest(),
+            latest: state.latest,
             state,
         })
     }
@@ -777,6 +789,7 @@ impl Schema {
     /// but changes nothing visible.
     pub fn record(&self, change: &SchemaChange) -> Result<Schema, SchemaError> {
         let mut state = self.state.clone();
+        state.latest = state.latest.max(change.at());
         match change {
             SchemaChange::CreateKeyspace { keyspace, id, at } => {
                 let entry = state.keyspaces.entry(keyspace.name.clone()).or_default();

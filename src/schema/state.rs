@@ -146,6 +146,9 @@ impl Join for KeyspaceSettings {
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub(crate) struct SchemaState {
     pub(crate) keyspaces: BTreeMap<String, KeyspaceState>,
+    /// The greatest timestamp of any change ever recorded or merged (a
+    /// max register: pruning never lowers it, so versions only grow).
+    pub(crate) latest: Timestamp,
 }
 
 /// One keyspace name: its creations after the last drop, the settings
@@ -509,6 +512,7 @@ impl SchemaState {
     /// Joins `other` into `self` and normalizes.
     pub(crate) fn join_with(&mut self, other: &SchemaState) {
         join_map(&mut self.keyspaces, &other.keyspaces);
+        self.latest = self.latest.max(other.latest);
         self.normalize();
     }
 
@@ -564,6 +568,7 @@ impl SchemaState {
                 || k.durable_writes.is_some()
                 || k.sloppy_quorum.is_some()
         });
+        self.latest = self.latest.max(self.latest_held());
     }
 
     /// The live keyspaces and tables.
@@ -639,8 +644,8 @@ impl SchemaState {
         out
     }
 
-    /// The greatest timestamp of any change in the state.
-    pub(crate) fn latest(&self) -> Timestamp {
+    /// The greatest timestamp of any change the state holds now.
+    fn latest_held(&self) -> Timestamp {
         let mut t = Timestamp::ZERO;
         for ks in self.keyspaces.values() {
             t = t.max(ks.dropped.unwrap_or(Timestamp::ZERO));
