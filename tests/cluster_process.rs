@@ -5,11 +5,18 @@
 //!   every acknowledged write is readable at ONE from that node alone (the
 //!   other two stopped).
 //! - A node whose certificate comes from another CA never joins.
+//! - Schema changes made concurrently on two nodes merge: two nodes, each
+//!   alone (a partition), create the same keyspace and different tables;
+//!   once joined, both tables exist on both and take writes. The same
+//!   table name created on both keeps the earliest creation, without the
+//!   other's rows. Two tables created at the same moment on the joined
+//!   cluster both exist too.
 
 use cql_lite::Value;
 use ringdb::client::{Client, ClientTlsConfig};
 use ringdb::model::Consistency;
 use ringdb::net::tls::{ClusterCa, NodeCert};
+use ringdb::query::api::QueryResult;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -322,4 +329,150 @@ fn a_node_with_a_foreign_certificate_never_joins() {
         rogue_view.contains("Cluster: 1 nodes, 1 up"),
         "{rogue_view}"
     );
+}
+
+/// The values of the first column of a SELECT's rows, sorted.
+fn first_column(result: &QueryResult) -> Vec<Value> {
+    let QueryResult::Rows(rows) = result else {
+        panic!("not rows: {result:?}")
+    };
+    let mut out: Vec<Value> = rows.rows.iter().map(|r| r.values[0].clone()).collect();
+    out.sort_by_key(|v| format!("{v:?}"));
+    out
+}
+
+impl Cluster {
+    /// Waits until `node` describes every table of `tables` in `ks`;
+    /// returns their CREATE statements.
+    fn wait_for_tables(&self, node: &Node, ks: &str, tables: &[&str]) -> Vec<String> {
+        let c = self.connect(node);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let schema = self.rt.block_on(c.describe_schema()).unwrap();
+            let found: Vec<String> = tables
+                .iter()
+                .filter_map(|t| schema.keyspace(ks).and_then(|k| k.table(t)))
+                .map(|t| t.create_statement.clone())
+                .collect();
+            if found.len() == tables.len() {
+                self.rt.block_on(c.close());
+                return found;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{} never had all of {ks}.{tables:?}: {:?}; log {}",
+                node.client,
+                schema.keyspace(ks).map(|k| &k.tables),
+                node.log.display()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+}
+
+#[test]
+fn schema_changes_made_apart_merge_when_the_nodes_meet() {
+    let root = tempfile::tempdir().unwrap();
+    let ca = ClusterCa::generate().unwrap();
+    ca.save(&root.path().join("certs"), false).unwrap();
+    // Two nodes, each its own cluster for now: a partition.
+    let mut n1 = make_node(root.path(), &ca, "node1", None);
+    let mut n2 = make_node(root.path(), &ca, "node2", None);
+    let cluster = Cluster {
+        rt: tokio::runtime::Runtime::new().unwrap(),
+        ca_pem: ca.cert_pem().to_string(),
+    };
+    n1.start();
+    n2.start();
+    cluster.wait_for_up(&n1, 1);
+    cluster.wait_for_up(&n2, 1);
+    let run = |c: &Client, text: &str| {
+        cluster
+            .rt
+            .block_on(c.execute(text, vec![]))
+            .unwrap_or_else(|e| panic!("{text}: {e}"))
+    };
+    let create_ks =
+        "CREATE KEYSPACE ks WITH replication = {'class': 'SimpleStrategy', 'replication_factor': 2}";
+    let c1 = cluster.connect(&n1);
+    run(&c1, create_ks);
+    run(&c1, "CREATE TABLE ks.a (k int PRIMARY KEY, v int)");
+    run(&c1, "CREATE TABLE ks.dup (k int PRIMARY KEY, v int)");
+    run(&c1, "INSERT INTO ks.dup (k, v) VALUES (1, 1)");
+    cluster.rt.block_on(c1.close());
+    let c2 = cluster.connect(&n2);
+    run(&c2, create_ks);
+    run(&c2, "CREATE TABLE ks.b (k int PRIMARY KEY, v int)");
+    run(&c2, "CREATE TABLE ks.dup (k int PRIMARY KEY, w text)");
+    run(&c2, "INSERT INTO ks.dup (k, w) VALUES (2, 'two')");
+    cluster.rt.block_on(c2.close());
+
+    // The partition heals: node 2 restarts with node 1 as its seed.
+    n2.stop();
+    n2.seed = Some(n1.peer);
+    n2.start();
+    cluster.wait_for_up(&n1, 2);
+    cluster.wait_for_up(&n2, 2);
+    let on1 = cluster.wait_for_tables(&n1, "ks", &["a", "b", "dup"]);
+    let on2 = cluster.wait_for_tables(&n2, "ks", &["a", "b", "dup"]);
+    assert_eq!(on1, on2, "both nodes describe the same tables");
+    // The earliest CREATE of ks.dup (node 1's) is the table.
+    assert!(
+        on1[2].contains("v int") && !on1[2].contains("w text"),
+        "{}",
+        on1[2]
+    );
+    // Each node warned about the conflict when its merge first met it.
+    for node in [&n1, &n2] {
+        let log = std::fs::read_to_string(&node.log).unwrap();
+        assert!(
+            log.contains("table ks.dup was created concurrently"),
+            "no conflict warning in {}",
+            node.log.display()
+        );
+    }
+
+    // Two more tables created at the same moment through both nodes.
+    let barrier = std::sync::Barrier::new(2);
+    std::thread::scope(|scope| {
+        for (node, table) in [(&n1, "c"), (&n2, "d")] {
+            let (cluster, barrier) = (&cluster, &barrier);
+            scope.spawn(move || {
+                let c = cluster.connect(node);
+                barrier.wait();
+                let text = format!("CREATE TABLE ks.{table} (k int PRIMARY KEY, v int)");
+                cluster
+                    .rt
+                    .block_on(c.execute(&text, vec![]))
+                    .unwrap_or_else(|e| panic!("{text}: {e}"));
+                cluster.rt.block_on(c.close());
+            });
+        }
+    });
+    let all = ["a", "b", "c", "d", "dup"];
+    assert_eq!(
+        cluster.wait_for_tables(&n1, "ks", &all),
+        cluster.wait_for_tables(&n2, "ks", &all)
+    );
+
+    // Every table takes writes at QUORUM (both replicas) through either
+    // node, and reads them back.
+    for (i, node) in [&n1, &n2].into_iter().enumerate() {
+        let c = cluster.connect(node);
+        c.set_consistency(Consistency::Quorum);
+        for t in ["a", "b", "c", "d"] {
+            run(&c, &format!("INSERT INTO ks.{t} (k, v) VALUES ({i}, {i})"));
+        }
+        cluster.rt.block_on(c.close());
+    }
+    let c = cluster.connect(&n2);
+    c.set_consistency(Consistency::Quorum);
+    for t in ["a", "b", "c", "d"] {
+        let keys = first_column(&run(&c, &format!("SELECT k FROM ks.{t}")).result);
+        assert_eq!(keys, vec![Value::Int(0), Value::Int(1)], "ks.{t}");
+    }
+    // ks.dup holds node 1's row only: node 2's losing table is not mixed in.
+    let keys = first_column(&run(&c, "SELECT k FROM ks.dup").result);
+    assert_eq!(keys, vec![Value::Int(1)]);
+    cluster.rt.block_on(c.close());
 }
