@@ -343,6 +343,9 @@ async fn react_to_gossip(membership: Membership, cluster: ClusterStore, sync: Sc
             MembershipEvent::MetadataChanged { .. } => cluster.set_ring(ring_of(&membership)),
             MembershipEvent::SchemaVersionChanged { node, .. } => {
                 let view = membership.view();
+                if node == view.local {
+                    continue;
+                }
                 let Some(meta) = view.get(node).and_then(|m| m.metadata.clone()) else {
                     continue;
                 };
