@@ -12,6 +12,7 @@
 //!   the transport's datagrams), and every node's metadata (tokens, status,
 //!   schema version, load) gossiped to all.
 
+pub mod batchlog;
 pub mod hints;
 pub mod membership;
 pub mod ring;
