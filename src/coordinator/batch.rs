@@ -566,7 +566,16 @@ impl BatchCoordinator {
             self.check_writable(p, cl)?;
         }
         let id = self.next_id();
-        let holders = self.choose_holders(id, cl)?;
+        let holders = match self.choose_holders(id, cl) {
+            Ok(h) => h,
+            Err(e) => {
+                self.inner
+                    .counters
+                    .log_failures
+                    .fetch_add(1, Ordering::Relaxed);
+                return Err(e);
+            }
+        };
         let batch = LoggedBatch {
             id,
             created_ms: self.now_ms(),
