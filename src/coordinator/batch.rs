@@ -725,6 +725,11 @@ impl BatchCoordinator {
             u64::try_from(self.inner.config.replay_delay.as_millis()).unwrap_or(u64::MAX);
         let due = self.inner.log.due(self.now_ms(), delay_ms);
         report.due = due.len();
+        {
+            // Forget the progress of entries another holder finished.
+            let held: BTreeSet<u128> = self.inner.log.ids().into_iter().collect();
+            self.inner.progress.lock().retain(|id, _| held.contains(id));
+        }
         for entry in due {
             let batch = match LoggedBatch::decode(&entry.payload) {
                 Ok(b) if b.id == entry.id => b,
