@@ -64,6 +64,10 @@ pub struct ServerArgs {
     /// Hours a hint is kept for a node that is down.
     #[arg(long)]
     pub hint_window_hours: Option<u64>,
+    /// Milliseconds after which a logged batch still in this node's batch
+    /// log is replayed (default: twice the write timeout).
+    #[arg(long)]
+    pub batchlog_replay_delay_ms: Option<u64>,
 }
 
 /// The TOML form of [`ServerArgs`].
@@ -84,6 +88,7 @@ struct FileConfig {
     write_timeout_ms: Option<u64>,
     read_timeout_ms: Option<u64>,
     hint_window_hours: Option<u64>,
+    batchlog_replay_delay_ms: Option<u64>,
 }
 
 fn parse_sync_mode(text: &str) -> Result<SyncMode, String> {
@@ -169,6 +174,10 @@ fn merge(args: ServerArgs) -> anyhow::Result<NodeConfig> {
                 .or(file.hint_window_hours)
                 .unwrap_or(3),
         ),
+        batchlog_replay_delay: args
+            .batchlog_replay_delay_ms
+            .or(file.batchlog_replay_delay_ms)
+            .map(Duration::from_millis),
         data_dir,
     })
 }
@@ -238,7 +247,7 @@ mod tests {
         let file = dir.path().join("node.toml");
         std::fs::write(
             &file,
-            "data_dir = \"/data/a\"\nlisten = \"127.0.0.1:9100\"\nseeds = [\"127.0.0.1:7001\"]\ncommitlog_sync = \"periodic:20\"\ntokens = [5, 1000]\n",
+            "data_dir = \"/data/a\"\nlisten = \"127.0.0.1:9100\"\nseeds = [\"127.0.0.1:7001\"]\ncommitlog_sync = \"periodic:20\"\ntokens = [5, 1000]\nbatchlog_replay_delay_ms = 2500\n",
         )
         .unwrap();
         let config = merge(ServerArgs {
@@ -251,6 +260,11 @@ mod tests {
         assert_eq!(config.data_dir, PathBuf::from("/data/a"));
         assert_eq!(config.initial_tokens, Some(vec![5, 1000]));
         assert_eq!(config.seeds, vec!["127.0.0.1:7001".parse().unwrap()]);
+        assert_eq!(
+            config.batchlog_replay_delay,
+            Some(Duration::from_millis(2500)),
+            "from the file"
+        );
         assert_eq!(
             config.sync_mode,
             SyncMode::Periodic {

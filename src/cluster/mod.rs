@@ -6,12 +6,16 @@
 //!   token, one per rack first where racks are set. Ownership changes only
 //!   by explicit operations (bootstrap, decommission, removenode); liveness
 //!   is not the ring's business.
+//! - [`batchlog`]: the durable batch log, logged batches held for
+//!   coordinators until they are applied (replayed by the coordinator
+//!   layer when one is left behind).
 //! - [`hints`]: durable hints, writes held for a replica that was down,
 //!   replayed when it is back and dropped (counted) past the hint window.
 //! - [`membership`]: who is in the cluster and who is up (SWIM via foca over
 //!   the transport's datagrams), and every node's metadata (tokens, status,
 //!   schema version, load) gossiped to all.
 
+pub mod batchlog;
 pub mod hints;
 pub mod membership;
 pub mod ring;

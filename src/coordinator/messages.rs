@@ -7,8 +7,8 @@
 //! a request the replica cannot decode (another protocol version, garbage)
 //! is rejected by the transport with a typed `NetError` instead.
 
-use crate::model::{Entry, KeyBound, NodeId, PartitionHeader, RowState};
-use crate::query::api::{Mutation, QueryError, SliceRequest, TableRef};
+use crate::model::{Consistency, Entry, KeyBound, NodeId, PartitionHeader, RowState};
+use crate::query::api::{Mutation, PartitionWrite, QueryError, SliceRequest, TableRef};
 use crate::storage::engine::StateSlice;
 use serde::{Deserialize, Serialize};
 use std::ops::Bound;
@@ -89,6 +89,19 @@ pub enum PeerRequest {
     /// Send your schema (a node that saw a newer schema version in gossip
     /// pulls it).
     GetSchema,
+    /// Hold this logged batch durably in your batch log
+    /// ([`PeerResponse::BatchStored`] once it is fsynced).
+    StoreBatch {
+        /// The batch id (must match the payload's).
+        id: u128,
+        /// A [`LoggedBatch`], encoded.
+        payload: Vec<u8>,
+    },
+    /// The logged batch was applied: drop it from your batch log.
+    RemoveBatch {
+        /// The batch id.
+        id: u128,
+    },
 }
 
 /// A replica's answer.
@@ -113,6 +126,10 @@ pub enum PeerResponse {
     },
     /// The node's schema, for [`PeerRequest::GetSchema`].
     Schema(Box<crate::schema::Schema>),
+    /// The logged batch is in the node's batch log, durably.
+    BatchStored,
+    /// The logged batch is no longer in the node's batch log.
+    BatchRemoved,
     /// The request failed on the replica.
     Error(PeerError),
 }
@@ -269,5 +286,41 @@ impl HintPayload {
             return Err(format!("{} trailing bytes", bytes.len() - used));
         }
         Ok(p)
+    }
+}
+
+/// A logged batch as the batch log holds it (the payload of a
+/// `cluster::batchlog::BatchEntry`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LoggedBatch {
+    /// The batch id, a timeuuid made by the coordinator.
+    pub id: u128,
+    /// Wall-clock millisecond at which the coordinator made it.
+    pub created_ms: u64,
+    /// The consistency level the client asked for.
+    pub consistency: Consistency,
+    /// The nodes holding the batch log entry, in the order in which they
+    /// take over its replay.
+    pub holders: Vec<NodeId>,
+    /// The mutations, per (table, partition key), not stamped: a replay
+    /// stamps them again, with the batch's own timestamps.
+    pub partitions: Vec<PartitionWrite>,
+}
+
+impl LoggedBatch {
+    /// Encodes the batch.
+    pub fn encode(&self) -> Result<Vec<u8>, String> {
+        bincode::serde::encode_to_vec(self, codec()).map_err(|e| e.to_string())
+    }
+
+    /// Decodes a batch (bytes from a peer or from disk: errors, never
+    /// panics).
+    pub fn decode(bytes: &[u8]) -> Result<LoggedBatch, String> {
+        let (b, used) = bincode::serde::decode_from_slice::<LoggedBatch, _>(bytes, codec())
+            .map_err(|e| e.to_string())?;
+        if used != bytes.len() {
+            return Err(format!("{} trailing bytes", bytes.len() - used));
+        }
+        Ok(b)
     }
 }

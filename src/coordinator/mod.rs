@@ -72,6 +72,17 @@
 //! flight, a pause between groups), and dropped and counted by the hint
 //! store past the hint window.
 //!
+//! # Logged batches
+//!
+//! A logged batch across partitions goes through [`BatchCoordinator`]: the
+//! batch is stored durably in the batch log of one or two other nodes
+//! first, then applied partition by partition through the write path
+//! above, then removed; a node holding an entry older than the replay
+//! delay replays it (read of every alive replica with blocking repair,
+//! then a write with the stamping replica's own context, so the replay
+//! supersedes what a first, partial attempt left instead of becoming its
+//! sibling). See the `batch` module for the details.
+//!
 //! # Sloppy quorum per keyspace
 //!
 //! It is the keyspace property `sloppy_quorum` (default `true`), set by
@@ -97,6 +108,7 @@
 //! store in inline mode (`LocalStore::set_inline_io`), the same seed gives
 //! the same history.
 
+mod batch;
 mod clock;
 mod liveness;
 pub mod merge;
@@ -104,6 +116,10 @@ pub mod messages;
 mod replica;
 mod store;
 
+pub use batch::{
+    BatchConfig, BatchCoordinator, BatchFault, BatchReplayReport, BatchStats, FAULT_ENV,
+    MAX_LOGGED_BATCH_BYTES,
+};
 pub use clock::TokioClock;
 pub use liveness::{Liveness, ManualLiveness};
 pub use messages::{PeerError, PeerRequest, PeerResponse};

@@ -1,9 +1,11 @@
 //! The replica side: a [`Handler`] that serves coordinators' requests from
-//! the node's local store and hint store.
+//! the node's local store, hint store and batch log.
 
 use super::messages::{
-    from_key_bound, Deltas, HintPayload, PeerError, PeerRequest, PeerResponse, ReplicaPartition,
+    from_key_bound, Deltas, HintPayload, LoggedBatch, PeerError, PeerRequest, PeerResponse,
+    ReplicaPartition,
 };
+use crate::cluster::batchlog::{BatchEntry, BatchLog};
 use crate::cluster::hints::{Hint, HintStore};
 use crate::model::Entry;
 use crate::net::{BoxFuture, Handler};
@@ -19,6 +21,7 @@ use std::sync::Arc;
 pub struct ReplicaHandler {
     local: Arc<LocalStore>,
     hints: Arc<HintStore>,
+    batch_log: Option<Arc<BatchLog>>,
 }
 
 impl std::fmt::Debug for ReplicaHandler {
@@ -32,7 +35,25 @@ impl std::fmt::Debug for ReplicaHandler {
 impl ReplicaHandler {
     /// A handler over the node's data and hints.
     pub fn new(local: Arc<LocalStore>, hints: Arc<HintStore>) -> ReplicaHandler {
-        ReplicaHandler { local, hints }
+        ReplicaHandler {
+            local,
+            hints,
+            batch_log: None,
+        }
+    }
+
+    /// The same handler, also holding logged batches for coordinators in
+    /// `batch_log` (without one, batch-log requests are refused as
+    /// unsupported).
+    pub fn with_batch_log(mut self, batch_log: Arc<BatchLog>) -> ReplicaHandler {
+        self.batch_log = Some(batch_log);
+        self
+    }
+
+    fn batch_log(&self) -> Result<&Arc<BatchLog>, PeerError> {
+        self.batch_log
+            .as_ref()
+            .ok_or_else(|| PeerError::Unsupported("this node keeps no batch log".into()))
     }
 
     /// Serves one request (also what the coordinator calls for itself,
@@ -128,6 +149,33 @@ impl ReplicaHandler {
             PeerRequest::Truncate { table } => {
                 self.local.truncate(&table).await?;
                 Ok(PeerResponse::Applied)
+            }
+            PeerRequest::StoreBatch { id, payload } => {
+                let log = self.batch_log()?;
+                // Only a well-formed batch is worth keeping: a replay could
+                // do nothing with garbage.
+                let batch = LoggedBatch::decode(&payload)
+                    .map_err(|e| PeerError::Invalid(format!("logged batch: {e}")))?;
+                if batch.id != id {
+                    return Err(PeerError::Invalid(
+                        "the logged batch's id does not match the request's".into(),
+                    ));
+                }
+                let entry = BatchEntry {
+                    id,
+                    written_ms: self.local.clock().wall().now_millis(),
+                    payload,
+                };
+                // Written and fsynced inline, as hints are.
+                log.store(&entry)
+                    .map_err(|e| PeerError::Storage(e.to_string()))?;
+                Ok(PeerResponse::BatchStored)
+            }
+            PeerRequest::RemoveBatch { id } => {
+                self.batch_log()?
+                    .remove(id)
+                    .map_err(|e| PeerError::Storage(e.to_string()))?;
+                Ok(PeerResponse::BatchRemoved)
             }
             PeerRequest::GetSchema => Err(PeerError::Unsupported(
                 "schema pulls are served by the node's handler, not the replica".into(),

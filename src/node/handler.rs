@@ -2,6 +2,7 @@
 //! coordinator (or, for schema pulls, to the schema); datagrams go to
 //! gossip.
 
+use crate::cluster::batchlog::BatchLog;
 use crate::cluster::hints::HintStore;
 use crate::cluster::membership::Membership;
 use crate::coordinator::{PeerRequest, PeerResponse, ReplicaHandler};
@@ -22,14 +23,15 @@ pub struct NodeHandler {
 }
 
 impl NodeHandler {
-    /// A handler over the node's data, hints and schema.
+    /// A handler over the node's data, hints, batch log and schema.
     pub fn new(
         local: Arc<LocalStore>,
         hints: Arc<HintStore>,
+        batch_log: Arc<BatchLog>,
         schema: Arc<SchemaStore>,
     ) -> NodeHandler {
         NodeHandler {
-            replica: ReplicaHandler::new(local, hints),
+            replica: ReplicaHandler::new(local, hints).with_batch_log(batch_log),
             schema,
             membership: OnceLock::new(),
         }

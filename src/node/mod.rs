@@ -1,9 +1,9 @@
 //! The node process: every layer composed into one running ringdb node.
 //!
 //! ```text
-//! clients --QUIC (ringdb-cql/1)--> ClientServer -> Executor (query) -> ClusterStore (coordinator)
-//!                                                                        |        |
-//! peers   --QUIC (ringdb-peer/1, mutual TLS)--> NodeHandler ---------> replica  hints
+//! clients --QUIC (ringdb-cql/1)--> ClientServer -> Executor (query) -> BatchCoordinator -> ClusterStore (coordinator)
+//!                                                                        |        |        |
+//! peers   --QUIC (ringdb-peer/1, mutual TLS)--> NodeHandler ---------> replica  hints  batch log
 //!                                   datagrams -> Membership (SWIM) -> ring, liveness, schema sync
 //! ```
 //!
@@ -19,12 +19,16 @@ mod handler;
 pub use admin::NodeAdmin;
 pub use agreement::AgreeingExecutor;
 
+use crate::cluster::batchlog::{BatchLog, BatchLogOptions};
 use crate::cluster::hints::{HintOptions, HintStore};
 use crate::cluster::membership::{
     generation_now, Membership, MembershipConfig, MembershipEvent, NodeMetadata, NodeStatus,
 };
 use crate::cluster::ring::{pick_tokens, Ring};
-use crate::coordinator::{ClusterStore, CoordinatorConfig, Liveness, PeerRequest, PeerResponse};
+use crate::coordinator::{
+    BatchConfig, BatchCoordinator, BatchFault, ClusterStore, CoordinatorConfig, Liveness,
+    PeerRequest, PeerResponse, FAULT_ENV,
+};
 use crate::model::key::Token;
 use crate::model::{HybridClock, NodeId, SystemClock};
 use crate::net::quic::{QuicConfig, QuicTransport};
@@ -70,6 +74,9 @@ pub struct NodeConfig {
     pub membership: MembershipConfig,
     /// How long a hint is kept for a node that is down.
     pub hint_window: Duration,
+    /// Age at which a batch-log entry is replayed (`None`: twice the
+    /// write timeout).
+    pub batchlog_replay_delay: Option<Duration>,
 }
 
 /// Errors starting or running a node.
@@ -119,6 +126,8 @@ impl Liveness for GossipLiveness {
 pub struct Node {
     /// The coordinator.
     pub cluster: ClusterStore,
+    /// Logged batches and the batch log over the coordinator.
+    pub batches: BatchCoordinator,
     /// Gossip membership.
     pub membership: Membership,
     /// The schema.
@@ -162,12 +171,20 @@ impl Node {
             )
             .map_err(|e| start_err("the hint store")(&e))?,
         );
+        let batch_log = Arc::new(
+            BatchLog::open(
+                &config.data_dir.join("batchlog"),
+                BatchLogOptions::default(),
+            )
+            .map_err(|e| start_err("the batch log")(&e))?,
+        );
         let tls =
             NodeTls::load(&config.certs_dir).map_err(|e| start_err("the node certificate")(&e))?;
 
         let handler = Arc::new(NodeHandler::new(
             local.clone(),
             hints.clone(),
+            batch_log.clone(),
             schema.clone(),
         ));
         let quic = QuicTransport::bind(QuicConfig::new(config.peer_listen, tls), handler.clone())
@@ -231,11 +248,31 @@ impl Node {
             schema.clone(),
             transport.clone(),
             ring,
-            liveness,
+            liveness.clone(),
             config.coordinator.clone(),
+        );
+        let mut batch_config = BatchConfig::for_write_timeout(config.coordinator.write_timeout);
+        if let Some(delay) = config.batchlog_replay_delay {
+            batch_config.replay_delay = delay;
+            batch_config.replay_interval =
+                (delay / 2).clamp(Duration::from_millis(100), Duration::from_secs(10));
+        }
+        // Test-only: inert unless the environment variable is set.
+        batch_config.fault = BatchFault::from_env();
+        if batch_config.fault.is_some() {
+            tracing::warn!("the logged-batch test fault point ({FAULT_ENV}) is enabled");
+        }
+        let batches = BatchCoordinator::new(
+            cluster.clone(),
+            batch_log,
+            schema.clone(),
+            transport.clone(),
+            liveness,
+            batch_config,
         );
         let mut tasks = vec![
             cluster.spawn_hint_sweeper(Duration::from_secs(10)),
+            batches.spawn_replayer(),
             tokio::spawn(react_to_gossip(
                 membership.clone(),
                 cluster.clone(),
@@ -257,7 +294,7 @@ impl Node {
 
         let executor = Arc::new(AgreeingExecutor::new(
             Arc::new(Executor::new(
-                Arc::new(cluster.clone()),
+                Arc::new(batches.clone()),
                 schema.clone(),
                 clock,
                 ExecutorConfig::default(),
@@ -279,6 +316,7 @@ impl Node {
         .map_err(|e| start_err("the client listener")(&e))?;
         Ok(Node {
             cluster,
+            batches,
             membership,
             schema,
             client_server,

@@ -147,6 +147,19 @@ pub enum QueryError {
         /// Whether it was a write (its outcome is then unknown).
         write: bool,
     },
+    /// A logged batch could not be written to its batch log on enough
+    /// nodes: none of the batch was applied (see the coordinator's
+    /// documentation for the one exception, a node that stored the entry
+    /// and could not be told to drop it).
+    #[error("logged batch not applied: its batch log needs {required} node(s) to acknowledge, {alive} alive, {received} acknowledged")]
+    BatchLog {
+        /// Batch-log acknowledgements the batch needs (1 or 2).
+        required: usize,
+        /// Nodes that could hold the batch log, known alive.
+        alive: usize,
+        /// Nodes that acknowledged the batch log in time.
+        received: usize,
+    },
     /// A prepared statement id the server does not know (re-prepare it).
     #[error("unknown prepared statement {0}")]
     UnknownPrepared(String),
@@ -250,6 +263,38 @@ pub enum Mutation {
     Partition(Timestamp),
 }
 
+/// The mutations of one partition, as one part of a batch.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PartitionWrite {
+    /// The table.
+    pub table: TableRef,
+    /// Serialized partition key.
+    pub partition_key: Vec<u8>,
+    /// The mutations, in statement order.
+    pub mutations: Vec<Mutation>,
+}
+
+fn batch_codec() -> impl bincode::config::Config {
+    bincode::config::standard().with_limit::<{ 64 << 20 }>()
+}
+
+/// Encodes the partitions of a batch (what a batch log stores).
+pub fn encode_partition_writes(parts: &[PartitionWrite]) -> Result<Vec<u8>, String> {
+    bincode::serde::encode_to_vec(parts, batch_codec()).map_err(|e| e.to_string())
+}
+
+/// Decodes what [`encode_partition_writes`] made (bytes from disk: a typed
+/// error, never a panic).
+pub fn decode_partition_writes(bytes: &[u8]) -> Result<Vec<PartitionWrite>, String> {
+    let (parts, used) =
+        bincode::serde::decode_from_slice::<Vec<PartitionWrite>, _>(bytes, batch_codec())
+            .map_err(|e| e.to_string())?;
+    if used != bytes.len() {
+        return Err(format!("{} trailing bytes", bytes.len() - used));
+    }
+    Ok(parts)
+}
+
 /// What a read of one partition asks for.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SliceRequest {
@@ -322,4 +367,27 @@ pub trait DataStore: Send + Sync + 'static {
 
     /// Removes all data of a table (TRUNCATE, DROP TABLE).
     fn truncate<'a>(&'a self, table: &'a TableRef) -> BoxFuture<'a, Result<(), QueryError>>;
+
+    /// Applies a logged batch that spans several partitions: once this
+    /// returns anything but a batch-log failure
+    /// ([`QueryError::BatchLog`], or an error before the log was written),
+    /// every partition is applied eventually, even if this node dies half
+    /// way (Cassandra's logged batch: atomic, not isolated).
+    ///
+    /// The default applies the partitions one after the other with no log,
+    /// which is not atomic: the stores of a node override it (the local
+    /// store with its own batch log, the cluster with batch-log replicas).
+    fn write_logged_batch<'a>(
+        &'a self,
+        partitions: Vec<PartitionWrite>,
+        consistency: Consistency,
+    ) -> BoxFuture<'a, Result<(), QueryError>> {
+        Box::pin(async move {
+            for p in partitions {
+                self.write(&p.table, &p.partition_key, p.mutations, consistency)
+                    .await?;
+            }
+            Ok(())
+        })
+    }
 }

@@ -1,8 +1,8 @@
 //! The executor: CQL-lite text to results, through a [`DataStore`].
 
 use super::api::{
-    BoxFuture, ColumnSpec, DataStore, Mutation, Prepared, QueryError, QueryExecutor, QueryOptions,
-    QueryResult, Response, SessionState, TableRef,
+    BoxFuture, ColumnSpec, DataStore, Mutation, PartitionWrite, Prepared, QueryError,
+    QueryExecutor, QueryOptions, QueryResult, Response, SessionState, TableRef,
 };
 use super::bind::{bind, bind_specs};
 use super::eval::{invalid, micros_to_hlc, EvalContext, TimeUuids};
@@ -368,10 +368,27 @@ impl Executor {
                 ));
             }
         }
-        for (table, pk, mutations) in groups {
+        if batch_kind == Some(BatchKind::Logged) && groups.len() > 1 {
+            // A logged batch across partitions: all of it eventually, through
+            // the store's batch log. Unlogged batches and single-partition
+            // batches skip the log, as in Cassandra.
+            let partitions = groups
+                .into_iter()
+                .map(|(table, partition_key, mutations)| PartitionWrite {
+                    table,
+                    partition_key,
+                    mutations,
+                })
+                .collect();
             self.store
-                .write(&table, &pk, mutations, options.consistency)
+                .write_logged_batch(partitions, options.consistency)
                 .await?;
+        } else {
+            for (table, pk, mutations) in groups {
+                self.store
+                    .write(&table, &pk, mutations, options.consistency)
+                    .await?;
+            }
         }
         Ok(Response {
             result: QueryResult::Void,

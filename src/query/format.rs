@@ -110,6 +110,7 @@ pub fn format_error(e: &QueryError) -> String {
         QueryError::Invalid { .. } => "invalid request",
         QueryError::Unavailable { .. } => "unavailable",
         QueryError::Timeout { .. } => "timeout",
+        QueryError::BatchLog { .. } => "unavailable",
         QueryError::UnknownPrepared(_) => "unprepared",
         QueryError::Server(_) => "server error",
     };

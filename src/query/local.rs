@@ -9,11 +9,25 @@
 //! Engine calls block (fsync, file reads), so each runs in
 //! `tokio::task::spawn_blocking` when a tokio runtime is present, and inline
 //! otherwise; the query layer above only awaits futures.
+//!
+//! Logged batches: tables have engines (and commit logs) of their own, so
+//! no single commit-log record can hold a batch across tables. A logged
+//! batch spanning several partitions is first stored in the store's own
+//! batch log (`<dir>/local-batchlog/`, fsynced), then applied, then
+//! removed. When the store opens, every entry still there (the process died
+//! half way) is applied again before anything else runs, so after a crash a
+//! logged batch is either wholly there or (if the crash came before its log
+//! entry was durable, and the client was not answered) not at all.
+//! Applying again re-stamps the rows on this node, with the node's own
+//! causal context: the new versions supersede the ones the first attempt
+//! wrote, and carry the batch's timestamp, so nothing changes for readers.
 
 use super::api::{
-    BoxFuture, DataStore, Mutation, QueryError, ScannedPartition, SliceRequest, StoredPartition,
-    StoredRow, TableRef,
+    decode_partition_writes, encode_partition_writes, BoxFuture, DataStore, Mutation,
+    PartitionWrite, QueryError, ScannedPartition, SliceRequest, StoredPartition, StoredRow,
+    TableRef,
 };
+use crate::cluster::batchlog::{BatchEntry, BatchLog, BatchLogOptions};
 use crate::model::key::{self, KeyKind};
 use crate::model::{Consistency, Entry, HybridClock, NodeId, PartitionHeader};
 use crate::schema::SchemaStore;
@@ -38,7 +52,14 @@ pub struct LocalStore {
     template: EngineOptions,
     engines: Mutex<HashMap<u128, Arc<Engine>>>,
     inline_io: AtomicBool,
+    /// The batch log of logged batches run on this store directly (opened
+    /// on first use; a store under a cluster coordinator never uses it).
+    batch_log: Mutex<Option<Arc<BatchLog>>>,
 }
+
+/// Directory of a local store's batch log, inside its data directory (a
+/// keyspace name cannot contain '-', so it never collides with one).
+const LOCAL_BATCH_LOG: &str = "local-batchlog";
 
 impl std::fmt::Debug for LocalStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -113,7 +134,7 @@ impl LocalStore {
         template: EngineOptions,
     ) -> Result<LocalStore, QueryError> {
         let node = load_or_create_node_id(dir)?;
-        Ok(LocalStore {
+        let store = LocalStore {
             dir: dir.to_path_buf(),
             node,
             clock,
@@ -121,7 +142,69 @@ impl LocalStore {
             template,
             engines: Mutex::new(HashMap::new()),
             inline_io: AtomicBool::new(false),
-        })
+            batch_log: Mutex::new(None),
+        };
+        if dir.join(LOCAL_BATCH_LOG).exists() {
+            store.replay_local_batches()?;
+        }
+        Ok(store)
+    }
+
+    /// The local batch log, opened (and created) on first use.
+    fn local_batch_log(&self) -> Result<Arc<BatchLog>, QueryError> {
+        let mut slot = self.batch_log.lock();
+        if let Some(log) = slot.as_ref() {
+            return Ok(log.clone());
+        }
+        let log = Arc::new(
+            BatchLog::open(&self.dir.join(LOCAL_BATCH_LOG), BatchLogOptions::default())
+                .map_err(server)?,
+        );
+        *slot = Some(log.clone());
+        Ok(log)
+    }
+
+    /// Applies again every logged batch a previous process stored and did
+    /// not finish, then removes it. A batch for a table that was dropped
+    /// since is discarded (logged).
+    fn replay_local_batches(&self) -> Result<(), QueryError> {
+        let log = self.local_batch_log()?;
+        for entry in log.due(u64::MAX, 0) {
+            match decode_partition_writes(&entry.payload) {
+                Ok(parts) => {
+                    tracing::info!(
+                        batch = entry.id,
+                        partitions = parts.len(),
+                        "applying a logged batch left unfinished"
+                    );
+                    for p in parts {
+                        self.apply_logged_partition(p)?;
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(batch = entry.id, error = %e, "undecodable batch-log entry dropped")
+                }
+            }
+            log.remove(entry.id).map_err(server)?;
+        }
+        Ok(())
+    }
+
+    /// Stamps and applies one partition of a logged batch (blocking).
+    fn apply_logged_partition(&self, p: PartitionWrite) -> Result<(), QueryError> {
+        let engine = match self.engine(&p.table) {
+            Ok(e) => e,
+            Err(QueryError::Invalid { rendered, .. }) => {
+                tracing::warn!(
+                    table = %format!("{}.{}", p.table.keyspace, p.table.table),
+                    reason = %rendered,
+                    "logged batch: the table was dropped; its mutations are discarded"
+                );
+                return Ok(());
+            }
+            Err(e) => return Err(e),
+        };
+        apply_mutations(&engine, self.node, &p.partition_key, p.mutations).map(|_| ())
     }
 
     /// Runs engine calls inline on the calling task instead of in
@@ -519,6 +602,51 @@ impl DataStore for LocalStore {
             let now = self.clock.wall().now_millis();
             blocking(self.inline(), move || {
                 scan_partitions(&engine, after, max_partitions, rows_per_partition, now)
+            })
+            .await
+        })
+    }
+
+    /// Stores the batch in the local batch log (fsynced), applies every
+    /// partition, then removes the entry: after a crash, the next open
+    /// applies what is left (see the module documentation).
+    fn write_logged_batch<'a>(
+        &'a self,
+        partitions: Vec<PartitionWrite>,
+        consistency: Consistency,
+    ) -> BoxFuture<'a, Result<(), QueryError>> {
+        Box::pin(async move {
+            if partitions.len() < 2 {
+                for p in partitions {
+                    self.write(&p.table, &p.partition_key, p.mutations, consistency)
+                        .await?;
+                }
+                return Ok(());
+            }
+            // Every table must be known before anything is logged.
+            for p in &partitions {
+                self.engine(&p.table)?;
+            }
+            let payload = encode_partition_writes(&partitions).map_err(server)?;
+            let log = self.local_batch_log()?;
+            let entry = BatchEntry {
+                id: u128::from(self.clock.now().0),
+                written_ms: self.clock.wall().now_millis(),
+                payload,
+            };
+            let id = entry.id;
+            let engines: Vec<Arc<Engine>> = partitions
+                .iter()
+                .map(|p| self.engine(&p.table))
+                .collect::<Result<_, _>>()?;
+            let node = self.node;
+            blocking(self.inline(), move || {
+                log.store(&entry).map_err(server)?;
+                for (p, engine) in partitions.into_iter().zip(engines) {
+                    apply_mutations(&engine, node, &p.partition_key, p.mutations)?;
+                }
+                log.remove(id).map_err(server)?;
+                Ok(())
             })
             .await
         })

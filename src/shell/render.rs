@@ -161,6 +161,7 @@ pub fn error_text(error: &ClientError) -> String {
             QueryError::Invalid { rendered, .. } => format!("Invalid request: {rendered}"),
             QueryError::Unavailable { .. } => format!("Unavailable: {q}"),
             QueryError::Timeout { .. } => format!("Timeout: {q}"),
+            QueryError::BatchLog { .. } => format!("Unavailable: {q}"),
             QueryError::UnknownPrepared(_) => format!("Error: {q}"),
             QueryError::Server(_) => format!("Server error: {q}"),
         },
