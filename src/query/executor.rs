@@ -6,10 +6,11 @@ use super::api::{
 };
 use super::bind::{bind, bind_specs};
 use super::eval::{invalid, micros_to_hlc, EvalContext, TimeUuids};
+use super::schema_errors::schema_error_at;
 use super::select::{execute_select, plan_select};
 use super::write::{plan_delete, plan_insert, plan_update, table_ref, Planned, WriteContext};
 use crate::model::HybridClock;
-use crate::schema::{Schema, SchemaChange, SchemaError, SchemaStore, Table};
+use crate::schema::{Schema, SchemaChange, SchemaStore, Table};
 use cql_lite::analyze::{check_select, check_statement, SemanticError};
 use cql_lite::ast::{BatchKind, BatchStatement, QualifiedName, Statement};
 use cql_lite::{ErrorKind, ParseError, Value};
@@ -78,13 +79,6 @@ fn semantic_error(e: &SemanticError, text: &str) -> QueryError {
     QueryError::Invalid {
         message: e.to_string(),
         rendered: e.render(text),
-    }
-}
-
-fn schema_error(e: SchemaError) -> QueryError {
-    match e {
-        SchemaError::Io { .. } | SchemaError::Corrupt { .. } => QueryError::Server(e.to_string()),
-        other => invalid(other.to_string()),
     }
 }
 
@@ -193,7 +187,7 @@ impl Executor {
                 session.keyspace = Some(k.name.clone());
                 Ok(ok(QueryResult::SetKeyspace(k.name.clone())))
             }
-            s if s.is_schema_change() => self.schema_change(s, ks.as_deref()).await.map(ok),
+            s if s.is_schema_change() => self.schema_change(s, text, ks.as_deref()).await.map(ok),
             Statement::Truncate(t) => {
                 let table = self.table(&schema, &t.name, ks.as_deref())?;
                 self.store.truncate(&table_ref(table)).await?;
@@ -225,8 +219,10 @@ impl Executor {
     async fn schema_change(
         &self,
         stmt: &Statement,
+        text: &str,
         session: Option<&str>,
     ) -> Result<QueryResult, QueryError> {
+        let schema_error = |e| schema_error_at(e, stmt, text);
         let schema = self.schema.current();
         let id = rand::random::<u128>();
         let Some(change) = schema

@@ -31,7 +31,8 @@
 //!
 //! Inside: [`bind`] (markers and values), [`eval`] (terms, functions,
 //! timestamps), [`write`] (INSERT/UPDATE/DELETE/BATCH to mutations),
-//! [`select`] (plans, paging, aggregates) and [`format`] (text output).
+//! [`select`] (plans, paging, aggregates), [`format`] (text output) and
+//! [`schema_errors`] (schema errors pointed at their statement).
 
 pub mod api;
 pub mod bind;
@@ -39,6 +40,7 @@ pub mod eval;
 mod executor;
 pub mod format;
 pub mod local;
+pub mod schema_errors;
 pub mod select;
 pub mod write;
 
