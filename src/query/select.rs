@@ -349,7 +349,7 @@ pub fn plan_select(
         outputs,
         columns,
         aggregate,
-        group_len: sel.group_by.len().min(npk + nck),
+        group_len: restrictions.group_prefix.min(npk + nck),
         distinct: sel.distinct,
         per_partition_limit,
         limit,
