@@ -7,7 +7,7 @@ use super::api::{
 use super::bind::{bind, bind_specs};
 use super::eval::{invalid, micros_to_hlc, EvalContext, TimeUuids};
 use super::schema_errors::schema_error_at;
-use super::select::{execute_select, plan_select};
+use super::select::{execute_select, plan_select, ReadBatch};
 use super::write::{plan_delete, plan_insert, plan_update, table_ref, Planned, WriteContext};
 use crate::model::HybridClock;
 use crate::schema::{Schema, SchemaChange, SchemaStore, Table};
@@ -26,6 +26,8 @@ pub struct ExecutorConfig {
     pub default_page_size: u32,
     /// A batch touching more partitions than this gets a warning.
     pub batch_partitions_warn: usize,
+    /// How much a SELECT reads per request to the store (its memory bound).
+    pub read_batch: ReadBatch,
 }
 
 impl Default for ExecutorConfig {
@@ -33,6 +35,7 @@ impl Default for ExecutorConfig {
         ExecutorConfig {
             default_page_size: 5000,
             batch_partitions_warn: 10,
+            read_batch: ReadBatch::default(),
         }
     }
 }
@@ -205,7 +208,15 @@ impl Executor {
                     .unwrap_or(self.config.default_page_size)
                     .max(1) as usize;
                 let now = self.clock.wall().now_millis();
-                let rs = execute_select(&plan, &*self.store, &options, page_size, now).await?;
+                let rs = execute_select(
+                    &plan,
+                    &*self.store,
+                    &options,
+                    page_size,
+                    now,
+                    self.config.read_batch,
+                )
+                .await?;
                 Ok(ok(QueryResult::Rows(rs)))
             }
             Statement::Insert(_)

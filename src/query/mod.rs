@@ -23,6 +23,9 @@
 //!   make a write supersede versions it never saw. A write with a context
 //!   must write exactly one row.
 //! - `WITH SIBLINGS` lists each version of a row that has more than one.
+//! - A SELECT reads through the `DataStore` in batches
+//!   ([`select::ReadBatch`]), never a whole partition or table at once:
+//!   aggregates and groups are folded as rows stream by.
 //! - Timestamps: `USING TIMESTAMP` microseconds become HLC values with the
 //!   milliseconds in the high bits and the remaining microseconds in the
 //!   logical counter (order-preserving); `WRITETIME` converts back.
