@@ -397,7 +397,7 @@ impl Executor {
         let schema = self.schema.current();
         let ks = session.keyspace.as_deref();
         check_statement(&stmt, ks, &*schema).map_err(|e| semantic_error(&e, text))?;
-        let bind_columns = bind_specs(&stmt, &schema, ks)?;
+        let bind_markers = bind_specs(&stmt, &schema, ks)?;
         let result_columns = match &stmt {
             Statement::Select(s) => {
                 let table = self.table(&schema, &s.table, ks)?;
@@ -416,7 +416,7 @@ impl Executor {
         );
         Ok(Prepared {
             id,
-            bind_columns,
+            bind_markers,
             result_columns,
         })
     }

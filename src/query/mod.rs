@@ -23,6 +23,9 @@
 //!   make a write supersede versions it never saw. A write with a context
 //!   must write exactly one row.
 //! - `WITH SIBLINGS` lists each version of a row that has more than one.
+//! - `k IN ?` binds a whole list ([`cql_lite::Value::List`]); binding
+//!   rewrites it to the literal `IN (...)`, so the rest of the layer never
+//!   sees a list, and a list bound anywhere else is refused.
 //! - A SELECT reads through the `DataStore` in batches
 //!   ([`select::ReadBatch`]), never a whole partition or table at once:
 //!   aggregates and groups are folded as rows stream by.
