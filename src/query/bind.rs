@@ -15,11 +15,19 @@
 use super::api::{MarkerSpec, QueryError};
 use super::eval::{coerce, invalid, literal_of};
 use crate::schema::Schema;
+use cql_lite::analyze::ColumnKind;
 use cql_lite::ast::{
     BatchStatement, Delete, Function, InValues, Insert, QualifiedName, Relation, Select, Statement,
     Term, Update, Using, UsingParam,
 };
 use cql_lite::{DataType, MarkerType, Value};
+
+/// The most key combinations the IN lists of one statement may select:
+/// the product of the IN list lengths over the partition key columns, and
+/// separately over the clustering columns. Planning makes one key per
+/// combination, so without a bound two long lists on a composite key
+/// (bound or literal) would make the node allocate without limit.
+pub const MAX_IN_COMBINATIONS: u128 = 100_000;
 
 /// One marker occurrence: its variable's name and type.
 struct Slot {
@@ -304,8 +312,59 @@ fn typed(position: usize, spec: &MarkerSpec, value: Value) -> Result<Bound, Quer
     }
 }
 
+/// Refuses a statement whose IN lists select more than
+/// [`MAX_IN_COMBINATIONS`] partition keys or clustering prefixes.
+fn check_in_combinations(
+    stmt: &Statement,
+    schema: &Schema,
+    keyspace: Option<&str>,
+) -> Result<(), QueryError> {
+    let check = |table: &QualifiedName, relations: &[Relation]| {
+        let t = table_types(schema, table, keyspace);
+        let (mut partitions, mut clustering) = (1u128, 1u128);
+        for r in relations {
+            let Relation::In {
+                column,
+                values: InValues::List(ts),
+            } = r
+            else {
+                continue;
+            };
+            let n = ts.len() as u128;
+            match t.and_then(|t| t.column(&column.name)).map(|c| c.kind) {
+                Some(ColumnKind::PartitionKey) => partitions = partitions.saturating_mul(n),
+                Some(ColumnKind::Clustering) => clustering = clustering.saturating_mul(n),
+                _ => {}
+            }
+        }
+        for (n, what) in [
+            (partitions, "partition keys"),
+            (clustering, "clustering prefixes"),
+        ] {
+            if n > MAX_IN_COMBINATIONS {
+                return Err(invalid(format!(
+                    "The IN restrictions select {n} {what} (the product of the IN list sizes), more than the limit of {MAX_IN_COMBINATIONS}"
+                )));
+            }
+        }
+        Ok(())
+    };
+    match stmt {
+        Statement::Select(s) => check(&s.table, &s.where_clause),
+        Statement::Update(u) => check(&u.table, &u.where_clause),
+        Statement::Delete(d) => check(&d.table, &d.where_clause),
+        Statement::Batch(b) => b.statements.iter().try_for_each(|s| match s {
+            BatchStatement::Update(u) => check(&u.table, &u.where_clause),
+            BatchStatement::Delete(d) => check(&d.table, &d.where_clause),
+            BatchStatement::Insert(_) => Ok(()),
+        }),
+        _ => Ok(()),
+    }
+}
+
 /// Replaces every marker by the literal of its bound value (a whole-list
-/// marker by the literal list), after checking the count and the types.
+/// marker by the literal list), after checking the count and the types;
+/// then checks that the IN lists stay within [`MAX_IN_COMBINATIONS`].
 pub fn bind(
     stmt: &Statement,
     schema: &Schema,
@@ -322,6 +381,7 @@ pub fn bind(
         )));
     }
     if vars.is_empty() {
+        check_in_combinations(stmt, schema, keyspace)?;
         return Ok(stmt.clone());
     }
     let mut bound = Vec::with_capacity(values.len());
@@ -348,6 +408,7 @@ pub fn bind(
         }
         Ok(())
     })?;
+    check_in_combinations(&out, schema, keyspace)?;
     Ok(out)
 }
 
@@ -436,6 +497,36 @@ mod tests {
             e.to_string(),
             "Invalid value for bind marker 3 (v): expected text, got list<text>"
         );
+    }
+
+    #[test]
+    fn in_lists_are_bounded() {
+        let mut s = schema();
+        let stmt = cql_lite::parse_statement(
+            "CREATE TABLE ks.c (a int, b int, x int, y int, v int, PRIMARY KEY ((a, b), x, y))",
+        )
+        .unwrap();
+        let change = s.change_for(&stmt, None, 8, Timestamp(2)).unwrap().unwrap();
+        s = s.apply(&change).unwrap();
+        let list = |n: i32| Value::List((0..n).map(Value::Int).collect());
+        let keys = statement("SELECT * FROM c WHERE a IN ? AND b IN ?");
+        assert!(bind(&keys, &s, Some("ks"), vec![list(400), list(250)]).is_ok());
+        let e = bind(&keys, &s, Some("ks"), vec![list(400), list(251)]).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "The IN restrictions select 100400 partition keys (the product of the IN list sizes), more than the limit of 100000"
+        );
+        let rows = statement("DELETE FROM c WHERE a = 1 AND b = 1 AND x IN ? AND y IN ?");
+        let e = bind(&rows, &s, Some("ks"), vec![list(1000), list(1000)]).unwrap_err();
+        assert!(e.to_string().contains("1000000 clustering prefixes"), "{e}");
+        // Literal lists are held to the same bound.
+        let literal: Vec<String> = (0..317).map(|i| i.to_string()).collect();
+        let literal = literal.join(", ");
+        let text = format!("SELECT * FROM c WHERE a IN ({literal}) AND b IN ({literal})");
+        assert!(bind(&statement(&text), &s, Some("ks"), vec![]).is_err());
+        // A long IN list on a regular column is a filter, not keys.
+        let filter = statement("SELECT * FROM c WHERE a = 1 AND b = 1 AND v IN ? ALLOW FILTERING");
+        assert!(bind(&filter, &s, Some("ks"), vec![list(200_000)]).is_ok());
     }
 
     proptest! {
