@@ -13,7 +13,9 @@
 //!   the context the last SELECT returned.
 //! - `-- @prepare <cql>`, `-- @execute v1, v2`: prepare, then run the last
 //!   prepared statement with values (CQL literals: integers are `int` or
-//!   `bigint` by size, strings `text`, floats `double`).
+//!   `bigint` by size, strings `text`, floats `double`; `[v1, v2]` is a
+//!   list, for `IN ?`).
+//! - `-- @query <cql> -- v1, v2`: run the text unprepared with those values.
 //! - `-- @flush`, `-- @compact`: flush or compact every table.
 //! - `-- @restart`: reopen the node from its data directory.
 //! - `-- @describe ks` / `-- @describe ks.t`: the CQL that recreates it.
@@ -129,7 +131,8 @@ fn literal_value(lit: &Literal) -> Value {
     }
 }
 
-fn parse_values(text: &str) -> Result<Vec<Value>, String> {
+/// Values written as CQL literals, through the parser (as an IN list).
+fn parse_literals(text: &str) -> Result<Vec<Value>, String> {
     if text.trim().is_empty() {
         return Ok(Vec::new());
     }
@@ -152,6 +155,35 @@ fn parse_values(text: &str) -> Result<Vec<Value>, String> {
             other => Err(format!("not a literal: {other}")),
         })
         .collect()
+}
+
+/// The values of `@execute`: CQL literals, and `[a, b, ...]` for a list
+/// (bound to `IN ?`).
+fn parse_values(text: &str) -> Result<Vec<Value>, String> {
+    let mut items = Vec::new();
+    let (mut depth, mut quoted, mut start) = (0usize, false, 0usize);
+    for (i, ch) in text.char_indices() {
+        match ch {
+            '\'' => quoted = !quoted,
+            '[' if !quoted => depth += 1,
+            ']' if !quoted => depth = depth.checked_sub(1).ok_or("unbalanced ]")?,
+            ',' if !quoted && depth == 0 => {
+                items.push(&text[start..i]);
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    items.push(&text[start..]);
+    let mut out = Vec::new();
+    for item in items.iter().map(|i| i.trim()) {
+        match item.strip_prefix('[').and_then(|i| i.strip_suffix(']')) {
+            Some(inner) => out.push(Value::List(parse_literals(inner)?)),
+            None if item.is_empty() && items.len() == 1 => {}
+            None => out.extend(parse_literals(item)?),
+        }
+    }
+    Ok(out)
 }
 
 fn parse_duration_ms(text: &str) -> Option<u64> {
@@ -289,16 +321,20 @@ impl Runner {
                 match self.rt.block_on(node.exec.prepare(&self.session, arg)) {
                     Ok(p) => {
                         self.prepared = Some(p.id.clone());
-                        let specs = |cols: &[ringdb::query::api::ColumnSpec]| {
-                            cols.iter()
-                                .map(|c| format!("{} {}", c.name, c.data_type))
-                                .collect::<Vec<_>>()
-                                .join(", ")
-                        };
+                        let markers: Vec<String> = p
+                            .bind_markers
+                            .iter()
+                            .map(|m| format!("{} {}", m.name, m.marker_type))
+                            .collect();
+                        let columns: Vec<String> = p
+                            .result_columns
+                            .iter()
+                            .map(|c| format!("{} {}", c.name, c.data_type))
+                            .collect();
                         format!(
                             "prepared: bind [{}] result [{}]",
-                            specs(&p.bind_columns),
-                            specs(&p.result_columns)
+                            markers.join(", "),
+                            columns.join(", ")
                         )
                     }
                     Err(e) => format_error(&e),
@@ -327,6 +363,24 @@ impl Runner {
                         }
                         format_response(&resp)
                     }
+                    Err(e) => format_error(&e),
+                }
+            }
+            "query" => {
+                let (text, values) = arg.rsplit_once(" -- ").unwrap_or((arg, ""));
+                let values = match parse_values(values) {
+                    Ok(v) => v,
+                    Err(e) => return format!("bad values: {e}"),
+                };
+                let options = self.options();
+                let node = self.node.as_ref().expect("node");
+                let mut session = self.session.clone();
+                let r = self
+                    .rt
+                    .block_on(node.exec.execute(&mut session, text, values, options));
+                self.session = session;
+                match r {
+                    Ok(resp) => format_response(&resp),
                     Err(e) => format_error(&e),
                 }
             }

@@ -3,20 +3,20 @@
 //! bytes (random, truncated, extended, flipped) give a typed error, never a
 //! panic and never a different frame that claims the whole input.
 
-use cql_lite::{DataType, Value};
+use cql_lite::{DataType, MarkerType, Value};
 use proptest::prelude::*;
 use ringdb::client::protocol::{
-    decode_frame, encode_frame, BatchEntry, BatchKind, BatchStatement, ClientFrame, FrameError,
-    KeyspaceDescription, ProtocolError, ProtocolErrorCode, SchemaSnapshot, ServerFrame,
+    decode_body, decode_frame, encode_frame, BatchEntry, BatchKind, BatchStatement, ClientFrame,
+    FrameError, KeyspaceDescription, ProtocolError, ProtocolErrorCode, SchemaSnapshot, ServerFrame,
     TableDescription, WireError, MAX_FRAME_LEN,
 };
 use ringdb::model::{Consistency, Dot, DotSet, NodeId};
 use ringdb::query::api::{
-    ColumnSpec, PagingState, Prepared, QueryError, QueryOptions, QueryResult, Response, ResultSet,
-    Row,
+    ColumnSpec, MarkerSpec, PagingState, Prepared, QueryError, QueryOptions, QueryResult, Response,
+    ResultSet, Row,
 };
 
-fn value() -> impl Strategy<Value = Value> {
+fn single_value() -> impl Strategy<Value = Value> {
     prop_oneof![
         Just(Value::Null),
         any::<i32>().prop_map(Value::Int),
@@ -32,6 +32,14 @@ fn value() -> impl Strategy<Value = Value> {
         any::<i32>().prop_map(Value::Date),
         any::<u128>().prop_map(Value::Uuid),
         any::<u128>().prop_map(Value::TimeUuid),
+    ]
+}
+
+/// A single value, or a list of them (what `IN ?` takes).
+fn value() -> impl Strategy<Value = Value> {
+    prop_oneof![
+        4 => single_value(),
+        1 => prop::collection::vec(single_value(), 0..4).prop_map(Value::List),
     ]
 }
 
@@ -85,6 +93,17 @@ fn data_type() -> impl Strategy<Value = DataType> {
 
 fn column() -> impl Strategy<Value = ColumnSpec> {
     ("[a-z_]{1,8}", data_type()).prop_map(|(name, data_type)| ColumnSpec { name, data_type })
+}
+
+fn marker() -> impl Strategy<Value = MarkerSpec> {
+    ("[a-z_()]{1,8}", data_type(), any::<bool>()).prop_map(|(name, data_type, list)| MarkerSpec {
+        name,
+        marker_type: if list {
+            MarkerType::List(data_type)
+        } else {
+            MarkerType::Single(data_type)
+        },
+    })
 }
 
 fn query_error() -> impl Strategy<Value = QueryError> {
@@ -248,13 +267,13 @@ fn server_frame() -> impl Strategy<Value = ServerFrame> {
         response().prop_map(ServerFrame::Result),
         (
             prop::collection::vec(any::<u8>(), 0..16),
-            prop::collection::vec(column(), 0..3),
+            prop::collection::vec(marker(), 0..3),
             prop::collection::vec(column(), 0..3)
         )
-            .prop_map(|(id, bind_columns, result_columns)| ServerFrame::Prepared(
+            .prop_map(|(id, bind_markers, result_columns)| ServerFrame::Prepared(
                 Prepared {
                     id,
-                    bind_columns,
+                    bind_markers,
                     result_columns
                 }
             )),
@@ -320,4 +339,38 @@ fn oversized_prefix_is_refused_without_reading() {
         decode_frame::<ClientFrame>(&bytes),
         Err(FrameError::TooLarge(_))
     ));
+}
+
+/// A list inside a list is no value: it does not decode, however deep the
+/// nesting (a hostile frame nesting a million lists must not overflow the
+/// server's stack), and a flat list still does.
+#[test]
+fn nested_lists_do_not_decode() {
+    let frame = ClientFrame::Query {
+        text: "q".into(),
+        values: vec![Value::List(vec![Value::Null])],
+        options: QueryOptions::default(),
+    };
+    let body = ringdb::client::protocol::encode_body(&frame).expect("encodes");
+    let flat = decode_body::<ClientFrame>(&body).expect("a flat list decodes");
+    assert_eq!(flat, frame);
+    // The list is variant 14 with one element, Null (variant 0).
+    let list_of_null = [14u8, 1, 0];
+    let at = body
+        .windows(list_of_null.len())
+        .position(|w| w == list_of_null)
+        .expect("the list's bytes");
+    for depth in [2usize, 1_000_000] {
+        let mut nested = body[..at].to_vec();
+        for _ in 0..depth {
+            nested.extend_from_slice(&[14, 1]);
+        }
+        nested.push(0);
+        nested.extend_from_slice(&body[at + list_of_null.len()..]);
+        let got = decode_body::<ClientFrame>(&nested);
+        assert!(
+            matches!(got, Err(FrameError::Malformed(_))),
+            "depth {depth}: {got:?}"
+        );
+    }
 }

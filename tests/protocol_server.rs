@@ -107,7 +107,7 @@ async fn client_library_end_to_end() {
         .prepare("INSERT INTO users (id, name, age) VALUES (?, ?, ?)")
         .await
         .expect("prepare");
-    assert_eq!(insert.prepared.bind_columns.len(), 3);
+    assert_eq!(insert.prepared.bind_markers.len(), 3);
     client
         .execute_prepared(
             &insert,

@@ -19,13 +19,13 @@
 
 use cql_lite::ast::{BatchStatement, Insert, Relation, Selection, Selector, Term};
 use cql_lite::error::render_at;
-use cql_lite::{literal_to_value, DataType, Statement, Value};
+use cql_lite::{literal_to_value, DataType, MarkerType, Statement, Value};
 use parking_lot::Mutex;
 use ringdb::client::protocol::{KeyspaceDescription, SchemaSnapshot, TableDescription};
 use ringdb::model::Consistency;
 use ringdb::query::api::{
-    BoxFuture, ColumnSpec, PagingState, Prepared, QueryError, QueryExecutor, QueryOptions,
-    QueryResult, Response, ResultSet, Row, SessionState,
+    BoxFuture, ColumnSpec, MarkerSpec, PagingState, Prepared, QueryError, QueryExecutor,
+    QueryOptions, QueryResult, Response, ResultSet, Row, SessionState,
 };
 use ringdb::server::SchemaSource;
 use std::collections::{BTreeMap, HashMap};
@@ -439,14 +439,17 @@ impl QueryExecutor for TestExecutor {
             text.hash(&mut hasher);
             let id = hasher.finish().to_be_bytes().to_vec();
             self.prepared.lock().insert(id.clone(), text.to_string());
-            let bind_columns = statement
+            let bind_markers = statement
                 .bind_markers()
                 .into_iter()
-                .map(|m| col(&m.unwrap_or_else(|| "?".into()), DataType::Text))
+                .map(|m| MarkerSpec {
+                    name: m.unwrap_or_else(|| "?".into()),
+                    marker_type: MarkerType::Single(DataType::Text),
+                })
                 .collect();
             Ok(Prepared {
                 id,
-                bind_columns,
+                bind_markers,
                 result_columns: Vec::new(),
             })
         })

@@ -2,12 +2,20 @@
 //! range, partition) and flushes through the real executor and local
 //! store, checked after every step against a `BTreeMap` of the table, with
 //! reads by partition, by slice in both directions with limits, and by
-//! paged scans.
+//! paged scans. Aggregates and GROUP BY are compared with a direct
+//! computation over the model, with the executor reading the store in
+//! tiny batches and paging by tiny pages, so that partitions, groups and
+//! pages straddle every boundary.
 
 use cql_lite::Value;
 use proptest::prelude::*;
+use ringdb::model::Consistency;
 use ringdb::model::{HybridClock, ManualClock};
-use ringdb::query::api::{QueryExecutor, QueryOptions, QueryResult, SessionState};
+use ringdb::query::api::{
+    BoxFuture, DataStore, Mutation, QueryError, QueryExecutor, QueryOptions, QueryResult,
+    ScannedPartition, SessionState, SliceRequest, StoredPartition, TableRef,
+};
+use ringdb::query::select::ReadBatch;
 use ringdb::query::{Executor, ExecutorConfig, LocalStore};
 use ringdb::schema::SchemaStore;
 use ringdb::storage::commitlog::SyncMode;
@@ -57,6 +65,75 @@ fn lit(v: Option<i32>) -> String {
     v.map(|v| v.to_string()).unwrap_or_else(|| "null".into())
 }
 
+/// The local store, checking that the executor never asks for more than
+/// its read batch: every read and scan names a row limit, and no limit is
+/// above the batch (two rows at least: a plain page reads one row more
+/// than it needs to know whether another page follows).
+struct BoundedReads {
+    inner: Arc<LocalStore>,
+    batch: ReadBatch,
+}
+
+impl BoundedReads {
+    fn check_rows(&self, limit: Option<usize>, what: &str) {
+        let most = self.batch.rows.max(2);
+        assert!(
+            limit.is_some_and(|l| l <= most),
+            "{what} asked for {limit:?} rows, more than the batch of {most}"
+        );
+    }
+}
+
+impl DataStore for BoundedReads {
+    fn write<'a>(
+        &'a self,
+        table: &'a TableRef,
+        partition_key: &'a [u8],
+        mutations: Vec<Mutation>,
+        consistency: Consistency,
+    ) -> BoxFuture<'a, Result<(), QueryError>> {
+        self.inner
+            .write(table, partition_key, mutations, consistency)
+    }
+
+    fn read<'a>(
+        &'a self,
+        table: &'a TableRef,
+        partition_key: &'a [u8],
+        slice: SliceRequest,
+        consistency: Consistency,
+    ) -> BoxFuture<'a, Result<StoredPartition, QueryError>> {
+        self.check_rows(slice.limit, "a read");
+        self.inner.read(table, partition_key, slice, consistency)
+    }
+
+    fn scan<'a>(
+        &'a self,
+        table: &'a TableRef,
+        after: Option<Vec<u8>>,
+        max_partitions: usize,
+        rows_per_partition: Option<usize>,
+        consistency: Consistency,
+    ) -> BoxFuture<'a, Result<Vec<ScannedPartition>, QueryError>> {
+        self.check_rows(rows_per_partition, "a scan");
+        assert!(
+            max_partitions <= self.batch.partitions,
+            "a scan asked for {max_partitions} partitions"
+        );
+        self.inner.scan(
+            table,
+            after,
+            max_partitions,
+            rows_per_partition,
+            consistency,
+        )
+    }
+
+    fn truncate<'a>(&'a self, table: &'a TableRef) -> BoxFuture<'a, Result<(), QueryError>> {
+        self.inner.truncate(table)
+    }
+}
+
 struct Node {
     store: Arc<LocalStore>,
     exec: Executor,
@@ -67,6 +144,13 @@ struct Node {
 
 impl Node {
     fn new() -> Node {
+        let mut n = Node::with_config(ExecutorConfig::default());
+        n.run("CREATE TABLE t (p int, c int, v int, PRIMARY KEY (p, c)) WITH CLUSTERING ORDER BY (c DESC)");
+        n
+    }
+
+    /// A node with keyspace `ks` in use and no table.
+    fn with_config(config: ExecutorConfig) -> Node {
         let dir = tempfile::tempdir().unwrap();
         let clock = ManualClock::new(1_709_251_200_000);
         let hlc = Arc::new(HybridClock::new(clock));
@@ -81,7 +165,11 @@ impl Node {
         };
         let store =
             Arc::new(LocalStore::open(dir.path(), hlc.clone(), schema.clone(), opts).unwrap());
-        let exec = Executor::new(store.clone(), schema, hlc, ExecutorConfig::default());
+        let bounded = Arc::new(BoundedReads {
+            inner: store.clone(),
+            batch: config.read_batch,
+        });
+        let exec = Executor::new(bounded, schema, hlc, config);
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -95,7 +183,6 @@ impl Node {
         };
         n.run("CREATE KEYSPACE ks WITH replication = {'class': 'SimpleStrategy', 'replication_factor': 1}");
         n.run("USE ks");
-        n.run("CREATE TABLE t (p int, c int, v int, PRIMARY KEY (p, c)) WITH CLUSTERING ORDER BY (c DESC)");
         n
     }
 
@@ -112,6 +199,28 @@ impl Node {
 
     fn run(&mut self, text: &str) -> QueryResult {
         self.run_with(text, QueryOptions::default())
+    }
+
+    /// Every row of a SELECT, fetching every page of `page_size` rows.
+    fn values(&mut self, text: &str, page_size: Option<u32>) -> Vec<Vec<Value>> {
+        let mut out = Vec::new();
+        let mut options = QueryOptions {
+            page_size,
+            ..QueryOptions::default()
+        };
+        loop {
+            let QueryResult::Rows(rs) = self.run_with(text, options.clone()) else {
+                panic!("{text}: not rows")
+            };
+            if let Some(n) = page_size {
+                assert!(rs.rows.len() <= n as usize, "{text}: page too long");
+            }
+            out.extend(rs.rows.into_iter().map(|r| r.values));
+            match rs.paging_state {
+                Some(s) => options.paging_state = Some(s),
+                None => return out,
+            }
+        }
     }
 
     /// Rows as (p, c, v) of a SELECT p, c, v, fetching every page.
@@ -289,6 +398,136 @@ proptest! {
             let vals: Vec<Value> = values.iter().map(|v| match v { 0 => Value::Null, 1 => Value::Int(1), _ => Value::Text("x".into()) }).collect();
             let _ = node.rt.block_on(node.exec.execute(&mut node.session, text, vals, QueryOptions { page_size: Some(1), ..QueryOptions::default() }));
             let _ = node.rt.block_on(node.exec.prepare(&node.session, text));
+        }
+    }
+}
+
+/// The aggregates of a set of rows as the executor computes them:
+/// count(*), count(v), sum(v), min(v), max(v), avg(v) (integer: truncated;
+/// 0 for sum and avg of no values, null for min and max).
+fn aggregates<'a>(vs: impl Iterator<Item = &'a Option<i32>>) -> Vec<Value> {
+    let vs: Vec<Option<i32>> = vs.copied().collect();
+    let present: Vec<i64> = vs.iter().flatten().map(|v| i64::from(*v)).collect();
+    let sum: i64 = present.iter().sum();
+    let n = present.len() as i64;
+    vec![
+        Value::BigInt(vs.len() as i64),
+        Value::BigInt(n),
+        Value::Int(sum as i32),
+        present
+            .iter()
+            .min()
+            .map_or(Value::Null, |v| Value::Int(*v as i32)),
+        present
+            .iter()
+            .max()
+            .map_or(Value::Null, |v| Value::Int(*v as i32)),
+        Value::Int((sum / n.max(1)) as i32),
+    ]
+}
+
+const AGGREGATES: &str = "count(*), count(v), sum(v), min(v), max(v), avg(v)";
+
+/// Rows of `g (p, k, c, v)`, primary key `(p, k, c)`: inserted, deleted or
+/// flushed to an SSTable (so reads merge memtable and tables).
+#[derive(Debug, Clone)]
+enum GroupOp {
+    Insert(i32, i32, i32, Option<i32>),
+    Delete(i32, i32, i32),
+    Flush,
+}
+
+fn group_op() -> impl Strategy<Value = GroupOp> {
+    prop_oneof![
+        8 => (0..4i32, 0..3i32, 0..5i32, proptest::option::weighted(0.8, -1000..1000i32))
+            .prop_map(|(p, k, c, v)| GroupOp::Insert(p, k, c, v)),
+        2 => (0..4i32, 0..3i32, 0..5i32).prop_map(|(p, k, c)| GroupOp::Delete(p, k, c)),
+        1 => Just(GroupOp::Flush),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 40, ..ProptestConfig::default() })]
+
+    /// Aggregates over a whole table, a partition, a filter and an IN list
+    /// with ORDER BY, and GROUP BY by partition and by clustering prefix,
+    /// equal a direct computation over the model, whatever the read batch
+    /// and page sizes.
+    #[test]
+    fn aggregates_and_groups_match_a_direct_computation(
+        ops in proptest::collection::vec(group_op(), 1..60),
+        rows in 1..4usize, partitions in 1..3usize, page in 1..4u32,
+        threshold in -1000..1000i32,
+    ) {
+        let mut node = Node::with_config(ExecutorConfig {
+            read_batch: ReadBatch { rows, partitions },
+            ..ExecutorConfig::default()
+        });
+        node.run("CREATE TABLE g (p int, k int, c int, v int, PRIMARY KEY (p, k, c)) WITH CLUSTERING ORDER BY (k ASC, c DESC)");
+        let mut model: BTreeMap<(i32, i32, i32), Option<i32>> = BTreeMap::new();
+        for op in &ops {
+            match op {
+                GroupOp::Insert(p, k, c, v) => {
+                    node.run(&format!("INSERT INTO g (p, k, c, v) VALUES ({p}, {k}, {c}, {})", lit(*v)));
+                    model.insert((*p, *k, *c), *v);
+                }
+                GroupOp::Delete(p, k, c) => {
+                    node.run(&format!("DELETE FROM g WHERE p = {p} AND k = {k} AND c = {c}"));
+                    model.remove(&(*p, *k, *c));
+                }
+                GroupOp::Flush => node.store.flush_all().unwrap(),
+            }
+        }
+        // The whole table, one row, whatever the page size.
+        let got = node.values(&format!("SELECT {AGGREGATES} FROM g"), Some(page));
+        prop_assert_eq!(got, vec![aggregates(model.values())], "whole table");
+        // With a filter.
+        let got = node.values(&format!("SELECT {AGGREGATES} FROM g WHERE v > {threshold} ALLOW FILTERING"), Some(page));
+        let want = aggregates(model.values().filter(|v| v.is_some_and(|v| v > threshold)));
+        prop_assert_eq!(got, vec![want], "filtered");
+        // Each partition.
+        for p in 0..4 {
+            let got = node.values(&format!("SELECT {AGGREGATES} FROM g WHERE p = {p}"), Some(page));
+            let want = aggregates(model.range((p, i32::MIN, i32::MIN)..=(p, i32::MAX, i32::MAX)).map(|(_, v)| v));
+            prop_assert_eq!(got, vec![want], "partition {}", p);
+        }
+        // IN with ORDER BY: the partitions are merged.
+        let got = node.values(&format!("SELECT {AGGREGATES} FROM g WHERE p IN (2, 0, 1) ORDER BY k DESC"), Some(page));
+        let want = aggregates(model.iter().filter(|((p, _, _), _)| *p <= 2).map(|(_, v)| v));
+        prop_assert_eq!(got, vec![want], "IN with ORDER BY");
+        // Groups by partition, in token order: compare sorted.
+        let mut got = node.values(&format!("SELECT p, {AGGREGATES} FROM g GROUP BY p"), Some(page));
+        got.sort();
+        let mut want = Vec::new();
+        for p in 0..4 {
+            let part: Vec<&Option<i32>> = model.range((p, i32::MIN, i32::MIN)..=(p, i32::MAX, i32::MAX)).map(|(_, v)| v).collect();
+            if !part.is_empty() {
+                let mut row = vec![Value::Int(p)];
+                row.extend(aggregates(part.into_iter()));
+                want.push(row);
+            }
+        }
+        prop_assert_eq!(got, want, "GROUP BY p");
+        // Groups by clustering prefix, over the scan and within each partition.
+        let group_rows = |model: &BTreeMap<(i32, i32, i32), Option<i32>>, only: Option<i32>| {
+            let mut groups: BTreeMap<(i32, i32), Vec<Option<i32>>> = BTreeMap::new();
+            for ((p, k, _), v) in model {
+                if only.is_none_or(|o| o == *p) {
+                    groups.entry((*p, *k)).or_default().push(*v);
+                }
+            }
+            groups.into_iter().map(|((p, k), vs)| {
+                let mut row = vec![Value::Int(p), Value::Int(k)];
+                row.extend(aggregates(vs.iter()));
+                row
+            }).collect::<Vec<_>>()
+        };
+        let mut got = node.values(&format!("SELECT p, k, {AGGREGATES} FROM g GROUP BY p, k"), Some(page));
+        got.sort();
+        prop_assert_eq!(got, group_rows(&model, None), "GROUP BY p, k");
+        for p in 0..4 {
+            let got = node.values(&format!("SELECT p, k, {AGGREGATES} FROM g WHERE p = {p} GROUP BY k"), Some(page));
+            prop_assert_eq!(got, group_rows(&model, Some(p)), "partition {} GROUP BY k", p);
         }
     }
 }

@@ -201,6 +201,10 @@ pub struct SelectRestrictions {
     pub key_relations: Vec<usize>,
     /// Indexes of the relations applied by filtering (needs `ALLOW FILTERING`).
     pub filter_relations: Vec<usize>,
+    /// How many primary key columns (partition key, then clustering) make
+    /// the key of a `GROUP BY` group; 0 without `GROUP BY`. Columns left
+    /// out of `GROUP BY` because `=` restricts them are counted.
+    pub group_prefix: usize,
 }
 
 fn keyspace_of<'a>(
@@ -817,7 +821,7 @@ pub fn check_select(
         return Err(filtering_error(at));
     }
 
-    check_group_and_order(s, table, &out)?;
+    check_group_and_order(s, table, &mut out)?;
     Ok(out)
 }
 
@@ -916,15 +920,47 @@ fn check_selection(s: &Select, table: &TableSchema) -> Result<(), SemanticError>
 fn check_group_and_order(
     s: &Select,
     table: &TableSchema,
-    restrictions: &SelectRestrictions,
+    restrictions: &mut SelectRestrictions,
 ) -> Result<(), SemanticError> {
-    let pk_order: Vec<&str> = table
+    restrictions.group_prefix = group_prefix(s, table)?;
+    check_order(s, table, restrictions)
+}
+
+/// Checks `GROUP BY` with Cassandra's rules and returns how many primary
+/// key columns (partition key, then clustering) make a group's key.
+///
+/// The columns follow the primary key order; a column restricted by `=`
+/// may be left out (it has one value). The whole partition key must be in
+/// the group: rows come in token order, so rows with equal values of only
+/// part of the partition key are scattered over the scan, and grouping
+/// them would mean holding every group until the scan ends. Cassandra
+/// refuses it for the same reason, with the same message.
+fn group_prefix(s: &Select, table: &TableSchema) -> Result<usize, SemanticError> {
+    let pk_order: Vec<(&str, ColumnKind)> = table
         .partition_key
         .iter()
-        .map(String::as_str)
-        .chain(table.clustering.iter().map(|(c, _)| c.as_str()))
+        .map(|c| (c.as_str(), ColumnKind::PartitionKey))
+        .chain(
+            table
+                .clustering
+                .iter()
+                .map(|(c, _)| (c.as_str(), ColumnKind::Clustering)),
+        )
         .collect();
-    for (i, g) in s.group_by.iter().enumerate() {
+    let restricted_by_eq = |column: &str| {
+        s.where_clause.iter().any(|r| {
+            matches!(r, Relation::Compare { column: c, op: Operator::Eq, .. } if c.name == column)
+        })
+    };
+    let out_of_order = |g: &Ident| {
+        err(
+            SemanticErrorKind::InvalidRestriction,
+            g,
+            "Group by currently only support groups of columns following their declared order in the PRIMARY KEY",
+        )
+    };
+    let mut used = 0usize;
+    for g in &s.group_by {
         let col = table.column_or_err(g)?;
         if col.kind == ColumnKind::Regular {
             return Err(err(
@@ -933,14 +969,47 @@ fn check_group_and_order(
                 format!("Group by is currently only supported on the columns of the PRIMARY KEY, got {g}"),
             ));
         }
-        if pk_order.get(i) != Some(&g.name.as_str()) {
-            return Err(err(
-                SemanticErrorKind::InvalidRestriction,
-                g,
-                "Group by currently only support groups of columns following their declared order in the PRIMARY KEY",
-            ));
+        loop {
+            let Some((name, _)) = pk_order.get(used) else {
+                return Err(out_of_order(g));
+            };
+            used += 1;
+            if *name == g.name {
+                break;
+            }
+            if !restricted_by_eq(name) {
+                return Err(out_of_order(g));
+            }
         }
     }
+    let Some(last) = s.group_by.last() else {
+        return Ok(0);
+    };
+    if pk_order
+        .get(used)
+        .is_some_and(|(_, kind)| *kind == ColumnKind::PartitionKey)
+    {
+        return Err(err(
+            SemanticErrorKind::InvalidRestriction,
+            last,
+            "Group by is not supported on only a part of the partition key",
+        ));
+    }
+    if s.distinct && used > table.partition_key.len() {
+        return Err(err(
+            SemanticErrorKind::InvalidRestriction,
+            last,
+            "Grouping on clustering columns is not allowed for SELECT DISTINCT queries",
+        ));
+    }
+    Ok(used)
+}
+
+fn check_order(
+    s: &Select,
+    table: &TableSchema,
+    restrictions: &SelectRestrictions,
+) -> Result<(), SemanticError> {
     if s.order_by.is_empty() {
         return Ok(());
     }

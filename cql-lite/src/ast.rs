@@ -68,6 +68,31 @@ impl Ord for Ident {
     }
 }
 
+/// Where option values were written, by option name: kept so that checks
+/// made after parsing (the schema's) can point at the offending value.
+/// Like [`Ident::span`] it is not part of the statement: every two
+/// `Positions` are equal, and printing leaves them out.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Positions(pub Vec<(String, Span)>);
+
+impl Positions {
+    /// Where the value of `name` was written.
+    pub fn get(&self, name: &str) -> Option<Span> {
+        self.0.iter().find(|(n, _)| n == name).map(|(_, s)| *s)
+    }
+
+    /// Records where the value of `name` was written.
+    pub fn insert(&mut self, name: impl Into<String>, span: Span) {
+        self.0.push((name.into(), span));
+    }
+}
+
+impl PartialEq for Positions {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
 /// A table name, optionally qualified by its keyspace (`ks.t`).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct QualifiedName {
@@ -290,6 +315,9 @@ pub struct Compaction {
     pub strategy: CompactionStrategy,
     /// The other sub-options, in the order written (interpreted by the schema layer).
     pub options: Vec<(String, Literal)>,
+    /// Where each sub-option's value (and `class`'s) was written.
+    #[serde(default)]
+    pub positions: Positions,
 }
 
 /// Table options from `WITH ...` in `CREATE TABLE` / `ALTER TABLE`.
@@ -306,6 +334,9 @@ pub struct TableOptions {
     pub compaction: Option<Compaction>,
     /// `comment`.
     pub comment: Option<String>,
+    /// Where each option's value was written (`compaction`: its `{`).
+    #[serde(default)]
+    pub positions: Positions,
 }
 
 impl TableOptions {

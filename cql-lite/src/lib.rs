@@ -31,4 +31,4 @@ pub use error::{ErrorKind, ParseError};
 pub use lexer::Span;
 pub use literal::{literal_to_value, Literal, TypeError};
 pub use parser::{parse, parse_statement};
-pub use types::{DataType, Value};
+pub use types::{DataType, MarkerType, Value};

@@ -64,10 +64,18 @@ struct Parser<'t> {
 /// so that no input can exhaust the stack.
 pub const MAX_NESTING: usize = 32;
 
+/// One `key: value` of an option map, with the tokens, for errors.
+struct MapEntry {
+    key: Literal,
+    key_token: Token,
+    value: Literal,
+    value_token: Token,
+}
+
 /// A constant or map given as an option value in `WITH`.
 enum OptionValue {
     Constant(Literal),
-    Map(Vec<(Literal, Literal)>),
+    Map(Vec<MapEntry>),
     /// `CLUSTERING ORDER BY (...)`, which sits among the options.
     ClusteringOrder(Vec<(Ident, Order)>),
 }
@@ -779,11 +787,11 @@ impl<'t> Parser<'t> {
         self.expect(TokenKind::Eq)?;
         let value_token = self.peek().clone();
         let value = if self.eat(TokenKind::LBrace) {
-            let mut entries: Vec<(Literal, Literal)> = Vec::new();
+            let mut entries: Vec<MapEntry> = Vec::new();
             if !self.eat(TokenKind::RBrace) {
                 loop {
-                    let (k, ktok) = self.constant()?;
-                    if entries.iter().any(|(e, _)| e == &k) {
+                    let (key, ktok) = self.constant()?;
+                    if entries.iter().any(|e| e.key == key) {
                         return Err(error_at(
                             ErrorKind::Invalid,
                             ktok,
@@ -791,8 +799,13 @@ impl<'t> Parser<'t> {
                         ));
                     }
                     self.expect(TokenKind::Colon)?;
-                    let (v, _) = self.constant()?;
-                    entries.push((k, v));
+                    let (value, vtok) = self.constant()?;
+                    entries.push(MapEntry {
+                        key,
+                        key_token: ktok.clone(),
+                        value,
+                        value_token: vtok.clone(),
+                    });
                     if !self.eat(TokenKind::Comma) {
                         break;
                     }
@@ -833,7 +846,7 @@ impl<'t> Parser<'t> {
                             "Invalid value for property 'replication': expecting a map {'class': ...}",
                         ));
                     };
-                    out.replication = Some(replication_from_map(keyspace, &o.value_token, map)?);
+                    out.replication = Some(replication_from_map(keyspace, &o.value_token, &map)?);
                 }
                 "durable_writes" => out.durable_writes = Some(bool_option(&o)?),
                 "sloppy_quorum" => out.sloppy_quorum = Some(bool_option(&o)?),
@@ -850,6 +863,8 @@ impl<'t> Parser<'t> {
                 out.clustering_order = entries;
                 continue;
             }
+            out.positions
+                .insert(o.name.name.clone(), o.value_token.span);
             match o.name.name.as_str() {
                 "default_time_to_live" => {
                     out.default_time_to_live = Some(seconds_option(&o, MAX_TTL)?);
@@ -875,7 +890,7 @@ impl<'t> Parser<'t> {
                             "Invalid value for property 'compaction': expecting a map {'class': ...}",
                         ));
                     };
-                    out.compaction = Some(compaction_from_map(&o.value_token, map)?);
+                    out.compaction = Some(compaction_from_map(&o.value_token, &map)?);
                 }
                 _ => return Err(unknown_property(&o.name)),
             }
@@ -1557,19 +1572,20 @@ fn seconds_option(o: &RawOption, max: i128) -> PResult<u32> {
     })
 }
 
-fn map_string_key(tok: &Token, key: &Literal) -> PResult<String> {
-    match key {
+fn map_string_key(entry: &MapEntry) -> PResult<String> {
+    match &entry.key {
         Literal::String(s) => Ok(s.clone()),
         other => Err(error_at(
             ErrorKind::Invalid,
-            tok,
+            &entry.key_token,
             format!("Invalid option key {other}: option keys are strings"),
         )),
     }
 }
 
-fn replication_factor(tok: &Token, key: &str, value: &Literal) -> PResult<u32> {
-    let n: Option<i128> = match value {
+fn replication_factor(entry: &MapEntry, key: &str) -> PResult<u32> {
+    let tok = &entry.value_token;
+    let n: Option<i128> = match &entry.value {
         Literal::Integer(i) => Some(*i),
         Literal::String(s) => s.parse::<i128>().ok(),
         _ => None,
@@ -1580,7 +1596,7 @@ fn replication_factor(tok: &Token, key: &str, value: &Literal) -> PResult<u32> {
             tok,
             format!(
                 "Replication factor must be numeric; found {} for '{key}'",
-                value.display_value()
+                entry.value.display_value()
             ),
         ));
     };
@@ -1600,50 +1616,48 @@ fn replication_factor(tok: &Token, key: &str, value: &Literal) -> PResult<u32> {
     })
 }
 
-fn replication_from_map(
-    keyspace: &Ident,
-    tok: &Token,
-    map: Vec<(Literal, Literal)>,
-) -> PResult<Replication> {
-    let mut class = None;
-    let mut rest = Vec::new();
-    for (k, v) in map {
-        let key = map_string_key(tok, &k)?;
+/// `replication = {...}`: errors point at the offending key or value, or
+/// at the map's `{` (`open`) for what is missing.
+fn replication_from_map(keyspace: &Ident, open: &Token, map: &[MapEntry]) -> PResult<Replication> {
+    let mut class: Option<(&str, &Token)> = None;
+    let mut rest: Vec<(String, &MapEntry)> = Vec::new();
+    for entry in map {
+        let key = map_string_key(entry)?;
         if key == "class" {
-            match v {
-                Literal::String(s) => class = Some(s),
+            match &entry.value {
+                Literal::String(s) => class = Some((s, &entry.value_token)),
                 other => {
                     return Err(error_at(
                         ErrorKind::Invalid,
-                        tok,
+                        &entry.value_token,
                         format!("Invalid replication strategy class {other}"),
                     ))
                 }
             }
         } else {
-            rest.push((key, v));
+            rest.push((key, entry));
         }
     }
-    let Some(class) = class else {
+    let Some((class, class_token)) = class else {
         return Err(error_at(
             ErrorKind::Invalid,
-            tok,
+            open,
             "Missing mandatory replication strategy class",
         ));
     };
     let short = class
         .strip_prefix("org.apache.cassandra.locator.")
-        .unwrap_or(&class);
+        .unwrap_or(class);
     match short {
         "SimpleStrategy" => {
             let mut rf = None;
-            for (k, v) in &rest {
+            for (k, entry) in &rest {
                 if k == "replication_factor" {
-                    rf = Some(replication_factor(tok, k, v)?);
+                    rf = Some(replication_factor(entry, k)?);
                 } else {
                     return Err(error_at(
                         ErrorKind::Invalid,
-                        tok,
+                        &entry.key_token,
                         format!(
                             "Unrecognized strategy option {{{k}}} passed to SimpleStrategy for keyspace {}",
                             keyspace.name
@@ -1655,27 +1669,27 @@ fn replication_from_map(
                 Some(replication_factor) => Ok(Replication::Simple { replication_factor }),
                 None => Err(error_at(
                     ErrorKind::Invalid,
-                    tok,
+                    open,
                     "SimpleStrategy requires a replication_factor strategy option.",
                 )),
             }
         }
         "NetworkTopologyStrategy" => {
             let mut datacenters = Vec::new();
-            for (k, v) in &rest {
+            for (k, entry) in &rest {
                 if k == "replication_factor" {
                     return Err(error_at(
                         ErrorKind::Unsupported,
-                        tok,
+                        &entry.key_token,
                         "NetworkTopologyStrategy takes a replication factor per datacenter ({'class': 'NetworkTopologyStrategy', 'dc1': 3}); a global 'replication_factor' is not supported by ringdb",
                     ));
                 }
-                datacenters.push((k.clone(), replication_factor(tok, k, v)?));
+                datacenters.push((k.clone(), replication_factor(entry, k)?));
             }
             if datacenters.is_empty() {
                 return Err(error_at(
                     ErrorKind::Invalid,
-                    tok,
+                    open,
                     "NetworkTopologyStrategy requires a replication factor for at least one datacenter",
                 ));
             }
@@ -1683,26 +1697,32 @@ fn replication_from_map(
         }
         _ => Err(error_at(
             ErrorKind::Invalid,
-            tok,
+            class_token,
             format!("Unable to find replication strategy class '{class}'"),
         )),
     }
 }
 
-fn compaction_from_map(tok: &Token, map: Vec<(Literal, Literal)>) -> PResult<Compaction> {
+/// `compaction = {...}`: the class is checked here (errors at its value,
+/// or at the `{` when it is missing); the other sub-options are kept with
+/// the positions of their values, for the schema's checks.
+fn compaction_from_map(open: &Token, map: &[MapEntry]) -> PResult<Compaction> {
     let mut strategy = None;
     let mut options = Vec::new();
-    for (k, v) in map {
-        let key = map_string_key(tok, &k)?;
+    let mut positions = Positions::default();
+    for entry in map {
+        let key = map_string_key(entry)?;
+        let tok = &entry.value_token;
+        positions.insert(key.clone(), tok.span);
         if key == "class" {
-            let Literal::String(class) = v else {
+            let Literal::String(class) = &entry.value else {
                 return Err(error_at(
                     ErrorKind::Invalid,
                     tok,
-                    format!("Invalid compaction class {v}"),
+                    format!("Invalid compaction class {}", entry.value),
                 ));
             };
-            match CompactionStrategy::from_class(&class) {
+            match CompactionStrategy::from_class(class) {
                 Some(s) => strategy = Some(s),
                 None if class.contains("CompactionStrategy") => {
                     return Err(error_at(
@@ -1720,15 +1740,19 @@ fn compaction_from_map(tok: &Token, map: Vec<(Literal, Literal)>) -> PResult<Com
                 }
             }
         } else {
-            options.push((key, v));
+            options.push((key, entry.value.clone()));
         }
     }
     let Some(strategy) = strategy else {
         return Err(error_at(
             ErrorKind::Invalid,
-            tok,
+            open,
             "Missing sub-option 'class' for the 'compaction' option.",
         ));
     };
-    Ok(Compaction { strategy, options })
+    Ok(Compaction {
+        strategy,
+        options,
+        positions,
+    })
 }

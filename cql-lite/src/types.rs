@@ -104,7 +104,8 @@ impl fmt::Display for DataType {
     }
 }
 
-/// A typed value: a cell's content, a key component or a literal.
+/// A typed value: a cell's content, a key component or a literal; or, as
+/// [`Value::List`], the whole list bound to an `IN ?` marker.
 ///
 /// `Null` is the absence of a value; it never appears in a primary key.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -137,13 +138,91 @@ pub enum Value {
     Uuid(u128),
     /// A `timeuuid`, as its 128 bits in big-endian order.
     TimeUuid(u128),
+    /// The values bound to one `IN ?` (or `IN :name`) marker. A list is
+    /// never a column's value: the node refuses it anywhere else. Its
+    /// elements are single values; a nested list does not even decode (so
+    /// a hostile frame cannot make the decoder recurse deeply). It is the
+    /// last variant so that adding it left the encoding of the others as
+    /// it was.
+    List(#[serde(deserialize_with = "deserialize_flat_list")] Vec<Value>),
+}
+
+/// [`Value`] without [`Value::List`]: what a list's elements decode as.
+/// The variants are the same, in the same order, so a list of values
+/// encodes and decodes in every serde format.
+#[derive(Deserialize)]
+#[serde(rename = "Value")]
+enum ListElement {
+    Null,
+    Int(i32),
+    BigInt(i64),
+    SmallInt(i16),
+    Float(f32),
+    Double(f64),
+    Boolean(bool),
+    Text(String),
+    Ascii(String),
+    Blob(Vec<u8>),
+    Timestamp(i64),
+    Date(i32),
+    Uuid(u128),
+    TimeUuid(u128),
+}
+
+impl From<ListElement> for Value {
+    fn from(e: ListElement) -> Value {
+        match e {
+            ListElement::Null => Value::Null,
+            ListElement::Int(v) => Value::Int(v),
+            ListElement::BigInt(v) => Value::BigInt(v),
+            ListElement::SmallInt(v) => Value::SmallInt(v),
+            ListElement::Float(v) => Value::Float(v),
+            ListElement::Double(v) => Value::Double(v),
+            ListElement::Boolean(v) => Value::Boolean(v),
+            ListElement::Text(v) => Value::Text(v),
+            ListElement::Ascii(v) => Value::Ascii(v),
+            ListElement::Blob(v) => Value::Blob(v),
+            ListElement::Timestamp(v) => Value::Timestamp(v),
+            ListElement::Date(v) => Value::Date(v),
+            ListElement::Uuid(v) => Value::Uuid(v),
+            ListElement::TimeUuid(v) => Value::TimeUuid(v),
+        }
+    }
+}
+
+fn deserialize_flat_list<'de, D>(deserializer: D) -> Result<Vec<Value>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    let elements = Vec::<ListElement>::deserialize(deserializer)?;
+    Ok(elements.into_iter().map(Value::from).collect())
+}
+
+/// The type of what a bind marker takes: one value of a column's type, or
+/// (for `IN ?`) a list of them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum MarkerType {
+    /// One value of this type.
+    Single(DataType),
+    /// A list of values of this type (`list<int>`).
+    List(DataType),
+}
+
+impl fmt::Display for MarkerType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            MarkerType::Single(t) => write!(f, "{t}"),
+            MarkerType::List(t) => write!(f, "list<{t}>"),
+        }
+    }
 }
 
 impl Value {
-    /// The type of this value; `None` for `Null`.
+    /// The column type of this value; `None` for `Null` and for a list
+    /// (no column has a list type).
     pub fn data_type(&self) -> Option<DataType> {
         Some(match self {
-            Value::Null => return None,
+            Value::Null | Value::List(_) => return None,
             Value::Int(_) => DataType::Int,
             Value::BigInt(_) => DataType::BigInt,
             Value::SmallInt(_) => DataType::SmallInt,
@@ -165,6 +244,25 @@ impl Value {
         matches!(self, Value::Null)
     }
 
+    /// The type as messages name it: `int`, `null`, `list<int>` (a list
+    /// of mixed or no types is `list`).
+    pub fn type_name(&self) -> String {
+        match self {
+            Value::Null => "null".into(),
+            Value::List(items) => {
+                let mut types = items.iter().filter_map(Value::data_type);
+                match types.next() {
+                    Some(first) if types.all(|t| t == first) => format!("list<{first}>"),
+                    _ => "list".into(),
+                }
+            }
+            other => other
+                .data_type()
+                .map(|t| t.name().to_string())
+                .unwrap_or_default(),
+        }
+    }
+
     /// The position of the variant, used to order values of different types.
     fn rank(&self) -> u8 {
         match self {
@@ -182,6 +280,7 @@ impl Value {
             Value::Date(_) => 11,
             Value::Uuid(_) => 12,
             Value::TimeUuid(_) => 13,
+            Value::List(_) => 14,
         }
     }
 }
@@ -208,6 +307,7 @@ impl Ord for Value {
             (Value::TimeUuid(a), Value::TimeUuid(b)) => timeuuid_order_key(*a)
                 .cmp(&timeuuid_order_key(*b))
                 .then(a.cmp(b)),
+            (Value::List(a), Value::List(b)) => a.cmp(b),
             _ => self.rank().cmp(&other.rank()),
         }
     }

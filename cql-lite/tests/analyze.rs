@@ -424,6 +424,62 @@ fn select_restrictions() {
 }
 
 #[test]
+fn group_by_rules() {
+    // t's primary key is ((k, k2), c1, c2).
+    fails(
+        "SELECT k, count(*) FROM t GROUP BY k",
+        SemanticErrorKind::InvalidRestriction,
+        "Group by is not supported on only a part of the partition key",
+        "k",
+    );
+    fails(
+        "SELECT k, count(*) FROM t WHERE k2 = 'a' GROUP BY k ALLOW FILTERING",
+        SemanticErrorKind::InvalidRestriction,
+        "Group by is not supported on only a part of the partition key",
+        "k",
+    );
+    fails(
+        "SELECT count(*) FROM t WHERE k = 1 AND k2 = 'a' GROUP BY c2",
+        SemanticErrorKind::InvalidRestriction,
+        "following their declared order",
+        "c2",
+    );
+    fails(
+        "SELECT count(*) FROM t GROUP BY k, k2, k",
+        SemanticErrorKind::InvalidRestriction,
+        "following their declared order",
+        "k",
+    );
+    fails(
+        "SELECT DISTINCT k, k2, count(*) FROM t GROUP BY k, k2, c1",
+        SemanticErrorKind::InvalidRestriction,
+        "Grouping on clustering columns is not allowed for SELECT DISTINCT queries",
+        "c1",
+    );
+    let prefix = |src: &str| select(src).unwrap().group_prefix;
+    assert_eq!(prefix("SELECT count(*) FROM t"), 0);
+    assert_eq!(prefix("SELECT count(*) FROM t GROUP BY k, k2"), 2);
+    assert_eq!(prefix("SELECT count(*) FROM t GROUP BY k, k2, c1, c2"), 4);
+    // Columns restricted by = may be left out of GROUP BY, as in Cassandra.
+    assert_eq!(
+        prefix("SELECT count(*) FROM t WHERE k = 1 AND k2 = 'a' GROUP BY c1"),
+        3
+    );
+    assert_eq!(
+        prefix("SELECT count(*) FROM t WHERE k = 1 AND k2 = 'a' AND c1 = 2 GROUP BY c2"),
+        4
+    );
+    assert_eq!(
+        prefix("SELECT count(*) FROM t WHERE k = 1 GROUP BY k2 ALLOW FILTERING"),
+        2
+    );
+    assert_eq!(
+        prefix("SELECT DISTINCT k, k2, count(*) FROM t GROUP BY k, k2"),
+        2
+    );
+}
+
+#[test]
 fn rendering_points_at_the_identifier() {
     let src = "SELECT *\nFROM ks.t\nWHERE k = 1 AND k2 = 'a' AND c2 = 1";
     let e = check(src).unwrap_err();

@@ -166,6 +166,7 @@ fn compaction() -> impl Strategy<Value = Compaction> {
         .prop_map(|(strategy, keys, values)| Compaction {
             strategy,
             options: keys.into_iter().zip(values).collect(),
+            positions: Positions::default(),
         })
 }
 
@@ -191,6 +192,7 @@ fn table_options(clustering: Vec<Ident>) -> impl Strategy<Value = TableOptions> 
                 gc_grace_seconds: gc,
                 compaction,
                 comment,
+                positions: Positions::default(),
             },
         )
 }

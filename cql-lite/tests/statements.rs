@@ -87,6 +87,22 @@ fn keyspace_option_errors() {
     }
     let e = fail("CREATE KEYSPACE k WITH foo = 3");
     assert_eq!((e.span.column, e.token.as_str()), (24, "foo"));
+    // Bad replication settings are refused at the offending key or value;
+    // what is missing, at the map's brace.
+    for (src, token) in [
+        ("CREATE KEYSPACE k WITH replication = {'class': 'FooStrategy'}", "'FooStrategy'"),
+        ("CREATE KEYSPACE k WITH replication = {'class': 'SimpleStrategy', 'replication_factor': 'x'}", "'x'"),
+        ("CREATE KEYSPACE k WITH replication = {'class': 'SimpleStrategy', 'replication_factor': 1, 'dc1': 2}", "'dc1'"),
+        ("CREATE KEYSPACE k WITH replication = {'class': 'NetworkTopologyStrategy', 'dc1': 99999999999}", "99999999999"),
+        ("CREATE KEYSPACE k WITH replication = {'class': 'NetworkTopologyStrategy', 'replication_factor': 3}", "'replication_factor'"),
+        ("CREATE KEYSPACE k WITH replication = {'class': 'SimpleStrategy'}", "{"),
+        ("CREATE KEYSPACE k WITH replication = {'class': 3}", "3"),
+    ] {
+        let e = fail(src);
+        assert_eq!(e.token, token, "{src}: {}", e.render(src));
+        let at = src.find(token).expect("token in source") + 1;
+        assert_eq!(e.span.column as usize, at, "{src}");
+    }
     // A non-boolean is refused at its own token, for either property.
     for (src, prop, column, token) in [
         ("CREATE KEYSPACE k WITH replication = {'class': 'SimpleStrategy', 'replication_factor': 1} AND sloppy_quorum = 1", "sloppy_quorum", 111, "1"),
@@ -185,7 +201,9 @@ fn create_table_errors() {
         ("CREATE TABLE t (k int PRIMARY KEY) WITH default_time_to_live = -1", "default_time_to_live must be greater than or equal to 0 (got -1)", 64),
         ("CREATE TABLE t (k int PRIMARY KEY) WITH default_time_to_live = 630720001", "default_time_to_live must be less than or equal to 630720000", 64),
         ("CREATE TABLE t (k int PRIMARY KEY) WITH compaction = {'min_threshold': 2}", "Missing sub-option 'class' for the 'compaction' option.", 54),
-        ("CREATE TABLE t (k int PRIMARY KEY) WITH compaction = {'class': 'LeveledCompactionStrategy'}", "is not supported by ringdb", 54),
+        ("CREATE TABLE t (k int PRIMARY KEY) WITH compaction = {'class': 'LeveledCompactionStrategy'}", "is not supported by ringdb", 64),
+        ("CREATE TABLE t (k int PRIMARY KEY) WITH compaction = {'class': 'Nope'}", "Unable to find compaction strategy class 'Nope'", 64),
+        ("CREATE TABLE t (k int PRIMARY KEY) WITH compaction = {'class': 'TimeWindowCompactionStrategy', 3: 'x'}", "option keys are strings", 96),
         ("CREATE TABLE t (k int PRIMARY KEY) WITH caching = 'x'", "Unknown property 'caching'", 41),
         ("CREATE TABLE t (k int PRIMARY KEY) WITH COMPACT STORAGE", "COMPACT STORAGE is not supported", 41),
         ("CREATE INDEX ON t (v)", "CREATE INDEX is not supported by ringdb", 8),

@@ -11,7 +11,7 @@ use crate::model::{
     Consistency, DotSet, PartitionHeader, RangeTombstone, RowState, RowWrite, Timestamp,
 };
 use crate::storage::StorageError;
-use cql_lite::{DataType, Value};
+use cql_lite::{DataType, MarkerType, Value};
 use serde::{Deserialize, Serialize};
 use std::future::Future;
 use std::ops::Bound;
@@ -183,14 +183,23 @@ pub struct Response {
     pub warnings: Vec<Warning>,
 }
 
+/// The name and type of one bind marker (one variable) of a statement.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MarkerSpec {
+    /// `name` for `:name`; for `?` the column it binds to (`in(k)` for
+    /// `k IN ?`, as Cassandra names it) or the parameter (`[ttl]`).
+    pub name: String,
+    /// One value of a type, or a list of them for `IN ?`.
+    pub marker_type: MarkerType,
+}
+
 /// A statement parsed and checked once, executed many times with values.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Prepared {
     /// The id the client sends back.
     pub id: Vec<u8>,
-    /// Types of the bind markers, in order, with their names (`?` gets the
-    /// column name it binds to).
-    pub bind_columns: Vec<ColumnSpec>,
+    /// The variables the statement takes, in order.
+    pub bind_markers: Vec<MarkerSpec>,
     /// Columns of the result, for a SELECT.
     pub result_columns: Vec<ColumnSpec>,
 }

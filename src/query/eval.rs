@@ -199,7 +199,8 @@ pub fn coerce(value: Value, ty: DataType) -> Option<Value> {
     }
 }
 
-/// The literal that types back to `value`.
-pub fn literal_of(value: &Value) -> Literal {
+/// The literal that types back to `value` (`None` for a list, which has
+/// no literal).
+pub fn literal_of(value: &Value) -> Option<Literal> {
     cql_lite::ast::value_to_literal(value)
 }

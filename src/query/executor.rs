@@ -6,10 +6,11 @@ use super::api::{
 };
 use super::bind::{bind, bind_specs};
 use super::eval::{invalid, micros_to_hlc, EvalContext, TimeUuids};
-use super::select::{execute_select, plan_select};
+use super::schema_errors::schema_error_at;
+use super::select::{execute_select, plan_select, ReadBatch};
 use super::write::{plan_delete, plan_insert, plan_update, table_ref, Planned, WriteContext};
 use crate::model::HybridClock;
-use crate::schema::{Schema, SchemaChange, SchemaError, SchemaStore, Table};
+use crate::schema::{Schema, SchemaChange, SchemaStore, Table};
 use cql_lite::analyze::{check_select, check_statement, SemanticError};
 use cql_lite::ast::{BatchKind, BatchStatement, QualifiedName, Statement};
 use cql_lite::{ErrorKind, ParseError, Value};
@@ -25,6 +26,8 @@ pub struct ExecutorConfig {
     pub default_page_size: u32,
     /// A batch touching more partitions than this gets a warning.
     pub batch_partitions_warn: usize,
+    /// How much a SELECT reads per request to the store (its memory bound).
+    pub read_batch: ReadBatch,
 }
 
 impl Default for ExecutorConfig {
@@ -32,6 +35,7 @@ impl Default for ExecutorConfig {
         ExecutorConfig {
             default_page_size: 5000,
             batch_partitions_warn: 10,
+            read_batch: ReadBatch::default(),
         }
     }
 }
@@ -78,13 +82,6 @@ fn semantic_error(e: &SemanticError, text: &str) -> QueryError {
     QueryError::Invalid {
         message: e.to_string(),
         rendered: e.render(text),
-    }
-}
-
-fn schema_error(e: SchemaError) -> QueryError {
-    match e {
-        SchemaError::Io { .. } | SchemaError::Corrupt { .. } => QueryError::Server(e.to_string()),
-        other => invalid(other.to_string()),
     }
 }
 
@@ -193,7 +190,7 @@ impl Executor {
                 session.keyspace = Some(k.name.clone());
                 Ok(ok(QueryResult::SetKeyspace(k.name.clone())))
             }
-            s if s.is_schema_change() => self.schema_change(s, ks.as_deref()).await.map(ok),
+            s if s.is_schema_change() => self.schema_change(s, text, ks.as_deref()).await.map(ok),
             Statement::Truncate(t) => {
                 let table = self.table(&schema, &t.name, ks.as_deref())?;
                 self.store.truncate(&table_ref(table)).await?;
@@ -211,7 +208,15 @@ impl Executor {
                     .unwrap_or(self.config.default_page_size)
                     .max(1) as usize;
                 let now = self.clock.wall().now_millis();
-                let rs = execute_select(&plan, &*self.store, &options, page_size, now).await?;
+                let rs = execute_select(
+                    &plan,
+                    &*self.store,
+                    &options,
+                    page_size,
+                    now,
+                    self.config.read_batch,
+                )
+                .await?;
                 Ok(ok(QueryResult::Rows(rs)))
             }
             Statement::Insert(_)
@@ -225,8 +230,10 @@ impl Executor {
     async fn schema_change(
         &self,
         stmt: &Statement,
+        text: &str,
         session: Option<&str>,
     ) -> Result<QueryResult, QueryError> {
+        let schema_error = |e| schema_error_at(e, stmt, text);
         let schema = self.schema.current();
         let id = rand::random::<u128>();
         let Some(change) = schema
@@ -409,7 +416,7 @@ impl Executor {
         let schema = self.schema.current();
         let ks = session.keyspace.as_deref();
         check_statement(&stmt, ks, &*schema).map_err(|e| semantic_error(&e, text))?;
-        let bind_columns = bind_specs(&stmt, &schema, ks)?;
+        let bind_markers = bind_specs(&stmt, &schema, ks)?;
         let result_columns = match &stmt {
             Statement::Select(s) => {
                 let table = self.table(&schema, &s.table, ks)?;
@@ -428,7 +435,7 @@ impl Executor {
         );
         Ok(Prepared {
             id,
-            bind_columns,
+            bind_markers,
             result_columns,
         })
     }

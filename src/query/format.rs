@@ -30,6 +30,10 @@ pub fn format_value(v: &Value) -> String {
         Value::Timestamp(ms) => format_timestamp(*ms),
         Value::Date(d) => format_date(*d),
         Value::Uuid(u) | Value::TimeUuid(u) => format_uuid(*u),
+        Value::List(items) => {
+            let items: Vec<String> = items.iter().map(format_value).collect();
+            format!("[{}]", items.join(", "))
+        }
     }
 }
 

@@ -23,6 +23,12 @@
 //!   make a write supersede versions it never saw. A write with a context
 //!   must write exactly one row.
 //! - `WITH SIBLINGS` lists each version of a row that has more than one.
+//! - `k IN ?` binds a whole list ([`cql_lite::Value::List`]); binding
+//!   rewrites it to the literal `IN (...)`, so the rest of the layer never
+//!   sees a list, and a list bound anywhere else is refused.
+//! - A SELECT reads through the `DataStore` in batches
+//!   ([`select::ReadBatch`]), never a whole partition or table at once:
+//!   aggregates and groups are folded as rows stream by.
 //! - Timestamps: `USING TIMESTAMP` microseconds become HLC values with the
 //!   milliseconds in the high bits and the remaining microseconds in the
 //!   logical counter (order-preserving); `WRITETIME` converts back.
@@ -31,7 +37,8 @@
 //!
 //! Inside: [`bind`] (markers and values), [`eval`] (terms, functions,
 //! timestamps), [`write`] (INSERT/UPDATE/DELETE/BATCH to mutations),
-//! [`select`] (plans, paging, aggregates) and [`format`] (text output).
+//! [`select`] (plans, paging, aggregates), [`format`] (text output) and
+//! [`schema_errors`] (schema errors pointed at their statement).
 
 pub mod api;
 pub mod bind;
@@ -39,6 +46,7 @@ pub mod eval;
 mod executor;
 pub mod format;
 pub mod local;
+pub mod schema_errors;
 pub mod select;
 pub mod write;
 

@@ -25,10 +25,26 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::ops::Bound;
 
-/// Partitions read per scan request.
-const SCAN_BATCH: usize = 64;
-/// Rows read per partition request when the need is unknown.
-const READ_CHUNK: usize = 1000;
+/// How much one request to the [`DataStore`] reads: a SELECT holds at
+/// most one such batch in memory at a time (plus the page it builds), so
+/// aggregates and filters over a whole table run in bounded memory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReadBatch {
+    /// Rows read per request within a partition (and at most per
+    /// partition of a scan request) when the need is unknown.
+    pub rows: usize,
+    /// Partitions read per scan request.
+    pub partitions: usize,
+}
+
+impl Default for ReadBatch {
+    fn default() -> Self {
+        ReadBatch {
+            rows: 1000,
+            partitions: 64,
+        }
+    }
+}
 
 /// Where a column's value comes from in a row.
 #[derive(Debug, Clone, PartialEq)]
@@ -156,7 +172,9 @@ pub fn plan_select(
                         .map(|t| ctx.eval(t, ty, name))
                         .collect::<Result<Vec<_>, _>>()?,
                     Relation::In { .. } => {
-                        return Err(invalid(format!("IN ? on {name} is not supported")))
+                        return Err(invalid(format!(
+                            "No value was bound for the bind marker of in({name})"
+                        )))
                     }
                     Relation::Compare { .. } => continue,
                 };
@@ -256,7 +274,11 @@ pub fn plan_select(
                     .map(|t| ctx.eval(t, ty, name))
                     .collect::<Result<_, _>>()?,
             )),
-            Relation::In { .. } => return Err(invalid(format!("IN ? on {name} is not supported"))),
+            Relation::In { .. } => {
+                return Err(invalid(format!(
+                    "No value was bound for the bind marker of in({name})"
+                )))
+            }
         }
     }
     // Selection.
@@ -349,7 +371,7 @@ pub fn plan_select(
         outputs,
         columns,
         aggregate,
-        group_len: sel.group_by.len().min(npk + nck),
+        group_len: restrictions.group_prefix.min(npk + nck),
         distinct: sel.distinct,
         per_partition_limit,
         limit,
@@ -1026,14 +1048,70 @@ impl Reader<'_> {
     }
 }
 
-/// Runs a planned SELECT: one page of its result.
+/// One partition of an ORDER BY merge: the rows read ahead (at most a
+/// batch) and where to read on.
+struct MergeCursor {
+    values: Vec<Value>,
+    pk: Vec<u8>,
+    buffer: std::collections::VecDeque<ReadRow>,
+    /// The last row read (filtered out or not): the next read starts after it.
+    resume: Option<Vec<u8>>,
+    /// Rows taken, for `PER PARTITION LIMIT`.
+    taken: usize,
+    done: bool,
+}
+
+impl MergeCursor {
+    /// Reads up to `rows` more rows that pass the filters, in the plan's
+    /// order; marks the cursor done at the end of the partition or of its
+    /// `PER PARTITION LIMIT`.
+    async fn refill(
+        &mut self,
+        reader: &Reader<'_>,
+        plan: &SelectPlan,
+        ppl: usize,
+        rows: usize,
+    ) -> Result<(), QueryError> {
+        let from = self.resume.clone();
+        let (buffer, resume, taken) = (&mut self.buffer, &mut self.resume, &mut self.taken);
+        let mut sink = |row: ReadRow| {
+            *resume = Some(row.clustering.clone());
+            if !plan.filters.iter().all(|f| matches(f, &row)) {
+                return Flow::Continue;
+            }
+            if *taken >= ppl {
+                return Flow::SkipPartition;
+            }
+            *taken += 1;
+            buffer.push_back(row);
+            if buffer.len() >= rows {
+                Flow::Stop
+            } else {
+                Flow::Continue
+            }
+        };
+        let flow = reader
+            .partition(plan, &self.values, &self.pk, from.as_deref(), &mut sink)
+            .await?;
+        self.done = flow != Flow::Stop;
+        Ok(())
+    }
+}
+
+/// Runs a planned SELECT: one page of its result, reading through `store`
+/// in batches of at most `batch`.
 pub async fn execute_select(
     plan: &SelectPlan,
     store: &dyn DataStore,
     options: &QueryOptions,
     page_size: usize,
     now_ms: u64,
+    batch: ReadBatch,
 ) -> Result<ResultSet, QueryError> {
+    let batch = ReadBatch {
+        rows: batch.rows.max(1),
+        partitions: batch.partitions.max(1),
+    };
     let state = options
         .paging_state
         .as_ref()
@@ -1050,9 +1128,9 @@ pub async fn execute_select(
             .min(plan.limit.unwrap_or(usize::MAX))
             .min(plan.per_partition_limit.unwrap_or(usize::MAX))
             .min(if plan.distinct { 1 } else { usize::MAX });
-        need.saturating_add(1).clamp(2, READ_CHUNK)
+        need.saturating_add(1).clamp(2, batch.rows.max(2))
     } else {
-        READ_CHUNK
+        batch.rows
     };
     let reader = Reader {
         store,
@@ -1064,45 +1142,55 @@ pub async fn execute_select(
     let mut stopped = false;
     if plan.order_merge {
         // IN on the partition key with ORDER BY: merge the partitions'
-        // rows in clustering order (no paging, as in Cassandra).
-        let mut all: Vec<ReadRow> = Vec::new();
-        for (values, pk) in plan.partitions.iter().flatten() {
-            let mut taken = 0usize;
-            let ppl = plan.per_partition_limit.unwrap_or(usize::MAX);
-            let filters = &plan.filters;
-            let mut sink = |row: ReadRow| {
-                if !filters.iter().all(|f| matches(f, &row)) {
-                    return Flow::Continue;
-                }
-                if taken >= ppl {
-                    return Flow::SkipPartition;
-                }
-                taken += 1;
-                all.push(row);
-                Flow::Continue
-            };
-            reader.partition(plan, values, pk, None, &mut sink).await?;
-        }
-        all.sort_by(|a, b| {
-            let o = a.clustering.cmp(&b.clustering);
-            if plan.reverse {
-                o.reverse()
-            } else {
-                o
-            }
-        });
-        let limit = plan.limit.unwrap_or(usize::MAX);
-        if !plan.aggregate && all.len().min(limit) > page_size {
-            return Err(invalid("Cannot page queries with both ORDER BY and a IN restriction on the partition key; you must either remove the ORDER BY or the IN and sort client side, or disable paging for this query"));
-        }
+        // rows in clustering order (no paging, as in Cassandra), holding
+        // at most a batch of rows per partition.
+        let ppl = plan.per_partition_limit.unwrap_or(usize::MAX);
+        let mut cursors: Vec<MergeCursor> = plan
+            .partitions
+            .iter()
+            .flatten()
+            .map(|(values, pk)| MergeCursor {
+                values: values.clone(),
+                pk: pk.clone(),
+                buffer: std::collections::VecDeque::new(),
+                resume: None,
+                taken: 0,
+                done: false,
+            })
+            .collect();
         let mut without_filters = plan.clone();
         without_filters.filters.clear();
         let mut merged = Collector::new(&without_filters, usize::MAX, now_ms);
         merged.apply_ppl = false;
-        for row in all {
+        loop {
+            for cursor in cursors.iter_mut() {
+                if cursor.buffer.is_empty() && !cursor.done {
+                    cursor.refill(&reader, plan, ppl, batch.rows).await?;
+                }
+            }
+            let next = cursors
+                .iter()
+                .enumerate()
+                .filter_map(|(i, c)| c.buffer.front().map(|row| (i, &row.clustering)))
+                .reduce(|best, other| {
+                    let o = other.1.cmp(best.1);
+                    let better = if plan.reverse { o.is_gt() } else { o.is_lt() };
+                    if better {
+                        other
+                    } else {
+                        best
+                    }
+                })
+                .map(|(i, _)| i);
+            let Some(row) = next.and_then(|i| cursors.get_mut(i)?.buffer.pop_front()) else {
+                break;
+            };
             if merged.push(row) == Flow::Stop {
                 stopped = true;
                 break;
+            }
+            if !plan.aggregate && merged.rows.len() > page_size {
+                return Err(invalid("Cannot page queries with both ORDER BY and a IN restriction on the partition key; you must either remove the ORDER BY or the IN and sort client side, or disable paging for this query"));
             }
         }
         merged.finish(stopped);
@@ -1172,25 +1260,34 @@ pub async fn execute_select(
                     stopped = flow == Flow::Stop;
                 }
             }
+            // Each scan request takes at most `per_request` rows of a
+            // partition; a partition that filled them is read on in
+            // batches of `reader.chunk`, so no request holds more than a
+            // batch of one partition, however large it is.
+            let wanted = rows_per_partition.unwrap_or(usize::MAX);
+            let per_request = wanted.min(chunk);
             while !stopped {
-                let batch = store
+                let scanned = store
                     .scan(
                         &plan.tref,
                         after.clone(),
-                        SCAN_BATCH,
-                        rows_per_partition,
+                        batch.partitions,
+                        Some(per_request),
                         options.consistency,
                     )
                     .await?;
-                let n = batch.len();
-                for (prefix, part) in batch {
+                let n = scanned.len();
+                for (prefix, part) in scanned {
                     after = Some(prefix.clone());
                     let pk = prefix.get(10..).unwrap_or_default().to_vec();
                     let values = key::decode_partition_key(&prefix, &pk_types)
                         .map_err(|e| QueryError::Server(format!("stored partition key: {e}")))?;
                     c.begin_partition(0);
                     let mut flow = Flow::Continue;
+                    let cut = part.rows.len() >= per_request && wanted > per_request;
+                    let mut last = None;
                     for stored in part.rows {
+                        last = Some(stored.clustering.clone());
                         if let Some(row) =
                             materialize(&plan.table, &pk, &values, stored, &part.header, now_ms)?
                         {
@@ -1200,12 +1297,19 @@ pub async fn execute_select(
                             }
                         }
                     }
+                    if flow == Flow::Continue && cut {
+                        if let Some(last) = &last {
+                            flow = reader
+                                .partition(plan, &values, &pk, Some(last), &mut |row| c.push(row))
+                                .await?;
+                        }
+                    }
                     if flow == Flow::Stop {
                         stopped = true;
                         break;
                     }
                 }
-                if n < SCAN_BATCH {
+                if n < batch.partitions {
                     break;
                 }
             }

@@ -61,6 +61,24 @@ pub enum SchemaError {
     /// A statement or change that does not make a valid schema.
     #[error("{0}")]
     Invalid(String),
+    /// A compaction sub-option the storage engine cannot use (named, so
+    /// the error can point at its value in the statement).
+    #[error("{message}")]
+    CompactionOption {
+        /// The sub-option, as written (`min_threshold`).
+        option: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// A column an `ALTER TABLE` cannot add or drop (named, so the error
+    /// can point at it in the statement).
+    #[error("{message}")]
+    Column {
+        /// The column.
+        column: String,
+        /// What is wrong.
+        message: String,
+    },
     /// The schema file could not be read or written.
     #[error("schema file {path}: {reason}")]
     Io {
@@ -150,6 +168,16 @@ impl Default for Compaction {
 }
 
 impl Compaction {
+    /// The sub-option's name as written (option names match
+    /// case-insensitively).
+    fn written_name(&self, name: &str) -> String {
+        self.options
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(k, _)| k.clone())
+            .unwrap_or_else(|| name.to_string())
+    }
+
     fn option(&self, name: &str) -> Option<&Literal> {
         self.options
             .iter()
@@ -158,10 +186,11 @@ impl Compaction {
     }
 
     fn int_option(&self, name: &str) -> Result<Option<u64>, SchemaError> {
-        let bad = |v: &Literal| {
-            SchemaError::Invalid(format!(
+        let bad = |v: &Literal| SchemaError::CompactionOption {
+            option: self.written_name(name),
+            message: format!(
                 "Invalid value {v} for compaction option '{name}': expected a positive integer"
-            ))
+            ),
         };
         match self.option(name) {
             None => Ok(None),
@@ -186,9 +215,19 @@ impl Compaction {
         let min = self.int_option("min_threshold")?.unwrap_or(4) as usize;
         let max = self.int_option("max_threshold")?.unwrap_or(32) as usize;
         if min < 2 || max < min {
-            return Err(SchemaError::Invalid(format!(
-                "Invalid compaction thresholds: min_threshold {min} must be at least 2 and at most max_threshold {max}"
-            )));
+            // Point at the threshold that was written (min_threshold when
+            // it is too small, or when both were written).
+            let option = if min < 2 || self.option("max_threshold").is_none() {
+                "min_threshold"
+            } else {
+                "max_threshold"
+            };
+            return Err(SchemaError::CompactionOption {
+                option: self.written_name(option),
+                message: format!(
+                    "Invalid compaction thresholds: min_threshold {min} must be at least 2 and at most max_threshold {max}"
+                ),
+            });
         }
         match self.strategy {
             CompactionStrategy::SizeTiered => Ok(StorageCompaction::SizeTiered {
@@ -203,21 +242,30 @@ impl Compaction {
                         "HOURS" => 3_600,
                         "DAYS" => 86_400,
                         _ => {
-                            return Err(SchemaError::Invalid(format!(
-                                "{u} is not valid for compaction_window_unit: use MINUTES, HOURS or DAYS"
-                            )))
+                            return Err(SchemaError::CompactionOption {
+                                option: self.written_name("compaction_window_unit"),
+                                message: format!(
+                                    "{u} is not valid for compaction_window_unit: use MINUTES, HOURS or DAYS"
+                                ),
+                            })
                         }
                     },
                     Some(other) => {
-                        return Err(SchemaError::Invalid(format!(
-                            "{other} is not valid for compaction_window_unit: use MINUTES, HOURS or DAYS"
-                        )))
+                        return Err(SchemaError::CompactionOption {
+                            option: self.written_name("compaction_window_unit"),
+                            message: format!(
+                                "{other} is not valid for compaction_window_unit: use MINUTES, HOURS or DAYS"
+                            ),
+                        })
                     }
                 };
                 let size = self.int_option("compaction_window_size")?.unwrap_or(1);
-                let secs = size.checked_mul(unit).ok_or_else(|| {
-                    SchemaError::Invalid("compaction_window_size is too large".into())
-                })?;
+                let secs = size
+                    .checked_mul(unit)
+                    .ok_or_else(|| SchemaError::CompactionOption {
+                        option: self.written_name("compaction_window_size"),
+                        message: "compaction_window_size is too large".into(),
+                    })?;
                 Ok(StorageCompaction::TimeWindow {
                     window: Duration::from_secs(secs),
                     min_threshold: min,
@@ -1071,10 +1119,13 @@ impl Schema {
                     AlterTableOp::Add(defs) => {
                         for d in defs {
                             if t.column(&d.name.name).is_some() {
-                                return Err(SchemaError::Invalid(format!(
-                                    "Invalid column name {} because it conflicts with an existing column",
-                                    d.name
-                                )));
+                                return Err(SchemaError::Column {
+                                    column: d.name.name.clone(),
+                                    message: format!(
+                                        "Invalid column name {} because it conflicts with an existing column",
+                                        d.name
+                                    ),
+                                });
                             }
                             t.def.columns.push(ColumnSchema {
                                 name: d.name.name.clone(),
@@ -1095,15 +1146,19 @@ impl Schema {
                             match t.column(&c.name) {
                                 Some(col) if col.kind == ColumnKind::Regular => {}
                                 Some(_) => {
-                                    return Err(SchemaError::Invalid(format!(
-                                        "Cannot drop PRIMARY KEY part {c}"
-                                    )))
+                                    return Err(SchemaError::Column {
+                                        column: c.name.clone(),
+                                        message: format!("Cannot drop PRIMARY KEY part {c}"),
+                                    })
                                 }
                                 None => {
-                                    return Err(SchemaError::Invalid(format!(
-                                        "Column {c} was not found in table {}",
-                                        t.name()
-                                    )))
+                                    return Err(SchemaError::Column {
+                                        column: c.name.clone(),
+                                        message: format!(
+                                            "Column {c} was not found in table {}",
+                                            t.name()
+                                        ),
+                                    })
                                 }
                             }
                             t.def.columns.retain(|col| col.name != c.name);

@@ -34,6 +34,10 @@ pub fn format_value(value: &Value) -> String {
         Value::Timestamp(ms) => format_timestamp(*ms),
         Value::Date(days) => format_date(*days),
         Value::Uuid(u) | Value::TimeUuid(u) => format_uuid(*u),
+        Value::List(items) => {
+            let items: Vec<String> = items.iter().map(format_value).collect();
+            format!("[{}]", items.join(", "))
+        }
     }
 }
 
