@@ -214,7 +214,7 @@ impl Cluster {
         let schema = (*self.node(i).schema.current()).clone();
         for (j, n) in self.running() {
             if j != i {
-                n.schema.replace_if_newer(schema.clone()).expect("schema");
+                n.schema.merge(&schema).expect("schema");
             }
         }
     }
