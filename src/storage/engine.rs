@@ -608,7 +608,7 @@ impl Engine {
         }
         let now = self.inner.opts.clock.now_millis();
         let mut live_rows = 0;
-        for item in self.scan(lo, hi, reverse) {
+        for item in self.scan_within(lo, hi, reverse, Some(prefix)) {
             let (k, entry) = item?;
             let Entry::Row(state) = entry else { continue };
             if live_rows >= limit {
