@@ -29,19 +29,6 @@
 //! caller can do other work (a replica sends a write to its peers while
 //! its own copy is being synced).
 //!
-//! # Preallocation
-//!
-//! An `fdatasync` of a file whose size changed must commit the file
-//! system's journal (on ext4, a commit shared with every other process's
-//! metadata), which made the fsync of a small append cost milliseconds
-//! under load instead of microseconds. So the active segment is extended
-//! with zeros ahead of the writes, [`PREALLOCATE_CHUNK`] at a time, and
-//! records overwrite the zeros: only the fsync after an extension pays for
-//! the journal. A segment is cut back to its records when it is rolled away
-//! from and when the log is closed; after a crash, replay stops cleanly at
-//! a tail of zeros (no record starts with a zero byte), and damage is only
-//! what is not zeros.
-//!
 //! # Failures
 //!
 //! If a write or fsync fails, what reached the disk is unknown (and retrying
@@ -51,6 +38,7 @@
 
 use std::collections::BTreeSet;
 use std::fs::{self, File, OpenOptions};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -64,10 +52,6 @@ use super::framing::{self, Frame, RecordReader, HEADER_LEN};
 
 /// Default size past which the active segment is rolled (64 MiB).
 pub const DEFAULT_SEGMENT_SIZE: u64 = 64 << 20;
-
-/// Zeros written ahead of the active segment's records at a time (see
-/// the module docs).
-pub const PREALLOCATE_CHUNK: u64 = 1 << 20;
 
 /// When appends become durable.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -172,10 +156,7 @@ struct Active {
     id: u64,
     path: PathBuf,
     file: Arc<File>,
-    /// Bytes of records in the segment (where the next write goes).
     len: u64,
-    /// Bytes of the file: records, then zeros up to here.
-    allocated: u64,
 }
 
 /// The group-commit queue.
@@ -264,20 +245,11 @@ impl CommitLog {
             let data = fs::read(&path).map_err(|e| StorageError::io(&path, e))?;
             let mut good_end = 0u64;
             let mut damaged_tail = false;
-            let zeros_from = zero_tail_start(&data);
-            let mut zero_tail = false;
             for frame in RecordReader::new(&path, &data) {
                 match frame {
                     Frame::Record { offset, payload } => {
                         replay.records.push((SegmentId(id), payload.to_vec()));
                         good_end = offset + framing::encoded_len(payload.len()) as u64;
-                    }
-                    // Preallocated zeros after the last record: the end.
-                    Frame::Corrupt { offset, .. } | Frame::TornTail { offset, .. }
-                        if offset >= zeros_from =>
-                    {
-                        zero_tail = true;
-                        break;
                     }
                     Frame::Corrupt {
                         resume_at, error, ..
@@ -293,15 +265,13 @@ impl CommitLog {
                     }
                 }
             }
-            if (damaged_tail || zero_tail) && Some(id) == last_live {
-                if damaged_tail {
-                    tracing::warn!(
-                        path = %path.display(),
-                        from = data.len(),
-                        to = good_end,
-                        "truncating damaged tail of the last commit log segment"
-                    );
-                }
+            if damaged_tail && Some(id) == last_live {
+                tracing::warn!(
+                    path = %path.display(),
+                    from = data.len(),
+                    to = good_end,
+                    "truncating damaged tail of the last commit log segment"
+                );
                 let truncate = || -> std::io::Result<()> {
                     let f = OpenOptions::new().write(true).open(&path)?;
                     f.set_len(good_end)?;
@@ -309,7 +279,7 @@ impl CommitLog {
                 };
                 truncate().map_err(|e| StorageError::io(&path, e))?;
             }
-            if good_end == 0 && (data.is_empty() || zero_tail) {
+            if data.is_empty() {
                 empty.push((id, path));
             }
         }
@@ -352,7 +322,6 @@ impl CommitLog {
                 path,
                 file: Arc::new(file),
                 len: 0,
-                allocated: 0,
             }),
             active_id: AtomicU64::new(next_id),
             segments: Mutex::new(live),
@@ -464,19 +433,6 @@ impl CommitLog {
 
 impl Drop for CommitLog {
     fn drop(&mut self) {
-        // Cut the preallocated zeros: a closed segment holds its records.
-        {
-            let active = self.shared.active.lock();
-            if active.allocated > active.len {
-                if let Err(error) = active
-                    .file
-                    .set_len(active.len)
-                    .and_then(|()| active.file.sync_data())
-                {
-                    tracing::warn!(%error, "commit log: could not trim the active segment on close");
-                }
-            }
-        }
         if let Some(handle) = self.syncer.take() {
             *self.shared.stop.lock() = true;
             self.shared.stop_cv.notify_all();
@@ -489,12 +445,6 @@ impl Drop for CommitLog {
             }
         }
     }
-}
-
-/// Where the run of zero bytes that ends `data` starts (`data.len()` when
-/// the last byte is not zero).
-fn zero_tail_start(data: &[u8]) -> u64 {
-    data.iter().rposition(|b| *b != 0).map_or(0, |i| i + 1) as u64
 }
 
 /// Creates the file of segment `id` (the caller fsyncs the directory).
@@ -636,28 +586,15 @@ impl Shared {
         }
     }
 
-    /// Writes `batch` to the active segment (no fsync: see `wait_synced`),
-    /// first extending the segment's zeros if the batch would pass them.
+    /// Writes `batch` to the active segment (no fsync: see `wait_synced`).
     fn write_locked(&self, active: &mut Active, batch: &[u8]) -> Result<()> {
-        use std::os::unix::fs::FileExt;
         if batch.is_empty() {
             return Ok(());
         }
-        let end = active.len + batch.len() as u64;
-        if end > active.allocated {
-            let target = end.div_ceil(PREALLOCATE_CHUNK) * PREALLOCATE_CHUNK;
-            let zeros = vec![0u8; (target - active.allocated) as usize];
-            active
-                .file
-                .write_all_at(&zeros, active.allocated)
-                .map_err(|e| StorageError::io(&active.path, e))?;
-            active.allocated = target;
-        }
-        active
-            .file
-            .write_all_at(batch, active.len)
+        (&*active.file)
+            .write_all(batch)
             .map_err(|e| StorageError::io(&active.path, e))?;
-        active.len = end;
+        active.len += batch.len() as u64;
         self.bytes_written
             .fetch_add(batch.len() as u64, Ordering::Relaxed);
         Ok(())
@@ -666,14 +603,7 @@ impl Shared {
     /// Switches to a new segment. The old one is made durable first, so a
     /// syncer only ever needs to fsync the active segment.
     fn roll_locked(&self, active: &mut Active) -> Result<SegmentId> {
-        // The old segment keeps only its records (replay would stop at
-        // the zeros anyway; this returns the space).
-        let trimmed = if active.allocated > active.len {
-            active.file.set_len(active.len)
-        } else {
-            Ok(())
-        };
-        if let Err(e) = trimmed.and_then(|()| active.file.sync_data()) {
+        if let Err(e) = active.file.sync_data() {
             let error = StorageError::io(&active.path, e);
             self.poison(&error);
             return Err(error);
@@ -693,7 +623,6 @@ impl Shared {
             path,
             file: Arc::new(file),
             len: 0,
-            allocated: 0,
         };
         self.active_id.store(id, Ordering::Release);
         Ok(SegmentId(id))
@@ -922,12 +851,9 @@ mod tests {
         let first = log.append_unsynced(b"first").unwrap();
         let second = log.append_unsynced(b"second").unwrap();
         assert!(first < second);
-        // Both are in the file (handed to the OS) before any sync, followed
-        // by preallocated zeros.
+        // Both are in the file (handed to the OS) before any sync.
         let len = (framing::encoded_len(5) + framing::encoded_len(6)) as u64;
-        let data = fs::read(&active).unwrap();
-        assert_eq!(data.len() as u64, PREALLOCATE_CHUNK);
-        assert_eq!(zero_tail_start(&data), len);
+        assert_eq!(fs::metadata(&active).unwrap().len(), len);
         assert_eq!(log.bytes_written(), len);
         log.wait_synced(second).unwrap();
         // An earlier ticket is covered by the later sync.
@@ -1122,48 +1048,14 @@ mod tests {
         drop(log);
         let path = segment_path(dir.path(), seg);
         let good_len = fs::metadata(&path).unwrap().len();
-        // Garbage after the good record (as after a crash mid-append).
+        // Zeros appended after the good record (as after a crash mid-append).
         let mut data = fs::read(&path).unwrap();
-        data.extend_from_slice(&[0x5au8; 100]);
+        data.extend_from_slice(&[0u8; 100]);
         fs::write(&path, &data).unwrap();
-        let (log, replay) = CommitLog::open(dir.path(), SegmentId(0), opts()).unwrap();
+        let (_log, replay) = CommitLog::open(dir.path(), SegmentId(0), opts()).unwrap();
         assert_eq!(payloads(&replay), vec![b"good".to_vec()]);
         assert_eq!(replay.problems.len(), 1);
         assert_eq!(fs::metadata(&path).unwrap().len(), good_len);
-        drop(log);
-    }
-
-    #[test]
-    fn preallocated_zeros_after_a_crash_are_a_clean_end() {
-        let dir = tempfile::tempdir().unwrap();
-        let (log, _) = CommitLog::open(dir.path(), SegmentId(0), opts()).unwrap();
-        let seg = log.active_segment();
-        // A payload ending in zeros, so the zero tail starts inside it.
-        log.append(&[7, 7, 0, 0]).unwrap();
-        log.append(&[9, 0]).unwrap();
-        let path = segment_path(dir.path(), seg);
-        // What a killed process leaves: the records, then zeros.
-        let crashed = fs::read(&path).unwrap();
-        let records = (framing::encoded_len(4) + framing::encoded_len(2)) as u64;
-        assert_eq!(crashed.len() as u64, PREALLOCATE_CHUNK);
-        drop(log);
-        // A clean close cuts the zeros.
-        assert_eq!(fs::metadata(&path).unwrap().len(), records);
-        fs::write(&path, &crashed).unwrap();
-        let (log, replay) = CommitLog::open(dir.path(), SegmentId(0), opts()).unwrap();
-        assert!(replay.problems.is_empty(), "{:?}", replay.problems);
-        assert_eq!(payloads(&replay), vec![vec![7, 7, 0, 0], vec![9, 0]]);
-        assert_eq!(fs::metadata(&path).unwrap().len(), records);
-        // A torn record before the zeros is still damage.
-        drop(log);
-        let mut torn = crashed.clone();
-        let start = records as usize;
-        let header = framing::record_header(b"lost record").unwrap();
-        torn[start..start + header.len()].copy_from_slice(&header);
-        fs::write(&path, &torn).unwrap();
-        let (_log, replay) = CommitLog::open(dir.path(), SegmentId(0), opts()).unwrap();
-        assert_eq!(replay.records.len(), 2);
-        assert_eq!(replay.problems.len(), 1, "{:?}", replay.problems);
     }
 
     #[test]
