@@ -6,8 +6,9 @@
 # Figures and how to read them: docs/performance.md (the YCSB section).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-if ! command -v cc >/dev/null 2>&1; then
-  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq gcc
+# gcc for ring and jemalloc, make for jemalloc (the binary's allocator).
+if ! command -v cc >/dev/null 2>&1 || ! command -v make >/dev/null 2>&1; then
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq gcc make
 fi
 cargo build --release --locked --bin ringdb
 exec target/release/ringdb bench ycsb "$@"

@@ -384,6 +384,33 @@ impl Harness {
                     strip(&want_sliced),
                     "step {step} after {op:?}: slice of {pk} [{lo},{hi}) limit {limit} reverse={reverse}"
                 );
+                // What a replica answers a coordinator with: the same live
+                // rows and states, plus the dead ones between them.
+                let states = self
+                    .engine()
+                    .read_partition_states(
+                        &p,
+                        Bound::Included(&lc),
+                        Bound::Excluded(&hc),
+                        reverse,
+                        Some(limit),
+                    )
+                    .unwrap();
+                let live: Vec<_> = states
+                    .rows
+                    .iter()
+                    .filter(|r| r.live)
+                    .map(|r| (r.clustering.clone(), r.state.clone()))
+                    .collect();
+                let sliced_states: Vec<_> = sliced
+                    .rows
+                    .iter()
+                    .map(|r| (r.clustering.clone(), r.state.clone()))
+                    .collect();
+                assert_eq!(
+                    live, sliced_states,
+                    "step {step} after {op:?}: replica slice of {pk} reverse={reverse}"
+                );
             }
             // Point reads agree with the slice.
             for ck in 0..ROWS {

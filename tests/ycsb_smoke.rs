@@ -88,7 +88,30 @@ fn ycsb_runs_every_phase_on_both_clusters_without_errors() {
     );
     assert!(stdout.contains("Paced runs"), "no paced run in:\n{stdout}");
 
+    // The CPU table: every phase of both clusters has the servers' and the
+    // load generator's CPU seconds (read from /proc, so numbers, not "-").
+    let cpu: Vec<Vec<String>> = rows(&stdout).into_iter().filter(|r| r.len() == 9).collect();
+    for cluster in ["3-node RF=3 QUORUM", "1-node RF=1 QUORUM"] {
+        for phase in ["load", "A", "F", "A paced"] {
+            let row = cpu
+                .iter()
+                .find(|r| r[0] == cluster && r[1] == phase)
+                .unwrap_or_else(|| panic!("no CPU row {cluster} {phase} in:\n{stdout}"));
+            let server: f64 = row[3].parse().unwrap();
+            let client: f64 = row[6].parse().unwrap();
+            assert!(server >= 0.0 && client >= 0.0, "{row:?}");
+        }
+        assert!(
+            stdout.lines().any(
+                |l| l.starts_with(&format!("p99 verdict, {cluster}, workload A"))
+                    && l.contains("target p99 < 5 ms")
+            ),
+            "no p99 verdict for {cluster} in:\n{stdout}"
+        );
+    }
+
     let json = std::fs::read_to_string(&json).unwrap();
+    assert!(json.contains("\"server_cpu_s\":"), "{json}");
     assert!(json.contains("\"phase\":\"A paced\""), "{json}");
     assert!(!json.contains("\"errors\":1"), "{json}");
     assert!(json.starts_with('{') && json.trim_end().ends_with('}'));

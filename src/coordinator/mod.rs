@@ -14,8 +14,13 @@
 //!    `QueryError::Unavailable { required, alive }`.
 //! 2. One alive replica stamps it (this node if it is one; otherwise the
 //!    first alive replica, then the next if that one fails): it applies
-//!    the write locally and answers with the stamped deltas. Its own apply
-//!    is the first acknowledgement.
+//!    the write locally and answers with the stamped deltas. A remote
+//!    stamper answers after its commit log synced, so its answer is the
+//!    first acknowledgement. When this node stamps, it does not wait for
+//!    its own fsync: the stamped record is written to the OS and in the
+//!    memtable, the deltas go out to the other replicas at once, and this
+//!    node's copy counts as an acknowledgement when its fsync returns. In
+//!    `batch` mode an acknowledged write is still on W synced copies.
 //! 3. The deltas (never the unstamped mutations) go to the other alive
 //!    replicas (`Apply`; merging is idempotent, so retries are safe). For a
 //!    replica known down, with sloppy quorum on, the next healthy node

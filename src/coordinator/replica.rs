@@ -65,7 +65,8 @@ impl ReplicaHandler {
         }
     }
 
-    fn observe(&self, entries: &Deltas) {
+    /// Moves this node's clock past the newest timestamp in `entries`.
+    pub(super) fn observe(&self, entries: &Deltas) {
         if let Some(max) = entries
             .iter()
             .filter_map(|(_, e)| e.ts_bounds().map(|(_, hi)| hi))

@@ -17,6 +17,7 @@ use crate::query::api::{
     BoxFuture, DataStore, Mutation, QueryError, ScannedPartition, SliceRequest, StoredPartition,
     TableRef,
 };
+use crate::query::local::PendingSync;
 use crate::query::LocalStore;
 use crate::schema::SchemaStore;
 use parking_lot::{Mutex, RwLock};
@@ -394,15 +395,23 @@ impl ClusterStore {
         }
         let deadline = Instant::now() + self.inner.config.write_timeout;
         let alive = self.ordered_alive(&alive);
-        let (stamper, deltas, failed_stampers) = if alive.is_empty() {
-            (None, self.orphan_stamp(pk, mutations, cl)?, Vec::new())
+        let (stamper, deltas, failed_stampers, local_sync) = if alive.is_empty() {
+            (
+                None,
+                self.orphan_stamp(pk, mutations, cl)?,
+                Vec::new(),
+                None,
+            )
         } else {
-            let (s, d, f) = self
+            let stamped = self
                 .stamp(table, pk, mutations, &alive, deadline, cl, required)
                 .await?;
-            (Some(s), d, f)
+            (Some(stamped.0), stamped.1, stamped.2, stamped.3)
         };
-        let mut acks = usize::from(stamper.is_some());
+        // A remote stamper answered after its own durable write: that is
+        // the first acknowledgement. This node's own stamp is still being
+        // synced: it counts when its fsync returns (below).
+        let mut acks = usize::from(stamper.is_some() && local_sync.is_none());
         let mut hinted = 0usize;
         let mut set: JoinSet<(NodeId, bool)> = JoinSet::new();
         for &r in &alive {
@@ -429,6 +438,18 @@ impl ClusterStore {
             let fut = self.send(fallback, req, remaining(deadline));
             set.spawn(async move { (target, fut.await.is_ok()) });
         }
+        if let Some(pending) = local_sync {
+            let (local, me) = (self.inner.local.clone(), self.inner.node);
+            set.spawn(async move {
+                match local.wait_synced(pending).await {
+                    Ok(()) => (me, true),
+                    Err(e) => {
+                        tracing::error!(error = %e, "the local copy of a write did not sync");
+                        (me, false)
+                    }
+                }
+            });
+        }
         for &t in down
             .iter()
             .filter(|t| !fallbacks.iter().any(|(x, _)| x == *t))
@@ -437,10 +458,14 @@ impl ClusterStore {
             self.store_hint(t, table, &deltas);
             hinted += 1;
         }
+        let me = self.inner.node;
         let done = |acks: usize, hinted: usize| acks >= required || (any && acks + hinted >= 1);
         while !done(acks, hinted) {
             match set.join_next().await {
                 Some(Ok((_, true))) => acks += 1,
+                // This node's copy is written (it survives a process crash)
+                // but its fsync failed: no hint to itself, no ack.
+                Some(Ok((target, false))) if target == me => {}
                 Some(Ok((target, false))) => {
                     self.store_hint(target, table, &deltas);
                     hinted += 1;
@@ -455,8 +480,11 @@ impl ClusterStore {
             let table = table.clone();
             tokio::spawn(async move {
                 while let Some(res) = set.join_next().await {
-                    if let Ok((target, false)) = res {
-                        this.store_hint(target, &table, &deltas);
+                    match res {
+                        Ok((target, false)) if target != me => {
+                            this.store_hint(target, &table, &deltas)
+                        }
+                        _ => {}
                     }
                 }
             });
@@ -474,8 +502,14 @@ impl ClusterStore {
     }
 
     /// Has one alive replica stamp the write (this node first if it is
-    /// one). Returns the stamper, the deltas and the replicas that failed
-    /// to stamp (they get hints).
+    /// one). Returns the stamper, the deltas, the replicas that failed
+    /// to stamp (they get hints) and, when this node stamped, its write
+    /// still waiting for the commit log's fsync: the deltas go to the
+    /// other replicas while it syncs, and it counts as an acknowledgement
+    /// once synced. Its record is written to the OS before the deltas
+    /// leave, so a crash of this process cannot lose a dot that other
+    /// replicas hold (an OS crash before the fsync can; see
+    /// docs/architecture.md).
     #[allow(clippy::too_many_arguments)]
     async fn stamp(
         &self,
@@ -486,13 +520,32 @@ impl ClusterStore {
         deadline: Instant,
         cl: Consistency,
         required: usize,
-    ) -> Result<(NodeId, Deltas, Vec<NodeId>), QueryError> {
+    ) -> Result<(NodeId, Deltas, Vec<NodeId>, Option<PendingSync>), QueryError> {
         let mut failed = Vec::new();
         let mut last_error = None;
         for (i, &node) in alive.iter().enumerate() {
             let left = remaining(deadline);
             if left.is_zero() {
                 break;
+            }
+            if node == self.inner.node {
+                match self
+                    .inner
+                    .local
+                    .stamp_unsynced(table, pk, mutations.clone())
+                    .await
+                {
+                    Ok((deltas, pending)) => {
+                        self.inner.replica.observe(&deltas);
+                        return Ok((node, deltas, failed, Some(pending)));
+                    }
+                    Err(e) => match PeerError::from(e) {
+                        PeerError::UnknownTable(m) => last_error = Some(m),
+                        e => tracing::debug!(error = %e, "stamping here failed"),
+                    },
+                }
+                failed.push(node);
+                continue;
             }
             // Leave time for another replica unless this is the last one.
             let timeout = if i + 1 == alive.len() { left } else { left / 2 };
@@ -502,7 +555,7 @@ impl ClusterStore {
                 mutations: mutations.clone(),
             };
             match self.send(node, req, timeout).await {
-                Ok(PeerResponse::Stamped(deltas)) => return Ok((node, deltas, failed)),
+                Ok(PeerResponse::Stamped(deltas)) => return Ok((node, deltas, failed, None)),
                 Ok(_) => last_error = Some("unexpected answer to a stamp request".to_string()),
                 Err(SendError::Peer(PeerError::UnknownTable(m))) => last_error = Some(m),
                 Err(e) => tracing::debug!(node = node.0, error = %e, "stamping failed"),

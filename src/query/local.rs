@@ -31,6 +31,7 @@ use crate::cluster::batchlog::{BatchEntry, BatchLog, BatchLogOptions};
 use crate::model::key::{self, KeyKind};
 use crate::model::{Consistency, Entry, HybridClock, NodeId, PartitionHeader};
 use crate::schema::SchemaStore;
+use crate::storage::commitlog::SyncTicket;
 use crate::storage::engine::{Engine, EngineOptions, StateSlice};
 use parking_lot::Mutex;
 use std::collections::HashMap;
@@ -231,7 +232,53 @@ impl LocalStore {
         let node = self.node;
         let pk = partition_key.to_vec();
         blocking(self.inline(), move || {
+            let (deltas, ticket) = apply_mutations(&engine, node, &pk, mutations)?;
+            if let Some(t) = ticket {
+                engine.wait_synced(t)?;
+            }
+            Ok(deltas)
+        })
+        .await
+    }
+
+    /// [`LocalStore::stamp`] without waiting for the commit log's fsync:
+    /// the deltas are written to the OS (they survive a crash of this
+    /// process) and visible to reads here; they are durable against an OS
+    /// crash once [`LocalStore::wait_synced`] with the returned handle
+    /// succeeds. A coordinator that is a replica sends the deltas to the
+    /// other replicas meanwhile.
+    pub async fn stamp_unsynced(
+        &self,
+        table: &TableRef,
+        partition_key: &[u8],
+        mutations: Vec<Mutation>,
+    ) -> Result<(Vec<(Vec<u8>, Entry)>, PendingSync), QueryError> {
+        let engine = self.engine(table)?;
+        let node = self.node;
+        let pk = partition_key.to_vec();
+        let pending_engine = engine.clone();
+        let (deltas, ticket) = blocking(self.inline(), move || {
             apply_mutations(&engine, node, &pk, mutations)
+        })
+        .await?;
+        Ok((
+            deltas,
+            PendingSync {
+                engine: pending_engine,
+                ticket,
+            },
+        ))
+    }
+
+    /// Waits until the writes of `pending` are durable (see
+    /// [`LocalStore::stamp_unsynced`]).
+    pub async fn wait_synced(&self, pending: PendingSync) -> Result<(), QueryError> {
+        let Some(ticket) = pending.ticket else {
+            return Ok(());
+        };
+        let engine = pending.engine;
+        blocking(self.inline(), move || {
+            engine.wait_synced(ticket).map_err(QueryError::from)
         })
         .await
     }
@@ -368,15 +415,37 @@ impl LocalStore {
     }
 }
 
-/// Stamps and applies mutations; returns the deltas written, in order.
+/// Stamped deltas: `(encoded key, entry)` pairs.
+type Deltas = Vec<(Vec<u8>, Entry)>;
+
+/// Writes of [`LocalStore::stamp_unsynced`] waiting for their fsync.
+#[derive(Clone)]
+pub struct PendingSync {
+    engine: Arc<Engine>,
+    /// The last write's ticket (covers the earlier ones); `None` when
+    /// nothing was written.
+    ticket: Option<SyncTicket>,
+}
+
+impl std::fmt::Debug for PendingSync {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PendingSync")
+            .field("ticket", &self.ticket)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Stamps and applies mutations without waiting for the fsync; returns the
+/// deltas written, in order, and the last write's sync ticket.
 fn apply_mutations(
     engine: &Engine,
     node: NodeId,
     partition_key: &[u8],
     mutations: Vec<Mutation>,
-) -> Result<Vec<(Vec<u8>, Entry)>, QueryError> {
+) -> Result<(Deltas, Option<SyncTicket>), QueryError> {
     let prefix = key::partition_prefix(partition_key);
     let mut deltas = Vec::with_capacity(mutations.len());
+    let mut last = None;
     for m in mutations {
         match m {
             Mutation::Row {
@@ -385,8 +454,9 @@ fn apply_mutations(
                 context,
             } => {
                 let k = key::row_key(&prefix, &clustering);
-                let delta =
-                    engine.update_row(&k, |cur| cur.stamp(node, context.as_ref(), &write))?;
+                let (delta, ticket) = engine
+                    .update_row_unsynced(&k, |cur| cur.stamp(node, context.as_ref(), &write))?;
+                last = last.max(Some(ticket));
                 deltas.push((k, Entry::Row(delta)));
             }
             Mutation::Range(rt) => {
@@ -395,8 +465,10 @@ fn apply_mutations(
                     ranges: vec![rt],
                 };
                 let k = key::header_key(&prefix);
-                engine.write(&k, Entry::Header(header.clone()))?;
-                deltas.push((k, Entry::Header(header)));
+                let entry = [(k, Entry::Header(header))];
+                last = last.max(Some(engine.write_batch_unsynced(&entry)?));
+                let [pair] = entry;
+                deltas.push(pair);
             }
             Mutation::Partition(ts) => {
                 let header = PartitionHeader {
@@ -404,12 +476,14 @@ fn apply_mutations(
                     ranges: vec![],
                 };
                 let k = key::header_key(&prefix);
-                engine.write(&k, Entry::Header(header.clone()))?;
-                deltas.push((k, Entry::Header(header)));
+                let entry = [(k, Entry::Header(header))];
+                last = last.max(Some(engine.write_batch_unsynced(&entry)?));
+                let [pair] = entry;
+                deltas.push(pair);
             }
         }
     }
-    Ok(deltas)
+    Ok((deltas, last))
 }
 
 /// See [`LocalStore::scan_states`].
@@ -569,7 +643,11 @@ impl DataStore for LocalStore {
             let node = self.node;
             let pk = partition_key.to_vec();
             blocking(self.inline(), move || {
-                apply_mutations(&engine, node, &pk, mutations).map(|_| ())
+                let (_, ticket) = apply_mutations(&engine, node, &pk, mutations)?;
+                match ticket {
+                    Some(t) => engine.wait_synced(t).map_err(QueryError::from),
+                    None => Ok(()),
+                }
             })
             .await
         })

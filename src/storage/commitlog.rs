@@ -8,13 +8,26 @@
 //!
 //! # Group commit
 //!
-//! Appenders copy their framed records into a shared queue. If no other
-//! thread is writing, the appender becomes the *leader*: it takes everything
-//! queued, writes it with one `write` call and, in [`SyncMode::Batch`], makes
-//! it durable with one `fdatasync`. Appenders arriving meanwhile queue behind
-//! it; when the leader is done, one of them leads the next round, which covers
-//! all of them. So under load the cost of a `write` and an `fdatasync` is
-//! shared by every record queued during the previous round.
+//! Appending is two stages, each shared by every appender waiting for it.
+//!
+//! - **Write.** Appenders copy their framed records into a shared queue. If
+//!   no other thread is writing, the appender becomes the *writer*: it takes
+//!   everything queued and writes it with one `write` call. Appenders
+//!   arriving meanwhile queue behind it, and one of them writes the next
+//!   round, which covers all of them.
+//! - **Sync** ([`SyncMode::Batch`]). An appender whose record is written
+//!   waits for an `fdatasync` that covers it: if no other thread is
+//!   syncing, it becomes the *syncer* and fsyncs everything written so far;
+//!   otherwise it waits for that fsync, and then for the next one if the
+//!   running one started before its record was written.
+//!
+//! Writes go on while an fsync runs, so under load one `fdatasync` covers
+//! every record written during the previous one. A caller may also split
+//! the stages ([`CommitLog::append_unsynced`], then
+//! [`CommitLog::wait_synced`]): the record survives a crash of the process
+//! from the first call on, and an OS crash from the second; in between the
+//! caller can do other work (a replica sends a write to its peers while
+//! its own copy is being synced).
 //!
 //! # Failures
 //!
@@ -73,6 +86,11 @@ impl Default for CommitLogOptions {
         }
     }
 }
+
+/// Names one append for [`CommitLog::wait_synced`]. Tickets grow with
+/// the order of appends: waiting for one covers every earlier append.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct SyncTicket(u64);
 
 /// Identifies a segment file; ids grow with time.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -149,10 +167,16 @@ struct Queue {
     spare: Vec<u8>,
     /// Sequence number of the last submission queued.
     queued_seq: u64,
-    /// Every submission with a sequence number up to this one is done.
-    done_seq: u64,
-    /// A thread holds exclusive access to the active segment file.
-    leader: bool,
+    /// Every submission with a sequence number up to this one is written
+    /// to the OS.
+    written_seq: u64,
+    /// Every submission with a sequence number up to this one is durable
+    /// (fdatasync returned after it was written).
+    synced_seq: u64,
+    /// A thread is writing a round (it has the active segment for that).
+    writer: bool,
+    /// A thread is running an fdatasync for waiters.
+    syncer: bool,
     /// Set when an I/O error stopped the log.
     failed: Option<String>,
 }
@@ -163,7 +187,7 @@ struct Shared {
     segment_size: u64,
     queue: Mutex<Queue>,
     queue_cv: Condvar,
-    /// Locked only by the leader (and briefly by `sync`).
+    /// Locked by the writer of a round, and briefly to sync or roll.
     active: Mutex<Active>,
     active_id: AtomicU64,
     /// Ids of the segment files that exist.
@@ -286,8 +310,10 @@ impl CommitLog {
                 buf: Vec::new(),
                 spare: Vec::new(),
                 queued_seq: 0,
-                done_seq: 0,
-                leader: false,
+                written_seq: 0,
+                synced_seq: 0,
+                writer: false,
+                syncer: false,
                 failed: None,
             }),
             queue_cv: Condvar::new(),
@@ -322,11 +348,34 @@ impl CommitLog {
     /// fsyncs (group commit). In [`SyncMode::Periodic`] it returns once the
     /// record is written to the OS.
     pub fn append(&self, record: &[u8]) -> Result<()> {
+        let ticket = self.append_unsynced(record)?;
+        self.wait_synced(ticket)
+    }
+
+    /// Appends one record and returns once it is written to the OS (it
+    /// survives a crash of this process), without waiting for an fsync.
+    /// The ticket is for [`wait_synced`](Self::wait_synced): in
+    /// [`SyncMode::Batch`] the record is durable against an OS crash only
+    /// after that returns.
+    pub fn append_unsynced(&self, record: &[u8]) -> Result<SyncTicket> {
         let header = framing::record_header(record)?;
         self.shared.submit(|buf| {
             buf.extend_from_slice(&header);
             buf.extend_from_slice(record);
         })
+    }
+
+    /// Waits until the record of `ticket` (and every record appended
+    /// before it) is durable: in [`SyncMode::Batch`] until an fdatasync
+    /// that covers it returned (sharing it with other waiters), in
+    /// [`SyncMode::Periodic`] at once (the record was written, which is
+    /// that mode's promise).
+    pub fn wait_synced(&self, ticket: SyncTicket) -> Result<()> {
+        if self.shared.fsync_each_round {
+            self.shared.wait_synced(ticket.0)
+        } else {
+            self.shared.check_failed(&self.shared.queue.lock())
+        }
     }
 
     /// Same as [`append`](Self::append) for several records, written in
@@ -340,13 +389,14 @@ impl CommitLog {
             .map(|r| framing::record_header(r))
             .collect::<Result<Vec<_>>>()?;
         let total: usize = records.iter().map(|r| r.len() + HEADER_LEN).sum();
-        self.shared.submit(|buf| {
+        let ticket = self.shared.submit(|buf| {
             buf.reserve(total);
             for (header, record) in headers.iter().zip(records) {
                 buf.extend_from_slice(header);
                 buf.extend_from_slice(record);
             }
-        })
+        })?;
+        self.wait_synced(ticket)
     }
 
     /// Closes the active segment and opens a new one; returns the new active
@@ -428,13 +478,14 @@ impl Shared {
         self.queue_cv.notify_all();
     }
 
-    /// Takes everything queued for a round; the caller must be the leader.
+    /// Takes everything queued for a round; the caller must be the writer.
     fn take_round(q: &mut Queue) -> (Vec<u8>, u64) {
         let spare = std::mem::take(&mut q.spare);
         (std::mem::replace(&mut q.buf, spare), q.queued_seq)
     }
 
-    /// Ends a round: records its outcome, recycles the buffer, wakes waiters.
+    /// Ends a write round: records its outcome, recycles the buffer, wakes
+    /// waiters.
     fn finish_round(
         &self,
         q: &mut Queue,
@@ -442,9 +493,9 @@ impl Shared {
         upto: u64,
         error: Option<&StorageError>,
     ) {
-        q.leader = false;
+        q.writer = false;
         match error {
-            None => q.done_seq = upto,
+            None => q.written_seq = upto,
             Some(e) => {
                 if q.failed.is_none() {
                     tracing::error!(error = %e, "commit log stopped after an I/O error");
@@ -461,23 +512,23 @@ impl Shared {
     }
 
     /// Queues framed bytes (written by `fill`) and waits until a round has
-    /// made them durable (or written them, in periodic mode).
-    fn submit(&self, fill: impl FnOnce(&mut Vec<u8>)) -> Result<()> {
+    /// written them to the OS; returns their ticket.
+    fn submit(&self, fill: impl FnOnce(&mut Vec<u8>)) -> Result<SyncTicket> {
         let mut q = self.queue.lock();
         self.check_failed(&q)?;
         fill(&mut q.buf);
         q.queued_seq += 1;
         let my_seq = q.queued_seq;
         loop {
-            if q.done_seq >= my_seq {
-                return Ok(());
+            if q.written_seq >= my_seq {
+                return Ok(SyncTicket(my_seq));
             }
             self.check_failed(&q)?;
-            if q.leader {
+            if q.writer {
                 self.queue_cv.wait(&mut q);
                 continue;
             }
-            q.leader = true;
+            q.writer = true;
             let (batch, upto) = Self::take_round(&mut q);
             let result = MutexGuard::unlocked(&mut q, || {
                 let mut active = self.active.lock();
@@ -495,7 +546,47 @@ impl Shared {
         }
     }
 
-    /// Writes `batch` to the active segment and, in batch mode, fsyncs it.
+    /// Waits until an fdatasync that started after submission `seq` was
+    /// written has returned; runs that fsync itself when no other thread
+    /// is syncing.
+    fn wait_synced(&self, seq: u64) -> Result<()> {
+        let mut q = self.queue.lock();
+        loop {
+            if q.synced_seq >= seq {
+                return Ok(());
+            }
+            self.check_failed(&q)?;
+            if q.syncer || q.written_seq < seq {
+                self.queue_cv.wait(&mut q);
+                continue;
+            }
+            q.syncer = true;
+            // Everything written so far is in the active segment or in an
+            // older one, which was synced when it was rolled away from.
+            let upto = q.written_seq;
+            let result = MutexGuard::unlocked(&mut q, || {
+                let (file, path) = {
+                    let active = self.active.lock();
+                    (Arc::clone(&active.file), active.path.clone())
+                };
+                file.sync_data().map_err(|e| StorageError::io(&path, e))
+            });
+            q.syncer = false;
+            match &result {
+                Ok(()) => q.synced_seq = q.synced_seq.max(upto),
+                Err(e) => {
+                    if q.failed.is_none() {
+                        tracing::error!(error = %e, "commit log stopped after an I/O error");
+                        q.failed = Some(e.to_string());
+                    }
+                }
+            }
+            self.queue_cv.notify_all();
+            result?;
+        }
+    }
+
+    /// Writes `batch` to the active segment (no fsync: see `wait_synced`).
     fn write_locked(&self, active: &mut Active, batch: &[u8]) -> Result<()> {
         if batch.is_empty() {
             return Ok(());
@@ -506,23 +597,16 @@ impl Shared {
         active.len += batch.len() as u64;
         self.bytes_written
             .fetch_add(batch.len() as u64, Ordering::Relaxed);
-        if self.fsync_each_round {
-            active
-                .file
-                .sync_data()
-                .map_err(|e| StorageError::io(&active.path, e))?;
-        }
         Ok(())
     }
 
-    /// Switches to a new segment. The old one is made durable first.
+    /// Switches to a new segment. The old one is made durable first, so a
+    /// syncer only ever needs to fsync the active segment.
     fn roll_locked(&self, active: &mut Active) -> Result<SegmentId> {
-        if !self.fsync_each_round {
-            if let Err(e) = active.file.sync_data() {
-                let error = StorageError::io(&active.path, e);
-                self.poison(&error);
-                return Err(error);
-            }
+        if let Err(e) = active.file.sync_data() {
+            let error = StorageError::io(&active.path, e);
+            self.poison(&error);
+            return Err(error);
         }
         let id = active.id.checked_add(1).ok_or_else(|| {
             StorageError::InvalidArgument("commit log segment id space exhausted".into())
@@ -548,12 +632,12 @@ impl Shared {
         let mut q = self.queue.lock();
         loop {
             self.check_failed(&q)?;
-            if !q.leader {
+            if !q.writer {
                 break;
             }
             self.queue_cv.wait(&mut q);
         }
-        q.leader = true;
+        q.writer = true;
         // Records already queued go to the old segment.
         let (batch, upto) = Self::take_round(&mut q);
         let (written, rolled) = MutexGuard::unlocked(&mut q, || {
@@ -757,6 +841,81 @@ mod tests {
         assert_eq!(got.len(), expected);
         // Segments replay in id order.
         assert!(replay.records.windows(2).all(|w| w[0].0 <= w[1].0));
+    }
+
+    #[test]
+    fn unsynced_appends_are_written_at_once_and_syncs_cover_earlier_tickets() {
+        let dir = tempfile::tempdir().unwrap();
+        let (log, _) = CommitLog::open(dir.path(), SegmentId(0), opts()).unwrap();
+        let active = segment_path(dir.path(), log.active_segment());
+        let first = log.append_unsynced(b"first").unwrap();
+        let second = log.append_unsynced(b"second").unwrap();
+        assert!(first < second);
+        // Both are in the file (handed to the OS) before any sync.
+        let len = (framing::encoded_len(5) + framing::encoded_len(6)) as u64;
+        assert_eq!(fs::metadata(&active).unwrap().len(), len);
+        assert_eq!(log.bytes_written(), len);
+        log.wait_synced(second).unwrap();
+        // An earlier ticket is covered by the later sync.
+        log.wait_synced(first).unwrap();
+
+        // Many threads, write and sync split, rolls in between: every
+        // record replays once.
+        let small = CommitLogOptions {
+            segment_size: 4 << 10,
+            ..opts()
+        };
+        drop(log);
+        let (log, _) = CommitLog::open(dir.path(), SegmentId(0), small.clone()).unwrap();
+        std::thread::scope(|s| {
+            for t in 0..8 {
+                let log = &log;
+                s.spawn(move || {
+                    let mut pending = Vec::new();
+                    for i in 0..100 {
+                        let rec = format!("t{t}-{i}-{}", "y".repeat(i % 40));
+                        pending.push(log.append_unsynced(rec.as_bytes()).unwrap());
+                        if i % 3 == 0 {
+                            for ticket in pending.drain(..) {
+                                log.wait_synced(ticket).unwrap();
+                            }
+                        }
+                    }
+                    for ticket in pending {
+                        log.wait_synced(ticket).unwrap();
+                    }
+                });
+            }
+        });
+        drop(log);
+        let (_log, replay) = CommitLog::open(dir.path(), SegmentId(0), small).unwrap();
+        assert!(replay.problems.is_empty());
+        let got: HashSet<Vec<u8>> = payloads(&replay).into_iter().collect();
+        assert_eq!(replay.records.len(), 2 + 800);
+        assert_eq!(got.len(), 2 + 800);
+        assert!(got.contains(b"first".as_slice()) && got.contains(b"second".as_slice()));
+        for t in 0..8 {
+            for i in 0..100 {
+                let rec = format!("t{t}-{i}-{}", "y".repeat(i % 40));
+                assert!(got.contains(rec.as_bytes()), "{rec} lost");
+            }
+        }
+    }
+
+    #[test]
+    fn periodic_mode_wait_synced_returns_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let opts = CommitLogOptions {
+            sync_mode: SyncMode::Periodic {
+                interval: Duration::from_secs(3600),
+            },
+            ..opts()
+        };
+        let (log, _) = CommitLog::open(dir.path(), SegmentId(0), opts).unwrap();
+        let ticket = log.append_unsynced(b"x").unwrap();
+        // The background sync runs once an hour: this returns without it.
+        log.wait_synced(ticket).unwrap();
+        assert_eq!(log.bytes_written(), framing::encoded_len(1) as u64);
     }
 
     #[test]

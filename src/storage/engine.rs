@@ -20,7 +20,7 @@
 //! range, bloom filter on the partition, clustering bounds) with the model's
 //! join, so the order of sources never matters.
 
-use super::commitlog::{sync_dir, CommitLog, CommitLogOptions, SegmentId, SyncMode};
+use super::commitlog::{sync_dir, CommitLog, CommitLogOptions, SegmentId, SyncMode, SyncTicket};
 use super::compaction::{CompactionStrategy, TableStats};
 use super::iter::{hex, MemtableRange, MergeIter, Source};
 use super::manifest::{Manifest, ManifestEdit, TableRecord};
@@ -306,6 +306,16 @@ impl Engine {
     /// Merges several entries atomically: after a crash, all or none are
     /// there.
     pub fn write_batch(&self, mutations: &[(Vec<u8>, Entry)]) -> Result<()> {
+        let ticket = self.write_batch_unsynced(mutations)?;
+        self.wait_synced(ticket)
+    }
+
+    /// [`Engine::write_batch`] without waiting for the commit log's fsync:
+    /// returns once the record is written to the OS (it survives a crash of
+    /// the process) and merged into the memtable, so readers on this node
+    /// see it. Durable against an OS crash, in `batch` mode, only after
+    /// [`Engine::wait_synced`] with the ticket returns.
+    pub fn write_batch_unsynced(&self, mutations: &[(Vec<u8>, Entry)]) -> Result<SyncTicket> {
         self.inner.check_open()?;
         let mut encoded = Vec::with_capacity(mutations.len());
         for (k, entry) in mutations {
@@ -319,21 +329,29 @@ impl Engine {
                 .zip(encoded.iter()),
         );
         self.inner.wait_for_flush_capacity();
-        {
+        let ticket = {
             let _shared = self.inner.switch_lock.read();
-            self.inner.log.append(&record)?;
+            let ticket = self.inner.log.append_unsynced(&record)?;
             let active = self.inner.snapshot.read().active.clone();
             for ((k, entry), bytes) in mutations.iter().zip(&encoded) {
                 active
                     .apply(k, entry.clone(), bytes.len())
                     .map_err(|e| StorageError::Codec(format!("key {}: {e}", hex(k))))?;
             }
-        }
+            ticket
+        };
         self.inner
             .ingested
             .fetch_add(record.len() as u64, Ordering::Relaxed);
         self.inner.maybe_switch()?;
-        Ok(())
+        Ok(ticket)
+    }
+
+    /// Waits until the write of `ticket` (and every earlier write) is as
+    /// durable as the sync mode promises: fsynced in `batch` mode, written
+    /// to the OS (already true) in `periodic` mode.
+    pub fn wait_synced(&self, ticket: SyncTicket) -> Result<()> {
+        self.inner.log.wait_synced(ticket)
     }
 
     /// Reads the current state of a row and writes the delta `f` computes
@@ -344,6 +362,21 @@ impl Engine {
     /// they shadow is removed, the causal context is whole), so a stamped
     /// version never carries forward cells that were already dead.
     pub fn update_row<F>(&self, key: &[u8], f: F) -> Result<RowState>
+    where
+        F: FnOnce(&RowState) -> RowState,
+    {
+        let (delta, ticket) = self.update_row_unsynced(key, f)?;
+        self.wait_synced(ticket)?;
+        Ok(delta)
+    }
+
+    /// [`Engine::update_row`] without waiting for the commit log's fsync
+    /// (see [`Engine::write_batch_unsynced`]). The row's lock is held only
+    /// until the delta is written to the OS and in the memtable, so the
+    /// next update of the same row stamps on top of it without waiting for
+    /// this one's fsync (its record comes later in the log, so it cannot be
+    /// durable before this one).
+    pub fn update_row_unsynced<F>(&self, key: &[u8], f: F) -> Result<(RowState, SyncTicket)>
     where
         F: FnOnce(&RowState) -> RowState,
     {
@@ -367,8 +400,8 @@ impl Engine {
             }
         }
         let delta = f(&current);
-        self.write(key, Entry::Row(delta.clone()))?;
-        Ok(delta)
+        let ticket = self.write_batch_unsynced(&[(key.to_vec(), Entry::Row(delta.clone()))])?;
+        Ok((delta, ticket))
     }
 
     /// The merged entry at `key` from every source.
@@ -575,7 +608,7 @@ impl Engine {
         }
         let now = self.inner.opts.clock.now_millis();
         let mut live_rows = 0;
-        for item in self.scan(lo, hi, reverse) {
+        for item in self.scan_within(lo, hi, reverse, Some(prefix)) {
             let (k, entry) = item?;
             let Entry::Row(state) = entry else { continue };
             if live_rows >= limit {

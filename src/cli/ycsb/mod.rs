@@ -14,12 +14,14 @@
 //!
 //! With `--host` it runs once against an existing cluster instead.
 
+mod cpu;
 mod runner;
 mod zipfian;
 
 use super::local_cluster::{LocalCluster, LocalClusterSpec, SERVER_NAME};
 use anyhow::Context;
 use comfy_table::{presets, Cell, CellAlignment, Table};
+use cpu::CpuSample;
 use indicatif::{ProgressBar, ProgressStyle};
 use ringdb::client::ClientTlsConfig;
 use ringdb::model::Consistency;
@@ -196,6 +198,7 @@ pub fn run(args: YcsbArgs) -> anyhow::Result<()> {
         results.push(runtime.block_on(bench_cluster(
             label,
             args.host.len(),
+            &[],
             &target,
             &workloads,
             paced,
@@ -230,9 +233,11 @@ pub fn run(args: YcsbArgs) -> anyhow::Result<()> {
                 connections_per_node: args.connections_per_node as usize,
             };
             let label = format!("{nodes}-node RF={nodes} {}", args.consistency);
+            let pids = cluster.pids();
             let result = runtime.block_on(bench_cluster(
                 label,
                 nodes as usize,
+                &pids,
                 &target,
                 &workloads,
                 paced,
@@ -296,9 +301,11 @@ fn report_phase(label: &str, name: &str, result: &PhaseResult) {
 
 /// Loads the table and runs the workloads (and the paced run) on one
 /// cluster.
+#[allow(clippy::too_many_arguments)]
 async fn bench_cluster(
     label: String,
     nodes: usize,
+    server_pids: &[u32],
     target: &Target,
     workloads: &[Workload],
     paced: Option<Workload>,
@@ -319,16 +326,23 @@ async fn bench_cluster(
         rate,
         seed,
     };
+    let measured = |result: PhaseResult, before: CpuSample| PhaseResult {
+        cpu: Some(before.until(&CpuSample::now(server_pids))),
+        ..result
+    };
+    let before = CpuSample::now(server_pids);
     let load = runner::run_phase(
         &session,
         plan(PhaseKind::Load, sizes.records, None, args.seed),
         progress(sizes.records, &format!("{label} load")),
     )
     .await;
+    let load = measured(load, before);
     report_phase(&label, "load", &load);
     let mut runs = Vec::new();
     for (i, w) in workloads.iter().enumerate() {
         let name = format!("workload {}", w.label());
+        let before = CpuSample::now(server_pids);
         let result = runner::run_phase(
             &session,
             plan(
@@ -340,6 +354,7 @@ async fn bench_cluster(
             progress(sizes.operations, &format!("{label} {}", w.label())),
         )
         .await;
+        let result = measured(result, before);
         report_phase(&label, &name, &result);
         runs.push((*w, result));
     }
@@ -353,6 +368,7 @@ async fn bench_cluster(
             Some((_, peak_run)) => {
                 let peak = peak_run.throughput();
                 let rate = peak * args.paced_fraction;
+                let before = CpuSample::now(server_pids);
                 let result = runner::run_phase(
                     &session,
                     plan(
@@ -367,6 +383,7 @@ async fn bench_cluster(
                     ),
                 )
                 .await;
+                let result = measured(result, before);
                 report_phase(&label, &format!("workload {} paced", pw.label()), &result);
                 paced_result = Some(Paced {
                     workload: pw,
@@ -503,6 +520,14 @@ fn render(results: &[ClusterResult], sizes: Sizes, connections_per_node: u64) ->
         }
     }
 
+    let _ = writeln!(
+        out,
+        "CPU while each phase ran (seconds of CPU time from /proc; 'per server CPU-s' is \
+         operations per second of server CPU, i.e. per busy core; 'client' is this load \
+         generator; 'others' is every other process of the machine):\n\n{}\n",
+        efficiency_table(results)
+    );
+
     let paced: Vec<(&ClusterResult, &Paced)> = results
         .iter()
         .filter_map(|r| r.paced.as_ref().map(|p| (r, p)))
@@ -545,8 +570,114 @@ fn render(results: &[ClusterResult], sizes: Sizes, connections_per_node: u64) ->
             "Paced runs (latency from each operation's scheduled start, so queueing \
              behind a stall counts; 'service' from when it was sent):\n\n{table}\n"
         );
+        for r in results {
+            if let Some(p) = &r.paced {
+                let _ = writeln!(out, "{}", paced_verdict(&r.label, p, P99_TARGET_US));
+            }
+        }
+        let _ = writeln!(out);
     }
     out
+}
+
+/// The issue's latency target: p99 under 5 ms at 70 % of peak.
+const P99_TARGET_US: u64 = 5_000;
+
+/// A share of the pace asked for below which a paced run did not keep up.
+const KEPT_PACE: f64 = 0.95;
+
+/// One line saying whether a paced run met the p99 target: every
+/// operation type's p99 (from the scheduled start) under `target_us`, and
+/// the run kept the pace asked for.
+fn paced_verdict(label: &str, p: &Paced, target_us: u64) -> String {
+    let asked = p.result.rate.unwrap_or(0.0);
+    let got = p.result.throughput();
+    let kept = asked <= 0.0 || got >= asked * KEPT_PACE;
+    let mut worst = 0u64;
+    let mut parts = Vec::new();
+    for (op, stats) in &p.result.ops {
+        let p99 = quantile(stats, 0.99);
+        worst = worst.max(p99);
+        parts.push(format!("{} p99 {:.1} ms", op.name(), p99 as f64 / 1000.0));
+    }
+    let errors = p.result.total_errors();
+    let met = kept && errors == 0 && !parts.is_empty() && worst < target_us;
+    format!(
+        "p99 verdict, {label}, workload {} at {:.0}% of {:.0} ops/s ({:.0} asked, {:.0} done{}): \
+         {}: target p99 < {:.0} ms: {}",
+        p.workload.label(),
+        if p.peak > 0.0 {
+            asked / p.peak * 100.0
+        } else {
+            0.0
+        },
+        p.peak,
+        asked,
+        got,
+        if errors > 0 {
+            format!(", {errors} failed")
+        } else {
+            String::new()
+        },
+        if parts.is_empty() {
+            "no operations".to_string()
+        } else {
+            parts.join(", ")
+        },
+        target_us as f64 / 1000.0,
+        if met {
+            "MET"
+        } else if !kept {
+            "NOT MET (did not keep the pace)"
+        } else {
+            "NOT MET"
+        }
+    )
+}
+
+fn secs_cell(v: Option<f64>) -> Cell {
+    right(v.map_or("-".to_string(), |v| format!("{v:.1}")))
+}
+
+/// Server, client and other CPU per phase, and operations per server CPU
+/// second.
+fn efficiency_table(results: &[ClusterResult]) -> Table {
+    let mut table = new_table(&[
+        "cluster",
+        "phase",
+        "ops/s",
+        "server CPU s",
+        "server cores busy",
+        "ops per server CPU-s",
+        "client CPU s",
+        "others CPU s",
+        "others share",
+    ]);
+    for r in results {
+        for (name, phase) in phases(r) {
+            let cpu = phase.cpu;
+            let busy =
+                |v: Option<f64>| cpu.and_then(|c| v.filter(|_| c.wall > 0.0).map(|v| v / c.wall));
+            table.add_row(vec![
+                Cell::new(&r.label),
+                Cell::new(&name),
+                right(format!("{:.0}", phase.throughput())),
+                secs_cell(cpu.and_then(|c| c.servers)),
+                right(busy(cpu.and_then(|c| c.servers)).map_or("-".into(), |b| format!("{b:.2}"))),
+                right(
+                    cpu.and_then(|c| c.ops_per_server_cpu_second(phase.total_ok()))
+                        .map_or("-".into(), |v| format!("{v:.0}")),
+                ),
+                secs_cell(cpu.and_then(|c| c.client)),
+                secs_cell(cpu.and_then(|c| c.others)),
+                right(
+                    cpu.and_then(|c| c.others_share())
+                        .map_or("-".into(), |s| format!("{:.0}%", s * 100.0)),
+                ),
+            ]);
+        }
+    }
+    table
 }
 
 fn json_string(s: &str) -> String {
@@ -572,15 +703,22 @@ fn json_phase(name: &str, phase: &PhaseResult) -> String {
         .iter()
         .map(|(op, s)| op_json(*op, s, phase))
         .collect();
+    let num = |v: Option<f64>| v.map_or("null".to_string(), |v| format!("{v:.3}"));
+    let cpu = phase.cpu;
     format!(
         "{{\"phase\":{},\"elapsed_s\":{:.3},\"ops_per_s\":{:.1},\"ok\":{},\"errors\":{},\
-         \"rate\":{},\"ops\":[{}]}}",
+         \"rate\":{},\"server_cpu_s\":{},\"client_cpu_s\":{},\"others_cpu_s\":{},\
+         \"ops_per_server_cpu_s\":{},\"ops\":[{}]}}",
         json_string(name),
         phase.elapsed.as_secs_f64(),
         phase.throughput(),
         phase.total_ok(),
         phase.total_errors(),
         phase.rate.map_or("null".to_string(), |r| format!("{r:.1}")),
+        num(cpu.and_then(|c| c.servers)),
+        num(cpu.and_then(|c| c.client)),
+        num(cpu.and_then(|c| c.others)),
+        num(cpu.and_then(|c| c.ops_per_server_cpu_second(phase.total_ok()))),
         ops.join(",")
     )
 }
@@ -645,4 +783,50 @@ fn to_json(results: &[ClusterResult], sizes: Sizes) -> String {
 /// Where `ringdb bench ycsb` keeps a local cluster of `nodes` nodes under `dir`.
 fn cluster_dir(dir: &Path, nodes: u16) -> PathBuf {
     dir.join(format!("{nodes}-node"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeMap;
+    use std::time::Duration;
+
+    fn paced(rate: f64, done: u64, p99s_us: &[(Op, u64)]) -> Paced {
+        let mut ops = BTreeMap::new();
+        for &(op, p99) in p99s_us {
+            let mut stats = runner::OpStats::new();
+            for _ in 0..done {
+                stats.latency.saturating_record(p99);
+                stats.service.saturating_record(p99);
+            }
+            ops.insert(op, stats);
+        }
+        Paced {
+            workload: Workload::ALL[1],
+            peak: rate / 0.7,
+            result: PhaseResult {
+                elapsed: Duration::from_secs(1),
+                ops,
+                error_samples: Vec::new(),
+                rate: Some(rate),
+                cpu: None,
+            },
+        }
+    }
+
+    #[test]
+    fn paced_verdict_needs_every_p99_under_the_target_and_the_pace_kept() {
+        let ok = paced(100.0, 50, &[(Op::Read, 1_200), (Op::Update, 4_000)]);
+        let line = paced_verdict("c", &ok, 5_000);
+        assert!(line.ends_with(": MET"), "{line}");
+        assert!(line.contains("READ p99 1.2 ms"), "{line}");
+        let slow = paced(100.0, 50, &[(Op::Read, 1_200), (Op::Update, 9_000)]);
+        assert!(paced_verdict("c", &slow, 5_000).ends_with(": NOT MET"));
+        // Fast answers, but only 60 of the 100 asked per second were done.
+        let behind = paced(100.0, 30, &[(Op::Read, 1_000), (Op::Update, 1_000)]);
+        let line = paced_verdict("c", &behind, 5_000);
+        assert!(line.ends_with("NOT MET (did not keep the pace)"), "{line}");
+        let empty = paced(100.0, 0, &[]);
+        assert!(paced_verdict("c", &empty, 5_000).contains("NOT MET"));
+    }
 }

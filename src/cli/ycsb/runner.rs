@@ -284,7 +284,7 @@ pub struct OpStats {
 }
 
 impl OpStats {
-    fn new() -> OpStats {
+    pub(super) fn new() -> OpStats {
         OpStats {
             latency: new_histogram(),
             service: new_histogram(),
@@ -321,6 +321,10 @@ pub struct PhaseResult {
     pub error_samples: Vec<String>,
     /// The pace asked for, if any.
     pub rate: Option<f64>,
+    /// CPU used by the servers, the load generator and other processes
+    /// while the phase ran (filled in by the caller, which knows the
+    /// server processes).
+    pub cpu: Option<super::cpu::CpuUsage>,
 }
 
 impl PhaseResult {
@@ -448,6 +452,7 @@ pub async fn run_phase(session: &Session, plan: PhasePlan, progress: ProgressBar
         ops: BTreeMap::new(),
         error_samples: Vec::new(),
         rate: plan.rate,
+        cpu: None,
     };
     for task in tasks {
         match task.await {

@@ -1,0 +1,215 @@
+//! CPU time of the benchmark's processes, from `/proc`: how many server
+//! CPU seconds an operation costs ("per core" throughput), how much the
+//! load generator itself used, and how busy the rest of the machine was.
+
+use std::time::{Duration, Instant};
+
+/// CPU counters at one moment, in clock ticks.
+#[derive(Debug, Clone)]
+pub struct CpuSample {
+    at: Instant,
+    /// (busy, total) ticks of all CPUs of the machine, if readable.
+    machine: Option<(u64, u64)>,
+    /// utime + stime of this process (the load generator).
+    client: Option<u64>,
+    /// utime + stime of each server process, `None` for one that could not
+    /// be read (exited, or not on Linux).
+    servers: Vec<Option<u64>>,
+}
+
+/// CPU used between two samples, in seconds.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct CpuUsage {
+    /// Wall-clock time between the samples.
+    pub wall: f64,
+    /// CPU seconds of every server process together (`None` when a server
+    /// could not be read, or none was given).
+    pub servers: Option<f64>,
+    /// CPU seconds of the load generator.
+    pub client: Option<f64>,
+    /// CPU seconds of every other process of the machine.
+    pub others: Option<f64>,
+    /// CPU seconds the machine had (wall time x CPUs).
+    pub machine: Option<f64>,
+}
+
+impl CpuUsage {
+    /// Operations per server CPU second: throughput per busy core.
+    pub fn ops_per_server_cpu_second(&self, ops: u64) -> Option<f64> {
+        self.servers.filter(|s| *s > 0.0).map(|s| ops as f64 / s)
+    }
+
+    /// Share (0..=1) of the machine's CPU time other processes used.
+    pub fn others_share(&self) -> Option<f64> {
+        match (self.others, self.machine) {
+            (Some(o), Some(m)) if m > 0.0 => Some((o / m).clamp(0.0, 1.0)),
+            _ => None,
+        }
+    }
+}
+
+/// Clock ticks per second of the `/proc` counters.
+fn ticks_per_second() -> f64 {
+    // SAFETY: sysconf only reads a configuration value.
+    let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if t > 0 {
+        t as f64
+    } else {
+        100.0
+    }
+}
+
+impl CpuSample {
+    /// Reads the counters now, for this process and the servers `pids`.
+    pub fn now(pids: &[u32]) -> CpuSample {
+        let read = |path: &str| std::fs::read_to_string(path).ok();
+        CpuSample {
+            at: Instant::now(),
+            machine: read("/proc/stat").and_then(|s| parse_machine(&s)),
+            client: read("/proc/self/stat").and_then(|s| parse_process_ticks(&s)),
+            servers: pids
+                .iter()
+                .map(|p| read(&format!("/proc/{p}/stat")).and_then(|s| parse_process_ticks(&s)))
+                .collect(),
+        }
+    }
+
+    /// What was used from `self` to `later`.
+    pub fn until(&self, later: &CpuSample) -> CpuUsage {
+        let hz = ticks_per_second();
+        let secs = |t: u64| t as f64 / hz;
+        let wall = later.at.saturating_duration_since(self.at);
+        let servers = if self.servers.is_empty() || self.servers.len() != later.servers.len() {
+            None
+        } else {
+            self.servers
+                .iter()
+                .zip(&later.servers)
+                .map(|(a, b)| Some(b.as_ref()?.saturating_sub(*a.as_ref()?)))
+                .sum::<Option<u64>>()
+        };
+        let client = match (self.client, later.client) {
+            (Some(a), Some(b)) => Some(b.saturating_sub(a)),
+            _ => None,
+        };
+        let (busy, total) = match (self.machine, later.machine) {
+            (Some((b0, t0)), Some((b1, t1))) => {
+                (Some(b1.saturating_sub(b0)), Some(t1.saturating_sub(t0)))
+            }
+            _ => (None, None),
+        };
+        let others = busy.map(|b| {
+            b.saturating_sub(servers.unwrap_or(0))
+                .saturating_sub(client.unwrap_or(0))
+        });
+        CpuUsage {
+            wall: wall_secs(wall),
+            servers: servers.map(secs),
+            client: client.map(secs),
+            others: others.map(secs),
+            machine: total.map(secs),
+        }
+    }
+}
+
+fn wall_secs(d: Duration) -> f64 {
+    d.as_secs_f64()
+}
+
+/// (busy, total) ticks of all CPUs from the `cpu` line of `/proc/stat`.
+fn parse_machine(text: &str) -> Option<(u64, u64)> {
+    let line = text.lines().find(|l| l.starts_with("cpu "))?;
+    let v: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .map(|f| f.parse().ok())
+        .collect::<Option<_>>()?;
+    // user nice system idle iowait irq softirq steal ...
+    let get = |i: usize| v.get(i).copied().unwrap_or(0);
+    let busy = get(0) + get(1) + get(2) + get(5) + get(6) + get(7);
+    Some((busy, busy + get(3) + get(4)))
+}
+
+/// utime + stime (fields 14 and 15) of a `/proc/<pid>/stat` line: the
+/// process's own CPU time, all threads, without its children.
+fn parse_process_ticks(text: &str) -> Option<u64> {
+    // The command name in parentheses may hold spaces: count fields after
+    // the last ')'. Field 3 (state) is the first of them.
+    let rest = &text[text.rfind(')')? + 1..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let utime: u64 = f.get(11)?.parse().ok()?;
+    let stime: u64 = f.get(12)?.parse().ok()?;
+    Some(utime + stime)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_process_and_machine_ticks() {
+        let own = "42 (my (odd) name) S 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16";
+        // utime is field 14 (11 here), stime field 15 (12).
+        assert_eq!(parse_process_ticks(own), Some(11 + 12));
+        assert_eq!(parse_process_ticks("garbage"), None);
+        assert_eq!(parse_process_ticks("1 (x) S 1 2"), None);
+        let stat = "cpu  100 5 20 1000 7 1 2 3 0 0\ncpu0 1 2 3 4\n";
+        assert_eq!(parse_machine(stat), Some((131, 1138)));
+        assert_eq!(parse_machine("intr 1 2\n"), None);
+    }
+
+    #[test]
+    fn usage_splits_the_machine_between_servers_client_and_others() {
+        let at = Instant::now();
+        let a = CpuSample {
+            at,
+            machine: Some((1000, 5000)),
+            client: Some(10),
+            servers: vec![Some(100), Some(200)],
+        };
+        let b = CpuSample {
+            at: at + Duration::from_secs(2),
+            machine: Some((1300, 5400)),
+            client: Some(60),
+            servers: vec![Some(150), Some(300)],
+        };
+        let u = a.until(&b);
+        let hz = ticks_per_second();
+        assert_eq!(u.servers, Some(150.0 / hz));
+        assert_eq!(u.client, Some(50.0 / hz));
+        assert_eq!(u.others, Some(100.0 / hz));
+        assert_eq!(u.machine, Some(400.0 / hz));
+        assert_eq!(u.others_share(), Some(0.25));
+        assert_eq!(u.ops_per_server_cpu_second(300), Some(300.0 / (150.0 / hz)));
+        assert!((u.wall - 2.0).abs() < 1e-9);
+        // A server that vanished makes the server figure unknown, not low.
+        let c = CpuSample {
+            servers: vec![Some(150), None],
+            ..b
+        };
+        assert_eq!(a.until(&c).servers, None);
+        assert_eq!(a.until(&c).ops_per_server_cpu_second(10), None);
+    }
+
+    #[test]
+    fn sampling_this_process_sees_its_own_cpu() {
+        let pid = std::process::id();
+        let a = CpuSample::now(&[pid]);
+        // Burn CPU until the counters move (ticks are coarse), 10 s at most.
+        let mut x = 0u64;
+        let start = Instant::now();
+        let mut b = CpuSample::now(&[pid]);
+        while b.client == a.client && start.elapsed() < Duration::from_secs(10) {
+            for _ in 0..100_000 {
+                x = x.wrapping_mul(6364136223846793005).wrapping_add(1);
+            }
+            b = CpuSample::now(&[pid]);
+        }
+        std::hint::black_box(x);
+        let u = a.until(&b);
+        if cfg!(target_os = "linux") {
+            assert!(u.client.is_some_and(|c| c > 0.0), "{u:?}");
+            assert!(u.servers.is_some_and(|s| s > 0.0), "{u:?}");
+        }
+    }
+}
