@@ -68,6 +68,11 @@ pub struct ServerArgs {
     /// log is replayed (default: twice the write timeout).
     #[arg(long)]
     pub batchlog_replay_delay_ms: Option<u64>,
+    /// Send a write this node stamped to the other replicas while its own
+    /// fsync runs (lower latency; an OS crash in that window can lose a
+    /// later write: see docs/operations.md). Off by default.
+    #[arg(long)]
+    pub overlap_local_sync: bool,
 }
 
 /// The TOML form of [`ServerArgs`].
@@ -89,6 +94,7 @@ struct FileConfig {
     read_timeout_ms: Option<u64>,
     hint_window_hours: Option<u64>,
     batchlog_replay_delay_ms: Option<u64>,
+    overlap_local_sync: Option<bool>,
 }
 
 fn parse_sync_mode(text: &str) -> Result<SyncMode, String> {
@@ -142,6 +148,10 @@ fn merge(args: ServerArgs) -> anyhow::Result<NodeConfig> {
             .or(file.read_timeout_ms)
             .map(Duration::from_millis)
             .unwrap_or(defaults.read_timeout),
+        overlap_local_sync: args.overlap_local_sync
+            || file
+                .overlap_local_sync
+                .unwrap_or(defaults.overlap_local_sync),
         ..defaults
     };
     Ok(NodeConfig {
@@ -247,7 +257,7 @@ mod tests {
         let file = dir.path().join("node.toml");
         std::fs::write(
             &file,
-            "data_dir = \"/data/a\"\nlisten = \"127.0.0.1:9100\"\nseeds = [\"127.0.0.1:7001\"]\ncommitlog_sync = \"periodic:20\"\ntokens = [5, 1000]\nbatchlog_replay_delay_ms = 2500\n",
+            "data_dir = \"/data/a\"\nlisten = \"127.0.0.1:9100\"\nseeds = [\"127.0.0.1:7001\"]\ncommitlog_sync = \"periodic:20\"\ntokens = [5, 1000]\nbatchlog_replay_delay_ms = 2500\noverlap_local_sync = true\n",
         )
         .unwrap();
         let config = merge(ServerArgs {
@@ -259,6 +269,7 @@ mod tests {
         assert_eq!(config.client_listen, "127.0.0.1:9200".parse().unwrap());
         assert_eq!(config.data_dir, PathBuf::from("/data/a"));
         assert_eq!(config.initial_tokens, Some(vec![5, 1000]));
+        assert!(config.coordinator.overlap_local_sync, "from the file");
         assert_eq!(config.seeds, vec!["127.0.0.1:7001".parse().unwrap()]);
         assert_eq!(
             config.batchlog_replay_delay,

@@ -86,6 +86,10 @@ pub struct YcsbArgs {
     /// acknowledge after fsync) or `periodic:<ms>`.
     #[arg(long)]
     pub commitlog_sync: Option<String>,
+    /// Start the local nodes with `--overlap-local-sync` (a write's stamp
+    /// syncs while it is replicated; see `ringdb server --help`).
+    #[arg(long)]
+    pub overlap_local_sync: bool,
     /// Client connections (QUIC) to each node; the tasks share them.
     #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u64).range(1..=64))]
     pub connections_per_node: u64,
@@ -215,6 +219,9 @@ pub fn run(args: YcsbArgs) -> anyhow::Result<()> {
             let mut spec = LocalClusterSpec::free_ports(dir.clone(), nodes)?;
             if let Some(sync) = &args.commitlog_sync {
                 spec.server_args = vec!["--commitlog-sync".into(), sync.into()];
+            }
+            if args.overlap_local_sync {
+                spec.server_args.push("--overlap-local-sync".into());
             }
             eprintln!("ycsb: starting {nodes} node(s) in {}", dir.display());
             let cluster = LocalCluster::start(spec)?;
