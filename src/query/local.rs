@@ -29,10 +29,10 @@ use super::api::{
 };
 use crate::cluster::batchlog::{BatchEntry, BatchLog, BatchLogOptions};
 use crate::model::key::{self, KeyKind};
-use crate::model::{Consistency, Entry, HybridClock, NodeId, PartitionHeader};
+use crate::model::{Consistency, Entry, HybridClock, NodeId, PartitionHeader, RowState};
 use crate::schema::SchemaStore;
 use crate::storage::commitlog::SyncTicket;
-use crate::storage::engine::{Engine, EngineOptions, StateSlice};
+use crate::storage::engine::{Engine, EngineOptions, PartitionUpdate, RowStamp, StateSlice};
 use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::ops::Bound;
@@ -435,8 +435,9 @@ impl std::fmt::Debug for PendingSync {
     }
 }
 
-/// Stamps and applies mutations without waiting for the fsync; returns the
-/// deltas written, in order, and the last write's sync ticket.
+/// Stamps and applies mutations to one partition without waiting for the
+/// fsync, as one commit-log record (all or nothing after a crash); returns
+/// the deltas written, in order, and the record's sync ticket.
 fn apply_mutations(
     engine: &Engine,
     node: NodeId,
@@ -444,46 +445,29 @@ fn apply_mutations(
     mutations: Vec<Mutation>,
 ) -> Result<(Deltas, Option<SyncTicket>), QueryError> {
     let prefix = key::partition_prefix(partition_key);
-    let mut deltas = Vec::with_capacity(mutations.len());
-    let mut last = None;
-    for m in mutations {
-        match m {
+    let updates: Vec<PartitionUpdate<'_>> = mutations
+        .into_iter()
+        .map(|m| match m {
             Mutation::Row {
                 clustering,
                 write,
                 context,
             } => {
-                let k = key::row_key(&prefix, &clustering);
-                let (delta, ticket) = engine
-                    .update_row_unsynced(&k, |cur| cur.stamp(node, context.as_ref(), &write))?;
-                last = last.max(Some(ticket));
-                deltas.push((k, Entry::Row(delta)));
+                let stamp: RowStamp<'_> =
+                    Box::new(move |cur: &RowState| cur.stamp(node, context.as_ref(), &write));
+                PartitionUpdate::Row(key::row_key(&prefix, &clustering), stamp)
             }
-            Mutation::Range(rt) => {
-                let header = PartitionHeader {
-                    deleted_at: None,
-                    ranges: vec![rt],
-                };
-                let k = key::header_key(&prefix);
-                let entry = [(k, Entry::Header(header))];
-                last = last.max(Some(engine.write_batch_unsynced(&entry)?));
-                let [pair] = entry;
-                deltas.push(pair);
-            }
-            Mutation::Partition(ts) => {
-                let header = PartitionHeader {
-                    deleted_at: Some(ts),
-                    ranges: vec![],
-                };
-                let k = key::header_key(&prefix);
-                let entry = [(k, Entry::Header(header))];
-                last = last.max(Some(engine.write_batch_unsynced(&entry)?));
-                let [pair] = entry;
-                deltas.push(pair);
-            }
-        }
-    }
-    Ok((deltas, last))
+            Mutation::Range(rt) => PartitionUpdate::Header(PartitionHeader {
+                deleted_at: None,
+                ranges: vec![rt],
+            }),
+            Mutation::Partition(ts) => PartitionUpdate::Header(PartitionHeader {
+                deleted_at: Some(ts),
+                ranges: vec![],
+            }),
+        })
+        .collect();
+    Ok(engine.update_partition_unsynced(&prefix, updates)?)
 }
 
 /// See [`LocalStore::scan_states`].

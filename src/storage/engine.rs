@@ -205,6 +205,30 @@ pub struct Engine {
 
 const ROW_LOCK_STRIPES: usize = 256;
 
+/// An encoded key and the entry written at it.
+pub type KeyedEntry = (Vec<u8>, Entry);
+
+/// Stamps a row's new version from its current state (see
+/// [`Engine::update_partition_unsynced`]).
+pub type RowStamp<'a> = Box<dyn FnOnce(&RowState) -> RowState + 'a>;
+
+/// One change of [`Engine::update_partition_unsynced`].
+pub enum PartitionUpdate<'a> {
+    /// A row, by its encoded key, stamped from its current state.
+    Row(Vec<u8>, RowStamp<'a>),
+    /// A partition or range deletion, merged into the partition's header.
+    Header(PartitionHeader),
+}
+
+impl std::fmt::Debug for PartitionUpdate<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PartitionUpdate::Row(k, _) => write!(f, "Row({})", hex(k)),
+            PartitionUpdate::Header(h) => write!(f, "Header({h:?})"),
+        }
+    }
+}
+
 impl Engine {
     /// Opens (creating if needed) the engine in `dir` and replays its log.
     pub fn open(dir: &Path, opts: EngineOptions) -> Result<Engine> {
@@ -402,6 +426,99 @@ impl Engine {
         let delta = f(&current);
         let ticket = self.write_batch_unsynced(&[(key.to_vec(), Entry::Row(delta.clone()))])?;
         Ok((delta, ticket))
+    }
+
+    /// Applies several changes to one partition as one commit-log record:
+    /// after a crash, all of them are there or none (a replica applying a
+    /// multi-row write or a single-partition batch). Each row is stamped by
+    /// its function from its current state, as in
+    /// [`Engine::update_row_unsynced`], seeing the changes made before it in
+    /// `updates` (an earlier deletion in the same batch shadows it, an
+    /// earlier write of the same row is superseded). The locks of every row
+    /// involved are held until the record is written and in the memtable.
+    /// Returns the deltas in order and the record's sync ticket (`None`
+    /// when `updates` is empty).
+    pub fn update_partition_unsynced(
+        &self,
+        prefix: &[u8],
+        updates: Vec<PartitionUpdate<'_>>,
+    ) -> Result<(Vec<KeyedEntry>, Option<SyncTicket>)> {
+        if updates.is_empty() {
+            return Ok((Vec::new(), None));
+        }
+        for u in &updates {
+            if let PartitionUpdate::Row(k, _) = u {
+                let kind = key::classify(k).map_err(|e| StorageError::InvalidKey(e.to_string()))?;
+                match kind {
+                    KeyKind::Row { partition_len } if k[..partition_len] == *prefix => {}
+                    _ => {
+                        return Err(StorageError::InvalidKey(format!(
+                            "{} is not a row of partition {}",
+                            hex(k),
+                            hex(prefix)
+                        )))
+                    }
+                }
+            }
+        }
+        // The same stripes as `update_row_unsynced`, taken in ascending
+        // order so two multi-row updates cannot deadlock.
+        let mut stripes: Vec<usize> = updates
+            .iter()
+            .filter_map(|u| match u {
+                PartitionUpdate::Row(k, _) => Some((key::token_of(k) as usize) % ROW_LOCK_STRIPES),
+                PartitionUpdate::Header(_) => None,
+            })
+            .collect();
+        stripes.sort_unstable();
+        stripes.dedup();
+        let _locks: Vec<_> = stripes
+            .iter()
+            .map(|&s| self.inner.row_locks[s].lock())
+            .collect();
+        let header_key = key::header_key(prefix);
+        let mut stored_header: Option<PartitionHeader> = None;
+        let mut batch_header = PartitionHeader::default();
+        let mut written: std::collections::HashMap<Vec<u8>, RowState> =
+            std::collections::HashMap::new();
+        let mut out: Vec<(Vec<u8>, Entry)> = Vec::with_capacity(updates.len());
+        for u in updates {
+            match u {
+                PartitionUpdate::Header(h) => {
+                    batch_header = batch_header.join(&h);
+                    out.push((header_key.clone(), Entry::Header(h)));
+                }
+                PartitionUpdate::Row(k, stamp) => {
+                    let mut current = match self.get(&k)? {
+                        Some(Entry::Row(r)) => r,
+                        _ => RowState::default(),
+                    };
+                    if let Some(earlier) = written.get(&k) {
+                        current = current.join(earlier);
+                    }
+                    if !current.versions().is_empty() {
+                        let stored = match &stored_header {
+                            Some(h) => h,
+                            None => stored_header.insert(self.read_header(prefix)?),
+                        };
+                        let header = stored.join(&batch_header);
+                        if let Some(shadow) = header.shadow_for(&k[prefix.len() + 1..]) {
+                            current = current.without_content_at_or_below(shadow);
+                        }
+                    }
+                    let delta = stamp(&current);
+                    match written.get_mut(&k) {
+                        Some(acc) => *acc = acc.join(&delta),
+                        None => {
+                            written.insert(k.clone(), delta.clone());
+                        }
+                    }
+                    out.push((k, Entry::Row(delta)));
+                }
+            }
+        }
+        let ticket = self.write_batch_unsynced(&out)?;
+        Ok((out, Some(ticket)))
     }
 
     /// The merged entry at `key` from every source.
