@@ -6,142 +6,23 @@
 //! survivors hold every partition (read at TWO: both of them), and once
 //! node 1 is back every partition reads at ALL, with no row conflicted.
 
+mod support;
+
 use cql_lite::Value;
-use ringdb::client::{Client, ClientTlsConfig};
+use ringdb::client::Client;
 use ringdb::coordinator::FAULT_ENV;
 use ringdb::model::Consistency;
-use ringdb::net::tls::{ClusterCa, NodeCert};
+use ringdb::net::tls::ClusterCa;
 use ringdb::query::api::QueryResult;
-use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use support::process::{make_node, Cluster};
 
 const PARTITIONS: i32 = 150;
 const APPLIED_BEFORE_STALL: usize = 40;
 
-fn free_port() -> u16 {
-    std::net::UdpSocket::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-struct Node {
-    data: PathBuf,
-    certs: PathBuf,
-    client: SocketAddr,
-    peer: SocketAddr,
-    seed: Option<SocketAddr>,
-    log: PathBuf,
-    child: Option<Child>,
-}
-
-impl Node {
-    fn start(&mut self, stall_after: Option<usize>) {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.log)
-            .unwrap();
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_ringdb"));
-        cmd.arg("server")
-            .arg("--data-dir")
-            .arg(&self.data)
-            .arg("--certs-dir")
-            .arg(&self.certs)
-            .args(["--listen", &self.client.to_string()])
-            .args(["--peer-listen", &self.peer.to_string()])
-            .args(["--write-timeout-ms", "1000"])
-            .args(["--batchlog-replay-delay-ms", "2000"])
-            .env_remove(FAULT_ENV)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log);
-        if let Some(n) = stall_after {
-            cmd.env(FAULT_ENV, n.to_string());
-        }
-        if let Some(seed) = self.seed {
-            cmd.args(["--seeds", &seed.to_string()]);
-        }
-        self.child = Some(cmd.spawn().expect("start ringdb server"));
-    }
-
-    fn kill9(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            c.kill().unwrap();
-            c.wait().unwrap();
-        }
-    }
-}
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        self.kill9();
-    }
-}
-
-fn make_node(root: &Path, ca: &ClusterCa, name: &str, seed: Option<SocketAddr>) -> Node {
-    let certs = root.join("certs").join(name);
-    NodeCert::issue(ca, name, &["127.0.0.1".parse().unwrap()], &[])
-        .unwrap()
-        .save(&certs, true)
-        .unwrap();
-    Node {
-        data: root.join(name),
-        certs,
-        client: SocketAddr::from(([127, 0, 0, 1], free_port())),
-        peer: SocketAddr::from(([127, 0, 0, 1], free_port())),
-        seed,
-        log: root.join(format!("{name}.log")),
-        child: None,
-    }
-}
-
-struct Harness {
-    rt: tokio::runtime::Runtime,
-    ca_pem: String,
-}
-
-impl Harness {
-    fn connect(&self, node: &Node) -> Client {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            let tls = ClientTlsConfig::new(self.ca_pem.clone(), "ringdb-node");
-            let attempt = self.rt.block_on(async {
-                tokio::time::timeout(Duration::from_secs(3), Client::connect(node.client, tls))
-                    .await
-            });
-            if let Ok(Ok(c)) = attempt {
-                return c;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "node at {} never answered; log {}",
-                node.client,
-                node.log.display()
-            );
-            std::thread::sleep(Duration::from_millis(200));
-        }
-    }
-
-    /// Waits until `node` sees `up` nodes up and normal.
-    fn wait_for_up(&self, node: &Node, up: usize) {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            let c = self.connect(node);
-            let s = self.rt.block_on(c.admin_status()).unwrap();
-            self.rt.block_on(c.close());
-            if s.lines().filter(|l| l.starts_with("UN")).count() == up {
-                return;
-            }
-            assert!(Instant::now() < deadline, "never saw {up} nodes up:\n{s}");
-            std::thread::sleep(Duration::from_millis(300));
-        }
-    }
-
+/// What this test reads, on top of the shared harness.
+impl Cluster {
     /// `(v, conflict)` of key `k`, or `None` if the row is not there.
     fn read(&self, c: &Client, k: i32) -> Result<Option<(Value, bool)>, String> {
         let r = self
@@ -206,14 +87,17 @@ fn a_logged_batch_survives_the_sigkill_of_its_coordinator() {
     let seed = Some(n1.peer);
     let mut n2 = make_node(root.path(), &ca, "node2", seed);
     let mut n3 = make_node(root.path(), &ca, "node3", seed);
-    let h = Harness {
+    for n in [&mut n1, &mut n2, &mut n3] {
+        n.extra_args = vec!["--batchlog-replay-delay-ms".into(), "2000".into()];
+    }
+    let h = Cluster {
         rt: tokio::runtime::Runtime::new().unwrap(),
         ca_pem: ca.cert_pem().to_string(),
     };
-    n1.start(Some(APPLIED_BEFORE_STALL));
+    n1.start_with_env(&[(FAULT_ENV, APPLIED_BEFORE_STALL.to_string())]);
     h.wait_for_up(&n1, 1);
-    n2.start(None);
-    n3.start(None);
+    n2.start();
+    n3.start();
     h.wait_for_up(&n1, 3);
 
     let c1 = Arc::new(h.connect(&n1));
@@ -262,7 +146,7 @@ fn a_logged_batch_survives_the_sigkill_of_its_coordinator() {
     assert!(conflicted.is_empty(), "conflicted: {conflicted:?}");
 
     // Node 1 comes back (without the fault point): at ALL, everything.
-    n1.start(None);
+    n1.start();
     h.wait_for_up(&n2, 3);
     let back = h.connect(&n1);
     back.set_consistency(Consistency::All);

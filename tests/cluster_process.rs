@@ -12,146 +12,15 @@
 //!   other's rows. Two tables created at the same moment on the joined
 //!   cluster both exist too.
 
+mod support;
+
 use cql_lite::Value;
-use ringdb::client::{Client, ClientTlsConfig};
+use ringdb::client::Client;
 use ringdb::model::Consistency;
-use ringdb::net::tls::{ClusterCa, NodeCert};
+use ringdb::net::tls::ClusterCa;
 use ringdb::query::api::QueryResult;
-use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
-
-fn free_port() -> u16 {
-    std::net::UdpSocket::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-struct Node {
-    data: PathBuf,
-    certs: PathBuf,
-    client: SocketAddr,
-    peer: SocketAddr,
-    seed: Option<SocketAddr>,
-    log: PathBuf,
-    child: Option<Child>,
-}
-
-impl Node {
-    fn start(&mut self) {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.log)
-            .unwrap();
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_ringdb"));
-        cmd.arg("server")
-            .arg("--data-dir")
-            .arg(&self.data)
-            .arg("--certs-dir")
-            .arg(&self.certs)
-            .args(["--listen", &self.client.to_string()])
-            .args(["--peer-listen", &self.peer.to_string()])
-            .args(["--write-timeout-ms", "1000"])
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log);
-        if let Some(seed) = self.seed {
-            cmd.args(["--seeds", &seed.to_string()]);
-        }
-        self.child = Some(cmd.spawn().expect("start ringdb server"));
-    }
-
-    fn kill9(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            c.kill().unwrap();
-            c.wait().unwrap();
-        }
-    }
-
-    fn stop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            unsafe {
-                libc::kill(c.id() as i32, libc::SIGTERM);
-            }
-            c.wait().unwrap();
-        }
-    }
-}
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        self.kill9();
-    }
-}
-
-fn make_node(root: &Path, ca: &ClusterCa, name: &str, seed: Option<SocketAddr>) -> Node {
-    let certs = root.join("certs").join(name);
-    NodeCert::issue(ca, name, &["127.0.0.1".parse().unwrap()], &[])
-        .unwrap()
-        .save(&certs, true)
-        .unwrap();
-    Node {
-        data: root.join(name),
-        certs,
-        client: SocketAddr::from(([127, 0, 0, 1], free_port())),
-        peer: SocketAddr::from(([127, 0, 0, 1], free_port())),
-        seed,
-        log: root.join(format!("{name}.log")),
-        child: None,
-    }
-}
-
-struct Cluster {
-    rt: tokio::runtime::Runtime,
-    ca_pem: String,
-}
-
-impl Cluster {
-    fn connect(&self, node: &Node) -> Client {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            let tls = ClientTlsConfig::new(self.ca_pem.clone(), "ringdb-node");
-            let attempt = self.rt.block_on(async {
-                tokio::time::timeout(Duration::from_secs(3), Client::connect(node.client, tls))
-                    .await
-            });
-            if let Ok(Ok(c)) = attempt {
-                return c;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "node at {} never answered; log {}",
-                node.client,
-                node.log.display()
-            );
-            std::thread::sleep(Duration::from_millis(200));
-        }
-    }
-
-    fn status(&self, node: &Node) -> String {
-        let c = self.connect(node);
-        let s = self.rt.block_on(c.admin_status()).unwrap();
-        self.rt.block_on(c.close());
-        s
-    }
-
-    /// Waits until `node` sees `up` nodes up and normal.
-    fn wait_for_up(&self, node: &Node, up: usize) -> String {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            let s = self.status(node);
-            if s.lines().filter(|l| l.starts_with("UN")).count() == up {
-                return s;
-            }
-            assert!(Instant::now() < deadline, "never saw {up} nodes up:\n{s}");
-            std::thread::sleep(Duration::from_millis(300));
-        }
-    }
-}
+use support::process::{make_node, Cluster, Node};
 
 fn hint_line(status: &str) -> (u64, u64, u64) {
     let line = status

@@ -1,0 +1,166 @@
+//! Real `ringdb server` processes on 127.0.0.1 for tests: each node has its
+//! own data directory, certificate and log file, and is stopped with
+//! SIGKILL (or SIGTERM) like an operator would.
+
+use ringdb::client::{Client, ClientTlsConfig};
+use ringdb::coordinator::FAULT_ENV;
+use ringdb::net::tls::{ClusterCa, NodeCert};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A UDP port on 127.0.0.1 that was free a moment ago.
+pub fn free_port() -> u16 {
+    std::net::UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// One server process (or its place while it is stopped).
+pub struct Node {
+    pub data: PathBuf,
+    pub certs: PathBuf,
+    pub client: SocketAddr,
+    pub peer: SocketAddr,
+    pub seed: Option<SocketAddr>,
+    pub log: PathBuf,
+    /// Flags added to every start (after the common ones).
+    pub extra_args: Vec<String>,
+    pub child: Option<Child>,
+}
+
+impl Node {
+    /// Starts the server (write timeout 1 s, output appended to `log`).
+    pub fn start(&mut self) {
+        self.start_with_env(&[]);
+    }
+
+    /// Starts the server with extra environment variables (a test-only
+    /// fault point, say). The fault point is never inherited otherwise.
+    pub fn start_with_env(&mut self, env: &[(&str, String)]) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .unwrap();
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_ringdb"));
+        cmd.arg("server")
+            .arg("--data-dir")
+            .arg(&self.data)
+            .arg("--certs-dir")
+            .arg(&self.certs)
+            .args(["--listen", &self.client.to_string()])
+            .args(["--peer-listen", &self.peer.to_string()])
+            .args(["--write-timeout-ms", "1000"])
+            .args(&self.extra_args)
+            .env_remove(FAULT_ENV)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        if let Some(seed) = self.seed {
+            cmd.args(["--seeds", &seed.to_string()]);
+        }
+        self.child = Some(cmd.spawn().expect("start ringdb server"));
+    }
+
+    /// SIGKILL, then reap.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            c.kill().unwrap();
+            c.wait().unwrap();
+        }
+    }
+
+    /// SIGTERM (a clean stop), then reap.
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            unsafe {
+                libc::kill(c.id() as i32, libc::SIGTERM);
+            }
+            c.wait().unwrap();
+        }
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// A node named `name` under `root`, with a certificate from `ca`, free
+/// ports, and `seed` as its seed; not started.
+pub fn make_node(root: &Path, ca: &ClusterCa, name: &str, seed: Option<SocketAddr>) -> Node {
+    let certs = root.join("certs").join(name);
+    NodeCert::issue(ca, name, &["127.0.0.1".parse().unwrap()], &[])
+        .unwrap()
+        .save(&certs, true)
+        .unwrap();
+    Node {
+        data: root.join(name),
+        certs,
+        client: SocketAddr::from(([127, 0, 0, 1], free_port())),
+        peer: SocketAddr::from(([127, 0, 0, 1], free_port())),
+        seed,
+        log: root.join(format!("{name}.log")),
+        extra_args: Vec::new(),
+        child: None,
+    }
+}
+
+/// The client side of a test: a runtime and the CA clients trust.
+pub struct Cluster {
+    pub rt: tokio::runtime::Runtime,
+    pub ca_pem: String,
+}
+
+impl Cluster {
+    /// Connects to `node`, retrying for up to a minute while it starts.
+    pub fn connect(&self, node: &Node) -> Client {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let tls = ClientTlsConfig::new(self.ca_pem.clone(), "ringdb-node");
+            let attempt = self.rt.block_on(async {
+                tokio::time::timeout(Duration::from_secs(3), Client::connect(node.client, tls))
+                    .await
+            });
+            if let Ok(Ok(c)) = attempt {
+                return c;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "node at {} never answered; log {}",
+                node.client,
+                node.log.display()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// `ringdb admin status` as `node` answers it.
+    pub fn status(&self, node: &Node) -> String {
+        let c = self.connect(node);
+        let s = self.rt.block_on(c.admin_status()).unwrap();
+        self.rt.block_on(c.close());
+        s
+    }
+
+    /// Waits until `node` sees `up` nodes up and normal; its last status.
+    pub fn wait_for_up(&self, node: &Node, up: usize) -> String {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let s = self.status(node);
+            if s.lines().filter(|l| l.starts_with("UN")).count() == up {
+                return s;
+            }
+            assert!(Instant::now() < deadline, "never saw {up} nodes up:\n{s}");
+            std::thread::sleep(Duration::from_millis(300));
+        }
+    }
+}
