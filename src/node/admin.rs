@@ -1,21 +1,27 @@
 //! What `ringdb admin` shows: the cluster as this node sees it.
 
 use crate::cluster::membership::{status_table, Membership};
-use crate::coordinator::ClusterStore;
+use crate::coordinator::{BatchCoordinator, ClusterStore};
 use crate::server::AdminSource;
 
 /// Answers `ringdb admin status` from gossip and the coordinator.
 pub struct NodeAdmin {
     membership: Membership,
     cluster: ClusterStore,
+    batches: BatchCoordinator,
 }
 
 impl NodeAdmin {
     /// An admin view over a running node.
-    pub fn new(membership: Membership, cluster: ClusterStore) -> NodeAdmin {
+    pub fn new(
+        membership: Membership,
+        cluster: ClusterStore,
+        batches: BatchCoordinator,
+    ) -> NodeAdmin {
         NodeAdmin {
             membership,
             cluster,
+            batches,
         }
     }
 }
@@ -25,14 +31,21 @@ impl AdminSource for NodeAdmin {
         let view = self.membership.view();
         let stats = self.cluster.stats();
         let hints = self.cluster.hints().stats();
+        let batches = self.batches.stats();
         format!(
-            "{}\nThis node: {:016x}\nHints: stored={} delivered={} expired={} pending_targets={}\nCoordinator: {:?}\n",
+            "{}\nThis node: {:016x}\nHints: stored={} delivered={} expired={} pending_targets={}\nBatch log: held={} logged={} log_failures={} replayed_entries={} replayed_partitions={} discarded_partitions={}\nCoordinator: {:?}\n",
             status_table(&view),
             self.cluster.node_id().0,
             hints.stored,
             hints.delivered,
             hints.expired,
             self.cluster.hints().targets().len(),
+            self.batches.batch_log().len(),
+            batches.logged,
+            batches.log_failures,
+            batches.replayed_entries,
+            batches.replayed_partitions,
+            batches.discarded_partitions,
             stats
         )
     }

@@ -304,7 +304,11 @@ impl Node {
             Duration::from_secs(10),
         ));
         let client_tls = client_tls(&config.certs_dir)?;
-        let admin = Arc::new(NodeAdmin::new(membership.clone(), cluster.clone()));
+        let admin = Arc::new(NodeAdmin::new(
+            membership.clone(),
+            cluster.clone(),
+            batches.clone(),
+        ));
         let client_server = ClientServer::bind_full(
             config.client_listen,
             client_tls,
