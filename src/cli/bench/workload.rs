@@ -237,7 +237,9 @@ fn cpu_ticks() -> Option<(u64, u64, u64)> {
     Some((busy, total, parse_own_ticks(&own)?))
 }
 
-fn parse_proc_stat(text: &str) -> Option<(u64, u64)> {
+/// (busy, total) ticks of all CPUs from the `cpu` line of `/proc/stat`
+/// (shared with the YCSB benchmark's CPU accounting).
+pub(crate) fn parse_proc_stat(text: &str) -> Option<(u64, u64)> {
     let line = text.lines().find(|l| l.starts_with("cpu "))?;
     let v: Vec<u64> = line
         .split_whitespace()

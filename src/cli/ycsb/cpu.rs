@@ -2,6 +2,7 @@
 //! CPU seconds an operation costs ("per core" throughput), how much the
 //! load generator itself used, and how busy the rest of the machine was.
 
+use crate::cli::bench::workload::parse_proc_stat;
 use std::time::{Duration, Instant};
 
 /// CPU counters at one moment, in clock ticks.
@@ -65,7 +66,7 @@ impl CpuSample {
         let read = |path: &str| std::fs::read_to_string(path).ok();
         CpuSample {
             at: Instant::now(),
-            machine: read("/proc/stat").and_then(|s| parse_machine(&s)),
+            machine: read("/proc/stat").and_then(|s| parse_proc_stat(&s)),
             client: read("/proc/self/stat").and_then(|s| parse_process_ticks(&s)),
             servers: pids
                 .iter()
@@ -116,20 +117,6 @@ fn wall_secs(d: Duration) -> f64 {
     d.as_secs_f64()
 }
 
-/// (busy, total) ticks of all CPUs from the `cpu` line of `/proc/stat`.
-fn parse_machine(text: &str) -> Option<(u64, u64)> {
-    let line = text.lines().find(|l| l.starts_with("cpu "))?;
-    let v: Vec<u64> = line
-        .split_whitespace()
-        .skip(1)
-        .map(|f| f.parse().ok())
-        .collect::<Option<_>>()?;
-    // user nice system idle iowait irq softirq steal ...
-    let get = |i: usize| v.get(i).copied().unwrap_or(0);
-    let busy = get(0) + get(1) + get(2) + get(5) + get(6) + get(7);
-    Some((busy, busy + get(3) + get(4)))
-}
-
 /// utime + stime (fields 14 and 15) of a `/proc/<pid>/stat` line: the
 /// process's own CPU time, all threads, without its children.
 fn parse_process_ticks(text: &str) -> Option<u64> {
@@ -154,8 +141,8 @@ mod tests {
         assert_eq!(parse_process_ticks("garbage"), None);
         assert_eq!(parse_process_ticks("1 (x) S 1 2"), None);
         let stat = "cpu  100 5 20 1000 7 1 2 3 0 0\ncpu0 1 2 3 4\n";
-        assert_eq!(parse_machine(stat), Some((131, 1138)));
-        assert_eq!(parse_machine("intr 1 2\n"), None);
+        assert_eq!(parse_proc_stat(stat), Some((131, 1138)));
+        assert_eq!(parse_proc_stat("intr 1 2\n"), None);
     }
 
     #[test]
