@@ -17,6 +17,7 @@ use ringdb::coordinator::{
 };
 use ringdb::model::key::serialize_partition_key;
 use ringdb::model::{Consistency, DotSet, HybridClock, NodeId};
+use ringdb::net::sim::{Event, PacketKind};
 use ringdb::net::{SimConfig, SimNetwork, Transport};
 use ringdb::query::api::{
     QueryError, QueryExecutor, QueryOptions, QueryResult, ResultSet, SessionState,
@@ -728,7 +729,9 @@ async fn background_repair_fixes_the_replica_the_read_did_not_wait_for() {
     .await
     .expect("write");
     c.net.heal();
-    // Node 2 is slow to answer: the read waits for nodes 0 and 1 only.
+    // Node 2 is slow to answer. The node's first read is one of the one
+    // in `read_repair_every` that ask every replica: it waits for node 0
+    // (ONE), and nodes 1 and 2 answer later.
     c.net.set_link_drop(addr(0), addr(2), Some(0.0));
     let r = c
         .query(0, Consistency::One, "SELECT * FROM ks.kv WHERE k = 1")
@@ -739,6 +742,134 @@ async fn background_repair_fixes_the_replica_the_read_did_not_wait_for() {
     assert!(c.store(0).stats().background_repairs >= 1);
     let repaired = c.local_query(2, "SELECT * FROM ks.kv WHERE k = 1").await;
     assert_eq!(single_v(&repaired), Some(Value::Int(5)));
+}
+
+/// Requests node 0 sent to each other node since the log was cleared.
+fn requests_from_node0(c: &Cluster) -> Vec<usize> {
+    let mut per_node = vec![0; c.nodes.len()];
+    for e in c.net.log() {
+        if e.from == addr(0)
+            && matches!(e.kind, PacketKind::Request { .. })
+            && matches!(e.event, Event::Sent { .. })
+        {
+            if let Some(i) = (0..c.nodes.len()).find(|i| addr(*i) == e.to) {
+                per_node[i] += 1;
+            }
+        }
+    }
+    per_node
+}
+
+#[tokio::test(start_paused = true)]
+async fn reads_ask_only_the_replicas_they_need_and_one_in_n_asks_all() {
+    let config = CoordinatorConfig {
+        read_repair_every: 5,
+        ..fast_config()
+    };
+    let c = Cluster::with(3, SimConfig::with_seed(21), &[KV], config, hint_options()).await;
+    c.query(
+        0,
+        Consistency::All,
+        "INSERT INTO ks.kv (k, v) VALUES (1, 1)",
+    )
+    .await
+    .expect("write");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    c.net.clear_log();
+    // QUORUM of 3: node 0 reads its own copy and asks one other replica
+    // for a digest; reads 0, 5, 10 and 15 ask both others.
+    for _ in 0..20 {
+        let r = c
+            .query(0, Consistency::Quorum, "SELECT * FROM ks.kv WHERE k = 1")
+            .await
+            .expect("read");
+        assert_eq!(single_v(rows(&r)), Some(Value::Int(1)));
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let sent = requests_from_node0(&c);
+    assert_eq!(sent[0], 0, "node 0 serves itself without the network");
+    assert_eq!(sent[1] + sent[2], 20 + 4, "per node: {sent:?}");
+    let stats = c.store(0).stats();
+    assert_eq!(stats.full_fanout_reads, 4);
+    assert_eq!(stats.speculative_retries, 0);
+    assert_eq!(stats.digest_reads, 20);
+    // ONE: only node 0 itself, but for reads 20 and 25, which ask all.
+    c.net.clear_log();
+    for _ in 0..10 {
+        let r = c
+            .query(0, Consistency::One, "SELECT * FROM ks.kv WHERE k = 1")
+            .await
+            .expect("read");
+        assert_eq!(single_v(rows(&r)), Some(Value::Int(1)));
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let sent = requests_from_node0(&c);
+    assert_eq!(sent[1] + sent[2], 2 * 2, "per node: {sent:?}");
+    assert_eq!(c.store(0).stats().full_fanout_reads, 6);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_silent_replica_costs_the_speculative_delay_not_the_timeout() {
+    let config = CoordinatorConfig {
+        read_repair_every: 0,
+        speculative_retry: Duration::from_millis(50),
+        ..fast_config()
+    };
+    let c = Cluster::with(4, SimConfig::with_seed(22), &[KV], config, hint_options()).await;
+    // A key node 0 does not hold: every answer comes over the network.
+    let k = (0..100)
+        .find(|k| !c.replicas_of(*k).contains(&0))
+        .expect("a key off node 0");
+    c.query(
+        0,
+        Consistency::All,
+        &format!("INSERT INTO ks.kv (k, v) VALUES ({k}, 7)"),
+    )
+    .await
+    .expect("write");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    // The replica node 0 asks first stays silent (its requests are lost,
+    // it is not known down).
+    let first = c.replicas_of(k)[0];
+    c.net.set_link_drop(addr(0), addr(first), Some(1.0));
+    let read = format!("SELECT * FROM ks.kv WHERE k = {k}");
+    for (cl, extra) in [(Consistency::One, 1), (Consistency::Quorum, 1)] {
+        let before = c.store(0).stats().speculative_retries;
+        let start = tokio::time::Instant::now();
+        let r = c.query(0, cl, &read).await.expect("read");
+        let took = start.elapsed();
+        assert_eq!(single_v(rows(&r)), Some(Value::Int(7)), "{cl:?}");
+        assert!(
+            took >= Duration::from_millis(50) && took < Duration::from_millis(150),
+            "{cl:?}: a silent replica cost {took:?}; the read timeout is 500 ms"
+        );
+        assert!(
+            c.store(0).stats().speculative_retries >= before + extra,
+            "{cl:?}: no speculative retry counted"
+        );
+    }
+    // Without speculation the same read waits for the timeout.
+    let config = CoordinatorConfig {
+        read_repair_every: 0,
+        speculative_retry: Duration::ZERO,
+        ..fast_config()
+    };
+    let c = Cluster::with(4, SimConfig::with_seed(22), &[KV], config, hint_options()).await;
+    c.query(
+        0,
+        Consistency::All,
+        &format!("INSERT INTO ks.kv (k, v) VALUES ({k}, 7)"),
+    )
+    .await
+    .expect("write");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    c.net.set_link_drop(addr(0), addr(first), Some(1.0));
+    let start = tokio::time::Instant::now();
+    let r = c.query(0, Consistency::One, &read).await;
+    assert!(
+        r.is_err() || start.elapsed() >= Duration::from_millis(500),
+        "without speculation a silent replica costs the timeout"
+    );
 }
 
 #[tokio::test(start_paused = true)]

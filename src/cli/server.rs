@@ -73,6 +73,15 @@ pub struct ServerArgs {
     /// later write: see docs/operations.md). Off by default.
     #[arg(long)]
     pub overlap_local_sync: bool,
+    /// One partition read in this many asks every alive replica and
+    /// repairs them all; the others ask only the replicas the consistency
+    /// level needs (default 10; 1 asks all on every read; 0 never).
+    #[arg(long)]
+    pub read_repair_every: Option<u32>,
+    /// Milliseconds after which a read still missing answers asks one more
+    /// replica for each (default 50; 0 turns speculation off).
+    #[arg(long)]
+    pub speculative_retry_ms: Option<u64>,
 }
 
 /// The TOML form of [`ServerArgs`].
@@ -95,6 +104,8 @@ struct FileConfig {
     hint_window_hours: Option<u64>,
     batchlog_replay_delay_ms: Option<u64>,
     overlap_local_sync: Option<bool>,
+    read_repair_every: Option<u32>,
+    speculative_retry_ms: Option<u64>,
 }
 
 fn parse_sync_mode(text: &str) -> Result<SyncMode, String> {
@@ -152,6 +163,15 @@ fn merge(args: ServerArgs) -> anyhow::Result<NodeConfig> {
             || file
                 .overlap_local_sync
                 .unwrap_or(defaults.overlap_local_sync),
+        read_repair_every: args
+            .read_repair_every
+            .or(file.read_repair_every)
+            .unwrap_or(defaults.read_repair_every),
+        speculative_retry: args
+            .speculative_retry_ms
+            .or(file.speculative_retry_ms)
+            .map(Duration::from_millis)
+            .unwrap_or(defaults.speculative_retry),
         ..defaults
     };
     Ok(NodeConfig {
@@ -257,7 +277,7 @@ mod tests {
         let file = dir.path().join("node.toml");
         std::fs::write(
             &file,
-            "data_dir = \"/data/a\"\nlisten = \"127.0.0.1:9100\"\nseeds = [\"127.0.0.1:7001\"]\ncommitlog_sync = \"periodic:20\"\ntokens = [5, 1000]\nbatchlog_replay_delay_ms = 2500\noverlap_local_sync = true\n",
+            "data_dir = \"/data/a\"\nlisten = \"127.0.0.1:9100\"\nseeds = [\"127.0.0.1:7001\"]\ncommitlog_sync = \"periodic:20\"\ntokens = [5, 1000]\nbatchlog_replay_delay_ms = 2500\noverlap_local_sync = true\nread_repair_every = 4\nspeculative_retry_ms = 20\n",
         )
         .unwrap();
         let config = merge(ServerArgs {
@@ -270,6 +290,12 @@ mod tests {
         assert_eq!(config.data_dir, PathBuf::from("/data/a"));
         assert_eq!(config.initial_tokens, Some(vec![5, 1000]));
         assert!(config.coordinator.overlap_local_sync, "from the file");
+        assert_eq!(config.coordinator.read_repair_every, 4, "from the file");
+        assert_eq!(
+            config.coordinator.speculative_retry,
+            Duration::from_millis(20),
+            "from the file"
+        );
         assert_eq!(config.seeds, vec!["127.0.0.1:7001".parse().unwrap()]);
         assert_eq!(
             config.batchlog_replay_delay,

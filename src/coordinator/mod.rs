@@ -38,8 +38,14 @@
 //!
 //! # Reads
 //!
-//! The request goes to every alive replica (this node first); the read
-//! waits for R answers. Replicas answer with every row state in the slice,
+//! The request goes to the R alive replicas the consistency level needs,
+//! this node first (`CoordinatorConfig::read_repair_every`: one read in N,
+//! 10 by default, goes to every alive replica instead, so replicas that
+//! reads did not ask are compared and repaired too). A replica that fails
+//! is replaced at once by the next alive one; answers still missing after
+//! `CoordinatorConfig::speculative_retry` (50 ms by default) are asked of
+//! one more replica each, so a silent replica costs that delay and not the
+//! read timeout. The read waits for R answers. Replicas answer with every row state in the slice,
 //! deleted rows included, so a newer deletion on one replica shadows an
 //! older live row on another. The answers are joined row by row (the
 //! model's join) with the joined partition header. A replica that stopped

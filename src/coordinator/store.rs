@@ -52,6 +52,17 @@ pub struct CoordinatorConfig {
     /// the same row with the same dot, which those replicas then ignore.
     /// Off by default; see docs/architecture.md ("Write path").
     pub overlap_local_sync: bool,
+    /// One partition read in this many asks every alive replica (and so
+    /// compares and repairs them all); the others ask only the R replicas
+    /// the consistency level needs, this node first. 1 asks all replicas on
+    /// every read (the most repair, the most work); 0 never asks more than
+    /// R up front. Cassandra's equivalent was `read_repair_chance`.
+    pub read_repair_every: u32,
+    /// A read that has not had all the answers it needs after this long
+    /// asks one more replica for each answer still missing (Cassandra's
+    /// speculative retry); a replica that fails is replaced at once. Zero
+    /// turns speculation off (a failed replica is still replaced).
+    pub speculative_retry: Duration,
 }
 
 impl Default for CoordinatorConfig {
@@ -64,6 +75,8 @@ impl Default for CoordinatorConfig {
             hint_replay_concurrency: 8,
             hint_replay_pause: Duration::from_millis(10),
             overlap_local_sync: false,
+            read_repair_every: 10,
+            speculative_retry: Duration::from_millis(50),
         }
     }
 }
@@ -90,6 +103,12 @@ pub struct CoordinatorStats {
     /// Digest reads that found a differing replica and fell back to full
     /// data (and repair).
     pub digest_mismatches: u64,
+    /// Partition reads that asked every alive replica up front (one in
+    /// `read_repair_every`).
+    pub full_fanout_reads: u64,
+    /// Requests sent to one more replica because the first ones were slow
+    /// or failed (speculative retry).
+    pub speculative_retries: u64,
 }
 
 #[derive(Default)]
@@ -102,6 +121,9 @@ struct Counters {
     short_read_retries: AtomicU64,
     digest_reads: AtomicU64,
     digest_mismatches: AtomicU64,
+    partition_reads: AtomicU64,
+    full_fanout_reads: AtomicU64,
+    speculative_retries: AtomicU64,
 }
 
 /// What one hint replay did.
@@ -256,6 +278,8 @@ impl ClusterStore {
             short_read_retries: c.short_read_retries.load(Ordering::Relaxed),
             digest_reads: c.digest_reads.load(Ordering::Relaxed),
             digest_mismatches: c.digest_mismatches.load(Ordering::Relaxed),
+            full_fanout_reads: c.full_fanout_reads.load(Ordering::Relaxed),
+            speculative_retries: c.speculative_retries.load(Ordering::Relaxed),
         }
     }
 
@@ -677,32 +701,74 @@ impl ClusterStore {
 
     // ----------------------------------------------------------------- reads
 
-    /// Sends `req` to every node of `nodes` and waits for `need` answers.
-    /// Returns them (in completion order) with the requests still running.
+    /// Sends `req` to the first `initial` nodes of `nodes` and waits for
+    /// `need` answers. A node that fails is replaced at once by the next
+    /// one in `nodes`; when answers are still missing after the
+    /// speculative-retry delay, one more node is asked for each (again
+    /// after each further delay). Returns the answers (in completion order)
+    /// with the requests still running.
+    #[allow(clippy::too_many_arguments)]
     async fn gather(
         &self,
         nodes: &[NodeId],
         req: PeerRequest,
         need: usize,
+        initial: usize,
         deadline: Instant,
         cl: Consistency,
     ) -> Result<(Vec<(NodeId, PeerResponse)>, Replies), QueryError> {
         let mut set: Replies = JoinSet::new();
-        for &n in nodes {
+        let mut next = 0;
+        let ask = |set: &mut Replies, next: &mut usize| {
+            let n = nodes[*next];
+            *next += 1;
             let fut = self.send(n, req.clone(), remaining(deadline));
             set.spawn(async move { (n, fut.await) });
+        };
+        while next < initial.max(need).min(nodes.len()) {
+            ask(&mut set, &mut next);
         }
+        let speculate = self.inner.config.speculative_retry;
+        let mut speculate_at = Instant::now() + speculate;
         let mut got = Vec::new();
-        let mut failed = 0;
-        while got.len() < need && nodes.len() - failed >= need {
-            match set.join_next().await {
-                Some(Ok((n, Ok(resp)))) => got.push((n, resp)),
-                Some(Ok((n, Err(e)))) => {
-                    tracing::debug!(node = n.0, error = %e, "replica did not answer");
-                    failed += 1;
+        while got.len() < need {
+            if set.is_empty() {
+                if next < nodes.len() {
+                    ask(&mut set, &mut next);
+                    continue;
                 }
-                Some(Err(_)) => failed += 1,
-                None => break,
+                break;
+            }
+            let spare = next < nodes.len() && !speculate.is_zero();
+            tokio::select! {
+                res = set.join_next() => match res {
+                    Some(Ok((n, Ok(resp)))) => got.push((n, resp)),
+                    other => {
+                        if let Some(Ok((n, Err(e)))) = other {
+                            tracing::debug!(node = n.0, error = %e, "replica did not answer");
+                        }
+                        if next < nodes.len() {
+                            self.inner
+                                .counters
+                                .speculative_retries
+                                .fetch_add(1, Ordering::Relaxed);
+                            ask(&mut set, &mut next);
+                        }
+                    }
+                },
+                _ = tokio::time::sleep_until(speculate_at), if spare => {
+                    let missing = need - got.len();
+                    for _ in 0..missing {
+                        if next < nodes.len() {
+                            self.inner
+                                .counters
+                                .speculative_retries
+                                .fetch_add(1, Ordering::Relaxed);
+                            ask(&mut set, &mut next);
+                        }
+                    }
+                    speculate_at = Instant::now() + speculate;
+                }
             }
         }
         if got.len() < need {
@@ -714,6 +780,26 @@ impl ClusterStore {
             });
         }
         Ok((got, set))
+    }
+
+    /// How many of `alive` replicas a partition read asks up front: all of
+    /// them for one read in `read_repair_every`, else only `required`.
+    fn read_fanout(&self, alive: usize, required: usize) -> usize {
+        let every = u64::from(self.inner.config.read_repair_every);
+        let n = self
+            .inner
+            .counters
+            .partition_reads
+            .fetch_add(1, Ordering::Relaxed);
+        if every != 0 && n.is_multiple_of(every) && alive > required {
+            self.inner
+                .counters
+                .full_fanout_reads
+                .fetch_add(1, Ordering::Relaxed);
+            alive
+        } else {
+            required
+        }
     }
 
     fn read_targets(
@@ -751,24 +837,35 @@ impl ClusterStore {
     ) -> Result<StoredPartition, QueryError> {
         let (alive, required) = self.read_targets(&table.keyspace, key::token_of(pk), cl)?;
         let deadline = Instant::now() + self.inner.config.read_timeout;
+        let fanout = self.read_fanout(alive.len(), required);
         if required >= 2 {
             if let Some(answer) = self
-                .read_by_digests(table, pk, &slice, &alive, required, deadline)
+                .read_by_digests(table, pk, &slice, &alive, required, fanout, deadline)
                 .await
             {
                 return Ok(answer);
             }
+            // A digest differed, or an answer failed: full data from every
+            // alive replica, merged and repaired.
+            let all = alive.len();
+            return self
+                .read_full(table, pk, slice, &alive, required, all, deadline, cl)
+                .await;
         }
-        self.read_full(table, pk, slice, &alive, required, deadline, cl)
+        self.read_full(table, pk, slice, &alive, required, fanout, deadline, cl)
             .await
     }
 
-    /// Asks one replica (this node first) for the slice and the others for
-    /// its digest. When the `required - 1` first digests match the full
-    /// answer's, the answer stands without a merge or repair, and digests
-    /// that come later and differ start a full read with repair in the
-    /// background. `None` when a digest differs, the full answer failed or
-    /// was cut short: the caller reads full data from every replica.
+    /// Asks one replica (this node first) for the slice and `fanout - 1`
+    /// others for its digest. When the `required - 1` first digests match
+    /// the full answer's, the answer stands without a merge or repair, and
+    /// digests that come later and differ start a full read with repair in
+    /// the background. A digest that fails is asked of a spare replica at
+    /// once, and digests still missing after the speculative-retry delay of
+    /// one more spare each. `None` when a digest differs, the full answer
+    /// failed, was slower than the speculative-retry delay, or was cut
+    /// short: the caller reads full data from every replica.
+    #[allow(clippy::too_many_arguments)]
     async fn read_by_digests(
         &self,
         table: &TableRef,
@@ -776,9 +873,10 @@ impl ClusterStore {
         slice: &SliceRequest,
         alive: &[NodeId],
         required: usize,
+        fanout: usize,
         deadline: Instant,
     ) -> Option<StoredPartition> {
-        let (data_node, digest_nodes) = alive.split_first()?;
+        let (data_node, others) = alive.split_first()?;
         let wire = WireSlice::from(slice);
         let data = self.send(
             *data_node,
@@ -789,42 +887,90 @@ impl ClusterStore {
             },
             remaining(deadline),
         );
+        let digest_req = PeerRequest::ReadDigest {
+            table: table.clone(),
+            pk: pk.to_vec(),
+            slice: wire,
+        };
         let mut digests: JoinSet<(NodeId, Option<u128>)> = JoinSet::new();
-        for &n in digest_nodes {
-            let fut = self.send(
-                n,
-                PeerRequest::ReadDigest {
-                    table: table.clone(),
-                    pk: pk.to_vec(),
-                    slice: wire.clone(),
-                },
-                remaining(deadline),
-            );
+        let mut next = 0;
+        let ask = |digests: &mut JoinSet<(NodeId, Option<u128>)>, next: &mut usize| {
+            let n = others[*next];
+            *next += 1;
+            let fut = self.send(n, digest_req.clone(), remaining(deadline));
             digests.spawn(async move {
                 match fut.await {
                     Ok(PeerResponse::Digest(d)) => (n, Some(d)),
                     _ => (n, None),
                 }
             });
+        };
+        while next < fanout.max(required).saturating_sub(1).min(others.len()) {
+            ask(&mut digests, &mut next);
         }
-        let answer = match data.await {
+        let speculate = self.inner.config.speculative_retry;
+        let answer = if speculate.is_zero() {
+            data.await
+        } else {
+            match tokio::time::timeout(speculate, data).await {
+                Ok(r) => r,
+                Err(_) => {
+                    self.inner
+                        .counters
+                        .speculative_retries
+                        .fetch_add(1, Ordering::Relaxed);
+                    return None;
+                }
+            }
+        };
+        let answer = match answer {
             Ok(PeerResponse::Partition(p)) => p,
             _ => return None,
         };
         let expected = answer.digest();
         let mut matched = 0;
+        let mut speculate_at = Instant::now() + speculate;
         while matched + 1 < required {
-            match digests.join_next().await {
-                Some(Ok((_, Some(d)))) if d == expected => matched += 1,
-                Some(Ok((_, Some(_)))) => {
-                    self.inner
-                        .counters
-                        .digest_mismatches
-                        .fetch_add(1, Ordering::Relaxed);
-                    return None;
+            if digests.is_empty() {
+                if next < others.len() {
+                    ask(&mut digests, &mut next);
+                    continue;
                 }
-                Some(_) => {}
-                None => return None,
+                return None;
+            }
+            let spare = next < others.len() && !speculate.is_zero();
+            tokio::select! {
+                res = digests.join_next() => match res {
+                    Some(Ok((_, Some(d)))) if d == expected => matched += 1,
+                    Some(Ok((_, Some(_)))) => {
+                        self.inner
+                            .counters
+                            .digest_mismatches
+                            .fetch_add(1, Ordering::Relaxed);
+                        return None;
+                    }
+                    _ => {
+                        if next < others.len() {
+                            self.inner
+                                .counters
+                                .speculative_retries
+                                .fetch_add(1, Ordering::Relaxed);
+                            ask(&mut digests, &mut next);
+                        }
+                    }
+                },
+                _ = tokio::time::sleep_until(speculate_at), if spare => {
+                    for _ in 0..(required - 1 - matched) {
+                        if next < others.len() {
+                            self.inner
+                                .counters
+                                .speculative_retries
+                                .fetch_add(1, Ordering::Relaxed);
+                            ask(&mut digests, &mut next);
+                        }
+                    }
+                    speculate_at = Instant::now() + speculate;
+                }
             }
         }
         let merged = merge_partition(&[&answer], slice.reverse);
@@ -857,7 +1003,16 @@ impl ClusterStore {
                     let deadline = Instant::now() + this.inner.config.read_timeout;
                     let all = alive.len();
                     if let Err(e) = this
-                        .read_full(&table, &pk, slice, &alive, all, deadline, Consistency::All)
+                        .read_full(
+                            &table,
+                            &pk,
+                            slice,
+                            &alive,
+                            all,
+                            all,
+                            deadline,
+                            Consistency::All,
+                        )
                         .await
                     {
                         tracing::debug!(error = %e, "background repair after a digest mismatch failed");
@@ -871,8 +1026,9 @@ impl ClusterStore {
         })
     }
 
-    /// Reads full data from the replicas, merges, protects against short
-    /// reads and repairs (see the module documentation).
+    /// Reads full data from `fanout` of the `alive` replicas (more when
+    /// they fail or are slow), merges, protects against short reads and
+    /// repairs (see the module documentation).
     #[allow(clippy::too_many_arguments)]
     async fn read_full(
         &self,
@@ -881,6 +1037,7 @@ impl ClusterStore {
         slice: SliceRequest,
         alive: &[NodeId],
         required: usize,
+        fanout: usize,
         deadline: Instant,
         cl: Consistency,
     ) -> Result<StoredPartition, QueryError> {
@@ -896,7 +1053,9 @@ impl ClusterStore {
                 pk: pk.to_vec(),
                 slice: WireSlice::from(&ask),
             };
-            let (got, rest) = self.gather(alive, req, required, deadline, cl).await?;
+            let (got, rest) = self
+                .gather(alive, req, required, fanout, deadline, cl)
+                .await?;
             let answers = partitions_of(got)?;
             let refs: Vec<&ReplicaPartition> = answers.iter().map(|(_, a)| a).collect();
             let merged = merge_partition(&refs, slice.reverse);
@@ -1109,7 +1268,11 @@ impl ClusterStore {
                         .map(|r| u32::try_from(r).unwrap_or(u32::MAX)),
                 };
                 let deadline = Instant::now() + self.inner.config.range_timeout;
-                let (got, _rest) = self.gather(&alive, req, required, deadline, cl).await?;
+                // Scan pages can be slow: every alive replica up front, no
+                // speculation needed.
+                let (got, _rest) = self
+                    .gather(&alive, req, required, alive.len(), deadline, cl)
+                    .await?;
                 let mut answers: Vec<(NodeId, BTreeMap<Vec<u8>, ReplicaPartition>, bool)> =
                     Vec::new();
                 for (n, resp) in got {
@@ -1223,9 +1386,16 @@ impl ClusterStore {
         let req = PeerRequest::Truncate {
             table: table.clone(),
         };
-        self.gather(&alive, req, alive.len(), deadline, Consistency::All)
-            .await
-            .map(|_| ())
+        self.gather(
+            &alive,
+            req,
+            alive.len(),
+            alive.len(),
+            deadline,
+            Consistency::All,
+        )
+        .await
+        .map(|_| ())
     }
 
     // ----------------------------------------------------------------- hints

@@ -90,6 +90,11 @@ pub struct YcsbArgs {
     /// syncs while it is replicated; see `ringdb server --help`).
     #[arg(long)]
     pub overlap_local_sync: bool,
+    /// One more argument for every local `ringdb server` (repeat it; e.g.
+    /// `--server-arg=--read-repair-every=1`), to compare settings with the
+    /// same binary.
+    #[arg(long = "server-arg", allow_hyphen_values = true)]
+    pub server_args: Vec<String>,
     /// Client connections (QUIC) to each node; the tasks share them.
     #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u64).range(1..=64))]
     pub connections_per_node: u64,
@@ -223,6 +228,8 @@ pub fn run(args: YcsbArgs) -> anyhow::Result<()> {
             if args.overlap_local_sync {
                 spec.server_args.push("--overlap-local-sync".into());
             }
+            spec.server_args
+                .extend(args.server_args.iter().map(Into::into));
             eprintln!("ycsb: starting {nodes} node(s) in {}", dir.display());
             let cluster = LocalCluster::start(spec)?;
             eprintln!(
