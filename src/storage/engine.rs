@@ -19,9 +19,15 @@
 //! Reads merge the memtables and every SSTable that may hold the key (key
 //! range, bloom filter on the partition, clustering bounds) with the model's
 //! join, so the order of sources never matters.
+//!
+//! Isolation: a write of several entries is seen by readers of a partition
+//! whole or not at all, through striped partition locks (see
+//! [`super::isolation`], which also gives the order in which the engine's
+//! locks are taken).
 
 use super::commitlog::{sync_dir, CommitLog, CommitLogOptions, SegmentId, SyncMode, SyncTicket};
 use super::compaction::{CompactionStrategy, TableStats};
+use super::isolation::{PartitionLocks, PartitionwiseRange};
 use super::iter::{hex, MemtableRange, MergeIter, Source};
 use super::manifest::{Manifest, ManifestEdit, TableRecord};
 use super::memtable::Memtable;
@@ -177,8 +183,11 @@ struct Inner {
     snapshot: RwLock<Arc<Snapshot>>,
     /// Writers hold it shared across log append and memtable apply; a
     /// memtable switch holds it exclusively, so every record lands in a
-    /// memtable whose log segments are still live.
+    /// memtable whose log segments are still live. Taken after the row
+    /// locks and the partition locks (see [`super::isolation`]).
     switch_lock: RwLock<()>,
+    /// Isolates multi-entry writes from readers of their partitions.
+    partition_locks: Arc<PartitionLocks>,
     flush_lock: Mutex<()>,
     compaction_lock: Mutex<()>,
     row_locks: Vec<Mutex<()>>,
@@ -281,6 +290,7 @@ impl Engine {
                 tables,
             })),
             switch_lock: RwLock::new(()),
+            partition_locks: Arc::new(PartitionLocks::new()),
             flush_lock: Mutex::new(()),
             compaction_lock: Mutex::new(()),
             row_locks: (0..ROW_LOCK_STRIPES).map(|_| Mutex::new(())).collect(),
@@ -328,7 +338,8 @@ impl Engine {
     }
 
     /// Merges several entries atomically: after a crash, all or none are
-    /// there.
+    /// there. Isolated too: a reader of one of their partitions sees all of
+    /// that partition's entries or none.
     pub fn write_batch(&self, mutations: &[(Vec<u8>, Entry)]) -> Result<()> {
         let ticket = self.write_batch_unsynced(mutations)?;
         self.wait_synced(ticket)
@@ -354,6 +365,18 @@ impl Engine {
         );
         self.inner.wait_for_flush_capacity();
         let ticket = {
+            // Several entries go into the memtable one by one: readers of
+            // their partitions wait until all are in (one entry is atomic
+            // by itself). Taken before `switch_lock`, so a writer waiting
+            // here for a long partition read holds up no memtable switch
+            // (and through it every other writer).
+            let _isolated = if mutations.len() > 1 {
+                self.inner
+                    .partition_locks
+                    .write_all(mutations.iter().map(|(k, _)| k.as_slice()))
+            } else {
+                Vec::new()
+            };
             let _shared = self.inner.switch_lock.read();
             let ticket = self.inner.log.append_unsynced(&record)?;
             let active = self.inner.snapshot.read().active.clone();
@@ -436,6 +459,7 @@ impl Engine {
     /// `updates` (an earlier deletion in the same batch shadows it, an
     /// earlier write of the same row is superseded). The locks of every row
     /// involved are held until the record is written and in the memtable.
+    /// Isolated: a reader of the partition sees every change or none.
     /// Returns the deltas in order and the record's sync ticket (`None`
     /// when `updates` is empty).
     pub fn update_partition_unsynced(
@@ -562,6 +586,11 @@ impl Engine {
     /// A streaming merge of every entry with a key within the bounds,
     /// ascending or descending. Used for partition slices, token-range
     /// scans (repair, streaming) and compaction.
+    ///
+    /// Each partition comes out isolated: with every multi-entry write to
+    /// it or none (the scan holds no lock between items; see
+    /// [`super::isolation`]). The scan as a whole is no snapshot: writes to
+    /// partitions it has not reached yet may show.
     pub fn scan(&self, lower: Bound<Vec<u8>>, upper: Bound<Vec<u8>>, reverse: bool) -> MergeIter {
         self.scan_within(lower, upper, reverse, None)
     }
@@ -570,7 +599,7 @@ impl Engine {
     /// one partition (`partition` is its prefix): those whose bloom filter
     /// rules the partition out, and those whose clustering bounds (file-wide
     /// minimum and maximum of the key after the partition prefix) miss the
-    /// range.
+    /// range. With a partition, the caller must hold its stripe shared.
     fn scan_within(
         &self,
         lower: Bound<Vec<u8>>,
@@ -586,12 +615,25 @@ impl Engine {
         let clustering_bounds = partition.map(|p| (tail(&lower, p.len()), tail(&upper, p.len())));
         let snap = self.inner.snapshot.read().clone();
         let mut sources: Vec<Source> = Vec::new();
-        sources.push(Box::new(MemtableRange::new(
-            snap.active.clone(),
-            lower.clone(),
-            upper.clone(),
-            reverse,
-        )));
+        // Only the active memtable still changes: frozen ones and SSTables
+        // hold whole writes. Within one partition the caller holds its
+        // stripe; across partitions the source takes each one's in turn.
+        if partition.is_some() {
+            sources.push(Box::new(MemtableRange::new(
+                snap.active.clone(),
+                lower.clone(),
+                upper.clone(),
+                reverse,
+            )));
+        } else {
+            sources.push(Box::new(PartitionwiseRange::new(
+                snap.active.clone(),
+                self.inner.partition_locks.clone(),
+                lower.clone(),
+                upper.clone(),
+                reverse,
+            )));
+        }
         for frozen in &snap.frozen {
             sources.push(Box::new(MemtableRange::new(
                 frozen.mem.clone(),
@@ -631,12 +673,14 @@ impl Engine {
         self.scan(Bound::Included(start.to_be_bytes().to_vec()), upper, false)
     }
 
-    /// Reads one row: its state and the partition header, if any.
+    /// Reads one row: its state and the partition header, if any, both
+    /// from the same side of any multi-entry write to the partition.
     pub fn read_row(
         &self,
         prefix: &[u8],
         clustering: &[u8],
     ) -> Result<(Option<RowState>, PartitionHeader)> {
+        let _isolated = self.inner.partition_locks.read(prefix);
         let header = self.read_header(prefix)?;
         let row = match self.get(&key::row_key(prefix, clustering))? {
             Some(Entry::Row(state)) => Some(state),
@@ -656,7 +700,8 @@ impl Engine {
     /// Reads live rows of one partition between two bounds on the encoded
     /// clustering key, in clustering order or reversed, up to `limit` rows.
     /// A bound is a clustering prefix: `Included(p)` takes every key that
-    /// starts with `p`, `Excluded(p)` none of them.
+    /// starts with `p`, `Excluded(p)` none of them. Isolated: a multi-entry
+    /// write to the partition shows whole or not at all.
     pub fn read_partition(
         &self,
         prefix: &[u8],
@@ -665,6 +710,7 @@ impl Engine {
         reverse: bool,
         limit: Option<usize>,
     ) -> Result<PartitionSlice> {
+        let _isolated = self.inner.partition_locks.read(prefix);
         let header = self.read_header(prefix)?;
         let Some((lo, hi)) = slice_bounds(prefix, lower, upper) else {
             return Ok(PartitionSlice {
@@ -700,7 +746,8 @@ impl Engine {
     /// Like [`Engine::read_partition`], but returns every row state in the
     /// range as stored, dead rows (deleted, expired, shadowed) included,
     /// each flagged live or not; `limit` counts live rows only. This is
-    /// what a replica answers a coordinator's read with.
+    /// what a replica answers a coordinator's read with. Isolated, as
+    /// [`Engine::read_partition`].
     pub fn read_partition_states(
         &self,
         prefix: &[u8],
@@ -709,6 +756,7 @@ impl Engine {
         reverse: bool,
         limit: Option<usize>,
     ) -> Result<StateSlice> {
+        let _isolated = self.inner.partition_locks.read(prefix);
         let header = self.read_header(prefix)?;
         let limit = limit.unwrap_or(usize::MAX);
         let mut out = StateSlice {

@@ -11,6 +11,7 @@ pub mod compaction;
 pub mod engine;
 pub mod error;
 pub mod framing;
+pub mod isolation;
 pub mod iter;
 pub mod manifest;
 pub mod memtable;
