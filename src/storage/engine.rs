@@ -352,10 +352,19 @@ impl Engine {
                 .map(|(k, _)| k.as_slice())
                 .zip(encoded.iter()),
         );
+        let started = std::time::Instant::now();
         self.inner.wait_for_flush_capacity();
         let ticket = {
             let _shared = self.inner.switch_lock.read();
+            let locked = started.elapsed();
             let ticket = self.inner.log.append_unsynced(&record)?;
+            if started.elapsed() > Duration::from_millis(10) {
+                tracing::debug!(
+                    capacity_and_lock_us = locked.as_micros() as u64,
+                    append_us = (started.elapsed() - locked).as_micros() as u64,
+                    "slow write (timing)"
+                );
+            }
             let active = self.inner.snapshot.read().active.clone();
             for ((k, entry), bytes) in mutations.iter().zip(&encoded) {
                 active
@@ -749,7 +758,7 @@ impl Engine {
     /// SSTable before returning.
     pub fn flush(&self) -> Result<()> {
         self.inner.check_open()?;
-        self.inner.switch_memtable()?;
+        self.inner.switch_memtable(false)?;
         while self.inner.flush_one()? {}
         Ok(())
     }
@@ -834,6 +843,7 @@ impl Inner {
             if self.shutdown.load(Ordering::SeqCst) {
                 return;
             }
+            self.prepare_next_segment();
             let result = (|| -> Result<()> {
                 while self.flush_one()? {}
                 while !self.shutdown.load(Ordering::SeqCst) {
@@ -866,10 +876,19 @@ impl Inner {
         }
     }
 
+    /// Makes the commit log's next segment ahead of the roll that needs it
+    /// (outside the switch lock). A failure only means the roll will
+    /// create the segment itself.
+    fn prepare_next_segment(&self) {
+        if let Err(error) = self.log.prepare_next_segment() {
+            tracing::warn!(%error, "commit log: could not make the next segment ahead of time");
+        }
+    }
+
     fn maybe_switch(&self) -> Result<()> {
         let full = self.snapshot.read().active.approximate_bytes() >= self.opts.memtable_bytes;
         if full {
-            self.switch_memtable()?;
+            self.switch_memtable(true)?;
             if self.opts.background {
                 self.wake_background();
             } else {
@@ -879,13 +898,31 @@ impl Inner {
         Ok(())
     }
 
-    /// Freezes the active memtable (if it holds anything) and rolls the log.
-    fn switch_memtable(&self) -> Result<()> {
+    /// Freezes the active memtable (if it holds anything; with
+    /// `only_if_full`, if it is still at its size limit: writers that saw
+    /// it full together switch it once, not once each) and rolls the log.
+    /// Writers wait only for the switch itself: the next log segment is
+    /// made before the switch lock is taken, and the roll does not fsync
+    /// the old segment (the next group-commit fsync covers it).
+    fn switch_memtable(&self, only_if_full: bool) -> Result<()> {
+        self.prepare_next_segment();
+        let started = std::time::Instant::now();
         let _exclusive = self.switch_lock.write();
-        if self.snapshot.read().active.is_empty() {
-            return Ok(());
+        let locked = started.elapsed();
+        {
+            let snap = self.snapshot.read();
+            if snap.active.is_empty()
+                || (only_if_full && snap.active.approximate_bytes() < self.opts.memtable_bytes)
+            {
+                return Ok(());
+            }
         }
         let log_before = self.log.roll()?;
+        tracing::debug!(
+            wait_lock_us = locked.as_micros() as u64,
+            roll_us = (started.elapsed() - locked).as_micros() as u64,
+            "memtable switch (timing)"
+        );
         // Read-modify-write under the snapshot lock: flushes and compactions
         // swap the snapshot concurrently and must not be undone.
         let mut guard = self.snapshot.write();
@@ -910,13 +947,16 @@ impl Inner {
         };
         let file_id = self.manifest.lock().allocate_file_id()?;
         let path = table_path(&self.dir, file_id);
+        let started = std::time::Instant::now();
         let mut writer = SsTableWriter::create(&path, &self.opts.sstable)?;
         for (k, entry) in frozen.mem.iter() {
             add_to_table(&mut writer, &k, &entry)?;
         }
+        let written = started.elapsed();
         let table = self.finish_table(writer, file_id, 0)?;
-        self.flush_bytes
-            .fetch_add(table.record.size_bytes, Ordering::Relaxed);
+        let finished = started.elapsed();
+        let table_bytes = table.record.size_bytes;
+        self.flush_bytes.fetch_add(table_bytes, Ordering::Relaxed);
         self.manifest.lock().apply(vec![
             ManifestEdit::AddTables(vec![table.record.clone()]),
             ManifestEdit::LogFlushedBefore(frozen.log_before.0),
@@ -934,6 +974,13 @@ impl Inner {
             });
         }
         self.log.release_before(frozen.log_before)?;
+        tracing::debug!(
+            bytes = table_bytes,
+            write_us = written.as_micros() as u64,
+            finish_us = (finished - written).as_micros() as u64,
+            manifest_and_release_us = (started.elapsed() - finished).as_micros() as u64,
+            "memtable flush (timing)"
+        );
         self.flushed.notify_all();
         Ok(true)
     }
