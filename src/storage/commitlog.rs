@@ -27,7 +27,9 @@
 //! [`CommitLog::wait_synced`]): the record survives a crash of the process
 //! from the first call on, and an OS crash from the second; in between the
 //! caller can do other work (a replica sends a write to its peers while
-//! its own copy is being synced).
+//! its own copy is being synced). An async caller waits with
+//! [`CommitLog::wait_synced_async`]: the log's own sync thread runs the
+//! fdatasync for it and wakes it, so no thread blocks per waiter.
 //!
 //! # Rolling
 //!
@@ -209,6 +211,12 @@ struct Queue {
     writer: bool,
     /// A thread is running an fdatasync for waiters.
     syncer: bool,
+    /// The highest submission an async waiter
+    /// ([`CommitLog::wait_synced_async`]) needs synced: the sync thread
+    /// syncs until `synced_seq` reaches it.
+    sync_requested: u64,
+    /// Tells the batch-mode sync thread to exit.
+    stop_sync_thread: bool,
     /// Set when an I/O error stopped the log.
     failed: Option<String>,
 }
@@ -219,6 +227,12 @@ struct Shared {
     segment_size: u64,
     queue: Mutex<Queue>,
     queue_cv: Condvar,
+    /// Wakes the batch-mode sync thread (async waiters asked for a sync,
+    /// a syncer finished with requests pending, or stop).
+    sync_cv: Condvar,
+    /// `synced_seq` (and whether the log failed), published for async
+    /// waiters.
+    synced_tx: tokio::sync::watch::Sender<(u64, bool)>,
     /// Locked by the writer of a round, and briefly to sync or roll.
     active: Mutex<Active>,
     active_id: AtomicU64,
@@ -353,9 +367,13 @@ impl CommitLog {
                 synced_seq: 0,
                 writer: false,
                 syncer: false,
+                sync_requested: 0,
+                stop_sync_thread: false,
                 failed: None,
             }),
             queue_cv: Condvar::new(),
+            sync_cv: Condvar::new(),
+            synced_tx: tokio::sync::watch::Sender::new((0, false)),
             active: Mutex::new(Active {
                 id: next_id,
                 path,
@@ -373,7 +391,14 @@ impl CommitLog {
             stop_cv: Condvar::new(),
         });
         let syncer = match opts.sync_mode {
-            SyncMode::Batch => None,
+            SyncMode::Batch => {
+                let shared = Arc::clone(&shared);
+                let handle = std::thread::Builder::new()
+                    .name("commitlog-sync".into())
+                    .spawn(move || shared.batch_sync_thread())
+                    .map_err(|e| StorageError::io(dir, e))?;
+                Some(handle)
+            }
             SyncMode::Periodic { interval } => {
                 let shared = Arc::clone(&shared);
                 let handle = std::thread::Builder::new()
@@ -418,6 +443,46 @@ impl CommitLog {
             self.shared.wait_synced(ticket.0)
         } else {
             self.shared.check_failed(&self.shared.queue.lock())
+        }
+    }
+
+    /// [`wait_synced`](Self::wait_synced) for async callers: no thread
+    /// blocks per waiter. In [`SyncMode::Batch`] the log's sync thread
+    /// runs the fdatasync (or joins one a blocking waiter runs; group
+    /// commit is shared by both kinds of waiters) and the task is woken
+    /// once an fdatasync covering `ticket` has returned.
+    pub async fn wait_synced_async(&self, ticket: SyncTicket) -> Result<()> {
+        if !self.shared.fsync_each_round {
+            return self.shared.check_failed(&self.shared.queue.lock());
+        }
+        // Subscribe first: a publication after this wakes `changed`.
+        let mut rx = self.shared.synced_tx.subscribe();
+        {
+            let mut q = self.shared.queue.lock();
+            if q.synced_seq >= ticket.0 {
+                return Ok(());
+            }
+            self.shared.check_failed(&q)?;
+            if q.sync_requested < ticket.0 {
+                q.sync_requested = ticket.0;
+                if !q.syncer {
+                    self.shared.sync_cv.notify_one();
+                }
+            }
+        }
+        loop {
+            {
+                let (synced, failed) = *rx.borrow_and_update();
+                if synced >= ticket.0 {
+                    return Ok(());
+                }
+                if failed {
+                    return self.shared.check_failed(&self.shared.queue.lock());
+                }
+            }
+            if rx.changed().await.is_err() {
+                return Err(StorageError::Closed("commit log closed".into()));
+            }
         }
     }
 
@@ -496,6 +561,8 @@ impl Drop for CommitLog {
         if let Some(handle) = self.syncer.take() {
             *self.shared.stop.lock() = true;
             self.shared.stop_cv.notify_all();
+            self.shared.queue.lock().stop_sync_thread = true;
+            self.shared.sync_cv.notify_all();
             if handle.join().is_err() {
                 tracing::error!("commit log sync thread panicked");
             }
@@ -536,11 +603,42 @@ impl Shared {
             q.failed = Some(error.to_string());
         }
         self.queue_cv.notify_all();
+        self.publish(&q);
+    }
+
+    /// Tells async waiters how far the log is synced (and whether it
+    /// failed).
+    fn publish(&self, q: &Queue) {
+        let now = (q.synced_seq, q.failed.is_some());
+        self.synced_tx.send_if_modified(|v| {
+            let changed = *v != now;
+            *v = now;
+            changed
+        });
+    }
+
+    /// Body of the batch-mode sync thread: runs fdatasyncs for async
+    /// waiters ([`CommitLog::wait_synced_async`]) whenever one asked for a
+    /// submission not yet synced and no other thread is syncing.
+    fn batch_sync_thread(&self) {
+        let mut q = self.queue.lock();
+        loop {
+            if q.stop_sync_thread {
+                return;
+            }
+            if q.failed.is_some() || q.syncer || q.sync_requested <= q.synced_seq {
+                self.sync_cv.wait(&mut q);
+                continue;
+            }
+            // A failure is recorded in the queue (every waiter sees it).
+            let _ = self.run_sync(&mut q);
+        }
     }
 
     /// Runs one fdatasync of everything written so far as the syncer (the
     /// caller checked that no one else is syncing), then records the
-    /// outcome and wakes the waiters. Returns it.
+    /// outcome, wakes the waiters (blocking and async) and, if async
+    /// waiters still need more, the sync thread. Returns it.
     fn run_sync(&self, q: &mut MutexGuard<'_, Queue>) -> Result<()> {
         q.syncer = true;
         // Everything written so far is in the active segment or in a
@@ -559,6 +657,10 @@ impl Shared {
             }
         }
         self.queue_cv.notify_all();
+        if q.sync_requested > q.synced_seq {
+            self.sync_cv.notify_one();
+        }
+        self.publish(q);
         result
     }
 
@@ -585,6 +687,7 @@ impl Shared {
                     tracing::error!(error = %e, "commit log stopped after an I/O error");
                     q.failed = Some(e.to_string());
                 }
+                self.publish(q);
             }
         }
         // Keep one buffer of moderate size for reuse.
@@ -1177,6 +1280,70 @@ mod tests {
         // The empty spare is gone; the new active segment is above it.
         assert_eq!(log.active_segment(), SegmentId(2));
         assert_eq!(list_segments(dir.path()).unwrap(), BTreeSet::from([0, 2]));
+    }
+
+    #[test]
+    fn async_waiters_are_woken_by_syncs_that_cover_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = Arc::new(CommitLog::open(dir.path(), SegmentId(0), opts()).unwrap().0);
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .build()
+            .unwrap();
+        let acks: Vec<(Vec<u8>, usize)> = rt.block_on(async {
+            let mut tasks = Vec::new();
+            for t in 0..8 {
+                let log = Arc::clone(&log);
+                tasks.push(tokio::spawn(async move {
+                    let mut acks = Vec::new();
+                    for i in 0..50 {
+                        let rec = format!("a{t}-{i}").into_bytes();
+                        let ticket = log.append_unsynced(&rec).unwrap();
+                        if i % 10 == 0 {
+                            log.roll().unwrap();
+                        }
+                        // Blocking and async waiters share group commit.
+                        if t == 0 {
+                            let log = Arc::clone(&log);
+                            tokio::task::spawn_blocking(move || log.wait_synced(ticket))
+                                .await
+                                .unwrap()
+                                .unwrap();
+                        } else {
+                            log.wait_synced_async(ticket).await.unwrap();
+                        }
+                        acks.push((rec, log.shared.sync_events.lock().len()));
+                    }
+                    acks
+                }));
+            }
+            let mut all = Vec::new();
+            for t in tasks {
+                all.extend(t.await.unwrap());
+            }
+            all
+        });
+        let events = log.shared.sync_events.lock().clone();
+        drop(log);
+        let (_log, replay) = CommitLog::open(dir.path(), SegmentId(0), opts()).unwrap();
+        let mut ends = std::collections::HashMap::new();
+        let mut offset_in: std::collections::HashMap<SegmentId, u64> = Default::default();
+        for (seg, rec) in &replay.records {
+            let off = offset_in.entry(*seg).or_default();
+            *off += framing::encoded_len(rec.len()) as u64;
+            ends.insert(rec.clone(), (*seg, *off));
+        }
+        assert_eq!(acks.len(), 400);
+        for (rec, seen) in acks {
+            let (seg, end) = ends[&rec];
+            assert!(
+                events[..seen]
+                    .iter()
+                    .any(|&(id, len)| id == seg.0 && len >= end),
+                "{} acknowledged before it was synced",
+                String::from_utf8_lossy(&rec)
+            );
+        }
     }
 
     #[test]

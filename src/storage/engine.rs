@@ -387,6 +387,49 @@ impl Engine {
         self.inner.log.wait_synced(ticket)
     }
 
+    /// [`Engine::wait_synced`] for async callers: the commit log's sync
+    /// thread runs the fsync and the task is woken when it covers
+    /// `ticket`, so no thread blocks per waiter.
+    pub async fn wait_synced_async(&self, ticket: SyncTicket) -> Result<()> {
+        self.inner.log.wait_synced_async(ticket).await
+    }
+
+    /// Whether a write now may block for long: writers are being held
+    /// back for the flush to catch up, or the active memtable is (nearly)
+    /// at its size limit, so the write may switch it (or, without
+    /// background threads, flush it). False means a write only appends
+    /// to the commit log (a `write` system call, no fsync) and joins the
+    /// memtable: cheap enough to run on an async thread.
+    pub fn write_may_stall(&self) -> bool {
+        let snap = self.inner.snapshot.read().clone();
+        // Leave room for the write itself (rows are small; 1 MiB is far
+        // more than one write adds).
+        let near_full = snap.active.approximate_bytes().saturating_add(1 << 20)
+            >= self.inner.opts.memtable_bytes;
+        near_full
+            || (self.inner.opts.background
+                && snap.frozen.len() >= self.inner.opts.max_frozen_memtables.max(1))
+    }
+
+    /// Whether reading partition `prefix` may touch an SSTable: some live
+    /// table's key range covers the partition and its bloom filter may
+    /// hold it. False means the read is answered from the memtables alone
+    /// (memory only), cheap enough to run on an async thread.
+    pub fn partition_read_needs_io(&self, prefix: &[u8]) -> bool {
+        let snap = self.inner.snapshot.read().clone();
+        if snap.tables.is_empty() {
+            return false;
+        }
+        let first = key::header_key(prefix);
+        let end = key::partition_end(prefix);
+        snap.tables.iter().any(|live| {
+            let meta = live.table.meta();
+            meta.max_key.as_slice() >= first.as_slice()
+                && meta.min_key.as_slice() < end.as_slice()
+                && live.table.may_contain_partition(prefix)
+        })
+    }
+
     /// Reads the current state of a row and writes the delta `f` computes
     /// from it, atomically with respect to other `update_row` calls on the
     /// same key (a replica stamping a write). Returns the delta.
