@@ -39,10 +39,13 @@ fn stamp_of(i: i32) -> RowStamp<'static> {
     Box::new(move |cur: &RowState| cur.stamp(NODE, None, &write(i)))
 }
 
+/// The commit-log segments holding records, in order (the log may also
+/// hold an empty segment made ahead for its next roll).
 fn segments(dir: &Path) -> Vec<PathBuf> {
     let mut files: Vec<PathBuf> = fs::read_dir(dir.join("commitlog"))
         .unwrap()
         .map(|e| e.unwrap().path())
+        .filter(|p| fs::metadata(p).unwrap().len() > 0)
         .collect();
     files.sort();
     files

@@ -6,9 +6,17 @@
 //! the table's options); `<data>/node_id` holds the node's id, chosen at
 //! random on first start.
 //!
-//! Engine calls block (fsync, file reads), so each runs in
-//! `tokio::task::spawn_blocking` when a tokio runtime is present, and inline
-//! otherwise; the query layer above only awaits futures.
+//! Engine calls may block (fsync, file reads, a memtable switch), so those
+//! that may run in `tokio::task::spawn_blocking` when a tokio runtime is
+//! present, and inline otherwise; the query layer above only awaits
+//! futures. Calls that cannot block for long run on the calling task,
+//! saving two thread hand-offs each: a partition read the memtables alone
+//! answer (`Engine::partition_read_needs_io` is false) and a write that
+//! will not wait for a flush or switch a memtable
+//! (`Engine::write_may_stall` is false). The wait for the commit log's
+//! fsync is an async notification (`Engine::wait_synced_async`), not a
+//! blocked thread; in inline mode (`set_inline_io`, deterministic
+//! simulation) everything runs on the calling task, as before.
 //!
 //! Logged batches: tables have engines (and commit logs) of their own, so
 //! no single commit-log record can hold a batch across tables. A logged
@@ -121,6 +129,35 @@ where
     }
 }
 
+/// Runs `f` on the calling task when `cheap` (memory-only work that
+/// cannot block for long) or in inline mode, else like [`blocking`].
+async fn maybe_blocking<T, F>(inline: bool, cheap: bool, f: F) -> Result<T, QueryError>
+where
+    F: FnOnce() -> Result<T, QueryError> + Send + 'static,
+    T: Send + 'static,
+{
+    if cheap {
+        return f();
+    }
+    blocking(inline, f).await
+}
+
+/// Waits for the commit log's fsync of `ticket`: on the calling thread in
+/// inline mode (the simulation's single thread), else by async
+/// notification.
+async fn wait_synced_on(
+    inline: bool,
+    engine: &Engine,
+    ticket: SyncTicket,
+) -> Result<(), QueryError> {
+    if inline {
+        engine.wait_synced(ticket)?;
+    } else {
+        engine.wait_synced_async(ticket).await?;
+    }
+    Ok(())
+}
+
 impl LocalStore {
     /// A store on the data directory `dir`: node id from `<dir>/node_id`,
     /// tables' settings from `schema`, write timestamps and TTL expiry from
@@ -228,17 +265,9 @@ impl LocalStore {
         partition_key: &[u8],
         mutations: Vec<Mutation>,
     ) -> Result<Vec<(Vec<u8>, Entry)>, QueryError> {
-        let engine = self.engine(table)?;
-        let node = self.node;
-        let pk = partition_key.to_vec();
-        blocking(self.inline(), move || {
-            let (deltas, ticket) = apply_mutations(&engine, node, &pk, mutations)?;
-            if let Some(t) = ticket {
-                engine.wait_synced(t)?;
-            }
-            Ok(deltas)
-        })
-        .await
+        let (deltas, pending) = self.stamp_unsynced(table, partition_key, mutations).await?;
+        self.wait_synced(pending).await?;
+        Ok(deltas)
     }
 
     /// [`LocalStore::stamp`] without waiting for the commit log's fsync:
@@ -257,7 +286,8 @@ impl LocalStore {
         let node = self.node;
         let pk = partition_key.to_vec();
         let pending_engine = engine.clone();
-        let (deltas, ticket) = blocking(self.inline(), move || {
+        let cheap = !engine.write_may_stall();
+        let (deltas, ticket) = maybe_blocking(self.inline(), cheap, move || {
             apply_mutations(&engine, node, &pk, mutations)
         })
         .await?;
@@ -276,11 +306,7 @@ impl LocalStore {
         let Some(ticket) = pending.ticket else {
             return Ok(());
         };
-        let engine = pending.engine;
-        blocking(self.inline(), move || {
-            engine.wait_synced(ticket).map_err(QueryError::from)
-        })
-        .await
+        wait_synced_on(self.inline(), &pending.engine, ticket).await
     }
 
     /// Merges already stamped deltas (from another replica, read repair or
@@ -294,10 +320,15 @@ impl LocalStore {
             return Ok(());
         }
         let engine = self.engine(table)?;
-        blocking(self.inline(), move || {
-            engine.write_batch(&entries).map_err(QueryError::from)
+        let cheap = !engine.write_may_stall();
+        let writer = engine.clone();
+        let ticket = maybe_blocking(self.inline(), cheap, move || {
+            writer
+                .write_batch_unsynced(&entries)
+                .map_err(QueryError::from)
         })
-        .await
+        .await?;
+        wait_synced_on(self.inline(), &engine, ticket).await
     }
 
     /// Reads a slice of one partition with every row state in the range,
@@ -310,7 +341,8 @@ impl LocalStore {
     ) -> Result<StateSlice, QueryError> {
         let engine = self.engine(table)?;
         let prefix = key::partition_prefix(partition_key);
-        blocking(self.inline(), move || {
+        let cheap = !engine.partition_read_needs_io(&prefix);
+        maybe_blocking(self.inline(), cheap, move || {
             engine
                 .read_partition_states(
                     &prefix,
@@ -623,17 +655,8 @@ impl DataStore for LocalStore {
         _consistency: Consistency,
     ) -> BoxFuture<'a, Result<(), QueryError>> {
         Box::pin(async move {
-            let engine = self.engine(table)?;
-            let node = self.node;
-            let pk = partition_key.to_vec();
-            blocking(self.inline(), move || {
-                let (_, ticket) = apply_mutations(&engine, node, &pk, mutations)?;
-                match ticket {
-                    Some(t) => engine.wait_synced(t).map_err(QueryError::from),
-                    None => Ok(()),
-                }
-            })
-            .await
+            self.stamp(table, partition_key, mutations).await?;
+            Ok(())
         })
     }
 
@@ -647,7 +670,11 @@ impl DataStore for LocalStore {
         Box::pin(async move {
             let engine = self.engine(table)?;
             let pk = partition_key.to_vec();
-            blocking(self.inline(), move || read_slice(&engine, &pk, &slice)).await
+            let cheap = !engine.partition_read_needs_io(&key::partition_prefix(&pk));
+            maybe_blocking(self.inline(), cheap, move || {
+                read_slice(&engine, &pk, &slice)
+            })
+            .await
         })
     }
 

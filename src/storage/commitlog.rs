@@ -27,7 +27,19 @@
 //! [`CommitLog::wait_synced`]): the record survives a crash of the process
 //! from the first call on, and an OS crash from the second; in between the
 //! caller can do other work (a replica sends a write to its peers while
-//! its own copy is being synced).
+//! its own copy is being synced). An async caller waits with
+//! [`CommitLog::wait_synced_async`]: the log's own sync thread runs the
+//! fdatasync for it and wakes it, so no thread blocks per waiter.
+//!
+//! # Rolling
+//!
+//! A roll switches appends to the next segment without fsyncing the old
+//! one: the old segment joins a list of rolled segments that the next
+//! fdatasync (group commit or periodic) syncs before the active one, and
+//! no record in it counts as synced until then. The next segment's file
+//! can be made (and its directory entry fsynced) ahead of time
+//! ([`CommitLog::prepare_next_segment`]), so a roll holds appenders up
+//! only for the switch itself.
 //!
 //! # Failures
 //!
@@ -151,12 +163,34 @@ fn remove_if_exists(path: &Path) -> Result<()> {
     }
 }
 
-/// The segment receiving appends.
+/// The segment receiving appends, and the segments rolled away from
+/// whose last records may not be synced yet.
 struct Active {
     id: u64,
     path: PathBuf,
     file: Arc<File>,
     len: u64,
+    /// Segments rolled away from and not yet fdatasynced since (oldest
+    /// first). A syncer syncs them before the active segment and removes
+    /// them once synced; until then no record in them counts as synced.
+    rolled: Vec<Rolled>,
+}
+
+/// A segment rolled away from whose tail may not be durable yet.
+struct Rolled {
+    id: u64,
+    path: PathBuf,
+    file: Arc<File>,
+    len: u64,
+}
+
+/// A segment file created (and its directory entry fsynced) ahead of the
+/// roll that will make it active, so the roll itself does no file system
+/// work: see [`CommitLog::prepare_next_segment`].
+struct Spare {
+    id: u64,
+    path: PathBuf,
+    file: File,
 }
 
 /// The group-commit queue.
@@ -177,6 +211,12 @@ struct Queue {
     writer: bool,
     /// A thread is running an fdatasync for waiters.
     syncer: bool,
+    /// The highest submission an async waiter
+    /// ([`CommitLog::wait_synced_async`]) needs synced: the sync thread
+    /// syncs until `synced_seq` reaches it.
+    sync_requested: u64,
+    /// Tells the batch-mode sync thread to exit.
+    stop_sync_thread: bool,
     /// Set when an I/O error stopped the log.
     failed: Option<String>,
 }
@@ -187,11 +227,24 @@ struct Shared {
     segment_size: u64,
     queue: Mutex<Queue>,
     queue_cv: Condvar,
+    /// Wakes the batch-mode sync thread (async waiters asked for a sync,
+    /// a syncer finished with requests pending, or stop).
+    sync_cv: Condvar,
+    /// `synced_seq` (and whether the log failed), published for async
+    /// waiters.
+    synced_tx: tokio::sync::watch::Sender<(u64, bool)>,
     /// Locked by the writer of a round, and briefly to sync or roll.
     active: Mutex<Active>,
     active_id: AtomicU64,
-    /// Ids of the segment files that exist.
+    /// Ids of the segment files that exist (not counting a spare).
     segments: Mutex<BTreeSet<u64>>,
+    /// The next segment, made ahead of time; locked while it is created,
+    /// and by a roll (inside `active`) to take it.
+    spare: Mutex<Option<Spare>>,
+    /// Every fdatasync of a segment: its id and the length it covered
+    /// (tests check that every acknowledged record was covered).
+    #[cfg(test)]
+    sync_events: Mutex<Vec<(u64, u64)>>,
     bytes_written: AtomicU64,
     stop: Mutex<bool>,
     stop_cv: Condvar,
@@ -314,23 +367,38 @@ impl CommitLog {
                 synced_seq: 0,
                 writer: false,
                 syncer: false,
+                sync_requested: 0,
+                stop_sync_thread: false,
                 failed: None,
             }),
             queue_cv: Condvar::new(),
+            sync_cv: Condvar::new(),
+            synced_tx: tokio::sync::watch::Sender::new((0, false)),
             active: Mutex::new(Active {
                 id: next_id,
                 path,
                 file: Arc::new(file),
                 len: 0,
+                rolled: Vec::new(),
             }),
             active_id: AtomicU64::new(next_id),
             segments: Mutex::new(live),
+            spare: Mutex::new(None),
+            #[cfg(test)]
+            sync_events: Mutex::new(Vec::new()),
             bytes_written: AtomicU64::new(0),
             stop: Mutex::new(false),
             stop_cv: Condvar::new(),
         });
         let syncer = match opts.sync_mode {
-            SyncMode::Batch => None,
+            SyncMode::Batch => {
+                let shared = Arc::clone(&shared);
+                let handle = std::thread::Builder::new()
+                    .name("commitlog-sync".into())
+                    .spawn(move || shared.batch_sync_thread())
+                    .map_err(|e| StorageError::io(dir, e))?;
+                Some(handle)
+            }
             SyncMode::Periodic { interval } => {
                 let shared = Arc::clone(&shared);
                 let handle = std::thread::Builder::new()
@@ -378,6 +446,46 @@ impl CommitLog {
         }
     }
 
+    /// [`wait_synced`](Self::wait_synced) for async callers: no thread
+    /// blocks per waiter. In [`SyncMode::Batch`] the log's sync thread
+    /// runs the fdatasync (or joins one a blocking waiter runs; group
+    /// commit is shared by both kinds of waiters) and the task is woken
+    /// once an fdatasync covering `ticket` has returned.
+    pub async fn wait_synced_async(&self, ticket: SyncTicket) -> Result<()> {
+        if !self.shared.fsync_each_round {
+            return self.shared.check_failed(&self.shared.queue.lock());
+        }
+        // Subscribe first: a publication after this wakes `changed`.
+        let mut rx = self.shared.synced_tx.subscribe();
+        {
+            let mut q = self.shared.queue.lock();
+            if q.synced_seq >= ticket.0 {
+                return Ok(());
+            }
+            self.shared.check_failed(&q)?;
+            if q.sync_requested < ticket.0 {
+                q.sync_requested = ticket.0;
+                if !q.syncer {
+                    self.shared.sync_cv.notify_one();
+                }
+            }
+        }
+        loop {
+            {
+                let (synced, failed) = *rx.borrow_and_update();
+                if synced >= ticket.0 {
+                    return Ok(());
+                }
+                if failed {
+                    return self.shared.check_failed(&self.shared.queue.lock());
+                }
+            }
+            if rx.changed().await.is_err() {
+                return Err(StorageError::Closed("commit log closed".into()));
+            }
+        }
+    }
+
     /// Same as [`append`](Self::append) for several records, written in
     /// order and made durable together.
     pub fn append_batch(&self, records: &[&[u8]]) -> Result<()> {
@@ -404,8 +512,25 @@ impl CommitLog {
     /// every record queued when it takes over the log) is in a segment with a
     /// smaller id; appends that start after `roll` returns go to the returned
     /// segment or a later one.
+    ///
+    /// A roll does not fsync the old segment: its unsynced tail is synced by
+    /// the next group-commit fsync (or periodic sync), before any record in
+    /// it counts as durable. With a segment made ahead of time
+    /// ([`prepare_next_segment`](Self::prepare_next_segment)) a roll does no
+    /// I/O beyond writing the records already queued; without one it
+    /// creates the file and fsyncs the directory itself.
     pub fn roll(&self) -> Result<SegmentId> {
         self.shared.roll()
+    }
+
+    /// Creates the file of the segment the next roll will switch to and
+    /// fsyncs the directory, unless that is already done. Call it outside
+    /// any lock appenders need, ahead of [`roll`](Self::roll) (the engine
+    /// calls it from its background thread after each memtable switch and
+    /// before taking its switch lock), so rolls take no file-system time.
+    /// A file made and never used is empty, and dropped on the next open.
+    pub fn prepare_next_segment(&self) -> Result<()> {
+        self.shared.prepare_next_segment()
     }
 
     /// Deletes all segments with id < `segment` (their data is flushed to
@@ -436,6 +561,8 @@ impl Drop for CommitLog {
         if let Some(handle) = self.syncer.take() {
             *self.shared.stop.lock() = true;
             self.shared.stop_cv.notify_all();
+            self.shared.queue.lock().stop_sync_thread = true;
+            self.shared.sync_cv.notify_all();
             if handle.join().is_err() {
                 tracing::error!("commit log sync thread panicked");
             }
@@ -476,6 +603,65 @@ impl Shared {
             q.failed = Some(error.to_string());
         }
         self.queue_cv.notify_all();
+        self.publish(&q);
+    }
+
+    /// Tells async waiters how far the log is synced (and whether it
+    /// failed).
+    fn publish(&self, q: &Queue) {
+        let now = (q.synced_seq, q.failed.is_some());
+        self.synced_tx.send_if_modified(|v| {
+            let changed = *v != now;
+            *v = now;
+            changed
+        });
+    }
+
+    /// Body of the batch-mode sync thread: runs fdatasyncs for async
+    /// waiters ([`CommitLog::wait_synced_async`]) whenever one asked for a
+    /// submission not yet synced and no other thread is syncing.
+    fn batch_sync_thread(&self) {
+        let mut q = self.queue.lock();
+        loop {
+            if q.stop_sync_thread {
+                return;
+            }
+            if q.failed.is_some() || q.syncer || q.sync_requested <= q.synced_seq {
+                self.sync_cv.wait(&mut q);
+                continue;
+            }
+            // A failure is recorded in the queue (every waiter sees it).
+            let _ = self.run_sync(&mut q);
+        }
+    }
+
+    /// Runs one fdatasync of everything written so far as the syncer (the
+    /// caller checked that no one else is syncing), then records the
+    /// outcome, wakes the waiters (blocking and async) and, if async
+    /// waiters still need more, the sync thread. Returns it.
+    fn run_sync(&self, q: &mut MutexGuard<'_, Queue>) -> Result<()> {
+        q.syncer = true;
+        // Everything written so far is in the active segment or in a
+        // rolled one still on the unsynced list: `sync_written` syncs them
+        // all.
+        let upto = q.written_seq;
+        let result = MutexGuard::unlocked(q, || self.sync_written());
+        q.syncer = false;
+        match &result {
+            Ok(()) => q.synced_seq = q.synced_seq.max(upto),
+            Err(e) => {
+                if q.failed.is_none() {
+                    tracing::error!(error = %e, "commit log stopped after an I/O error");
+                    q.failed = Some(e.to_string());
+                }
+            }
+        }
+        self.queue_cv.notify_all();
+        if q.sync_requested > q.synced_seq {
+            self.sync_cv.notify_one();
+        }
+        self.publish(q);
+        result
     }
 
     /// Takes everything queued for a round; the caller must be the writer.
@@ -501,6 +687,7 @@ impl Shared {
                     tracing::error!(error = %e, "commit log stopped after an I/O error");
                     q.failed = Some(e.to_string());
                 }
+                self.publish(q);
             }
         }
         // Keep one buffer of moderate size for reuse.
@@ -560,29 +747,7 @@ impl Shared {
                 self.queue_cv.wait(&mut q);
                 continue;
             }
-            q.syncer = true;
-            // Everything written so far is in the active segment or in an
-            // older one, which was synced when it was rolled away from.
-            let upto = q.written_seq;
-            let result = MutexGuard::unlocked(&mut q, || {
-                let (file, path) = {
-                    let active = self.active.lock();
-                    (Arc::clone(&active.file), active.path.clone())
-                };
-                file.sync_data().map_err(|e| StorageError::io(&path, e))
-            });
-            q.syncer = false;
-            match &result {
-                Ok(()) => q.synced_seq = q.synced_seq.max(upto),
-                Err(e) => {
-                    if q.failed.is_none() {
-                        tracing::error!(error = %e, "commit log stopped after an I/O error");
-                        q.failed = Some(e.to_string());
-                    }
-                }
-            }
-            self.queue_cv.notify_all();
-            result?;
+            self.run_sync(&mut q)?;
         }
     }
 
@@ -600,31 +765,154 @@ impl Shared {
         Ok(())
     }
 
-    /// Switches to a new segment. The old one is made durable first, so a
-    /// syncer only ever needs to fsync the active segment.
-    fn roll_locked(&self, active: &mut Active) -> Result<SegmentId> {
-        if let Err(e) = active.file.sync_data() {
-            let error = StorageError::io(&active.path, e);
+    /// fdatasyncs every segment that may hold written, unsynced records:
+    /// the rolled-away segments on the unsynced list (oldest first), then
+    /// the active one. Everything written before the call is durable when
+    /// it returns `Ok`. Rolled segments leave the list only once synced,
+    /// so a concurrent caller never skips one another is still syncing.
+    fn sync_written(&self) -> Result<()> {
+        let started = Instant::now();
+        let (rolled, file, path, _len, _id) = {
+            let active = self.active.lock();
+            let rolled: Vec<(u64, Arc<File>, PathBuf, u64)> = active
+                .rolled
+                .iter()
+                .map(|r| (r.id, Arc::clone(&r.file), r.path.clone(), r.len))
+                .collect();
+            (
+                rolled,
+                Arc::clone(&active.file),
+                active.path.clone(),
+                active.len,
+                active.id,
+            )
+        };
+        let got = started.elapsed();
+        for (_id, file, path, _len) in &rolled {
+            if let Err(e) = file.sync_data() {
+                let error = StorageError::io(path, e);
+                self.poison(&error);
+                return Err(error);
+            }
+            #[cfg(test)]
+            self.sync_events.lock().push((*_id, *_len));
+        }
+        if !rolled.is_empty() {
+            let done: BTreeSet<u64> = rolled.iter().map(|r| r.0).collect();
+            self.active.lock().rolled.retain(|r| !done.contains(&r.id));
+        }
+        if let Err(e) = file.sync_data() {
+            let error = StorageError::io(&path, e);
             self.poison(&error);
             return Err(error);
         }
-        let id = active.id.checked_add(1).ok_or_else(|| {
-            StorageError::InvalidArgument("commit log segment id space exhausted".into())
-        })?;
-        let (file, path) = create_segment(&self.dir, id)?;
+        #[cfg(test)]
+        self.sync_events.lock().push((_id, _len));
+        if started.elapsed() > Duration::from_millis(10) {
+            tracing::debug!(
+                wait_active_us = got.as_micros() as u64,
+                fsync_us = (started.elapsed() - got).as_micros() as u64,
+                rolled = rolled.len(),
+                "slow commit log sync (timing)"
+            );
+        }
+        Ok(())
+    }
+
+    /// See [`CommitLog::prepare_next_segment`].
+    fn prepare_next_segment(&self) -> Result<()> {
+        let mut spare = self.spare.lock();
+        // Rolls take the spare lock before moving `active_id`, so it is
+        // stable while we hold it.
+        let next = self.next_segment_id(self.active_id.load(Ordering::Acquire))?;
+        match spare.take() {
+            Some(s) if s.id == next => {
+                *spare = Some(s);
+                return Ok(());
+            }
+            Some(stale) => {
+                let _ = fs::remove_file(&stale.path);
+            }
+            None => {}
+        }
+        self.check_failed(&self.queue.lock())?;
+        let started = Instant::now();
+        let (file, path) = create_segment(&self.dir, next)?;
         if let Err(error) = sync_dir(&self.dir) {
-            // Leave no half-created segment behind; the old one stays active.
             let _ = fs::remove_file(&path);
             return Err(error);
         }
-        self.segments.lock().insert(id);
-        *active = Active {
-            id,
+        tracing::debug!(
+            segment = next,
+            us = started.elapsed().as_micros() as u64,
+            "commit log: next segment made ahead (timing)"
+        );
+        *spare = Some(Spare {
+            id: next,
             path,
-            file: Arc::new(file),
-            len: 0,
+            file,
+        });
+        Ok(())
+    }
+
+    fn next_segment_id(&self, active: u64) -> Result<u64> {
+        active.checked_add(1).ok_or_else(|| {
+            StorageError::InvalidArgument("commit log segment id space exhausted".into())
+        })
+    }
+
+    /// Switches to a new segment: the spare made ahead of time if there is
+    /// one, else a file created (and its directory entry fsynced) here.
+    /// The old segment joins the unsynced list: no fsync here, so appenders
+    /// and syncers are held up only for the switch itself.
+    fn roll_locked(&self, active: &mut Active) -> Result<SegmentId> {
+        let started = Instant::now();
+        let id = self.next_segment_id(active.id)?;
+        let mut spare = self.spare.lock();
+        let prepared = matches!(&*spare, Some(s) if s.id == id);
+        let (file, path) = match spare.take() {
+            Some(s) if s.id == id => (s.file, s.path),
+            other => {
+                if let Some(stale) = other {
+                    let _ = fs::remove_file(&stale.path);
+                }
+                let (file, path) = create_segment(&self.dir, id)?;
+                if let Err(error) = sync_dir(&self.dir) {
+                    // Leave no half-created segment behind; the old one
+                    // stays active.
+                    let _ = fs::remove_file(&path);
+                    return Err(error);
+                }
+                (file, path)
+            }
         };
+        self.segments.lock().insert(id);
+        let old = std::mem::replace(
+            active,
+            Active {
+                id,
+                path,
+                file: Arc::new(file),
+                len: 0,
+                rolled: Vec::new(),
+            },
+        );
+        active.rolled = old.rolled;
+        if old.len > 0 {
+            active.rolled.push(Rolled {
+                id: old.id,
+                path: old.path,
+                file: old.file,
+                len: old.len,
+            });
+        }
         self.active_id.store(id, Ordering::Release);
+        drop(spare);
+        tracing::debug!(
+            prepared,
+            us = started.elapsed().as_micros() as u64,
+            "commit log roll (timing)"
+        );
         Ok(SegmentId(id))
     }
 
@@ -672,17 +960,7 @@ impl Shared {
 
     fn sync(&self) -> Result<()> {
         self.check_failed(&self.queue.lock())?;
-        let (file, path) = {
-            let active = self.active.lock();
-            (Arc::clone(&active.file), active.path.clone())
-        };
-        // Earlier segments were fsynced when they were rolled away from.
-        if let Err(e) = file.sync_data() {
-            let error = StorageError::io(&path, e);
-            self.poison(&error);
-            return Err(error);
-        }
-        Ok(())
+        self.sync_written()
     }
 
     /// Body of the periodic-mode background thread.
@@ -949,6 +1227,213 @@ mod tests {
 
         let (_log, replay) = CommitLog::open(dir.path(), SegmentId(8), opts()).unwrap();
         assert_eq!(replay.records, vec![(s8, b"d".to_vec())]);
+    }
+
+    #[test]
+    fn roll_leaves_the_old_segments_tail_to_the_next_sync() {
+        let dir = tempfile::tempdir().unwrap();
+        let (log, _) = CommitLog::open(dir.path(), SegmentId(0), opts()).unwrap();
+        let old = log.active_segment();
+        log.prepare_next_segment().unwrap();
+        let spare = segment_path(dir.path(), SegmentId(old.0 + 1));
+        assert!(spare.exists(), "the next segment is made ahead");
+        let before = log.append_unsynced(b"before the roll").unwrap();
+        let new = log.roll().unwrap();
+        assert_eq!(new, SegmentId(old.0 + 1));
+        // The roll itself synced nothing.
+        assert!(log.shared.sync_events.lock().is_empty());
+        let after = log.append_unsynced(b"after").unwrap();
+        // Waiting for the record written before the roll syncs the old
+        // segment, whole: without that the ack would be a lie.
+        log.wait_synced(before).unwrap();
+        let events = log.shared.sync_events.lock().clone();
+        let old_len = framing::encoded_len(15) as u64;
+        assert!(
+            events.contains(&(old.0, old_len)),
+            "old segment not synced: {events:?}"
+        );
+        log.wait_synced(after).unwrap();
+        // Once synced, the old segment leaves the unsynced list.
+        log.shared.sync_events.lock().clear();
+        log.sync().unwrap();
+        let events = log.shared.sync_events.lock().clone();
+        assert!(events.iter().all(|&(id, _)| id == new.0), "{events:?}");
+        drop(log);
+        let (_log, replay) = CommitLog::open(dir.path(), SegmentId(0), opts()).unwrap();
+        assert_eq!(
+            replay.records,
+            vec![(old, b"before the roll".to_vec()), (new, b"after".to_vec())]
+        );
+    }
+
+    #[test]
+    fn an_unused_spare_segment_is_dropped_on_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let (log, _) = CommitLog::open(dir.path(), SegmentId(0), opts()).unwrap();
+        log.append(b"a").unwrap();
+        log.prepare_next_segment().unwrap();
+        log.prepare_next_segment().unwrap(); // idempotent
+        assert_eq!(list_segments(dir.path()).unwrap().len(), 2);
+        drop(log);
+        let (log, replay) = CommitLog::open(dir.path(), SegmentId(0), opts()).unwrap();
+        assert_eq!(payloads(&replay), vec![b"a".to_vec()]);
+        // The empty spare is gone; the new active segment is above it.
+        assert_eq!(log.active_segment(), SegmentId(2));
+        assert_eq!(list_segments(dir.path()).unwrap(), BTreeSet::from([0, 2]));
+    }
+
+    #[test]
+    fn async_waiters_are_woken_by_syncs_that_cover_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = Arc::new(CommitLog::open(dir.path(), SegmentId(0), opts()).unwrap().0);
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .build()
+            .unwrap();
+        let acks: Vec<(Vec<u8>, usize)> = rt.block_on(async {
+            let mut tasks = Vec::new();
+            for t in 0..8 {
+                let log = Arc::clone(&log);
+                tasks.push(tokio::spawn(async move {
+                    let mut acks = Vec::new();
+                    for i in 0..50 {
+                        let rec = format!("a{t}-{i}").into_bytes();
+                        let ticket = log.append_unsynced(&rec).unwrap();
+                        if i % 10 == 0 {
+                            log.roll().unwrap();
+                        }
+                        // Blocking and async waiters share group commit.
+                        if t == 0 {
+                            let log = Arc::clone(&log);
+                            tokio::task::spawn_blocking(move || log.wait_synced(ticket))
+                                .await
+                                .unwrap()
+                                .unwrap();
+                        } else {
+                            log.wait_synced_async(ticket).await.unwrap();
+                        }
+                        acks.push((rec, log.shared.sync_events.lock().len()));
+                    }
+                    acks
+                }));
+            }
+            let mut all = Vec::new();
+            for t in tasks {
+                all.extend(t.await.unwrap());
+            }
+            all
+        });
+        let events = log.shared.sync_events.lock().clone();
+        drop(log);
+        let (_log, replay) = CommitLog::open(dir.path(), SegmentId(0), opts()).unwrap();
+        let mut ends = std::collections::HashMap::new();
+        let mut offset_in: std::collections::HashMap<SegmentId, u64> = Default::default();
+        for (seg, rec) in &replay.records {
+            let off = offset_in.entry(*seg).or_default();
+            *off += framing::encoded_len(rec.len()) as u64;
+            ends.insert(rec.clone(), (*seg, *off));
+        }
+        assert_eq!(acks.len(), 400);
+        for (rec, seen) in acks {
+            let (seg, end) = ends[&rec];
+            assert!(
+                events[..seen]
+                    .iter()
+                    .any(|&(id, len)| id == seg.0 && len >= end),
+                "{} acknowledged before it was synced",
+                String::from_utf8_lossy(&rec)
+            );
+        }
+    }
+
+    #[test]
+    fn periodic_sync_covers_rolled_segments() {
+        let dir = tempfile::tempdir().unwrap();
+        let opts = CommitLogOptions {
+            sync_mode: SyncMode::Periodic {
+                interval: Duration::from_secs(3600),
+            },
+            ..opts()
+        };
+        let (log, _) = CommitLog::open(dir.path(), SegmentId(0), opts).unwrap();
+        let old = log.active_segment();
+        log.append(b"x").unwrap();
+        log.roll().unwrap();
+        log.sync().unwrap();
+        let events = log.shared.sync_events.lock().clone();
+        assert!(events.iter().any(|&(id, _)| id == old.0), "{events:?}");
+    }
+
+    /// Every acknowledged record must be covered by an fdatasync of its
+    /// segment, at a length past its end, that finished before the ack:
+    /// checked for records written just before rolls, with rolls (made
+    /// ahead and not) racing the appenders and the syncers.
+    #[test]
+    fn every_ack_is_covered_by_a_sync_of_its_segment_across_rolls() {
+        let dir = tempfile::tempdir().unwrap();
+        let (log, _) = CommitLog::open(dir.path(), SegmentId(0), opts()).unwrap();
+        let done = std::sync::atomic::AtomicBool::new(false);
+        let acks: Mutex<Vec<(Vec<u8>, usize)>> = Mutex::new(Vec::new());
+        std::thread::scope(|s| {
+            let roller = s.spawn(|| {
+                let mut n = 0u32;
+                while !done.load(Ordering::Relaxed) {
+                    if n.is_multiple_of(2) {
+                        log.prepare_next_segment().unwrap();
+                    }
+                    log.roll().unwrap();
+                    n += 1;
+                    std::thread::sleep(Duration::from_micros(300));
+                }
+                n
+            });
+            let writers: Vec<_> = (0..6)
+                .map(|t| {
+                    let (log, acks) = (&log, &acks);
+                    s.spawn(move || {
+                        for i in 0..150 {
+                            let rec = format!("t{t}-{i}").into_bytes();
+                            let ticket = log.append_unsynced(&rec).unwrap();
+                            if i % 5 == 0 {
+                                std::thread::yield_now();
+                            }
+                            log.wait_synced(ticket).unwrap();
+                            let seen = log.shared.sync_events.lock().len();
+                            acks.lock().push((rec, seen));
+                        }
+                    })
+                })
+                .collect();
+            for w in writers {
+                w.join().unwrap();
+            }
+            done.store(true, Ordering::Relaxed);
+            assert!(roller.join().unwrap() > 3, "rolls ran");
+        });
+        let events = log.shared.sync_events.lock().clone();
+        drop(log);
+        let (_log, replay) = CommitLog::open(dir.path(), SegmentId(0), opts()).unwrap();
+        // End offset of every record in its segment.
+        let mut ends = std::collections::HashMap::new();
+        let mut offset_in: std::collections::HashMap<SegmentId, u64> = Default::default();
+        for (seg, rec) in &replay.records {
+            let off = offset_in.entry(*seg).or_default();
+            *off += framing::encoded_len(rec.len()) as u64;
+            ends.insert(rec.clone(), (*seg, *off));
+        }
+        let acks = acks.into_inner();
+        assert_eq!(acks.len(), 6 * 150);
+        for (rec, seen) in acks {
+            let (seg, end) = ends[&rec];
+            assert!(
+                events[..seen]
+                    .iter()
+                    .any(|&(id, len)| id == seg.0 && len >= end),
+                "{} acknowledged before its segment {} was synced past {end}",
+                String::from_utf8_lossy(&rec),
+                seg.0
+            );
+        }
     }
 
     #[test]

@@ -363,6 +363,7 @@ impl Engine {
                 .map(|(k, _)| k.as_slice())
                 .zip(encoded.iter()),
         );
+        let started = std::time::Instant::now();
         self.inner.wait_for_flush_capacity();
         let ticket = {
             // Several entries go into the memtable one by one: readers of
@@ -378,7 +379,15 @@ impl Engine {
                 Vec::new()
             };
             let _shared = self.inner.switch_lock.read();
+            let locked = started.elapsed();
             let ticket = self.inner.log.append_unsynced(&record)?;
+            if started.elapsed() > Duration::from_millis(10) {
+                tracing::debug!(
+                    capacity_and_lock_us = locked.as_micros() as u64,
+                    append_us = (started.elapsed() - locked).as_micros() as u64,
+                    "slow write (timing)"
+                );
+            }
             let active = self.inner.snapshot.read().active.clone();
             for ((k, entry), bytes) in mutations.iter().zip(&encoded) {
                 active
@@ -399,6 +408,49 @@ impl Engine {
     /// to the OS (already true) in `periodic` mode.
     pub fn wait_synced(&self, ticket: SyncTicket) -> Result<()> {
         self.inner.log.wait_synced(ticket)
+    }
+
+    /// [`Engine::wait_synced`] for async callers: the commit log's sync
+    /// thread runs the fsync and the task is woken when it covers
+    /// `ticket`, so no thread blocks per waiter.
+    pub async fn wait_synced_async(&self, ticket: SyncTicket) -> Result<()> {
+        self.inner.log.wait_synced_async(ticket).await
+    }
+
+    /// Whether a write now may block for long: writers are being held
+    /// back for the flush to catch up, or the active memtable is (nearly)
+    /// at its size limit, so the write may switch it (or, without
+    /// background threads, flush it). False means a write only appends
+    /// to the commit log (a `write` system call, no fsync) and joins the
+    /// memtable: cheap enough to run on an async thread.
+    pub fn write_may_stall(&self) -> bool {
+        let snap = self.inner.snapshot.read().clone();
+        // Leave room for the write itself (rows are small; 1 MiB is far
+        // more than one write adds).
+        let near_full = snap.active.approximate_bytes().saturating_add(1 << 20)
+            >= self.inner.opts.memtable_bytes;
+        near_full
+            || (self.inner.opts.background
+                && snap.frozen.len() >= self.inner.opts.max_frozen_memtables.max(1))
+    }
+
+    /// Whether reading partition `prefix` may touch an SSTable: some live
+    /// table's key range covers the partition and its bloom filter may
+    /// hold it. False means the read is answered from the memtables alone
+    /// (memory only), cheap enough to run on an async thread.
+    pub fn partition_read_needs_io(&self, prefix: &[u8]) -> bool {
+        let snap = self.inner.snapshot.read().clone();
+        if snap.tables.is_empty() {
+            return false;
+        }
+        let first = key::header_key(prefix);
+        let end = key::partition_end(prefix);
+        snap.tables.iter().any(|live| {
+            let meta = live.table.meta();
+            meta.max_key.as_slice() >= first.as_slice()
+                && meta.min_key.as_slice() < end.as_slice()
+                && live.table.may_contain_partition(prefix)
+        })
     }
 
     /// Reads the current state of a row and writes the delta `f` computes
@@ -797,7 +849,7 @@ impl Engine {
     /// SSTable before returning.
     pub fn flush(&self) -> Result<()> {
         self.inner.check_open()?;
-        self.inner.switch_memtable()?;
+        self.inner.switch_memtable(false)?;
         while self.inner.flush_one()? {}
         Ok(())
     }
@@ -882,6 +934,7 @@ impl Inner {
             if self.shutdown.load(Ordering::SeqCst) {
                 return;
             }
+            self.prepare_next_segment();
             let result = (|| -> Result<()> {
                 while self.flush_one()? {}
                 while !self.shutdown.load(Ordering::SeqCst) {
@@ -914,10 +967,19 @@ impl Inner {
         }
     }
 
+    /// Makes the commit log's next segment ahead of the roll that needs it
+    /// (outside the switch lock). A failure only means the roll will
+    /// create the segment itself.
+    fn prepare_next_segment(&self) {
+        if let Err(error) = self.log.prepare_next_segment() {
+            tracing::warn!(%error, "commit log: could not make the next segment ahead of time");
+        }
+    }
+
     fn maybe_switch(&self) -> Result<()> {
         let full = self.snapshot.read().active.approximate_bytes() >= self.opts.memtable_bytes;
         if full {
-            self.switch_memtable()?;
+            self.switch_memtable(true)?;
             if self.opts.background {
                 self.wake_background();
             } else {
@@ -927,13 +989,31 @@ impl Inner {
         Ok(())
     }
 
-    /// Freezes the active memtable (if it holds anything) and rolls the log.
-    fn switch_memtable(&self) -> Result<()> {
+    /// Freezes the active memtable (if it holds anything; with
+    /// `only_if_full`, if it is still at its size limit: writers that saw
+    /// it full together switch it once, not once each) and rolls the log.
+    /// Writers wait only for the switch itself: the next log segment is
+    /// made before the switch lock is taken, and the roll does not fsync
+    /// the old segment (the next group-commit fsync covers it).
+    fn switch_memtable(&self, only_if_full: bool) -> Result<()> {
+        self.prepare_next_segment();
+        let started = std::time::Instant::now();
         let _exclusive = self.switch_lock.write();
-        if self.snapshot.read().active.is_empty() {
-            return Ok(());
+        let locked = started.elapsed();
+        {
+            let snap = self.snapshot.read();
+            if snap.active.is_empty()
+                || (only_if_full && snap.active.approximate_bytes() < self.opts.memtable_bytes)
+            {
+                return Ok(());
+            }
         }
         let log_before = self.log.roll()?;
+        tracing::debug!(
+            wait_lock_us = locked.as_micros() as u64,
+            roll_us = (started.elapsed() - locked).as_micros() as u64,
+            "memtable switch (timing)"
+        );
         // Read-modify-write under the snapshot lock: flushes and compactions
         // swap the snapshot concurrently and must not be undone.
         let mut guard = self.snapshot.write();
@@ -958,13 +1038,16 @@ impl Inner {
         };
         let file_id = self.manifest.lock().allocate_file_id()?;
         let path = table_path(&self.dir, file_id);
+        let started = std::time::Instant::now();
         let mut writer = SsTableWriter::create(&path, &self.opts.sstable)?;
         for (k, entry) in frozen.mem.iter() {
             add_to_table(&mut writer, &k, &entry)?;
         }
+        let written = started.elapsed();
         let table = self.finish_table(writer, file_id, 0)?;
-        self.flush_bytes
-            .fetch_add(table.record.size_bytes, Ordering::Relaxed);
+        let finished = started.elapsed();
+        let table_bytes = table.record.size_bytes;
+        self.flush_bytes.fetch_add(table_bytes, Ordering::Relaxed);
         self.manifest.lock().apply(vec![
             ManifestEdit::AddTables(vec![table.record.clone()]),
             ManifestEdit::LogFlushedBefore(frozen.log_before.0),
@@ -982,6 +1065,13 @@ impl Inner {
             });
         }
         self.log.release_before(frozen.log_before)?;
+        tracing::debug!(
+            bytes = table_bytes,
+            write_us = written.as_micros() as u64,
+            finish_us = (finished - written).as_micros() as u64,
+            manifest_and_release_us = (started.elapsed() - finished).as_micros() as u64,
+            "memtable flush (timing)"
+        );
         self.flushed.notify_all();
         Ok(true)
     }
