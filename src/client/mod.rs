@@ -512,6 +512,12 @@ impl Client {
             // The server may have answered and stopped reading already.
             let _ = send.finish();
             let answer: ServerFrame = protocol::read_frame(&mut recv).await?;
+            // The server finishes its side right after the answer: read to
+            // that end, so the stream closes without a STOP_SENDING. Only
+            // a server that sends more than one frame is stopped.
+            if !protocol::read_end(&mut recv).await {
+                let _ = recv.stop(quinn::VarInt::from_u32(0));
+            }
             Ok::<_, ClientError>(answer)
         };
         let answer = tokio::time::timeout(timeout, exchange)

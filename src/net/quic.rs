@@ -484,10 +484,17 @@ async fn serve_stream<Req: Message, Resp: Message>(
     remote: SocketAddr,
     shared: Arc<Shared<Req, Resp>>,
 ) {
+    // A request not read to its end (too long, too slow) is stopped as well
+    // as refused; one read to its end is already closed on our side and is
+    // only refused. A normal exchange stops nothing: the request is read to
+    // its end and the response stream finished.
     let reject = |send: &mut quinn::SendStream, recv: &mut quinn::RecvStream, code: u64| {
         let code = VarInt::from_u64(code).unwrap_or(VarInt::from_u32(0));
         let _ = recv.stop(code);
         let _ = send.reset(code);
+    };
+    let refuse = |send: &mut quinn::SendStream, code: u64| {
+        let _ = send.reset(VarInt::from_u64(code).unwrap_or(VarInt::from_u32(0)));
     };
     let read = tokio::time::timeout(
         shared.stream_read_timeout,
@@ -529,6 +536,6 @@ async fn serve_stream<Req: Message, Resp: Message>(
             }
             let _ = send.finish();
         }
-        Err(code) => reject(&mut send, &mut recv, code),
+        Err(code) => refuse(&mut send, code),
     }
 }
