@@ -483,3 +483,38 @@ async fn a_consistency_level_travels_with_each_request() {
     client.close().await;
     server.shutdown().await;
 }
+
+/// A normal exchange ends its stream cleanly: the server reads the
+/// request's half to its end and finishes its answer, stopping nothing.
+/// (Stopping every request stream after its frame made quinn send a
+/// STOP_SENDING frame per request.) Bytes after the one frame are not read
+/// and do not keep the answer from coming.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn normal_requests_end_their_streams_without_stop_sending() {
+    let (server, certs) = start(ServerLimits::default());
+    let (_endpoint, raw) = raw_connection(server.local_addr(), &certs).await;
+    assert!(matches!(
+        raw_exchange(&raw, &startup(PROTOCOL_VERSION), true).await,
+        Some(ServerFrame::Ready { .. })
+    ));
+    for _ in 0..20 {
+        assert_good_query(&raw).await;
+    }
+    // Before, 21 (one per request). A FIN that travels in a packet of its
+    // own and arrives after the answer is ready is still stopped, so a
+    // loaded machine may see one or two.
+    let stopped = raw.stats().frame_rx.stop_sending;
+    assert!(
+        stopped <= 3,
+        "{stopped} STOP_SENDING frames for 21 requests"
+    );
+
+    let mut extra = query("SELECT * FROM demo.users LIMIT 2");
+    extra.extend_from_slice(&[0; 16]);
+    match raw_exchange(&raw, &extra, true).await {
+        Some(ServerFrame::Result(response)) => assert_eq!(rows(&response.result).rows.len(), 2),
+        other => panic!("a result expected, got {other:?}"),
+    }
+    assert_good_query(&raw).await;
+    server.shutdown().await;
+}

@@ -89,8 +89,12 @@ fn ycsb_runs_every_phase_on_both_clusters_without_errors() {
     assert!(stdout.contains("Paced runs"), "no paced run in:\n{stdout}");
 
     // The CPU table: every phase of both clusters has the servers' and the
-    // load generator's CPU seconds (read from /proc, so numbers, not "-").
-    let cpu: Vec<Vec<String>> = rows(&stdout).into_iter().filter(|r| r.len() == 9).collect();
+    // load generator's CPU seconds (read from /proc, so numbers, not "-"),
+    // and the UDP datagrams per operation (from /proc/net/snmp).
+    let cpu: Vec<Vec<String>> = rows(&stdout)
+        .into_iter()
+        .filter(|r| r.len() == 10)
+        .collect();
     for cluster in ["3-node RF=3 QUORUM", "1-node RF=1 QUORUM"] {
         for phase in ["load", "A", "F", "A paced"] {
             let row = cpu
@@ -100,6 +104,10 @@ fn ycsb_runs_every_phase_on_both_clusters_without_errors() {
             let server: f64 = row[3].parse().unwrap();
             let client: f64 = row[6].parse().unwrap();
             assert!(server >= 0.0 && client >= 0.0, "{row:?}");
+            if cfg!(target_os = "linux") {
+                let datagrams: f64 = row[9].parse().unwrap();
+                assert!(datagrams > 0.0, "{row:?}");
+            }
         }
         assert!(
             stdout.lines().any(
@@ -112,6 +120,7 @@ fn ycsb_runs_every_phase_on_both_clusters_without_errors() {
 
     let json = std::fs::read_to_string(&json).unwrap();
     assert!(json.contains("\"server_cpu_s\":"), "{json}");
+    assert!(json.contains("\"udp_sent_per_op\":"), "{json}");
     assert!(json.contains("\"phase\":\"A paced\""), "{json}");
     assert!(!json.contains("\"errors\":1"), "{json}");
     assert!(json.starts_with('{') && json.trim_end().ends_with('}'));

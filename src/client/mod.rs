@@ -150,6 +150,7 @@ impl ClientTlsConfig {
         let mut transport = quinn::TransportConfig::default();
         // Keeps an idle session (a shell waiting for input) open.
         transport.keep_alive_interval(Some(KEEP_ALIVE_INTERVAL));
+        crate::net::quic::tune_ack_frequency(&mut transport);
         config.transport_config(Arc::new(transport));
         Ok(config)
     }
@@ -512,6 +513,12 @@ impl Client {
             // The server may have answered and stopped reading already.
             let _ = send.finish();
             let answer: ServerFrame = protocol::read_frame(&mut recv).await?;
+            // The server finishes its side right after the answer: read to
+            // that end, so the stream closes without a STOP_SENDING. Only
+            // a server that sends more than one frame is stopped.
+            if !protocol::read_end(&mut recv).await {
+                let _ = recv.stop(quinn::VarInt::from_u32(0));
+            }
             Ok::<_, ClientError>(answer)
         };
         let answer = tokio::time::timeout(timeout, exchange)

@@ -422,6 +422,18 @@ pub async fn read_frame<T: DeserializeOwned>(
     Ok(decode_body(&body)?)
 }
 
+/// Reads the end of a stream whose one frame was read with [`read_frame`].
+///
+/// Returns true when the peer finished the stream right after the frame:
+/// the stream is then read to its end and closes cleanly, with nothing
+/// sent back (a stream dropped before its end costs a STOP_SENDING frame,
+/// and the packet and acknowledgement that carry it). Returns false when
+/// more bytes follow the frame or the stream failed; the caller then stops
+/// the stream. At most one byte past the frame is read.
+pub async fn read_end(recv: &mut quinn::RecvStream) -> bool {
+    matches!(recv.read_chunk(1, true).await, Ok(None))
+}
+
 /// What [`read_frame`] reserves before the body arrives.
 const INITIAL_READ_CAPACITY: usize = 64 * 1024;
 

@@ -21,8 +21,10 @@
 use super::dots::{Dot, DotSet, NodeId};
 use super::hlc::Timestamp;
 use cql_lite::Value;
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::Arc;
 
 /// The content of a cell: a value or a deletion.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
@@ -130,10 +132,43 @@ pub struct RowWrite {
 }
 
 /// Everything a replica knows of one row: its siblings and causal context.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+///
+/// Immutable and shared: a clone is a reference-count increment. Reads
+/// clone states out of the memtable and into answers (a 1 KB row is dozens
+/// of allocations to copy), and every change builds a new state anyway
+/// (join, stamp). Encodes exactly as the plain pair of versions and context.
+#[derive(Clone, Default, PartialEq, Eq)]
 pub struct RowState {
+    parts: Arc<StateParts>,
+}
+
+/// The content of a [`RowState`], behind its `Arc`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename = "RowState")]
+struct StateParts {
     versions: Vec<RowVersion>,
     context: DotSet,
+}
+
+impl fmt::Debug for RowState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RowState")
+            .field("versions", &self.parts.versions)
+            .field("context", &self.parts.context)
+            .finish()
+    }
+}
+
+impl Serialize for RowState {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        self.parts.serialize(serializer)
+    }
+}
+
+impl<'de> Deserialize<'de> for RowState {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        StateParts::deserialize(deserializer).map(|p| RowState::new(p.versions, p.context))
+    }
 }
 
 /// A row as a reader sees it, after resolving siblings and tombstones.
@@ -146,6 +181,12 @@ pub struct ResolvedRow {
 }
 
 impl RowState {
+    fn new(versions: Vec<RowVersion>, context: DotSet) -> RowState {
+        RowState {
+            parts: Arc::new(StateParts { versions, context }),
+        }
+    }
+
     /// A state holding exactly these versions, having seen `context` (the
     /// versions' own dots are added to it).
     pub fn from_parts(mut versions: Vec<RowVersion>, mut context: DotSet) -> RowState {
@@ -154,31 +195,32 @@ impl RowState {
         for v in &versions {
             context.insert(v.dot);
         }
-        RowState { versions, context }
+        RowState::new(versions, context)
     }
 
     /// The sibling versions, ordered by dot.
     pub fn versions(&self) -> &[RowVersion] {
-        &self.versions
+        &self.parts.versions
     }
 
     /// Every dot this state has seen.
     pub fn context(&self) -> &DotSet {
-        &self.context
+        &self.parts.context
     }
 
     /// True when nothing is known of the row.
     pub fn is_empty(&self) -> bool {
-        self.versions.is_empty() && self.context.is_empty()
+        self.parts.versions.is_empty() && self.parts.context.is_empty()
     }
 
     /// The merge of two states (see the module documentation).
     pub fn join(&self, other: &RowState) -> RowState {
-        let mut versions = Vec::with_capacity(self.versions.len().max(other.versions.len()));
+        let (mine, theirs) = (self.versions(), other.versions());
+        let mut versions = Vec::with_capacity(mine.len().max(theirs.len()));
         let (mut i, mut j) = (0, 0);
-        while i < self.versions.len() || j < other.versions.len() {
-            let a = self.versions.get(i);
-            let b = other.versions.get(j);
+        while i < mine.len() || j < theirs.len() {
+            let a = mine.get(i);
+            let b = theirs.get(j);
             match (a, b) {
                 (Some(a), Some(b)) if a.dot == b.dot => {
                     // The same write on both sides: identical unless a bug or
@@ -188,13 +230,13 @@ impl RowState {
                     j += 1;
                 }
                 (Some(a), b) if b.is_none_or(|b| a.dot < b.dot) => {
-                    if !other.context.contains(a.dot) {
+                    if !other.context().contains(a.dot) {
                         versions.push(a.clone());
                     }
                     i += 1;
                 }
                 (_, Some(b)) => {
-                    if !self.context.contains(b.dot) {
+                    if !self.context().contains(b.dot) {
                         versions.push(b.clone());
                     }
                     j += 1;
@@ -204,9 +246,9 @@ impl RowState {
                 }
             }
         }
-        let mut context = self.context.clone();
-        context.union_with(&other.context);
-        RowState { versions, context }
+        let mut context = self.context().clone();
+        context.union_with(other.context());
+        RowState::new(versions, context)
     }
 
     /// Stamps a write at `node`, returning the delta to apply locally and to
@@ -223,8 +265,8 @@ impl RowState {
         client_context: Option<&DotSet>,
         write: &RowWrite,
     ) -> RowState {
-        let seen = client_context.unwrap_or(&self.context);
-        let counter = self.context.max_counter(node).max(seen.max_counter(node)) + 1;
+        let seen = client_context.unwrap_or(self.context());
+        let counter = self.context().max_counter(node).max(seen.max_counter(node)) + 1;
         let dot = Dot { node, counter };
         let mut version = RowVersion {
             dot,
@@ -232,7 +274,7 @@ impl RowState {
             deleted_at: None,
             cells: BTreeMap::new(),
         };
-        for old in self.versions.iter().filter(|v| seen.contains(v.dot)) {
+        for old in self.versions().iter().filter(|v| seen.contains(v.dot)) {
             merge_version_content(&mut version, old);
         }
         let written = RowVersion {
@@ -258,21 +300,17 @@ impl RowState {
         merge_version_content(&mut version, &written);
         let mut context = seen.clone();
         context.insert(dot);
-        RowState {
-            versions: vec![version],
-            context,
-        }
+        RowState::new(vec![version], context)
     }
 
     /// Resolves the siblings into what a reader sees at wall-clock `now_ms`,
     /// after a shadowing deletion at `shadowed_at` (partition or range
     /// tombstone). `None` when the row does not exist.
     pub fn resolve(&self, shadowed_at: Option<Timestamp>, now_ms: u64) -> Option<ResolvedRow> {
-        if self.versions.is_empty() {
-            return None;
-        }
-        let mut merged = self.versions[0].clone();
-        for v in &self.versions[1..] {
+        let versions = self.versions();
+        let (first, rest) = versions.split_first()?;
+        let mut merged = first.clone();
+        for v in rest {
             merge_version_content(&mut merged, v);
         }
         let deleted_at = merged.deleted_at.max(shadowed_at);
@@ -290,7 +328,43 @@ impl RowState {
         }
         Some(ResolvedRow {
             cells,
-            conflict: self.versions.len() > 1,
+            conflict: versions.len() > 1,
+        })
+    }
+
+    /// Whether the row exists for a reader at wall-clock `now_ms` after a
+    /// shadowing deletion at `shadowed_at`: exactly
+    /// `self.resolve(shadowed_at, now_ms).is_some()`, without building the
+    /// resolved row (no clone of a version, no allocation).
+    ///
+    /// Why it agrees with [`RowState::resolve`]: resolving keeps, per
+    /// column, the cell that wins over every other sibling's, and the
+    /// newest marker, then drops whatever the latest row deletion (or the
+    /// shadow) covers. A winning cell or marker at or below that deletion
+    /// means every other one of its column is too (the winner has the
+    /// highest timestamp), so the row is live exactly when some column's
+    /// winning cell, or the newest marker, is newer than every deletion
+    /// and not expired.
+    pub fn is_live(&self, shadowed_at: Option<Timestamp>, now_ms: u64) -> bool {
+        let versions = self.versions();
+        let deleted_at = versions
+            .iter()
+            .filter_map(|v| v.deleted_at)
+            .max()
+            .max(shadowed_at);
+        let alive = |ts: Timestamp| deleted_at.is_none_or(|d| ts > d);
+        let newest_marker = versions.iter().filter_map(|v| v.marker).max();
+        if newest_marker.is_some_and(|m| alive(m.ts) && m.expires_at.is_none_or(|e| now_ms < e)) {
+            return true;
+        }
+        versions.iter().enumerate().any(|(i, v)| {
+            v.cells.iter().any(|(name, cell)| {
+                cell.is_live(now_ms)
+                    && alive(cell.ts)
+                    && versions.iter().enumerate().all(|(j, other)| {
+                        j == i || other.cells.get(name).is_none_or(|o| !o.wins_over(cell))
+                    })
+            })
         })
     }
 
@@ -299,7 +373,7 @@ impl RowState {
     /// or range tombstone at `shadow` that made them dead.
     pub fn without_content_at_or_below(&self, shadow: Timestamp) -> RowState {
         let versions = self
-            .versions
+            .versions()
             .iter()
             .map(|v| RowVersion {
                 dot: v.dot,
@@ -313,15 +387,12 @@ impl RowState {
                     .collect(),
             })
             .collect();
-        RowState {
-            versions,
-            context: self.context.clone(),
-        }
+        RowState::new(versions, self.context().clone())
     }
 
     /// Smallest and largest write timestamp over all versions.
     pub fn ts_bounds(&self) -> Option<(Timestamp, Timestamp)> {
-        self.versions
+        self.versions()
             .iter()
             .filter_map(RowVersion::ts_bounds)
             .fold(None, |acc, (lo, hi)| match acc {
@@ -334,7 +405,7 @@ impl RowState {
     /// [`RowVersion::is_dead_before`]): such a row can be dropped by
     /// compaction once the grace period has passed.
     pub fn is_purgeable(&self, purge_before: Timestamp, now_ms: u64) -> bool {
-        self.versions
+        self.versions()
             .iter()
             .all(|v| v.is_dead_before(purge_before, now_ms))
     }

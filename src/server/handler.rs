@@ -162,13 +162,29 @@ async fn serve_stream(
         }
         Ok(Ok(frame)) => frame,
     };
-    // One request per stream: anything the client sends after it is not read.
-    let _ = recv.stop(quinn::VarInt::from_u32(0));
     bump(&shared.stats.requests);
     // The request runs in its own task so that a panic in the executor
     // fails this request only, with an error frame.
-    let task = tokio::spawn(dispatch(shared.clone(), state, frame));
-    let answer = match task.await {
+    let mut task = tokio::spawn(dispatch(shared.clone(), state, frame));
+    // One request per stream. The client finishes its side right after the
+    // frame, so the end is normally here already: reading it lets the
+    // stream close cleanly instead of costing a STOP_SENDING. Bytes after
+    // the frame are not read, and an end that has not come by the time the
+    // answer is ready is not waited for: the stream is stopped then.
+    let joined = tokio::select! {
+        biased;
+        ended = protocol::read_end(&mut recv) => {
+            if !ended {
+                let _ = recv.stop(quinn::VarInt::from_u32(0));
+            }
+            (&mut task).await
+        }
+        joined = &mut task => {
+            let _ = recv.stop(quinn::VarInt::from_u32(0));
+            joined
+        }
+    };
+    let answer = match joined {
         Ok(answer) => answer,
         Err(e) => {
             bump(&shared.stats.internal_errors);

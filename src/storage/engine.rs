@@ -809,38 +809,74 @@ impl Engine {
         limit: Option<usize>,
     ) -> Result<StateSlice> {
         let _isolated = self.inner.partition_locks.read(prefix);
-        let header = self.read_header(prefix)?;
         let limit = limit.unwrap_or(usize::MAX);
+        let bounds = slice_bounds(prefix, lower, upper);
+        // A forward read from the partition's first row key (a whole
+        // partition, or the one row of a table without clustering columns)
+        // scans from the header key instead: the header sorts right before
+        // the rows, so the same seek into each memtable and SSTable finds
+        // both, where a separate header lookup searched them all again.
+        let header_key = key::header_key(prefix);
+        let from_header = !reverse
+            && limit > 0
+            && matches!(&bounds, Some((Bound::Included(lo), _)) if *lo == key::rows_start(prefix));
+        let header = if from_header {
+            PartitionHeader::default()
+        } else {
+            self.read_header(prefix)?
+        };
         let mut out = StateSlice {
             header,
             rows: Vec::new(),
             cut: false,
         };
-        let Some((lo, hi)) = slice_bounds(prefix, lower, upper) else {
+        let Some((lo, hi)) = bounds else {
             return Ok(out);
         };
         if limit == 0 {
             out.cut = true;
             return Ok(out);
         }
+        let lo = if from_header {
+            Bound::Included(header_key.clone())
+        } else {
+            lo
+        };
         let now = self.inner.opts.clock.now_millis();
         let mut live_rows = 0;
         for item in self.scan_within(lo, hi, reverse, Some(prefix)) {
             let (k, entry) = item?;
-            let Entry::Row(state) = entry else { continue };
+            let state = match entry {
+                Entry::Row(state) => state,
+                Entry::Header(h) => {
+                    if from_header && k == header_key {
+                        out.header = h;
+                    }
+                    continue;
+                }
+            };
             if live_rows >= limit {
                 out.cut = true;
                 break;
             }
             let clustering = k[prefix.len() + 1..].to_vec();
             let shadow = out.header.shadow_for(&clustering);
-            let live = state.resolve(shadow, now).is_some();
+            let live = state.is_live(shadow, now);
             live_rows += usize::from(live);
+            // Every clustering column encodes to at least one byte (and
+            // there are no static columns), so a row with an empty
+            // clustering key is one of a table without clustering columns:
+            // the partition's only row. Stop at it instead of seeking past
+            // it in every source: a single-row read is then one seek.
+            let only_row = clustering.is_empty();
             out.rows.push(StateRow {
                 clustering,
                 state,
                 live,
             });
+            if only_row {
+                break;
+            }
         }
         Ok(out)
     }

@@ -1,6 +1,8 @@
 //! CPU time of the benchmark's processes, from `/proc`: how many server
 //! CPU seconds an operation costs ("per core" throughput), how much the
 //! load generator itself used, and how busy the rest of the machine was.
+//! Also the machine's UDP datagram counters (`/proc/net/snmp`), so every
+//! phase shows how many datagrams an operation cost (QUIC runs on UDP).
 
 use crate::cli::bench::workload::parse_proc_stat;
 use std::time::{Duration, Instant};
@@ -16,6 +18,18 @@ pub struct CpuSample {
     /// utime + stime of each server process, `None` for one that could not
     /// be read (exited, or not on Linux).
     servers: Vec<Option<u64>>,
+    /// The machine's (network namespace's) UDP `InDatagrams` and
+    /// `OutDatagrams`, if readable.
+    udp: Option<UdpCounters>,
+}
+
+/// UDP datagram counters of `/proc/net/snmp`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UdpCounters {
+    /// Datagrams delivered to sockets (`InDatagrams`).
+    pub received: u64,
+    /// Datagrams sent (`OutDatagrams`).
+    pub sent: u64,
 }
 
 /// CPU used between two samples, in seconds.
@@ -32,12 +46,32 @@ pub struct CpuUsage {
     pub others: Option<f64>,
     /// CPU seconds the machine had (wall time x CPUs).
     pub machine: Option<f64>,
+    /// UDP datagrams the machine received and sent between the samples
+    /// (every process: on a quiet machine, the cluster and the load
+    /// generator; over loopback each datagram counts once each way).
+    pub udp: Option<UdpCounters>,
 }
 
 impl CpuUsage {
     /// Operations per server CPU second: throughput per busy core.
     pub fn ops_per_server_cpu_second(&self, ops: u64) -> Option<f64> {
         self.servers.filter(|s| *s > 0.0).map(|s| ops as f64 / s)
+    }
+
+    /// UDP datagrams sent per operation: the network cost of an operation,
+    /// requests, responses and acknowledgements together.
+    pub fn udp_sent_per_op(&self, ops: u64) -> Option<f64> {
+        self.udp
+            .filter(|_| ops > 0)
+            .map(|u| u.sent as f64 / ops as f64)
+    }
+
+    /// UDP datagrams received per operation (equal to the sent ones over
+    /// loopback unless some were dropped).
+    pub fn udp_received_per_op(&self, ops: u64) -> Option<f64> {
+        self.udp
+            .filter(|_| ops > 0)
+            .map(|u| u.received as f64 / ops as f64)
     }
 
     /// Share (0..=1) of the machine's CPU time other processes used.
@@ -72,6 +106,7 @@ impl CpuSample {
                 .iter()
                 .map(|p| read(&format!("/proc/{p}/stat")).and_then(|s| parse_process_ticks(&s)))
                 .collect(),
+            udp: read("/proc/net/snmp").and_then(|s| parse_udp_counters(&s)),
         }
     }
 
@@ -109,8 +144,34 @@ impl CpuSample {
             client: client.map(secs),
             others: others.map(secs),
             machine: total.map(secs),
+            udp: match (self.udp, later.udp) {
+                (Some(a), Some(b)) => Some(UdpCounters {
+                    received: b.received.saturating_sub(a.received),
+                    sent: b.sent.saturating_sub(a.sent),
+                }),
+                _ => None,
+            },
         }
     }
+}
+
+/// `InDatagrams` and `OutDatagrams` of the `Udp:` lines of
+/// `/proc/net/snmp` (a header line of names, then a line of values).
+fn parse_udp_counters(text: &str) -> Option<UdpCounters> {
+    let mut lines = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("Udp:"))
+        .map(str::split_whitespace);
+    let names: Vec<&str> = lines.next()?.collect();
+    let values: Vec<&str> = lines.next()?.collect();
+    let field = |name: &str| -> Option<u64> {
+        let i = names.iter().position(|n| *n == name)?;
+        values.get(i)?.parse().ok()
+    };
+    Some(UdpCounters {
+        received: field("InDatagrams")?,
+        sent: field("OutDatagrams")?,
+    })
 }
 
 fn wall_secs(d: Duration) -> f64 {
@@ -143,6 +204,23 @@ mod tests {
         let stat = "cpu  100 5 20 1000 7 1 2 3 0 0\ncpu0 1 2 3 4\n";
         assert_eq!(parse_proc_stat(stat), Some((131, 1138)));
         assert_eq!(parse_proc_stat("intr 1 2\n"), None);
+        let snmp = "Ip: Forwarding DefaultTTL\nIp: 1 64\n\
+                    Udp: InDatagrams NoPorts InErrors OutDatagrams RcvbufErrors\n\
+                    Udp: 1234 5 0 4321 0\n\
+                    UdpLite: InDatagrams NoPorts InErrors OutDatagrams RcvbufErrors\n\
+                    UdpLite: 9 9 9 9 9\n";
+        assert_eq!(
+            parse_udp_counters(snmp),
+            Some(UdpCounters {
+                received: 1234,
+                sent: 4321
+            })
+        );
+        assert_eq!(parse_udp_counters("Udp: InDatagrams\n"), None);
+        assert_eq!(
+            parse_udp_counters("Udp: InDatagrams OutDatagrams\nUdp: 1 x\n"),
+            None
+        );
     }
 
     #[test]
@@ -153,12 +231,20 @@ mod tests {
             machine: Some((1000, 5000)),
             client: Some(10),
             servers: vec![Some(100), Some(200)],
+            udp: Some(UdpCounters {
+                received: 1000,
+                sent: 2000,
+            }),
         };
         let b = CpuSample {
             at: at + Duration::from_secs(2),
             machine: Some((1300, 5400)),
             client: Some(60),
             servers: vec![Some(150), Some(300)],
+            udp: Some(UdpCounters {
+                received: 1900,
+                sent: 2600,
+            }),
         };
         let u = a.until(&b);
         let hz = ticks_per_second();
@@ -169,6 +255,9 @@ mod tests {
         assert_eq!(u.others_share(), Some(0.25));
         assert_eq!(u.ops_per_server_cpu_second(300), Some(300.0 / (150.0 / hz)));
         assert!((u.wall - 2.0).abs() < 1e-9);
+        assert_eq!(u.udp_received_per_op(300), Some(3.0));
+        assert_eq!(u.udp_sent_per_op(300), Some(2.0));
+        assert_eq!(u.udp_sent_per_op(0), None);
         // A server that vanished makes the server figure unknown, not low.
         let c = CpuSample {
             servers: vec![Some(150), None],

@@ -301,12 +301,24 @@ fn progress(total: u64, label: &str) -> ProgressBar {
 }
 
 fn report_phase(label: &str, name: &str, result: &PhaseResult) {
+    let per_op = |f: fn(&cpu::CpuUsage, u64) -> Option<f64>| {
+        result
+            .cpu
+            .and_then(|c| f(&c, result.total_ok()))
+            .map_or("-".to_string(), |v| format!("{v:.0}"))
+    };
+    let datagrams = result
+        .cpu
+        .and_then(|c| c.udp_sent_per_op(result.total_ok()))
+        .map_or("-".to_string(), |v| format!("{v:.2}"));
     eprintln!(
-        "ycsb: {label} {name}: {} ok, {} failed in {:.1} s ({:.0} ops/s)",
+        "ycsb: {label} {name}: {} ok, {} failed in {:.1} s ({:.0} ops/s, {} ops per server CPU-s, \
+         {datagrams} UDP datagrams per op)",
         result.total_ok(),
         result.total_errors(),
         result.elapsed.as_secs_f64(),
-        result.throughput()
+        result.throughput(),
+        per_op(cpu::CpuUsage::ops_per_server_cpu_second),
     );
     for e in &result.error_samples {
         eprintln!("ycsb:   error: {e}");
@@ -538,7 +550,9 @@ fn render(results: &[ClusterResult], sizes: Sizes, connections_per_node: u64) ->
         out,
         "CPU while each phase ran (seconds of CPU time from /proc; 'per server CPU-s' is \
          operations per second of server CPU, i.e. per busy core; 'client' is this load \
-         generator; 'others' is every other process of the machine):\n\n{}\n",
+         generator; 'others' is every other process of the machine; 'UDP datagrams per op' \
+         is the machine's UDP OutDatagrams from /proc/net/snmp over the phase, divided by \
+         its operations):\n\n{}\n",
         efficiency_table(results)
     );
 
@@ -666,6 +680,7 @@ fn efficiency_table(results: &[ClusterResult]) -> Table {
         "client CPU s",
         "others CPU s",
         "others share",
+        "UDP datagrams per op",
     ]);
     for r in results {
         for (name, phase) in phases(r) {
@@ -687,6 +702,10 @@ fn efficiency_table(results: &[ClusterResult]) -> Table {
                 right(
                     cpu.and_then(|c| c.others_share())
                         .map_or("-".into(), |s| format!("{:.0}%", s * 100.0)),
+                ),
+                right(
+                    cpu.and_then(|c| c.udp_sent_per_op(phase.total_ok()))
+                        .map_or("-".into(), |v| format!("{v:.2}")),
                 ),
             ]);
         }
@@ -722,7 +741,8 @@ fn json_phase(name: &str, phase: &PhaseResult) -> String {
     format!(
         "{{\"phase\":{},\"elapsed_s\":{:.3},\"ops_per_s\":{:.1},\"ok\":{},\"errors\":{},\
          \"rate\":{},\"server_cpu_s\":{},\"client_cpu_s\":{},\"others_cpu_s\":{},\
-         \"ops_per_server_cpu_s\":{},\"ops\":[{}]}}",
+         \"ops_per_server_cpu_s\":{},\"udp_sent_per_op\":{},\"udp_received_per_op\":{},\
+         \"ops\":[{}]}}",
         json_string(name),
         phase.elapsed.as_secs_f64(),
         phase.throughput(),
@@ -733,6 +753,8 @@ fn json_phase(name: &str, phase: &PhaseResult) -> String {
         num(cpu.and_then(|c| c.client)),
         num(cpu.and_then(|c| c.others)),
         num(cpu.and_then(|c| c.ops_per_server_cpu_second(phase.total_ok()))),
+        num(cpu.and_then(|c| c.udp_sent_per_op(phase.total_ok()))),
+        num(cpu.and_then(|c| c.udp_received_per_op(phase.total_ok()))),
         ops.join(",")
     )
 }
