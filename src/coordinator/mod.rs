@@ -121,6 +121,7 @@
 
 mod batch;
 mod clock;
+mod fanout;
 mod liveness;
 pub mod merge;
 pub mod messages;

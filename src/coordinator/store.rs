@@ -1,5 +1,6 @@
 //! [`ClusterStore`]: the coordinator, a [`DataStore`] over the replicas.
 
+use super::fanout::Fanout;
 use super::liveness::Liveness;
 use super::merge::{merge_partition, MergedPartition};
 use super::messages::{
@@ -717,58 +718,23 @@ impl ClusterStore {
         deadline: Instant,
         cl: Consistency,
     ) -> Result<(Vec<(NodeId, PeerResponse)>, Replies), QueryError> {
-        let mut set: Replies = JoinSet::new();
-        let mut next = 0;
-        let ask = |set: &mut Replies, next: &mut usize| {
-            let n = nodes[*next];
-            *next += 1;
-            let fut = self.send(n, req.clone(), remaining(deadline));
-            set.spawn(async move { (n, fut.await) });
-        };
-        while next < initial.max(need).min(nodes.len()) {
-            ask(&mut set, &mut next);
-        }
-        let speculate = self.inner.config.speculative_retry;
-        let mut speculate_at = Instant::now() + speculate;
+        let send = |n: NodeId| self.send(n, req.clone(), remaining(deadline));
+        let mut requests = Fanout::start(
+            nodes,
+            initial.max(need),
+            self.inner.config.speculative_retry,
+            &self.inner.counters.speculative_retries,
+            send,
+        );
         let mut got = Vec::new();
         while got.len() < need {
-            if set.is_empty() {
-                if next < nodes.len() {
-                    ask(&mut set, &mut next);
-                    continue;
+            match requests.next(need - got.len()).await {
+                Some((n, Ok(resp))) => got.push((n, resp)),
+                Some((n, Err(e))) => {
+                    tracing::debug!(node = n.0, error = %e, "replica did not answer");
+                    requests.replace();
                 }
-                break;
-            }
-            let spare = next < nodes.len() && !speculate.is_zero();
-            tokio::select! {
-                res = set.join_next() => match res {
-                    Some(Ok((n, Ok(resp)))) => got.push((n, resp)),
-                    other => {
-                        if let Some(Ok((n, Err(e)))) = other {
-                            tracing::debug!(node = n.0, error = %e, "replica did not answer");
-                        }
-                        if next < nodes.len() {
-                            self.inner
-                                .counters
-                                .speculative_retries
-                                .fetch_add(1, Ordering::Relaxed);
-                            ask(&mut set, &mut next);
-                        }
-                    }
-                },
-                _ = tokio::time::sleep_until(speculate_at), if spare => {
-                    let missing = need - got.len();
-                    for _ in 0..missing {
-                        if next < nodes.len() {
-                            self.inner
-                                .counters
-                                .speculative_retries
-                                .fetch_add(1, Ordering::Relaxed);
-                            ask(&mut set, &mut next);
-                        }
-                    }
-                    speculate_at = Instant::now() + speculate;
-                }
+                None => break,
             }
         }
         if got.len() < need {
@@ -779,7 +745,7 @@ impl ClusterStore {
                 write: false,
             });
         }
-        Ok((got, set))
+        Ok((got, requests.into_running()))
     }
 
     /// How many of `alive` replicas a partition read asks up front: all of
@@ -892,22 +858,22 @@ impl ClusterStore {
             pk: pk.to_vec(),
             slice: wire,
         };
-        let mut digests: JoinSet<(NodeId, Option<u128>)> = JoinSet::new();
-        let mut next = 0;
-        let ask = |digests: &mut JoinSet<(NodeId, Option<u128>)>, next: &mut usize| {
-            let n = others[*next];
-            *next += 1;
+        let send = |n: NodeId| -> BoxFuture<'static, Option<u128>> {
             let fut = self.send(n, digest_req.clone(), remaining(deadline));
-            digests.spawn(async move {
+            Box::pin(async move {
                 match fut.await {
-                    Ok(PeerResponse::Digest(d)) => (n, Some(d)),
-                    _ => (n, None),
+                    Ok(PeerResponse::Digest(d)) => Some(d),
+                    _ => None,
                 }
-            });
+            })
         };
-        while next < fanout.max(required).saturating_sub(1).min(others.len()) {
-            ask(&mut digests, &mut next);
-        }
+        let mut digest_requests = Fanout::start(
+            others,
+            fanout.max(required).saturating_sub(1),
+            self.inner.config.speculative_retry,
+            &self.inner.counters.speculative_retries,
+            send,
+        );
         let speculate = self.inner.config.speculative_retry;
         let answer = if speculate.is_zero() {
             data.await
@@ -929,50 +895,21 @@ impl ClusterStore {
         };
         let expected = answer.digest();
         let mut matched = 0;
-        let mut speculate_at = Instant::now() + speculate;
         while matched + 1 < required {
-            if digests.is_empty() {
-                if next < others.len() {
-                    ask(&mut digests, &mut next);
-                    continue;
+            match digest_requests.next(required - 1 - matched).await {
+                Some((_, Some(d))) if d == expected => matched += 1,
+                Some((_, Some(_))) => {
+                    self.inner
+                        .counters
+                        .digest_mismatches
+                        .fetch_add(1, Ordering::Relaxed);
+                    return None;
                 }
-                return None;
-            }
-            let spare = next < others.len() && !speculate.is_zero();
-            tokio::select! {
-                res = digests.join_next() => match res {
-                    Some(Ok((_, Some(d)))) if d == expected => matched += 1,
-                    Some(Ok((_, Some(_)))) => {
-                        self.inner
-                            .counters
-                            .digest_mismatches
-                            .fetch_add(1, Ordering::Relaxed);
-                        return None;
-                    }
-                    _ => {
-                        if next < others.len() {
-                            self.inner
-                                .counters
-                                .speculative_retries
-                                .fetch_add(1, Ordering::Relaxed);
-                            ask(&mut digests, &mut next);
-                        }
-                    }
-                },
-                _ = tokio::time::sleep_until(speculate_at), if spare => {
-                    for _ in 0..(required - 1 - matched) {
-                        if next < others.len() {
-                            self.inner
-                                .counters
-                                .speculative_retries
-                                .fetch_add(1, Ordering::Relaxed);
-                            ask(&mut digests, &mut next);
-                        }
-                    }
-                    speculate_at = Instant::now() + speculate;
-                }
+                Some((_, None)) => digest_requests.replace(),
+                None => return None,
             }
         }
+        let mut digests = digest_requests.into_running();
         let merged = merge_partition(&[&answer], slice.reverse);
         let now = self.inner.local.clock().wall().now_millis();
         let (rows, live) = merged.live_rows(now, slice.limit);

@@ -1,0 +1,186 @@
+//! [`Fanout`]: one request to replicas taken in order, with spares.
+//!
+//! A read asks only the replicas it needs up front. When one of them fails,
+//! the next replica in the list is asked at once; when answers are still
+//! missing after the speculative-retry delay, one more replica is asked for
+//! each (Cassandra's speculative retry). Both the full-data gather and the
+//! digest requests of a read use it.
+
+use crate::model::NodeId;
+use crate::query::api::BoxFuture;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+
+/// Requests to `nodes` in their order; `send` makes the request to one.
+pub(super) struct Fanout<'a, T, F> {
+    nodes: &'a [NodeId],
+    send: F,
+    next: usize,
+    running: JoinSet<(NodeId, T)>,
+    delay: Duration,
+    due: Instant,
+    retries: &'a AtomicU64,
+}
+
+impl<'a, T, F> Fanout<'a, T, F>
+where
+    T: Send + 'static,
+    F: Fn(NodeId) -> BoxFuture<'static, T>,
+{
+    /// Asks the first `initial` of `nodes` (at most all of them). `delay`
+    /// is the speculative-retry delay (zero: none); every spare asked is
+    /// counted in `retries`.
+    pub(super) fn start(
+        nodes: &'a [NodeId],
+        initial: usize,
+        delay: Duration,
+        retries: &'a AtomicU64,
+        send: F,
+    ) -> Self {
+        let mut fanout = Fanout {
+            nodes,
+            send,
+            next: 0,
+            running: JoinSet::new(),
+            delay,
+            due: Instant::now() + delay,
+            retries,
+        };
+        for _ in 0..initial.min(nodes.len()) {
+            fanout.ask_next();
+        }
+        fanout
+    }
+
+    /// Asks the next node not asked yet; false when none is left.
+    fn ask_next(&mut self) -> bool {
+        let Some(&node) = self.nodes.get(self.next) else {
+            return false;
+        };
+        self.next += 1;
+        let request = (self.send)(node);
+        self.running.spawn(async move { (node, request.await) });
+        true
+    }
+
+    /// Asks a spare node in place of one whose answer was no use.
+    pub(super) fn replace(&mut self) {
+        if self.ask_next() {
+            self.retries.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// The next answer to come. While it waits, each time the delay passes
+    /// it asks one more node for each of the `missing` answers still
+    /// wanted. `None` when nothing is running and every node was asked.
+    pub(super) async fn next(&mut self, missing: usize) -> Option<(NodeId, T)> {
+        loop {
+            if self.running.is_empty() {
+                if !self.ask_next() {
+                    return None;
+                }
+                continue;
+            }
+            let spare_left = self.next < self.nodes.len() && !self.delay.is_zero();
+            tokio::select! {
+                res = self.running.join_next() => match res {
+                    Some(Ok(answer)) => return Some(answer),
+                    // The request's task died: treat it as a failed node.
+                    Some(Err(_)) => self.replace(),
+                    None => {}
+                },
+                _ = tokio::time::sleep_until(self.due), if spare_left => {
+                    for _ in 0..missing {
+                        self.replace();
+                    }
+                    self.due = Instant::now() + self.delay;
+                }
+            }
+        }
+    }
+
+    /// The requests still running, for whoever collects late answers.
+    pub(super) fn into_running(self) -> JoinSet<(NodeId, T)> {
+        self.running
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use parking_lot::Mutex;
+
+    /// Node 1 never answers, node 2 fails after 1 ms, node 3 answers after
+    /// 1 ms; the asked nodes are recorded.
+    fn send_with_log(
+        asked: &Mutex<Vec<u64>>,
+    ) -> impl Fn(NodeId) -> BoxFuture<'static, Result<u64, ()>> + '_ {
+        move |n: NodeId| {
+            asked.lock().push(n.0);
+            Box::pin(async move {
+                match n.0 {
+                    1 => std::future::pending().await,
+                    2 => {
+                        tokio::time::sleep(Duration::from_millis(1)).await;
+                        Err(())
+                    }
+                    _ => {
+                        tokio::time::sleep(Duration::from_millis(1)).await;
+                        Ok(n.0)
+                    }
+                }
+            })
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_silent_node_is_covered_after_the_delay_and_a_failed_one_at_once() {
+        let nodes = [NodeId(1), NodeId(2), NodeId(3)];
+        let asked = Mutex::new(Vec::new());
+        let retries = AtomicU64::new(0);
+        let start = Instant::now();
+        let mut fanout = Fanout::start(
+            &nodes,
+            1,
+            Duration::from_millis(50),
+            &retries,
+            send_with_log(&asked),
+        );
+        assert_eq!(*asked.lock(), vec![1], "only the first node up front");
+        // The delay passes: node 2 is asked, fails, and node 3 replaces it.
+        let answer = loop {
+            match fanout.next(1).await {
+                Some((_, Ok(v))) => break v,
+                Some((_, Err(()))) => fanout.replace(),
+                None => panic!("ran out of nodes"),
+            }
+        };
+        assert_eq!(answer, 3);
+        assert_eq!(*asked.lock(), vec![1, 2, 3]);
+        assert_eq!(retries.load(Ordering::Relaxed), 2);
+        let took = start.elapsed();
+        assert!(
+            took >= Duration::from_millis(50) && took < Duration::from_millis(60),
+            "took {took:?}"
+        );
+        // Node 1 is still running; it is handed over.
+        assert_eq!(fanout.into_running().len(), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn without_a_delay_only_failures_ask_more_and_the_end_is_none() {
+        let nodes = [NodeId(2), NodeId(2)];
+        let asked = Mutex::new(Vec::new());
+        let retries = AtomicU64::new(0);
+        let mut fanout = Fanout::start(&nodes, 1, Duration::ZERO, &retries, send_with_log(&asked));
+        assert!(matches!(fanout.next(1).await, Some((_, Err(())))));
+        fanout.replace();
+        assert!(matches!(fanout.next(1).await, Some((_, Err(())))));
+        fanout.replace();
+        assert!(fanout.next(1).await.is_none(), "every node was asked");
+        assert_eq!(asked.lock().len(), 2);
+        assert_eq!(retries.load(Ordering::Relaxed), 1);
+    }
+}
