@@ -13,7 +13,10 @@
 //! saving two thread hand-offs each: a partition read the memtables alone
 //! answer (`Engine::partition_read_needs_io` is false) and a write that
 //! will not wait for a flush or switch a memtable
-//! (`Engine::write_may_stall` is false). The wait for the commit log's
+//! (`Engine::write_may_stall` is false). A partition read that touches
+//! SSTables runs there too when the page cache holds everything it reads
+//! (`storage::cached_read`), and moves to a blocking thread only when a
+//! file read would wait for the disk. The wait for the commit log's
 //! fsync is an async notification (`Engine::wait_synced_async`), not a
 //! blocked thread; in inline mode (`set_inline_io`, deterministic
 //! simulation) everything runs on the calling task, as before.
@@ -39,6 +42,7 @@ use crate::cluster::batchlog::{BatchEntry, BatchLog, BatchLogOptions};
 use crate::model::key::{self, KeyKind};
 use crate::model::{Consistency, Entry, HybridClock, NodeId, PartitionHeader, RowState};
 use crate::schema::SchemaStore;
+use crate::storage::cached_read;
 use crate::storage::commitlog::SyncTicket;
 use crate::storage::engine::{Engine, EngineOptions, PartitionUpdate, RowStamp, StateSlice};
 use parking_lot::Mutex;
@@ -138,6 +142,27 @@ where
 {
     if cheap {
         return f();
+    }
+    blocking(inline, f).await
+}
+
+/// Runs a partition read: on the calling task when the memtables alone
+/// answer it (`needs_io` false) or, if it touches SSTables, when every
+/// file read it makes is served from the page cache
+/// (`cached_read::try_cached`); else like [`blocking`]. A read abandoned
+/// for a read from disk is run again on a blocking thread.
+async fn read_maybe_blocking<T, F>(inline: bool, needs_io: bool, f: F) -> Result<T, QueryError>
+where
+    F: Fn() -> Result<T, QueryError> + Send + 'static,
+    T: Send + 'static,
+{
+    if !needs_io {
+        return f();
+    }
+    if !inline {
+        if let Some(result) = cached_read::try_cached(&f) {
+            return result;
+        }
     }
     blocking(inline, f).await
 }
@@ -341,8 +366,8 @@ impl LocalStore {
     ) -> Result<StateSlice, QueryError> {
         let engine = self.engine(table)?;
         let prefix = key::partition_prefix(partition_key);
-        let cheap = !engine.partition_read_needs_io(&prefix);
-        maybe_blocking(self.inline(), cheap, move || {
+        let needs_io = engine.partition_read_needs_io(&prefix);
+        read_maybe_blocking(self.inline(), needs_io, move || {
             engine
                 .read_partition_states(
                     &prefix,
@@ -670,8 +695,8 @@ impl DataStore for LocalStore {
         Box::pin(async move {
             let engine = self.engine(table)?;
             let pk = partition_key.to_vec();
-            let cheap = !engine.partition_read_needs_io(&key::partition_prefix(&pk));
-            maybe_blocking(self.inline(), cheap, move || {
+            let needs_io = engine.partition_read_needs_io(&key::partition_prefix(&pk));
+            read_maybe_blocking(self.inline(), needs_io, move || {
                 read_slice(&engine, &pk, &slice)
             })
             .await

@@ -6,6 +6,7 @@
 //! the live files; the engine ([`engine`]) ties them together, merges versions
 //! on reads and compacts in the background.
 
+pub mod cached_read;
 pub mod commitlog;
 pub mod compaction;
 pub mod engine;

@@ -38,7 +38,6 @@ mod tests;
 use std::fs::{File, OpenOptions};
 use std::io::{BufWriter, Write};
 use std::ops::Bound;
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -611,7 +610,8 @@ impl std::fmt::Debug for SsTable {
 /// corruption (a length or offset pointed past it).
 fn read_at(file: &File, path: &Path, offset: u64, len: usize) -> Result<Vec<u8>> {
     let mut buf = vec![0u8; len];
-    match file.read_exact_at(&mut buf, offset) {
+    // Inside `cached_read::try_cached`, only from the page cache.
+    match crate::storage::cached_read::read_exact_at(file, &mut buf, offset) {
         Ok(()) => Ok(buf),
         Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Err(StorageError::corrupt(
             path,

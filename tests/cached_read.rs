@@ -1,0 +1,89 @@
+//! `storage::cached_read` against a real file on disk: a read inside
+//! `try_cached` is served when the page cache holds the data and abandoned
+//! (not waited for) when it does not.
+#![cfg(all(target_os = "linux", target_env = "gnu"))]
+
+use ringdb::storage::cached_read::{read_exact_at, try_cached};
+use std::io::Write;
+use std::os::fd::AsRawFd;
+
+/// Whether the page holding `offset` of `file` (of `len` bytes) is in the
+/// page cache, as `mincore` sees it.
+fn resident(file: &std::fs::File, len: usize, offset: usize) -> bool {
+    // SAFETY: a read-only shared mapping of a file we hold open, unmapped
+    // below; `mincore` writes one byte per page into `pages`, which has
+    // room for every page of the mapping.
+    unsafe {
+        let map = libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ,
+            libc::MAP_SHARED,
+            file.as_raw_fd(),
+            0,
+        );
+        assert_ne!(map, libc::MAP_FAILED);
+        let page = libc::sysconf(libc::_SC_PAGESIZE) as usize;
+        let mut pages = vec![0u8; len.div_ceil(page)];
+        assert_eq!(libc::mincore(map, len, pages.as_mut_ptr()), 0);
+        libc::munmap(map, len);
+        pages[offset / page] & 1 == 1
+    }
+}
+
+/// Drops `file`'s clean pages from the page cache, and checks they went.
+fn evict(file: &std::fs::File, len: usize, offset: usize) {
+    file.sync_all().unwrap();
+    for _ in 0..10 {
+        // SAFETY: a plain advice call on a descriptor `file` owns.
+        let rc = unsafe { libc::posix_fadvise(file.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
+        assert_eq!(rc, 0);
+        if !resident(file, len, offset) {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    panic!("the test file's pages stay in the page cache after POSIX_FADV_DONTNEED");
+}
+
+#[test]
+fn a_read_from_disk_is_abandoned_and_a_cached_one_is_served() {
+    // On the build's disk, not a tmpfs (whose pages cannot be evicted).
+    std::fs::create_dir_all(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let path = dir.path().join("data");
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .open(&path)
+        .unwrap();
+    let data: Vec<u8> = (0..(4 << 20)).map(|i: u32| (i % 251) as u8).collect();
+    file.write_all(&data).unwrap();
+    let offset = 3 << 20;
+    evict(&file, data.len(), offset as usize);
+    let file = std::fs::File::open(&path).unwrap();
+
+    let attempt = try_cached(|| {
+        let mut buf = vec![0u8; 4096];
+        read_exact_at(&file, &mut buf, offset).map(|()| buf)
+    });
+    assert!(
+        attempt.is_none(),
+        "a read of evicted data must be abandoned, not served from disk"
+    );
+
+    // Outside the mode the read waits for the disk, which also brings the
+    // data into the page cache...
+    let mut buf = vec![0u8; 4096];
+    read_exact_at(&file, &mut buf, offset).unwrap();
+    assert_eq!(buf, data[offset as usize..offset as usize + 4096]);
+    // ...so now the cached-only read is served, with the same bytes.
+    let attempt = try_cached(|| {
+        let mut buf = vec![0u8; 4096];
+        read_exact_at(&file, &mut buf, offset).map(|()| buf)
+    })
+    .expect("the data is in the page cache now")
+    .unwrap();
+    assert_eq!(attempt, buf);
+}
