@@ -36,9 +36,15 @@ start_node() {
   fi
   local seeds=()
   [ "$i" -ne 1 ] && seeds=(--seeds "127.0.0.1:$(peer_port 1)")
+  # The nodes share this machine's CPUs: more async threads than CPUs
+  # only add wake-ups (docs/performance.md).
+  local size workers
+  size=$(cat "$DIR/size" 2>/dev/null || echo 3)
+  workers=$(($(nproc) / size))
+  [ "$workers" -ge 1 ] || workers=1
   "$BIN" server --data-dir "$DIR/node$i" --certs-dir "$DIR/certs/node$i" \
     --listen "127.0.0.1:$(client_port "$i")" --peer-listen "127.0.0.1:$(peer_port "$i")" \
-    "${seeds[@]}" >>"$DIR/node$i.log" 2>&1 &
+    --worker-threads "$workers" "${seeds[@]}" >>"$DIR/node$i.log" 2>&1 &
   echo $! >"$DIR/node$i.pid"
   echo "node $i: pid $!, clients 127.0.0.1:$(client_port "$i"), peers 127.0.0.1:$(peer_port "$i")"
 }

@@ -27,7 +27,9 @@ pub struct LocalClusterSpec {
     pub dir: PathBuf,
     /// Client and peer port of each node, node 1 first (node 1 is the seed).
     pub ports: Vec<(u16, u16)>,
-    /// Extra `ringdb server` arguments given to every node.
+    /// Extra `ringdb server` arguments given to every node. Unless they
+    /// set `--worker-threads`, each node gets
+    /// [`worker_threads_per_node`].
     pub server_args: Vec<OsString>,
 }
 
@@ -202,6 +204,15 @@ fn start_server(spec: &LocalClusterSpec, i: usize) -> anyhow::Result<ServerProce
             .arg(format!("127.0.0.1:{}", spec.ports[0].1));
     }
     command.args(&spec.server_args);
+    if !spec
+        .server_args
+        .iter()
+        .any(|a| a.to_string_lossy().starts_with("--worker-threads"))
+    {
+        command
+            .arg("--worker-threads")
+            .arg(worker_threads_per_node(spec.ports.len()).to_string());
+    }
     let child = command
         .stdin(Stdio::null())
         .stdout(log.try_clone()?)
@@ -209,6 +220,14 @@ fn start_server(spec: &LocalClusterSpec, i: usize) -> anyhow::Result<ServerProce
         .spawn()
         .context("starting ringdb server")?;
     Ok(ServerProcess { child })
+}
+
+/// Async worker threads for each of `nodes` servers sharing this machine:
+/// its CPUs split between them, at least one each. More threads than CPUs
+/// only add wake-ups and preemption (measured in docs/performance.md).
+pub fn worker_threads_per_node(nodes: usize) -> usize {
+    let cpus = std::thread::available_parallelism().map_or(1, usize::from);
+    (cpus / nodes.max(1)).max(1)
 }
 
 /// Waits until the node accepts a client connection and its gossip sees
@@ -255,5 +274,24 @@ fn wait_until_up(
             );
         }
         std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nodes_split_the_cpus_and_each_gets_at_least_one_thread() {
+        let cpus = std::thread::available_parallelism().map_or(1, usize::from);
+        assert_eq!(worker_threads_per_node(1), cpus);
+        for nodes in 0..=2 * cpus + 1 {
+            let each = worker_threads_per_node(nodes);
+            assert!(each >= 1);
+            assert!(
+                each * nodes.max(1) <= cpus.max(nodes),
+                "{nodes} nodes x {each} threads on {cpus} CPUs"
+            );
+        }
     }
 }

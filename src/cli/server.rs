@@ -82,6 +82,11 @@ pub struct ServerArgs {
     /// replica for each (default 50; 0 turns speculation off).
     #[arg(long)]
     pub speculative_retry_ms: Option<u64>,
+    /// Threads running the node's async work (requests, replication,
+    /// gossip); default: one per CPU. Several nodes sharing one machine
+    /// (`ringdb dev`, the benchmark) do better with fewer each.
+    #[arg(long)]
+    pub worker_threads: Option<usize>,
 }
 
 /// The TOML form of [`ServerArgs`].
@@ -106,6 +111,7 @@ struct FileConfig {
     overlap_local_sync: Option<bool>,
     read_repair_every: Option<u32>,
     speculative_retry_ms: Option<u64>,
+    worker_threads: Option<usize>,
 }
 
 fn parse_sync_mode(text: &str) -> Result<SyncMode, String> {
@@ -121,8 +127,17 @@ fn parse_sync_mode(text: &str) -> Result<SyncMode, String> {
     }
 }
 
+/// Everything `ringdb server` was told: the node's configuration and the
+/// process's own settings.
+#[derive(Debug)]
+struct Settings {
+    node: NodeConfig,
+    /// Async worker threads (`None`: one per CPU).
+    worker_threads: Option<usize>,
+}
+
 /// Flags over the file over the defaults.
-fn merge(args: ServerArgs) -> anyhow::Result<NodeConfig> {
+fn merge(args: ServerArgs) -> anyhow::Result<Settings> {
     let file = match &args.config {
         Some(path) => {
             let text = std::fs::read_to_string(path)
@@ -147,6 +162,10 @@ fn merge(args: ServerArgs) -> anyhow::Result<NodeConfig> {
     } else {
         args.seeds
     };
+    let worker_threads = args.worker_threads.or(file.worker_threads);
+    if worker_threads == Some(0) {
+        anyhow::bail!("worker_threads must be at least 1");
+    }
     let defaults = CoordinatorConfig::default();
     let coordinator = CoordinatorConfig {
         write_timeout: args
@@ -174,7 +193,7 @@ fn merge(args: ServerArgs) -> anyhow::Result<NodeConfig> {
             .unwrap_or(defaults.speculative_retry),
         ..defaults
     };
-    Ok(NodeConfig {
+    let node = NodeConfig {
         certs_dir: args
             .certs_dir
             .or(file.certs_dir)
@@ -209,6 +228,10 @@ fn merge(args: ServerArgs) -> anyhow::Result<NodeConfig> {
             .or(file.batchlog_replay_delay_ms)
             .map(Duration::from_millis),
         data_dir,
+    };
+    Ok(Settings {
+        node,
+        worker_threads,
     })
 }
 
@@ -236,9 +259,19 @@ pub fn ensure_certs(certs_dir: &Path) -> anyhow::Result<()> {
 
 /// Runs the node until SIGINT or SIGTERM.
 pub fn run(args: ServerArgs) -> anyhow::Result<()> {
-    let config = merge(args)?;
+    let Settings {
+        node: config,
+        worker_threads,
+    } = merge(args)?;
     ensure_certs(&config.certs_dir)?;
-    let runtime = tokio::runtime::Runtime::new().context("starting the runtime")?;
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if let Some(n) = worker_threads {
+        builder.worker_threads(n);
+    }
+    let runtime = builder
+        .enable_all()
+        .build()
+        .context("starting the runtime")?;
     runtime.block_on(async move {
         let node = Node::start(config).await?;
         eprintln!(
@@ -277,15 +310,18 @@ mod tests {
         let file = dir.path().join("node.toml");
         std::fs::write(
             &file,
-            "data_dir = \"/data/a\"\nlisten = \"127.0.0.1:9100\"\nseeds = [\"127.0.0.1:7001\"]\ncommitlog_sync = \"periodic:20\"\ntokens = [5, 1000]\nbatchlog_replay_delay_ms = 2500\noverlap_local_sync = true\nread_repair_every = 4\nspeculative_retry_ms = 20\n",
+            "data_dir = \"/data/a\"\nlisten = \"127.0.0.1:9100\"\nseeds = [\"127.0.0.1:7001\"]\ncommitlog_sync = \"periodic:20\"\ntokens = [5, 1000]\nbatchlog_replay_delay_ms = 2500\noverlap_local_sync = true\nread_repair_every = 4\nspeculative_retry_ms = 20\nworker_threads = 3\n",
         )
         .unwrap();
-        let config = merge(ServerArgs {
+        let settings = merge(ServerArgs {
             config: Some(file.clone()),
             listen: Some("127.0.0.1:9200".parse().unwrap()),
+            worker_threads: None,
             ..ServerArgs::default()
         })
         .unwrap();
+        assert_eq!(settings.worker_threads, Some(3), "from the file");
+        let config = settings.node;
         assert_eq!(config.client_listen, "127.0.0.1:9200".parse().unwrap());
         assert_eq!(config.data_dir, PathBuf::from("/data/a"));
         assert_eq!(config.initial_tokens, Some(vec![5, 1000]));
@@ -323,5 +359,12 @@ mod tests {
             merge(ServerArgs::default()).is_err(),
             "data dir is required"
         );
+        let err = merge(ServerArgs {
+            data_dir: Some(PathBuf::from("/x")),
+            worker_threads: Some(0),
+            ..ServerArgs::default()
+        })
+        .unwrap_err();
+        assert!(format!("{err:#}").contains("worker_threads"), "{err:#}");
     }
 }
