@@ -137,6 +137,14 @@ pub struct Node {
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
+/// Share of the memtable size by which each of a node's memtables may be
+/// switched early (`EngineOptions::memtable_jitter`).
+pub const MEMTABLE_JITTER: f64 = 0.25;
+
+/// Nice value of a node's flush and compaction threads
+/// (`EngineOptions::background_nice`).
+pub const BACKGROUND_NICE: i32 = 10;
+
 impl Node {
     /// Starts the node: opens its data, binds its listeners, joins the
     /// cluster through the seeds (picking tokens on first start), and
@@ -149,6 +157,11 @@ impl Node {
         let clock = Arc::new(HybridClock::new(Arc::new(SystemClock)));
         let template = EngineOptions {
             sync_mode: config.sync_mode,
+            // Replicas get the same writes: without jitter they would all
+            // flush (and take the CPU for it) at the same moment.
+            memtable_jitter: MEMTABLE_JITTER,
+            // Flushes and compactions yield to requests while CPUs are busy.
+            background_nice: BACKGROUND_NICE,
             ..EngineOptions::default()
         };
         let local = Arc::new(

@@ -41,7 +41,7 @@ use parking_lot::{Condvar, Mutex, RwLock};
 use std::collections::VecDeque;
 use std::ops::Bound;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -70,6 +70,15 @@ pub struct EngineOptions {
     /// Flush and compact in background threads (tests may turn this off and
     /// call [`Engine::flush`] and [`Engine::compact`] themselves).
     pub background: bool,
+    /// Each memtable is switched at a size drawn at random between
+    /// `(1 - memtable_jitter) * memtable_bytes` and `memtable_bytes` (at
+    /// most 0.9; 0 switches exactly at `memtable_bytes`). Replicas that
+    /// receive the same writes then do not all flush at the same moment.
+    pub memtable_jitter: f64,
+    /// Nice value of the background (flush and compaction) thread, so it
+    /// gets less CPU than request threads while both want it, and all of
+    /// it otherwise (Linux; 0 leaves the thread's priority alone).
+    pub background_nice: i32,
 }
 
 impl Default for EngineOptions {
@@ -85,6 +94,8 @@ impl Default for EngineOptions {
             gc_grace: Duration::from_secs(10 * 24 * 3600),
             clock: Arc::new(SystemClock),
             background: true,
+            memtable_jitter: 0.0,
+            background_nice: 0,
         }
     }
 }
@@ -200,6 +211,9 @@ struct Inner {
     failure: Mutex<Option<String>>,
     recovery_problems: Vec<String>,
     ingested: AtomicU64,
+    /// Size (approximate bytes) at which the active memtable is switched
+    /// (`memtable_bytes`, less the jitter drawn for this memtable).
+    switch_at: AtomicUsize,
     flush_bytes: AtomicU64,
     compaction_bytes: AtomicU64,
     compactions: AtomicU64,
@@ -303,6 +317,7 @@ impl Engine {
             failure: Mutex::new(None),
             recovery_problems: replay.problems.iter().map(|p| p.to_string()).collect(),
             ingested: AtomicU64::new(0),
+            switch_at: AtomicUsize::new(switch_size(&opts)),
             flush_bytes: AtomicU64::new(0),
             compaction_bytes: AtomicU64::new(0),
             compactions: AtomicU64::new(0),
@@ -428,7 +443,7 @@ impl Engine {
         // Leave room for the write itself (rows are small; 1 MiB is far
         // more than one write adds).
         let near_full = snap.active.approximate_bytes().saturating_add(1 << 20)
-            >= self.inner.opts.memtable_bytes;
+            >= self.inner.switch_at.load(Ordering::Relaxed);
         near_full
             || (self.inner.opts.background
                 && snap.frozen.len() >= self.inner.opts.max_frozen_memtables.max(1))
@@ -955,6 +970,7 @@ impl Inner {
     }
 
     fn background_loop(self: Arc<Self>) {
+        lower_thread_priority(self.opts.background_nice);
         loop {
             {
                 let mut work = self.work.lock();
@@ -1013,7 +1029,8 @@ impl Inner {
     }
 
     fn maybe_switch(&self) -> Result<()> {
-        let full = self.snapshot.read().active.approximate_bytes() >= self.opts.memtable_bytes;
+        let full = self.snapshot.read().active.approximate_bytes()
+            >= self.switch_at.load(Ordering::Relaxed);
         if full {
             self.switch_memtable(true)?;
             if self.opts.background {
@@ -1039,7 +1056,8 @@ impl Inner {
         {
             let snap = self.snapshot.read();
             if snap.active.is_empty()
-                || (only_if_full && snap.active.approximate_bytes() < self.opts.memtable_bytes)
+                || (only_if_full
+                    && snap.active.approximate_bytes() < self.switch_at.load(Ordering::Relaxed))
             {
                 return Ok(());
             }
@@ -1063,6 +1081,8 @@ impl Inner {
             frozen,
             tables: guard.tables.clone(),
         });
+        self.switch_at
+            .store(switch_size(&self.opts), Ordering::Relaxed);
         Ok(())
     }
 
@@ -1417,4 +1437,35 @@ fn remove_orphans(tables_dir: &Path, live: impl Fn(u64) -> bool) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// The size at which a new memtable is switched: `memtable_bytes` less a
+/// random share of up to `memtable_jitter` of it.
+fn switch_size(opts: &EngineOptions) -> usize {
+    let jitter = opts.memtable_jitter.clamp(0.0, 0.9);
+    if jitter <= 0.0 {
+        return opts.memtable_bytes;
+    }
+    let cut = opts.memtable_bytes as f64 * jitter * rand::random::<f64>();
+    opts.memtable_bytes.saturating_sub(cut as usize).max(1)
+}
+
+/// Gives the calling thread the nice value `nice` (Linux: priorities are
+/// per thread); 0 or a refusal leaves it as it is.
+fn lower_thread_priority(nice: i32) {
+    if nice == 0 {
+        return;
+    }
+    #[cfg(target_os = "linux")]
+    {
+        // SAFETY: `gettid` has no preconditions; `setpriority` on this
+        // thread's own id only changes its scheduling weight.
+        let rc = unsafe {
+            let tid = libc::gettid();
+            libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, nice)
+        };
+        if rc != 0 {
+            tracing::warn!(nice, error = %std::io::Error::last_os_error(), "could not lower the background thread's priority");
+        }
+    }
 }
