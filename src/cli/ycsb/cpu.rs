@@ -13,6 +13,9 @@ pub struct CpuSample {
     at: Instant,
     /// (busy, total) ticks of all CPUs of the machine, if readable.
     machine: Option<(u64, u64)>,
+    /// Ticks the hypervisor ran something else while this machine's
+    /// virtual CPUs wanted to run (`steal`; part of `busy`).
+    steal: Option<u64>,
     /// utime + stime of this process (the load generator).
     client: Option<u64>,
     /// utime + stime of each server process, `None` for one that could not
@@ -42,8 +45,12 @@ pub struct CpuUsage {
     pub servers: Option<f64>,
     /// CPU seconds of the load generator.
     pub client: Option<f64>,
-    /// CPU seconds of every other process of the machine.
+    /// CPU seconds of every other process of the machine (steal not
+    /// included).
     pub others: Option<f64>,
+    /// CPU seconds the hypervisor took from this virtual machine while it
+    /// wanted to run (`steal` of `/proc/stat`): time no process here got.
+    pub steal: Option<f64>,
     /// CPU seconds the machine had (wall time x CPUs).
     pub machine: Option<f64>,
     /// UDP datagrams the machine received and sent between the samples
@@ -76,10 +83,19 @@ impl CpuUsage {
 
     /// Share (0..=1) of the machine's CPU time other processes used.
     pub fn others_share(&self) -> Option<f64> {
-        match (self.others, self.machine) {
-            (Some(o), Some(m)) if m > 0.0 => Some((o / m).clamp(0.0, 1.0)),
-            _ => None,
-        }
+        share(self.others, self.machine)
+    }
+
+    /// Share (0..=1) of the machine's CPU time the hypervisor took.
+    pub fn steal_share(&self) -> Option<f64> {
+        share(self.steal, self.machine)
+    }
+}
+
+fn share(part: Option<f64>, whole: Option<f64>) -> Option<f64> {
+    match (part, whole) {
+        (Some(p), Some(w)) if w > 0.0 => Some((p / w).clamp(0.0, 1.0)),
+        _ => None,
     }
 }
 
@@ -98,9 +114,11 @@ impl CpuSample {
     /// Reads the counters now, for this process and the servers `pids`.
     pub fn now(pids: &[u32]) -> CpuSample {
         let read = |path: &str| std::fs::read_to_string(path).ok();
+        let stat = read("/proc/stat");
         CpuSample {
             at: Instant::now(),
-            machine: read("/proc/stat").and_then(|s| parse_proc_stat(&s)),
+            machine: stat.as_deref().and_then(parse_proc_stat),
+            steal: stat.as_deref().and_then(parse_steal_ticks),
             client: read("/proc/self/stat").and_then(|s| parse_process_ticks(&s)),
             servers: pids
                 .iter()
@@ -134,15 +152,21 @@ impl CpuSample {
             }
             _ => (None, None),
         };
+        let steal = match (self.steal, later.steal) {
+            (Some(a), Some(b)) => Some(b.saturating_sub(a)),
+            _ => None,
+        };
         let others = busy.map(|b| {
             b.saturating_sub(servers.unwrap_or(0))
                 .saturating_sub(client.unwrap_or(0))
+                .saturating_sub(steal.unwrap_or(0))
         });
         CpuUsage {
             wall: wall_secs(wall),
             servers: servers.map(secs),
             client: client.map(secs),
             others: others.map(secs),
+            steal: steal.map(secs),
             machine: total.map(secs),
             udp: match (self.udp, later.udp) {
                 (Some(a), Some(b)) => Some(UdpCounters {
@@ -153,6 +177,12 @@ impl CpuSample {
             },
         }
     }
+}
+
+/// The `steal` ticks (eighth value) of the `cpu ` line of `/proc/stat`.
+fn parse_steal_ticks(text: &str) -> Option<u64> {
+    let line = text.lines().find(|l| l.starts_with("cpu "))?;
+    line.split_whitespace().nth(8)?.parse().ok()
 }
 
 /// `InDatagrams` and `OutDatagrams` of the `Udp:` lines of
@@ -204,6 +234,8 @@ mod tests {
         let stat = "cpu  100 5 20 1000 7 1 2 3 0 0\ncpu0 1 2 3 4\n";
         assert_eq!(parse_proc_stat(stat), Some((131, 1138)));
         assert_eq!(parse_proc_stat("intr 1 2\n"), None);
+        assert_eq!(parse_steal_ticks(stat), Some(3));
+        assert_eq!(parse_steal_ticks("cpu  1 2 3\n"), None);
         let snmp = "Ip: Forwarding DefaultTTL\nIp: 1 64\n\
                     Udp: InDatagrams NoPorts InErrors OutDatagrams RcvbufErrors\n\
                     Udp: 1234 5 0 4321 0\n\
@@ -229,6 +261,7 @@ mod tests {
         let a = CpuSample {
             at,
             machine: Some((1000, 5000)),
+            steal: Some(7),
             client: Some(10),
             servers: vec![Some(100), Some(200)],
             udp: Some(UdpCounters {
@@ -239,6 +272,7 @@ mod tests {
         let b = CpuSample {
             at: at + Duration::from_secs(2),
             machine: Some((1300, 5400)),
+            steal: Some(47),
             client: Some(60),
             servers: vec![Some(150), Some(300)],
             udp: Some(UdpCounters {
@@ -250,9 +284,12 @@ mod tests {
         let hz = ticks_per_second();
         assert_eq!(u.servers, Some(150.0 / hz));
         assert_eq!(u.client, Some(50.0 / hz));
-        assert_eq!(u.others, Some(100.0 / hz));
+        // Busy 300 = servers 150 + client 50 + steal 40 + others 60.
+        assert_eq!(u.steal, Some(40.0 / hz));
+        assert_eq!(u.others, Some(60.0 / hz));
         assert_eq!(u.machine, Some(400.0 / hz));
-        assert_eq!(u.others_share(), Some(0.25));
+        assert_eq!(u.others_share(), Some(0.15));
+        assert_eq!(u.steal_share(), Some(0.1));
         assert_eq!(u.ops_per_server_cpu_second(300), Some(300.0 / (150.0 / hz)));
         assert!((u.wall - 2.0).abs() < 1e-9);
         assert_eq!(u.udp_received_per_op(300), Some(3.0));

@@ -16,6 +16,7 @@
 
 mod cpu;
 mod runner;
+mod timeline;
 mod zipfian;
 
 use super::local_cluster::{LocalCluster, LocalClusterSpec, SERVER_NAME};
@@ -29,6 +30,7 @@ use runner::{Op, OpStats, PhaseKind, PhasePlan, PhaseResult, Session, Target, Wo
 use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 /// Arguments of `ringdb bench ycsb`.
 #[derive(clap::Args, Debug, Clone)]
@@ -98,6 +100,10 @@ pub struct YcsbArgs {
     /// Client connections (QUIC) to each node; the tasks share them.
     #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u64).range(1..=64))]
     pub connections_per_node: u64,
+    /// Threads of the load generator (default: one per CPU). On a machine
+    /// the servers share, fewer leave them more CPU.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=256))]
+    pub client_threads: Option<u64>,
     /// The workload run again paced at --paced-fraction of its measured
     /// peak (`none` to skip).
     #[arg(long, default_value = "b")]
@@ -173,7 +179,11 @@ pub fn run(args: YcsbArgs) -> anyhow::Result<()> {
         args.paced_fraction > 0.0 && args.paced_fraction <= 1.0,
         "--paced-fraction must be in (0, 1]"
     );
-    let runtime = tokio::runtime::Builder::new_multi_thread()
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if let Some(n) = args.client_threads {
+        builder.worker_threads(n as usize);
+    }
+    let runtime = builder
         .enable_all()
         .build()
         .context("starting the client runtime")?;
@@ -411,6 +421,7 @@ async fn bench_cluster(
                 .await;
                 let result = measured(result, before);
                 report_phase(&label, &format!("workload {} paced", pw.label()), &result);
+                report_timeline(&label, pw, &result, &args.dir);
                 paced_result = Some(Paced {
                     workload: pw,
                     peak,
@@ -429,6 +440,48 @@ async fn bench_cluster(
         runs,
         paced: paced_result,
     })
+}
+
+/// Width of the windows a paced run's latency is summarised in.
+const TIMELINE_WINDOW: Duration = Duration::from_millis(100);
+
+/// Prints a paced run's slowest windows (with wall-clock times, to match
+/// the servers' logs) and draws its latency over time into
+/// `<dir>/paced-<cluster>-<workload>.svg`.
+fn report_timeline(label: &str, workload: Workload, result: &PhaseResult, dir: &Path) {
+    let timeline = &result.timeline;
+    for w in timeline.slowest(TIMELINE_WINDOW, 3) {
+        eprintln!(
+            "ycsb:   slow window at {:.1} s ({} UTC): {} ops due, p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+            w.start_us as f64 / 1e6,
+            timeline.wall_clock(w.start_us).unwrap_or_default(),
+            w.ops,
+            w.p50_us as f64 / 1000.0,
+            w.p99_us as f64 / 1000.0,
+            w.max_us as f64 / 1000.0,
+        );
+    }
+    let slug: String = label
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+        .collect();
+    let path = dir.join(format!("paced-{slug}-{}.svg", workload.label()));
+    let title = format!(
+        "{label}, workload {} paced at {:.0} ops/s",
+        workload.label(),
+        result.rate.unwrap_or(0.0)
+    );
+    let written = timeline
+        .render_svg(&title, TIMELINE_WINDOW, P99_TARGET_US)
+        .and_then(|svg| {
+            std::fs::create_dir_all(dir)?;
+            std::fs::write(&path, svg)?;
+            Ok(())
+        });
+    match written {
+        Ok(()) => eprintln!("ycsb:   latency over time: {}", path.display()),
+        Err(e) => eprintln!("ycsb:   could not draw {}: {e:#}", path.display()),
+    }
 }
 
 fn quantile(stats: &OpStats, q: f64) -> u64 {
@@ -550,7 +603,8 @@ fn render(results: &[ClusterResult], sizes: Sizes, connections_per_node: u64) ->
         out,
         "CPU while each phase ran (seconds of CPU time from /proc; 'per server CPU-s' is \
          operations per second of server CPU, i.e. per busy core; 'client' is this load \
-         generator; 'others' is every other process of the machine; 'UDP datagrams per op' \
+         generator; 'others' is every other process of the machine; 'steal' is CPU time the \
+         hypervisor took from this virtual machine while it wanted to run; 'UDP datagrams per op' \
          is the machine's UDP OutDatagrams from /proc/net/snmp over the phase, divided by \
          its operations):\n\n{}\n",
         efficiency_table(results)
@@ -680,6 +734,7 @@ fn efficiency_table(results: &[ClusterResult]) -> Table {
         "client CPU s",
         "others CPU s",
         "others share",
+        "steal share",
         "UDP datagrams per op",
     ]);
     for r in results {
@@ -702,6 +757,10 @@ fn efficiency_table(results: &[ClusterResult]) -> Table {
                 right(
                     cpu.and_then(|c| c.others_share())
                         .map_or("-".into(), |s| format!("{:.0}%", s * 100.0)),
+                ),
+                right(
+                    cpu.and_then(|c| c.steal_share())
+                        .map_or("-".into(), |s| format!("{:.1}%", s * 100.0)),
                 ),
                 right(
                     cpu.and_then(|c| c.udp_sent_per_op(phase.total_ok()))
@@ -825,7 +884,6 @@ fn cluster_dir(dir: &Path, nodes: u16) -> PathBuf {
 mod tests {
     use super::*;
     use std::collections::BTreeMap;
-    use std::time::Duration;
 
     fn paced(rate: f64, done: u64, p99s_us: &[(Op, u64)]) -> Paced {
         let mut ops = BTreeMap::new();
@@ -846,6 +904,7 @@ mod tests {
                 error_samples: Vec::new(),
                 rate: Some(rate),
                 cpu: None,
+                timeline: Default::default(),
             },
         }
     }

@@ -1,6 +1,7 @@
 //! Running one phase (load, or one workload) against a cluster with many
 //! concurrent requests, and recording latency per operation type.
 
+use super::timeline::{Sample, Timeline};
 use super::zipfian::ScrambledZipfian;
 use cql_lite::Value;
 use hdrhistogram::Histogram;
@@ -14,7 +15,7 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 /// Fields per row (YCSB's `fieldcount`).
 pub const FIELDS: usize = 10;
@@ -325,6 +326,8 @@ pub struct PhaseResult {
     /// while the phase ran (filled in by the caller, which knows the
     /// server processes).
     pub cpu: Option<super::cpu::CpuUsage>,
+    /// Every successful operation's due time and response time.
+    pub timeline: Timeline,
 }
 
 impl PhaseResult {
@@ -392,11 +395,13 @@ impl Pacer {
 struct TaskResult {
     ops: BTreeMap<Op, OpStats>,
     errors: Vec<String>,
+    samples: Vec<Sample>,
 }
 
 /// Runs one phase with `plan.concurrency` tasks sharing the session's
 /// connections.
 pub async fn run_phase(session: &Session, plan: PhasePlan, progress: ProgressBar) -> PhaseResult {
+    let started = SystemTime::now();
     let pacer = Arc::new(Pacer {
         next: AtomicU64::new(0),
         total: plan.operations,
@@ -424,9 +429,11 @@ pub async fn run_phase(session: &Session, plan: PhasePlan, progress: ProgressBar
                 conn,
                 options,
                 rng: SmallRng::seed_from_u64(seed),
+                phase_start: pacer.start,
                 result: TaskResult {
                     ops: BTreeMap::new(),
                     errors: Vec::new(),
+                    samples: Vec::new(),
                 },
             };
             while let Some((i, due)) = pacer.take() {
@@ -453,6 +460,10 @@ pub async fn run_phase(session: &Session, plan: PhasePlan, progress: ProgressBar
         error_samples: Vec::new(),
         rate: plan.rate,
         cpu: None,
+        timeline: Timeline {
+            started: Some(started),
+            samples: Vec::new(),
+        },
     };
     for task in tasks {
         match task.await {
@@ -464,6 +475,7 @@ pub async fn run_phase(session: &Session, plan: PhasePlan, progress: ProgressBar
                         .or_insert_with(OpStats::new)
                         .add(&stats);
                 }
+                result.timeline.samples.extend(task.samples);
                 for e in task.errors {
                     if result.error_samples.len() < 5 && !result.error_samples.contains(&e) {
                         result.error_samples.push(e);
@@ -484,6 +496,8 @@ struct Worker {
     conn: Arc<Conn>,
     options: QueryOptions,
     rng: SmallRng,
+    /// When the phase started (operations' due times are offsets from it).
+    phase_start: Instant,
     result: TaskResult,
 }
 
@@ -582,6 +596,10 @@ impl Worker {
                 let micros = |d: Duration| (d.as_micros() as u64).clamp(1, MAX_LATENCY_US);
                 stats.latency.saturating_record(micros(done - due));
                 stats.service.saturating_record(micros(done - sent));
+                self.result.samples.push(Sample {
+                    due_us: due.saturating_duration_since(self.phase_start).as_micros() as u64,
+                    latency_us: micros(done - due),
+                });
             }
             Err(e) => {
                 stats.errors += 1;
