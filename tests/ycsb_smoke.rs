@@ -90,10 +90,11 @@ fn ycsb_runs_every_phase_on_both_clusters_without_errors() {
 
     // The CPU table: every phase of both clusters has the servers' and the
     // load generator's CPU seconds (read from /proc, so numbers, not "-"),
-    // and the UDP datagrams per operation (from /proc/net/snmp).
+    // the hypervisor's steal share, and the UDP datagrams per operation
+    // (from /proc/net/snmp).
     let cpu: Vec<Vec<String>> = rows(&stdout)
         .into_iter()
-        .filter(|r| r.len() == 10)
+        .filter(|r| r.len() == 11)
         .collect();
     for cluster in ["3-node RF=3 QUORUM", "1-node RF=1 QUORUM"] {
         for phase in ["load", "A", "F", "A paced"] {
@@ -105,10 +106,25 @@ fn ycsb_runs_every_phase_on_both_clusters_without_errors() {
             let client: f64 = row[6].parse().unwrap();
             assert!(server >= 0.0 && client >= 0.0, "{row:?}");
             if cfg!(target_os = "linux") {
-                let datagrams: f64 = row[9].parse().unwrap();
+                let steal: f64 = row[9].trim_end_matches('%').parse().unwrap();
+                assert!((0.0..=100.0).contains(&steal), "{row:?}");
+                let datagrams: f64 = row[10].parse().unwrap();
                 assert!(datagrams > 0.0, "{row:?}");
             }
         }
+        // The paced run's timeline: its slowest windows, and a drawing.
+        assert!(
+            stderr.contains("slow window at"),
+            "no slow windows in:\n{stderr}"
+        );
+        let slug = cluster.replace([' ', '='], "-");
+        let svg = dir
+            .path()
+            .join("clusters")
+            .join(format!("paced-{slug}-A.svg"));
+        let svg = std::fs::read_to_string(&svg)
+            .unwrap_or_else(|e| panic!("{}: {e}\nstderr:\n{stderr}", svg.display()));
+        assert!(svg.starts_with("<svg") && svg.contains("p99"), "{svg}");
         assert!(
             stdout.lines().any(
                 |l| l.starts_with(&format!("p99 verdict, {cluster}, workload A"))

@@ -1469,3 +1469,50 @@ fn lower_thread_priority(nice: i32) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn switch_sizes_stay_within_the_jitter_and_vary() {
+        let mut opts = EngineOptions {
+            memtable_bytes: 1 << 20,
+            ..EngineOptions::default()
+        };
+        assert_eq!(switch_size(&opts), 1 << 20, "no jitter by default");
+        opts.memtable_jitter = 0.25;
+        let sizes: Vec<usize> = (0..1000).map(|_| switch_size(&opts)).collect();
+        let low = (1 << 20) - (1 << 18);
+        assert!(sizes.iter().all(|s| (low..=1 << 20).contains(s)));
+        let (min, max) = (sizes.iter().min(), sizes.iter().max());
+        assert!(
+            max.zip(min).is_some_and(|(a, b)| a - b > 1 << 17),
+            "1000 draws spread over most of the range"
+        );
+        // A jitter past 0.9 is capped: a memtable is never switched empty.
+        opts.memtable_jitter = 5.0;
+        assert!((0..1000).all(|_| switch_size(&opts) >= (1 << 20) / 10 - 1));
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn the_priority_is_lowered_for_the_calling_thread_only() {
+        let nice_of = |tid: libc::pid_t| {
+            // SAFETY: reads the nice value of a thread of this process.
+            unsafe { libc::getpriority(libc::PRIO_PROCESS, tid as libc::id_t) }
+        };
+        // SAFETY: gettid has no preconditions.
+        let main_tid = unsafe { libc::gettid() };
+        let before = nice_of(main_tid);
+        let lowered = std::thread::spawn(move || {
+            lower_thread_priority(5);
+            // SAFETY: as above.
+            nice_of(unsafe { libc::gettid() })
+        })
+        .join()
+        .unwrap();
+        assert_eq!(lowered, (before + 5).min(19));
+        assert_eq!(nice_of(main_tid), before, "other threads keep theirs");
+    }
+}
