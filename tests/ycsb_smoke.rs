@@ -87,6 +87,12 @@ fn ycsb_runs_every_phase_on_both_clusters_without_errors() {
         "no throughput ratio in:\n{stdout}"
     );
     assert!(stdout.contains("Paced runs"), "no paced run in:\n{stdout}");
+    // The header says which commit-log mode ran and how slow this disk's
+    // fdatasync is (what a batch-mode write waits for).
+    assert!(
+        stdout.contains("Commit log: batch") && stdout.contains("fdatasync of a 4 KiB append p50"),
+        "no commit-log and disk notes in:\n{stdout}"
+    );
 
     // The CPU table: every phase of both clusters has the servers' and the
     // load generator's CPU seconds (read from /proc, so numbers, not "-"),

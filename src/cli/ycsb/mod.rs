@@ -15,6 +15,7 @@
 //! With `--host` it runs once against an existing cluster instead.
 
 mod cpu;
+mod disk;
 mod runner;
 mod timeline;
 mod zipfian;
@@ -192,6 +193,41 @@ pub fn run(args: YcsbArgs) -> anyhow::Result<()> {
         sizes.records, sizes.operations, sizes.concurrency, args.consistency
     );
 
+    let mut notes = Vec::new();
+    if args.host.is_empty() {
+        let mode = args
+            .commitlog_sync
+            .clone()
+            .unwrap_or_else(|| "batch".to_string());
+        notes.push(format!(
+            "Commit log: {mode} ({}).",
+            if mode == "batch" {
+                "a write is acknowledged after its fsync"
+            } else {
+                "fsync in the background; a write is acknowledged before it"
+            }
+        ));
+        let samples = if args.quick { 20 } else { 100 };
+        match disk::sync_latency(&args.dir, samples) {
+            Ok(d) => notes.push(format!(
+                "The disk under {}: fdatasync of a 4 KiB append p50 {:.1} ms, p99 {:.1} ms, \
+                 max {:.1} ms ({} samples); a batch-mode write waits for at least one.",
+                args.dir.display(),
+                d.p50_us as f64 / 1000.0,
+                d.p99_us as f64 / 1000.0,
+                d.max_us as f64 / 1000.0,
+                d.samples
+            )),
+            Err(e) => notes.push(format!(
+                "Could not time fdatasync under {}: {e}",
+                args.dir.display()
+            )),
+        }
+        for note in &notes {
+            eprintln!("ycsb: {note}");
+        }
+    }
+
     let mut results = Vec::new();
     if !args.host.is_empty() {
         let ca_path = args
@@ -274,7 +310,10 @@ pub fn run(args: YcsbArgs) -> anyhow::Result<()> {
     }
     drop(runtime);
 
-    print!("{}", render(&results, sizes, args.connections_per_node));
+    print!(
+        "{}",
+        render(&results, sizes, args.connections_per_node, &notes)
+    );
     if let Some(path) = &args.json {
         std::fs::write(path, to_json(&results, sizes))
             .with_context(|| format!("writing {}", path.display()))?;
@@ -505,7 +544,12 @@ fn new_table(header: &[&str]) -> Table {
 
 /// The results as text tables (markdown-compatible, so they paste into
 /// the docs).
-fn render(results: &[ClusterResult], sizes: Sizes, connections_per_node: u64) -> String {
+fn render(
+    results: &[ClusterResult],
+    sizes: Sizes,
+    connections_per_node: u64,
+    notes: &[String],
+) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
@@ -518,6 +562,12 @@ fn render(results: &[ClusterResult], sizes: Sizes, connections_per_node: u64) ->
         sizes.concurrency,
         connections_per_node
     );
+    for note in notes {
+        let _ = writeln!(out, "{note}");
+    }
+    if !notes.is_empty() {
+        let _ = writeln!(out);
+    }
     let mut table = new_table(&[
         "cluster", "phase", "op", "ok", "errors", "ops/s", "p50", "p99", "p99.9", "max",
     ]);
