@@ -1196,6 +1196,7 @@ impl Inner {
                     .is_some()
             })
         };
+        let started = std::time::Instant::now();
         let sources: Vec<Source> = inputs
             .iter()
             .map(|t| table_source(&t.table, Bound::Unbounded, Bound::Unbounded, false))
@@ -1248,6 +1249,13 @@ impl Inner {
             }
         }
         let output = self.finish_table(writer, file_id, 1)?;
+        tracing::debug!(
+            inputs = inputs.len(),
+            input_bytes = inputs.iter().map(|t| t.record.size_bytes).sum::<u64>(),
+            output_bytes = output.record.size_bytes,
+            us = started.elapsed().as_micros() as u64,
+            "compaction (timing)"
+        );
         let input_ids: Vec<u64> = inputs.iter().map(|t| t.record.file_id).collect();
         let empty = output.table.meta().entries == 0;
         self.compaction_bytes
