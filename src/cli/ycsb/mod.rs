@@ -210,7 +210,7 @@ pub fn run(args: YcsbArgs) -> anyhow::Result<()> {
         let samples = if args.quick { 20 } else { 100 };
         match disk::sync_latency(&args.dir, samples) {
             Ok(d) => notes.push(format!(
-                "The disk under {}: fdatasync of a 4 KiB append p50 {:.1} ms, p99 {:.1} ms, \
+                "The disk under {}, idle: fdatasync of a 4 KiB append p50 {:.1} ms, p99 {:.1} ms, \
                  max {:.1} ms ({} samples); a batch-mode write waits for at least one.",
                 args.dir.display(),
                 d.p50_us as f64 / 1000.0,
