@@ -2,6 +2,7 @@
 //! durable: a `batch`-mode write cannot be acknowledged sooner than one
 //! `fdatasync`, so this bounds what its latency can be.
 
+use super::timeline::quantile;
 use std::io::Write;
 use std::path::Path;
 use std::time::Instant;
@@ -42,14 +43,10 @@ pub fn sync_latency(dir: &Path, samples: usize) -> std::io::Result<SyncLatency> 
 
 fn summarise(mut times: Vec<u64>) -> SyncLatency {
     times.sort_unstable();
-    let at = |q: f64| {
-        let rank = ((q * times.len() as f64).ceil() as usize).clamp(1, times.len());
-        times[rank - 1]
-    };
     SyncLatency {
         samples: times.len(),
-        p50_us: at(0.5),
-        p99_us: at(0.99),
+        p50_us: quantile(&times, 0.5),
+        p99_us: quantile(&times, 0.99),
         max_us: times.last().copied().unwrap_or(0),
     }
 }

@@ -40,7 +40,7 @@ pub struct Timeline {
 }
 
 /// The `q` quantile (0..=1) of ascending `sorted`, by nearest rank.
-fn quantile(sorted: &[u64], q: f64) -> u64 {
+pub(super) fn quantile(sorted: &[u64], q: f64) -> u64 {
     if sorted.is_empty() {
         return 0;
     }
