@@ -1324,3 +1324,126 @@ async fn truncate_reaches_every_node_and_needs_them_all() {
         );
     }
 }
+
+/// Tokens of a node joining the 3-node cluster of [`tokens`]: halfway
+/// between each token of node 0 and the next one, so it takes a piece of
+/// every range.
+fn joiner_tokens() -> Vec<u64> {
+    let step = u64::MAX / (VNODES * 3);
+    tokens(0, 3).into_iter().map(|t| t + step / 2).collect()
+}
+
+async fn kv_value(rs: &ResultSet) -> Option<Value> {
+    single_v(rs)
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_joining_node_streams_its_ranges_and_gets_the_writes_made_meanwhile() {
+    let mut c = Cluster::new(3, SimConfig::with_seed(7), &[KV]).await;
+    let write = |k: i32| format!("INSERT INTO ks.kv (k, v) VALUES ({k}, {})", k * 10);
+    // Before anybody knows of the new node.
+    for k in 0..120 {
+        c.query(k as usize % 3, Consistency::Quorum, &write(k))
+            .await
+            .expect("write");
+    }
+    c.query(1, Consistency::Quorum, "DELETE FROM ks.kv WHERE k = 7")
+        .await
+        .expect("delete");
+
+    // Node 3 starts empty, with the schema and the current ring.
+    let dir = c._tmp.path().join("node3");
+    std::fs::create_dir_all(&dir).expect("dir");
+    std::fs::write(dir.join("node_id"), format!("{:016x}\n", node_id(3).0)).expect("node id");
+    let node = c.open_node(3, &dir);
+    node.schema
+        .merge(&c.node(0).schema.current())
+        .expect("schema");
+    c.nodes.push(Some(node));
+    let future = c
+        .ring
+        .add_node(NodeInfo::new(node_id(3), addr(3), None, joiner_tokens()))
+        .expect("future ring");
+    // Gossip says it joins: every coordinator sends it pending copies.
+    for i in 0..4 {
+        c.store(i).set_pending_ring(Some(future.clone()));
+    }
+    for k in 120..200 {
+        c.query(k as usize % 3, Consistency::Quorum, &write(k))
+            .await
+            .expect("write while joining");
+    }
+    let select = |k: i32| format!("SELECT * FROM ks.kv WHERE k = {k}");
+    let owned: Vec<i32> = (0..260)
+        .filter(|k| {
+            let pk = serialize_partition_key(&[Value::Int(*k)], &[DataType::Int]).expect("pk");
+            future.replicas_for_key(&pk, 3).contains(&node_id(3))
+        })
+        .collect();
+    assert!(
+        owned.len() > 100,
+        "node 3 should replicate most keys, got {}",
+        owned.len()
+    );
+    // Nothing of the earlier writes is on node 3 yet.
+    for &k in owned.iter().filter(|k| **k < 120) {
+        assert_eq!(kv_value(&c.local_query(3, &select(k)).await).await, None);
+    }
+
+    let table = ringdb::query::api::TableRef {
+        keyspace: "ks".into(),
+        table: "kv".into(),
+        id: c
+            .node(0)
+            .schema
+            .current()
+            .get_table("ks", "kv")
+            .expect("kv")
+            .id,
+    };
+    let report = c
+        .store(3)
+        .bootstrap_stream(&future, &[table])
+        .await
+        .expect("stream");
+    assert_eq!(report.tables, 1);
+    assert!(report.partitions > 0);
+    assert_eq!(
+        c.store(3).stats().partitions_streamed as usize,
+        report.partitions
+    );
+
+    // After the stream, before the switch: still pending copies.
+    for k in 200..260 {
+        c.query(k as usize % 3, Consistency::Quorum, &write(k))
+            .await
+            .expect("write after the stream");
+    }
+    // Gossip says it is normal.
+    for i in 0..4 {
+        c.store(i).set_ring(future.clone());
+        c.store(i).set_pending_ring(None);
+    }
+    c.ring = future;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let pending: u64 = (0..3).map(|i| c.store(i).stats().pending_writes).sum();
+    assert!(pending > 0, "no write was copied to the joining node");
+
+    // Node 3 alone holds every key it now replicates, the deletion included.
+    for &k in &owned {
+        let got = kv_value(&c.local_query(3, &select(k)).await).await;
+        let want = (k != 7).then_some(Value::Int(k * 10));
+        assert_eq!(got, want, "key {k} on node 3");
+    }
+    // And answers them at ONE with the other replicas gone.
+    for i in 0..3 {
+        c.kill(i);
+    }
+    for &k in owned.iter().filter(|k| **k != 7) {
+        let r = c
+            .query(3, Consistency::One, &select(k))
+            .await
+            .expect("read at ONE");
+        assert_eq!(single_v(rows(&r)), Some(Value::Int(k * 10)), "key {k}");
+    }
+}

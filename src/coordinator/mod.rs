@@ -136,4 +136,4 @@ pub use clock::TokioClock;
 pub use liveness::{Liveness, ManualLiveness};
 pub use messages::{PeerError, PeerRequest, PeerResponse};
 pub use replica::ReplicaHandler;
-pub use store::{ClusterStore, CoordinatorConfig, CoordinatorStats, ReplayReport};
+pub use store::{ClusterStore, CoordinatorConfig, CoordinatorStats, ReplayReport, StreamReport};

@@ -1,5 +1,9 @@
 //! [`ClusterStore`]: the coordinator, a [`DataStore`] over the replicas.
 
+mod stream;
+
+pub use stream::StreamReport;
+
 use super::fanout::Fanout;
 use super::liveness::Liveness;
 use super::merge::{merge_partition, MergedPartition};
@@ -110,6 +114,11 @@ pub struct CoordinatorStats {
     /// Requests sent to one more replica because the first ones were slow
     /// or failed (speculative retry).
     pub speculative_retries: u64,
+    /// Write copies sent to a joining node for a range it is about to own.
+    pub pending_writes: u64,
+    /// Partitions a bootstrapping node received from the replicas of the
+    /// ranges it took.
+    pub partitions_streamed: u64,
 }
 
 #[derive(Default)]
@@ -125,6 +134,8 @@ struct Counters {
     partition_reads: AtomicU64,
     full_fanout_reads: AtomicU64,
     speculative_retries: AtomicU64,
+    pending_writes: AtomicU64,
+    partitions_streamed: AtomicU64,
 }
 
 /// What one hint replay did.
@@ -167,6 +178,10 @@ struct Inner {
     schema: Arc<SchemaStore>,
     transport: Arc<dyn Transport<PeerRequest, PeerResponse>>,
     ring: RwLock<Ring>,
+    /// The ring once the joining nodes own their tokens (`None`: nobody is
+    /// joining). Writes also go to the replicas it adds: see
+    /// [`ClusterStore::set_pending_ring`].
+    pending: RwLock<Option<Ring>>,
     liveness: Arc<dyn Liveness>,
     config: CoordinatorConfig,
     replaying: Mutex<BTreeSet<NodeId>>,
@@ -222,6 +237,7 @@ impl ClusterStore {
                 schema,
                 transport,
                 ring: RwLock::new(ring),
+                pending: RwLock::new(None),
                 liveness,
                 config,
                 replaying: Mutex::new(BTreeSet::new()),
@@ -255,6 +271,35 @@ impl ClusterStore {
         *self.inner.ring.write() = ring;
     }
 
+    /// Sets the ring as it will be once the joining nodes own their tokens
+    /// (`None` when no node is joining). While it is set, every write also
+    /// goes to the replicas it has and the current ring has not (a joining
+    /// node, for the ranges it is about to take), in the background and not
+    /// counted toward W: a node streaming its ranges
+    /// ([`ClusterStore::bootstrap_stream`]) misses no write made after the
+    /// coordinators learned that it joins.
+    pub fn set_pending_ring(&self, future: Option<Ring>) {
+        *self.inner.pending.write() = future;
+    }
+
+    /// The ring set by [`ClusterStore::set_pending_ring`], if any.
+    pub fn pending_ring(&self) -> Option<Ring> {
+        self.inner.pending.read().clone()
+    }
+
+    /// Nodes that will replicate `token` once the joining nodes own their
+    /// tokens and do not now (empty when nobody joins).
+    fn pending_replicas(&self, token: key::Token, rf: usize, current: &[NodeId]) -> Vec<NodeId> {
+        match &*self.inner.pending.read() {
+            Some(future) => future
+                .replicas(token, rf)
+                .into_iter()
+                .filter(|n| !current.contains(n))
+                .collect(),
+            None => Vec::new(),
+        }
+    }
+
     /// Whether writes to `keyspace` use sloppy quorum: the keyspace's
     /// `sloppy_quorum` property in this node's schema (on for a keyspace
     /// this node does not know; its writes fail on the replication
@@ -281,6 +326,8 @@ impl ClusterStore {
             digest_mismatches: c.digest_mismatches.load(Ordering::Relaxed),
             full_fanout_reads: c.full_fanout_reads.load(Ordering::Relaxed),
             speculative_retries: c.speculative_retries.load(Ordering::Relaxed),
+            pending_writes: c.pending_writes.load(Ordering::Relaxed),
+            partitions_streamed: c.partitions_streamed.load(Ordering::Relaxed),
         }
     }
 
@@ -333,11 +380,12 @@ impl ClusterStore {
             let resp = if node == inner.node {
                 inner.replica.serve(req).await
             } else {
-                let addr = inner
-                    .ring
-                    .read()
-                    .node(node)
-                    .map(|n| n.addr)
+                let known = inner.ring.read().node(node).map(|n| n.addr);
+                let addr = known
+                    .or_else(|| {
+                        let pending = inner.pending.read();
+                        pending.as_ref().and_then(|r| r.node(node)).map(|n| n.addr)
+                    })
                     .ok_or(SendError::UnknownNode(node))?;
                 if timeout.is_zero() {
                     return Err(SendError::Net(NetError::Timeout {
@@ -484,6 +532,7 @@ impl ClusterStore {
                 }
             });
         }
+        self.forward_to_pending(table, token, rf, &replicas, &deltas, deadline);
         for &t in down
             .iter()
             .filter(|t| !fallbacks.iter().any(|(x, _)| x == *t))
@@ -532,6 +581,38 @@ impl ClusterStore {
                 received: acks,
                 write: true,
             })
+        }
+    }
+
+    /// Sends a write's deltas to the nodes that will replicate `token` once
+    /// the joining nodes own their tokens, in the background: not counted
+    /// toward W, and a copy that fails becomes a hint (replayed like any
+    /// other once the node is seen up).
+    fn forward_to_pending(
+        &self,
+        table: &TableRef,
+        token: key::Token,
+        rf: usize,
+        replicas: &[NodeId],
+        deltas: &Deltas,
+        deadline: Instant,
+    ) {
+        for target in self.pending_replicas(token, rf, replicas) {
+            self.inner
+                .counters
+                .pending_writes
+                .fetch_add(1, Ordering::Relaxed);
+            let req = PeerRequest::Apply {
+                table: table.clone(),
+                entries: deltas.clone(),
+            };
+            let fut = self.send(target, req, remaining(deadline));
+            let (this, table, deltas) = (self.clone(), table.clone(), deltas.clone());
+            tokio::spawn(async move {
+                if fut.await.is_err() {
+                    this.store_hint(target, &table, &deltas);
+                }
+            });
         }
     }
 

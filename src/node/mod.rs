@@ -24,7 +24,7 @@ use crate::cluster::hints::{HintOptions, HintStore};
 use crate::cluster::membership::{
     generation_now, Membership, MembershipConfig, MembershipEvent, NodeMetadata, NodeStatus,
 };
-use crate::cluster::ring::{pick_tokens, Ring};
+use crate::cluster::ring::{pick_tokens, NodeInfo, Ring};
 use crate::coordinator::{
     BatchConfig, BatchCoordinator, BatchFault, ClusterStore, CoordinatorConfig, Liveness,
     PeerRequest, PeerResponse, FAULT_ENV,
@@ -34,6 +34,7 @@ use crate::model::{HybridClock, NodeId, SystemClock};
 use crate::net::quic::{QuicConfig, QuicTransport};
 use crate::net::tls::NodeTls;
 use crate::net::Transport;
+use crate::query::api::TableRef;
 use crate::query::{Executor, ExecutorConfig, LocalStore};
 use crate::schema::SchemaStore;
 use crate::server::{CatalogSource, ClientServer, ServerLimits};
@@ -77,7 +78,14 @@ pub struct NodeConfig {
     /// Age at which a batch-log entry is replayed (`None`: twice the
     /// write timeout).
     pub batchlog_replay_delay: Option<Duration>,
+    /// How long a node joining a cluster that holds data gossips `joining`
+    /// before it streams its ranges: long enough for every coordinator to
+    /// learn it, so they send it the writes it would otherwise miss.
+    pub join_settle: Duration,
 }
+
+/// Default of [`NodeConfig::join_settle`]: several gossip rounds.
+pub const DEFAULT_JOIN_SETTLE: Duration = Duration::from_secs(2);
 
 /// Errors starting or running a node.
 #[derive(Debug, thiserror::Error)]
@@ -229,23 +237,33 @@ impl Node {
         .map_err(|e| start_err("gossip")(&e))?;
         handler.set_membership(membership.clone());
 
+        // Tokens this node joins with, when it joins a cluster whose nodes
+        // own tokens already: it takes its ranges' data before it owns them.
+        let mut joining_with: Option<Vec<Token>> = None;
         if saved_tokens.is_none() {
             if !config.seeds.is_empty() {
                 wait_for_peers(&membership, Duration::from_secs(5)).await;
             }
+            let ring = Ring::new(membership.view().ring_nodes()).unwrap_or_else(|_| Ring::empty());
             let tokens = match &config.initial_tokens {
                 Some(tokens) if !tokens.is_empty() => tokens.clone(),
-                _ => {
-                    let ring =
-                        Ring::new(membership.view().ring_nodes()).unwrap_or_else(|_| Ring::empty());
-                    pick_tokens(node_id, config.vnodes, &ring, node_id.0)
-                }
+                _ => pick_tokens(node_id, config.vnodes, &ring, node_id.0),
             };
-            save_tokens(&tokens_path, &tokens)?;
+            if ring.is_empty() {
+                // The first node of a new cluster: nothing to take over.
+                save_tokens(&tokens_path, &tokens)?;
+            } else {
+                joining_with = Some(tokens.clone());
+            }
+            let status = if ring.is_empty() {
+                NodeStatus::Normal
+            } else {
+                NodeStatus::Joining
+            };
             membership
                 .update_local(|m| {
                     m.tokens = tokens.clone();
-                    m.status = NodeStatus::Normal;
+                    m.status = status;
                 })
                 .map_err(|e| start_err("gossip")(&e))?;
         }
@@ -254,7 +272,7 @@ impl Node {
             membership: membership.clone(),
             local: node_id,
         });
-        let ring = ring_of(&membership);
+        let (ring, pending) = rings_of(&membership);
         let cluster = ClusterStore::new(
             local.clone(),
             hints.clone(),
@@ -264,6 +282,7 @@ impl Node {
             liveness.clone(),
             config.coordinator.clone(),
         );
+        cluster.set_pending_ring(pending);
         let mut batch_config = BatchConfig::for_write_timeout(config.coordinator.write_timeout);
         if let Some(delay) = config.batchlog_replay_delay {
             batch_config.replay_delay = delay;
@@ -304,6 +323,19 @@ impl Node {
                 clock: clock.clone(),
             },
         )));
+
+        if let Some(tokens) = joining_with {
+            let sync = SchemaSync {
+                schema: schema.clone(),
+                transport: transport.clone(),
+                clock: clock.clone(),
+            };
+            bootstrap(&membership, &cluster, &sync, &tokens, config.join_settle).await?;
+            save_tokens(&tokens_path, &tokens)?;
+            membership
+                .update_local(|m| m.status = NodeStatus::Normal)
+                .map_err(|e| start_err("gossip")(&e))?;
+        }
 
         let executor = Arc::new(AgreeingExecutor::new(
             Arc::new(Executor::new(
@@ -364,15 +396,130 @@ impl Node {
     }
 }
 
-/// The ring as gossip describes it now.
-fn ring_of(membership: &Membership) -> Ring {
-    match Ring::new(membership.view().ring_nodes()) {
+/// The ring as gossip describes it now, and the ring it will be once the
+/// joining nodes own their tokens (`None` when no node is joining).
+fn rings_of(membership: &Membership) -> (Ring, Option<Ring>) {
+    let view = membership.view();
+    let owners = view.ring_nodes();
+    let joining = view.joining_nodes();
+    let ring = match Ring::new(owners.clone()) {
         Ok(ring) => ring,
         Err(e) => {
             tracing::warn!(error = %e, "gossiped ring is inconsistent; keeping an empty ring");
             Ring::empty()
         }
+    };
+    if joining.is_empty() {
+        return (ring, None);
     }
+    match Ring::new(owners.into_iter().chain(joining)) {
+        Ok(future) => (ring, Some(future)),
+        Err(e) => {
+            tracing::warn!(error = %e, "the ring with the joining nodes is inconsistent");
+            (ring, None)
+        }
+    }
+}
+
+/// Tries of [`ClusterStore::bootstrap_stream`] before the node gives up
+/// starting.
+const BOOTSTRAP_ATTEMPTS: usize = 5;
+
+/// Joins a cluster that holds data: with this node gossiping `joining` and
+/// its tokens, waits `settle` so every coordinator has learned it (from
+/// then on they send it copies of the writes to its future ranges), pulls
+/// the schema, then copies its future ranges from their current replicas.
+/// The caller then makes the node normal.
+async fn bootstrap(
+    membership: &Membership,
+    cluster: &ClusterStore,
+    sync: &SchemaSync,
+    tokens: &[Token],
+    settle: Duration,
+) -> Result<(), NodeError> {
+    let local = membership.view().local;
+    tracing::info!(
+        tokens = tokens.len(),
+        settle_ms = settle.as_millis() as u64,
+        "joining a cluster that owns tokens: streaming this node's ranges before owning them"
+    );
+    tokio::time::sleep(settle).await;
+    let (ring, _) = rings_of(membership);
+    for peer in ring.nodes() {
+        if membership.view().is_up(peer.id) {
+            sync.pull(peer.addr).await;
+        }
+    }
+    let me = NodeInfo::new(
+        local,
+        cluster_addr(membership, local),
+        rack_of(membership, local),
+        tokens.to_vec(),
+    );
+    let mut last_error = String::new();
+    for attempt in 1..=BOOTSTRAP_ATTEMPTS {
+        let current = cluster.ring();
+        let future = current.add_node(me.clone()).map_err(|e| NodeError::Start {
+            layer: "bootstrap",
+            reason: e.to_string(),
+        })?;
+        let schema = sync.schema.current();
+        let tables: Vec<TableRef> = schema
+            .keyspaces()
+            .flat_map(|ks| schema.tables(&ks.name))
+            .map(|t| TableRef {
+                keyspace: t.keyspace().to_string(),
+                table: t.name().to_string(),
+                id: t.id,
+            })
+            .collect();
+        match cluster.bootstrap_stream(&future, &tables).await {
+            Ok(report) => {
+                tracing::info!(
+                    tables = report.tables,
+                    spans = report.spans,
+                    partitions = report.partitions,
+                    "bootstrap stream done"
+                );
+                return Ok(());
+            }
+            Err(e) => {
+                tracing::warn!(attempt, error = %e, "bootstrap stream failed; trying again");
+                last_error = e.to_string();
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+    }
+    Err(NodeError::Start {
+        layer: "bootstrap",
+        reason: format!(
+            "streaming this node's ranges failed {BOOTSTRAP_ATTEMPTS} times: {last_error}"
+        ),
+    })
+}
+
+/// The peer address this node gossips.
+fn cluster_addr(membership: &Membership, node: NodeId) -> SocketAddr {
+    let view = membership.view();
+    view.get(node)
+        .and_then(|m| m.metadata.as_ref())
+        .map(|m| m.addr)
+        .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)))
+}
+
+/// The rack this node gossips.
+fn rack_of(membership: &Membership, node: NodeId) -> Option<String> {
+    let view = membership.view();
+    view.get(node)
+        .and_then(|m| m.metadata.as_ref())
+        .and_then(|m| m.rack.clone())
+}
+
+/// Gives the coordinator the rings gossip describes now.
+fn set_rings(cluster: &ClusterStore, membership: &Membership) {
+    let (ring, pending) = rings_of(membership);
+    cluster.set_ring(ring);
+    cluster.set_pending_ring(pending);
 }
 
 /// Follows gossip: a node coming up gets its hints; metadata changes
@@ -384,18 +531,18 @@ async fn react_to_gossip(membership: Membership, cluster: ClusterStore, sync: Sc
         let event = match events.recv().await {
             Ok(e) => e,
             Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
-                cluster.set_ring(ring_of(&membership));
+                set_rings(&cluster, &membership);
                 continue;
             }
             Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
         };
         match event {
             MembershipEvent::Up { node, .. } => {
-                cluster.set_ring(ring_of(&membership));
+                set_rings(&cluster, &membership);
                 // Replays in the background; the task handle is not needed.
                 drop(cluster.on_node_up(node));
             }
-            MembershipEvent::MetadataChanged { .. } => cluster.set_ring(ring_of(&membership)),
+            MembershipEvent::MetadataChanged { .. } => set_rings(&cluster, &membership),
             MembershipEvent::SchemaVersionChanged { node, .. } => {
                 let view = membership.view();
                 if node == view.local {

@@ -100,6 +100,18 @@ impl ClusterView {
             .map(NodeMetadata::to_node_info)
             .collect()
     }
+
+    /// Ring entries of the members that are joining with their tokens
+    /// chosen (status joining, tokens gossiped): the ring becomes
+    /// [`MembershipView::ring_nodes`] plus these once they are normal.
+    pub fn joining_nodes(&self) -> Vec<NodeInfo> {
+        self.members
+            .values()
+            .filter_map(|m| m.metadata.as_ref())
+            .filter(|m| m.status == NodeStatus::Joining && !m.tokens.is_empty())
+            .map(NodeMetadata::to_node_info)
+            .collect()
+    }
 }
 
 /// A change between two views, for the parts of the node that react to

@@ -1,0 +1,173 @@
+//! Bootstrap streaming: a node joining a cluster that already holds data
+//! copies, before it owns any token, every partition of the ranges it is
+//! about to replicate.
+//!
+//! The node computes the ring it will make (the current ring plus itself,
+//! with the tokens it gossips as `joining`); for every range where it is
+//! among the future replicas, it pages through the range on every alive
+//! current replica (`PeerRequest::Scan` with all rows, dead ones included),
+//! merges the answers partition by partition as a read would, and applies
+//! the merged states to its own store. Merging is idempotent, so a page
+//! fetched twice (a retry, a write that also arrived as a pending copy)
+//! changes nothing.
+//!
+//! Writes made while the stream runs reach the joining node as pending
+//! copies (`ClusterStore::set_pending_ring`), so once the stream is done
+//! the node holds every write acknowledged before it started (each is on
+//! W current replicas, and all alive ones are read) and every write made
+//! since the coordinators learned it was joining.
+
+use super::*;
+
+/// Partitions asked for per scan page.
+const STREAM_PAGE: u32 = 256;
+
+/// What [`ClusterStore::bootstrap_stream`] did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StreamReport {
+    /// Tables streamed.
+    pub tables: usize,
+    /// Token spans (pieces of ranges, split at the top of the ring)
+    /// streamed, over all tables.
+    pub spans: usize,
+    /// Partitions received and applied, over all tables.
+    pub partitions: usize,
+}
+
+impl ClusterStore {
+    /// Copies to this node every partition of `tables` in the ranges it
+    /// replicates in `future` (the ring once it owns its tokens) and not in
+    /// the current ring, from every alive current replica of each range,
+    /// merged. Fails when a range has no alive replica or a replica does
+    /// not answer a page in time (`range_timeout`); running it again is
+    /// safe.
+    pub async fn bootstrap_stream(
+        &self,
+        future: &Ring,
+        tables: &[TableRef],
+    ) -> Result<StreamReport, QueryError> {
+        let me = self.inner.node;
+        let current = self.ring();
+        let mut report = StreamReport::default();
+        for table in tables {
+            let rf = self.rf(&table.keyspace)?;
+            report.tables += 1;
+            for (range, future_replicas) in future.range_replicas(rf) {
+                if !future_replicas.contains(&me) {
+                    continue;
+                }
+                for span in range.spans() {
+                    // `future` has every boundary of `current` and more, so
+                    // the whole span has the replicas of its last token.
+                    let sources: Vec<NodeId> = current
+                        .replicas(*span.end(), rf)
+                        .into_iter()
+                        .filter(|n| *n != me)
+                        .collect();
+                    if sources.is_empty() {
+                        continue;
+                    }
+                    report.partitions += self
+                        .stream_span(table, *span.start(), *span.end(), &sources)
+                        .await?;
+                    report.spans += 1;
+                }
+            }
+        }
+        Ok(report)
+    }
+
+    /// Streams the partitions with tokens in `[lo, hi]` of `table` from the
+    /// alive nodes of `sources`; returns how many were applied.
+    async fn stream_span(
+        &self,
+        table: &TableRef,
+        lo: Token,
+        hi: Token,
+        sources: &[NodeId],
+    ) -> Result<usize, QueryError> {
+        let alive = self.ordered_alive(sources);
+        if alive.is_empty() {
+            return Err(QueryError::Unavailable {
+                consistency: Consistency::One,
+                required: 1,
+                alive: 0,
+            });
+        }
+        let mut applied = 0usize;
+        let mut pos: Option<Vec<u8>> = None;
+        loop {
+            let lower = match &pos {
+                Some(p) => Bound::Included(key::partition_end(p)),
+                None => Bound::Included(lo.to_be_bytes().to_vec()),
+            };
+            let upper = match hi.checked_add(1) {
+                Some(n) => Bound::Excluded(n.to_be_bytes().to_vec()),
+                None => Bound::Unbounded,
+            };
+            let req = PeerRequest::Scan {
+                table: table.clone(),
+                lower: to_key_bound(&lower),
+                upper: to_key_bound(&upper),
+                max_partitions: STREAM_PAGE,
+                rows_per_partition: None,
+            };
+            let deadline = Instant::now() + self.inner.config.range_timeout;
+            let (got, _rest) = self
+                .gather(
+                    &alive,
+                    req,
+                    alive.len(),
+                    alive.len(),
+                    deadline,
+                    Consistency::All,
+                )
+                .await?;
+            let mut answers: Vec<(BTreeMap<Vec<u8>, ReplicaPartition>, bool)> = Vec::new();
+            for (_, resp) in got {
+                match resp {
+                    PeerResponse::Partitions { partitions, cut } => {
+                        answers.push((partitions.into_iter().collect(), cut))
+                    }
+                    _ => {
+                        return Err(server(
+                            "a replica answered a stream page with something else",
+                        ))
+                    }
+                }
+            }
+            // A cut answer covers the span up to its last partition only:
+            // this page ends at the earliest such partition.
+            let cutoff: Option<Vec<u8>> = answers
+                .iter()
+                .filter(|(_, cut)| *cut)
+                .filter_map(|(parts, _)| parts.keys().next_back().cloned())
+                .min();
+            let prefixes: BTreeSet<Vec<u8>> = answers
+                .iter()
+                .flat_map(|(parts, _)| parts.keys())
+                .filter(|p| cutoff.as_ref().is_none_or(|c| *p <= c))
+                .cloned()
+                .collect();
+            let empty = ReplicaPartition::default();
+            let mut deltas: Deltas = Vec::new();
+            for p in &prefixes {
+                let views: Vec<&ReplicaPartition> = answers
+                    .iter()
+                    .map(|(parts, _)| parts.get(p).unwrap_or(&empty))
+                    .collect();
+                deltas.extend(merge_partition(&views, false).repair_for(p, &empty));
+            }
+            self.inner.local.apply(table, deltas).await?;
+            applied += prefixes.len();
+            self.inner
+                .counters
+                .partitions_streamed
+                .fetch_add(prefixes.len() as u64, Ordering::Relaxed);
+            match cutoff {
+                Some(c) => pos = Some(c),
+                None => return Ok(applied),
+            }
+        }
+    }
+}
