@@ -1,8 +1,13 @@
-//! A node joining a real cluster that holds data: three `ringdb server`
-//! processes take writes at QUORUM (RF=3), a fourth joins while the writes
-//! go on, and once it is normal it holds every acknowledged write it
-//! replicates: with the three others killed (SIGKILL), a read at ONE
-//! through it answers each of them, never an empty row.
+//! Ring changes on a real cluster that holds data.
+//!
+//! - Joining: three `ringdb server` processes take writes at QUORUM
+//!   (RF=3), a fourth joins while the writes go on, and once it is normal
+//!   it holds every acknowledged write it replicates: with the three others
+//!   killed (SIGKILL), a read at ONE through it answers each of them, never
+//!   an empty row.
+//! - Leaving: `ringdb admin decommission` on one of four nodes (RF=3)
+//!   while writes go on; the node stops, and each remaining node, alone,
+//!   answers every acknowledged write at ONE.
 
 mod support;
 
@@ -12,9 +17,9 @@ use ringdb::model::Consistency;
 use ringdb::net::tls::ClusterCa;
 use ringdb::query::api::{QueryError, QueryResult};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
-use support::process::{make_node, Cluster};
+use support::process::{make_node, Cluster, Node};
 
 const INSERT: &str = "INSERT INTO ks.kv (k, v) VALUES (?, ?)";
 
@@ -28,7 +33,6 @@ fn a_joining_node_takes_its_ranges_and_the_writes_made_while_it_joins() {
     let mut n2 = make_node(root.path(), &ca, "node2", seed);
     let mut n3 = make_node(root.path(), &ca, "node3", seed);
     let mut n4 = make_node(root.path(), &ca, "node4", seed);
-    n4.extra_args = vec!["--join-settle-ms".into(), "1500".into()];
     let cluster = Cluster {
         rt: tokio::runtime::Runtime::new().unwrap(),
         ca_pem: ca.cert_pem().to_string(),
@@ -60,34 +64,12 @@ fn a_joining_node_takes_its_ranges_and_the_writes_made_while_it_joins() {
     acked.retain(|k| *k != 11);
 
     // Node 4 joins while writes go on through node 2.
-    let writer_client = cluster.connect(&n2);
-    writer_client.set_consistency(Consistency::Quorum);
     let stop = Arc::new(AtomicBool::new(false));
-    let during = Arc::new(Mutex::new(Vec::<i32>::new()));
-    let writer = {
-        let (stop, during) = (stop.clone(), during.clone());
-        let handle = cluster.rt.handle().clone();
-        std::thread::spawn(move || {
-            let mut k = 1000;
-            while !stop.load(Ordering::Relaxed) {
-                let values = vec![Value::Int(k), Value::Int(k * 3)];
-                if handle
-                    .block_on(writer_client.execute(INSERT, values))
-                    .is_ok()
-                {
-                    during.lock().unwrap().push(k);
-                }
-                k += 1;
-                std::thread::sleep(Duration::from_millis(5));
-            }
-            handle.block_on(writer_client.close());
-        })
-    };
+    let writer = background_writer(&cluster, cluster.connect(&n2), 1000, stop.clone());
     n4.start_with_env(&[("RUST_LOG", "info".to_string())]);
     let status = cluster.wait_for_up(&n1, 4);
     stop.store(true, Ordering::Relaxed);
-    writer.join().unwrap();
-    let during = during.lock().unwrap().clone();
+    let during = writer.join().unwrap();
     assert!(
         during.len() > 20,
         "too few writes while node 4 joined: {}\n{status}",
@@ -101,7 +83,8 @@ fn a_joining_node_takes_its_ranges_and_the_writes_made_while_it_joins() {
     );
     cluster.rt.block_on(client.close());
 
-    // Node 4 alone.
+    // Node 4 alone (once the last writes' third copies landed).
+    std::thread::sleep(Duration::from_secs(2));
     n1.kill9();
     n2.kill9();
     n3.kill9();
@@ -159,4 +142,183 @@ fn a_joining_node_takes_its_ranges_and_the_writes_made_while_it_joins() {
         assert!(rs.rows.is_empty(), "the deleted row came back on node 4");
     }
     cluster.rt.block_on(alone.close());
+}
+
+/// Writes `k, 3k` at QUORUM through `client` on a thread, keys from
+/// `first` up, until `stop`; returns the acknowledged keys.
+fn background_writer(
+    cluster: &Cluster,
+    client: Client,
+    first: i32,
+    stop: Arc<AtomicBool>,
+) -> std::thread::JoinHandle<Vec<i32>> {
+    let handle = cluster.rt.handle().clone();
+    std::thread::spawn(move || {
+        let mut acked = Vec::new();
+        let mut k = first;
+        while !stop.load(Ordering::Relaxed) {
+            let values = vec![Value::Int(k), Value::Int(k * 3)];
+            if handle.block_on(client.execute(INSERT, values)).is_ok() {
+                acked.push(k);
+            }
+            k += 1;
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        handle.block_on(client.close());
+        acked
+    })
+}
+
+/// Waits until `node` sees `n` nodes down.
+fn wait_for_down(cluster: &Cluster, node: &Node, n: usize) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let s = cluster.status(node);
+        if s.lines().filter(|l| l.starts_with("DN")).count() == n {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never saw {n} nodes down:\n{s}"
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}
+
+#[test]
+fn a_decommissioned_node_hands_its_ranges_over_and_stops() {
+    let root = tempfile::tempdir().unwrap();
+    let ca = ClusterCa::generate().unwrap();
+    ca.save(&root.path().join("certs"), false).unwrap();
+    let mut n1 = make_node(root.path(), &ca, "node1", None);
+    let seed = Some(n1.peer);
+    let mut nodes = vec![];
+    for name in ["node2", "node3", "node4"] {
+        nodes.push(make_node(root.path(), &ca, name, seed));
+    }
+    let cluster = Cluster {
+        rt: tokio::runtime::Runtime::new().unwrap(),
+        ca_pem: ca.cert_pem().to_string(),
+    };
+    let logs: Vec<std::path::PathBuf> = std::iter::once(&n1)
+        .chain(&nodes)
+        .map(|n| n.log.clone())
+        .collect();
+    n1.start_with_env(&[("RUST_LOG", "info".to_string())]);
+    cluster.wait_for_up(&n1, 1);
+    for n in &mut nodes {
+        n.start_with_env(&[("RUST_LOG", "info".to_string())]);
+    }
+    cluster.wait_for_up(&n1, 4);
+    let [mut n2, mut n3, mut n4] = <[Node; 3]>::try_from(nodes).ok().unwrap();
+
+    let client = cluster.connect(&n1);
+    client.set_consistency(Consistency::Quorum);
+    let run =
+        |c: &Client, text: &str, values: Vec<Value>| cluster.rt.block_on(c.execute(text, values));
+    run(&client, "CREATE KEYSPACE ks WITH replication = {'class': 'SimpleStrategy', 'replication_factor': 3}", vec![]).unwrap();
+    run(
+        &client,
+        "CREATE TABLE ks.kv (k int PRIMARY KEY, v int)",
+        vec![],
+    )
+    .unwrap();
+    let mut acked: Vec<i32> = Vec::new();
+    for k in 0..400 {
+        run(&client, INSERT, vec![Value::Int(k), Value::Int(k * 3)]).expect("write");
+        acked.push(k);
+    }
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = background_writer(&cluster, cluster.connect(&n2), 1000, stop.clone());
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ringdb"))
+        .args(["admin", "decommission", "--host", &n4.client.to_string()])
+        .arg("--ca-cert")
+        .arg(root.path().join("certs").join("ca.pem"))
+        .output()
+        .expect("run ringdb admin decommission");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("decommissioned node"),
+        "decommission failed: {stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The node stops by itself.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let child = n4.child.as_mut().expect("node 4 runs");
+    while child.try_wait().unwrap().is_none() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "node 4 did not stop after its decommission"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    n4.child = None;
+    stop.store(true, Ordering::Relaxed);
+    let during = writer.join().unwrap();
+    assert!(during.len() > 10, "too few writes while node 4 left");
+    // A QUORUM write is acknowledged with its third copy on the way: let
+    // those land before killing anybody.
+    std::thread::sleep(Duration::from_secs(2));
+    acked.extend(&during);
+    let status = cluster.status(&n1);
+    assert_eq!(
+        status.lines().filter(|l| l.starts_with("UN")).count(),
+        3,
+        "{status}"
+    );
+    cluster.rt.block_on(client.close());
+
+    // RF=3 on three nodes: each holds every key. Node 1 alone, then (the
+    // others back, then node 1 and 3 killed) node 2 alone.
+    n2.kill9();
+    n3.kill9();
+    assert_alone_holds(&cluster, &n1, &acked, &logs);
+    n2.start();
+    n3.start();
+    cluster.wait_for_up(&n1, 3);
+    cluster.wait_for_up(&n2, 3);
+    n1.kill9();
+    n3.kill9();
+    assert_alone_holds(&cluster, &n2, &acked, &logs);
+}
+
+/// With every other node down (waits until `node` sees two down), `node`
+/// answers each of `keys` at ONE with its value.
+fn assert_alone_holds(cluster: &Cluster, node: &Node, keys: &[i32], logs: &[std::path::PathBuf]) {
+    wait_for_down(cluster, node, 2);
+    let c = cluster.connect(node);
+    c.set_consistency(Consistency::One);
+    for &k in keys {
+        let got = cluster
+            .rt
+            .block_on(c.execute("SELECT v FROM ks.kv WHERE k = ?", vec![Value::Int(k)]))
+            .map(|r| r.result);
+        match got {
+            Ok(QueryResult::Rows(rs)) => assert_eq!(
+                rs.rows.first().map(|r| r.values[0].clone()),
+                Some(Value::Int(k * 3)),
+                "key {k} at ONE from {} alone; logs:\n{}",
+                node.client,
+                log_tails(logs)
+            ),
+            other => panic!("key {k}: {other:?}; logs:\n{}", log_tails(logs)),
+        }
+    }
+    cluster.rt.block_on(c.close());
+}
+
+/// The last lines of each log, for a failure message.
+fn log_tails(logs: &[std::path::PathBuf]) -> String {
+    let mut out = String::new();
+    for path in logs {
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        out.push_str(&format!("== {}\n", path.display()));
+        for line in &lines[lines.len().saturating_sub(25)..] {
+            out.push_str(line);
+            out.push('\n');
+        }
+    }
+    out
 }

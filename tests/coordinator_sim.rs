@@ -1333,10 +1333,6 @@ fn joiner_tokens() -> Vec<u64> {
     tokens(0, 3).into_iter().map(|t| t + step / 2).collect()
 }
 
-async fn kv_value(rs: &ResultSet) -> Option<Value> {
-    single_v(rs)
-}
-
 #[tokio::test(start_paused = true)]
 async fn a_joining_node_streams_its_ranges_and_gets_the_writes_made_meanwhile() {
     let mut c = Cluster::new(3, SimConfig::with_seed(7), &[KV]).await;
@@ -1387,7 +1383,7 @@ async fn a_joining_node_streams_its_ranges_and_gets_the_writes_made_meanwhile() 
     );
     // Nothing of the earlier writes is on node 3 yet.
     for &k in owned.iter().filter(|k| **k < 120) {
-        assert_eq!(kv_value(&c.local_query(3, &select(k)).await).await, None);
+        assert_eq!(single_v(&c.local_query(3, &select(k)).await), None);
     }
 
     let table = ringdb::query::api::TableRef {
@@ -1431,7 +1427,7 @@ async fn a_joining_node_streams_its_ranges_and_gets_the_writes_made_meanwhile() 
 
     // Node 3 alone holds every key it now replicates, the deletion included.
     for &k in &owned {
-        let got = kv_value(&c.local_query(3, &select(k)).await).await;
+        let got = single_v(&c.local_query(3, &select(k)).await);
         let want = (k != 7).then_some(Value::Int(k * 10));
         assert_eq!(got, want, "key {k} on node 3");
     }
@@ -1445,5 +1441,72 @@ async fn a_joining_node_streams_its_ranges_and_gets_the_writes_made_meanwhile() 
             .await
             .expect("read at ONE");
         assert_eq!(single_v(rows(&r)), Some(Value::Int(k * 10)), "key {k}");
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_decommissioned_node_hands_its_ranges_to_their_new_replicas() {
+    let mut c = Cluster::new(4, SimConfig::with_seed(11), &[KV]).await;
+    let write = |k: i32| format!("INSERT INTO ks.kv (k, v) VALUES ({k}, {})", k * 10);
+    for k in 0..120 {
+        c.query(k as usize % 4, Consistency::Quorum, &write(k))
+            .await
+            .expect("write");
+    }
+    c.query(0, Consistency::Quorum, "DELETE FROM ks.kv WHERE k = 9")
+        .await
+        .expect("delete");
+    let future = c.ring.remove_node(node_id(3)).expect("future ring");
+    // Gossip says node 3 leaves: coordinators copy writes to the gainers.
+    for i in 0..4 {
+        c.store(i).set_pending_ring(Some(future.clone()));
+    }
+    for k in 120..200 {
+        c.query(k as usize % 4, Consistency::Quorum, &write(k))
+            .await
+            .expect("write while leaving");
+    }
+    let table = ringdb::query::api::TableRef {
+        keyspace: "ks".into(),
+        table: "kv".into(),
+        id: c
+            .node(0)
+            .schema
+            .current()
+            .get_table("ks", "kv")
+            .expect("kv")
+            .id,
+    };
+    let report = c
+        .store(3)
+        .decommission_stream(&future, &[table])
+        .await
+        .expect("stream");
+    assert_eq!(report.tables, 1);
+    assert!(report.partitions > 0);
+    for k in 200..260 {
+        c.query(k as usize % 3, Consistency::Quorum, &write(k))
+            .await
+            .expect("write after the stream");
+    }
+    // Gossip says it left.
+    for i in 0..4 {
+        c.store(i).set_ring(future.clone());
+        c.store(i).set_pending_ring(None);
+    }
+    c.ring = future;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    c.kill(3);
+    // RF=3 on the three nodes left: each holds every key, on its own.
+    for k in 0..260 {
+        let want = (k != 9).then_some(Value::Int(k * 10));
+        for i in c.replicas_of(k) {
+            assert_ne!(i, 3);
+            let got = single_v(
+                &c.local_query(i, &format!("SELECT * FROM ks.kv WHERE k = {k}"))
+                    .await,
+            );
+            assert_eq!(got, want, "key {k} on node {i}");
+        }
     }
 }

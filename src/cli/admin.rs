@@ -24,6 +24,10 @@ pub enum AdminCommand {
     /// Every node as this node sees it: state (U/D, N/J/L), address, load,
     /// tokens, rack, host id, schema version (like `nodetool status`).
     Status,
+    /// Takes the node out of the ring: it shows as leaving (UL) while it
+    /// hands the data of its ranges to the nodes that take them over, then
+    /// leaves and stops. Its data directory can then be removed.
+    Decommission,
 }
 
 /// Runs `ringdb admin`.
@@ -52,6 +56,12 @@ pub fn run(args: AdminArgs) -> anyhow::Result<()> {
             .with_context(|| format!("connecting to {addr}"))?;
         match args.command {
             AdminCommand::Status => print!("{}", client.admin_status().await?),
+            AdminCommand::Decommission => {
+                // Handing the data over takes as long as the data takes.
+                client.set_timeout(std::time::Duration::from_secs(24 * 3600));
+                eprintln!("decommissioning {addr}: handing its ranges over...");
+                print!("{}", client.admin_decommission().await?);
+            }
         }
         client.close().await;
         anyhow::Ok(())

@@ -12,7 +12,7 @@ use ringdb::cluster::membership::MembershipConfig;
 use ringdb::cluster::ring::DEFAULT_VNODES;
 use ringdb::coordinator::CoordinatorConfig;
 use ringdb::net::tls::{ClusterCa, NodeCert};
-use ringdb::node::{Node, NodeConfig, DEFAULT_JOIN_SETTLE};
+use ringdb::node::{Node, NodeConfig};
 use ringdb::storage::commitlog::SyncMode;
 use serde::Deserialize;
 use std::net::SocketAddr;
@@ -87,11 +87,6 @@ pub struct ServerArgs {
     /// (`ringdb dev`, the benchmark) do better with fewer each.
     #[arg(long)]
     pub worker_threads: Option<usize>,
-    /// Milliseconds a node joining a cluster that holds data announces
-    /// itself before it streams its ranges (default 2000): every
-    /// coordinator must learn of it in that time to send it new writes.
-    #[arg(long)]
-    pub join_settle_ms: Option<u64>,
 }
 
 /// The TOML form of [`ServerArgs`].
@@ -117,7 +112,6 @@ struct FileConfig {
     read_repair_every: Option<u32>,
     speculative_retry_ms: Option<u64>,
     worker_threads: Option<usize>,
-    join_settle_ms: Option<u64>,
 }
 
 fn parse_sync_mode(text: &str) -> Result<SyncMode, String> {
@@ -233,10 +227,6 @@ fn merge(args: ServerArgs) -> anyhow::Result<Settings> {
             .batchlog_replay_delay_ms
             .or(file.batchlog_replay_delay_ms)
             .map(Duration::from_millis),
-        join_settle: args
-            .join_settle_ms
-            .or(file.join_settle_ms)
-            .map_or(DEFAULT_JOIN_SETTLE, Duration::from_millis),
         data_dir,
     };
     Ok(Settings {
@@ -290,8 +280,10 @@ pub fn run(args: ServerArgs) -> anyhow::Result<()> {
             node.client_addr(),
             node.peer_addr()
         );
-        ringdb::server::wait_for_stop_signal().await;
-        eprintln!("ringdb: shutting down");
+        tokio::select! {
+            _ = ringdb::server::wait_for_stop_signal() => eprintln!("ringdb: shutting down"),
+            _ = node.left() => eprintln!("ringdb: decommissioned: left the ring, shutting down"),
+        }
         node.shutdown().await;
         anyhow::Ok(())
     })

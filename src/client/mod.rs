@@ -446,6 +446,16 @@ impl Client {
         }
     }
 
+    /// Asks the node to leave the ring (`ringdb admin decommission`); the
+    /// answer comes once it handed its data over. Set a timeout long
+    /// enough for that ([`Client::set_timeout`]).
+    pub async fn admin_decommission(&self) -> Result<String, ClientError> {
+        match self.request(ClientFrame::AdminDecommission).await? {
+            ServerFrame::AdminText(text) => Ok(text),
+            other => Err(unexpected(&other)),
+        }
+    }
+
     /// Pages through the result of a SELECT: each call of
     /// [`Pager::next_page`] fetches the next page.
     pub fn pages(&self, text: &str, values: Vec<Value>, options: QueryOptions) -> Pager<'_> {

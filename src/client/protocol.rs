@@ -87,6 +87,10 @@ pub enum ClientFrame {
     /// Asks for the cluster's status as this node sees it (`ringdb admin
     /// status`): every node, its state, load and tokens.
     AdminStatus,
+    /// Asks the node to leave the ring (`ringdb admin decommission`): it
+    /// hands the data of its ranges to the nodes that take them over, then
+    /// stops. The answer (`AdminText`) comes once the data is handed over.
+    AdminDecommission,
 }
 
 /// A logged or unlogged batch.

@@ -102,6 +102,10 @@ pub enum PeerRequest {
         /// The batch id.
         id: u128,
     },
+    /// Which nodes your coordinator treats as joining and as leaving (a
+    /// node changing the ring waits until every node does, so no write
+    /// misses it): [`PeerResponse::RingChanges`].
+    RingChanges,
 }
 
 /// A replica's answer.
@@ -132,6 +136,14 @@ pub enum PeerResponse {
     BatchRemoved,
     /// The request failed on the replica.
     Error(PeerError),
+    /// The nodes the answering node's coordinator copies writes to as
+    /// joining, and those it treats as leaving ([`PeerRequest::RingChanges`]).
+    RingChanges {
+        /// Nodes in its pending ring and not in its ring.
+        joining: Vec<crate::model::NodeId>,
+        /// Nodes in its ring and not in its pending ring.
+        leaving: Vec<crate::model::NodeId>,
+    },
 }
 
 /// Why a replica could not serve a request.

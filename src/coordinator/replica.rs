@@ -181,6 +181,9 @@ impl ReplicaHandler {
             PeerRequest::GetSchema => Err(PeerError::Unsupported(
                 "schema pulls are served by the node's handler, not the replica".into(),
             )),
+            PeerRequest::RingChanges => Err(PeerError::Unsupported(
+                "ring questions are served by the node's handler, not the replica".into(),
+            )),
         }
     }
 }

@@ -287,6 +287,29 @@ impl ClusterStore {
         self.inner.pending.read().clone()
     }
 
+    /// The nodes this coordinator treats as joining (in the pending ring,
+    /// not in the ring) and as leaving (in the ring, not in the pending
+    /// ring).
+    pub fn ring_changes(&self) -> (Vec<NodeId>, Vec<NodeId>) {
+        let ring = self.ring();
+        match self.pending_ring() {
+            None => (Vec::new(), Vec::new()),
+            Some(future) => (
+                future
+                    .nodes()
+                    .iter()
+                    .map(|n| n.id)
+                    .filter(|n| !ring.contains_node(*n))
+                    .collect(),
+                ring.nodes()
+                    .iter()
+                    .map(|n| n.id)
+                    .filter(|n| !future.contains_node(*n))
+                    .collect(),
+            ),
+        }
+    }
+
     /// Nodes that will replicate `token` once the joining nodes own their
     /// tokens and do not now (empty when nobody joins).
     fn pending_replicas(&self, token: key::Token, rf: usize, current: &[NodeId]) -> Vec<NodeId> {

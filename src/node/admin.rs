@@ -1,27 +1,33 @@
 //! What `ringdb admin` shows: the cluster as this node sees it.
 
+use super::Decommission;
 use crate::cluster::membership::{status_table, Membership};
 use crate::coordinator::{BatchCoordinator, ClusterStore};
+use crate::query::api::BoxFuture;
 use crate::server::AdminSource;
+use std::sync::Arc;
 
 /// Answers `ringdb admin status` from gossip and the coordinator.
 pub struct NodeAdmin {
     membership: Membership,
     cluster: ClusterStore,
     batches: BatchCoordinator,
+    decommission: Arc<Decommission>,
 }
 
 impl NodeAdmin {
     /// An admin view over a running node.
-    pub fn new(
+    pub(crate) fn new(
         membership: Membership,
         cluster: ClusterStore,
         batches: BatchCoordinator,
+        decommission: Arc<Decommission>,
     ) -> NodeAdmin {
         NodeAdmin {
             membership,
             cluster,
             batches,
+            decommission,
         }
     }
 }
@@ -48,5 +54,10 @@ impl AdminSource for NodeAdmin {
             batches.discarded_partitions,
             stats
         )
+    }
+
+    fn decommission(&self) -> BoxFuture<'static, Result<String, String>> {
+        let decommission = self.decommission.clone();
+        Box::pin(async move { decommission.run().await })
     }
 }

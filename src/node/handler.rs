@@ -5,7 +5,7 @@
 use crate::cluster::batchlog::BatchLog;
 use crate::cluster::hints::HintStore;
 use crate::cluster::membership::Membership;
-use crate::coordinator::{PeerRequest, PeerResponse, ReplicaHandler};
+use crate::coordinator::{ClusterStore, PeerRequest, PeerResponse, ReplicaHandler};
 use crate::net::{BoxFuture, Handler};
 use crate::query::LocalStore;
 use crate::schema::SchemaStore;
@@ -20,6 +20,8 @@ pub struct NodeHandler {
     /// Set once gossip is started (it needs the transport this handler
     /// belongs to); datagrams before that are dropped, and gossip retries.
     membership: OnceLock<Membership>,
+    /// Set once the coordinator exists, for ring questions.
+    coordinator: OnceLock<ClusterStore>,
 }
 
 impl NodeHandler {
@@ -34,12 +36,19 @@ impl NodeHandler {
             replica: ReplicaHandler::new(local, hints).with_batch_log(batch_log),
             schema,
             membership: OnceLock::new(),
+            coordinator: OnceLock::new(),
         }
     }
 
     /// Connects gossip datagrams to the membership service.
     pub fn set_membership(&self, membership: Membership) {
         let _ = self.membership.set(membership);
+    }
+
+    /// Connects ring questions ([`PeerRequest::RingChanges`]) to the
+    /// node's coordinator.
+    pub fn set_coordinator(&self, coordinator: ClusterStore) {
+        let _ = self.coordinator.set(coordinator);
     }
 }
 
@@ -48,6 +57,14 @@ impl Handler<PeerRequest, PeerResponse> for NodeHandler {
         if let PeerRequest::GetSchema = req {
             let schema = self.schema.current();
             return Box::pin(async move { PeerResponse::Schema(Box::new((*schema).clone())) });
+        }
+        if let PeerRequest::RingChanges = req {
+            let (joining, leaving) = self
+                .coordinator
+                .get()
+                .map(ClusterStore::ring_changes)
+                .unwrap_or_default();
+            return Box::pin(async move { PeerResponse::RingChanges { joining, leaving } });
         }
         let replica = self.replica.clone();
         Box::pin(async move { replica.serve(req).await })

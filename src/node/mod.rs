@@ -78,14 +78,7 @@ pub struct NodeConfig {
     /// Age at which a batch-log entry is replayed (`None`: twice the
     /// write timeout).
     pub batchlog_replay_delay: Option<Duration>,
-    /// How long a node joining a cluster that holds data gossips `joining`
-    /// before it streams its ranges: long enough for every coordinator to
-    /// learn it, so they send it the writes it would otherwise miss.
-    pub join_settle: Duration,
 }
-
-/// Default of [`NodeConfig::join_settle`]: several gossip rounds.
-pub const DEFAULT_JOIN_SETTLE: Duration = Duration::from_secs(2);
 
 /// Errors starting or running a node.
 #[derive(Debug, thiserror::Error)]
@@ -143,6 +136,7 @@ pub struct Node {
     client_server: ClientServer,
     transport: Arc<dyn Transport<PeerRequest, PeerResponse>>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
+    left: tokio::sync::watch::Receiver<bool>,
 }
 
 /// Share of the memtable size by which each of a node's memtables may be
@@ -283,6 +277,7 @@ impl Node {
             config.coordinator.clone(),
         );
         cluster.set_pending_ring(pending);
+        handler.set_coordinator(cluster.clone());
         let mut batch_config = BatchConfig::for_write_timeout(config.coordinator.write_timeout);
         if let Some(delay) = config.batchlog_replay_delay {
             batch_config.replay_delay = delay;
@@ -330,7 +325,8 @@ impl Node {
                 transport: transport.clone(),
                 clock: clock.clone(),
             };
-            bootstrap(&membership, &cluster, &sync, &tokens, config.join_settle).await?;
+            let write_timeout = config.coordinator.write_timeout;
+            bootstrap(&membership, &cluster, &sync, &tokens, write_timeout).await?;
             save_tokens(&tokens_path, &tokens)?;
             membership
                 .update_local(|m| m.status = NodeStatus::Normal)
@@ -349,10 +345,22 @@ impl Node {
             Duration::from_secs(10),
         ));
         let client_tls = client_tls(&config.certs_dir)?;
+        let (left_tx, left) = tokio::sync::watch::channel(false);
+        let decommission = Arc::new(Decommission {
+            membership: membership.clone(),
+            cluster: cluster.clone(),
+            schema: schema.clone(),
+            transport: transport.clone(),
+            write_timeout: config.coordinator.write_timeout,
+            tokens_path: tokens_path.clone(),
+            started: parking_lot::Mutex::new(false),
+            left: left_tx,
+        });
         let admin = Arc::new(NodeAdmin::new(
             membership.clone(),
             cluster.clone(),
             batches.clone(),
+            decommission,
         ));
         let client_server = ClientServer::bind_full(
             config.client_listen,
@@ -371,7 +379,18 @@ impl Node {
             client_server,
             transport,
             tasks,
+            left,
         })
+    }
+
+    /// Resolves once the node has left the ring (`ringdb admin
+    /// decommission`); the server should then shut it down.
+    pub async fn left(&self) {
+        let mut left = self.left.clone();
+        // An error means the sender is gone: nobody can decommission.
+        if left.wait_for(|l| *l).await.is_err() {
+            std::future::pending::<()>().await;
+        }
     }
 
     /// The client listener's address.
@@ -397,11 +416,13 @@ impl Node {
 }
 
 /// The ring as gossip describes it now, and the ring it will be once the
-/// joining nodes own their tokens (`None` when no node is joining).
+/// joining nodes own their tokens and the leaving ones are gone (`None`
+/// when no node is joining or leaving).
 fn rings_of(membership: &Membership) -> (Ring, Option<Ring>) {
     let view = membership.view();
     let owners = view.ring_nodes();
     let joining = view.joining_nodes();
+    let leaving = view.leaving_nodes();
     let ring = match Ring::new(owners.clone()) {
         Ok(ring) => ring,
         Err(e) => {
@@ -409,13 +430,14 @@ fn rings_of(membership: &Membership) -> (Ring, Option<Ring>) {
             Ring::empty()
         }
     };
-    if joining.is_empty() {
+    if joining.is_empty() && leaving.is_empty() {
         return (ring, None);
     }
-    match Ring::new(owners.into_iter().chain(joining)) {
+    let staying = owners.into_iter().filter(|n| !leaving.contains(&n.id));
+    match Ring::new(staying.chain(joining)) {
         Ok(future) => (ring, Some(future)),
         Err(e) => {
-            tracing::warn!(error = %e, "the ring with the joining nodes is inconsistent");
+            tracing::warn!(error = %e, "the ring after the joins and leaves is inconsistent");
             (ring, None)
         }
     }
@@ -425,25 +447,82 @@ fn rings_of(membership: &Membership) -> (Ring, Option<Ring>) {
 /// starting.
 const BOOTSTRAP_ATTEMPTS: usize = 5;
 
+/// How long a node changing the ring waits for every other node to confirm
+/// that it learned the change before it goes on anyway (with a warning).
+const RING_CHANGE_PATIENCE: Duration = Duration::from_secs(60);
+
+/// Waits until every up node of the ring but this one answers that its
+/// coordinator treats this node as joining (`joining`) or as leaving: from
+/// then on each copies the writes this node's change needs. Then waits one
+/// write timeout more, so the writes they coordinated before they learned
+/// are over. After [`RING_CHANGE_PATIENCE`] it goes on with a warning
+/// naming the nodes that did not confirm.
+async fn wait_until_known(
+    membership: &Membership,
+    cluster: &ClusterStore,
+    transport: &Arc<dyn Transport<PeerRequest, PeerResponse>>,
+    joining: bool,
+    write_timeout: Duration,
+) {
+    let me = cluster.node_id();
+    let deadline = tokio::time::Instant::now() + RING_CHANGE_PATIENCE;
+    loop {
+        let mut unconfirmed = Vec::new();
+        for peer in cluster.ring().nodes() {
+            if peer.id == me || !membership.view().is_up(peer.id) {
+                continue;
+            }
+            let answer = transport
+                .request(peer.addr, PeerRequest::RingChanges, Duration::from_secs(2))
+                .await;
+            let knows = match answer {
+                Ok(PeerResponse::RingChanges { joining: j, .. }) if joining => j.contains(&me),
+                Ok(PeerResponse::RingChanges { leaving: l, .. }) => l.contains(&me),
+                _ => false,
+            };
+            if !knows {
+                unconfirmed.push(format!("{:016x}", peer.id.0));
+            }
+        }
+        if unconfirmed.is_empty() {
+            tracing::info!(
+                waited_ms = (RING_CHANGE_PATIENCE
+                    - deadline.saturating_duration_since(tokio::time::Instant::now()))
+                .as_millis() as u64,
+                "every node knows of the ring change"
+            );
+            break;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            tracing::warn!(
+                nodes = %unconfirmed.join(","),
+                "these nodes did not confirm the ring change; going on (writes they coordinate may miss this node until repaired)"
+            );
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    tokio::time::sleep(write_timeout).await;
+}
+
 /// Joins a cluster that holds data: with this node gossiping `joining` and
-/// its tokens, waits `settle` so every coordinator has learned it (from
-/// then on they send it copies of the writes to its future ranges), pulls
-/// the schema, then copies its future ranges from their current replicas.
-/// The caller then makes the node normal.
+/// its tokens, waits until every coordinator has learned it (from then on
+/// they send it copies of the writes to its future ranges), pulls the
+/// schema, then copies its future ranges from their current replicas. The
+/// caller then makes the node normal.
 async fn bootstrap(
     membership: &Membership,
     cluster: &ClusterStore,
     sync: &SchemaSync,
     tokens: &[Token],
-    settle: Duration,
+    write_timeout: Duration,
 ) -> Result<(), NodeError> {
     let local = membership.view().local;
     tracing::info!(
         tokens = tokens.len(),
-        settle_ms = settle.as_millis() as u64,
         "joining a cluster that owns tokens: streaming this node's ranges before owning them"
     );
-    tokio::time::sleep(settle).await;
+    wait_until_known(membership, cluster, &sync.transport, true, write_timeout).await;
     let (ring, _) = rings_of(membership);
     for peer in ring.nodes() {
         if membership.view().is_up(peer.id) {
@@ -463,17 +542,10 @@ async fn bootstrap(
             layer: "bootstrap",
             reason: e.to_string(),
         })?;
-        let schema = sync.schema.current();
-        let tables: Vec<TableRef> = schema
-            .keyspaces()
-            .flat_map(|ks| schema.tables(&ks.name))
-            .map(|t| TableRef {
-                keyspace: t.keyspace().to_string(),
-                table: t.name().to_string(),
-                id: t.id,
-            })
-            .collect();
-        match cluster.bootstrap_stream(&future, &tables).await {
+        match cluster
+            .bootstrap_stream(&future, &all_tables(&sync.schema))
+            .await
+        {
             Ok(report) => {
                 tracing::info!(
                     tables = report.tables,
@@ -496,6 +568,137 @@ async fn bootstrap(
             "streaming this node's ranges failed {BOOTSTRAP_ATTEMPTS} times: {last_error}"
         ),
     })
+}
+
+/// `ringdb admin decommission` on a running node: what it needs to hand
+/// its ranges over and leave.
+pub(crate) struct Decommission {
+    membership: Membership,
+    cluster: ClusterStore,
+    schema: Arc<SchemaStore>,
+    transport: Arc<dyn Transport<PeerRequest, PeerResponse>>,
+    write_timeout: Duration,
+    tokens_path: PathBuf,
+    /// Set once started: a second request is refused.
+    started: parking_lot::Mutex<bool>,
+    /// Turns true once the node has left: the server then stops.
+    left: tokio::sync::watch::Sender<bool>,
+}
+
+impl Decommission {
+    /// Gossips `leaving`, waits until every node knows (coordinators then
+    /// copy writes to the nodes taking its ranges), streams its ranges to them, forgets
+    /// its tokens (a restart joins afresh), gossips `left` and asks the
+    /// server to stop.
+    pub(crate) async fn run(&self) -> Result<String, String> {
+        {
+            let mut started = self.started.lock();
+            if *started {
+                return Err("this node is already decommissioning".into());
+            }
+            *started = true;
+        }
+        let result = self.hand_over().await;
+        if result.is_err() {
+            // It still owns its ranges: back to normal, try again later.
+            let _ = self
+                .membership
+                .update_local(|m| m.status = NodeStatus::Normal);
+            *self.started.lock() = false;
+        }
+        result
+    }
+
+    async fn hand_over(&self) -> Result<String, String> {
+        let me = self.cluster.node_id();
+        let current = self.cluster.ring();
+        if !current.contains_node(me) {
+            return Err("this node owns no tokens: nothing to decommission".into());
+        }
+        if current.len() < 2 {
+            return Err(
+                "this is the only node of the ring: it cannot hand its data to anyone".into(),
+            );
+        }
+        self.membership
+            .update_local(|m| m.status = NodeStatus::Leaving)
+            .map_err(|e| e.to_string())?;
+        tracing::info!(
+            "decommissioning: leaving, then streaming this node's ranges to their new replicas"
+        );
+        wait_until_known(
+            &self.membership,
+            &self.cluster,
+            &self.transport,
+            false,
+            self.write_timeout,
+        )
+        .await;
+        let mut last_error = String::new();
+        let mut report = None;
+        for attempt in 1..=BOOTSTRAP_ATTEMPTS {
+            let current = self.cluster.ring();
+            let future = current.remove_node(me).map_err(|e| e.to_string())?;
+            match self
+                .cluster
+                .decommission_stream(&future, &all_tables(&self.schema))
+                .await
+            {
+                Ok(r) => {
+                    report = Some(r);
+                    break;
+                }
+                Err(e) => {
+                    tracing::warn!(attempt, error = %e, "decommission stream failed; trying again");
+                    last_error = e.to_string();
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+            }
+        }
+        let Some(report) = report else {
+            return Err(format!(
+                "handing the ranges over failed {BOOTSTRAP_ATTEMPTS} times (the node stays normal): {last_error}"
+            ));
+        };
+        match std::fs::remove_file(&self.tokens_path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(format!("cannot remove {}: {e}", self.tokens_path.display())),
+        }
+        tracing::info!(
+            tables = report.tables,
+            spans = report.spans,
+            partitions = report.partitions,
+            "decommission stream done; leaving the ring"
+        );
+        if let Err(e) = self.membership.leave_gracefully().await {
+            tracing::warn!(error = %e, "could not announce the leave; the others will see this node down");
+        }
+        // Answer the admin request before the server stops.
+        let left = self.left.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            let _ = left.send(true);
+        });
+        Ok(format!(
+            "decommissioned node {:016x}: {} partition(s) of {} table(s) handed over in {} span(s); it has left the ring and stops now\n",
+            me.0, report.partitions, report.tables, report.spans
+        ))
+    }
+}
+
+/// Every table of `schema`.
+fn all_tables(schema: &SchemaStore) -> Vec<TableRef> {
+    let schema = schema.current();
+    schema
+        .keyspaces()
+        .flat_map(|ks| schema.tables(&ks.name))
+        .map(|t| TableRef {
+            keyspace: t.keyspace().to_string(),
+            table: t.name().to_string(),
+            id: t.id,
+        })
+        .collect()
 }
 
 /// The peer address this node gossips.

@@ -328,6 +328,16 @@ async fn dispatch(
                 "this server runs without the cluster layer: no admin status",
             ),
         },
+        ClientFrame::AdminDecommission => match &shared.admin {
+            Some(admin) => match admin.decommission().await {
+                Ok(text) => ServerFrame::AdminText(text),
+                Err(e) => ServerFrame::Error(WireError::Query(QueryError::Server(e))),
+            },
+            None => protocol_error(
+                ProtocolErrorCode::Unsupported,
+                "this server runs without the cluster layer: no decommission",
+            ),
+        },
     };
     if session != before {
         state.lock().session = session;

@@ -45,6 +45,13 @@ pub trait AdminSource: Send + Sync + 'static {
     /// Every node as this node sees it: state, address, load, tokens
     /// (like `nodetool status`).
     fn status(&self) -> String;
+
+    /// Takes the node out of the ring, handing its data over first (like
+    /// `nodetool decommission`); the text says what was done, the error
+    /// why it was refused or failed.
+    fn decommission(&self) -> crate::query::api::BoxFuture<'static, Result<String, String>> {
+        Box::pin(async { Err("this server cannot decommission".to_string()) })
+    }
 }
 
 /// Limits that protect the server from one client.

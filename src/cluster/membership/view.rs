@@ -101,6 +101,18 @@ impl ClusterView {
             .collect()
     }
 
+    /// The members that are leaving: they own their tokens until they are
+    /// gone, and the ring becomes [`MembershipView::ring_nodes`] without
+    /// them.
+    pub fn leaving_nodes(&self) -> Vec<NodeId> {
+        self.members
+            .values()
+            .filter_map(|m| m.metadata.as_ref())
+            .filter(|m| m.status == NodeStatus::Leaving)
+            .map(|m| m.node)
+            .collect()
+    }
+
     /// Ring entries of the members that are joining with their tokens
     /// chosen (status joining, tokens gossiped): the ring becomes
     /// [`MembershipView::ring_nodes`] plus these once they are normal.

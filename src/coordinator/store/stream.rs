@@ -1,6 +1,7 @@
-//! Bootstrap streaming: a node joining a cluster that already holds data
+//! Range streaming: a node joining a cluster that already holds data
 //! copies, before it owns any token, every partition of the ranges it is
-//! about to replicate.
+//! about to replicate; a node leaving the ring hands every partition of its
+//! ranges to the nodes that take them over.
 //!
 //! The node computes the ring it will make (the current ring plus itself,
 //! with the tokens it gossips as `joining`); for every range where it is
@@ -16,13 +17,27 @@
 //! the node holds every write acknowledged before it started (each is on
 //! W current replicas, and all alive ones are read) and every write made
 //! since the coordinators learned it was joining.
+//!
+//! Decommission is the mirror image: while the node gossips `leaving` it
+//! still owns its ranges, coordinators copy writes to the nodes that will
+//! replace it, and it streams each of its ranges (merged from every alive
+//! current replica, itself included) to the nodes that gain it.
 
 use super::*;
 
 /// Partitions asked for per scan page.
 const STREAM_PAGE: u32 = 256;
 
-/// What [`ClusterStore::bootstrap_stream`] did.
+/// Where streamed partitions go.
+enum Sink<'a> {
+    /// This node's store (bootstrap).
+    Local,
+    /// These nodes (decommission), each getting every partition.
+    Nodes(&'a [NodeId]),
+}
+
+/// What [`ClusterStore::bootstrap_stream`] or
+/// [`ClusterStore::decommission_stream`] did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct StreamReport {
     /// Tables streamed.
@@ -68,7 +83,53 @@ impl ClusterStore {
                         continue;
                     }
                     report.partitions += self
-                        .stream_span(table, *span.start(), *span.end(), &sources)
+                        .stream_span(table, *span.start(), *span.end(), &sources, Sink::Local)
+                        .await?;
+                    report.spans += 1;
+                }
+            }
+        }
+        Ok(report)
+    }
+
+    /// Hands every partition of `tables` in the ranges this node replicates
+    /// now to the nodes that replicate them in `future` (the ring without
+    /// this node) and do not now, merged from every alive current replica
+    /// (this node included). Fails when a gaining node does not take a
+    /// page in time (`write_timeout`); running it again is safe.
+    pub async fn decommission_stream(
+        &self,
+        future: &Ring,
+        tables: &[TableRef],
+    ) -> Result<StreamReport, QueryError> {
+        let me = self.inner.node;
+        let current = self.ring();
+        let mut report = StreamReport::default();
+        for table in tables {
+            let rf = self.rf(&table.keyspace)?;
+            report.tables += 1;
+            for (range, replicas) in current.range_replicas(rf) {
+                if !replicas.contains(&me) {
+                    continue;
+                }
+                for span in range.spans() {
+                    // `current` has every boundary of `future` and more.
+                    let gainers: Vec<NodeId> = future
+                        .replicas(*span.end(), rf)
+                        .into_iter()
+                        .filter(|n| !replicas.contains(n))
+                        .collect();
+                    if gainers.is_empty() {
+                        continue;
+                    }
+                    report.partitions += self
+                        .stream_span(
+                            table,
+                            *span.start(),
+                            *span.end(),
+                            &replicas,
+                            Sink::Nodes(&gainers),
+                        )
                         .await?;
                     report.spans += 1;
                 }
@@ -78,13 +139,14 @@ impl ClusterStore {
     }
 
     /// Streams the partitions with tokens in `[lo, hi]` of `table` from the
-    /// alive nodes of `sources`; returns how many were applied.
+    /// alive nodes of `sources` to `sink`; returns how many were streamed.
     async fn stream_span(
         &self,
         table: &TableRef,
         lo: Token,
         hi: Token,
         sources: &[NodeId],
+        sink: Sink<'_>,
     ) -> Result<usize, QueryError> {
         let alive = self.ordered_alive(sources);
         if alive.is_empty() {
@@ -158,7 +220,26 @@ impl ClusterStore {
                     .collect();
                 deltas.extend(merge_partition(&views, false).repair_for(p, &empty));
             }
-            self.inner.local.apply(table, deltas).await?;
+            match sink {
+                Sink::Local => self.inner.local.apply(table, deltas).await?,
+                Sink::Nodes(targets) if !deltas.is_empty() => {
+                    for &target in targets {
+                        let req = PeerRequest::Apply {
+                            table: table.clone(),
+                            entries: deltas.clone(),
+                        };
+                        self.send(target, req, self.inner.config.write_timeout)
+                            .await
+                            .map_err(|e| {
+                                server(format!(
+                                    "node {:016x} did not take streamed data: {e}",
+                                    target.0
+                                ))
+                            })?;
+                    }
+                }
+                Sink::Nodes(_) => {}
+            }
             applied += prefixes.len();
             self.inner
                 .counters
