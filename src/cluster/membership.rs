@@ -1035,10 +1035,15 @@ impl Task {
         if view == self.view {
             return;
         }
-        for event in view::diff(&self.view, &view) {
+        let events = view::diff(&self.view, &view);
+        self.view = view.clone();
+        // The view first: whoever handles an event reads the view it
+        // describes. (Sent the other way round, a subscriber on another
+        // thread could rebuild its ring from the view before the event, and
+        // keep that ring until the next change.)
+        view_tx.send_replace(view);
+        for event in events {
             let _ = self.events.send(event);
         }
-        self.view = view.clone();
-        view_tx.send_replace(view);
     }
 }
