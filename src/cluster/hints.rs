@@ -62,6 +62,8 @@ pub struct HintStats {
     pub delivered: u64,
     /// Hints dropped because they outlived the hint window.
     pub expired: u64,
+    /// Hints dropped because their target left the ring.
+    pub discarded: u64,
     /// Damaged records skipped on reading (each also logged).
     pub corrupt: u64,
 }
@@ -94,6 +96,7 @@ pub struct HintStore {
     stored: AtomicU64,
     delivered: AtomicU64,
     expired: AtomicU64,
+    discarded: AtomicU64,
     corrupt: AtomicU64,
 }
 
@@ -129,6 +132,7 @@ impl HintStore {
             stored: AtomicU64::new(0),
             delivered: AtomicU64::new(0),
             expired: AtomicU64::new(0),
+            discarded: AtomicU64::new(0),
             corrupt: AtomicU64::new(0),
         })
     }
@@ -246,6 +250,26 @@ impl HintStore {
     /// Records that every hint of `batch` was delivered: its segments are
     /// deleted.
     pub fn ack(&self, batch: HintBatch) -> Result<()> {
+        self.remove_segments(&batch)?;
+        self.delivered
+            .fetch_add(batch.hints.len() as u64, Ordering::Relaxed);
+        self.expired.fetch_add(batch.expired, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Drops every hint waiting for `target`, a node that left the ring
+    /// (the nodes that took its ranges got those writes as pending copies
+    /// or from its hand-over). Returns how many were dropped.
+    pub fn discard_target(&self, target: NodeId) -> Result<u64> {
+        let batch = self.take_batch(target, 0)?;
+        self.remove_segments(&batch)?;
+        let dropped = batch.hints.len() as u64 + batch.expired;
+        self.discarded.fetch_add(dropped, Ordering::Relaxed);
+        Ok(dropped)
+    }
+
+    /// Deletes the segments of `batch`.
+    fn remove_segments(&self, batch: &HintBatch) -> Result<()> {
         let mut targets = self.targets.lock();
         if let Some(t) = targets.get_mut(&batch.target) {
             for id in &batch.segments {
@@ -261,9 +285,6 @@ impl HintStore {
                 sync_dir(&t.dir)?;
             }
         }
-        self.delivered
-            .fetch_add(batch.hints.len() as u64, Ordering::Relaxed);
-        self.expired.fetch_add(batch.expired, Ordering::Relaxed);
         Ok(())
     }
 
@@ -273,6 +294,7 @@ impl HintStore {
             stored: self.stored.load(Ordering::Relaxed),
             delivered: self.delivered.load(Ordering::Relaxed),
             expired: self.expired.load(Ordering::Relaxed),
+            discarded: self.discarded.load(Ordering::Relaxed),
             corrupt: self.corrupt.load(Ordering::Relaxed),
         }
     }
@@ -316,6 +338,7 @@ mod tests {
         Store(u64, u8),
         DeliverAll(u64),
         TakeAndFail(u64),
+        Discard(u64),
         Reopen,
     }
 
@@ -330,6 +353,7 @@ mod tests {
                 4 => (0u64..3, any::<u8>()).prop_map(|(t, tag)| Op::Store(t, tag)),
                 2 => (0u64..3).prop_map(Op::DeliverAll),
                 1 => (0u64..3).prop_map(Op::TakeAndFail),
+                1 => (0u64..3).prop_map(Op::Discard),
                 1 => Just(Op::Reopen),
             ], 1..40),
         ) {
@@ -359,6 +383,14 @@ mod tests {
                         let live: Vec<Hint> = model.get(&t).cloned().unwrap_or_default()
                             .into_iter().filter(|h| h.created_ms + 100 >= now).collect();
                         prop_assert_eq!(&batch.hints, &live);
+                    }
+                    Op::Discard(t) => {
+                        // The target left: all its hints go, expired or not.
+                        let waiting = model.remove(&t).unwrap_or_default();
+                        let before = store.stats().discarded;
+                        prop_assert_eq!(store.discard_target(NodeId(t)).unwrap(), waiting.len() as u64);
+                        prop_assert_eq!(store.stats().discarded - before, waiting.len() as u64);
+                        prop_assert!(store.take_batch(NodeId(t), now).unwrap().hints.is_empty());
                     }
                     Op::Reopen => {
                         drop(store);

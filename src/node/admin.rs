@@ -39,12 +39,13 @@ impl AdminSource for NodeAdmin {
         let hints = self.cluster.hints().stats();
         let batches = self.batches.stats();
         format!(
-            "{}\nThis node: {:016x}\nHints: stored={} delivered={} expired={} pending_targets={}\nBatch log: held={} logged={} log_failures={} replayed_entries={} replayed_partitions={} discarded_partitions={}\nCoordinator: {:?}\n",
+            "{}\nThis node: {:016x}\nHints: stored={} delivered={} expired={} discarded={} pending_targets={}\nBatch log: held={} logged={} log_failures={} replayed_entries={} replayed_partitions={} discarded_partitions={}\nCoordinator: {:?}\n",
             status_table(&view),
             self.cluster.node_id().0,
             hints.stored,
             hints.delivered,
             hints.expired,
+            hints.discarded,
             self.cluster.hints().targets().len(),
             self.batches.batch_log().len(),
             batches.logged,

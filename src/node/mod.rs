@@ -745,7 +745,22 @@ async fn react_to_gossip(membership: Membership, cluster: ClusterStore, sync: Sc
                 // Replays in the background; the task handle is not needed.
                 drop(cluster.on_node_up(node));
             }
-            MembershipEvent::MetadataChanged { .. } => set_rings(&cluster, &membership),
+            MembershipEvent::MetadataChanged { node, metadata } => {
+                set_rings(&cluster, &membership);
+                if metadata.status == NodeStatus::Left && !cluster.hints().targets().is_empty() {
+                    match cluster.hints().discard_target(node) {
+                        Ok(0) => {}
+                        Ok(n) => tracing::info!(
+                            node = node.0,
+                            hints = n,
+                            "dropped the hints of a node that left the ring"
+                        ),
+                        Err(e) => {
+                            tracing::warn!(error = %e, "cannot drop the hints of a node that left")
+                        }
+                    }
+                }
+            }
             MembershipEvent::SchemaVersionChanged { node, .. } => {
                 let view = membership.view();
                 if node == view.local {
