@@ -322,3 +322,36 @@ fn log_tails(logs: &[std::path::PathBuf]) -> String {
     }
     out
 }
+
+#[test]
+fn decommissioning_the_only_node_is_refused_and_it_keeps_serving() {
+    let root = tempfile::tempdir().unwrap();
+    let ca = ClusterCa::generate().unwrap();
+    ca.save(&root.path().join("certs"), false).unwrap();
+    let mut n1 = make_node(root.path(), &ca, "node1", None);
+    let cluster = Cluster {
+        rt: tokio::runtime::Runtime::new().unwrap(),
+        ca_pem: ca.cert_pem().to_string(),
+    };
+    n1.start();
+    cluster.wait_for_up(&n1, 1);
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ringdb"))
+        .args(["admin", "decommission", "--host", &n1.client.to_string()])
+        .arg("--ca-cert")
+        .arg(root.path().join("certs").join("ca.pem"))
+        .output()
+        .expect("run ringdb admin decommission");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "decommission of the only node succeeded"
+    );
+    assert!(
+        stderr.contains("only node of the ring"),
+        "unclear refusal: {stderr}"
+    );
+    // Still normal, still serving.
+    let status = cluster.wait_for_up(&n1, 1);
+    assert!(n1.child.as_mut().unwrap().try_wait().unwrap().is_none());
+    assert!(status.contains("UN"), "{status}");
+}
