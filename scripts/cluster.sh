@@ -5,6 +5,8 @@
 #   scripts/cluster.sh stop        stop every node (SIGTERM, then SIGKILL)
 #   scripts/cluster.sh kill I      kill node I with SIGKILL
 #   scripts/cluster.sh restart I   start node I again (after kill or stop)
+#   scripts/cluster.sh add         start one more node; it streams its ranges, then serves
+#   scripts/cluster.sh decommission I   node I hands its ranges over, leaves and stops
 #   scripts/cluster.sh status      which nodes run, and the cluster as node 1 sees it
 #
 # Node I listens for clients on 127.0.0.1:$((BASE_PORT + I - 1)) and for
@@ -84,6 +86,19 @@ case "${1:-}" in
     i="${2:?node number}"
     start_node "$i"
     ;;
+  add)
+    n=$(($(cat "$DIR/size" 2>/dev/null || echo 0) + 1))
+    echo "$n" >"$DIR/size"
+    start_node "$n"
+    echo "node $n joins: 'status' shows it UJ while it streams its ranges, then UN"
+    ;;
+  decommission)
+    i="${2:?node number}"
+    "$BIN" admin decommission --host "127.0.0.1:$(client_port "$i")" --ca-cert "$DIR/certs/ca.pem"
+    pid=$(pid_of "$i")
+    for _ in $(seq 1 100); do [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    rm -f "$DIR/node$i.pid"
+    ;;
   status)
     n=$(cat "$DIR/size" 2>/dev/null || echo 0)
     for i in $(seq 1 "$n"); do
@@ -97,7 +112,7 @@ case "${1:-}" in
     done
     ;;
   *)
-    sed -n '2,16p' "$0"
+    sed -n '2,18p' "$0"
     exit 2
     ;;
 esac
