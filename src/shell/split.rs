@@ -43,7 +43,12 @@ impl Accumulator {
     /// Adds one line; returns what it completed.
     pub fn push_line(&mut self, line: &str) -> Vec<Input> {
         if self.is_empty() {
-            if let Some(command) = shell_command(line) {
+            // A line that starts with a shell command is that command,
+            // unless statements follow it after a `;` (`-e "CONSISTENCY
+            // ALL; SELECT ..."`): those lines are split below.
+            let (parts, rest) = split_statements(line);
+            let alone = parts.is_empty() || (parts.len() == 1 && is_blank(&rest));
+            if let (Some(command), true) = (shell_command(line), alone) {
                 self.buffer.clear();
                 return vec![Input::Command(command)];
             }
@@ -276,6 +281,27 @@ mod tests {
                 Input::Command("CONSISTENCY QUORUM".into()),
                 Input::Statement("SELECT * FROM t;".into()),
             ]
+        );
+    }
+
+    #[test]
+    fn a_shell_command_first_on_a_line_with_statements_after_it() {
+        let mut acc = Accumulator::new();
+        let got = acc.push_line("CONSISTENCY ALL; SELECT count(*) FROM t;");
+        assert_eq!(
+            got,
+            vec![
+                Input::Command("CONSISTENCY ALL".into()),
+                Input::Statement("SELECT count(*) FROM t;".into()),
+            ]
+        );
+        // Without the last `;`, the statement is ended by the input's end.
+        let mut acc = Accumulator::new();
+        let got = acc.push_line("CONSISTENCY ONE; SELECT 1 FROM t");
+        assert_eq!(got, vec![Input::Command("CONSISTENCY ONE".into())]);
+        assert_eq!(
+            acc.finish(),
+            Some(Input::Statement("SELECT 1 FROM t".into()))
         );
     }
 
