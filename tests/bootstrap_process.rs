@@ -83,8 +83,10 @@ fn a_joining_node_takes_its_ranges_and_the_writes_made_while_it_joins() {
     );
     cluster.rt.block_on(client.close());
 
-    // Node 4 alone (once the last writes' third copies landed).
-    std::thread::sleep(Duration::from_secs(2));
+    // Node 4 alone, once every copy landed: a QUORUM write is acknowledged
+    // with its third copy on the way, and a copy that timed out (a loaded
+    // machine) waits as a hint.
+    wait_for_copies(&cluster, &[&n1, &n2, &n3, &n4]);
     n1.kill9();
     n2.kill9();
     n3.kill9();
@@ -257,9 +259,8 @@ fn a_decommissioned_node_hands_its_ranges_over_and_stops() {
     stop.store(true, Ordering::Relaxed);
     let during = writer.join().unwrap();
     assert!(during.len() > 10, "too few writes while node 4 left");
-    // A QUORUM write is acknowledged with its third copy on the way: let
-    // those land before killing anybody.
-    std::thread::sleep(Duration::from_secs(2));
+    // Every copy lands before anybody is killed (see the other test).
+    wait_for_copies(&cluster, &[&n1, &n2, &n3]);
     acked.extend(&during);
     let status = cluster.status(&n1);
     assert_eq!(
@@ -354,4 +355,25 @@ fn decommissioning_the_only_node_is_refused_and_it_keeps_serving() {
     let status = cluster.wait_for_up(&n1, 1);
     assert!(n1.child.as_mut().unwrap().try_wait().unwrap().is_none());
     assert!(status.contains("UN"), "{status}");
+}
+
+/// Waits until the copies of the writes made so far have landed: two
+/// seconds for those on the way, then until no node of `nodes` holds a
+/// hint (`pending_targets=0`; hints for a node that left are dropped).
+fn wait_for_copies(cluster: &Cluster, nodes: &[&Node]) {
+    std::thread::sleep(Duration::from_secs(2));
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    for node in nodes {
+        loop {
+            let status = cluster.status(node);
+            if status.contains("pending_targets=0") {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "hints never delivered:\n{status}"
+            );
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    }
 }
