@@ -14,29 +14,23 @@ mod support;
 use cql_lite::Value;
 use ringdb::client::Client;
 use ringdb::model::Consistency;
-use ringdb::net::tls::ClusterCa;
 use ringdb::query::api::{QueryError, QueryResult};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
-use support::process::{make_node, Cluster, Node};
+use support::process::{make_node, new_cluster, Cluster, Node};
 
 const INSERT: &str = "INSERT INTO ks.kv (k, v) VALUES (?, ?)";
 
 #[test]
 fn a_joining_node_takes_its_ranges_and_the_writes_made_while_it_joins() {
     let root = tempfile::tempdir().unwrap();
-    let ca = ClusterCa::generate().unwrap();
-    ca.save(&root.path().join("certs"), false).unwrap();
+    let (ca, cluster) = new_cluster(root.path());
     let mut n1 = make_node(root.path(), &ca, "node1", None);
     let seed = Some(n1.peer);
     let mut n2 = make_node(root.path(), &ca, "node2", seed);
     let mut n3 = make_node(root.path(), &ca, "node3", seed);
     let mut n4 = make_node(root.path(), &ca, "node4", seed);
-    let cluster = Cluster {
-        rt: tokio::runtime::Runtime::new().unwrap(),
-        ca_pem: ca.cert_pem().to_string(),
-    };
     n1.start();
     cluster.wait_for_up(&n1, 1);
     n2.start();
@@ -47,13 +41,7 @@ fn a_joining_node_takes_its_ranges_and_the_writes_made_while_it_joins() {
     client.set_consistency(Consistency::Quorum);
     let run =
         |c: &Client, text: &str, values: Vec<Value>| cluster.rt.block_on(c.execute(text, values));
-    run(&client, "CREATE KEYSPACE ks WITH replication = {'class': 'SimpleStrategy', 'replication_factor': 3}", vec![]).unwrap();
-    run(
-        &client,
-        "CREATE TABLE ks.kv (k int PRIMARY KEY, v int)",
-        vec![],
-    )
-    .unwrap();
+    cluster.create_kv_rf3(&client);
     let mut acked: Vec<i32> = Vec::new();
     for k in 0..400 {
         run(&client, INSERT, vec![Value::Int(k), Value::Int(k * 3)]).expect("write");
@@ -67,7 +55,7 @@ fn a_joining_node_takes_its_ranges_and_the_writes_made_while_it_joins() {
     let stop = Arc::new(AtomicBool::new(false));
     let writer = background_writer(&cluster, cluster.connect(&n2), 1000, stop.clone());
     n4.start_with_env(&[("RUST_LOG", "info".to_string())]);
-    let status = cluster.wait_for_up(&n1, 4);
+    let status = wait_for_up_or_logs(&cluster, &n1, 4, &[n4.log.clone()]);
     stop.store(true, Ordering::Relaxed);
     let during = writer.join().unwrap();
     assert!(
@@ -190,18 +178,13 @@ fn wait_for_down(cluster: &Cluster, node: &Node, n: usize) {
 #[test]
 fn a_decommissioned_node_hands_its_ranges_over_and_stops() {
     let root = tempfile::tempdir().unwrap();
-    let ca = ClusterCa::generate().unwrap();
-    ca.save(&root.path().join("certs"), false).unwrap();
+    let (ca, cluster) = new_cluster(root.path());
     let mut n1 = make_node(root.path(), &ca, "node1", None);
     let seed = Some(n1.peer);
     let mut nodes = vec![];
     for name in ["node2", "node3", "node4"] {
         nodes.push(make_node(root.path(), &ca, name, seed));
     }
-    let cluster = Cluster {
-        rt: tokio::runtime::Runtime::new().unwrap(),
-        ca_pem: ca.cert_pem().to_string(),
-    };
     let logs: Vec<std::path::PathBuf> = std::iter::once(&n1)
         .chain(&nodes)
         .map(|n| n.log.clone())
@@ -218,13 +201,7 @@ fn a_decommissioned_node_hands_its_ranges_over_and_stops() {
     client.set_consistency(Consistency::Quorum);
     let run =
         |c: &Client, text: &str, values: Vec<Value>| cluster.rt.block_on(c.execute(text, values));
-    run(&client, "CREATE KEYSPACE ks WITH replication = {'class': 'SimpleStrategy', 'replication_factor': 3}", vec![]).unwrap();
-    run(
-        &client,
-        "CREATE TABLE ks.kv (k int PRIMARY KEY, v int)",
-        vec![],
-    )
-    .unwrap();
+    cluster.create_kv_rf3(&client);
     let mut acked: Vec<i32> = Vec::new();
     for k in 0..400 {
         run(&client, INSERT, vec![Value::Int(k), Value::Int(k * 3)]).expect("write");
@@ -327,13 +304,8 @@ fn log_tails(logs: &[std::path::PathBuf]) -> String {
 #[test]
 fn decommissioning_the_only_node_is_refused_and_it_keeps_serving() {
     let root = tempfile::tempdir().unwrap();
-    let ca = ClusterCa::generate().unwrap();
-    ca.save(&root.path().join("certs"), false).unwrap();
+    let (ca, cluster) = new_cluster(root.path());
     let mut n1 = make_node(root.path(), &ca, "node1", None);
-    let cluster = Cluster {
-        rt: tokio::runtime::Runtime::new().unwrap(),
-        ca_pem: ca.cert_pem().to_string(),
-    };
     n1.start();
     cluster.wait_for_up(&n1, 1);
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_ringdb"))
@@ -375,5 +347,27 @@ fn wait_for_copies(cluster: &Cluster, nodes: &[&Node]) {
             );
             std::thread::sleep(Duration::from_millis(500));
         }
+    }
+}
+
+/// [`Cluster::wait_for_up`], with the tail of `logs` in the failure.
+fn wait_for_up_or_logs(
+    cluster: &Cluster,
+    node: &Node,
+    up: usize,
+    logs: &[std::path::PathBuf],
+) -> String {
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let s = cluster.status(node);
+        if s.lines().filter(|l| l.starts_with("UN")).count() == up {
+            return s;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never saw {up} nodes up:\n{s}\n{}",
+            log_tails(logs)
+        );
+        std::thread::sleep(Duration::from_millis(300));
     }
 }

@@ -63,13 +63,7 @@ fn quorum_writes_survive_sigkill_and_hints_reach_the_restarted_node() {
     client.set_consistency(Consistency::Quorum);
     let run =
         |c: &Client, text: &str, values: Vec<Value>| cluster.rt.block_on(c.execute(text, values));
-    run(&client, "CREATE KEYSPACE ks WITH replication = {'class': 'SimpleStrategy', 'replication_factor': 3}", vec![]).unwrap();
-    run(
-        &client,
-        "CREATE TABLE ks.kv (k int PRIMARY KEY, v int)",
-        vec![],
-    )
-    .unwrap();
+    cluster.create_kv_rf3(&client);
     // A schema change answers only once every live node has it: a write
     // through node 2 right after it finds the table.
     let other = cluster.connect(&n2);

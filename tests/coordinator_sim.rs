@@ -1417,8 +1417,7 @@ async fn a_joining_node_streams_its_ranges_and_gets_the_writes_made_meanwhile() 
     }
     // Gossip says it is normal.
     for i in 0..4 {
-        c.store(i).set_ring(future.clone());
-        c.store(i).set_pending_ring(None);
+        c.store(i).set_rings(future.clone(), None);
     }
     c.ring = future;
     tokio::time::sleep(Duration::from_secs(1)).await;
@@ -1491,8 +1490,7 @@ async fn a_decommissioned_node_hands_its_ranges_to_their_new_replicas() {
     }
     // Gossip says it left.
     for i in 0..4 {
-        c.store(i).set_ring(future.clone());
-        c.store(i).set_pending_ring(None);
+        c.store(i).set_rings(future.clone(), None);
     }
     c.ring = future;
     tokio::time::sleep(Duration::from_secs(1)).await;

@@ -291,8 +291,8 @@ impl ClusterStore {
     /// not in the ring) and as leaving (in the ring, not in the pending
     /// ring).
     pub fn ring_changes(&self) -> (Vec<NodeId>, Vec<NodeId>) {
-        let ring = self.ring();
-        match self.pending_ring() {
+        let (ring, future) = self.rings();
+        match future {
             None => (Vec::new(), Vec::new()),
             Some(future) => (
                 future
@@ -310,17 +310,24 @@ impl ClusterStore {
         }
     }
 
-    /// Nodes that will replicate `token` once the joining nodes own their
-    /// tokens and do not now (empty when nobody joins).
-    fn pending_replicas(&self, token: key::Token, rf: usize, current: &[NodeId]) -> Vec<NodeId> {
-        match &*self.inner.pending.read() {
-            Some(future) => future
-                .replicas(token, rf)
-                .into_iter()
-                .filter(|n| !current.contains(n))
-                .collect(),
-            None => Vec::new(),
-        }
+    /// Replaces the ring and the pending ring together: a write that
+    /// reads them ([`ClusterStore::rings`]) sees both before or both after.
+    pub fn set_rings(&self, ring: Ring, future: Option<Ring>) {
+        let mut r = self.inner.ring.write();
+        let mut p = self.inner.pending.write();
+        *r = ring;
+        *p = future;
+    }
+
+    /// The ring and the pending ring, as one snapshot (locks taken in the
+    /// order [`ClusterStore::set_rings`] takes them). A write places its
+    /// copies with one snapshot: read apart, a node turning normal between
+    /// the two reads would get neither a replica's copy (the old ring) nor
+    /// a pending one (no pending ring any more).
+    fn rings(&self) -> (Ring, Option<Ring>) {
+        let r = self.inner.ring.read();
+        let p = self.inner.pending.read();
+        (r.clone(), p.clone())
     }
 
     /// Whether writes to `keyspace` use sloppy quorum: the keyspace's
@@ -469,7 +476,7 @@ impl ClusterStore {
     ) -> Result<(), QueryError> {
         let (rf, sloppy) = self.write_settings(&table.keyspace)?;
         let token = key::token_of(pk);
-        let ring = self.ring();
+        let (ring, future) = self.rings();
         let replicas = ring.replicas(token, rf);
         if replicas.is_empty() {
             return Err(server("the ring has no nodes"));
@@ -555,7 +562,9 @@ impl ClusterStore {
                 }
             });
         }
-        self.forward_to_pending(table, token, rf, &replicas, &deltas, deadline);
+        if let Some(future) = &future {
+            self.forward_to_pending(table, future, token, rf, &replicas, &deltas, deadline);
+        }
         for &t in down
             .iter()
             .filter(|t| !fallbacks.iter().any(|(x, _)| x == *t))
@@ -611,16 +620,22 @@ impl ClusterStore {
     /// the joining nodes own their tokens, in the background: not counted
     /// toward W, and a copy that fails becomes a hint (replayed like any
     /// other once the node is seen up).
+    #[allow(clippy::too_many_arguments)]
     fn forward_to_pending(
         &self,
         table: &TableRef,
+        future: &Ring,
         token: key::Token,
         rf: usize,
         replicas: &[NodeId],
         deltas: &Deltas,
         deadline: Instant,
     ) {
-        for target in self.pending_replicas(token, rf, replicas) {
+        let gainers = future
+            .replicas(token, rf)
+            .into_iter()
+            .filter(|n| !replicas.contains(n));
+        for target in gainers {
             self.inner
                 .counters
                 .pending_writes

@@ -247,6 +247,20 @@ impl Node {
                 // The first node of a new cluster: nothing to take over.
                 save_tokens(&tokens_path, &tokens)?;
             } else {
+                // The schema first: once this node says it joins, writes
+                // arrive as pending copies, and a copy for a table it does
+                // not know fails (and its hint could be dropped as one for
+                // a dropped table).
+                let sync = SchemaSync {
+                    schema: schema.clone(),
+                    transport: transport.clone(),
+                    clock: clock.clone(),
+                };
+                for peer in ring.nodes() {
+                    if membership.view().is_up(peer.id) {
+                        sync.pull(peer.addr).await;
+                    }
+                }
                 joining_with = Some(tokens.clone());
             }
             let status = if ring.is_empty() {
@@ -299,6 +313,11 @@ impl Node {
         );
         let mut tasks = vec![
             cluster.spawn_hint_sweeper(Duration::from_secs(10)),
+            tokio::spawn(drop_hints_of_left_nodes(
+                membership.clone(),
+                cluster.clone(),
+                Duration::from_secs(10),
+            )),
             batches.spawn_replayer(),
             tokio::spawn(react_to_gossip(
                 membership.clone(),
@@ -718,11 +737,50 @@ fn rack_of(membership: &Membership, node: NodeId) -> Option<String> {
         .and_then(|m| m.rack.clone())
 }
 
+/// Drops the hints held for `node`, which left the ring.
+fn drop_hints_of(cluster: &ClusterStore, node: NodeId) {
+    if !cluster.hints().targets().contains(&node) {
+        return;
+    }
+    match cluster.hints().discard_target(node) {
+        Ok(n) => tracing::info!(
+            node = node.0,
+            hints = n,
+            "dropped the hints of a node that left the ring"
+        ),
+        Err(e) => tracing::warn!(error = %e, "cannot drop the hints of a node that left"),
+    }
+}
+
+/// Every `every`, drops the hints held for nodes gossip says have left: a
+/// write coordinated just before this node learned of the leave can still
+/// store one after the event.
+async fn drop_hints_of_left_nodes(membership: Membership, cluster: ClusterStore, every: Duration) {
+    loop {
+        tokio::time::sleep(every).await;
+        let left: Vec<NodeId> = {
+            let view = membership.view();
+            cluster
+                .hints()
+                .targets()
+                .into_iter()
+                .filter(|t| {
+                    view.get(*t)
+                        .and_then(|m| m.metadata.as_ref())
+                        .is_some_and(|m| m.status == NodeStatus::Left)
+                })
+                .collect()
+        };
+        for node in left {
+            drop_hints_of(&cluster, node);
+        }
+    }
+}
+
 /// Gives the coordinator the rings gossip describes now.
 fn set_rings(cluster: &ClusterStore, membership: &Membership) {
     let (ring, pending) = rings_of(membership);
-    cluster.set_ring(ring);
-    cluster.set_pending_ring(pending);
+    cluster.set_rings(ring, pending);
 }
 
 /// Follows gossip: a node coming up gets its hints; metadata changes
@@ -747,18 +805,8 @@ async fn react_to_gossip(membership: Membership, cluster: ClusterStore, sync: Sc
             }
             MembershipEvent::MetadataChanged { node, metadata } => {
                 set_rings(&cluster, &membership);
-                if metadata.status == NodeStatus::Left && !cluster.hints().targets().is_empty() {
-                    match cluster.hints().discard_target(node) {
-                        Ok(0) => {}
-                        Ok(n) => tracing::info!(
-                            node = node.0,
-                            hints = n,
-                            "dropped the hints of a node that left the ring"
-                        ),
-                        Err(e) => {
-                            tracing::warn!(error = %e, "cannot drop the hints of a node that left")
-                        }
-                    }
+                if metadata.status == NodeStatus::Left {
+                    drop_hints_of(&cluster, node);
                 }
             }
             MembershipEvent::SchemaVersionChanged { node, .. } => {

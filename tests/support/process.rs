@@ -164,3 +164,28 @@ impl Cluster {
         }
     }
 }
+
+/// A new cluster CA saved under `<root>/certs`, and the client side that
+/// trusts it.
+pub fn new_cluster(root: &Path) -> (ClusterCa, Cluster) {
+    let ca = ClusterCa::generate().unwrap();
+    ca.save(&root.join("certs"), false).unwrap();
+    let cluster = Cluster {
+        rt: tokio::runtime::Runtime::new().unwrap(),
+        ca_pem: ca.cert_pem().to_string(),
+    };
+    (ca, cluster)
+}
+
+impl Cluster {
+    /// Creates keyspace `ks` (RF=3) and table `ks.kv (k int PRIMARY KEY,
+    /// v int)` through `client`.
+    pub fn create_kv_rf3(&self, client: &Client) {
+        for ddl in [
+            "CREATE KEYSPACE ks WITH replication = {'class': 'SimpleStrategy', 'replication_factor': 3}",
+            "CREATE TABLE ks.kv (k int PRIMARY KEY, v int)",
+        ] {
+            self.rt.block_on(client.execute(ddl, vec![])).unwrap();
+        }
+    }
+}
