@@ -1325,6 +1325,21 @@ async fn truncate_reaches_every_node_and_needs_them_all() {
     }
 }
 
+/// `ks.kv` as node 0's schema names it.
+fn kv_table_ref(c: &Cluster) -> ringdb::query::api::TableRef {
+    ringdb::query::api::TableRef {
+        keyspace: "ks".into(),
+        table: "kv".into(),
+        id: c
+            .node(0)
+            .schema
+            .current()
+            .get_table("ks", "kv")
+            .expect("kv")
+            .id,
+    }
+}
+
 /// Tokens of a node joining the 3-node cluster of [`tokens`]: halfway
 /// between each token of node 0 and the next one, so it takes a piece of
 /// every range.
@@ -1386,17 +1401,7 @@ async fn a_joining_node_streams_its_ranges_and_gets_the_writes_made_meanwhile() 
         assert_eq!(single_v(&c.local_query(3, &select(k)).await), None);
     }
 
-    let table = ringdb::query::api::TableRef {
-        keyspace: "ks".into(),
-        table: "kv".into(),
-        id: c
-            .node(0)
-            .schema
-            .current()
-            .get_table("ks", "kv")
-            .expect("kv")
-            .id,
-    };
+    let table = kv_table_ref(&c);
     let report = c
         .store(3)
         .bootstrap_stream(&future, &[table])
@@ -1465,17 +1470,7 @@ async fn a_decommissioned_node_hands_its_ranges_to_their_new_replicas() {
             .await
             .expect("write while leaving");
     }
-    let table = ringdb::query::api::TableRef {
-        keyspace: "ks".into(),
-        table: "kv".into(),
-        id: c
-            .node(0)
-            .schema
-            .current()
-            .get_table("ks", "kv")
-            .expect("kv")
-            .id,
-    };
+    let table = kv_table_ref(&c);
     let report = c
         .store(3)
         .decommission_stream(&future, &[table])

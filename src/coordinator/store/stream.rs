@@ -36,6 +36,22 @@ enum Sink<'a> {
     Nodes(&'a [NodeId]),
 }
 
+/// The token spans `[lo, hi]` of `ring`'s ranges that `node` replicates
+/// at `rf`, with the range's replicas (a range crossing the top of the
+/// ring gives two spans).
+fn spans_replicated_by(ring: &Ring, rf: usize, node: NodeId) -> Vec<(Token, Token, Vec<NodeId>)> {
+    ring.range_replicas(rf)
+        .into_iter()
+        .filter(|(_, replicas)| replicas.contains(&node))
+        .flat_map(|(range, replicas)| {
+            range
+                .spans()
+                .into_iter()
+                .map(move |span| (*span.start(), *span.end(), replicas.clone()))
+        })
+        .collect()
+}
+
 /// What [`ClusterStore::bootstrap_stream`] or
 /// [`ClusterStore::decommission_stream`] did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -67,26 +83,21 @@ impl ClusterStore {
         for table in tables {
             let rf = self.rf(&table.keyspace)?;
             report.tables += 1;
-            for (range, future_replicas) in future.range_replicas(rf) {
-                if !future_replicas.contains(&me) {
+            // `future` has every boundary of `current` and more, so a span
+            // of `future` has the current replicas of its last token.
+            for (lo, hi, _) in spans_replicated_by(future, rf, me) {
+                let sources: Vec<NodeId> = current
+                    .replicas(hi, rf)
+                    .into_iter()
+                    .filter(|n| *n != me)
+                    .collect();
+                if sources.is_empty() {
                     continue;
                 }
-                for span in range.spans() {
-                    // `future` has every boundary of `current` and more, so
-                    // the whole span has the replicas of its last token.
-                    let sources: Vec<NodeId> = current
-                        .replicas(*span.end(), rf)
-                        .into_iter()
-                        .filter(|n| *n != me)
-                        .collect();
-                    if sources.is_empty() {
-                        continue;
-                    }
-                    report.partitions += self
-                        .stream_span(table, *span.start(), *span.end(), &sources, Sink::Local)
-                        .await?;
-                    report.spans += 1;
-                }
+                report.partitions += self
+                    .stream_span(table, lo, hi, &sources, Sink::Local)
+                    .await?;
+                report.spans += 1;
             }
         }
         Ok(report)
@@ -108,31 +119,20 @@ impl ClusterStore {
         for table in tables {
             let rf = self.rf(&table.keyspace)?;
             report.tables += 1;
-            for (range, replicas) in current.range_replicas(rf) {
-                if !replicas.contains(&me) {
+            // `current` has every boundary of `future` and more.
+            for (lo, hi, replicas) in spans_replicated_by(&current, rf, me) {
+                let gainers: Vec<NodeId> = future
+                    .replicas(hi, rf)
+                    .into_iter()
+                    .filter(|n| !replicas.contains(n))
+                    .collect();
+                if gainers.is_empty() {
                     continue;
                 }
-                for span in range.spans() {
-                    // `current` has every boundary of `future` and more.
-                    let gainers: Vec<NodeId> = future
-                        .replicas(*span.end(), rf)
-                        .into_iter()
-                        .filter(|n| !replicas.contains(n))
-                        .collect();
-                    if gainers.is_empty() {
-                        continue;
-                    }
-                    report.partitions += self
-                        .stream_span(
-                            table,
-                            *span.start(),
-                            *span.end(),
-                            &replicas,
-                            Sink::Nodes(&gainers),
-                        )
-                        .await?;
-                    report.spans += 1;
-                }
+                report.partitions += self
+                    .stream_span(table, lo, hi, &replicas, Sink::Nodes(&gainers))
+                    .await?;
+                report.spans += 1;
             }
         }
         Ok(report)
