@@ -944,18 +944,45 @@ impl Shared {
     }
 
     fn release_before(&self, segment: SegmentId) -> Result<()> {
-        let mut segments = self.segments.lock();
         let active = self.active_id.load(Ordering::Acquire);
         let limit = segment.0.min(active);
-        let victims: Vec<u64> = segments.range(..limit).copied().collect();
-        if victims.is_empty() {
-            return Ok(());
-        }
-        for id in victims {
-            remove_if_exists(&self.dir.join(segment_file_name(SegmentId(id))))?;
-            segments.remove(&id);
-        }
-        sync_dir(&self.dir)
+        // A released segment's records are in a synced SSTable: take it off
+        // the unsynced list too. Otherwise the next sync would fdatasync the
+        // deleted file (its open handle keeps it alive) and write tens of
+        // MiB back to the disk for nothing; closing the last handle drops
+        // those pages instead. (Locked apart from `segments`: rolls take
+        // `active` first.)
+        let released: Vec<Rolled> = {
+            let mut active = self.active.lock();
+            let (keep, released) = std::mem::take(&mut active.rolled)
+                .into_iter()
+                .partition(|r| r.id >= limit);
+            active.rolled = keep;
+            released
+        };
+        let result = {
+            let mut segments = self.segments.lock();
+            let victims: Vec<u64> = segments.range(..limit).copied().collect();
+            let mut removed = Ok(());
+            for id in &victims {
+                removed = remove_if_exists(&self.dir.join(segment_file_name(SegmentId(*id))));
+                if removed.is_err() {
+                    break;
+                }
+                segments.remove(id);
+            }
+            removed.and_then(|()| {
+                if victims.is_empty() {
+                    Ok(())
+                } else {
+                    sync_dir(&self.dir)
+                }
+            })
+        };
+        // The last handles of deleted files: the OS frees their pages now,
+        // with no lock held that appenders or rolls wait for.
+        drop(released);
+        result
     }
 
     fn sync(&self) -> Result<()> {
@@ -1263,6 +1290,50 @@ mod tests {
         assert_eq!(
             replay.records,
             vec![(old, b"before the roll".to_vec()), (new, b"after".to_vec())]
+        );
+    }
+
+    #[test]
+    fn released_segments_are_not_synced_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let periodic = CommitLogOptions {
+            sync_mode: SyncMode::Periodic {
+                interval: Duration::from_secs(3600),
+            },
+            ..opts()
+        };
+        let (log, _) = CommitLog::open(dir.path(), SegmentId(0), periodic).unwrap();
+        let first = log.active_segment();
+        log.append(b"flushed elsewhere").unwrap();
+        let second = log.roll().unwrap();
+        log.append(b"still needed").unwrap();
+        let third = log.roll().unwrap();
+        log.append(b"active").unwrap();
+        // The memtable holding the first segment's records was flushed:
+        // the segment is released before any sync ran.
+        log.release_before(second).unwrap();
+        assert!(!segment_path(dir.path(), first).exists());
+        log.sync().unwrap();
+        let synced: Vec<u64> = log
+            .shared
+            .sync_events
+            .lock()
+            .iter()
+            .map(|&(id, _)| id)
+            .collect();
+        assert_eq!(
+            synced,
+            vec![second.0, third.0],
+            "the released segment is not synced"
+        );
+        drop(log);
+        let (_log, replay) = CommitLog::open(dir.path(), SegmentId(0), opts()).unwrap();
+        assert_eq!(
+            replay.records,
+            vec![
+                (second, b"still needed".to_vec()),
+                (third, b"active".to_vec())
+            ]
         );
     }
 

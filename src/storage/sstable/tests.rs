@@ -340,6 +340,44 @@ fn writer_rejects_bad_input_and_stays_usable() {
 }
 
 #[test]
+fn a_table_past_the_writeback_chunk_is_handed_to_the_os_as_it_grows() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("big.sst");
+    // About 3 MiB of values: the writer starts the writeback of the first
+    // chunks while it still writes.
+    let model = numbered_model(3000, 1000);
+    let mut w = SsTableWriter::create(&path, &SsTableOptions::default()).unwrap();
+    for (k, e) in &model {
+        w.add(k, e.plen, &e.value, e.min_ts, e.max_ts).unwrap();
+    }
+    assert!(
+        w.writeback_started >= 2 * WRITEBACK_CHUNK,
+        "writeback started for {} bytes only",
+        w.writeback_started
+    );
+    // What the writeback was asked for is in the file already, not in
+    // the writer's buffer.
+    let on_disk = std::fs::metadata(&path).unwrap().len();
+    assert!(
+        on_disk >= w.writeback_started,
+        "{on_disk} < {}",
+        w.writeback_started
+    );
+    let meta = w.finish().unwrap();
+    assert_eq!(meta, expected_meta(&model, &meta));
+    assert_eq!(std::fs::metadata(&path).unwrap().len(), meta.file_size);
+    let t = SsTable::open(&path, None).unwrap();
+    let expected: Vec<Kv> = model
+        .iter()
+        .map(|(k, e)| (k.clone(), e.value.clone()))
+        .collect();
+    assert_eq!(
+        all_ok(t.range(Bound::Unbounded, Bound::Unbounded, false)),
+        expected
+    );
+}
+
+#[test]
 fn empty_table_roundtrip() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("e.sst");
