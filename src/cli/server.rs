@@ -84,7 +84,9 @@ pub struct ServerArgs {
     pub speculative_retry_ms: Option<u64>,
     /// Threads running the node's async work (requests, replication,
     /// gossip); default: one per CPU. Several nodes sharing one machine
-    /// (`ringdb dev`, the benchmark) do better with fewer each.
+    /// (`ringdb dev`, the benchmark) do better with fewer each. With 1 the
+    /// node runs tokio's single-threaded runtime, which wakes and
+    /// schedules tasks more cheaply than a one-worker thread pool.
     #[arg(long)]
     pub worker_threads: Option<usize>,
 }
@@ -264,10 +266,19 @@ pub fn run(args: ServerArgs) -> anyhow::Result<()> {
         worker_threads,
     } = merge(args)?;
     ensure_certs(&config.certs_dir)?;
-    let mut builder = tokio::runtime::Builder::new_multi_thread();
-    if let Some(n) = worker_threads {
-        builder.worker_threads(n);
-    }
+    // One thread: the single-threaded runtime. Same behaviour as a pool of
+    // one (nothing here blocks the async thread), without the pool's
+    // cross-thread queue and wake-up machinery: 13-44 % more operations
+    // per server CPU-second in the YCSB runs of docs/performance.md.
+    let mut builder = match worker_threads {
+        Some(1) => tokio::runtime::Builder::new_current_thread(),
+        Some(n) => {
+            let mut b = tokio::runtime::Builder::new_multi_thread();
+            b.worker_threads(n);
+            b
+        }
+        None => tokio::runtime::Builder::new_multi_thread(),
+    };
     let runtime = builder
         .enable_all()
         .build()

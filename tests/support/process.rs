@@ -55,6 +55,10 @@ impl Node {
             .args(["--listen", &self.client.to_string()])
             .args(["--peer-listen", &self.peer.to_string()])
             .args(["--write-timeout-ms", "1000"])
+            // One async thread, as `ringdb dev` gives each of three nodes
+            // on two CPUs (the single-threaded runtime): the tests run
+            // what ships.
+            .args(["--worker-threads", "1"])
             .args(&self.extra_args)
             .env_remove(FAULT_ENV)
             .stdin(Stdio::null())

@@ -102,7 +102,8 @@ pub struct YcsbArgs {
     #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u64).range(1..=64))]
     pub connections_per_node: u64,
     /// Threads of the load generator (default: one per CPU). On a machine
-    /// the servers share, fewer leave them more CPU.
+    /// the servers share, fewer leave them more CPU; 1 runs the load
+    /// generator on tokio's single-threaded runtime.
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..=256))]
     pub client_threads: Option<u64>,
     /// The workload run again paced at --paced-fraction of its measured
@@ -180,10 +181,15 @@ pub fn run(args: YcsbArgs) -> anyhow::Result<()> {
         args.paced_fraction > 0.0 && args.paced_fraction <= 1.0,
         "--paced-fraction must be in (0, 1]"
     );
-    let mut builder = tokio::runtime::Builder::new_multi_thread();
-    if let Some(n) = args.client_threads {
-        builder.worker_threads(n as usize);
-    }
+    let mut builder = match args.client_threads {
+        Some(1) => tokio::runtime::Builder::new_current_thread(),
+        Some(n) => {
+            let mut b = tokio::runtime::Builder::new_multi_thread();
+            b.worker_threads(n as usize);
+            b
+        }
+        None => tokio::runtime::Builder::new_multi_thread(),
+    };
     let runtime = builder
         .enable_all()
         .build()
