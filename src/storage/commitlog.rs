@@ -61,6 +61,7 @@ use parking_lot::{Condvar, Mutex, MutexGuard};
 
 use super::error::{Result, StorageError};
 use super::framing::{self, Frame, RecordReader, HEADER_LEN};
+use super::writeback;
 
 /// Default size past which the active segment is rolled (64 MiB).
 pub const DEFAULT_SEGMENT_SIZE: u64 = 64 << 20;
@@ -170,6 +171,9 @@ struct Active {
     path: PathBuf,
     file: Arc<File>,
     len: u64,
+    /// Offset up to which the periodic sync thread has started the
+    /// writeback (see [`writeback`]).
+    writeback_from: u64,
     /// Segments rolled away from and not yet fdatasynced since (oldest
     /// first). A syncer syncs them before the active segment and removes
     /// them once synced; until then no record in them counts as synced.
@@ -379,6 +383,7 @@ impl CommitLog {
                 path,
                 file: Arc::new(file),
                 len: 0,
+                writeback_from: 0,
                 rolled: Vec::new(),
             }),
             active_id: AtomicU64::new(next_id),
@@ -894,6 +899,7 @@ impl Shared {
                 path,
                 file: Arc::new(file),
                 len: 0,
+                writeback_from: 0,
                 rolled: Vec::new(),
             },
         );
@@ -990,17 +996,47 @@ impl Shared {
         self.sync_written()
     }
 
-    /// Body of the periodic-mode background thread.
+    /// Starts the writeback of what the active segment received since the
+    /// last call, once that is at least [`writeback::CHUNK`]; returns the
+    /// bytes it asked for.
+    fn nudge_writeback(&self) -> u64 {
+        let (file, from, len) = {
+            let mut active = self.active.lock();
+            let len = active.len.saturating_sub(active.writeback_from);
+            if len < writeback::CHUNK {
+                return 0;
+            }
+            let from = active.writeback_from;
+            active.writeback_from = active.len;
+            (Arc::clone(&active.file), from, len)
+        };
+        writeback::start(&file, from, len);
+        len
+    }
+
+    /// Body of the periodic-mode background thread: an fdatasync every
+    /// `interval`, and in between, every tenth of it (0.1-1 s), the
+    /// writeback of what was appended is started so the fdatasync finds
+    /// little left to write.
     fn periodic_sync(&self, interval: Duration) {
         let mut synced_upto = 0u64;
         let mut stop = self.stop.lock();
-        let mut deadline = Instant::now() + interval;
+        // Replicas started together (and receiving the same writes) would
+        // sync in step, all writing at the same moment: the first sync
+        // comes at a random point of the second half of the interval.
+        let mut deadline = Instant::now() + interval.mul_f64(0.5 + 0.5 * rand::random::<f64>());
+        let nudge_every = (interval / 10).clamp(Duration::from_millis(100), Duration::from_secs(1));
         loop {
             if *stop {
                 return;
             }
-            if !self.stop_cv.wait_until(&mut stop, deadline).timed_out() {
+            let wake = deadline.min(Instant::now() + nudge_every);
+            if !self.stop_cv.wait_until(&mut stop, wake).timed_out() {
                 continue; // woken early: re-check `stop`
+            }
+            if Instant::now() < deadline {
+                MutexGuard::unlocked(&mut stop, || self.nudge_writeback());
+                continue;
             }
             deadline = Instant::now() + interval;
             let written = self.bytes_written.load(Ordering::Relaxed);
@@ -1335,6 +1371,46 @@ mod tests {
                 (third, b"active".to_vec())
             ]
         );
+    }
+
+    #[test]
+    fn the_periodic_thread_starts_the_writeback_of_each_new_chunk_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let periodic = CommitLogOptions {
+            sync_mode: SyncMode::Periodic {
+                interval: Duration::from_secs(3600),
+            },
+            ..opts()
+        };
+        let (log, _) = CommitLog::open(dir.path(), SegmentId(0), periodic).unwrap();
+        let record = vec![7u8; 64 * 1024];
+        log.append(&record).unwrap();
+        assert_eq!(log.shared.nudge_writeback(), 0, "less than a chunk waits");
+        for _ in 0..20 {
+            log.append(&record).unwrap();
+        }
+        let written = log.shared.active.lock().len;
+        assert_eq!(
+            log.shared.nudge_writeback(),
+            written,
+            "everything appended so far"
+        );
+        assert_eq!(log.shared.nudge_writeback(), 0, "nothing new since");
+        for _ in 0..20 {
+            log.append(&record).unwrap();
+        }
+        let more = log.shared.active.lock().len - written;
+        assert_eq!(log.shared.nudge_writeback(), more, "only what came after");
+        log.roll().unwrap();
+        log.append(&record).unwrap();
+        assert_eq!(
+            log.shared.nudge_writeback(),
+            0,
+            "a new segment starts from zero"
+        );
+        drop(log);
+        let (_log, replay) = CommitLog::open(dir.path(), SegmentId(0), opts()).unwrap();
+        assert_eq!(replay.records.len(), 42);
     }
 
     #[test]

@@ -17,5 +17,6 @@ pub mod iter;
 pub mod manifest;
 pub mod memtable;
 pub mod sstable;
+pub mod writeback;
 
 pub use error::{Result, StorageError};

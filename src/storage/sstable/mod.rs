@@ -36,6 +36,8 @@ mod format;
 mod tests;
 
 use std::fs::{File, OpenOptions};
+
+use super::writeback;
 use std::io::{BufWriter, Write};
 use std::ops::Bound;
 use std::path::{Path, PathBuf};
@@ -130,40 +132,6 @@ impl SsTableMeta {
     }
 }
 
-/// How many bytes an [`SsTableWriter`] writes before it asks the OS to
-/// start writing them to the disk (1 MiB).
-pub const WRITEBACK_CHUNK: u64 = 1 << 20;
-
-/// Asks the OS to start writing `len` bytes of `file` from `offset` to the
-/// disk and returns at once (`sync_file_range` with
-/// `SYNC_FILE_RANGE_WRITE`). Only a hint: durability still comes from the
-/// fsync that follows, so a failure is logged and otherwise ignored, and
-/// where the call does not exist this does nothing.
-pub fn start_writeback(file: &File, offset: u64, len: u64) {
-    #[cfg(target_os = "linux")]
-    {
-        use std::os::fd::AsRawFd;
-        let (Ok(offset), Ok(len)) = (i64::try_from(offset), i64::try_from(len)) else {
-            return;
-        };
-        // SAFETY: a plain syscall on a file descriptor we own; no memory is
-        // passed to the kernel.
-        let rc = unsafe {
-            libc::sync_file_range(file.as_raw_fd(), offset, len, libc::SYNC_FILE_RANGE_WRITE)
-        };
-        if rc != 0 {
-            tracing::debug!(
-                error = %std::io::Error::last_os_error(),
-                "sync_file_range failed; the fsync will write everything"
-            );
-        }
-    }
-    #[cfg(not(target_os = "linux"))]
-    {
-        let _ = (file, offset, len);
-    }
-}
-
 /// Writes one SSTable, entries in strictly increasing key order.
 ///
 /// The file is created with `create_new` (an existing file is never
@@ -176,7 +144,7 @@ pub struct SsTableWriter {
     /// Bytes handed to `out`.
     offset: u64,
     /// Bytes whose writeback to the disk has been started (see
-    /// [`WRITEBACK_CHUNK`]).
+    /// [`writeback::CHUNK`]).
     writeback_started: u64,
     block: BlockBuilder,
     /// Scratch buffer for one finished block.
@@ -316,7 +284,7 @@ impl SsTableWriter {
             .write_all(bytes)
             .map_err(|e| StorageError::io(&self.path, e))?;
         self.offset += bytes.len() as u64;
-        if self.offset - self.writeback_started >= WRITEBACK_CHUNK {
+        if self.offset - self.writeback_started >= writeback::CHUNK {
             self.start_writeback()?;
         }
         Ok(())
@@ -334,7 +302,7 @@ impl SsTableWriter {
             .map_err(|e| StorageError::io(&self.path, e))?;
         let from = self.writeback_started;
         let len = self.offset - from;
-        start_writeback(self.out.get_ref(), from, len);
+        writeback::start(self.out.get_ref(), from, len);
         self.writeback_started = self.offset;
         Ok(())
     }

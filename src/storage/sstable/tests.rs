@@ -351,7 +351,7 @@ fn a_table_past_the_writeback_chunk_is_handed_to_the_os_as_it_grows() {
         w.add(k, e.plen, &e.value, e.min_ts, e.max_ts).unwrap();
     }
     assert!(
-        w.writeback_started >= 2 * WRITEBACK_CHUNK,
+        w.writeback_started >= 2 * writeback::CHUNK,
         "writeback started for {} bytes only",
         w.writeback_started
     );
