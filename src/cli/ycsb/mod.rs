@@ -449,6 +449,11 @@ async fn bench_cluster(
             Some((_, peak_run)) => {
                 let peak = peak_run.throughput();
                 let rate = peak * args.paced_fraction;
+                let waited = wait_for_idle_servers(server_pids, IDLE_PATIENCE).await;
+                eprintln!(
+                    "ycsb: {label}: waited {:.1} s for the servers to finish the previous phase's work before the paced run",
+                    waited.as_secs_f64()
+                );
                 let before = CpuSample::now(server_pids);
                 let result = runner::run_phase(
                     &session,
@@ -485,6 +490,35 @@ async fn bench_cluster(
         runs,
         paced: paced_result,
     })
+}
+
+/// Longest wait for the servers to go idle before the paced run.
+const IDLE_PATIENCE: Duration = Duration::from_secs(15);
+
+/// Servers using less than this share of one core, together, are idle.
+const IDLE_CORES: f64 = 0.05;
+
+/// Waits until the servers have used less than [`IDLE_CORES`] over 200 ms
+/// (at most `patience`), and returns how long that took. The paced run
+/// follows closed-loop runs that leave flushes and compactions behind;
+/// waiting for them makes the paced run measure its own load, as separate
+/// YCSB invocations would. Without the servers' process ids (a cluster of
+/// `--host`) it waits one second.
+async fn wait_for_idle_servers(server_pids: &[u32], patience: Duration) -> Duration {
+    let started = std::time::Instant::now();
+    if server_pids.is_empty() {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        return started.elapsed();
+    }
+    loop {
+        let before = CpuSample::now(server_pids);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let usage = before.until(&CpuSample::now(server_pids));
+        let busy = usage.servers.map(|cpu| cpu / usage.wall.max(1e-3));
+        if busy.is_none_or(|cores| cores < IDLE_CORES) || started.elapsed() >= patience {
+            return started.elapsed();
+        }
+    }
 }
 
 /// Width of the windows a paced run's latency is summarised in.
