@@ -1064,6 +1064,17 @@ mod tests {
         CommitLogOptions::default()
     }
 
+    /// Periodic mode whose own sync never comes during a test: the test
+    /// syncs (or nudges) by hand.
+    fn periodic_never_due() -> CommitLogOptions {
+        CommitLogOptions {
+            sync_mode: SyncMode::Periodic {
+                interval: Duration::from_secs(3600),
+            },
+            ..opts()
+        }
+    }
+
     fn segment_path(dir: &Path, id: SegmentId) -> PathBuf {
         dir.join(segment_file_name(id))
     }
@@ -1246,13 +1257,7 @@ mod tests {
     #[test]
     fn periodic_mode_wait_synced_returns_at_once() {
         let dir = tempfile::tempdir().unwrap();
-        let opts = CommitLogOptions {
-            sync_mode: SyncMode::Periodic {
-                interval: Duration::from_secs(3600),
-            },
-            ..opts()
-        };
-        let (log, _) = CommitLog::open(dir.path(), SegmentId(0), opts).unwrap();
+        let (log, _) = CommitLog::open(dir.path(), SegmentId(0), periodic_never_due()).unwrap();
         let ticket = log.append_unsynced(b"x").unwrap();
         // The background sync runs once an hour: this returns without it.
         log.wait_synced(ticket).unwrap();
@@ -1332,13 +1337,7 @@ mod tests {
     #[test]
     fn released_segments_are_not_synced_again() {
         let dir = tempfile::tempdir().unwrap();
-        let periodic = CommitLogOptions {
-            sync_mode: SyncMode::Periodic {
-                interval: Duration::from_secs(3600),
-            },
-            ..opts()
-        };
-        let (log, _) = CommitLog::open(dir.path(), SegmentId(0), periodic).unwrap();
+        let (log, _) = CommitLog::open(dir.path(), SegmentId(0), periodic_never_due()).unwrap();
         let first = log.active_segment();
         log.append(b"flushed elsewhere").unwrap();
         let second = log.roll().unwrap();
@@ -1376,13 +1375,7 @@ mod tests {
     #[test]
     fn the_periodic_thread_starts_the_writeback_of_each_new_chunk_once() {
         let dir = tempfile::tempdir().unwrap();
-        let periodic = CommitLogOptions {
-            sync_mode: SyncMode::Periodic {
-                interval: Duration::from_secs(3600),
-            },
-            ..opts()
-        };
-        let (log, _) = CommitLog::open(dir.path(), SegmentId(0), periodic).unwrap();
+        let (log, _) = CommitLog::open(dir.path(), SegmentId(0), periodic_never_due()).unwrap();
         let record = vec![7u8; 64 * 1024];
         log.append(&record).unwrap();
         assert_eq!(log.shared.nudge_writeback(), 0, "less than a chunk waits");
@@ -1496,13 +1489,7 @@ mod tests {
     #[test]
     fn periodic_sync_covers_rolled_segments() {
         let dir = tempfile::tempdir().unwrap();
-        let opts = CommitLogOptions {
-            sync_mode: SyncMode::Periodic {
-                interval: Duration::from_secs(3600),
-            },
-            ..opts()
-        };
-        let (log, _) = CommitLog::open(dir.path(), SegmentId(0), opts).unwrap();
+        let (log, _) = CommitLog::open(dir.path(), SegmentId(0), periodic_never_due()).unwrap();
         let old = log.active_segment();
         log.append(b"x").unwrap();
         log.roll().unwrap();
