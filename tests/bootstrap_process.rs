@@ -37,16 +37,9 @@ fn a_joining_node_takes_its_ranges_and_the_writes_made_while_it_joins() {
     n3.start();
     cluster.wait_for_up(&n1, 3);
 
-    let client = cluster.connect(&n1);
-    client.set_consistency(Consistency::Quorum);
+    let (client, mut acked) = load_kv(&cluster, &n1);
     let run =
         |c: &Client, text: &str, values: Vec<Value>| cluster.rt.block_on(c.execute(text, values));
-    cluster.create_kv_rf3(&client);
-    let mut acked: Vec<i32> = Vec::new();
-    for k in 0..400 {
-        run(&client, INSERT, vec![Value::Int(k), Value::Int(k * 3)]).expect("write");
-        acked.push(k);
-    }
     // A deleted row must stay deleted on the new node.
     run(&client, "DELETE FROM ks.kv WHERE k = 11", vec![]).expect("delete");
     acked.retain(|k| *k != 11);
@@ -136,6 +129,21 @@ fn a_joining_node_takes_its_ranges_and_the_writes_made_while_it_joins() {
 
 /// Writes `k, 3k` at QUORUM through `client` on a thread, keys from
 /// `first` up, until `stop`; returns the acknowledged keys.
+/// Connects to `node` at QUORUM, creates `ks.kv` with RF 3 and writes
+/// keys 0..400 (v = 3k); returns the client and the keys written.
+fn load_kv(cluster: &Cluster, node: &Node) -> (Client, Vec<i32>) {
+    let client = cluster.connect(node);
+    client.set_consistency(Consistency::Quorum);
+    cluster.create_kv_rf3(&client);
+    for k in 0..400 {
+        cluster
+            .rt
+            .block_on(client.execute(INSERT, vec![Value::Int(k), Value::Int(k * 3)]))
+            .expect("write");
+    }
+    (client, (0..400).collect())
+}
+
 fn background_writer(
     cluster: &Cluster,
     client: Client,
@@ -197,16 +205,7 @@ fn a_decommissioned_node_hands_its_ranges_over_and_stops() {
     cluster.wait_for_up(&n1, 4);
     let [mut n2, mut n3, mut n4] = <[Node; 3]>::try_from(nodes).ok().unwrap();
 
-    let client = cluster.connect(&n1);
-    client.set_consistency(Consistency::Quorum);
-    let run =
-        |c: &Client, text: &str, values: Vec<Value>| cluster.rt.block_on(c.execute(text, values));
-    cluster.create_kv_rf3(&client);
-    let mut acked: Vec<i32> = Vec::new();
-    for k in 0..400 {
-        run(&client, INSERT, vec![Value::Int(k), Value::Int(k * 3)]).expect("write");
-        acked.push(k);
-    }
+    let (client, mut acked) = load_kv(&cluster, &n1);
 
     let stop = Arc::new(AtomicBool::new(false));
     let writer = background_writer(&cluster, cluster.connect(&n2), 1000, stop.clone());
