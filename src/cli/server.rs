@@ -266,19 +266,7 @@ pub fn run(args: ServerArgs) -> anyhow::Result<()> {
         worker_threads,
     } = merge(args)?;
     ensure_certs(&config.certs_dir)?;
-    // One thread: the single-threaded runtime. Same behaviour as a pool of
-    // one (nothing here blocks the async thread), without the pool's
-    // cross-thread queue and wake-up machinery: 13-44 % more operations
-    // per server CPU-second in the YCSB runs of docs/performance.md.
-    let mut builder = match worker_threads {
-        Some(1) => tokio::runtime::Builder::new_current_thread(),
-        Some(n) => {
-            let mut b = tokio::runtime::Builder::new_multi_thread();
-            b.worker_threads(n);
-            b
-        }
-        None => tokio::runtime::Builder::new_multi_thread(),
-    };
+    let mut builder = super::runtime_builder(worker_threads);
     let runtime = builder
         .enable_all()
         .build()

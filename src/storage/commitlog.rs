@@ -958,7 +958,7 @@ impl Shared {
         // MiB back to the disk for nothing; closing the last handle drops
         // those pages instead. (Locked apart from `segments`: rolls take
         // `active` first.)
-        let released: Vec<Rolled> = {
+        let _released: Vec<Rolled> = {
             let mut active = self.active.lock();
             let (keep, released) = std::mem::take(&mut active.rolled)
                 .into_iter()
@@ -966,29 +966,19 @@ impl Shared {
             active.rolled = keep;
             released
         };
-        let result = {
-            let mut segments = self.segments.lock();
-            let victims: Vec<u64> = segments.range(..limit).copied().collect();
-            let mut removed = Ok(());
-            for id in &victims {
-                removed = remove_if_exists(&self.dir.join(segment_file_name(SegmentId(*id))));
-                if removed.is_err() {
-                    break;
-                }
-                segments.remove(id);
-            }
-            removed.and_then(|()| {
-                if victims.is_empty() {
-                    Ok(())
-                } else {
-                    sync_dir(&self.dir)
-                }
-            })
-        };
-        // The last handles of deleted files: the OS frees their pages now,
-        // with no lock held that appenders or rolls wait for.
-        drop(released);
-        result
+        // Declared after `_released`, so dropped before it on every return:
+        // the last handles of the deleted files close (and the OS frees
+        // their pages) with no lock held that appenders or rolls wait for.
+        let mut segments = self.segments.lock();
+        let victims: Vec<u64> = segments.range(..limit).copied().collect();
+        if victims.is_empty() {
+            return Ok(());
+        }
+        for id in victims {
+            remove_if_exists(&self.dir.join(segment_file_name(SegmentId(id))))?;
+            segments.remove(&id);
+        }
+        sync_dir(&self.dir)
     }
 
     fn sync(&self) -> Result<()> {

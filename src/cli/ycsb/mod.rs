@@ -181,15 +181,7 @@ pub fn run(args: YcsbArgs) -> anyhow::Result<()> {
         args.paced_fraction > 0.0 && args.paced_fraction <= 1.0,
         "--paced-fraction must be in (0, 1]"
     );
-    let mut builder = match args.client_threads {
-        Some(1) => tokio::runtime::Builder::new_current_thread(),
-        Some(n) => {
-            let mut b = tokio::runtime::Builder::new_multi_thread();
-            b.worker_threads(n as usize);
-            b
-        }
-        None => tokio::runtime::Builder::new_multi_thread(),
-    };
+    let mut builder = super::runtime_builder(args.client_threads.map(|n| n as usize));
     let runtime = builder
         .enable_all()
         .build()
