@@ -86,6 +86,14 @@ impl CpuUsage {
         share(self.others, self.machine)
     }
 
+    /// Share (0..=1) of the machine's CPU time that was used: servers, load
+    /// generator and every other process together. Near 1, a request
+    /// waits for a CPU at every hop, whatever the load it was paced at.
+    pub fn busy_share(&self) -> Option<f64> {
+        let used = self.servers? + self.client? + self.others.unwrap_or(0.0);
+        share(Some(used), self.machine)
+    }
+
     /// Share (0..=1) of the machine's CPU time the hypervisor took.
     pub fn steal_share(&self) -> Option<f64> {
         share(self.steal, self.machine)

@@ -101,9 +101,10 @@ pub struct YcsbArgs {
     /// Client connections (QUIC) to each node; the tasks share them.
     #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u64).range(1..=64))]
     pub connections_per_node: u64,
-    /// Threads of the load generator (default: one per CPU). On a machine
-    /// the servers share, fewer leave them more CPU; 1 runs the load
-    /// generator on tokio's single-threaded runtime.
+    /// Threads of the load generator [default: 1 with local clusters, one
+    /// per CPU with --host]. 1 runs it on tokio's single-threaded runtime,
+    /// which on a machine the servers share leaves them more CPU and packs
+    /// the requests of one wake-up into fewer datagrams.
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..=256))]
     pub client_threads: Option<u64>,
     /// The workload run again paced at --paced-fraction of its measured
@@ -119,6 +120,17 @@ pub struct YcsbArgs {
     /// Also write the results as JSON to this file.
     #[arg(long)]
     pub json: Option<PathBuf>,
+}
+
+/// The load generator's threads: as asked, else one when the servers run
+/// on this machine (local clusters) and one per CPU (`None`) when they run
+/// elsewhere (`--host`).
+fn client_threads(args: &YcsbArgs) -> Option<usize> {
+    match args.client_threads {
+        Some(n) => Some(n as usize),
+        None if args.host.is_empty() => Some(1),
+        None => None,
+    }
 }
 
 fn parse_consistency(text: &str) -> Result<Consistency, String> {
@@ -181,7 +193,7 @@ pub fn run(args: YcsbArgs) -> anyhow::Result<()> {
         args.paced_fraction > 0.0 && args.paced_fraction <= 1.0,
         "--paced-fraction must be in (0, 1]"
     );
-    let mut builder = super::runtime_builder(args.client_threads.map(|n| n as usize));
+    let mut builder = super::runtime_builder(client_threads(&args));
     let runtime = builder
         .enable_all()
         .build()
@@ -767,7 +779,7 @@ fn paced_verdict(label: &str, p: &Paced, target_us: u64) -> String {
     let errors = p.result.total_errors();
     let met = kept && errors == 0 && !parts.is_empty() && worst < target_us;
     format!(
-        "p99 verdict, {label}, workload {} at {:.0}% of {:.0} ops/s ({:.0} asked, {:.0} done{}): \
+        "p99 verdict, {label}, workload {} at {:.0}% of {:.0} ops/s ({:.0} asked, {:.0} done{}{}): \
          {}: target p99 < {:.0} ms: {}",
         p.workload.label(),
         if p.peak > 0.0 {
@@ -782,6 +794,10 @@ fn paced_verdict(label: &str, p: &Paced, target_us: u64) -> String {
             format!(", {errors} failed")
         } else {
             String::new()
+        },
+        match p.result.cpu.as_ref().and_then(|c| c.busy_share()) {
+            Some(busy) => format!(", CPUs {:.0}% busy", busy * 100.0),
+            None => String::new(),
         },
         if parts.is_empty() {
             "no operations".to_string()
@@ -1005,5 +1021,47 @@ mod tests {
         assert!(line.ends_with("NOT MET (did not keep the pace)"), "{line}");
         let empty = paced(100.0, 0, &[]);
         assert!(paced_verdict("c", &empty, 5_000).contains("NOT MET"));
+    }
+
+    #[test]
+    fn the_verdict_says_how_busy_the_machine_was_when_it_is_known() {
+        let mut p = paced(100.0, 50, &[(Op::Read, 1_200)]);
+        assert!(!paced_verdict("c", &p, 5_000).contains("busy"));
+        p.result.cpu = Some(cpu::CpuUsage {
+            wall: 1.0,
+            servers: Some(1.3),
+            client: Some(0.4),
+            others: Some(0.1),
+            steal: Some(0.0),
+            machine: Some(2.0),
+            udp: None,
+        });
+        let line = paced_verdict("c", &p, 5_000);
+        assert!(line.contains("done, CPUs 90% busy)"), "{line}");
+    }
+
+    /// `ringdb bench ycsb` flags as the command line gives them.
+    fn ycsb_args(flags: &[&str]) -> YcsbArgs {
+        #[derive(clap::Parser)]
+        struct Command {
+            #[command(flatten)]
+            args: YcsbArgs,
+        }
+        let argv = std::iter::once("ycsb").chain(flags.iter().copied());
+        match <Command as clap::Parser>::try_parse_from(argv) {
+            Ok(c) => c.args,
+            Err(e) => panic!("{flags:?} should parse: {e}"),
+        }
+    }
+
+    #[test]
+    fn the_load_generator_takes_one_thread_beside_local_servers_unless_told() {
+        assert_eq!(client_threads(&ycsb_args(&[])), Some(1));
+        assert_eq!(
+            client_threads(&ycsb_args(&["--client-threads", "3"])),
+            Some(3)
+        );
+        let remote = ycsb_args(&["--host", "127.0.0.1:9042", "--ca-cert", "ca.pem"]);
+        assert_eq!(client_threads(&remote), None);
     }
 }
