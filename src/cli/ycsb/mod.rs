@@ -533,6 +533,19 @@ const TIMELINE_WINDOW: Duration = Duration::from_millis(100);
 /// `<dir>/paced-<cluster>-<workload>.svg`.
 fn report_timeline(label: &str, workload: Workload, result: &PhaseResult, dir: &Path) {
     let timeline = &result.timeline;
+    let spread = timeline.spread(TIMELINE_WINDOW, P99_TARGET_US);
+    if spread.windows > 0 {
+        eprintln!(
+            "ycsb:   p99 per {} ms window: median {:.1} ms, 90th percentile {:.1} ms; \
+             {} of {} windows at or over {:.0} ms",
+            TIMELINE_WINDOW.as_millis(),
+            spread.median_p99_us as f64 / 1000.0,
+            spread.p90_p99_us as f64 / 1000.0,
+            spread.over_target,
+            spread.windows,
+            P99_TARGET_US as f64 / 1000.0,
+        );
+    }
     for w in timeline.slowest(TIMELINE_WINDOW, 3) {
         eprintln!(
             "ycsb:   slow window at {:.1} s ({} UTC): {} ops due, p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",

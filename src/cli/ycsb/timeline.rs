@@ -30,6 +30,19 @@ pub struct Window {
     pub max_us: u64,
 }
 
+/// The spread of the per-window p99s of a phase ([`Timeline::spread`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WindowSpread {
+    /// Windows with at least one operation.
+    pub windows: usize,
+    /// Windows whose p99 is at or over the target.
+    pub over_target: usize,
+    /// The median of the windows' p99s, µs.
+    pub median_p99_us: u64,
+    /// The 90th percentile of the windows' p99s, µs.
+    pub p90_p99_us: u64,
+}
+
 /// Every operation of a phase, in no particular order.
 #[derive(Debug, Clone, Default)]
 pub struct Timeline {
@@ -73,6 +86,19 @@ impl Timeline {
                 }
             })
             .collect()
+    }
+
+    /// How the windows' p99s spread: whether a run's p99 comes from a few
+    /// bad moments or from every moment being a little slow.
+    pub fn spread(&self, width: Duration, target_us: u64) -> WindowSpread {
+        let mut p99s: Vec<u64> = self.windows(width).iter().map(|w| w.p99_us).collect();
+        p99s.sort_unstable();
+        WindowSpread {
+            windows: p99s.len(),
+            over_target: p99s.iter().filter(|&&p| p >= target_us).count(),
+            median_p99_us: quantile(&p99s, 0.5),
+            p90_p99_us: quantile(&p99s, 0.9),
+        }
     }
 
     /// Up to `n` windows with the highest p99, slowest first.
@@ -243,6 +269,33 @@ mod tests {
                 .map(|&(due_us, latency_us)| Sample { due_us, latency_us })
                 .collect(),
         }
+    }
+
+    #[test]
+    fn the_spread_counts_windows_over_the_target_and_ranks_their_p99s() {
+        // Ten windows of 100 ms: nine with every answer at 1 ms, one at 9 ms.
+        let mut samples = Vec::new();
+        for w in 0..10u64 {
+            let latency = if w == 7 { 9_000 } else { 1_000 };
+            for i in 0..20 {
+                samples.push((w * 100_000 + i * 1_000, latency));
+            }
+        }
+        let spread = timeline(&samples).spread(Duration::from_millis(100), 5_000);
+        assert_eq!(
+            spread,
+            WindowSpread {
+                windows: 10,
+                over_target: 1,
+                median_p99_us: 1_000,
+                p90_p99_us: 1_000,
+            }
+        );
+        let none = timeline(&[]).spread(Duration::from_millis(100), 5_000);
+        assert_eq!(
+            (none.windows, none.over_target, none.median_p99_us),
+            (0, 0, 0)
+        );
     }
 
     #[test]
