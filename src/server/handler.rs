@@ -167,22 +167,23 @@ async fn serve_stream(
     // fails this request only, with an error frame.
     let mut task = tokio::spawn(dispatch(shared.clone(), state, frame));
     // One request per stream. The client finishes its side right after the
-    // frame, so the end is normally here already: reading it lets the
-    // stream close cleanly instead of costing a STOP_SENDING. Bytes after
-    // the frame are not read, and an end that has not come by the time the
-    // answer is ready is not waited for: the stream is stopped then.
+    // frame, so the end is normally here already, or comes soon after:
+    // reading it lets the stream close cleanly instead of costing a
+    // STOP_SENDING. The answer never waits for it: an end that has not come
+    // when the answer is ready is waited for after the answer has gone (as
+    // long as a request may take to arrive), and only then is the stream
+    // stopped. Bytes after the frame are not read: they stop it at once.
+    let mut request_ended = None;
     let joined = tokio::select! {
         biased;
         ended = protocol::read_end(&mut recv) => {
             if !ended {
                 let _ = recv.stop(quinn::VarInt::from_u32(0));
             }
+            request_ended = Some(ended);
             (&mut task).await
         }
-        joined = &mut task => {
-            let _ = recv.stop(quinn::VarInt::from_u32(0));
-            joined
-        }
+        joined = &mut task => joined,
     };
     let answer = match joined {
         Ok(answer) => answer,
@@ -223,6 +224,17 @@ async fn serve_stream(
         return;
     }
     let _ = send.finish();
+    if request_ended.is_none() {
+        let ended = tokio::time::timeout(
+            shared.limits.request_read_timeout,
+            protocol::read_end(&mut recv),
+        )
+        .await
+        .unwrap_or(false);
+        if !ended {
+            let _ = recv.stop(quinn::VarInt::from_u32(0));
+        }
+    }
 }
 
 /// Answers a bad request: stops reading the stream with the error's code,
