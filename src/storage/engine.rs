@@ -627,10 +627,15 @@ impl Engine {
             });
             Ok(())
         };
-        if let Some(e) = snap.active.get(key) {
-            add(e)?;
+        if snap.active.may_contain_partition(partition) {
+            if let Some(e) = snap.active.get(key) {
+                add(e)?;
+            }
         }
         for frozen in &snap.frozen {
+            if !frozen.mem.may_contain_partition(partition) {
+                continue;
+            }
             if let Some(e) = frozen.mem.get(key) {
                 add(e)?;
             }
@@ -685,13 +690,18 @@ impl Engine {
         // Only the active memtable still changes: frozen ones and SSTables
         // hold whole writes. Within one partition the caller holds its
         // stripe; across partitions the source takes each one's in turn.
-        if partition.is_some() {
-            sources.push(Box::new(MemtableRange::new(
-                snap.active.clone(),
-                lower.clone(),
-                upper.clone(),
-                reverse,
-            )));
+        // Within one partition, a memtable whose filter rules the partition
+        // out is not searched at all.
+        let may_hold = |mem: &Memtable| partition.is_none_or(|p| mem.may_contain_partition(p));
+        if let Some(p) = partition {
+            if snap.active.may_contain_partition(p) {
+                sources.push(Box::new(MemtableRange::new(
+                    snap.active.clone(),
+                    lower.clone(),
+                    upper.clone(),
+                    reverse,
+                )));
+            }
         } else {
             sources.push(Box::new(PartitionwiseRange::new(
                 snap.active.clone(),
@@ -701,7 +711,7 @@ impl Engine {
                 reverse,
             )));
         }
-        for frozen in &snap.frozen {
+        for frozen in snap.frozen.iter().filter(|f| may_hold(&f.mem)) {
             sources.push(Box::new(MemtableRange::new(
                 frozen.mem.clone(),
                 lower.clone(),
