@@ -4,32 +4,25 @@
 //! every replica without rows flagged as conflicted; a batch whose batch
 //! log cannot be written fails with a typed error and applies nothing.
 
+mod sim_cluster;
+
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use cql_lite::{DataType, Value};
-use ringdb::cluster::batchlog::{BatchLog, BatchLogOptions};
-use ringdb::cluster::hints::{HintOptions, HintStore};
-use ringdb::cluster::{NodeInfo, Ring};
-use ringdb::coordinator::{
-    BatchConfig, BatchCoordinator, BatchFault, BatchReplayReport, ClusterStore, CoordinatorConfig,
-    ManualLiveness, PeerRequest, PeerResponse, ReplicaHandler, TokioClock,
-};
-use ringdb::model::key::serialize_partition_key;
-use ringdb::model::{Consistency, HybridClock, NodeId};
-use ringdb::net::{SimConfig, SimNetwork, Transport};
-use ringdb::query::api::{
-    QueryError, QueryExecutor, QueryOptions, QueryResult, ResultSet, SessionState,
-};
-use ringdb::query::{Executor, ExecutorConfig, LocalStore};
-use ringdb::schema::SchemaStore;
-use ringdb::storage::commitlog::SyncMode;
-use ringdb::storage::engine::EngineOptions;
+use cql_lite::Value;
+use ringdb::cluster::hints::HintOptions;
+use ringdb::coordinator::{BatchFault, BatchReplayReport, CoordinatorConfig};
+use ringdb::model::Consistency;
+use ringdb::net::{SimConfig, SimNetwork};
+use ringdb::query::api::{QueryError, ResultSet};
+use sim_cluster::{rows, Cluster, ClusterOptions, Layout};
 
-const EPOCH_MS: u64 = 1_700_000_000_000;
-const VNODES: u64 = 16;
+const LAYOUT: Layout = Layout {
+    subnet: 1,
+    id_base: 0x2000,
+    token_offset: 777,
+};
 const WRITE_TIMEOUT: Duration = Duration::from_secs(2);
 
 const KS: &str =
@@ -38,286 +31,47 @@ const T: &str = "CREATE TABLE ks.t (k int, c int, v int, w text, PRIMARY KEY (k,
 const U: &str = "CREATE TABLE ks.u (k int PRIMARY KEY, v int)";
 
 fn addr(i: usize) -> SocketAddr {
-    SocketAddr::from(([10, 0, 1, (i + 1) as u8], 7000))
-}
-
-fn node_id(i: usize) -> NodeId {
-    NodeId(0x2000 + i as u64)
-}
-
-fn tokens(i: usize, n: usize) -> Vec<u64> {
-    let step = u64::MAX / (VNODES * n as u64);
-    (0..VNODES)
-        .map(|j| (j * n as u64 + i as u64) * step + 777)
-        .collect()
-}
-
-fn engine_options() -> EngineOptions {
-    EngineOptions {
-        sync_mode: SyncMode::Periodic {
-            interval: Duration::from_millis(200),
-        },
-        background: false,
-        block_cache_bytes: 1 << 20,
-        ..EngineOptions::default()
-    }
-}
-
-struct Node {
-    dir: PathBuf,
-    schema: Arc<SchemaStore>,
-    store: ClusterStore,
-    batches: BatchCoordinator,
-    exec: Executor,
-    local_exec: Executor,
-}
-
-struct Cluster {
-    net: SimNetwork,
-    live: Arc<ManualLiveness>,
-    ring: Ring,
-    rf: usize,
-    nodes: Vec<Option<Node>>,
-    faults: Vec<Option<BatchFault>>,
-    _tmp: tempfile::TempDir,
+    LAYOUT.addr(i)
 }
 
 impl Cluster {
     /// `n` nodes, keyspace `ks` with RF `min(3, n)`, tables `ks.t` and
-    /// `ks.u`; node `i` runs with `faults[i]` (the rest without).
+    /// `ks.u`; every node has a batch log, node `i` runs with `faults[i]`
+    /// (the rest without).
     async fn new(n: usize, seed: u64, faults: Vec<Option<BatchFault>>) -> Cluster {
-        let tmp = tempfile::tempdir().expect("tempdir");
-        let ring =
-            Ring::new((0..n).map(|i| NodeInfo::new(node_id(i), addr(i), None, tokens(i, n))))
-                .expect("ring");
-        let mut faults = faults;
-        faults.resize(n, None);
-        let mut c = Cluster {
-            net: SimNetwork::new(SimConfig::with_seed(seed)),
-            live: Arc::new(ManualLiveness::new()),
-            ring,
-            rf: n.min(3),
-            nodes: Vec::new(),
-            faults,
-            _tmp: tmp,
+        let rf = n.min(3);
+        let options = ClusterOptions {
+            layout: LAYOUT,
+            rf,
+            config: CoordinatorConfig {
+                write_timeout: WRITE_TIMEOUT,
+                ..CoordinatorConfig::default()
+            },
+            hint_options: HintOptions {
+                window: Duration::from_secs(3600),
+                sync: false,
+                segment_bytes: 1 << 20,
+            },
+            batches: Some(faults),
         };
-        for i in 0..n {
-            let dir = c._tmp.path().join(format!("node{i}"));
-            std::fs::create_dir_all(&dir).expect("dir");
-            std::fs::write(dir.join("node_id"), format!("{:016x}\n", node_id(i).0))
-                .expect("node id");
-            let node = c.open_node(i, &dir);
-            c.nodes.push(Some(node));
-        }
         let ks = KS.replace(
             "'replication_factor': 3",
-            &format!("'replication_factor': {}", c.rf),
+            &format!("'replication_factor': {rf}"),
         );
-        for stmt in [ks.as_str(), T, U] {
-            c.ddl(0, stmt).await;
-        }
-        c
+        Cluster::build(n, SimConfig::with_seed(seed), options, &ks, &[T, U]).await
     }
 
-    fn open_node(&self, i: usize, dir: &Path) -> Node {
-        // Wall clocks agree across nodes and go on across a restart.
-        let elapsed = u64::try_from(self.net.elapsed().as_millis()).expect("ms");
-        let hlc = Arc::new(HybridClock::new(Arc::new(TokioClock::new(
-            EPOCH_MS + elapsed,
-        ))));
-        let schema = Arc::new(SchemaStore::open(dir).expect("schema"));
-        let local = Arc::new(
-            LocalStore::open(dir, hlc.clone(), schema.clone(), engine_options()).expect("store"),
-        );
-        local.set_inline_io(true);
-        let hints = Arc::new(
-            HintStore::open(
-                &dir.join("hints"),
-                HintOptions {
-                    window: Duration::from_secs(3600),
-                    sync: false,
-                    segment_bytes: 1 << 20,
-                },
-            )
-            .expect("hints"),
-        );
-        let log = Arc::new(
-            BatchLog::open(
-                &dir.join("cluster-batchlog"),
-                BatchLogOptions {
-                    sync: false,
-                    ..BatchLogOptions::default()
-                },
-            )
-            .expect("batch log"),
-        );
-        let handler =
-            Arc::new(ReplicaHandler::new(local.clone(), hints.clone()).with_batch_log(log.clone()));
-        let transport: Arc<dyn Transport<PeerRequest, PeerResponse>> =
-            Arc::new(self.net.add_node(addr(i), handler));
-        let config = CoordinatorConfig {
-            write_timeout: WRITE_TIMEOUT,
-            ..CoordinatorConfig::default()
-        };
-        let store = ClusterStore::new(
-            local.clone(),
-            hints,
-            schema.clone(),
-            transport.clone(),
-            self.ring.clone(),
-            self.live.clone(),
-            config,
-        );
-        let batches = BatchCoordinator::new(
-            store.clone(),
-            log,
-            schema.clone(),
-            transport,
-            self.live.clone(),
-            BatchConfig {
-                fault: self.faults[i].clone(),
-                ..BatchConfig::for_write_timeout(WRITE_TIMEOUT)
-            },
-        );
-        let exec = Executor::new(
-            Arc::new(batches.clone()),
-            schema.clone(),
-            hlc.clone(),
-            ExecutorConfig::default(),
-        );
-        let local_exec = Executor::new(local, schema.clone(), hlc, ExecutorConfig::default());
-        Node {
-            dir: dir.to_path_buf(),
-            schema,
-            store,
-            batches,
-            exec,
-            local_exec,
-        }
-    }
-
-    fn node(&self, i: usize) -> &Node {
-        self.nodes[i].as_ref().expect("node is running")
-    }
-
-    fn running(&self) -> impl Iterator<Item = (usize, &Node)> {
-        self.nodes
-            .iter()
-            .enumerate()
-            .filter_map(|(i, n)| n.as_ref().map(|n| (i, n)))
-    }
-
-    /// Runs a schema statement on node `i` and hands the schema to the
-    /// others (as gossip would).
-    async fn ddl(&self, i: usize, stmt: &str) {
-        self.query(i, Consistency::One, stmt).await.expect("ddl");
-        let schema = (*self.node(i).schema.current()).clone();
-        for (j, n) in self.running() {
-            if j != i {
-                n.schema.merge(&schema).expect("schema");
-            }
-        }
-    }
-
-    async fn query(
-        &self,
-        i: usize,
-        cl: Consistency,
-        text: &str,
-    ) -> Result<QueryResult, QueryError> {
-        let mut session = SessionState::default();
-        let options = QueryOptions {
-            consistency: cl,
-            ..QueryOptions::default()
-        };
-        self.node(i)
-            .exec
-            .execute(&mut session, text, vec![], options)
-            .await
-            .map(|r| r.result)
-    }
-
-    /// A statement on node `i`'s own data only.
-    async fn local_query(&self, i: usize, text: &str) -> ResultSet {
-        let mut session = SessionState::default();
-        match self
-            .node(i)
-            .local_exec
-            .execute(&mut session, text, vec![], QueryOptions::default())
-            .await
-            .map(|r| r.result)
-        {
-            Ok(QueryResult::Rows(rs)) => rs,
-            other => panic!("expected rows, got {other:?}"),
-        }
-    }
-
-    fn replicas_of(&self, k: i32) -> Vec<usize> {
-        let pk = serialize_partition_key(&[Value::Int(k)], &[DataType::Int]).expect("pk");
-        self.ring
-            .replicas_for_key(&pk, self.rf)
-            .into_iter()
-            .map(|id| (id.0 - 0x2000) as usize)
-            .collect()
-    }
-
-    fn kill(&self, i: usize) {
-        self.net.kill(addr(i));
-        self.live.set_down(node_id(i));
-    }
-
-    /// The process of node `i` (killed) is gone; it starts again from its
-    /// data directory, still cut off until [`Cluster::revive`].
-    async fn restart(&mut self, i: usize) {
-        let dir = self.node(i).dir.clone();
-        self.nodes[i] = None;
-        tokio::time::sleep(Duration::from_secs(10)).await;
-        let node = self.open_node(i, &dir);
-        self.net.kill(addr(i));
-        self.nodes[i] = Some(node);
-    }
-
-    /// Node `i` is back: up on the network and in liveness, every node
-    /// delivers the hints it holds for it, and it delivers its own.
-    async fn revive(&self, i: usize) {
-        self.revive_keeping_own_hints(i).await;
+    /// Node `i` is back, gets the hints held for it and delivers its own.
+    async fn revive_and_deliver(&self, i: usize) {
+        self.revive(i).await;
         self.deliver_hints_of(i).await;
-    }
-
-    /// Node `i` is back and gets the hints held for it, but has not
-    /// delivered its own hints yet.
-    async fn revive_keeping_own_hints(&self, i: usize) {
-        self.net.revive(addr(i));
-        self.live.set_up(node_id(i));
-        for (j, n) in self.running() {
-            if j != i {
-                n.store
-                    .on_node_up(node_id(i))
-                    .await
-                    .expect("task")
-                    .expect("replay");
-            }
-        }
-    }
-
-    /// Node `i` delivers the hints it holds for the others.
-    async fn deliver_hints_of(&self, i: usize) {
-        for (j, _) in self.running() {
-            if j != i {
-                self.node(i)
-                    .store
-                    .replay_hints(node_id(j))
-                    .await
-                    .expect("replay");
-            }
-        }
     }
 
     /// One sweep of every running node's batch log; the reports summed.
     async fn replay_everywhere(&self) -> BatchReplayReport {
         let mut sum = BatchReplayReport::default();
         for (_, n) in self.running() {
-            let r = n.batches.replay_due().await;
+            let r = n.batches().replay_due().await;
             assert!(!r.busy);
             sum.due += r.due;
             sum.finished += r.finished;
@@ -334,15 +88,8 @@ impl Cluster {
     /// Entries held in the batch logs of the running nodes.
     fn batch_log_entries(&self) -> usize {
         self.running()
-            .map(|(_, n)| n.batches.batch_log().len())
+            .map(|(_, n)| n.batches().batch_log().len())
             .sum()
-    }
-}
-
-fn rows(r: &QueryResult) -> &ResultSet {
-    match r {
-        QueryResult::Rows(rs) => rs,
-        other => panic!("expected rows, got {other:?}"),
     }
 }
 
@@ -478,7 +225,7 @@ async fn a_coordinator_cut_off_after_the_batch_log_dies_and_replay_completes_the
     );
     // The batch log was written before the cut: two holders among the others.
     let holders: Vec<usize> = (1..4)
-        .filter(|i| !c.node(*i).batches.batch_log().is_empty())
+        .filter(|i| !c.node(*i).batches().batch_log().is_empty())
         .collect();
     assert_eq!(holders.len(), 2, "entry held by two nodes");
     // Partial state: the coordinator alone holds the batch in its own
@@ -498,7 +245,7 @@ async fn a_coordinator_cut_off_after_the_batch_log_dies_and_replay_completes_the
     c.restart(0).await;
 
     // The restart took 10 s: past the replay delay.
-    assert!(c.node(1).batches.config().replay_delay <= Duration::from_secs(10));
+    assert!(c.node(1).batches().config().replay_delay <= Duration::from_secs(10));
     let report = c.replay_everywhere().await;
     assert_eq!(report.left_to_other_holder, 1, "{report:?}");
     assert_eq!(report.kept, 1, "{report:?}");
@@ -519,7 +266,7 @@ async fn a_coordinator_cut_off_after_the_batch_log_dies_and_replay_completes_the
     // Back, with the hints held for it, but its own hints (its partial
     // versions, for the others) not delivered yet: on it, its partial
     // versions and the degraded replay's are siblings with the same cells.
-    c.revive_keeping_own_hints(0).await;
+    c.revive(0).await;
     for &k in &with_coord {
         let local = c.local_query(0, &select(k)).await;
         assert_eq!(values(&local), expected_after_batch(k), "key {k}");
@@ -582,7 +329,7 @@ async fn a_coordinator_dying_after_some_partitions_is_completed_by_replay() {
             .expect("read");
         assert_eq!(values(rows(&r)), expected_after_batch(k), "key {k}");
     }
-    c.revive(0).await;
+    c.revive_and_deliver(0).await;
     let report = c.replay_everywhere().await;
     assert_eq!(report.finished, 1, "{report:?}");
     assert_eq!(c.batch_log_entries(), 0);
@@ -649,8 +396,8 @@ async fn a_batch_whose_batch_log_cannot_be_written_fails_and_applies_nothing() {
         err.to_string().contains("logged batch not applied"),
         "{err}"
     );
-    c.revive(1).await;
-    c.revive(2).await;
+    c.revive_and_deliver(1).await;
+    c.revive_and_deliver(2).await;
     tokio::time::sleep(Duration::from_secs(30)).await;
     let report = c.replay_everywhere().await;
     assert_eq!(report.due, 0);
@@ -664,7 +411,7 @@ async fn a_batch_whose_batch_log_cannot_be_written_fails_and_applies_nothing() {
             assert!(c.local_query(i, &select(k)).await.rows.is_empty());
         }
     }
-    let stats = c.node(0).batches.stats();
+    let stats = c.node(0).batches().stats();
     assert_eq!(stats.log_failures, 3);
     assert_eq!(stats.logged, 0);
 }
@@ -679,7 +426,7 @@ async fn logged_batches_use_the_log_and_others_skip_it() {
     c.query(2, Consistency::Quorum, &batch_text(&keys, true))
         .await
         .expect("logged batch");
-    assert_eq!(c.node(2).batches.stats().logged, 1);
+    assert_eq!(c.node(2).batches().stats().logged, 1);
     // The removal runs in the background.
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(c.batch_log_entries(), 0);
@@ -696,10 +443,10 @@ async fn logged_batches_use_the_log_and_others_skip_it() {
     c.query(2, Consistency::Quorum, &batch_text(&[502], true))
         .await
         .expect("single-partition batch");
-    assert_eq!(c.node(2).batches.stats().logged, 1, "no more log writes");
+    assert_eq!(c.node(2).batches().stats().logged, 1, "no more log writes");
     let stored: u64 = c
         .running()
-        .map(|(_, n)| n.batches.batch_log().stats().stored)
+        .map(|(_, n)| n.batches().batch_log().stats().stored)
         .sum();
     assert_eq!(stored, 2, "one logged batch, two holders");
 }
@@ -758,13 +505,13 @@ async fn a_single_node_replays_its_own_batch_log_after_a_restart() {
     c.query(0, Consistency::One, &batch_text(&keys, true))
         .await
         .expect_err("stopped after one partition");
-    assert_eq!(c.node(0).batches.batch_log().len(), 1);
+    assert_eq!(c.node(0).batches().batch_log().len(), 1);
     c.kill(0);
-    c.faults[0] = None;
+    c.options.batches = Some(Vec::new());
     c.restart(0).await;
-    c.revive(0).await;
+    c.revive_and_deliver(0).await;
     assert_eq!(
-        c.node(0).batches.batch_log().len(),
+        c.node(0).batches().batch_log().len(),
         1,
         "the entry survived the restart"
     );

@@ -1,79 +1,41 @@
 //! The coordinator on a simulated cluster: deterministic from the seed,
 //! on a paused clock, with kills, partitions, loss and delays.
 
+mod sim_cluster;
+
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use cql_lite::{DataType, Value};
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
-use ringdb::cluster::hints::{HintOptions, HintStore};
-use ringdb::cluster::{NodeInfo, Ring};
-use ringdb::coordinator::{
-    ClusterStore, CoordinatorConfig, ManualLiveness, PeerRequest, PeerResponse, ReplicaHandler,
-    TokioClock,
-};
+use ringdb::cluster::hints::HintOptions;
+use ringdb::cluster::NodeInfo;
+use ringdb::coordinator::CoordinatorConfig;
 use ringdb::model::key::serialize_partition_key;
-use ringdb::model::{Consistency, DotSet, HybridClock, NodeId};
+use ringdb::model::{Consistency, NodeId};
 use ringdb::net::sim::{Event, PacketKind};
-use ringdb::net::{SimConfig, SimNetwork, Transport};
-use ringdb::query::api::{
-    QueryError, QueryExecutor, QueryOptions, QueryResult, ResultSet, SessionState,
-};
-use ringdb::query::{Executor, ExecutorConfig, LocalStore};
-use ringdb::schema::SchemaStore;
-use ringdb::storage::commitlog::SyncMode;
-use ringdb::storage::engine::EngineOptions;
+use ringdb::net::SimConfig;
+use ringdb::query::api::{QueryError, ResultSet};
+use sim_cluster::{rows, Cluster, ClusterOptions, Layout, VNODES};
 
-const EPOCH_MS: u64 = 1_700_000_000_000;
-const VNODES: u64 = 16;
+const LAYOUT: Layout = Layout {
+    subnet: 0,
+    id_base: 0x1000,
+    token_offset: 12_345,
+};
 
 fn addr(i: usize) -> SocketAddr {
-    SocketAddr::from(([10, 0, 0, (i + 1) as u8], 7000))
+    LAYOUT.addr(i)
 }
 
 fn node_id(i: usize) -> NodeId {
-    NodeId(0x1000 + i as u64)
+    LAYOUT.node_id(i)
 }
 
-/// Evenly interleaved tokens: the replicas of any token are consecutive
-/// nodes (mod n).
 fn tokens(i: usize, n: usize) -> Vec<u64> {
-    let step = u64::MAX / (VNODES * n as u64);
-    (0..VNODES)
-        .map(|j| (j * n as u64 + i as u64) * step + 12_345)
-        .collect()
-}
-
-struct Node {
-    dir: PathBuf,
-    schema: Arc<SchemaStore>,
-    store: ClusterStore,
-    exec: Executor,
-    local_exec: Executor,
-}
-
-struct Cluster {
-    net: SimNetwork,
-    live: Arc<ManualLiveness>,
-    ring: Ring,
-    config: CoordinatorConfig,
-    hint_options: HintOptions,
-    nodes: Vec<Option<Node>>,
-    _tmp: tempfile::TempDir,
-}
-
-fn engine_options() -> EngineOptions {
-    EngineOptions {
-        sync_mode: SyncMode::Periodic {
-            interval: Duration::from_millis(200),
-        },
-        background: false,
-        block_cache_bytes: 1 << 20,
-        ..EngineOptions::default()
-    }
+    LAYOUT.tokens(i, n)
 }
 
 impl Cluster {
@@ -89,209 +51,24 @@ impl Cluster {
         config: CoordinatorConfig,
         hint_options: HintOptions,
     ) -> Cluster {
-        Cluster::build(n, sim, KS, tables, config, hint_options).await
+        Cluster::build(n, sim, options(config, hint_options), KS, tables).await
     }
 
     /// `n` nodes, keyspace `ks` created by `keyspace` (a `CREATE KEYSPACE ks
     /// ...` statement run through the executor) and the given tables.
     async fn with_keyspace(n: usize, sim: SimConfig, keyspace: &str, tables: &[&str]) -> Cluster {
-        Cluster::build(
-            n,
-            sim,
-            keyspace,
-            tables,
-            CoordinatorConfig::default(),
-            hint_options(),
-        )
-        .await
+        let options = options(CoordinatorConfig::default(), hint_options());
+        Cluster::build(n, sim, options, keyspace, tables).await
     }
+}
 
-    async fn build(
-        n: usize,
-        sim: SimConfig,
-        keyspace: &str,
-        tables: &[&str],
-        config: CoordinatorConfig,
-        hint_options: HintOptions,
-    ) -> Cluster {
-        let tmp = tempfile::tempdir().expect("tempdir");
-        let net = SimNetwork::new(sim);
-        let ring =
-            Ring::new((0..n).map(|i| NodeInfo::new(node_id(i), addr(i), None, tokens(i, n))))
-                .expect("ring");
-        let mut cluster = Cluster {
-            net,
-            live: Arc::new(ManualLiveness::new()),
-            ring,
-            config,
-            hint_options,
-            nodes: Vec::new(),
-            _tmp: tmp,
-        };
-        for i in 0..n {
-            let dir = cluster._tmp.path().join(format!("node{i}"));
-            std::fs::create_dir_all(&dir).expect("dir");
-            std::fs::write(dir.join("node_id"), format!("{:016x}\n", node_id(i).0))
-                .expect("node id");
-            let node = cluster.open_node(i, &dir);
-            cluster.nodes.push(Some(node));
-        }
-        for stmt in std::iter::once(&keyspace).chain(tables) {
-            cluster.ddl(0, stmt).await;
-        }
-        cluster
-    }
-
-    /// Runs a schema statement through node `i`'s executor and gives the
-    /// resulting schema to every other node (as schema gossip would).
-    async fn ddl(&self, i: usize, stmt: &str) {
-        self.query(i, Consistency::One, stmt).await.expect("ddl");
-        let schema = (*self.node(i).schema.current()).clone();
-        for (j, n) in self.nodes.iter().enumerate() {
-            if let (Some(n), true) = (n, j != i) {
-                n.schema.merge(&schema).expect("schema");
-            }
-        }
-    }
-
-    fn open_node(&self, i: usize, dir: &Path) -> Node {
-        let hlc = Arc::new(HybridClock::new(Arc::new(TokioClock::new(EPOCH_MS))));
-        let schema = Arc::new(SchemaStore::open(dir).expect("schema"));
-        let local = Arc::new(
-            LocalStore::open(dir, hlc.clone(), schema.clone(), engine_options()).expect("store"),
-        );
-        local.set_inline_io(true);
-        assert_eq!(local.node_id(), node_id(i));
-        let hints = Arc::new(
-            HintStore::open(&dir.join("hints"), self.hint_options.clone()).expect("hints"),
-        );
-        let handler = Arc::new(ReplicaHandler::new(local.clone(), hints.clone()));
-        let transport: Arc<dyn Transport<PeerRequest, PeerResponse>> =
-            Arc::new(self.net.add_node(addr(i), handler));
-        let store = ClusterStore::new(
-            local.clone(),
-            hints,
-            schema.clone(),
-            transport,
-            self.ring.clone(),
-            self.live.clone(),
-            self.config.clone(),
-        );
-        let exec = Executor::new(
-            Arc::new(store.clone()),
-            schema.clone(),
-            hlc.clone(),
-            ExecutorConfig::default(),
-        );
-        let local_exec = Executor::new(
-            local.clone(),
-            schema.clone(),
-            hlc,
-            ExecutorConfig::default(),
-        );
-        Node {
-            dir: dir.to_path_buf(),
-            schema,
-            store,
-            exec,
-            local_exec,
-        }
-    }
-
-    fn node(&self, i: usize) -> &Node {
-        self.nodes[i].as_ref().expect("node is running")
-    }
-
-    fn store(&self, i: usize) -> &ClusterStore {
-        &self.node(i).store
-    }
-
-    /// Runs a statement through node `i` as coordinator.
-    async fn query(
-        &self,
-        i: usize,
-        cl: Consistency,
-        text: &str,
-    ) -> Result<QueryResult, QueryError> {
-        self.query_with(i, cl, text, None).await
-    }
-
-    async fn query_with(
-        &self,
-        i: usize,
-        cl: Consistency,
-        text: &str,
-        context: Option<DotSet>,
-    ) -> Result<QueryResult, QueryError> {
-        let mut session = SessionState::default();
-        let options = QueryOptions {
-            consistency: cl,
-            causal_context: context,
-            ..QueryOptions::default()
-        };
-        self.node(i)
-            .exec
-            .execute(&mut session, text, vec![], options)
-            .await
-            .map(|r| r.result)
-    }
-
-    /// Runs a statement on node `i`'s own data only (no coordinator).
-    async fn local_query(&self, i: usize, text: &str) -> ResultSet {
-        let mut session = SessionState::default();
-        match self
-            .node(i)
-            .local_exec
-            .execute(&mut session, text, vec![], QueryOptions::default())
-            .await
-            .map(|r| r.result)
-        {
-            Ok(QueryResult::Rows(rs)) => rs,
-            other => panic!("expected rows, got {other:?}"),
-        }
-    }
-
-    /// The nodes (indices) holding key `k` of an int-keyed table.
-    fn replicas_of(&self, k: i32) -> Vec<usize> {
-        let pk = serialize_partition_key(&[Value::Int(k)], &[DataType::Int]).expect("pk");
-        self.ring
-            .replicas_for_key(&pk, 3)
-            .into_iter()
-            .map(|id| (id.0 - 0x1000) as usize)
-            .collect()
-    }
-
-    /// Kills node `i` on the network and marks it down.
-    fn kill(&self, i: usize) {
-        self.net.kill(addr(i));
-        self.live.set_down(node_id(i));
-    }
-
-    /// Revives node `i`, marks it up and replays every node's hints for it.
-    async fn revive(&self, i: usize) {
-        self.net.revive(addr(i));
-        self.live.set_up(node_id(i));
-        let mut tasks = Vec::new();
-        for (j, n) in self.nodes.iter().enumerate() {
-            if let (Some(n), true) = (n, j != i) {
-                tasks.push(n.store.on_node_up(node_id(i)));
-            }
-        }
-        for t in tasks {
-            t.await.expect("replay task").expect("replay");
-        }
-    }
-
-    /// Drops node `i`'s process state (it must be killed) and opens it
-    /// again from its data directory.
-    async fn restart(&mut self, i: usize) {
-        let dir = self.node(i).dir.clone();
-        self.nodes[i] = None;
-        // Let in-flight work of the old process end.
-        tokio::time::sleep(Duration::from_secs(10)).await;
-        let node = self.open_node(i, &dir);
-        self.net.kill(addr(i));
-        self.nodes[i] = Some(node);
+fn options(config: CoordinatorConfig, hint_options: HintOptions) -> ClusterOptions {
+    ClusterOptions {
+        layout: LAYOUT,
+        rf: 3,
+        config,
+        hint_options,
+        batches: None,
     }
 }
 
@@ -300,13 +77,6 @@ fn hint_options() -> HintOptions {
         window: Duration::from_secs(600),
         sync: false,
         segment_bytes: 1 << 20,
-    }
-}
-
-fn rows(r: &QueryResult) -> &ResultSet {
-    match r {
-        QueryResult::Rows(rs) => rs,
-        other => panic!("expected rows, got {other:?}"),
     }
 }
 
@@ -1363,7 +1133,7 @@ async fn a_joining_node_streams_its_ranges_and_gets_the_writes_made_meanwhile() 
         .expect("delete");
 
     // Node 3 starts empty, with the schema and the current ring.
-    let dir = c._tmp.path().join("node3");
+    let dir = c.tmp.path().join("node3");
     std::fs::create_dir_all(&dir).expect("dir");
     std::fs::write(dir.join("node_id"), format!("{:016x}\n", node_id(3).0)).expect("node id");
     let node = c.open_node(3, &dir);
