@@ -69,10 +69,11 @@ pub struct ServerArgs {
     #[arg(long)]
     pub batchlog_replay_delay_ms: Option<u64>,
     /// Send a write this node stamped to the other replicas while its own
-    /// fsync runs (lower latency; an OS crash in that window can lose a
-    /// later write: see docs/operations.md). Off by default.
-    #[arg(long)]
-    pub overlap_local_sync: bool,
+    /// fsync runs (one fsync round per `batch`-mode write instead of two in
+    /// sequence). On by default; `--overlap-local-sync=false` waits for the
+    /// local fsync first (see docs/operations.md).
+    #[arg(long, num_args = 0..=1, default_missing_value = "true", require_equals = true)]
+    pub overlap_local_sync: Option<bool>,
     /// One partition read in this many asks every alive replica and
     /// repairs them all; the others ask only the replicas the consistency
     /// level needs (default 10; 1 asks all on every read; 0 never).
@@ -180,10 +181,10 @@ fn merge(args: ServerArgs) -> anyhow::Result<Settings> {
             .or(file.read_timeout_ms)
             .map(Duration::from_millis)
             .unwrap_or(defaults.read_timeout),
-        overlap_local_sync: args.overlap_local_sync
-            || file
-                .overlap_local_sync
-                .unwrap_or(defaults.overlap_local_sync),
+        overlap_local_sync: args
+            .overlap_local_sync
+            .or(file.overlap_local_sync)
+            .unwrap_or(defaults.overlap_local_sync),
         read_repair_every: args
             .read_repair_every
             .or(file.read_repair_every)
@@ -311,7 +312,7 @@ mod tests {
         let file = dir.path().join("node.toml");
         std::fs::write(
             &file,
-            "data_dir = \"/data/a\"\nlisten = \"127.0.0.1:9100\"\nseeds = [\"127.0.0.1:7001\"]\ncommitlog_sync = \"periodic:20\"\ntokens = [5, 1000]\nbatchlog_replay_delay_ms = 2500\noverlap_local_sync = true\nread_repair_every = 4\nspeculative_retry_ms = 20\nworker_threads = 3\n",
+            "data_dir = \"/data/a\"\nlisten = \"127.0.0.1:9100\"\nseeds = [\"127.0.0.1:7001\"]\ncommitlog_sync = \"periodic:20\"\ntokens = [5, 1000]\nbatchlog_replay_delay_ms = 2500\noverlap_local_sync = false\nread_repair_every = 4\nspeculative_retry_ms = 20\nworker_threads = 3\n",
         )
         .unwrap();
         let settings = merge(ServerArgs {
@@ -326,7 +327,7 @@ mod tests {
         assert_eq!(config.client_listen, "127.0.0.1:9200".parse().unwrap());
         assert_eq!(config.data_dir, PathBuf::from("/data/a"));
         assert_eq!(config.initial_tokens, Some(vec![5, 1000]));
-        assert!(config.coordinator.overlap_local_sync, "from the file");
+        assert!(!config.coordinator.overlap_local_sync, "from the file");
         assert_eq!(config.coordinator.read_repair_every, 4, "from the file");
         assert_eq!(
             config.coordinator.speculative_retry,
@@ -367,5 +368,37 @@ mod tests {
         })
         .unwrap_err();
         assert!(format!("{err:#}").contains("worker_threads"), "{err:#}");
+    }
+
+    #[test]
+    fn overlap_is_on_unless_a_flag_or_the_file_turns_it_off() {
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            server: ServerArgs,
+        }
+        use clap::Parser;
+        let overlap = |argv: &[&str]| {
+            let mut full = vec!["ringdb", "--data-dir", "/x"];
+            full.extend_from_slice(argv);
+            let cli = Cli::try_parse_from(full).map_err(|e| e.to_string())?;
+            merge(cli.server)
+                .map(|s| s.node.coordinator.overlap_local_sync)
+                .map_err(|e| format!("{e:#}"))
+        };
+        assert_eq!(overlap(&[]), Ok(true), "the default");
+        assert_eq!(overlap(&["--overlap-local-sync"]), Ok(true));
+        assert_eq!(overlap(&["--overlap-local-sync=false"]), Ok(false));
+        assert!(overlap(&["--overlap-local-sync=perhaps"]).is_err());
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("node.toml");
+        std::fs::write(&file, "overlap_local_sync = false\n").unwrap();
+        let config = file.to_str().unwrap();
+        assert_eq!(overlap(&["--config", config]), Ok(false), "from the file");
+        assert_eq!(
+            overlap(&["--config", config, "--overlap-local-sync"]),
+            Ok(true),
+            "the flag wins"
+        );
     }
 }

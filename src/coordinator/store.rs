@@ -50,12 +50,13 @@ pub struct CoordinatorConfig {
     /// Pause between two groups of replayed hints (throttle).
     pub hint_replay_pause: Duration,
     /// When this node stamps a write, send the deltas to the other replicas
-    /// while its own commit-log fsync runs, instead of after it. Lower write
-    /// latency in `batch` mode, at a cost: if the OS crashes (power loss,
-    /// not a process kill) before that fsync, this node loses a version the
-    /// other replicas hold and, restarted, can stamp a different write of
-    /// the same row with the same dot, which those replicas then ignore.
-    /// Off by default; see docs/architecture.md ("Write path").
+    /// while its own commit-log fsync runs, instead of after it: in `batch`
+    /// mode a write then waits for one fsync round, not two in sequence.
+    /// Its own copy counts toward W once synced. An OS crash before that
+    /// fsync can lose this node's copy (the other replicas hold it); the
+    /// restarted node stamps with a new id (`query::stamp_actor`), so it
+    /// never reuses the lost write's dot. On by default; off sends the
+    /// deltas only after the local fsync (for comparison).
     pub overlap_local_sync: bool,
     /// One partition read in this many asks every alive replica (and so
     /// compares and repairs them all); the others ask only the R replicas
@@ -79,7 +80,7 @@ impl Default for CoordinatorConfig {
             background_read_repair: true,
             hint_replay_concurrency: 8,
             hint_replay_pause: Duration::from_millis(10),
-            overlap_local_sync: false,
+            overlap_local_sync: true,
             read_repair_every: 10,
             speculative_retry: Duration::from_millis(50),
         }
@@ -661,8 +662,8 @@ impl ClusterStore {
     /// other replicas while it syncs, and it counts as an acknowledgement
     /// once synced. Its record is written to the OS before the deltas
     /// leave, so a crash of this process cannot lose a dot that other
-    /// replicas hold (an OS crash before the fsync can; see
-    /// docs/architecture.md).
+    /// replicas hold; an OS crash before the fsync can, and the node then
+    /// stamps with a new id (see docs/architecture.md).
     #[allow(clippy::too_many_arguments)]
     async fn stamp(
         &self,
@@ -693,7 +694,7 @@ impl ClusterStore {
                         return Ok((node, deltas, failed, Some(pending)));
                     }
                     Ok((deltas, pending)) => {
-                        // The safe default: durable here before any other
+                        // Overlap off: durable here before any other
                         // replica sees the dot.
                         match self.inner.local.wait_synced(pending).await {
                             Ok(()) => {
@@ -768,7 +769,7 @@ impl ClusterStore {
                         });
                     }
                     let dot = Dot {
-                        node: self.inner.node,
+                        node: self.inner.local.stamp_actor(),
                         counter: self.inner.local.clock().now().0,
                     };
                     let deleted_at = write.delete_row.then_some(write.ts);

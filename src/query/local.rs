@@ -4,7 +4,8 @@
 //! Layout: `<data>/<keyspace>/<table>-<id hex>/` holds a table's engine
 //! (opened on first use, with the compaction strategy and grace period of
 //! the table's options); `<data>/node_id` holds the node's id, chosen at
-//! random on first start.
+//! random on first start; `<data>/stamp_actor` the id its dots carry
+//! (the node id until the OS restarts: see [`super::stamp_actor`]).
 //!
 //! Engine calls may block (fsync, file reads, a memtable switch), so those
 //! that may run in `tokio::task::spawn_blocking` when a tokio runtime is
@@ -60,6 +61,9 @@ pub type ScannedStates = (Vec<(Vec<u8>, StateSlice)>, bool);
 pub struct LocalStore {
     dir: PathBuf,
     node: NodeId,
+    /// The node part of the dots this store stamps (see
+    /// [`super::stamp_actor`]).
+    stamp_actor: NodeId,
     clock: Arc<HybridClock>,
     schema: Arc<SchemaStore>,
     template: EngineOptions,
@@ -111,6 +115,18 @@ pub fn load_or_create_node_id(dir: &Path) -> Result<NodeId, QueryError> {
             Ok(id)
         }
         Err(e) => Err(server(format!("{}: {e}", path.display()))),
+    }
+}
+
+/// Whether `dir` is missing or holds at most a node id: no write was ever
+/// stamped in it (anything else, or a directory that cannot be listed,
+/// counts as used).
+fn holds_nothing_stamped(dir: &Path) -> bool {
+    match std::fs::read_dir(dir) {
+        Ok(entries) => entries.into_iter().all(|entry| {
+            entry.is_ok_and(|e| matches!(e.file_name().to_str(), Some("node_id" | "node_id.tmp")))
+        }),
+        Err(e) => e.kind() == std::io::ErrorKind::NotFound,
     }
 }
 
@@ -196,10 +212,28 @@ impl LocalStore {
         schema: Arc<SchemaStore>,
         template: EngineOptions,
     ) -> Result<LocalStore, QueryError> {
+        let boot_id = super::stamp_actor::current_boot_id();
+        LocalStore::open_under_boot(dir, clock, schema, template, boot_id.as_deref())
+    }
+
+    /// [`LocalStore::open`] as if the running OS had the boot id `boot_id`
+    /// (`None`: unknown), which decides whether the store keeps its
+    /// stamping id (see [`super::stamp_actor`]). Tests use it to stand for
+    /// an OS restart.
+    pub fn open_under_boot(
+        dir: &Path,
+        clock: Arc<HybridClock>,
+        schema: Arc<SchemaStore>,
+        template: EngineOptions,
+        boot_id: Option<&str>,
+    ) -> Result<LocalStore, QueryError> {
+        let new_directory = holds_nothing_stamped(dir);
         let node = load_or_create_node_id(dir)?;
+        let stamp_actor = super::stamp_actor::load_or_renew(dir, node, boot_id, new_directory)?;
         let store = LocalStore {
             dir: dir.to_path_buf(),
             node,
+            stamp_actor,
             clock,
             schema,
             template,
@@ -267,7 +301,7 @@ impl LocalStore {
             }
             Err(e) => return Err(e),
         };
-        apply_mutations(&engine, self.node, &p.partition_key, p.mutations).map(|_| ())
+        apply_mutations(&engine, self.stamp_actor, &p.partition_key, p.mutations).map(|_| ())
     }
 
     /// Runs engine calls inline on the calling task instead of in
@@ -308,7 +342,7 @@ impl LocalStore {
         mutations: Vec<Mutation>,
     ) -> Result<(Vec<(Vec<u8>, Entry)>, PendingSync), QueryError> {
         let engine = self.engine(table)?;
-        let node = self.node;
+        let node = self.stamp_actor;
         let pk = partition_key.to_vec();
         let pending_engine = engine.clone();
         let cheap = !engine.write_may_stall();
@@ -410,9 +444,15 @@ impl LocalStore {
         .await
     }
 
-    /// This node's id (the node part of the dots it stamps).
+    /// This node's id in the cluster.
     pub fn node_id(&self) -> NodeId {
         self.node
+    }
+
+    /// The node part of the dots this store stamps: the node id until the
+    /// OS restarts under the data directory (see [`super::stamp_actor`]).
+    pub fn stamp_actor(&self) -> NodeId {
+        self.stamp_actor
     }
 
     /// The hybrid clock of the node.
@@ -753,7 +793,7 @@ impl DataStore for LocalStore {
                 .iter()
                 .map(|p| self.engine(&p.table))
                 .collect::<Result<_, _>>()?;
-            let node = self.node;
+            let node = self.stamp_actor;
             blocking(self.inline(), move || {
                 log.store(&entry).map_err(server)?;
                 for (p, engine) in partitions.into_iter().zip(engines) {

@@ -48,6 +48,7 @@ pub mod format;
 pub mod local;
 pub mod schema_errors;
 pub mod select;
+pub mod stamp_actor;
 pub mod write;
 
 pub use executor::{Executor, ExecutorConfig};

@@ -90,7 +90,10 @@ pub struct YcsbArgs {
     #[arg(long)]
     pub commitlog_sync: Option<String>,
     /// Start the local nodes with `--overlap-local-sync` (a write's stamp
-    /// syncs while it is replicated; see `ringdb server --help`).
+    /// syncs while it is replicated; see `ringdb server --help`). It is
+    /// their default now, so this changes nothing; kept so that older
+    /// commands in docs/performance.md still run. Compare with
+    /// `--server-arg=--overlap-local-sync=false`.
     #[arg(long)]
     pub overlap_local_sync: bool,
     /// One more argument for every local `ringdb server` (repeat it; e.g.
