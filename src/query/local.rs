@@ -3,7 +3,8 @@
 //!
 //! Layout: `<data>/<keyspace>/<table>-<id hex>/` holds a table's engine
 //! (opened on first use, with the compaction strategy and grace period of
-//! the table's options); `<data>/node_id` holds the node's id, chosen at
+//! the table's options, which it is given again when `ALTER TABLE ... WITH`
+//! changes them); `<data>/node_id` holds the node's id, chosen at
 //! random on first start; `<data>/stamp_actor` the id its dots carry
 //! (the node id until the OS restarts: see [`super::stamp_actor`]).
 //!
@@ -45,7 +46,9 @@ use crate::model::{Consistency, Entry, HybridClock, NodeId, PartitionHeader, Row
 use crate::schema::SchemaStore;
 use crate::storage::cached_read;
 use crate::storage::commitlog::SyncTicket;
-use crate::storage::engine::{Engine, EngineOptions, PartitionUpdate, RowStamp, StateSlice};
+use crate::storage::engine::{
+    Engine, EngineOptions, PartitionUpdate, RowStamp, StateSlice, TablePolicy,
+};
 use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::ops::Bound;
@@ -67,7 +70,9 @@ pub struct LocalStore {
     clock: Arc<HybridClock>,
     schema: Arc<SchemaStore>,
     template: EngineOptions,
-    engines: Mutex<HashMap<u128, Arc<Engine>>>,
+    /// Open engines by table id, with the schema version whose table
+    /// options (compaction, grace period) they were last given.
+    engines: Mutex<HashMap<u128, (Arc<Engine>, u64)>>,
     inline_io: AtomicBool,
     /// The batch log of logged batches run on this store directly (opened
     /// on first use; a store under a cluster coordinator never uses it).
@@ -466,13 +471,27 @@ impl LocalStore {
             .join(format!("{}-{:032x}", table.table, table.id))
     }
 
-    /// The engine of a table, opened on first use.
+    /// The engine of a table, opened on first use. After a schema change
+    /// it gets the table's current compaction strategy and grace period.
     pub fn engine(&self, table: &TableRef) -> Result<Arc<Engine>, QueryError> {
-        let mut engines = self.engines.lock();
-        if let Some(e) = engines.get(&table.id) {
-            return Ok(e.clone());
-        }
         let schema = self.schema.current();
+        let mut engines = self.engines.lock();
+        if let Some((engine, applied)) = engines.get_mut(&table.id) {
+            if *applied != schema.version() {
+                // ALTER TABLE ... WITH may have changed the options since.
+                if let Some(def) = schema
+                    .get_table(&table.keyspace, &table.table)
+                    .filter(|t| t.id == table.id)
+                {
+                    engine.set_policy(TablePolicy {
+                        compaction: def.storage_compaction().map_err(server)?,
+                        gc_grace: def.gc_grace(),
+                    });
+                }
+                *applied = schema.version();
+            }
+            return Ok(engine.clone());
+        }
         let def = schema
             .get_table(&table.keyspace, &table.table)
             .filter(|t| t.id == table.id)
@@ -489,13 +508,18 @@ impl LocalStore {
         opts.clock = self.clock.wall().clone();
         let dir = self.table_dir(table);
         let engine = Arc::new(Engine::open(&dir, opts)?);
-        engines.insert(table.id, engine.clone());
+        engines.insert(table.id, (engine.clone(), schema.version()));
         Ok(engine)
     }
 
     /// Flushes every open engine's memtables to SSTables.
     pub fn flush_all(&self) -> Result<(), QueryError> {
-        let engines: Vec<Arc<Engine>> = self.engines.lock().values().cloned().collect();
+        let engines: Vec<Arc<Engine>> = self
+            .engines
+            .lock()
+            .values()
+            .map(|(e, _)| e.clone())
+            .collect();
         for e in engines {
             e.flush()?;
         }
@@ -504,7 +528,12 @@ impl LocalStore {
 
     /// Runs a major compaction on every open engine.
     pub fn compact_all(&self) -> Result<(), QueryError> {
-        let engines: Vec<Arc<Engine>> = self.engines.lock().values().cloned().collect();
+        let engines: Vec<Arc<Engine>> = self
+            .engines
+            .lock()
+            .values()
+            .map(|(e, _)| e.clone())
+            .collect();
         for e in engines {
             e.compact()?;
         }

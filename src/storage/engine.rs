@@ -188,7 +188,12 @@ struct Snapshot {
 
 struct Inner {
     dir: PathBuf,
+    /// The options the engine opened with; compaction and gc_grace there
+    /// are only the initial policy (see `policy`).
     opts: EngineOptions,
+    /// The table's compaction strategy and tombstone grace period, which
+    /// `ALTER TABLE ... WITH` may change while the engine runs.
+    policy: Mutex<TablePolicy>,
     log: CommitLog,
     manifest: Mutex<Manifest>,
     snapshot: RwLock<Arc<Snapshot>>,
@@ -227,6 +232,15 @@ pub struct Engine {
 }
 
 const ROW_LOCK_STRIPES: usize = 256;
+
+/// The per-table settings an engine can change while it runs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TablePolicy {
+    /// Which tables compaction merges.
+    pub compaction: CompactionStrategy,
+    /// How long tombstones are kept before compaction may purge them.
+    pub gc_grace: Duration,
+}
 
 /// An encoded key and the entry written at it.
 pub type KeyedEntry = (Vec<u8>, Entry);
@@ -321,6 +335,10 @@ impl Engine {
             flush_bytes: AtomicU64::new(0),
             compaction_bytes: AtomicU64::new(0),
             compactions: AtomicU64::new(0),
+            policy: Mutex::new(TablePolicy {
+                compaction: opts.compaction.clone(),
+                gc_grace: opts.gc_grace,
+            }),
             opts,
         });
         let mut threads = Vec::new();
@@ -932,6 +950,23 @@ impl Engine {
         Ok(())
     }
 
+    /// The compaction strategy and grace period in force.
+    pub fn policy(&self) -> TablePolicy {
+        self.inner.policy.lock().clone()
+    }
+
+    /// Changes the compaction strategy and grace period (after `ALTER
+    /// TABLE ... WITH`); the next compaction uses them, and the background
+    /// worker looks for one at once.
+    pub fn set_policy(&self, policy: TablePolicy) {
+        let mut current = self.inner.policy.lock();
+        if *current != policy {
+            *current = policy;
+            drop(current);
+            self.inner.wake_background();
+        }
+    }
+
     /// Byte counters and table counts.
     pub fn stats(&self) -> EngineStats {
         let snap = self.inner.snapshot.read().clone();
@@ -1163,6 +1198,7 @@ impl Inner {
     /// picks. Returns whether anything was compacted.
     fn compact_once(&self, major: bool) -> Result<bool> {
         let _compaction = self.compaction_lock.lock();
+        let policy = self.policy.lock().clone();
         let snap = self.snapshot.read().clone();
         let now_ms = self.opts.clock.now_millis();
         let inputs: Vec<Arc<LiveTable>> = if major {
@@ -1177,7 +1213,7 @@ impl Inner {
                     max_ts_millis: Timestamp(t.record.max_ts).millis(),
                 })
                 .collect();
-            let picked = self.opts.compaction.pick(&stats, now_ms);
+            let picked = policy.compaction.pick(&stats, now_ms);
             snap.tables
                 .iter()
                 .filter(|t| picked.contains(&t.record.file_id))
@@ -1191,7 +1227,7 @@ impl Inner {
         // exist outside this compaction: every table is an input and no
         // memtable of this snapshot holds the key.
         let covers_all = inputs.len() == snap.tables.len();
-        let grace_ms = self.opts.gc_grace.as_millis() as u64;
+        let grace_ms = policy.gc_grace.as_millis() as u64;
         let purge_before = Timestamp::from_millis(now_ms.saturating_sub(grace_ms));
         let memtables: Vec<&Arc<Memtable>> = std::iter::once(&snap.active)
             .chain(snap.frozen.iter().map(|f| &f.mem))
