@@ -1,6 +1,7 @@
 //! Running one phase (load, or one workload) against a cluster with many
 //! concurrent requests, and recording latency per operation type.
 
+use super::pacing::Pacer;
 use super::timeline::{Sample, Timeline};
 use super::zipfian::ScrambledZipfian;
 use cql_lite::Value;
@@ -13,7 +14,6 @@ use ringdb::model::{Consistency, DotSet};
 use ringdb::query::api::{QueryOptions, QueryResult};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -363,34 +363,6 @@ fn per_second(n: u64, elapsed: Duration) -> f64 {
     }
 }
 
-/// Hands out operation numbers and, when paced, the time each is due.
-struct Pacer {
-    next: AtomicU64,
-    total: u64,
-    start: Instant,
-    /// Seconds between operations (`None`: not paced).
-    interval: Option<f64>,
-}
-
-impl Pacer {
-    /// The next operation's number and the time it is due, or `None` when
-    /// all were handed out. Paced, this is a token bucket of depth one
-    /// refilled at the rate: operation i may start at `start + i / rate`,
-    /// and a late one starts at once (its wait counts in its response
-    /// time, so a stall is not hidden: no coordinated omission).
-    fn take(&self) -> Option<(u64, Instant)> {
-        let i = self.next.fetch_add(1, Ordering::Relaxed);
-        if i >= self.total {
-            return None;
-        }
-        let due = match self.interval {
-            Some(interval) => self.start + Duration::from_secs_f64(i as f64 * interval),
-            None => Instant::now(),
-        };
-        Some((i, due))
-    }
-}
-
 /// Per-task results.
 struct TaskResult {
     ops: BTreeMap<Op, OpStats>,
@@ -402,12 +374,7 @@ struct TaskResult {
 /// connections.
 pub async fn run_phase(session: &Session, plan: PhasePlan, progress: ProgressBar) -> PhaseResult {
     let started = SystemTime::now();
-    let pacer = Arc::new(Pacer {
-        next: AtomicU64::new(0),
-        total: plan.operations,
-        start: Instant::now(),
-        interval: plan.rate.filter(|r| *r > 0.0).map(|r| 1.0 / r),
-    });
+    let pacer = Arc::new(Pacer::new(plan.operations, plan.rate));
     let chooser = Arc::new(ScrambledZipfian::new(plan.records));
     let options = QueryOptions {
         consistency: session.consistency,
@@ -429,15 +396,14 @@ pub async fn run_phase(session: &Session, plan: PhasePlan, progress: ProgressBar
                 conn,
                 options,
                 rng: SmallRng::seed_from_u64(seed),
-                phase_start: pacer.start,
+                phase_start: pacer.start(),
                 result: TaskResult {
                     ops: BTreeMap::new(),
                     errors: Vec::new(),
                     samples: Vec::new(),
                 },
             };
-            while let Some((i, due)) = pacer.take() {
-                tokio::time::sleep_until(due.into()).await;
+            while let Some((i, due)) = pacer.next().await {
                 let sent = Instant::now();
                 let (op, outcome) = match plan.kind {
                     PhaseKind::Load => (Op::Insert, worker.insert(i).await),
@@ -487,7 +453,7 @@ pub async fn run_phase(session: &Session, plan: PhasePlan, progress: ProgressBar
                 .push(format!("a client task failed: {e}")),
         }
     }
-    result.elapsed = pacer.start.elapsed();
+    result.elapsed = pacer.start().elapsed();
     progress.finish_and_clear();
     result
 }
