@@ -2,10 +2,11 @@
 //! operations (stamp, apply, reads with dead rows, scans), the handler's
 //! typed rejections, and a small cluster over real QUIC.
 
+mod sim_cluster;
+
 use std::ops::Bound;
 use std::path::Path;
 use std::sync::Arc;
-use std::time::Duration;
 
 use cql_lite::{DataType, Value};
 use ringdb::cluster::hints::{HintOptions, HintStore};
@@ -24,19 +25,7 @@ use ringdb::query::api::{
 };
 use ringdb::query::{Executor, ExecutorConfig, LocalStore};
 use ringdb::schema::SchemaStore;
-use ringdb::storage::commitlog::SyncMode;
-use ringdb::storage::engine::EngineOptions;
-
-fn engine_options() -> EngineOptions {
-    EngineOptions {
-        sync_mode: SyncMode::Periodic {
-            interval: Duration::from_millis(200),
-        },
-        background: false,
-        block_cache_bytes: 1 << 20,
-        ..EngineOptions::default()
-    }
-}
+use sim_cluster::engine_options;
 
 struct One {
     local: Arc<LocalStore>,
