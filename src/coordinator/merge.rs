@@ -88,7 +88,7 @@ impl MergedPartition {
         let mut count = 0;
         let limit = limit.unwrap_or(usize::MAX);
         for (k, state) in &self.rows {
-            if state.resolve(self.header.shadow_for(k), now_ms).is_some() {
+            if state.is_live(self.header.shadow_for(k), now_ms) {
                 count += 1;
                 if out.len() < limit {
                     out.push(StoredRow {

@@ -636,7 +636,7 @@ fn scan_states(
                 }
                 let clustering = k[plen + 1..].to_vec();
                 let shadow = part.header.shadow_for(&clustering);
-                let live = state.resolve(shadow, now_ms).is_some();
+                let live = state.is_live(shadow, now_ms);
                 live_in_current += usize::from(live);
                 part.rows.push(StateRow {
                     clustering,
@@ -728,7 +728,7 @@ fn scan_partitions(
                 }
                 let clustering = k[plen + 1..].to_vec();
                 let shadow = part.header.shadow_for(&clustering);
-                if state.resolve(shadow, now_ms).is_some() {
+                if state.is_live(shadow, now_ms) {
                     part.rows.push(StoredRow { clustering, state });
                 }
             }
