@@ -194,6 +194,9 @@ pub(crate) fn encode_index_entry(buf: &mut Vec<u8>, last_key: &[u8], offset: u64
 /// One decoded block-index entry; the key is stored in [`BlockIndex::keys`].
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct IndexEntry {
+    /// The key's first 8 bytes as a big-endian integer (zero-padded): see
+    /// [`key_prefix`].
+    prefix: u64,
     key_start: usize,
     key_end: usize,
     /// Offset of the block in the file.
@@ -248,6 +251,7 @@ impl BlockIndex {
             let key_start = index.keys.len();
             index.keys.extend_from_slice(key);
             index.entries.push(IndexEntry {
+                prefix: key_prefix(key),
                 key_start,
                 key_end: index.keys.len(),
                 offset,
@@ -281,16 +285,37 @@ impl BlockIndex {
     /// Index of the first block whose last key is `>= key` (or `> key` when
     /// `strict`); `len()` if there is none.
     #[inline]
+    ///
+    /// Most comparisons are decided by the keys' 8-byte prefixes (a row
+    /// key starts with its partition's token), kept beside the entries, so
+    /// the search touches the key buffer only where prefixes tie.
     pub fn find(&self, key: &[u8], strict: bool) -> usize {
+        let prefix = key_prefix(key);
         self.entries.partition_point(|e| {
-            let last = &self.keys[e.key_start..e.key_end];
+            let order = e
+                .prefix
+                .cmp(&prefix)
+                .then_with(|| self.keys[e.key_start..e.key_end].cmp(key));
             if strict {
-                last <= key
+                order.is_le()
             } else {
-                last < key
+                order.is_lt()
             }
         })
     }
+}
+
+/// A key's first 8 bytes as a big-endian integer, zero-padded when it is
+/// shorter. When two keys' prefixes differ, they order the keys as the
+/// bytes do: the first differing byte is either a real byte of both, or a
+/// padding zero of the shorter key against a byte of the longer one that
+/// shares all of the shorter key's bytes (a proper prefix sorts first).
+/// Equal prefixes decide nothing ("ab" and "ab\0" both give the same one).
+fn key_prefix(key: &[u8]) -> u64 {
+    let mut bytes = [0u8; 8];
+    let n = key.len().min(8);
+    bytes[..n].copy_from_slice(&key[..n]);
+    u64::from_be_bytes(bytes)
 }
 
 /// The metadata section as stored (the file size is taken from the file).
@@ -436,5 +461,45 @@ mod tests {
         assert_eq!(MetaRecord::decode(&bytes), Ok(m));
         bytes.push(0);
         assert!(MetaRecord::decode(&bytes).is_err());
+    }
+
+    /// Keys over a tiny alphabet with zeros, so that prefixes tie, keys
+    /// are proper prefixes of each other and padding meets real zeros.
+    fn small_key() -> impl proptest::strategy::Strategy<Value = Vec<u8>> {
+        proptest::collection::vec(proptest::sample::select(vec![0u8, 1, 255]), 0..12)
+    }
+
+    proptest::proptest! {
+        /// Unequal prefixes order two keys as their bytes do.
+        #[test]
+        fn unequal_prefixes_order_keys_as_bytes(a in small_key(), b in small_key()) {
+            let (pa, pb) = (key_prefix(&a), key_prefix(&b));
+            if pa != pb {
+                proptest::prop_assert_eq!(pa.cmp(&pb), a.cmp(&b));
+            }
+        }
+
+        /// The index search finds the same block as a plain scan of the
+        /// blocks' last keys, for keys inside, between and outside them.
+        #[test]
+        fn index_search_agrees_with_a_scan(
+            keys in proptest::collection::btree_set(small_key(), 1..40),
+            probes in proptest::collection::vec(small_key(), 1..20),
+        ) {
+            let mut data = Vec::new();
+            let block_len = 10u64;
+            for (i, k) in keys.iter().enumerate() {
+                encode_index_entry(&mut data, k, i as u64 * (block_len + BLOCK_TRAILER_SIZE as u64), block_len);
+            }
+            let data_end = keys.len() as u64 * (block_len + BLOCK_TRAILER_SIZE as u64);
+            let index = BlockIndex::decode(&data, data_end).expect("a valid index");
+            let last_keys: Vec<&Vec<u8>> = keys.iter().collect();
+            for probe in probes.iter().chain(keys.iter()) {
+                let at_least = last_keys.iter().position(|k| k.as_slice() >= probe.as_slice());
+                let above = last_keys.iter().position(|k| k.as_slice() > probe.as_slice());
+                proptest::prop_assert_eq!(index.find(probe, false), at_least.unwrap_or(keys.len()));
+                proptest::prop_assert_eq!(index.find(probe, true), above.unwrap_or(keys.len()));
+            }
+        }
     }
 }
