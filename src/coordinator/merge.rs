@@ -81,6 +81,54 @@ pub fn merge_partition(answers: &[&ReplicaPartition], reverse: bool) -> MergedPa
 }
 
 impl MergedPartition {
+    /// The merge of one answer, taking it by value: the same as
+    /// `merge_partition(&[&answer], reverse)` without cloning its rows
+    /// (the digest read path, where one replica sent full data). An
+    /// answer whose rows are not in strict read order goes through
+    /// [`merge_partition`], which sorts and joins them.
+    pub fn from_answer(answer: ReplicaPartition, reverse: bool) -> MergedPartition {
+        let in_order = answer.rows.windows(2).all(|w| {
+            if reverse {
+                w[0].0 > w[1].0
+            } else {
+                w[0].0 < w[1].0
+            }
+        });
+        if !in_order {
+            return merge_partition(&[&answer], reverse);
+        }
+        MergedPartition {
+            header: PartitionHeader::default().join(&answer.header),
+            rows: answer.rows,
+            cut: answer.cut,
+        }
+    }
+
+    /// Like [`MergedPartition::live_rows`], consuming the merge: its
+    /// header, the live rows at `now_ms` (at most `limit`) and how many
+    /// live rows there are in all.
+    pub fn into_live_rows(
+        self,
+        now_ms: u64,
+        limit: Option<usize>,
+    ) -> (PartitionHeader, Vec<StoredRow>, usize) {
+        let mut out = Vec::new();
+        let mut count = 0;
+        let limit = limit.unwrap_or(usize::MAX);
+        for (k, state) in self.rows {
+            if state.is_live(self.header.shadow_for(&k), now_ms) {
+                count += 1;
+                if out.len() < limit {
+                    out.push(StoredRow {
+                        clustering: k,
+                        state,
+                    });
+                }
+            }
+        }
+        (self.header, out, count)
+    }
+
     /// The live rows at `now_ms` (resolved with the joined header), at most
     /// `limit`, and how many live rows there are in all.
     pub fn live_rows(&self, now_ms: u64, limit: Option<usize>) -> (Vec<StoredRow>, usize) {
@@ -182,5 +230,56 @@ mod tests {
         );
         let agreed = merge_partition(&[&b, &b], false);
         assert!(agreed.repair_for(&[0; 11], &b).is_empty());
+    }
+
+    proptest::proptest! {
+        /// Taking one answer by value gives what merging it gives, and its
+        /// live rows are the borrowed path's, whatever order the replica
+        /// sent its rows in.
+        #[test]
+        fn one_answer_by_value_is_its_merge(
+            keys in proptest::collection::vec(0u8..8, 0..10),
+            sent_in_order in proptest::bool::ANY,
+            deleted in proptest::collection::vec(proptest::bool::ANY, 10),
+            reverse in proptest::bool::ANY,
+            cut in proptest::bool::ANY,
+            partition_deleted_at in proptest::option::of(0u64..30),
+            limit in proptest::option::of(0usize..6),
+        ) {
+            let mut keys = keys;
+            if sent_in_order {
+                keys.sort_unstable();
+                keys.dedup();
+                if reverse {
+                    keys.reverse();
+                }
+            }
+            let rows: Vec<(Vec<u8>, RowState)> = keys
+                .iter()
+                .zip(&deleted)
+                .enumerate()
+                .map(|(i, (k, del))| {
+                    let mut w = write(i as i32, 10 + i as u64);
+                    w.delete_row = *del;
+                    (vec![*k], RowState::default().stamp(NodeId(1), None, &w))
+                })
+                .collect();
+            let answer = ReplicaPartition {
+                header: PartitionHeader {
+                    deleted_at: partition_deleted_at.map(Timestamp),
+                    ranges: Vec::new(),
+                },
+                rows,
+                cut,
+            };
+            let merged = merge_partition(&[&answer], reverse);
+            let by_value = MergedPartition::from_answer(answer, reverse);
+            proptest::prop_assert_eq!(&by_value, &merged);
+            let (rows, live) = merged.live_rows(15, limit);
+            let (header, rows_by_value, live_by_value) = by_value.into_live_rows(15, limit);
+            proptest::prop_assert_eq!(header, merged.header.clone());
+            proptest::prop_assert_eq!(rows_by_value, rows);
+            proptest::prop_assert_eq!(live_by_value, live);
+        }
     }
 }

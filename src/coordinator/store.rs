@@ -1030,13 +1030,14 @@ impl ClusterStore {
             }
         }
         let mut digests = digest_requests.into_running();
-        let merged = merge_partition(&[&answer], slice.reverse);
+        let merged = MergedPartition::from_answer(answer, slice.reverse);
+        let cut = merged.cut;
+        self.observe(&merged);
         let now = self.inner.local.clock().wall().now_millis();
-        let (rows, live) = merged.live_rows(now, slice.limit);
-        if merged.cut && slice.limit.is_some_and(|want| live < want) {
+        let (header, rows, live) = merged.into_live_rows(now, slice.limit);
+        if cut && slice.limit.is_some_and(|want| live < want) {
             return None;
         }
-        self.observe(&merged);
         self.inner
             .counters
             .digest_reads
@@ -1077,10 +1078,7 @@ impl ClusterStore {
                 }
             });
         }
-        Some(StoredPartition {
-            header: merged.header,
-            rows,
-        })
+        Some(StoredPartition { header, rows })
     }
 
     /// Reads full data from `fanout` of the `alive` replicas (more when
