@@ -7,6 +7,7 @@ use super::messages::{Deltas, ReplicaPartition};
 use crate::model::key;
 use crate::model::{Entry, PartitionHeader, RowState};
 use crate::query::api::StoredRow;
+use std::borrow::Borrow;
 use std::collections::BTreeMap;
 
 /// The join of several replicas' answers for one partition slice.
@@ -29,6 +30,33 @@ fn within(k: &[u8], cutoff: &[u8], reverse: bool) -> bool {
     } else {
         k <= cutoff
     }
+}
+
+/// The rows among `rows` that are live at `now_ms` under `header`, at
+/// most `limit` of them made into [`StoredRow`]s by `keep`, and how many
+/// are live in all (borrowed or owned rows alike).
+fn collect_live<K: AsRef<[u8]>, S: Borrow<RowState>>(
+    header: &PartitionHeader,
+    rows: impl IntoIterator<Item = (K, S)>,
+    now_ms: u64,
+    limit: Option<usize>,
+    keep: impl Fn(K, S) -> StoredRow,
+) -> (Vec<StoredRow>, usize) {
+    let mut out = Vec::new();
+    let mut count = 0;
+    let limit = limit.unwrap_or(usize::MAX);
+    for (k, state) in rows {
+        if state
+            .borrow()
+            .is_live(header.shadow_for(k.as_ref()), now_ms)
+        {
+            count += 1;
+            if out.len() < limit {
+                out.push(keep(k, state));
+            }
+        }
+    }
+    (out, count)
 }
 
 /// Joins answers for one partition slice read in one order. An answer that
@@ -112,41 +140,21 @@ impl MergedPartition {
         now_ms: u64,
         limit: Option<usize>,
     ) -> (PartitionHeader, Vec<StoredRow>, usize) {
-        let mut out = Vec::new();
-        let mut count = 0;
-        let limit = limit.unwrap_or(usize::MAX);
-        for (k, state) in self.rows {
-            if state.is_live(self.header.shadow_for(&k), now_ms) {
-                count += 1;
-                if out.len() < limit {
-                    out.push(StoredRow {
-                        clustering: k,
-                        state,
-                    });
-                }
-            }
-        }
-        (self.header, out, count)
+        let MergedPartition { header, rows, .. } = self;
+        let (rows, live) = collect_live(&header, rows, now_ms, limit, |clustering, state| {
+            StoredRow { clustering, state }
+        });
+        (header, rows, live)
     }
 
     /// The live rows at `now_ms` (resolved with the joined header), at most
     /// `limit`, and how many live rows there are in all.
     pub fn live_rows(&self, now_ms: u64, limit: Option<usize>) -> (Vec<StoredRow>, usize) {
-        let mut out = Vec::new();
-        let mut count = 0;
-        let limit = limit.unwrap_or(usize::MAX);
-        for (k, state) in &self.rows {
-            if state.is_live(self.header.shadow_for(k), now_ms) {
-                count += 1;
-                if out.len() < limit {
-                    out.push(StoredRow {
-                        clustering: k.clone(),
-                        state: state.clone(),
-                    });
-                }
-            }
-        }
-        (out, count)
+        let rows = self.rows.iter().map(|(k, s)| (k, s));
+        collect_live(&self.header, rows, now_ms, limit, |k, s| StoredRow {
+            clustering: k.clone(),
+            state: s.clone(),
+        })
     }
 
     /// The deltas that bring `answer` (one replica's view of the same
