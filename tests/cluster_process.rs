@@ -11,6 +11,9 @@
 //!   table name created on both keeps the earliest creation, without the
 //!   other's rows. Two tables created at the same moment on the joined
 //!   cluster both exist too.
+//! - SIGTERM while a node is still starting (here: waiting for a seed that
+//!   never answers) stops it cleanly, with exit status 0, instead of by
+//!   the signal's default action.
 
 mod support;
 
@@ -149,6 +152,38 @@ fn quorum_writes_survive_sigkill_and_hints_reach_the_restarted_node() {
         missing.len(),
         &missing[..missing.len().min(10)]
     );
+}
+
+#[test]
+fn sigterm_while_a_node_starts_stops_it_cleanly() {
+    let root = tempfile::tempdir().unwrap();
+    let ca = ClusterCa::generate().unwrap();
+    // A seed nobody listens on: the node waits for peers for a while
+    // before it starts a cluster of its own.
+    let silent_seed = std::net::SocketAddr::from(([127, 0, 0, 1], support::process::free_port()));
+    let mut node = make_node(root.path(), &ca, "node1", Some(silent_seed));
+    node.start();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let starting = |log: &str| log.contains("ringdb: starting");
+    while !starting(&std::fs::read_to_string(&node.log).unwrap_or_default()) {
+        assert!(
+            Instant::now() < deadline,
+            "the node never said it was starting"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let mut child = node.child.take().unwrap();
+    unsafe {
+        libc::kill(child.id() as i32, libc::SIGTERM);
+    }
+    let status = child.wait().unwrap();
+    let log = std::fs::read_to_string(&node.log).unwrap();
+    assert_eq!(status.code(), Some(0), "exit: {status:?}\n{log}");
+    assert!(
+        log.contains("stop requested while starting"),
+        "the stop came after the start finished?\n{log}"
+    );
+    assert!(!log.contains("serving clients on"), "{log}");
 }
 
 #[test]

@@ -273,7 +273,19 @@ pub fn run(args: ServerArgs) -> anyhow::Result<()> {
         .build()
         .context("starting the runtime")?;
     runtime.block_on(async move {
-        let node = Node::start(config).await?;
+        // The handlers first: a stop while the node starts (a join can
+        // stream for minutes) then ends it here instead of by SIGTERM's
+        // default action. Dropping the start leaves what it stored, like
+        // any stop; a join not finished starts over at the next start.
+        let mut stop = ringdb::server::StopSignal::install();
+        eprintln!("ringdb: starting (data in {})", config.data_dir.display());
+        let node = tokio::select! {
+            node = Node::start(config) => node?,
+            _ = stop.recv() => {
+                eprintln!("ringdb: stop requested while starting; stopped before serving");
+                return Ok(());
+            }
+        };
         eprintln!(
             "ringdb: node {} serving clients on {}, peers on {}",
             node.cluster.node_id().0,
@@ -281,7 +293,7 @@ pub fn run(args: ServerArgs) -> anyhow::Result<()> {
             node.peer_addr()
         );
         tokio::select! {
-            _ = ringdb::server::wait_for_stop_signal() => eprintln!("ringdb: shutting down"),
+            _ = stop.recv() => eprintln!("ringdb: shutting down"),
             _ = node.left() => eprintln!("ringdb: decommissioned: left the ring, shutting down"),
         }
         node.shutdown().await;

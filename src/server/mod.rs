@@ -342,19 +342,55 @@ pub async fn run_server(
 /// Waits for SIGINT or SIGTERM (a plain `kill`, as `ringdb dev` and
 /// scripts/cluster.sh send).
 pub async fn wait_for_stop_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    match signal(SignalKind::terminate()) {
-        Ok(mut term) => {
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = term.recv() => {}
+    StopSignal::install().recv().await
+}
+
+/// Handlers for SIGINT and SIGTERM, installed when this is made: from then
+/// on those signals no longer end the process by their default action but
+/// wait for [`StopSignal::recv`]. A server installs them before its node
+/// starts, so a stop during a long start (a joining node streams its
+/// ranges first) ends it cleanly.
+pub struct StopSignal {
+    interrupt: Option<tokio::signal::unix::Signal>,
+    terminate: Option<tokio::signal::unix::Signal>,
+}
+
+impl StopSignal {
+    /// Installs the handlers; must be called inside a tokio runtime. A
+    /// handler that cannot be installed is logged and left out.
+    pub fn install() -> StopSignal {
+        use tokio::signal::unix::{signal, SignalKind};
+        let listen = |kind: SignalKind, name: &str| match signal(kind) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                tracing::warn!("cannot listen for {name} ({e}); it stops the process at once");
+                None
+            }
+        };
+        StopSignal {
+            interrupt: listen(SignalKind::interrupt(), "SIGINT"),
+            terminate: listen(SignalKind::terminate(), "SIGTERM"),
+        }
+    }
+
+    /// Resolves at the next SIGINT or SIGTERM (never, if neither handler
+    /// could be installed).
+    pub async fn recv(&mut self) {
+        async fn next(signal: &mut Option<tokio::signal::unix::Signal>) {
+            match signal {
+                Some(s) => {
+                    // `None`: the signal driver is gone (the runtime is
+                    // shutting down); nothing more will arrive.
+                    if s.recv().await.is_none() {
+                        std::future::pending::<()>().await;
+                    }
+                }
+                None => std::future::pending::<()>().await,
             }
         }
-        Err(e) => {
-            tracing::warn!("cannot listen for SIGTERM ({e}); waiting for Ctrl-C only");
-            if let Err(e) = tokio::signal::ctrl_c().await {
-                tracing::warn!("cannot wait for Ctrl-C ({e}); shutting down");
-            }
+        tokio::select! {
+            _ = next(&mut self.interrupt) => {}
+            _ = next(&mut self.terminate) => {}
         }
     }
 }
