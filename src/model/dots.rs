@@ -70,6 +70,17 @@ impl DotSet {
         self.normalize();
     }
 
+    /// Whether every dot of this set is in `other`.
+    pub fn is_subset_of(&self, other: &DotSet) -> bool {
+        // Normal form: a dot right above `other`'s vector entry would have
+        // joined that entry, so `other` holds 1..=n of a node exactly when
+        // its vector entry reaches n.
+        self.vector
+            .iter()
+            .all(|(node, &n)| other.vector.get(node).is_some_and(|&m| m >= n))
+            && self.cloud.iter().all(|&d| other.contains(d))
+    }
+
     /// The largest counter of `node` in the set (0 if none).
     pub fn max_counter(&self, node: NodeId) -> u64 {
         let base = self.vector.get(&node).copied().unwrap_or(0);
@@ -160,6 +171,13 @@ mod tests {
                 inserted.insert(*d);
             }
             prop_assert_eq!(&inserted, &set);
+            let a_set: DotSet = a.iter().copied().collect();
+            let b_set: DotSet = b.iter().copied().collect();
+            let a_model: BTreeSet<Dot> = a.iter().copied().collect();
+            let b_model: BTreeSet<Dot> = b.iter().copied().collect();
+            prop_assert_eq!(a_set.is_subset_of(&b_set), a_model.is_subset(&b_model));
+            prop_assert_eq!(b_set.is_subset_of(&a_set), b_model.is_subset(&a_model));
+            prop_assert!(a_set.is_subset_of(&set));
             for n in 0..3 {
                 let node = NodeId(n);
                 let max = model.iter().filter(|d| d.node == node).map(|d| d.counter).max().unwrap_or(0);

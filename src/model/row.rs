@@ -142,6 +142,16 @@ pub struct RowState {
     parts: Arc<StateParts>,
 }
 
+/// Where a version [`RowState::join`] keeps comes from.
+enum Pick<'a> {
+    /// Equal copies on both sides.
+    Both(&'a RowVersion),
+    /// This side only (or its copy is the greater).
+    Mine(&'a RowVersion),
+    /// The other side only (or its copy is the greater).
+    Theirs(&'a RowVersion),
+}
+
 /// The content of a [`RowState`], behind its `Arc`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename = "RowState")]
@@ -215,29 +225,77 @@ impl RowState {
 
     /// The merge of two states (see the module documentation).
     pub fn join(&self, other: &RowState) -> RowState {
+        if Arc::ptr_eq(&self.parts, &other.parts) {
+            return self.clone();
+        }
+        // Often one side already is the join (a memtable's newer state
+        // over an SSTable's older one, an answer equal to another): then
+        // share it instead of copying every version's cells.
+        let mut from_mine = 0;
+        let mut from_theirs = 0;
+        let mut only_mine = true;
+        let mut only_theirs = true;
+        self.merge_versions(other, |pick| match pick {
+            Pick::Both(_) => {
+                from_mine += 1;
+                from_theirs += 1;
+            }
+            Pick::Mine(_) => {
+                from_mine += 1;
+                only_theirs = false;
+            }
+            Pick::Theirs(_) => {
+                from_theirs += 1;
+                only_mine = false;
+            }
+        });
         let (mine, theirs) = (self.versions(), other.versions());
+        if only_mine && from_mine == mine.len() && other.context().is_subset_of(self.context()) {
+            return self.clone();
+        }
+        if only_theirs
+            && from_theirs == theirs.len()
+            && self.context().is_subset_of(other.context())
+        {
+            return other.clone();
+        }
         let mut versions = Vec::with_capacity(mine.len().max(theirs.len()));
+        self.merge_versions(other, |pick| match pick {
+            Pick::Both(v) | Pick::Mine(v) | Pick::Theirs(v) => versions.push(v.clone()),
+        });
+        let mut context = self.context().clone();
+        context.union_with(other.context());
+        RowState::new(versions, context)
+    }
+
+    /// The versions the join of `self` and `other` keeps, in dot order:
+    /// each side's, unless the other side has seen its dot (and so
+    /// superseded it); of the same write on both sides, the greater copy.
+    fn merge_versions<'a>(&'a self, other: &'a RowState, mut keep: impl FnMut(Pick<'a>)) {
+        let (mine, theirs) = (self.versions(), other.versions());
         let (mut i, mut j) = (0, 0);
         while i < mine.len() || j < theirs.len() {
-            let a = mine.get(i);
-            let b = theirs.get(j);
-            match (a, b) {
+            match (mine.get(i), theirs.get(j)) {
                 (Some(a), Some(b)) if a.dot == b.dot => {
                     // The same write on both sides: identical unless a bug or
                     // bit rot made them differ; pick deterministically.
-                    versions.push(if a >= b { a.clone() } else { b.clone() });
+                    keep(match a.cmp(b) {
+                        std::cmp::Ordering::Equal => Pick::Both(a),
+                        std::cmp::Ordering::Greater => Pick::Mine(a),
+                        std::cmp::Ordering::Less => Pick::Theirs(b),
+                    });
                     i += 1;
                     j += 1;
                 }
                 (Some(a), b) if b.is_none_or(|b| a.dot < b.dot) => {
                     if !other.context().contains(a.dot) {
-                        versions.push(a.clone());
+                        keep(Pick::Mine(a));
                     }
                     i += 1;
                 }
                 (_, Some(b)) => {
                     if !self.context().contains(b.dot) {
-                        versions.push(b.clone());
+                        keep(Pick::Theirs(b));
                     }
                     j += 1;
                 }
@@ -246,9 +304,6 @@ impl RowState {
                 }
             }
         }
-        let mut context = self.context().clone();
-        context.union_with(other.context());
-        RowState::new(versions, context)
     }
 
     /// Stamps a write at `node`, returning the delta to apply locally and to
