@@ -311,7 +311,7 @@ impl BlockIndex {
 /// padding zero of the shorter key against a byte of the longer one that
 /// shares all of the shorter key's bytes (a proper prefix sorts first).
 /// Equal prefixes decide nothing ("ab" and "ab\0" both give the same one).
-fn key_prefix(key: &[u8]) -> u64 {
+pub(crate) fn key_prefix(key: &[u8]) -> u64 {
     let mut bytes = [0u8; 8];
     let n = key.len().min(8);
     bytes[..n].copy_from_slice(&key[..n]);

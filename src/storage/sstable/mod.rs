@@ -32,6 +32,7 @@ mod block;
 mod bloom;
 mod cache;
 mod format;
+pub(crate) use format::key_prefix;
 #[cfg(test)]
 mod tests;
 
