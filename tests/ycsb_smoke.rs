@@ -144,6 +144,13 @@ fn ycsb_runs_every_phase_on_both_clusters_without_errors() {
     assert!(json.contains("\"server_cpu_s\":"), "{json}");
     assert!(json.contains("\"udp_sent_per_op\":"), "{json}");
     assert!(json.contains("\"phase\":\"A paced\""), "{json}");
+    // The peak measured again after the paced run, a number.
+    let after = json
+        .split("\"peak_after_ops_per_s\":")
+        .nth(1)
+        .and_then(|rest| rest.split(['}', ',']).next())
+        .and_then(|v| v.parse::<f64>().ok());
+    assert!(after.is_some_and(|v| v > 0.0), "{json}");
     assert!(!json.contains("\"errors\":1"), "{json}");
     assert!(json.starts_with('{') && json.trim_end().ends_with('}'));
 }

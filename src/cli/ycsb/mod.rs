@@ -163,9 +163,19 @@ struct ClusterResult {
 /// The paced run of one workload.
 struct Paced {
     workload: Workload,
+    /// The closed-loop throughput the pace was derived from.
     peak: f64,
     result: PhaseResult,
+    /// The closed-loop throughput measured again right after the paced run
+    /// (a shorter run): on a shared or throttled machine the peak drifts,
+    /// and a paced run asked for 70 % of a peak the machine no longer has
+    /// measures an overload.
+    peak_after: Option<f64>,
 }
+
+/// Drift of the peak between before and after the paced run beyond which
+/// the verdict says not to trust it.
+const PEAK_DRIFT_WARN: f64 = 0.2;
 
 /// Runs `ringdb bench ycsb`. Fails (after printing the results) if any
 /// operation failed.
@@ -476,10 +486,30 @@ async fn bench_cluster(
             let paced_run = measured(paced_run, before);
             report_phase(&label, &format!("workload {} paced", w.label()), &paced_run);
             report_timeline(&label, *w, &paced_run, &args.dir);
+            // The peak again, on half as many operations: did the machine
+            // keep the speed the pace was derived from?
+            let check_ops = (sizes.operations / 2).max(1);
+            let check = runner::run_phase(
+                &session,
+                plan(
+                    PhaseKind::Run(*w),
+                    check_ops,
+                    None,
+                    args.seed.wrapping_add(200),
+                ),
+                progress(check_ops, &format!("{label} {} peak check", w.label())),
+            )
+            .await;
+            let peak_after = check.throughput();
+            eprintln!(
+                "ycsb: {label}: workload {} peak {peak:.0} ops/s before the paced run, {peak_after:.0} after it",
+                w.label()
+            );
             paced_result = Some(Paced {
                 workload: *w,
                 peak,
                 result: paced_run,
+                peak_after: Some(peak_after),
             });
         }
         runs.push((*w, result));
@@ -817,7 +847,7 @@ fn paced_verdict(label: &str, p: &Paced, target_us: u64) -> String {
         match p.result.cpu.as_ref().and_then(|c| c.busy_share()) {
             Some(busy) => format!(", CPUs {:.0}% busy", busy * 100.0),
             None => String::new(),
-        },
+        } + &peak_drift(p),
         if parts.is_empty() {
             "no operations".to_string()
         } else {
@@ -831,6 +861,28 @@ fn paced_verdict(label: &str, p: &Paced, target_us: u64) -> String {
         } else {
             "NOT MET"
         }
+    )
+}
+
+/// The peak measured after the paced run, for the verdict line, with a
+/// warning when it moved more than [`PEAK_DRIFT_WARN`] from the peak
+/// before.
+fn peak_drift(p: &Paced) -> String {
+    let Some(after) = p.peak_after else {
+        return String::new();
+    };
+    if p.peak <= 0.0 {
+        return String::new();
+    }
+    let drift = after / p.peak - 1.0;
+    let warning = if drift.abs() > PEAK_DRIFT_WARN {
+        ": the machine's speed changed during the run, so this verdict is uncertain; run again"
+    } else {
+        ""
+    };
+    format!(
+        ", peak after it {after:.0} ops/s ({:+.0}%{warning})",
+        drift * 100.0
     )
 }
 
@@ -966,9 +1018,11 @@ fn to_json(results: &[ClusterResult], sizes: Sizes) -> String {
             let phases: Vec<String> = phases(r).map(|(n, p)| json_phase(&n, p)).collect();
             let paced = r.paced.as_ref().map_or("null".to_string(), |p| {
                 format!(
-                    "{{\"workload\":{},\"peak_ops_per_s\":{:.1}}}",
+                    "{{\"workload\":{},\"peak_ops_per_s\":{:.1},\"peak_after_ops_per_s\":{}}}",
                     json_string(&p.workload.label()),
-                    p.peak
+                    p.peak,
+                    p.peak_after
+                        .map_or("null".to_string(), |v| format!("{v:.1}"))
                 )
             });
             format!(
@@ -1023,7 +1077,26 @@ mod tests {
                 cpu: None,
                 timeline: Default::default(),
             },
+            peak_after: None,
         }
+    }
+
+    #[test]
+    fn the_verdict_warns_when_the_peak_drifted_during_the_run() {
+        let mut p = paced(100.0, 100, &[(Op::Read, 1_200)]);
+        let peak = p.peak;
+        p.peak_after = Some(peak * 1.05);
+        let steady = paced_verdict("c", &p, 5_000);
+        assert!(steady.contains("(+5%)"), "{steady}");
+        assert!(!steady.contains("uncertain"), "{steady}");
+        assert!(steady.ends_with(": MET"), "{steady}");
+        p.peak_after = Some(peak * 0.7);
+        let drifted = paced_verdict("c", &p, 5_000);
+        assert!(
+            drifted.contains("(-30%: the machine's speed changed"),
+            "{drifted}"
+        );
+        assert!(drifted.contains("uncertain"), "{drifted}");
     }
 
     #[test]
