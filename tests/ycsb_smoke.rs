@@ -144,6 +144,15 @@ fn ycsb_runs_every_phase_on_both_clusters_without_errors() {
     assert!(json.contains("\"server_cpu_s\":"), "{json}");
     assert!(json.contains("\"udp_sent_per_op\":"), "{json}");
     assert!(json.contains("\"phase\":\"A paced\""), "{json}");
+    // A fifth of the operations warmed each cluster up, uncounted.
+    assert!(json.contains("\"warmup_operations\":40,"), "{json}");
+    assert_eq!(
+        stderr
+            .matches("warm-up (not counted): 40 operations of workload A")
+            .count(),
+        2,
+        "{stderr}"
+    );
     // The peak measured again after the paced run, a number.
     let after = json
         .split("\"peak_after_ops_per_s\":")

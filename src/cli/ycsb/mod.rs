@@ -118,6 +118,12 @@ pub struct YcsbArgs {
     /// Fraction of the peak throughput the paced run asks for.
     #[arg(long, default_value_t = 0.7)]
     pub paced_fraction: f64,
+    /// Operations of the first workload run (closed loop) after the load
+    /// and before any measured run, and not counted: the peak, and the
+    /// pace derived from it, are then measured on warm caches
+    /// [default: a fifth of --operations; 0 skips the warm-up].
+    #[arg(long)]
+    pub warmup_operations: Option<u64>,
     /// Seed of the key and operation choices.
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
@@ -147,6 +153,8 @@ struct Sizes {
     records: u64,
     operations: u64,
     concurrency: usize,
+    /// Unmeasured operations before the first measured run.
+    warmup: u64,
 }
 
 /// What one cluster measured.
@@ -188,6 +196,11 @@ pub fn run(args: YcsbArgs) -> anyhow::Result<()> {
             .operations
             .unwrap_or(if args.quick { 5_000 } else { 50_000 }),
         concurrency: args.concurrency.unwrap_or(if args.quick { 16 } else { 64 }) as usize,
+        warmup: 0,
+    };
+    let sizes = Sizes {
+        warmup: args.warmup_operations.unwrap_or(sizes.operations / 5),
+        ..sizes
     };
     anyhow::ensure!(sizes.records > 0, "--records must be at least 1");
     let mut workloads = Vec::new();
@@ -213,8 +226,8 @@ pub fn run(args: YcsbArgs) -> anyhow::Result<()> {
         .build()
         .context("starting the client runtime")?;
     eprintln!(
-        "ycsb: {} records, {} operations per workload, {} requests in flight, {} per request",
-        sizes.records, sizes.operations, sizes.concurrency, args.consistency
+        "ycsb: {} records, {} operations per workload (after a warm-up of {}), {} requests in flight, {} per request",
+        sizes.records, sizes.operations, sizes.warmup, sizes.concurrency, args.consistency
     );
 
     let mut notes = Vec::new();
@@ -438,6 +451,30 @@ async fn bench_cluster(
     .await;
     let load = measured(load, before);
     report_phase(&label, "load", &load);
+    if let Some(first) = workloads.first().filter(|_| sizes.warmup > 0) {
+        wait_for_idle_servers(server_pids, IDLE_PATIENCE).await;
+        let warmup = runner::run_phase(
+            &session,
+            plan(
+                PhaseKind::Run(*first),
+                sizes.warmup,
+                None,
+                args.seed.wrapping_add(300),
+            ),
+            progress(sizes.warmup, &format!("{label} warm-up")),
+        )
+        .await;
+        eprintln!(
+            "ycsb: {label}: warm-up (not counted): {} operations of workload {} at {:.0} ops/s, {} failed",
+            sizes.warmup,
+            first.label(),
+            warmup.throughput(),
+            warmup.total_errors()
+        );
+        for e in &warmup.error_samples {
+            eprintln!("ycsb:   warm-up error: {e}");
+        }
+    }
     let mut runs = Vec::new();
     let mut paced_result = None;
     for (i, w) in workloads.iter().enumerate() {
@@ -656,12 +693,14 @@ fn render(
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "\nYCSB: {} records of {} fields x {} bytes, {} operations per workload, \
-         {} requests in flight, {} connection(s) per node; latency in microseconds\n",
+        "\nYCSB: {} records of {} fields x {} bytes, {} operations per workload \
+         (after {} unmeasured warm-up operations), {} requests in flight, {} connection(s) \
+         per node; latency in microseconds\n",
         sizes.records,
         runner::FIELDS,
         runner::FIELD_LENGTH,
         sizes.operations,
+        sizes.warmup,
         sizes.concurrency,
         connections_per_node
     );
@@ -1049,9 +1088,10 @@ fn to_json(results: &[ClusterResult], sizes: Sizes) -> String {
         })
         .collect();
     format!(
-        "{{\"records\":{},\"operations\":{},\"concurrency\":{},\"clusters\":[{}]}}\n",
+        "{{\"records\":{},\"operations\":{},\"warmup_operations\":{},\"concurrency\":{},\"clusters\":[{}]}}\n",
         sizes.records,
         sizes.operations,
+        sizes.warmup,
         sizes.concurrency,
         clusters.join(",")
     )
