@@ -338,13 +338,24 @@ pub fn encode_body<T: Serialize>(frame: &T) -> Result<Vec<u8>, FrameError> {
 
 /// Encodes a whole frame: length prefix and body.
 pub fn encode_frame<T: Serialize>(frame: &T) -> Result<Vec<u8>, FrameError> {
-    let body = encode_body(frame)?;
-    let mut out = Vec::with_capacity(LENGTH_PREFIX_LEN + body.len());
-    // The length fits: encode_body refused anything above MAX_FRAME_LEN.
-    out.extend_from_slice(&(body.len() as u32).to_be_bytes());
-    out.extend_from_slice(&body);
+    // The body is written in place after a placeholder prefix, into room
+    // for a YCSB-sized row, so a typical answer is neither regrown while
+    // it is encoded nor copied behind its prefix afterwards.
+    let mut out = Vec::with_capacity(FRAME_START_CAPACITY);
+    out.extend_from_slice(&[0; LENGTH_PREFIX_LEN]);
+    bincode::serde::encode_into_std_write(frame, &mut out, config())
+        .map_err(|e| FrameError::Malformed(e.to_string()))?;
+    let len = out.len() - LENGTH_PREFIX_LEN;
+    let prefix = u32::try_from(len)
+        .ok()
+        .filter(|&l| l <= MAX_FRAME_LEN)
+        .ok_or(FrameError::TooLarge(len as u64))?;
+    out[..LENGTH_PREFIX_LEN].copy_from_slice(&prefix.to_be_bytes());
     Ok(out)
 }
+
+/// The room a frame is encoded into at first (it grows past that).
+const FRAME_START_CAPACITY: usize = 1536;
 
 /// Checks a length prefix against [`MAX_FRAME_LEN`].
 pub fn check_length(prefix: [u8; LENGTH_PREFIX_LEN]) -> Result<usize, FrameError> {
@@ -500,6 +511,23 @@ mod tests {
         let mut longer = bytes.clone();
         longer.push(0);
         assert!(decode_frame::<ClientFrame>(&longer).is_err());
+    }
+
+    #[test]
+    fn frames_larger_than_the_limit_are_refused_when_encoded() {
+        let frame_of = |bytes: usize| ClientFrame::Query {
+            text: "x".repeat(bytes),
+            values: vec![],
+            options: QueryOptions::default(),
+        };
+        let fits = encode_frame(&frame_of(MAX_FRAME_LEN as usize - 64)).unwrap();
+        let len = u32::from_be_bytes(fits[..LENGTH_PREFIX_LEN].try_into().unwrap());
+        assert_eq!(len as usize, fits.len() - LENGTH_PREFIX_LEN);
+        assert!(len <= MAX_FRAME_LEN);
+        assert!(matches!(
+            encode_frame(&frame_of(MAX_FRAME_LEN as usize + 1)),
+            Err(FrameError::TooLarge(n)) if n > u64::from(MAX_FRAME_LEN)
+        ));
     }
 
     #[test]

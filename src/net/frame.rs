@@ -122,7 +122,9 @@ pub fn deadline_ms(timeout: Duration) -> u32 {
 /// [`MAX_FRAME_SIZE`], or [`NetError::Malformed`] when the body cannot be
 /// serialized.
 pub fn encode_frame<T: Serialize>(envelope: &Envelope<T>) -> Result<Vec<u8>, NetError> {
-    let mut buf = Vec::with_capacity(64);
+    // Room for a message carrying one YCSB-sized row: growing from a
+    // small buffer reallocated and copied it five times.
+    let mut buf = Vec::with_capacity(1536);
     buf.extend_from_slice(&[0; LENGTH_PREFIX]);
     buf.extend_from_slice(&envelope.protocol_version.to_be_bytes());
     let wire = WireRef {
