@@ -438,30 +438,25 @@ async fn bench_cluster(
         rate,
         seed,
     };
-    let measured = |result: PhaseResult, before: CpuSample| PhaseResult {
-        cpu: Some(before.until(&CpuSample::now(server_pids))),
-        ..result
-    };
-    let before = CpuSample::now(server_pids);
-    let load = runner::run_phase(
+    let (load, _) = run_on_idle_servers(
         &session,
+        server_pids,
         plan(PhaseKind::Load, sizes.records, None, args.seed),
-        progress(sizes.records, &format!("{label} load")),
+        &format!("{label} load"),
     )
     .await;
-    let load = measured(load, before);
     report_phase(&label, "load", &load);
     if let Some(first) = workloads.first().filter(|_| sizes.warmup > 0) {
-        wait_for_idle_servers(server_pids, IDLE_PATIENCE).await;
-        let warmup = runner::run_phase(
+        let (warmup, _) = run_on_idle_servers(
             &session,
+            server_pids,
             plan(
                 PhaseKind::Run(*first),
                 sizes.warmup,
                 None,
                 args.seed.wrapping_add(300),
             ),
-            progress(sizes.warmup, &format!("{label} warm-up")),
+            &format!("{label} warm-up"),
         )
         .await;
         eprintln!(
@@ -483,24 +478,22 @@ async fn bench_cluster(
         // workload before) leaves flushes and compactions behind, and a
         // peak measured beside them is too low, and so is the pace derived
         // from it.
-        let waited = wait_for_idle_servers(server_pids, IDLE_PATIENCE).await;
-        eprintln!(
-            "ycsb: {label}: waited {:.1} s for idle servers before {name}",
-            waited.as_secs_f64()
-        );
-        let before = CpuSample::now(server_pids);
-        let result = runner::run_phase(
+        let (result, waited) = run_on_idle_servers(
             &session,
+            server_pids,
             plan(
                 PhaseKind::Run(*w),
                 sizes.operations,
                 None,
                 args.seed.wrapping_add(1 + i as u64),
             ),
-            progress(sizes.operations, &format!("{label} {}", w.label())),
+            &format!("{label} {}", w.label()),
         )
         .await;
-        let result = measured(result, before);
+        eprintln!(
+            "ycsb: {label}: waited {:.1} s for idle servers before {name}",
+            waited.as_secs_f64()
+        );
         report_phase(&label, &name, &result);
         // The paced run follows its workload's closed-loop run at once, so
         // both see the database in the same state: 70 % of a peak measured
@@ -509,42 +502,37 @@ async fn bench_cluster(
         if paced == Some(*w) && paced_result.is_none() {
             let peak = result.throughput();
             let rate = peak * args.paced_fraction;
-            let waited = wait_for_idle_servers(server_pids, IDLE_PATIENCE).await;
-            eprintln!(
-                "ycsb: {label}: waited {:.1} s for the servers to finish the previous phase's work before the paced run",
-                waited.as_secs_f64()
-            );
-            let before = CpuSample::now(server_pids);
-            let paced_run = runner::run_phase(
+            let (paced_run, waited) = run_on_idle_servers(
                 &session,
+                server_pids,
                 plan(
                     PhaseKind::Run(*w),
                     sizes.operations,
                     Some(rate),
                     args.seed.wrapping_add(100),
                 ),
-                progress(
-                    sizes.operations,
-                    &format!("{label} {} @{rate:.0}/s", w.label()),
-                ),
+                &format!("{label} {} @{rate:.0}/s", w.label()),
             )
             .await;
-            let paced_run = measured(paced_run, before);
+            eprintln!(
+                "ycsb: {label}: waited {:.1} s for the servers to finish the previous phase's work before the paced run",
+                waited.as_secs_f64()
+            );
             report_phase(&label, &format!("workload {} paced", w.label()), &paced_run);
             report_timeline(&label, *w, &paced_run, &args.dir);
             // The peak again, on half as many operations: did the machine
             // keep the speed the pace was derived from?
             let check_ops = (sizes.operations / 2).max(1);
-            wait_for_idle_servers(server_pids, IDLE_PATIENCE).await;
-            let check = runner::run_phase(
+            let (check, _) = run_on_idle_servers(
                 &session,
+                server_pids,
                 plan(
                     PhaseKind::Run(*w),
                     check_ops,
                     None,
                     args.seed.wrapping_add(200),
                 ),
-                progress(check_ops, &format!("{label} {} peak check", w.label())),
+                &format!("{label} {} peak check", w.label()),
             )
             .await;
             let peak_after = check.throughput();
@@ -606,6 +594,25 @@ async fn wait_for_idle_servers(server_pids: &[u32], patience: Duration) -> Durat
             return started.elapsed();
         }
     }
+}
+
+/// Runs one phase once the servers are idle ([`wait_for_idle_servers`]):
+/// each run then measures its own load, not the flushes and compactions
+/// the one before left behind. Returns the result, with the servers' CPU
+/// over the phase, and how long the wait took. `what` labels the
+/// progress bar.
+async fn run_on_idle_servers(
+    session: &Session,
+    server_pids: &[u32],
+    plan: PhasePlan,
+    what: &str,
+) -> (PhaseResult, Duration) {
+    let waited = wait_for_idle_servers(server_pids, IDLE_PATIENCE).await;
+    let before = CpuSample::now(server_pids);
+    let bar = progress(plan.operations, what);
+    let result = runner::run_phase(session, plan, bar).await;
+    let cpu = Some(before.until(&CpuSample::now(server_pids)));
+    (PhaseResult { cpu, ..result }, waited)
 }
 
 /// Width of the windows a paced run's latency is summarised in.
