@@ -12,7 +12,7 @@ use ringdb::cluster::membership::MembershipConfig;
 use ringdb::cluster::ring::DEFAULT_VNODES;
 use ringdb::coordinator::CoordinatorConfig;
 use ringdb::net::tls::{ClusterCa, NodeCert};
-use ringdb::node::{Node, NodeConfig};
+use ringdb::node::{Node, NodeConfig, DEFAULT_ROW_CACHE_BYTES};
 use ringdb::storage::commitlog::SyncMode;
 use serde::Deserialize;
 use std::net::SocketAddr;
@@ -90,6 +90,11 @@ pub struct ServerArgs {
     /// schedules tasks more cheaply than a one-worker thread pool.
     #[arg(long)]
     pub worker_threads: Option<usize>,
+    /// MiB of each table's row cache: whole small partitions kept merged in
+    /// memory after a read (default 64; 0 turns it off). See
+    /// docs/operations.md.
+    #[arg(long)]
+    pub row_cache_mb: Option<usize>,
 }
 
 /// The TOML form of [`ServerArgs`].
@@ -115,6 +120,7 @@ struct FileConfig {
     read_repair_every: Option<u32>,
     speculative_retry_ms: Option<u64>,
     worker_threads: Option<usize>,
+    row_cache_mb: Option<usize>,
 }
 
 fn parse_sync_mode(text: &str) -> Result<SyncMode, String> {
@@ -230,6 +236,10 @@ fn merge(args: ServerArgs) -> anyhow::Result<Settings> {
             .batchlog_replay_delay_ms
             .or(file.batchlog_replay_delay_ms)
             .map(Duration::from_millis),
+        row_cache_bytes: args
+            .row_cache_mb
+            .or(file.row_cache_mb)
+            .map_or(DEFAULT_ROW_CACHE_BYTES, |mb| mb.saturating_mul(1 << 20)),
         data_dir,
     };
     Ok(Settings {
@@ -324,7 +334,7 @@ mod tests {
         let file = dir.path().join("node.toml");
         std::fs::write(
             &file,
-            "data_dir = \"/data/a\"\nlisten = \"127.0.0.1:9100\"\nseeds = [\"127.0.0.1:7001\"]\ncommitlog_sync = \"periodic:20\"\ntokens = [5, 1000]\nbatchlog_replay_delay_ms = 2500\noverlap_local_sync = false\nread_repair_every = 4\nspeculative_retry_ms = 20\nworker_threads = 3\n",
+            "data_dir = \"/data/a\"\nlisten = \"127.0.0.1:9100\"\nseeds = [\"127.0.0.1:7001\"]\ncommitlog_sync = \"periodic:20\"\ntokens = [5, 1000]\nbatchlog_replay_delay_ms = 2500\noverlap_local_sync = false\nread_repair_every = 4\nspeculative_retry_ms = 20\nworker_threads = 3\nrow_cache_mb = 5\n",
         )
         .unwrap();
         let settings = merge(ServerArgs {
@@ -341,6 +351,7 @@ mod tests {
         assert_eq!(config.initial_tokens, Some(vec![5, 1000]));
         assert!(!config.coordinator.overlap_local_sync, "from the file");
         assert_eq!(config.coordinator.read_repair_every, 4, "from the file");
+        assert_eq!(config.row_cache_bytes, 5 << 20, "from the file");
         assert_eq!(
             config.coordinator.speculative_retry,
             Duration::from_millis(20),
@@ -380,6 +391,19 @@ mod tests {
         })
         .unwrap_err();
         assert!(format!("{err:#}").contains("worker_threads"), "{err:#}");
+        let defaults = merge(ServerArgs {
+            data_dir: Some(PathBuf::from("/x")),
+            ..ServerArgs::default()
+        })
+        .unwrap();
+        assert_eq!(defaults.node.row_cache_bytes, DEFAULT_ROW_CACHE_BYTES);
+        let off = merge(ServerArgs {
+            data_dir: Some(PathBuf::from("/x")),
+            row_cache_mb: Some(0),
+            ..ServerArgs::default()
+        })
+        .unwrap();
+        assert_eq!(off.node.row_cache_bytes, 0, "a flag of 0 turns it off");
     }
 
     #[test]

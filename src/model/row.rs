@@ -181,6 +181,19 @@ impl<'de> Deserialize<'de> for RowState {
     }
 }
 
+/// Bytes a value holds outside its own `size_of` (strings, blobs, lists).
+fn value_heap_bytes(value: &Value) -> usize {
+    match value {
+        Value::Text(s) | Value::Ascii(s) => s.len(),
+        Value::Blob(b) => b.len(),
+        Value::List(items) => items
+            .iter()
+            .map(|v| std::mem::size_of::<Value>() + value_heap_bytes(v))
+            .sum(),
+        _ => 0,
+    }
+}
+
 /// A row as a reader sees it, after resolving siblings and tombstones.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ResolvedRow {
@@ -221,6 +234,38 @@ impl RowState {
     /// True when nothing is known of the row.
     pub fn is_empty(&self) -> bool {
         self.parts.versions.is_empty() && self.parts.context.is_empty()
+    }
+
+    /// About how many bytes of memory the state takes (what a cache holding
+    /// it charges): the structures' sizes plus every string and blob, with
+    /// a fixed allowance per allocation. An estimate, not an accounting.
+    pub fn approximate_bytes(&self) -> usize {
+        const PER_ALLOCATION: usize = 16;
+        const PER_MAP_ENTRY: usize = 16;
+        let cells = |v: &RowVersion| -> usize {
+            v.cells
+                .iter()
+                .map(|(name, cell)| {
+                    name.len()
+                        + PER_ALLOCATION
+                        + PER_MAP_ENTRY
+                        + std::mem::size_of::<(String, Cell)>()
+                        + match &cell.value {
+                            CellValue::Live(value) => value_heap_bytes(value),
+                            CellValue::Deleted => 0,
+                        }
+                })
+                .sum()
+        };
+        std::mem::size_of::<StateParts>()
+            + PER_ALLOCATION
+            + self
+                .parts
+                .versions
+                .iter()
+                .map(|v| std::mem::size_of::<RowVersion>() + cells(v))
+                .sum::<usize>()
+            + self.parts.context.size() * (std::mem::size_of::<Dot>() + PER_MAP_ENTRY)
     }
 
     /// The merge of two states (see the module documentation).
@@ -542,6 +587,21 @@ pub struct PartitionHeader {
 }
 
 impl PartitionHeader {
+    /// About how many bytes of memory the header takes (see
+    /// [`RowState::approximate_bytes`]).
+    pub fn approximate_bytes(&self) -> usize {
+        let bound = |b: &KeyBound| match b {
+            KeyBound::Unbounded => 0,
+            KeyBound::Included(k) | KeyBound::Excluded(k) => k.len() + 16,
+        };
+        std::mem::size_of::<PartitionHeader>()
+            + self
+                .ranges
+                .iter()
+                .map(|r| std::mem::size_of::<RangeTombstone>() + bound(&r.start) + bound(&r.end))
+                .sum::<usize>()
+    }
+
     /// The merge of two headers: the later deletion and all ranges.
     pub fn join(&self, other: &PartitionHeader) -> PartitionHeader {
         let mut ranges: Vec<RangeTombstone> =

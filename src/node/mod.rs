@@ -78,7 +78,13 @@ pub struct NodeConfig {
     /// Age at which a batch-log entry is replayed (`None`: twice the
     /// write timeout).
     pub batchlog_replay_delay: Option<Duration>,
+    /// Bytes of each table's row cache (0: none; see
+    /// [`crate::storage::row_cache`]).
+    pub row_cache_bytes: usize,
 }
+
+/// Default size of each table's row cache.
+pub use crate::storage::row_cache::DEFAULT_ROW_CACHE_BYTES;
 
 /// Errors starting or running a node.
 #[derive(Debug, thiserror::Error)]
@@ -164,6 +170,7 @@ impl Node {
             memtable_jitter: MEMTABLE_JITTER,
             // Flushes and compactions yield to requests while CPUs are busy.
             background_nice: BACKGROUND_NICE,
+            row_cache_bytes: config.row_cache_bytes,
             ..EngineOptions::default()
         };
         let local = Arc::new(

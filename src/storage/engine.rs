@@ -31,6 +31,7 @@ use super::isolation::{PartitionLocks, PartitionwiseRange};
 use super::iter::{hex, MemtableRange, MergeIter, Source};
 use super::manifest::{Manifest, ManifestEdit, TableRecord};
 use super::memtable::Memtable;
+use super::row_cache::{CachedPartition, RowCache, RowCacheStats};
 use super::sstable::{BlockCache, SsTable, SsTableOptions, SsTableWriter};
 use super::{Result, StorageError};
 use crate::model::key::{self, KeyKind};
@@ -61,6 +62,9 @@ pub struct EngineOptions {
     pub sstable: SsTableOptions,
     /// Shared cache of decoded SSTable blocks.
     pub block_cache_bytes: usize,
+    /// Cache of whole small partitions' merged state (0: none; see
+    /// [`super::row_cache`]).
+    pub row_cache_bytes: usize,
     /// Which tables compaction merges.
     pub compaction: CompactionStrategy,
     /// How long tombstones are kept before compaction may purge them.
@@ -90,6 +94,7 @@ impl Default for EngineOptions {
             max_frozen_memtables: 4,
             sstable: SsTableOptions::default(),
             block_cache_bytes: 64 << 20,
+            row_cache_bytes: super::row_cache::DEFAULT_ROW_CACHE_BYTES,
             compaction: CompactionStrategy::default(),
             gc_grace: Duration::from_secs(10 * 24 * 3600),
             clock: Arc::new(SystemClock),
@@ -119,6 +124,8 @@ pub struct EngineStats {
     pub memtables: usize,
     /// Compactions run.
     pub compactions: u64,
+    /// The row cache's hits, misses and size.
+    pub row_cache: RowCacheStats,
 }
 
 /// One row of a partition slice.
@@ -208,6 +215,7 @@ struct Inner {
     compaction_lock: Mutex<()>,
     row_locks: Vec<Mutex<()>>,
     cache: Arc<BlockCache>,
+    row_cache: RowCache,
     work: Mutex<bool>,
     work_ready: Condvar,
     flushed: Condvar,
@@ -323,6 +331,7 @@ impl Engine {
             compaction_lock: Mutex::new(()),
             row_locks: (0..ROW_LOCK_STRIPES).map(|_| Mutex::new(())).collect(),
             cache,
+            row_cache: RowCache::new(opts.row_cache_bytes),
             work: Mutex::new(false),
             work_ready: Condvar::new(),
             flushed: Condvar::new(),
@@ -422,11 +431,21 @@ impl Engine {
                 );
             }
             let active = self.inner.snapshot.read().active.clone();
+            // Cached copies of these partitions are taken out before the
+            // entries go in, and put back with them joined in after
+            // (unless another write overlapped: see `row_cache`).
+            let uncached = self
+                .inner
+                .row_cache
+                .begin_write(mutations.iter().map(|(k, _)| {
+                    key::classify(k).map_or(k.as_slice(), |kind| &k[..kind.partition_len()])
+                }));
             for ((k, entry), bytes) in mutations.iter().zip(&encoded) {
                 active
                     .apply(k, entry.clone(), bytes.len())
                     .map_err(|e| StorageError::Codec(format!("key {}: {e}", hex(k))))?;
             }
+            uncached.applied(mutations.iter().map(|(k, e)| (k.as_slice(), e)));
             ticket
         };
         self.inner
@@ -472,6 +491,9 @@ impl Engine {
     /// hold it. False means the read is answered from the memtables alone
     /// (memory only), cheap enough to run on an async thread.
     pub fn partition_read_needs_io(&self, prefix: &[u8]) -> bool {
+        if self.inner.row_cache.contains(prefix) {
+            return false;
+        }
         let snap = self.inner.snapshot.read().clone();
         if snap.tables.is_empty() {
             return false;
@@ -854,6 +876,33 @@ impl Engine {
         let _isolated = self.inner.partition_locks.read(prefix);
         let limit = limit.unwrap_or(usize::MAX);
         let bounds = slice_bounds(prefix, lower, upper);
+        let now = self.inner.opts.clock.now_millis();
+        if let Some(cached) = self.inner.row_cache.get(prefix) {
+            let Some((lo, hi)) = bounds else {
+                return Ok(StateSlice {
+                    header: cached.header.clone(),
+                    ..StateSlice::default()
+                });
+            };
+            let mut out = StateSlice {
+                header: cached.header.clone(),
+                rows: Vec::new(),
+                cut: limit == 0,
+            };
+            if limit == 0 {
+                return Ok(out);
+            }
+            let rows = cached_rows_within(&cached.rows, &lo, &hi);
+            let rows: Box<dyn Iterator<Item = &(Vec<u8>, RowState)>> = if reverse {
+                Box::new(rows.iter().rev())
+            } else {
+                Box::new(rows.iter())
+            };
+            let items = rows.map(|(k, state)| Ok((k.as_slice(), Entry::Row(state.clone()))));
+            collect_states(&mut out, prefix, None, items, limit, now)?;
+            return Ok(out);
+        }
+        let ticket = self.inner.row_cache.fill_ticket(prefix);
         // A forward read from the partition's first row key (a whole
         // partition, or the one row of a table without clustering columns)
         // scans from the header key instead: the header sorts right before
@@ -880,46 +929,25 @@ impl Engine {
             out.cut = true;
             return Ok(out);
         }
+        let whole = from_header && hi == Bound::Excluded(key::partition_end(prefix));
         let lo = if from_header {
             Bound::Included(header_key.clone())
         } else {
             lo
         };
-        let now = self.inner.opts.clock.now_millis();
-        let mut live_rows = 0;
-        for item in self.scan_within(lo, hi, reverse, Some(prefix)) {
-            let (k, entry) = item?;
-            let state = match entry {
-                Entry::Row(state) => state,
-                Entry::Header(h) => {
-                    if from_header && k == header_key {
-                        out.header = h;
-                    }
-                    continue;
-                }
+        let items = self.scan_within(lo, hi, reverse, Some(prefix));
+        let from_header = from_header.then_some(header_key.as_slice());
+        collect_states(&mut out, prefix, from_header, items, limit, now)?;
+        if whole && !out.cut {
+            let cached = CachedPartition {
+                header: out.header.clone(),
+                rows: out
+                    .rows
+                    .iter()
+                    .map(|r| (key::row_key(prefix, &r.clustering), r.state.clone()))
+                    .collect(),
             };
-            if live_rows >= limit {
-                out.cut = true;
-                break;
-            }
-            let clustering = k[prefix.len() + 1..].to_vec();
-            let shadow = out.header.shadow_for(&clustering);
-            let live = state.is_live(shadow, now);
-            live_rows += usize::from(live);
-            // Every clustering column encodes to at least one byte (and
-            // there are no static columns), so a row with an empty
-            // clustering key is one of a table without clustering columns:
-            // the partition's only row. Stop at it instead of seeking past
-            // it in every source: a single-row read is then one seek.
-            let only_row = clustering.is_empty();
-            out.rows.push(StateRow {
-                clustering,
-                state,
-                live,
-            });
-            if only_row {
-                break;
-            }
+            self.inner.row_cache.fill(prefix, ticket, cached);
         }
         Ok(out)
     }
@@ -979,6 +1007,7 @@ impl Engine {
             sstable_bytes: snap.tables.iter().map(|t| t.record.size_bytes).sum(),
             memtables: 1 + snap.frozen.len(),
             compactions: self.inner.compactions.load(Ordering::Relaxed),
+            row_cache: self.inner.row_cache.stats(),
         }
     }
 
@@ -1251,6 +1280,9 @@ impl Inner {
         let mut writer =
             SsTableWriter::create(&table_path(&self.dir, file_id), &self.opts.sstable)?;
         let mut current_header: Option<(Vec<u8>, PartitionHeader)> = None;
+        // Whether the output differs from the merged inputs (something was
+        // purged): cached partitions may then differ from the tables.
+        let mut purged_any = false;
         for item in MergeIter::new(sources, false) {
             let (k, entry) = item?;
             let kind = key::classify(&k).map_err(|e| StorageError::InvalidKey(e.to_string()))?;
@@ -1272,6 +1304,7 @@ impl Inner {
                         Some(h) if *h == header => None,
                         _ => Some((partition, header)),
                     };
+                    purged_any |= current_header.is_some();
                     if let Some(h) = kept {
                         add_to_table(&mut writer, &k, &Entry::Header(h))?;
                     }
@@ -1288,6 +1321,7 @@ impl Inner {
                         }
                     }
                     if purgeable_here && state.is_purgeable(purge_before, now_ms) {
+                        purged_any = true;
                         continue;
                     }
                     add_to_table(&mut writer, &k, &Entry::Row(state))?;
@@ -1329,6 +1363,9 @@ impl Inner {
                 tables,
             });
         }
+        if purged_any {
+            self.row_cache.clear();
+        }
         for id in input_ids {
             let path = table_path(&self.dir, id);
             if let Err(e) = std::fs::remove_file(&path) {
@@ -1364,6 +1401,76 @@ fn slice_bounds(prefix: &[u8], lower: Bound<&[u8]>, upper: Bound<&[u8]>) -> Opti
         Bound::Excluded(p) => Bound::Excluded(key::row_key(prefix, p)),
     };
     Some((lo, hi))
+}
+
+/// The rows of a cached partition (ascending by key) within a key range.
+fn cached_rows_within<'a>(
+    rows: &'a [(Vec<u8>, RowState)],
+    lo: &Bound<Vec<u8>>,
+    hi: &Bound<Vec<u8>>,
+) -> &'a [(Vec<u8>, RowState)] {
+    let start = match lo {
+        Bound::Unbounded => 0,
+        Bound::Included(k) => rows.partition_point(|(r, _)| r < k),
+        Bound::Excluded(k) => rows.partition_point(|(r, _)| r <= k),
+    };
+    let end = match hi {
+        Bound::Unbounded => rows.len(),
+        Bound::Included(k) => rows.partition_point(|(r, _)| r <= k),
+        Bound::Excluded(k) => rows.partition_point(|(r, _)| r < k),
+    };
+    &rows[start..end.max(start)]
+}
+
+/// Adds the row states of `items` (entries of one partition, in the
+/// order asked) to `out`, up to `limit` live rows, as
+/// [`Engine::read_partition_states`] answers them. With `header_key`, the
+/// items start at the partition's header, which becomes `out.header`.
+fn collect_states<K: AsRef<[u8]>>(
+    out: &mut StateSlice,
+    prefix: &[u8],
+    header_key: Option<&[u8]>,
+    items: impl IntoIterator<Item = Result<(K, Entry)>>,
+    limit: usize,
+    now: u64,
+) -> Result<()> {
+    let mut live_rows = 0;
+    for item in items {
+        let (k, entry) = item?;
+        let k = k.as_ref();
+        let state = match entry {
+            Entry::Row(state) => state,
+            Entry::Header(h) => {
+                if header_key == Some(k) {
+                    out.header = h;
+                }
+                continue;
+            }
+        };
+        if live_rows >= limit {
+            out.cut = true;
+            break;
+        }
+        let clustering = k[prefix.len() + 1..].to_vec();
+        let shadow = out.header.shadow_for(&clustering);
+        let live = state.is_live(shadow, now);
+        live_rows += usize::from(live);
+        // Every clustering column encodes to at least one byte (and
+        // there are no static columns), so a row with an empty
+        // clustering key is one of a table without clustering columns:
+        // the partition's only row. Stop at it instead of seeking past
+        // it in every source: a single-row read is then one seek.
+        let only_row = clustering.is_empty();
+        out.rows.push(StateRow {
+            clustering,
+            state,
+            live,
+        });
+        if only_row {
+            break;
+        }
+    }
+    Ok(())
 }
 
 fn header_purgeable(header: &PartitionHeader, purge_before: Timestamp) -> bool {

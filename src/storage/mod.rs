@@ -14,8 +14,10 @@ pub mod error;
 pub mod framing;
 pub mod isolation;
 pub mod iter;
+pub mod lru;
 pub mod manifest;
 pub mod memtable;
+pub mod row_cache;
 pub mod sstable;
 pub mod writeback;
 

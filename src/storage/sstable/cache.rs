@@ -1,12 +1,12 @@
 //! A sharded LRU cache of decoded, verified data blocks, bounded in bytes.
 
-use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::Arc;
 
 use parking_lot::Mutex;
 
 use super::block::Block;
+use crate::storage::lru::Lru;
 
 /// Cache key: (file id of an open [`SsTable`](super::SsTable), block offset).
 type Key = (u64, u64);
@@ -16,7 +16,6 @@ const ENTRY_OVERHEAD: usize = 96;
 /// Smallest per-shard capacity worth sharding for.
 const MIN_SHARD_CAPACITY: usize = 1 << 20;
 const MAX_SHARDS: usize = 16;
-const NIL: usize = usize::MAX;
 
 #[inline]
 fn mix(a: u64, b: u64) -> u64 {
@@ -43,115 +42,7 @@ impl Hasher for KeyHasher {
     }
 }
 
-struct Node {
-    key: Key,
-    block: Option<Arc<Block>>,
-    charge: usize,
-    prev: usize,
-    next: usize,
-}
-
-/// One shard: a hash map into a slab of nodes linked in recency order.
-struct Shard {
-    map: HashMap<Key, usize, BuildHasherDefault<KeyHasher>>,
-    nodes: Vec<Node>,
-    free: Vec<usize>,
-    /// Most recently used.
-    head: usize,
-    /// Least recently used.
-    tail: usize,
-    usage: usize,
-    capacity: usize,
-}
-
-impl Shard {
-    fn new(capacity: usize) -> Self {
-        Shard {
-            map: HashMap::default(),
-            nodes: Vec::new(),
-            free: Vec::new(),
-            head: NIL,
-            tail: NIL,
-            usage: 0,
-            capacity,
-        }
-    }
-
-    fn unlink(&mut self, i: usize) {
-        let (prev, next) = (self.nodes[i].prev, self.nodes[i].next);
-        if prev == NIL {
-            self.head = next;
-        } else {
-            self.nodes[prev].next = next;
-        }
-        if next == NIL {
-            self.tail = prev;
-        } else {
-            self.nodes[next].prev = prev;
-        }
-    }
-
-    fn push_front(&mut self, i: usize) {
-        self.nodes[i].prev = NIL;
-        self.nodes[i].next = self.head;
-        if self.head != NIL {
-            self.nodes[self.head].prev = i;
-        }
-        self.head = i;
-        if self.tail == NIL {
-            self.tail = i;
-        }
-    }
-
-    fn remove(&mut self, i: usize) {
-        self.unlink(i);
-        let node = &mut self.nodes[i];
-        node.block = None;
-        self.usage -= node.charge;
-        self.map.remove(&node.key);
-        self.free.push(i);
-    }
-
-    fn get(&mut self, key: &Key) -> Option<Arc<Block>> {
-        let i = *self.map.get(key)?;
-        self.unlink(i);
-        self.push_front(i);
-        self.nodes[i].block.clone()
-    }
-
-    fn insert(&mut self, key: Key, block: Arc<Block>) {
-        let charge = block.size() + ENTRY_OVERHEAD;
-        if let Some(&i) = self.map.get(&key) {
-            self.remove(i);
-        }
-        if charge > self.capacity {
-            return;
-        }
-        while self.usage + charge > self.capacity && self.tail != NIL {
-            self.remove(self.tail);
-        }
-        let node = Node {
-            key,
-            block: Some(block),
-            charge,
-            prev: NIL,
-            next: NIL,
-        };
-        let i = match self.free.pop() {
-            Some(i) => {
-                self.nodes[i] = node;
-                i
-            }
-            None => {
-                self.nodes.push(node);
-                self.nodes.len() - 1
-            }
-        };
-        self.push_front(i);
-        self.map.insert(key, i);
-        self.usage += charge;
-    }
-}
+type Shard = Lru<Key, Arc<Block>, BuildHasherDefault<KeyHasher>>;
 
 /// Shared LRU cache of decoded, checksum-verified data blocks, keyed by
 /// (open file id, block offset) and bounded in bytes.
@@ -188,7 +79,7 @@ impl BlockCache {
 
     /// Bytes currently charged to cached blocks.
     pub fn usage(&self) -> usize {
-        self.shards.iter().map(|s| s.lock().usage).sum()
+        self.shards.iter().map(|s| s.lock().usage()).sum()
     }
 
     #[inline]
@@ -204,7 +95,8 @@ impl BlockCache {
 
     pub(crate) fn insert(&self, file_id: u64, offset: u64, block: Arc<Block>) {
         let key = (file_id, offset);
-        self.shard(&key).lock().insert(key, block);
+        let charge = block.size() + ENTRY_OVERHEAD;
+        self.shard(&key).lock().insert(key, block, charge);
     }
 }
 
