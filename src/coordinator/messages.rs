@@ -7,6 +7,7 @@
 //! a request the replica cannot decode (another protocol version, garbage)
 //! is rejected by the transport with a typed `NetError` instead.
 
+use crate::model::digest::{self, DigestWriter};
 use crate::model::{Consistency, Entry, KeyBound, NodeId, PartitionHeader, RowState};
 use crate::query::api::{Mutation, PartitionWrite, QueryError, SliceRequest, TableRef};
 use crate::storage::engine::StateSlice;
@@ -245,87 +246,34 @@ pub struct ReplicaPartition {
 }
 
 impl ReplicaPartition {
-    /// A 128-bit digest of the slice's exact content (SipHash-1-3 of its
-    /// encoding): replicas holding the same states give the same digest.
+    /// A 128-bit digest of the slice's exact content: replicas holding
+    /// the same states give the same digest, and any difference in the
+    /// header, a row's key or state, or `cut` changes it.
     ///
-    /// The encoding is hashed as it is produced, never held in memory: the
-    /// digest is the same as hashing the whole encoding at once (SipHash
-    /// reads its input as one stream, whatever the pieces), and a digest
-    /// read costs no allocation for the answer's size.
+    /// It is the digest ([`crate::model::digest`]) of the header's
+    /// encoding, `cut`, the number of rows, and each row's clustering key
+    /// followed by its state's own digest ([`RowState::digest`]) rather
+    /// than the state's encoding: a state's digest is computed once and
+    /// kept with it, so a replica answering from a memtable or its row
+    /// cache hashes a few bytes per row instead of re-encoding every cell.
     pub fn digest(&self) -> u128 {
         let mut writer = DigestWriter::new();
-        if bincode::serde::encode_into_writer(self, &mut writer, bincode::config::standard())
-            .is_err()
-        {
-            // What hashing a failed (empty) encoding gave before: not
-            // reachable for these types, which always encode.
-            writer = DigestWriter::new();
+        let streamed = (|| {
+            digest::encode_into(&mut writer, &self.header)?;
+            digest::encode_into(&mut writer, &self.cut)?;
+            digest::encode_into(&mut writer, &(self.rows.len() as u64))?;
+            for (clustering, state) in &self.rows {
+                digest::encode_into(&mut writer, clustering)?;
+                bincode::enc::write::Writer::write(&mut writer, &state.digest().to_le_bytes())?;
+            }
+            Ok::<(), bincode::error::EncodeError>(())
+        })();
+        if streamed.is_err() {
+            // Not reachable for these types, which always encode.
+            return DigestWriter::new().finish();
         }
         writer.finish()
     }
-}
-
-/// A bincode writer that hashes what it is given (SipHash-1-3 with the
-/// digest's fixed keys). bincode writes a value in many small pieces (a
-/// varint, a tag, a string's bytes); they are gathered in a buffer on the
-/// stack and hashed a few hundred bytes at a time, which SipHash does much
-/// faster than piece by piece.
-struct DigestWriter {
-    hasher: siphasher::sip128::SipHasher13,
-    buf: [u8; DIGEST_BUFFER],
-    len: usize,
-}
-
-const DIGEST_BUFFER: usize = 512;
-
-impl DigestWriter {
-    fn new() -> DigestWriter {
-        DigestWriter {
-            hasher: digest_hasher(),
-            buf: [0; DIGEST_BUFFER],
-            len: 0,
-        }
-    }
-
-    fn flush(&mut self) {
-        if let Some(pending) = self.buf.get(..self.len) {
-            std::hash::Hasher::write(&mut self.hasher, pending);
-        }
-        self.len = 0;
-    }
-
-    fn finish(mut self) -> u128 {
-        self.flush();
-        siphasher::sip128::Hasher128::finish128(&self.hasher).as_u128()
-    }
-}
-
-impl bincode::enc::write::Writer for DigestWriter {
-    fn write(&mut self, bytes: &[u8]) -> Result<(), bincode::error::EncodeError> {
-        let end = self.len + bytes.len();
-        match self.buf.get_mut(self.len..end) {
-            Some(room) => {
-                room.copy_from_slice(bytes);
-                self.len = end;
-            }
-            None => {
-                self.flush();
-                match self.buf.get_mut(..bytes.len()) {
-                    Some(room) => {
-                        room.copy_from_slice(bytes);
-                        self.len = bytes.len();
-                    }
-                    None => std::hash::Hasher::write(&mut self.hasher, bytes),
-                }
-            }
-        }
-        Ok(())
-    }
-}
-
-/// The hasher of [`ReplicaPartition::digest`], with its fixed keys.
-fn digest_hasher() -> siphasher::sip128::SipHasher13 {
-    siphasher::sip128::SipHasher13::new_with_keys(0x7269_6e67, 0x6469_6765_7374)
 }
 
 impl From<StateSlice> for ReplicaPartition {
@@ -476,19 +424,52 @@ mod tests {
 
     proptest! {
         #[test]
-        fn streamed_digest_is_the_digest_of_the_encoding(p in partition()) {
-            use std::hash::Hasher;
+        fn the_digest_sees_every_part_and_only_the_content(p in partition(), flip in any::<prop::sample::Index>()) {
+            // Equal content, equal digest, whether a state's digest was
+            // already computed (shared) or not (decoded afresh).
             let bytes = bincode::serde::encode_to_vec(&p, bincode::config::standard())
                 .expect("encodes");
-            let mut h = digest_hasher();
-            h.write(&bytes);
-            let whole = siphasher::sip128::Hasher128::finish128(&h).as_u128();
-            prop_assert_eq!(p.digest(), whole);
-            // Equal content, equal digest; the digest sees every field.
+            let (decoded, _): (ReplicaPartition, usize) =
+                bincode::serde::decode_from_slice(&bytes, bincode::config::standard())
+                    .expect("decodes");
+            prop_assert_eq!(p.digest(), decoded.digest());
             prop_assert_eq!(p.clone().digest(), p.digest());
+            // Every field counts.
             let mut other = p.clone();
             other.cut = !other.cut;
             prop_assert_ne!(other.digest(), p.digest());
+            let mut other = p.clone();
+            other.header.deleted_at = Some(Timestamp(other.header.deleted_at.map_or(1, |t| t.0 + 1)));
+            prop_assert_ne!(other.digest(), p.digest());
+            if !p.rows.is_empty() {
+                let i = flip.index(p.rows.len());
+                let mut other = p.clone();
+                other.rows[i].0.push(0);
+                prop_assert_ne!(other.digest(), p.digest());
+                let mut other = p.clone();
+                let changed = other.rows[i].1.join(&state(&[(9, 2000, 0, None)]));
+                prop_assume!(changed != other.rows[i].1);
+                other.rows[i].1 = changed;
+                prop_assert_ne!(other.digest(), p.digest());
+                let mut other = p.clone();
+                other.rows.remove(i);
+                prop_assert_ne!(other.digest(), p.digest());
+            }
+        }
+
+        /// A state's digest is the digest of its encoding, as if computed
+        /// afresh each time.
+        #[test]
+        fn a_row_digest_is_the_digest_of_its_encoding(p in partition()) {
+            for (_, state) in &p.rows {
+                let bytes = bincode::serde::encode_to_vec(state, bincode::config::standard())
+                    .expect("encodes");
+                let mut h = digest::digest_hasher();
+                std::hash::Hasher::write(&mut h, &bytes);
+                let whole = siphasher::sip128::Hasher128::finish128(&h).as_u128();
+                prop_assert_eq!(state.digest(), whole);
+                prop_assert_eq!(state.digest(), whole, "memoized");
+            }
         }
     }
 }

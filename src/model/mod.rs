@@ -5,11 +5,13 @@
 //! - [`hlc`]: injected wall clocks and the hybrid logical clock.
 //! - [`dots`]: dots and exact dot sets (causal contexts).
 //! - [`row`]: row versions, sibling sets, partition headers and the merge.
+//! - [`digest`]: content digests replicas compare instead of data.
 //!
 //! What the storage engine stores under a key is an [`Entry`]: a row's state
 //! under a row key, a partition's header under a header key.
 
 pub mod consistency;
+pub mod digest;
 pub mod dots;
 pub mod hlc;
 pub mod key;

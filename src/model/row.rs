@@ -18,6 +18,7 @@
 //! A [`PartitionHeader`] holds a partition's deletion and its range
 //! tombstones; its merge is a maximum and a set union.
 
+use super::digest::DigestMemo;
 use super::dots::{Dot, DotSet, NodeId};
 use super::hlc::Timestamp;
 use cql_lite::Value;
@@ -158,6 +159,9 @@ enum Pick<'a> {
 struct StateParts {
     versions: Vec<RowVersion>,
     context: DotSet,
+    /// [`RowState::digest`], once asked for (the parts never change).
+    #[serde(skip)]
+    digest: DigestMemo,
 }
 
 impl fmt::Debug for RowState {
@@ -206,7 +210,11 @@ pub struct ResolvedRow {
 impl RowState {
     fn new(versions: Vec<RowVersion>, context: DotSet) -> RowState {
         RowState {
-            parts: Arc::new(StateParts { versions, context }),
+            parts: Arc::new(StateParts {
+                versions,
+                context,
+                digest: DigestMemo::default(),
+            }),
         }
     }
 
@@ -229,6 +237,15 @@ impl RowState {
     /// Every dot this state has seen.
     pub fn context(&self) -> &DotSet {
         &self.parts.context
+    }
+
+    /// The digest of the state's encoding ([`super::digest::digest_of`]),
+    /// computed once per state: a state read again from a memtable or the
+    /// row cache is the same shared value, so its digest is already known.
+    pub fn digest(&self) -> u128 {
+        self.parts
+            .digest
+            .get_or_compute(|| super::digest::digest_of(&*self.parts))
     }
 
     /// True when nothing is known of the row.
