@@ -64,16 +64,30 @@ enum Output {
     Agg(Aggregate, Source, DataType),
 }
 
+impl Output {
+    /// Whether the output reads the cell of column `name`.
+    fn reads_cell(&self, name: &str) -> bool {
+        match self {
+            Output::Value(Source::Cell(c))
+            | Output::WriteTime(c)
+            | Output::Ttl(c)
+            | Output::Agg(_, Source::Cell(c), _) => c == name,
+            _ => false,
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 enum Filter {
     Compare(Source, Operator, Value),
     In(Source, Vec<Value>),
 }
 
-/// A planned SELECT.
+/// A planned SELECT, borrowing the table's schema from the schema
+/// snapshot it was planned against.
 #[derive(Debug, Clone)]
-pub struct SelectPlan {
-    table: Table,
+pub struct SelectPlan<'t> {
+    table: &'t Table,
     tref: TableRef,
     /// Known partitions (values and serialized key), or `None` to scan.
     partitions: Option<Vec<(Vec<Value>, Vec<u8>)>>,
@@ -136,13 +150,13 @@ fn positive(
 }
 
 /// Plans a SELECT that passed [`cql_lite::analyze::check_select`].
-pub fn plan_select(
-    table: &Table,
+pub fn plan_select<'t>(
+    table: &'t Table,
     sel: &Select,
     restrictions: &SelectRestrictions,
     ctx: &EvalContext<'_>,
     fingerprint: u64,
-) -> Result<SelectPlan, QueryError> {
+) -> Result<SelectPlan<'t>, QueryError> {
     let npk = table.def.partition_key.len();
     let nck = table.def.clustering.len();
     // Key restrictions.
@@ -363,7 +377,7 @@ pub fn plan_select(
     let _ = Order::Asc;
     Ok(SelectPlan {
         tref: table_ref(table),
-        table: table.clone(),
+        table,
         partitions,
         intervals,
         reverse,
@@ -446,17 +460,22 @@ fn marker_live(state: &RowState, shadow: Option<Timestamp>, now_ms: u64) -> bool
 
 /// Live cells of a resolved row, without dropped columns.
 fn visible_cells(table: &Table, cells: BTreeMap<String, Cell>) -> BTreeMap<String, Cell> {
+    let visible = |name: &String, cell: &Cell| {
+        table
+            .column(name)
+            .is_some_and(|c| c.kind == ColumnKind::Regular)
+            && table
+                .dropped_columns
+                .get(name)
+                .is_none_or(|dropped| cell.ts > *dropped)
+    };
+    // Usually every cell is: keep the map instead of building another.
+    if cells.iter().all(|(name, cell)| visible(name, cell)) {
+        return cells;
+    }
     cells
         .into_iter()
-        .filter(|(name, cell)| {
-            table
-                .column(name)
-                .is_some_and(|c| c.kind == ColumnKind::Regular)
-                && table
-                    .dropped_columns
-                    .get(name)
-                    .is_none_or(|dropped| cell.ts > *dropped)
-        })
+        .filter(|(name, cell)| visible(name, cell))
         .collect()
 }
 
@@ -560,7 +579,7 @@ struct Position {
 }
 
 struct Collector<'p> {
-    plan: &'p SelectPlan,
+    plan: &'p SelectPlan<'p>,
     page_size: usize,
     now_ms: u64,
     rows: Vec<Row>,
@@ -585,7 +604,7 @@ fn numeric(v: &Value) -> Option<(i128, f64)> {
 }
 
 impl<'p> Collector<'p> {
-    fn new(plan: &'p SelectPlan, page_size: usize, now_ms: u64) -> Collector<'p> {
+    fn new(plan: &'p SelectPlan<'p>, page_size: usize, now_ms: u64) -> Collector<'p> {
         Collector {
             plan,
             page_size: page_size.max(1),
@@ -613,25 +632,56 @@ impl<'p> Collector<'p> {
         self.plan
             .outputs
             .iter()
-            .map(|o| match o {
-                Output::Value(src) => row.value(src),
-                Output::WriteTime(c) => row
-                    .cells
-                    .get(c)
-                    .map(|cell| Value::BigInt(hlc_to_micros(cell.ts)))
-                    .unwrap_or(Value::Null),
-                Output::Ttl(c) => row
-                    .cells
-                    .get(c)
-                    .and_then(|cell| cell.expires_at)
-                    .map(|e| {
-                        let left = e.saturating_sub(self.now_ms).div_ceil(1000);
-                        Value::Int(i32::try_from(left).unwrap_or(i32::MAX))
-                    })
-                    .unwrap_or(Value::Null),
-                Output::CountStar | Output::Agg(..) => Value::Null,
+            .map(|o| self.output_value(o, row))
+            .collect()
+    }
+
+    /// [`Collector::output_values`] of a row that is done with: a cell's
+    /// value is moved out at its last use instead of copied (a 1 KB row
+    /// is ten 100-byte strings).
+    fn take_output_values(&self, row: &mut ReadRow) -> Vec<Value> {
+        let outputs = &self.plan.outputs;
+        outputs
+            .iter()
+            .enumerate()
+            .map(|(i, o)| match o {
+                Output::Value(Source::Cell(name))
+                    if !outputs[i + 1..].iter().any(|later| later.reads_cell(name)) =>
+                {
+                    match row.cells.get_mut(name) {
+                        Some(cell) => {
+                            match std::mem::replace(&mut cell.value, CellValue::Deleted) {
+                                CellValue::Live(v) => v,
+                                CellValue::Deleted => Value::Null,
+                            }
+                        }
+                        None => Value::Null,
+                    }
+                }
+                _ => self.output_value(o, row),
             })
             .collect()
+    }
+
+    fn output_value(&self, o: &Output, row: &ReadRow) -> Value {
+        match o {
+            Output::Value(src) => row.value(src),
+            Output::WriteTime(c) => row
+                .cells
+                .get(c)
+                .map(|cell| Value::BigInt(hlc_to_micros(cell.ts)))
+                .unwrap_or(Value::Null),
+            Output::Ttl(c) => row
+                .cells
+                .get(c)
+                .and_then(|cell| cell.expires_at)
+                .map(|e| {
+                    let left = e.saturating_sub(self.now_ms).div_ceil(1000);
+                    Value::Int(i32::try_from(left).unwrap_or(i32::MAX))
+                })
+                .unwrap_or(Value::Null),
+            Output::CountStar | Output::Agg(..) => Value::Null,
+        }
     }
 
     fn siblings(&self, row: &ReadRow) -> Vec<Vec<Value>> {
@@ -645,7 +695,7 @@ impl<'p> Collector<'p> {
                 let single = RowState::from_parts(vec![v.clone()], DotSet::new());
                 let cells = single
                     .resolve(row.shadow, self.now_ms)
-                    .map(|r| visible_cells(&self.plan.table, r.cells))
+                    .map(|r| visible_cells(self.plan.table, r.cells))
                     .unwrap_or_default();
                 let sib = ReadRow {
                     partition: Vec::new(),
@@ -698,7 +748,8 @@ impl<'p> Collector<'p> {
             self.more = true;
             return Flow::Stop;
         }
-        let values = self.output_values(&row);
+        let mut row = row;
+        let values = self.take_output_values(&mut row);
         let siblings = self.siblings(&row);
         if self.rows.is_empty() {
             self.context = Some(row.state.context().clone());
@@ -995,7 +1046,7 @@ impl Reader<'_> {
     /// Reads one partition's intervals into the collector, in order.
     async fn partition(
         &self,
-        plan: &SelectPlan,
+        plan: &SelectPlan<'_>,
         pk_values: &[Value],
         pk: &[u8],
         resume: Option<&[u8]>,
@@ -1026,7 +1077,7 @@ impl Reader<'_> {
                 for stored in got.rows {
                     last = Some(stored.clustering.clone());
                     if let Some(row) =
-                        materialize(&plan.table, pk, pk_values, stored, &got.header, self.now_ms)?
+                        materialize(plan.table, pk, pk_values, stored, &got.header, self.now_ms)?
                     {
                         match sink(row) {
                             Flow::Continue => {}
@@ -1068,7 +1119,7 @@ impl MergeCursor {
     async fn refill(
         &mut self,
         reader: &Reader<'_>,
-        plan: &SelectPlan,
+        plan: &SelectPlan<'_>,
         ppl: usize,
         rows: usize,
     ) -> Result<(), QueryError> {
@@ -1101,7 +1152,7 @@ impl MergeCursor {
 /// Runs a planned SELECT: one page of its result, reading through `store`
 /// in batches of at most `batch`.
 pub async fn execute_select(
-    plan: &SelectPlan,
+    plan: &SelectPlan<'_>,
     store: &dyn DataStore,
     options: &QueryOptions,
     page_size: usize,
@@ -1289,7 +1340,7 @@ pub async fn execute_select(
                     for stored in part.rows {
                         last = Some(stored.clustering.clone());
                         if let Some(row) =
-                            materialize(&plan.table, &pk, &values, stored, &part.header, now_ms)?
+                            materialize(plan.table, &pk, &values, stored, &part.header, now_ms)?
                         {
                             flow = c.push(row);
                             if flow != Flow::Continue {
