@@ -535,3 +535,51 @@ fn doc_examples_run() {
         );
     }
 }
+
+/// A paging state continues only the query it came from: the same
+/// statement with other values, or another statement, refuses it.
+#[test]
+fn a_paging_state_belongs_to_its_query() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut runner = Runner::new(dir.path());
+    for text in [
+        "CREATE KEYSPACE ks WITH replication = {'class': 'SimpleStrategy', 'replication_factor': 1}",
+        "USE ks",
+        "CREATE TABLE t (p int, c int, v int, PRIMARY KEY (p, c))",
+        "BEGIN BATCH INSERT INTO t (p, c, v) VALUES (1, 1, 1); INSERT INTO t (p, c, v) VALUES (1, 2, 2); INSERT INTO t (p, c, v) VALUES (1, 3, 3); INSERT INTO t (p, c, v) VALUES (2, 1, 1); INSERT INTO t (p, c, v) VALUES (2, 2, 2); APPLY BATCH",
+    ] {
+        runner.cql(text);
+    }
+    let node = runner.node.as_ref().expect("node");
+    let mut session = runner.session.clone();
+    let mut run = |text: &str, paging_state| {
+        let options = QueryOptions {
+            page_size: Some(2),
+            paging_state,
+            ..QueryOptions::default()
+        };
+        runner
+            .rt
+            .block_on(node.exec.execute(&mut session, text, Vec::new(), options))
+    };
+    let first = run("SELECT * FROM t WHERE p = 1", None).expect("first page");
+    let QueryResult::Rows(rs) = first.result else {
+        panic!("rows expected")
+    };
+    let state = rs.paging_state.expect("more than one page");
+    let next = run("SELECT * FROM t WHERE p = 1", Some(state.clone())).expect("second page");
+    let QueryResult::Rows(rs) = next.result else {
+        panic!("rows expected")
+    };
+    assert_eq!(rs.rows.len(), 1, "the rest of partition 1");
+    for other in ["SELECT * FROM t WHERE p = 2", "SELECT v FROM t WHERE p = 1"] {
+        match run(other, Some(state.clone())) {
+            Err(e) => assert!(
+                format_error(&e).contains("paging state"),
+                "{other}: {}",
+                format_error(&e)
+            ),
+            Ok(r) => panic!("{other}: a foreign paging state was accepted: {r:?}"),
+        }
+    }
+}

@@ -7,7 +7,7 @@ use super::api::{
 use super::bind::{bind, bind_specs};
 use super::eval::{invalid, micros_to_hlc, EvalContext, TimeUuids};
 use super::schema_errors::schema_error_at;
-use super::select::{execute_select, plan_select, ReadBatch};
+use super::select::{execute_select, plan_select, Fingerprint, ReadBatch};
 use super::write::{plan_delete, plan_insert, plan_update, table_ref, Planned, WriteContext};
 use crate::model::HybridClock;
 use crate::schema::{Schema, SchemaChange, SchemaStore, Table};
@@ -200,8 +200,15 @@ impl Executor {
                 let table = self.table(&schema, &s.table, ks.as_deref())?;
                 let restrictions = check_select(s, ks.as_deref(), &*schema)
                     .map_err(|e| semantic_error(&e, text))?;
-                let fingerprint = hash64(&[&table.id.to_le_bytes(), bound.to_string().as_bytes()]);
-                let plan = plan_select(table, s, &restrictions, &self.eval_ctx(), fingerprint)?;
+                let fingerprint =
+                    || hash64(&[&table.id.to_le_bytes(), bound.to_string().as_bytes()]);
+                let plan = plan_select(
+                    table,
+                    s,
+                    &restrictions,
+                    &self.eval_ctx(),
+                    Fingerprint::new(&fingerprint),
+                )?;
                 let page_size = options
                     .page_size
                     .filter(|p| *p > 0)

@@ -48,39 +48,37 @@ impl Default for ReadBatch {
 
 /// Where a column's value comes from in a row.
 #[derive(Debug, Clone, PartialEq)]
-enum Source {
+enum Source<'t> {
     /// The n-th primary key value (partition key, then clustering).
     Key(usize),
-    /// A regular column's cell.
-    Cell(String),
+    /// A regular column's cell (the name borrowed from the schema).
+    Cell(&'t str),
 }
 
 #[derive(Debug, Clone)]
-enum Output {
-    Value(Source),
+enum Output<'t> {
+    Value(Source<'t>),
     WriteTime(String),
     Ttl(String),
     CountStar,
-    Agg(Aggregate, Source, DataType),
+    Agg(Aggregate, Source<'t>, DataType),
 }
 
-impl Output {
+impl Output<'_> {
     /// Whether the output reads the cell of column `name`.
     fn reads_cell(&self, name: &str) -> bool {
         match self {
-            Output::Value(Source::Cell(c))
-            | Output::WriteTime(c)
-            | Output::Ttl(c)
-            | Output::Agg(_, Source::Cell(c), _) => c == name,
+            Output::Value(Source::Cell(c)) | Output::Agg(_, Source::Cell(c), _) => *c == name,
+            Output::WriteTime(c) | Output::Ttl(c) => c == name,
             _ => false,
         }
     }
 }
 
 #[derive(Debug, Clone)]
-enum Filter {
-    Compare(Source, Operator, Value),
-    In(Source, Vec<Value>),
+enum Filter<'t> {
+    Compare(Source<'t>, Operator, Value),
+    In(Source<'t>, Vec<Value>),
 }
 
 /// A planned SELECT, borrowing the table's schema from the schema
@@ -93,8 +91,8 @@ pub struct SelectPlan<'t> {
     partitions: Option<Vec<(Vec<Value>, Vec<u8>)>>,
     intervals: Vec<Interval>,
     reverse: bool,
-    filters: Vec<Filter>,
-    outputs: Vec<Output>,
+    filters: Vec<Filter<'t>>,
+    outputs: Vec<Output<'t>>,
     /// The result columns.
     pub columns: Vec<ColumnSpec>,
     aggregate: bool,
@@ -105,10 +103,42 @@ pub struct SelectPlan<'t> {
     with_siblings: bool,
     order_merge: bool,
     single_row: bool,
-    fingerprint: u64,
+    fingerprint: Fingerprint<'t>,
 }
 
-fn source_of(table: &Table, name: &str) -> Result<(Source, DataType), QueryError> {
+/// The hash that ties a paging state to the query it came from (the
+/// table and the bound statement), computed only when a paging state is
+/// read or made: most queries fit one page, and rendering the statement
+/// to hash it cost more than planning a single-row read.
+#[derive(Clone)]
+pub struct Fingerprint<'t> {
+    compute: &'t (dyn Fn() -> u64 + Sync),
+    value: std::sync::OnceLock<u64>,
+}
+
+impl<'t> Fingerprint<'t> {
+    /// A fingerprint `compute` gives when first asked for.
+    pub fn new(compute: &'t (dyn Fn() -> u64 + Sync)) -> Fingerprint<'t> {
+        Fingerprint {
+            compute,
+            value: std::sync::OnceLock::new(),
+        }
+    }
+
+    fn get(&self) -> u64 {
+        *self.value.get_or_init(self.compute)
+    }
+}
+
+impl std::fmt::Debug for Fingerprint<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("Fingerprint")
+            .field(&self.value.get())
+            .finish()
+    }
+}
+
+fn source_of<'t>(table: &'t Table, name: &str) -> Result<(Source<'t>, DataType), QueryError> {
     let col = table
         .column(name)
         .ok_or_else(|| invalid(format!("Undefined column name {name}")))?;
@@ -130,7 +160,7 @@ fn source_of(table: &Table, name: &str) -> Result<(Source, DataType), QueryError
                 .position(|(k, _)| k == name)
                 .unwrap_or(0),
         ),
-        ColumnKind::Regular => Source::Cell(name.to_string()),
+        ColumnKind::Regular => Source::Cell(col.name.as_str()),
     };
     Ok((src, col.data_type))
 }
@@ -155,7 +185,7 @@ pub fn plan_select<'t>(
     sel: &Select,
     restrictions: &SelectRestrictions,
     ctx: &EvalContext<'_>,
-    fingerprint: u64,
+    fingerprint: Fingerprint<'t>,
 ) -> Result<SelectPlan<'t>, QueryError> {
     let npk = table.def.partition_key.len();
     let nck = table.def.clustering.len();
@@ -410,7 +440,7 @@ impl ReadRow {
     fn value(&self, src: &Source) -> Value {
         match src {
             Source::Key(i) => self.key.get(*i).cloned().unwrap_or(Value::Null),
-            Source::Cell(name) => match self.cells.get(name) {
+            Source::Cell(name) => match self.cells.get(*name) {
                 Some(Cell {
                     value: CellValue::Live(v),
                     ..
@@ -554,19 +584,19 @@ enum Flow {
 }
 
 #[derive(Debug, Clone)]
-enum Acc {
+enum Acc<'t> {
     First(Option<Value>),
     WriteTime(Option<Value>),
     Ttl(Option<Value>),
     Count(i64),
-    CountCol(i64, Source),
-    MinMax(Option<Value>, Source, bool),
-    Sum(Source, DataType, i128, f64, i64, bool),
+    CountCol(i64, Source<'t>),
+    MinMax(Option<Value>, Source<'t>, bool),
+    Sum(Source<'t>, DataType, i128, f64, i64, bool),
 }
 
-struct Group {
+struct Group<'t> {
     key: Vec<Value>,
-    accs: Vec<Acc>,
+    accs: Vec<Acc<'t>>,
     partition: Vec<u8>,
     prefix: Option<Vec<u8>>,
     in_partition: u64,
@@ -587,7 +617,7 @@ struct Collector<'p> {
     in_partition: u64,
     last: Option<Position>,
     more: bool,
-    group: Option<Group>,
+    group: Option<Group<'p>>,
     context: Option<DotSet>,
     apply_ppl: bool,
 }
@@ -648,7 +678,7 @@ impl<'p> Collector<'p> {
                 Output::Value(Source::Cell(name))
                     if !outputs[i + 1..].iter().any(|later| later.reads_cell(name)) =>
                 {
-                    match row.cells.get_mut(name) {
+                    match row.cells.get_mut(*name) {
                         Some(cell) => {
                             match std::mem::replace(&mut cell.value, CellValue::Deleted) {
                                 CellValue::Live(v) => v,
@@ -776,7 +806,7 @@ impl<'p> Collector<'p> {
         }
     }
 
-    fn new_group(&self, key: Vec<Value>, row: &ReadRow) -> Group {
+    fn new_group(&self, key: Vec<Value>, row: &ReadRow) -> Group<'p> {
         let npk = self.plan.table.def.partition_key.len();
         let prefix = if self.plan.group_len > npk {
             let n = self.plan.group_len - npk;
@@ -1166,7 +1196,7 @@ pub async fn execute_select(
     let state = options
         .paging_state
         .as_ref()
-        .map(|p| PageState::decode(p, plan.fingerprint))
+        .map(|p| PageState::decode(p, plan.fingerprint.get()))
         .transpose()?;
     let paged = !(plan.order_merge || (plan.aggregate && plan.group_len == 0));
     let mut c = Collector::new(plan, if paged { page_size } else { usize::MAX }, now_ms);
@@ -1370,7 +1400,7 @@ pub async fn execute_select(
     let paging_state = if c.more {
         c.last.as_ref().map(|p| {
             PageState {
-                fingerprint: plan.fingerprint,
+                fingerprint: plan.fingerprint.get(),
                 partition: p.partition.clone(),
                 clustering: p.clustering.clone(),
                 total: c.total,
