@@ -491,9 +491,11 @@ impl Engine {
     /// hold it. False means the read is answered from the memtables alone
     /// (memory only), cheap enough to run on an async thread.
     pub fn partition_read_needs_io(&self, prefix: &[u8]) -> bool {
-        if self.inner.row_cache.contains(prefix) {
-            return false;
-        }
+        // A partition in the row cache may still say true here: the
+        // caller then tries the read on its own thread first
+        // (`cached_read::try_cached`), which a cache hit passes without
+        // touching a file. Asking the cache here too cost a second lookup
+        // on every hit.
         let snap = self.inner.snapshot.read().clone();
         if snap.tables.is_empty() {
             return false;

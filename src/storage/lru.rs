@@ -116,6 +116,18 @@ impl<K: Hash + Eq + Clone, V: Clone, S: BuildHasher + Default> Lru<K, V, S> {
         self.usage += charge;
     }
 
+    /// Removes `key` and returns its value, if it was there.
+    pub fn take<Q>(&mut self, key: &Q) -> Option<V>
+    where
+        K: std::borrow::Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        let i = *self.map.get(key)?;
+        let value = self.nodes[i].value.take();
+        self.remove_at(i);
+        value
+    }
+
     /// Removes `key`; returns whether it was there.
     pub fn remove<Q>(&mut self, key: &Q) -> bool
     where
@@ -188,6 +200,7 @@ mod tests {
         Get(u8),
         Insert(u8, usize),
         Remove(u8),
+        Take(u8),
         Clear,
     }
 
@@ -196,6 +209,7 @@ mod tests {
             4 => any::<u8>().prop_map(|k| Op::Get(k % 24)),
             4 => (any::<u8>(), 0usize..40).prop_map(|(k, c)| Op::Insert(k % 24, c)),
             1 => any::<u8>().prop_map(|k| Op::Remove(k % 24)),
+            1 => any::<u8>().prop_map(|k| Op::Take(k % 24)),
             1 => Just(Op::Clear),
         ]
     }
@@ -232,6 +246,11 @@ mod tests {
                         let had = model.iter().any(|e| e.0 == k);
                         model.retain(|e| e.0 != k);
                         prop_assert_eq!(lru.remove(&k), had);
+                    }
+                    Op::Take(k) => {
+                        let want = model.iter().find(|e| e.0 == k).map(|e| e.1);
+                        model.retain(|e| e.0 != k);
+                        prop_assert_eq!(lru.take(&k), want);
                     }
                     Op::Clear => {
                         model.clear();

@@ -351,8 +351,7 @@ impl RowCache {
             let mut shard = self.shards[i].lock();
             shard.epoch += 1;
             shard.writing += 1;
-            let taken = shard.lru.get(prefix);
-            shard.lru.remove(prefix);
+            let taken = shard.lru.take(prefix);
             partitions.push(Written {
                 shard: i,
                 prefix,
