@@ -521,3 +521,179 @@ async fn normal_requests_end_their_streams_without_stop_sending() {
     assert_good_query(&raw).await;
     server.shutdown().await;
 }
+
+/// One chunk of a request lane (`ringdb::net::mux`).
+fn lane_chunk(request_id: u64, kind: u8, payload: &[u8]) -> Vec<u8> {
+    let mut bytes = request_id.to_be_bytes().to_vec();
+    bytes.push(kind);
+    bytes.extend_from_slice(&(payload.len() as u32).to_be_bytes());
+    bytes.extend_from_slice(payload);
+    bytes
+}
+
+/// The client library sends its requests on one lane: many in flight at
+/// once on one stream, each answered under its own id.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_sends_its_requests_on_one_lane() {
+    let (server, certs) = start(ServerLimits::default());
+    let client = Arc::new(
+        Client::connect_with_keyspace(server.local_addr(), client_tls(&certs), Some("demo".into()))
+            .await
+            .expect("connects"),
+    );
+    let tasks: Vec<_> = (0..50)
+        .map(|i| {
+            let client = client.clone();
+            tokio::spawn(async move {
+                let limit = 1 + i % 3;
+                let response = client
+                    .execute(&format!("SELECT * FROM users LIMIT {limit}"), vec![])
+                    .await
+                    .expect("query");
+                (limit, rows(&response.result).rows.len())
+            })
+        })
+        .collect();
+    for task in tasks {
+        let (limit, got) = task.await.expect("task");
+        assert_eq!(got, limit);
+    }
+    let stats = server.stats();
+    assert_eq!(stats.lanes_opened, 1, "{stats:?}");
+    assert_eq!(stats.requests, 51, "{stats:?}");
+    server.shutdown().await;
+}
+
+/// Bad requests on a lane are answered with error frames under their ids;
+/// a lane whose chunks do not parse is closed alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_lane_fails_alone() {
+    use ringdb::net::mux::{LaneMessage, LaneReader, LANE_MAGIC};
+    let (server, certs) = start(ServerLimits::default());
+    let (_endpoint, raw) = raw_connection(server.local_addr(), &certs).await;
+    assert!(matches!(
+        raw_exchange(&raw, &startup(PROTOCOL_VERSION), true).await,
+        Some(ServerFrame::Ready { .. })
+    ));
+    let (mut send, recv) = raw.open_bi().await.expect("lane");
+    let mut bytes = LANE_MAGIC.to_vec();
+    bytes.extend(lane_chunk(1, 1, &query("SELECT * FROM demo.users LIMIT 2")));
+    bytes.extend(lane_chunk(2, 1, &[0, 0, 0, 3, 0xff, 0xff, 0xff]));
+    bytes.extend(lane_chunk(3, 1, &query("SELECT * FROM demo.users LIMIT 1")));
+    send.write_all(&bytes).await.expect("write");
+    let mut reader = LaneReader::new(recv, 1 << 20, 1 << 20, false);
+    let mut answers = std::collections::HashMap::new();
+    for _ in 0..3 {
+        let (id, message) = tokio::time::timeout(Duration::from_secs(10), reader.next())
+            .await
+            .expect("in time")
+            .expect("readable")
+            .expect("an answer");
+        let LaneMessage::Frame(frame) = message else {
+            panic!("a rejection for {id}");
+        };
+        answers.insert(
+            id,
+            protocol::decode_frame::<ServerFrame>(&frame).expect("frame"),
+        );
+    }
+    for (id, limit) in [(1u64, 2usize), (3, 1)] {
+        match answers.get(&id) {
+            Some(ServerFrame::Result(response)) => {
+                assert_eq!(rows(&response.result).rows.len(), limit)
+            }
+            other => panic!("a result for {id} expected, got {other:?}"),
+        }
+    }
+    assert_eq!(
+        protocol_code(&answers.remove(&2)),
+        Some(ProtocolErrorCode::Malformed)
+    );
+    // A chunk of an unknown kind: the lane ends; the connection serves on.
+    send.write_all(&lane_chunk(4, 7, b"?"))
+        .await
+        .expect("write");
+    let end = tokio::time::timeout(Duration::from_secs(10), reader.next())
+        .await
+        .expect("in time");
+    assert!(matches!(end, Ok(None)), "{end:?}");
+    assert_good_query(&raw).await;
+    let stats = server.stats();
+    assert_eq!(
+        (
+            stats.lanes_opened,
+            stats.lanes_broken,
+            stats.malformed_frames
+        ),
+        (1, 1, 1),
+        "{stats:?}"
+    );
+    server.shutdown().await;
+}
+
+/// A server from before lanes reads a lane's magic as a frame far over the
+/// limit and answers with an error frame: the client then sends every
+/// request on a stream of its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_without_lanes_gets_a_stream_per_request() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let certs = test_certs();
+    let mut tls = server_tls(&certs);
+    tls.alpn_protocols = vec![protocol::ALPN.to_vec()];
+    let quic = quinn::crypto::rustls::QuicServerConfig::try_from(tls).expect("quic config");
+    let endpoint = quinn::Endpoint::server(
+        quinn::ServerConfig::with_crypto(Arc::new(quic)),
+        "127.0.0.1:0".parse().expect("address"),
+    )
+    .expect("endpoint");
+    let addr = endpoint.local_addr().expect("address");
+    let oversized = Arc::new(AtomicUsize::new(0));
+    let seen = oversized.clone();
+    tokio::spawn(async move {
+        while let Some(incoming) = endpoint.accept().await {
+            let seen = seen.clone();
+            tokio::spawn(async move {
+                let Ok(conn) = incoming.await else { return };
+                while let Ok((mut send, mut recv)) = conn.accept_bi().await {
+                    let seen = seen.clone();
+                    tokio::spawn(async move {
+                        // What the server did before lanes: one frame per
+                        // stream; Startup is answered, any other request
+                        // gets a query error.
+                        let answer = match protocol::read_frame::<ClientFrame>(&mut recv).await {
+                            Ok(ClientFrame::Startup { keyspace, .. }) => ServerFrame::Ready {
+                                protocol_version: PROTOCOL_VERSION,
+                                keyspace,
+                            },
+                            Ok(_) => ServerFrame::Error(WireError::Query(QueryError::Server(
+                                "served on a stream".into(),
+                            ))),
+                            Err(e) => {
+                                seen.fetch_add(1, Ordering::SeqCst);
+                                let _ = recv.stop(quinn::VarInt::from_u32(1));
+                                let protocol::StreamFrameError::Frame(e) = e else {
+                                    return;
+                                };
+                                ServerFrame::Error(WireError::Protocol(e.to_protocol_error()))
+                            }
+                        };
+                        let _ = protocol::write_frame(&mut send, &answer).await;
+                        let _ = send.finish();
+                    });
+                }
+            });
+        }
+    });
+    let client = Client::connect(addr, client_tls(&certs))
+        .await
+        .expect("connects");
+    for n in 0..10 {
+        match client.execute("SELECT * FROM demo.users", vec![]).await {
+            Err(ClientError::Query(QueryError::Server(message))) => {
+                assert_eq!(message, "served on a stream")
+            }
+            other => assert!(n == 0, "request {n}: {other:?}"),
+        }
+    }
+    assert_eq!(oversized.load(Ordering::SeqCst), 1);
+}

@@ -18,6 +18,8 @@
 pub mod protocol;
 
 use crate::model::Consistency;
+use crate::net::mux::{CallError, LaneClient, LaneEnd, LaneMessage};
+use crate::net::quic::LANE_MAX_REQUEST;
 use crate::query::api::{
     PagingState, Prepared, QueryError, QueryOptions, QueryResult, Response, ResultSet,
 };
@@ -30,6 +32,7 @@ use protocol::{
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -222,6 +225,13 @@ pub struct Client {
     endpoint: quinn::Endpoint,
     connection: quinn::Connection,
     inner: Mutex<ClientSettings>,
+    /// The request lane (`net::mux`), opened after the startup; requests go
+    /// on it, each tagged with its id, instead of a stream each.
+    lane: Mutex<Option<Arc<LaneClient>>>,
+    /// Set when the server took no lane (a server from before lanes): every
+    /// request then gets a stream of its own.
+    lanes_refused: Arc<AtomicBool>,
+    next_request_id: AtomicU64,
 }
 
 #[derive(Debug, Clone)]
@@ -277,6 +287,9 @@ impl Client {
                 keyspace: None,
                 timeout,
             }),
+            lane: Mutex::new(None),
+            lanes_refused: Arc::new(AtomicBool::new(false)),
+            next_request_id: AtomicU64::new(1),
         };
         let ready = client
             .request(ClientFrame::Startup {
@@ -509,27 +522,22 @@ impl Client {
         }
     }
 
-    /// Sends one request on a new stream and reads the answer. Error frames
-    /// become errors.
+    /// Sends one request and reads the answer: on the connection's lane
+    /// when the request is small enough and the server takes lanes, else on
+    /// a stream of its own. Error frames become errors.
     pub async fn request(&self, frame: ClientFrame) -> Result<ServerFrame, ClientError> {
         let timeout = self.inner.lock().timeout;
+        let bytes =
+            protocol::encode_frame(&frame).map_err(|e| ClientError::Protocol(e.to_string()))?;
+        let on_lane =
+            !matches!(frame, ClientFrame::Startup { .. }) && bytes.len() <= LANE_MAX_REQUEST;
         let exchange = async {
-            let (mut send, mut recv) = self
-                .connection
-                .open_bi()
-                .await
-                .map_err(|e| ClientError::Connection(e.to_string()))?;
-            protocol::write_frame(&mut send, &frame).await?;
-            // The server may have answered and stopped reading already.
-            let _ = send.finish();
-            let answer: ServerFrame = protocol::read_frame(&mut recv).await?;
-            // The server finishes its side right after the answer: read to
-            // that end, so the stream closes without a STOP_SENDING. Only
-            // a server that sends more than one frame is stopped.
-            if !protocol::read_end(&mut recv).await {
-                let _ = recv.stop(quinn::VarInt::from_u32(0));
+            if on_lane {
+                if let Some(lane) = self.lane().await? {
+                    return self.request_on_lane(&lane, bytes).await;
+                }
             }
-            Ok::<_, ClientError>(answer)
+            self.request_on_stream(&bytes).await
         };
         let answer = tokio::time::timeout(timeout, exchange)
             .await
@@ -540,7 +548,95 @@ impl Client {
             other => Ok(other),
         }
     }
+
+    /// The open lane, opened if there is none; `None` when the server takes
+    /// no lanes.
+    async fn lane(&self) -> Result<Option<Arc<LaneClient>>, ClientError> {
+        if let Some(lane) = self.lane.lock().as_ref().filter(|lane| lane.is_open()) {
+            return Ok(Some(lane.clone()));
+        }
+        if self.lanes_refused.load(Ordering::Relaxed) {
+            return Ok(None);
+        }
+        let (send, recv) = self
+            .connection
+            .open_bi()
+            .await
+            .map_err(|e| ClientError::Connection(e.to_string()))?;
+        let mut slot = self.lane.lock();
+        // Another request may have opened one meanwhile: keep that one (the
+        // new stream, dropped unused, is closed).
+        if let Some(lane) = slot.as_ref().filter(|lane| lane.is_open()) {
+            return Ok(Some(lane.clone()));
+        }
+        let refused = self.lanes_refused.clone();
+        let lane = LaneClient::start(
+            recv,
+            send,
+            protocol::LENGTH_PREFIX_LEN + protocol::MAX_FRAME_LEN as usize,
+            LANE_MAX_BUFFERED_ANSWERS,
+            move |end, answered| {
+                if let LaneEnd::Failed(e) = end {
+                    tracing::debug!("client lane ended: {e}");
+                    if !answered {
+                        // A server from before lanes answers the lane's
+                        // magic with an error frame, which does not parse
+                        // as chunks.
+                        refused.store(true, Ordering::Relaxed);
+                    }
+                }
+            },
+        );
+        *slot = Some(lane.clone());
+        Ok(Some(lane))
+    }
+
+    async fn request_on_lane(
+        &self,
+        lane: &LaneClient,
+        bytes: Vec<u8>,
+    ) -> Result<ServerFrame, ClientError> {
+        let request_id = self.next_request_id.fetch_add(1, Ordering::Relaxed);
+        match lane.call(request_id, bytes.into()).await {
+            Ok(LaneMessage::Frame(answer)) => protocol::decode_frame::<ServerFrame>(&answer)
+                .map_err(|e| ClientError::Protocol(e.to_string())),
+            Ok(LaneMessage::Reject(code)) => Err(ClientError::Protocol(format!(
+                "the server dropped the request with code {code}"
+            ))),
+            Err(CallError::Closed) => {
+                Err(ClientError::Connection("the request lane closed".into()))
+            }
+            Err(CallError::Ended(end)) => Err(ClientError::Connection(match &*end {
+                LaneEnd::Finished => "the server closed the request lane".to_string(),
+                LaneEnd::Failed(e) => format!("the request lane failed: {e}"),
+            })),
+        }
+    }
+
+    async fn request_on_stream(&self, bytes: &[u8]) -> Result<ServerFrame, ClientError> {
+        let (mut send, mut recv) = self
+            .connection
+            .open_bi()
+            .await
+            .map_err(|e| ClientError::Connection(e.to_string()))?;
+        send.write_all(bytes)
+            .await
+            .map_err(|e| ClientError::Connection(e.to_string()))?;
+        // The server may have answered and stopped reading already.
+        let _ = send.finish();
+        let answer: ServerFrame = protocol::read_frame(&mut recv).await?;
+        // The server finishes its side right after the answer: read to
+        // that end, so the stream closes without a STOP_SENDING. Only
+        // a server that sends more than one frame is stopped.
+        if !protocol::read_end(&mut recv).await {
+            let _ = recv.stop(quinn::VarInt::from_u32(0));
+        }
+        Ok(answer)
+    }
 }
+
+/// Bytes of unfinished answers a client holds for its lane.
+const LANE_MAX_BUFFERED_ANSWERS: usize = 256 * 1024 * 1024;
 
 fn unexpected(frame: &ServerFrame) -> ClientError {
     let name = match frame {

@@ -3,7 +3,13 @@
 //!
 //! - One QUIC connection per client, negotiated with the ALPN [`ALPN`]. The
 //!   connection holds the session (the keyspace chosen by `USE`).
-//! - One request per bidirectional stream: the client writes one
+//! - Requests travel on a *request lane* (`crate::net::mux`): one
+//!   bidirectional stream the client opens after the startup and keeps,
+//!   starting with `LANE_MAGIC` and carrying each frame as chunks tagged
+//!   with a request id; the server answers each under its id, in the order
+//!   the answers are ready. A request over `LANE_MAX_REQUEST` bytes, and
+//!   every request to a server that does not take lanes, goes on a
+//!   bidirectional stream of its own: the client writes one
 //!   [`ClientFrame`] and finishes its side; the server writes one
 //!   [`ServerFrame`] and finishes its side.
 //! - A frame is a big-endian `u32` length followed by that many bytes of
@@ -14,9 +20,11 @@
 //!   [`PROTOCOL_VERSION`]; the server answers [`ServerFrame::Ready`], or an
 //!   error with [`ProtocolErrorCode::UnsupportedVersion`]. Other requests
 //!   before a successful startup get [`ProtocolErrorCode::NotStarted`].
-//! - A malformed, oversized or truncated frame fails only its own stream:
-//!   the server answers with an error frame where it can, stops reading the
-//!   stream with the error's code and finishes it; the connection and its
+//! - A malformed, oversized or truncated frame fails only its own request:
+//!   on a stream of its own the server answers with an error frame where it
+//!   can, stops reading the stream with the error's code and finishes it;
+//!   on a lane it answers with an error frame under the request's id. A
+//!   lane whose chunks do not parse is stopped. The connection and its
 //!   other streams carry on.
 
 use crate::query::api::{ColumnSpec, Prepared, QueryError, QueryOptions, Response};
@@ -420,6 +428,14 @@ pub async fn read_frame<T: DeserializeOwned>(
     recv.read_exact(&mut prefix)
         .await
         .map_err(read_exact_error)?;
+    read_frame_after(recv, prefix).await
+}
+
+/// Reads the rest of a frame whose length prefix was read already.
+pub async fn read_frame_after<T: DeserializeOwned>(
+    recv: &mut quinn::RecvStream,
+    prefix: [u8; LENGTH_PREFIX_LEN],
+) -> Result<T, StreamFrameError> {
     let len = check_length(prefix)?;
     let mut body = Vec::with_capacity(len.min(INITIAL_READ_CAPACITY));
     while body.len() < len {
@@ -463,7 +479,8 @@ pub async fn write_frame<T: Serialize>(
         .map_err(|e| StreamFrameError::Stream(e.to_string()))
 }
 
-fn read_exact_error(e: quinn::ReadExactError) -> StreamFrameError {
+/// What a failed read of a frame's first bytes means.
+pub fn read_exact_error(e: quinn::ReadExactError) -> StreamFrameError {
     match e {
         quinn::ReadExactError::FinishedEarly(got) => StreamFrameError::Frame(
             FrameError::Truncated(format!("the stream ended after {got} more bytes")),

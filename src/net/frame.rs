@@ -1,7 +1,8 @@
 //! The wire format of node-to-node messages, shared by QUIC and the
 //! simulation.
 //!
-//! A request or a response is one frame on its own stream:
+//! A request or a response is one frame, on a request lane
+//! ([`super::mux`]) or on a stream of its own:
 //!
 //! ```text
 //! frame:    length u32 BE | version u16 BE | bincode(request_id, deadline_ms, from, body)
@@ -41,8 +42,8 @@ pub const LENGTH_PREFIX: usize = 4;
 
 const VERSION_LEN: usize = 2;
 
-/// Stream error codes: what a node sends when it resets a request stream
-/// instead of answering it. The requester maps them back with
+/// Stream error codes: what a node sends when it resets a request stream,
+/// or in a lane's rejection chunk, instead of answering a request. The requester maps them back with
 /// [`NetError::from_stream_code`].
 pub mod code {
     /// The request frame did not decode.

@@ -13,8 +13,9 @@
 //! Two implementations:
 //!
 //! - [`quic::QuicTransport`]: one QUIC endpoint (quinn) per node for all
-//!   node-to-node traffic, mutual TLS under a cluster CA ([`tls`]), one
-//!   bidirectional stream per request, datagrams for gossip.
+//!   node-to-node traffic, mutual TLS under a cluster CA ([`tls`]), requests
+//!   multiplexed on one long-lived stream per connection ([`mux`]),
+//!   datagrams for gossip.
 //! - [`sim::SimTransport`] on a [`sim::SimNetwork`]: in memory, seeded and
 //!   deterministic on a paused tokio clock, with drop, delay, partitions and
 //!   node kills, so whole clusters run inside one test.
@@ -27,8 +28,9 @@
 
 pub mod error;
 pub mod frame;
+pub mod mux;
 pub mod quic;
-mod rpc;
+pub(crate) mod rpc;
 pub mod sim;
 pub mod stats;
 pub mod tls;

@@ -4,16 +4,25 @@
 //! - The endpoint is both server and client on one UDP socket: peers see
 //!   the same address whether we dial them or they dial us.
 //! - Outgoing: one cached connection per peer, dialed on first use and
-//!   re-dialed when it is closed. Each request is one bidirectional stream:
-//!   write the request frame, finish, read the response frame to its end.
-//!   The request's timeout bounds everything, dialing included.
+//!   re-dialed when it is closed. Requests travel on a *lane* ([`super::mux`]):
+//!   one long-lived bidirectional stream per connection carrying many
+//!   requests and their responses, tagged with request ids; a task writes
+//!   the lane and one reads it, handing each response to its waiting caller.
+//!   A request frame over [`LANE_MAX_REQUEST`] bytes gets a stream of its
+//!   own instead (write the frame, finish, read the response to its end), as
+//!   does every request to a peer that refused lanes (an older node). The
+//!   request's timeout bounds everything, dialing included.
 //! - Incoming: an accept loop spawns a task per connection; each connection
-//!   task spawns a task per stream and reads datagrams. Connections we dial
-//!   accept no streams from the peer (their stream limit is 0).
-//! - A request stream that does not decode is reset with a code from
-//!   [`super::frame::code`], logged and counted; nothing a peer sends can
-//!   panic the node. A peer gets `stream_read_timeout` to send a whole
-//!   request frame.
+//!   task spawns a task per stream and reads datagrams. A stream starting
+//!   with [`super::mux::LANE_MAGIC`] is served as a lane (a task per
+//!   request, at most `max_concurrent_streams` at a time per lane), any
+//!   other as one request frame. Connections we dial accept no streams from
+//!   the peer (their stream limit is 0).
+//! - A request that does not decode is refused with a code from
+//!   [`super::frame::code`] (a stream reset, or a rejection chunk on a lane),
+//!   logged and counted; a lane whose framing breaks is closed. Nothing a
+//!   peer sends can panic the node. A peer gets `stream_read_timeout` to
+//!   send a whole request frame on a stream of its own.
 //!
 //! A peer that crashed without closing its connections is noticed after the
 //! idle timeout (keep-alives make a live, idle peer answer); until then
@@ -31,6 +40,7 @@ use parking_lot::Mutex;
 use quinn::{Connection, Endpoint, VarInt};
 
 use super::frame::{self, code, Envelope, LENGTH_PREFIX, MAX_FRAME_SIZE};
+use super::mux::{self, LaneClient, LaneEnd, LaneError, LaneMessage, LANE_MAGIC};
 use super::rpc;
 use super::tls::{NodeTls, ALPN, PEER_SERVER_NAME};
 use super::{BoxFuture, Handler, Message, NetError, NetStats, NetStatsSnapshot, Transport};
@@ -107,21 +117,103 @@ pub fn tune_ack_frequency(transport: &mut quinn::TransportConfig) {
     transport.ack_frequency_config(Some(ack));
 }
 
+/// Largest request frame sent on a lane; a larger one gets a stream of its
+/// own, so the server's lane reader never holds more than this for one
+/// request.
+pub const LANE_MAX_REQUEST: usize = 256 * 1024;
+
+/// Bytes of unfinished requests a server holds for one lane.
+const LANE_MAX_BUFFERED_REQUESTS: usize = 64 * 1024 * 1024;
+
+/// Bytes of unfinished responses a requester holds for one lane.
+const LANE_MAX_BUFFERED_RESPONSES: usize = 256 * 1024 * 1024;
+
 /// State shared by the transport and its server tasks.
 struct Shared<Req, Resp> {
     handler: Arc<dyn Handler<Req, Resp>>,
     stats: Arc<NetStats>,
     local: SocketAddr,
     stream_read_timeout: Duration,
+    max_concurrent_streams: u32,
 }
 
-type Slot = Arc<tokio::sync::Mutex<Option<Connection>>>;
+/// What is known about one peer: the connection to it, the lane on it, and
+/// whether the peer refused lanes.
+#[derive(Default)]
+struct Slot {
+    /// Held while dialing or opening a lane, so that one caller does it.
+    dialing: tokio::sync::Mutex<()>,
+    link: Mutex<Link>,
+    /// The peer reset our first lane as a too-large frame: it predates
+    /// lanes, so every request gets a stream of its own.
+    lanes_refused: AtomicBool,
+}
+
+#[derive(Default)]
+struct Link {
+    conn: Option<Connection>,
+    lane: Option<Arc<LaneClient>>,
+}
+
+impl Slot {
+    fn live_connection(&self) -> Option<Connection> {
+        let link = self.link.lock();
+        link.conn
+            .as_ref()
+            .filter(|conn| conn.close_reason().is_none())
+            .cloned()
+    }
+
+    fn live_lane(&self) -> Option<Arc<LaneClient>> {
+        let link = self.link.lock();
+        let conn = link.conn.as_ref()?;
+        if conn.close_reason().is_some() {
+            return None;
+        }
+        link.lane.as_ref().filter(|lane| lane.is_open()).cloned()
+    }
+}
+
+fn lane_closed(peer: SocketAddr) -> NetError {
+    NetError::ConnectionLost {
+        peer,
+        reason: "the request lane to the peer closed".into(),
+    }
+}
+
+/// What a request on a lane to `peer` failed with, as a [`NetError`].
+fn lane_call_error(peer: SocketAddr, err: &mux::CallError) -> NetError {
+    match err {
+        mux::CallError::Closed => lane_closed(peer),
+        mux::CallError::Ended(end) => match &**end {
+            LaneEnd::Finished => lane_closed(peer),
+            LaneEnd::Failed(LaneError::Io(e)) => match quinn_read_error(e) {
+                Some(e) => read_error(peer, e),
+                None => NetError::ConnectionLost {
+                    peer,
+                    reason: e.to_string(),
+                },
+            },
+            LaneEnd::Failed(e) => NetError::Protocol {
+                peer,
+                reason: format!("the peer's answers on the request lane do not parse: {e}"),
+            },
+        },
+    }
+}
+
+/// The quinn error inside an I/O error from a quinn stream.
+fn quinn_read_error(e: &std::io::Error) -> Option<quinn::ReadError> {
+    e.get_ref()
+        .and_then(|inner| inner.downcast_ref::<quinn::ReadError>())
+        .cloned()
+}
 
 struct Inner<Req, Resp> {
     endpoint: Endpoint,
     client_config: quinn::ClientConfig,
     shared: Arc<Shared<Req, Resp>>,
-    conns: Mutex<HashMap<SocketAddr, Slot>>,
+    conns: Mutex<HashMap<SocketAddr, Arc<Slot>>>,
     next_id: AtomicU64,
     closing: AtomicBool,
     dial_timeout: Duration,
@@ -187,6 +279,7 @@ impl<Req: Message, Resp: Message> QuicTransport<Req, Resp> {
             stats: Arc::new(NetStats::default()),
             local: config.advertise.unwrap_or(bound),
             stream_read_timeout: config.stream_read_timeout,
+            max_concurrent_streams: config.max_concurrent_streams,
         });
         let accept_task = tokio::spawn(accept_loop(endpoint.clone(), shared.clone()));
         Ok(QuicTransport {
@@ -233,20 +326,27 @@ impl<Req: Message, Resp: Message> QuicTransport<Req, Resp> {
 }
 
 impl<Req, Resp> Inner<Req, Resp> {
+    fn slot(&self, to: SocketAddr) -> Arc<Slot> {
+        self.conns.lock().entry(to).or_default().clone()
+    }
+
     /// The cached connection to `to`, dialed if there is none or it closed.
     async fn connection(&self, to: SocketAddr) -> Result<Connection, NetError> {
         if self.closing.load(Ordering::SeqCst) {
             return Err(NetError::Closed);
         }
-        let slot = self.conns.lock().entry(to).or_default().clone();
-        let mut guard = slot.lock().await;
-        if let Some(conn) = guard.as_ref() {
-            if conn.close_reason().is_none() {
-                return Ok(conn.clone());
-            }
+        let slot = self.slot(to);
+        if let Some(conn) = slot.live_connection() {
+            return Ok(conn);
+        }
+        let _dialing = slot.dialing.lock().await;
+        if let Some(conn) = slot.live_connection() {
+            return Ok(conn);
+        }
+        if slot.link.lock().conn.is_some() {
             tracing::debug!(peer = %to, "cached connection closed; dialing again");
         }
-        *guard = None;
+        *slot.link.lock() = Link::default();
         let connecting = self
             .endpoint
             .connect_with(self.client_config.clone(), to, PEER_SERVER_NAME)
@@ -262,8 +362,60 @@ impl<Req, Resp> Inner<Req, Resp> {
             tracing::debug!(peer = %to, %err, "dial failed");
             err
         })?;
-        *guard = Some(conn.clone());
+        slot.link.lock().conn = Some(conn.clone());
         Ok(conn)
+    }
+
+    /// The open lane to `to`, opened (and the peer dialed) if needed; `None`
+    /// when the peer refuses lanes.
+    async fn lane(&self, to: SocketAddr) -> Result<Option<Arc<LaneClient>>, NetError> {
+        let slot = self.slot(to);
+        if let Some(lane) = slot.live_lane() {
+            return Ok(Some(lane));
+        }
+        if slot.lanes_refused.load(Ordering::Relaxed) {
+            return Ok(None);
+        }
+        let conn = self.connection(to).await?;
+        let _opening = slot.dialing.lock().await;
+        if let Some(lane) = slot.live_lane() {
+            return Ok(Some(lane));
+        }
+        let (send, recv) = conn
+            .open_bi()
+            .await
+            .map_err(|e| NetError::from_connection(to, &e))?;
+        let stats = self.shared.stats.clone();
+        let refusing = slot.clone();
+        let lane = LaneClient::start(
+            recv,
+            send,
+            LENGTH_PREFIX + MAX_FRAME_SIZE,
+            LANE_MAX_BUFFERED_RESPONSES,
+            move |end, answered| match end {
+                LaneEnd::Failed(LaneError::Io(e)) => {
+                    let refused = matches!(
+                        quinn_read_error(e),
+                        Some(quinn::ReadError::Reset(code)) if code.into_inner() == code::TOO_LARGE
+                    );
+                    if refused && !answered {
+                        // An older node read our lane magic as a huge frame.
+                        tracing::info!(peer = %to, "peer does not take request lanes; one stream per request");
+                        refusing.lanes_refused.store(true, Ordering::Relaxed);
+                    }
+                }
+                LaneEnd::Failed(e) => {
+                    stats.inc_malformed();
+                    tracing::warn!(peer = %to, error = %e, "closed a request lane whose answers do not parse");
+                }
+                LaneEnd::Finished => {}
+            },
+        );
+        let mut link = slot.link.lock();
+        if link.conn.as_ref().map(Connection::stable_id) == Some(conn.stable_id()) {
+            link.lane = Some(lane.clone());
+        }
+        Ok(Some(lane))
     }
 
     async fn request_once(
@@ -275,6 +427,19 @@ impl<Req, Resp> Inner<Req, Resp> {
     where
         Resp: Message,
     {
+        if frame.len() <= LANE_MAX_REQUEST {
+            if let Some(lane) = self.lane(to).await? {
+                return match lane.call(request_id, Bytes::from(frame)).await {
+                    Ok(LaneMessage::Frame(response)) => {
+                        rpc::read_response(&self.shared.stats, to, request_id, &response)
+                    }
+                    Ok(LaneMessage::Reject(code)) => {
+                        Err(NetError::from_stream_code(to, code, Duration::ZERO))
+                    }
+                    Err(e) => Err(lane_call_error(to, &e)),
+                };
+            }
+        }
         let conn = self.connection(to).await?;
         let (mut send, mut recv) = conn
             .open_bi()
@@ -417,8 +582,7 @@ impl<Req: Message, Resp: Message> Transport<Req, Resp> for QuicTransport<Req, Re
 
     fn max_datagram_size(&self, to: SocketAddr) -> Option<usize> {
         let slot = self.inner.conns.lock().get(&to).cloned()?;
-        let guard = slot.try_lock().ok()?;
-        let max = guard.as_ref()?.max_datagram_size()?;
+        let max = slot.live_connection()?.max_datagram_size()?;
         max.checked_sub(frame::datagram_header_len(self.inner.shared.local))
     }
 
@@ -514,13 +678,43 @@ async fn serve_stream<Req: Message, Resp: Message>(
     let refuse = |send: &mut quinn::SendStream, code: u64| {
         let _ = send.reset(VarInt::from_u64(code).unwrap_or(VarInt::from_u32(0)));
     };
-    let read = tokio::time::timeout(
-        shared.stream_read_timeout,
-        recv.read_to_end(LENGTH_PREFIX + MAX_FRAME_SIZE),
-    )
+    let deadline = tokio::time::Instant::now() + shared.stream_read_timeout;
+    // The first bytes tell a lane from a one-request stream.
+    let mut first = [0u8; LANE_MAGIC.len()];
+    let mut got = 0;
+    let start = tokio::time::timeout_at(deadline, async {
+        while got < first.len() {
+            match recv.read(&mut first[got..]).await? {
+                Some(n) => got += n,
+                None => break,
+            }
+        }
+        Ok::<(), quinn::ReadError>(())
+    })
     .await;
+    let read = match start {
+        Ok(Ok(())) if got == LANE_MAGIC.len() && first == LANE_MAGIC => {
+            serve_lane(send, recv, remote, shared).await;
+            return;
+        }
+        Ok(Ok(())) if got < first.len() => Ok(Ok(Vec::new())),
+        Ok(Ok(())) => {
+            tokio::time::timeout_at(
+                deadline,
+                recv.read_to_end(LENGTH_PREFIX + MAX_FRAME_SIZE - got),
+            )
+            .await
+        }
+        Ok(Err(e)) => Ok(Err(quinn::ReadToEndError::Read(e))),
+        Err(elapsed) => Err(elapsed),
+    };
     let request = match read {
-        Ok(Ok(bytes)) => bytes,
+        Ok(Ok(rest)) => {
+            let mut request = Vec::with_capacity(got + rest.len());
+            request.extend_from_slice(&first[..got]);
+            request.extend_from_slice(&rest);
+            request
+        }
         Ok(Err(quinn::ReadToEndError::TooLong)) => {
             shared.stats.inc_malformed();
             tracing::warn!(peer = %remote, "rejecting request stream longer than the frame limit");
@@ -543,7 +737,7 @@ async fn serve_stream<Req: Message, Resp: Message>(
         shared.stats.clone(),
         shared.local,
         remote,
-        request,
+        Bytes::from(request),
     )
     .await;
     match response {
@@ -555,5 +749,54 @@ async fn serve_stream<Req: Message, Resp: Message>(
             let _ = send.finish();
         }
         Err(code) => refuse(&mut send, code),
+    }
+}
+
+/// Serves the requests of one lane: a task per request (at most
+/// `max_concurrent_streams` at a time), responses and rejections written
+/// back by one writer task in the order they are ready. A lane whose
+/// framing breaks is stopped with the error's code; the responses of the
+/// requests already taken are still sent.
+async fn serve_lane<Req: Message, Resp: Message>(
+    send: quinn::SendStream,
+    recv: quinn::RecvStream,
+    remote: SocketAddr,
+    shared: Arc<Shared<Req, Resp>>,
+) {
+    let limits = mux::LaneLimits {
+        max_in_flight: shared.max_concurrent_streams as usize,
+        max_request: LANE_MAX_REQUEST,
+        max_buffered: LANE_MAX_BUFFERED_REQUESTS,
+    };
+    let serving = shared.clone();
+    let served = mux::serve_lane(recv, send, limits, move |_, request| {
+        let shared = serving.clone();
+        async move {
+            let response = rpc::serve_request(
+                shared.handler.clone(),
+                shared.stats.clone(),
+                shared.local,
+                remote,
+                request,
+            )
+            .await;
+            match response {
+                Ok(frame) => LaneMessage::Frame(Bytes::from(frame)),
+                Err(code) => LaneMessage::Reject(code),
+            }
+        }
+    })
+    .await;
+    match served {
+        Ok(None) => {}
+        Ok(Some(e)) => {
+            tracing::debug!(peer = %remote, error = %e, "request lane broken by the peer")
+        }
+        Err((e, mut recv)) => {
+            shared.stats.inc_malformed();
+            tracing::warn!(peer = %remote, error = %e, "closing a request lane that does not parse");
+            let code = VarInt::from_u64(e.stream_code()).unwrap_or(VarInt::from_u32(0));
+            let _ = recv.stop(code);
+        }
     }
 }

@@ -3,8 +3,12 @@
 //! response frame. Keeping it in one place means the simulation exercises the
 //! same codec and the same rejection paths as production.
 
+use std::future::Future;
 use std::net::SocketAddr;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -22,7 +26,7 @@ pub(crate) async fn serve_request<Req: Message, Resp: Message>(
     stats: Arc<NetStats>,
     local: SocketAddr,
     peer: SocketAddr,
-    frame: Vec<u8>,
+    frame: Bytes,
 ) -> Result<Vec<u8>, u64> {
     let envelope: Envelope<Req> = match frame::decode_frame(&frame) {
         Ok(envelope) => envelope,
@@ -42,17 +46,24 @@ pub(crate) async fn serve_request<Req: Message, Resp: Message>(
     };
     stats.inc_requests_in();
     let deadline = Duration::from_millis(u64::from(envelope.deadline_ms));
-    // The handler runs in its own task so that a panic in it is contained
-    // and reported to the requester instead of killing this task.
-    let mut task = tokio::spawn(handler.on_request(envelope.from, envelope.body));
-    let response = match tokio::time::timeout(deadline, &mut task).await {
+    // A panic in the handler is contained and reported to the requester
+    // instead of unwinding through the task serving the request.
+    let handling = match catch_unwind(AssertUnwindSafe(|| {
+        handler.on_request(envelope.from, envelope.body)
+    })) {
+        Ok(future) => Contained(future),
+        Err(_) => {
+            tracing::error!(%peer, request_id = envelope.request_id, "request handler panicked");
+            return Err(code::HANDLER_FAILED);
+        }
+    };
+    let response = match tokio::time::timeout(deadline, handling).await {
         Ok(Ok(response)) => response,
-        Ok(Err(err)) => {
-            tracing::error!(%peer, request_id = envelope.request_id, %err, "request handler failed");
+        Ok(Err(_)) => {
+            tracing::error!(%peer, request_id = envelope.request_id, "request handler panicked");
             return Err(code::HANDLER_FAILED);
         }
         Err(_) => {
-            task.abort();
             stats.inc_deadlines_exceeded();
             tracing::debug!(%peer, request_id = envelope.request_id, "request deadline passed in the handler");
             return Err(code::DEADLINE_EXCEEDED);
@@ -66,6 +77,23 @@ pub(crate) async fn serve_request<Req: Message, Resp: Message>(
                 NetError::TooLarge { .. } => code::TOO_LARGE,
                 _ => code::HANDLER_FAILED,
             })
+        }
+    }
+}
+
+/// A future whose panics are caught: it resolves to `Err` (and must not be
+/// polled again) when polling the inner future panics. Contains a failing
+/// request without the cost of a task of its own.
+pub(crate) struct Contained<F>(pub(crate) F);
+
+impl<F: Future + Unpin> Future for Contained<F> {
+    type Output = std::thread::Result<F::Output>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match catch_unwind(AssertUnwindSafe(|| Pin::new(&mut self.0).poll(cx))) {
+            Ok(Poll::Pending) => Poll::Pending,
+            Ok(Poll::Ready(output)) => Poll::Ready(Ok(output)),
+            Err(panic) => Poll::Ready(Err(panic)),
         }
     }
 }
@@ -159,8 +187,9 @@ mod tests {
     async fn versions_ids_and_failures_are_typed() {
         let stats = Arc::new(NetStats::default());
         let handler: Arc<dyn Handler<u64, u64>> = Arc::new(Double);
-        let serve =
-            |frame: Vec<u8>| serve_request(handler.clone(), stats.clone(), addr(), addr(), frame);
+        let serve = |frame: Vec<u8>| {
+            serve_request(handler.clone(), stats.clone(), addr(), addr(), frame.into())
+        };
 
         let request = frame::encode_frame(&Envelope::new(5, 1000, addr(), 21u64)).expect("encode");
         let response = serve(request.clone()).await.expect("answered");

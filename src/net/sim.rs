@@ -201,7 +201,7 @@ impl<Req: Message, Resp: Message> SimEndpoint for NodeEndpoint<Req, Resp> {
             self.stats.clone(),
             self.addr,
             peer,
-            frame,
+            frame.into(),
         ))
     }
 

@@ -6,6 +6,8 @@ use crate::client::protocol::{
     ProtocolErrorCode, ServerFrame, StreamFrameError, WireError, PROTOCOL_VERSION,
 };
 use crate::model::DotSet;
+use crate::net::mux::{self, LaneMessage, LANE_MAGIC};
+use crate::net::quic::LANE_MAX_REQUEST;
 use crate::query::api::{QueryError, QueryExecutor, QueryOptions, SessionState};
 use cql_lite::Value;
 use parking_lot::Mutex;
@@ -131,10 +133,18 @@ async fn serve_stream(
     mut send: quinn::SendStream,
     mut recv: quinn::RecvStream,
 ) {
-    let read = tokio::time::timeout(
-        shared.limits.request_read_timeout,
-        protocol::read_frame::<ClientFrame>(&mut recv),
-    )
+    let read = tokio::time::timeout(shared.limits.request_read_timeout, async {
+        let mut prefix = [0u8; protocol::LENGTH_PREFIX_LEN];
+        recv.read_exact(&mut prefix)
+            .await
+            .map_err(protocol::read_exact_error)?;
+        if prefix == LANE_MAGIC {
+            return Ok(None);
+        }
+        protocol::read_frame_after::<ClientFrame>(&mut recv, prefix)
+            .await
+            .map(Some)
+    })
     .await;
     let frame = match read {
         Err(_) => {
@@ -146,13 +156,7 @@ async fn serve_stream(
             return refuse(&mut send, &mut recv, error).await;
         }
         Ok(Err(StreamFrameError::Frame(e))) => {
-            let counter = match e {
-                FrameError::TooLarge(_) => &shared.stats.oversized_frames,
-                FrameError::Truncated(_) => &shared.stats.truncated_frames,
-                FrameError::Malformed(_) => &shared.stats.malformed_frames,
-            };
-            bump(counter);
-            tracing::debug!("refused a client frame: {e}");
+            count_refused_frame(&shared, &e);
             return refuse(&mut send, &mut recv, e.to_protocol_error()).await;
         }
         Ok(Err(StreamFrameError::Stream(e))) => {
@@ -160,7 +164,8 @@ async fn serve_stream(
             tracing::debug!("client stream failed: {e}");
             return;
         }
-        Ok(Ok(frame)) => frame,
+        Ok(Ok(None)) => return serve_lane(shared, state, send, recv).await,
+        Ok(Ok(Some(frame))) => frame,
     };
     bump(&shared.stats.requests);
     // The request runs in its own task so that a panic in the executor
@@ -186,38 +191,15 @@ async fn serve_stream(
         joined = &mut task => joined,
     };
     let answer = match joined {
-        Ok(answer) => answer,
+        Ok(answer) => Some(answer),
         Err(e) => {
-            bump(&shared.stats.internal_errors);
             tracing::error!("a client request failed inside the server: {e}");
-            ServerFrame::Error(WireError::Protocol(ProtocolError::new(
-                ProtocolErrorCode::Internal,
-                "the request failed inside the server",
-            )))
+            None
         }
     };
-    match &answer {
-        ServerFrame::Error(WireError::Query(_)) => bump(&shared.stats.query_errors),
-        ServerFrame::Error(WireError::Protocol(e)) => match e.code {
-            ProtocolErrorCode::UnsupportedVersion => bump(&shared.stats.bad_versions),
-            ProtocolErrorCode::NotStarted => bump(&shared.stats.not_started),
-            _ => {}
-        },
-        _ => {}
-    }
-    let bytes = match protocol::encode_frame(&answer) {
-        Ok(bytes) => bytes,
-        Err(e) => {
-            bump(&shared.stats.internal_errors);
-            let error = ProtocolError::new(ProtocolErrorCode::ResponseTooLarge, e.to_string());
-            match protocol::encode_frame(&ServerFrame::Error(WireError::Protocol(error))) {
-                Ok(bytes) => bytes,
-                Err(_) => {
-                    let _ = send.reset(quinn::VarInt::from_u32(ProtocolErrorCode::Internal.code()));
-                    return;
-                }
-            }
-        }
+    let Some(bytes) = answer_bytes(&shared, answer) else {
+        let _ = send.reset(quinn::VarInt::from_u32(ProtocolErrorCode::Internal.code()));
+        return;
     };
     if send.write_all(&bytes).await.is_err() {
         bump(&shared.stats.stream_failures);
@@ -233,6 +215,117 @@ async fn serve_stream(
         .unwrap_or(false);
         if !ended {
             let _ = recv.stop(quinn::VarInt::from_u32(0));
+        }
+    }
+}
+
+/// Counts a request frame refused as a frame.
+fn count_refused_frame(shared: &Shared, e: &FrameError) {
+    let counter = match e {
+        FrameError::TooLarge(_) => &shared.stats.oversized_frames,
+        FrameError::Truncated(_) => &shared.stats.truncated_frames,
+        FrameError::Malformed(_) => &shared.stats.malformed_frames,
+    };
+    bump(counter);
+    tracing::debug!("refused a client frame: {e}");
+}
+
+/// The encoded answer to one request, counted by kind; `None` for the
+/// answer of a request that failed inside the server. An answer too large
+/// to send becomes an error frame. `None` only when not even an error frame
+/// encodes.
+fn answer_bytes(shared: &Shared, answer: Option<ServerFrame>) -> Option<Vec<u8>> {
+    let answer = answer.unwrap_or_else(|| {
+        bump(&shared.stats.internal_errors);
+        protocol_error(
+            ProtocolErrorCode::Internal,
+            "the request failed inside the server",
+        )
+    });
+    match &answer {
+        ServerFrame::Error(WireError::Query(_)) => bump(&shared.stats.query_errors),
+        ServerFrame::Error(WireError::Protocol(e)) => match e.code {
+            ProtocolErrorCode::UnsupportedVersion => bump(&shared.stats.bad_versions),
+            ProtocolErrorCode::NotStarted => bump(&shared.stats.not_started),
+            _ => {}
+        },
+        _ => {}
+    }
+    match protocol::encode_frame(&answer) {
+        Ok(bytes) => Some(bytes),
+        Err(e) => {
+            bump(&shared.stats.internal_errors);
+            let error = ProtocolError::new(ProtocolErrorCode::ResponseTooLarge, e.to_string());
+            protocol::encode_frame(&ServerFrame::Error(WireError::Protocol(error))).ok()
+        }
+    }
+}
+
+/// Bytes of unfinished requests the server holds for one lane.
+const LANE_MAX_BUFFERED: usize = 64 * 1024 * 1024;
+
+/// Serves a request lane (`net::mux`): a client's stream carrying many
+/// requests, each answered with its request id as soon as it is ready, at
+/// most `max_streams_per_connection` running at once. A request that does
+/// not decode is answered with an error frame like on a stream of its own;
+/// a lane whose chunks do not parse is stopped (the answers already owed
+/// are still sent).
+async fn serve_lane(
+    shared: Arc<Shared>,
+    state: Arc<Mutex<Connection>>,
+    send: quinn::SendStream,
+    recv: quinn::RecvStream,
+) {
+    bump(&shared.stats.lanes_opened);
+    let limits = mux::LaneLimits {
+        max_in_flight: shared.limits.max_streams_per_connection as usize,
+        max_request: LANE_MAX_REQUEST,
+        max_buffered: LANE_MAX_BUFFERED,
+    };
+    let serving = shared.clone();
+    let served = mux::serve_lane(recv, send, limits, move |_, request| {
+        let (shared, state) = (serving.clone(), state.clone());
+        async move {
+            let bytes = match protocol::decode_frame::<ClientFrame>(&request) {
+                Ok(frame) => {
+                    bump(&shared.stats.requests);
+                    let running = Box::pin(dispatch(shared.clone(), state, frame));
+                    let answer = match crate::net::rpc::Contained(running).await {
+                        Ok(answer) => Some(answer),
+                        Err(_) => {
+                            tracing::error!("a client request panicked inside the server");
+                            None
+                        }
+                    };
+                    answer_bytes(&shared, answer)
+                }
+                Err(e) => {
+                    count_refused_frame(&shared, &e);
+                    protocol::encode_frame(&ServerFrame::Error(WireError::Protocol(
+                        e.to_protocol_error(),
+                    )))
+                    .ok()
+                }
+            };
+            match bytes {
+                Some(bytes) => LaneMessage::Frame(bytes.into()),
+                None => LaneMessage::Reject(u64::from(ProtocolErrorCode::Internal.code())),
+            }
+        }
+    })
+    .await;
+    match served {
+        Ok(None) => {}
+        Ok(Some(e)) => {
+            bump(&shared.stats.stream_failures);
+            tracing::debug!("client lane failed: {e}");
+        }
+        Err((e, mut recv)) => {
+            bump(&shared.stats.lanes_broken);
+            tracing::debug!("closing a client lane that does not parse: {e}");
+            let code =
+                quinn::VarInt::from_u64(e.stream_code()).unwrap_or(quinn::VarInt::from_u32(0));
+            let _ = recv.stop(code);
         }
     }
 }

@@ -98,6 +98,8 @@ pub struct ServerStats {
     read_timeouts: AtomicU64,
     internal_errors: AtomicU64,
     stream_failures: AtomicU64,
+    lanes_opened: AtomicU64,
+    lanes_broken: AtomicU64,
 }
 
 /// A copy of the counters at one moment.
@@ -132,6 +134,10 @@ pub struct StatsSnapshot {
     pub internal_errors: u64,
     /// Streams reset or lost by the peer or the connection.
     pub stream_failures: u64,
+    /// Request lanes opened by clients (one stream carrying many requests).
+    pub lanes_opened: u64,
+    /// Lanes closed because their chunks did not parse.
+    pub lanes_broken: u64,
 }
 
 impl StatsSnapshot {
@@ -166,6 +172,8 @@ impl ServerStats {
             read_timeouts: get(&self.read_timeouts),
             internal_errors: get(&self.internal_errors),
             stream_failures: get(&self.stream_failures),
+            lanes_opened: get(&self.lanes_opened),
+            lanes_broken: get(&self.lanes_broken),
         }
     }
 }
