@@ -326,17 +326,33 @@ pub fn plan_select<'t>(
         }
     }
     // Selection.
-    let mut outputs = Vec::new();
-    let mut columns = Vec::new();
+    let width = match &sel.selection {
+        Selection::All => table.def.columns.len(),
+        Selection::Items(items) => items.len(),
+    };
+    let mut outputs = Vec::with_capacity(width);
+    let mut columns = Vec::with_capacity(width);
     let mut aggregate = !sel.group_by.is_empty();
     match &sel.selection {
         Selection::All => {
-            for c in table.select_star_columns() {
-                let (src, ty) = source_of(table, &c.name)?;
+            let star = table.select_star_columns();
+            // `SELECT *` lists the key columns first, in key order, so the
+            // i-th of them is key value i (unless the table lacks one).
+            let keys = star
+                .iter()
+                .take_while(|c| c.kind != ColumnKind::Regular)
+                .count();
+            let keys_in_order = keys == npk + nck;
+            for (i, c) in star.into_iter().enumerate() {
+                let src = match c.kind {
+                    ColumnKind::Regular => Source::Cell(c.name.as_str()),
+                    _ if keys_in_order => Source::Key(i),
+                    _ => source_of(table, &c.name)?.0,
+                };
                 outputs.push(Output::Value(src));
                 columns.push(ColumnSpec {
                     name: c.name.clone(),
-                    data_type: ty,
+                    data_type: c.data_type,
                 });
             }
         }
