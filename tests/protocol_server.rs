@@ -697,3 +697,27 @@ async fn a_server_without_lanes_gets_a_stream_per_request() {
     }
     assert_eq!(oversized.load(Ordering::SeqCst), 1);
 }
+
+/// A client dropped without `close` still goes away: its lane's tasks do
+/// not keep the lane, or the connection, alive.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_client_ends_its_lane_and_connection() {
+    let (server, certs) = start(ServerLimits::default());
+    let client =
+        Client::connect_with_keyspace(server.local_addr(), client_tls(&certs), Some("demo".into()))
+            .await
+            .expect("connects");
+    client
+        .execute("SELECT * FROM users LIMIT 1", vec![])
+        .await
+        .expect("query");
+    assert_eq!(server.stats().lanes_opened, 1);
+    assert_eq!(server.stats().connections_open, 1);
+    drop(client);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while server.stats().connections_open > 0 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(server.stats().connections_open, 0, "{:?}", server.stats());
+    server.shutdown().await;
+}

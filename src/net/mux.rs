@@ -403,8 +403,18 @@ type Caller = oneshot::Sender<Result<LaneMessage, CallError>>;
 
 /// The requester's end of a lane: a queue to the task writing it, and the
 /// callers waiting for answers, which a task reading it hands out.
+///
+/// Dropping it ends the lane: the writer finishes the stream, the server
+/// answers what it was sent and finishes its side, and the reading task
+/// ends (it holds only the waiting callers, not the queue, so it does not
+/// keep the lane, or its connection, alive).
 pub struct LaneClient {
     outgoing: mpsc::UnboundedSender<Outgoing>,
+    callers: Arc<Callers>,
+}
+
+/// The callers waiting on a lane, shared with the task reading it.
+struct Callers {
     /// Waiting callers by request id; `None` once the lane has ended.
     waiting: Mutex<Option<HashMap<u64, Caller>>>,
     answered: AtomicBool,
@@ -429,17 +439,20 @@ impl LaneClient {
         W: AsyncWrite + Unpin + Send + 'static,
     {
         let (outgoing, queue) = mpsc::unbounded_channel();
-        let lane = Arc::new(LaneClient {
-            outgoing,
+        let callers = Arc::new(Callers {
             waiting: Mutex::new(Some(HashMap::new())),
             answered: AtomicBool::new(false),
+        });
+        let lane = Arc::new(LaneClient {
+            outgoing,
+            callers: callers.clone(),
         });
         tokio::spawn(async move {
             if let Err(e) = write_lane(send, queue, &LANE_MAGIC).await {
                 tracing::debug!(error = %e, "request lane stopped sending");
             }
         });
-        let reading = lane.clone();
+        let reading = callers;
         tokio::spawn(async move {
             let input = tokio::io::BufReader::with_capacity(READ_BUFFER, recv);
             let mut reader = LaneReader::new(input, max_message, max_buffered, true);
@@ -475,7 +488,7 @@ impl LaneClient {
 
     /// Whether the lane still takes requests.
     pub fn is_open(&self) -> bool {
-        self.waiting.lock().is_some()
+        self.callers.waiting.lock().is_some()
     }
 
     /// Sends one request (a whole frame) tagged `request_id`, unique among
@@ -484,7 +497,7 @@ impl LaneClient {
     /// that comes later is dropped.
     pub async fn call(&self, request_id: u64, frame: Bytes) -> Result<LaneMessage, CallError> {
         let (tx, rx) = oneshot::channel();
-        match self.waiting.lock().as_mut() {
+        match self.callers.waiting.lock().as_mut() {
             Some(waiting) => {
                 waiting.insert(request_id, tx);
             }
@@ -512,7 +525,7 @@ struct ForgetOnDrop<'a> {
 
 impl Drop for ForgetOnDrop<'_> {
     fn drop(&mut self) {
-        if let Some(waiting) = self.lane.waiting.lock().as_mut() {
+        if let Some(waiting) = self.lane.callers.waiting.lock().as_mut() {
             waiting.remove(&self.request_id);
         }
     }
