@@ -82,8 +82,9 @@ async fn many_requests_share_a_lane_and_finish_out_of_order() {
     let (a, _) = node(&ca, "a");
     let (b, b_handler) = node(&ca, "b");
     let b_addr = b.local_addr();
-    // The first request is slow, the others fast: on one stream, answers
-    // that waited for the slow one would all take as long.
+    // The first request is slow (5 s), the others fast: on one stream,
+    // answers that waited for the slow one would all take as long. The
+    // margin is wide so that a loaded machine cannot fake the order.
     let a = Arc::new(a);
     let slow = {
         let a = a.clone();
@@ -91,7 +92,7 @@ async fn many_requests_share_a_lane_and_finish_out_of_order() {
             a.request(
                 b_addr,
                 Req::Echo {
-                    delay_ms: 1500,
+                    delay_ms: 5000,
                     n: 0,
                 },
                 Duration::from_secs(10),

@@ -486,9 +486,10 @@ impl LaneClient {
         lane
     }
 
-    /// Whether the lane still takes requests.
+    /// Whether the lane still takes requests: its writer and its reader
+    /// both run.
     pub fn is_open(&self) -> bool {
-        self.callers.waiting.lock().is_some()
+        !self.outgoing.is_closed() && self.callers.waiting.lock().is_some()
     }
 
     /// Sends one request (a whole frame) tagged `request_id`, unique among
