@@ -574,7 +574,7 @@ impl Client {
             recv,
             send,
             protocol::LENGTH_PREFIX_LEN + protocol::MAX_FRAME_LEN as usize,
-            LANE_MAX_BUFFERED_ANSWERS,
+            crate::net::mux::MAX_BUFFERED_ANSWERS,
             move |end, answered| {
                 if let LaneEnd::Failed(e) = end {
                     tracing::debug!("client lane ended: {e}");
@@ -634,9 +634,6 @@ impl Client {
         Ok(answer)
     }
 }
-
-/// Bytes of unfinished answers a client holds for its lane.
-const LANE_MAX_BUFFERED_ANSWERS: usize = 256 * 1024 * 1024;
 
 fn unexpected(frame: &ServerFrame) -> ClientError {
     let name = match frame {

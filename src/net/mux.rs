@@ -51,6 +51,14 @@ pub const LANE_MAGIC: [u8; 4] = *b"RLN1";
 /// Largest chunk payload: messages longer than this are sent in parts.
 pub const MAX_CHUNK: usize = 64 * 1024;
 
+/// Bytes of unfinished requests a server holds for one lane (requests on
+/// a lane are at most `quic::LANE_MAX_REQUEST`, so this is hundreds of
+/// them arriving in parts at once).
+pub const MAX_BUFFERED_REQUESTS: usize = 64 * 1024 * 1024;
+
+/// Bytes of unfinished answers a requester holds for one lane.
+pub const MAX_BUFFERED_ANSWERS: usize = 256 * 1024 * 1024;
+
 /// Bytes of a chunk header: request id, kind, length.
 pub const CHUNK_HEADER: usize = 13;
 

@@ -122,12 +122,6 @@ pub fn tune_ack_frequency(transport: &mut quinn::TransportConfig) {
 /// request.
 pub const LANE_MAX_REQUEST: usize = 256 * 1024;
 
-/// Bytes of unfinished requests a server holds for one lane.
-const LANE_MAX_BUFFERED_REQUESTS: usize = 64 * 1024 * 1024;
-
-/// Bytes of unfinished responses a requester holds for one lane.
-const LANE_MAX_BUFFERED_RESPONSES: usize = 256 * 1024 * 1024;
-
 /// State shared by the transport and its server tasks.
 struct Shared<Req, Resp> {
     handler: Arc<dyn Handler<Req, Resp>>,
@@ -391,7 +385,7 @@ impl<Req, Resp> Inner<Req, Resp> {
             recv,
             send,
             LENGTH_PREFIX + MAX_FRAME_SIZE,
-            LANE_MAX_BUFFERED_RESPONSES,
+            mux::MAX_BUFFERED_ANSWERS,
             move |end, answered| match end {
                 LaneEnd::Failed(LaneError::Io(e)) => {
                     let refused = matches!(
@@ -766,7 +760,7 @@ async fn serve_lane<Req: Message, Resp: Message>(
     let limits = mux::LaneLimits {
         max_in_flight: shared.max_concurrent_streams as usize,
         max_request: LANE_MAX_REQUEST,
-        max_buffered: LANE_MAX_BUFFERED_REQUESTS,
+        max_buffered: mux::MAX_BUFFERED_REQUESTS,
     };
     let serving = shared.clone();
     let served = mux::serve_lane(recv, send, limits, move |_, request| {

@@ -261,9 +261,6 @@ fn answer_bytes(shared: &Shared, answer: Option<ServerFrame>) -> Option<Vec<u8>>
     }
 }
 
-/// Bytes of unfinished requests the server holds for one lane.
-const LANE_MAX_BUFFERED: usize = 64 * 1024 * 1024;
-
 /// Serves a request lane (`net::mux`): a client's stream carrying many
 /// requests, each answered with its request id as soon as it is ready, at
 /// most `max_streams_per_connection` running at once. A request that does
@@ -280,7 +277,7 @@ async fn serve_lane(
     let limits = mux::LaneLimits {
         max_in_flight: shared.limits.max_streams_per_connection as usize,
         max_request: LANE_MAX_REQUEST,
-        max_buffered: LANE_MAX_BUFFERED,
+        max_buffered: mux::MAX_BUFFERED_REQUESTS,
     };
     let serving = shared.clone();
     let served = mux::serve_lane(recv, send, limits, move |_, request| {
