@@ -173,7 +173,7 @@ fn response() -> impl Strategy<Value = Response> {
         )
             .prop_map(
                 |(columns, rows, paging, context)| QueryResult::Rows(ResultSet {
-                    columns,
+                    columns: columns.into(),
                     rows,
                     paging_state: paging.map(PagingState),
                     causal_context: context,

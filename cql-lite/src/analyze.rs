@@ -825,6 +825,22 @@ pub fn check_select(
     Ok(out)
 }
 
+/// Checks the values in a SELECT's WHERE clause (their types, and no null
+/// for a key column): the part of [`check_select`] that depends on the
+/// values bound to its markers, for a statement whose unbound form already
+/// passed [`check_select`] against the same catalog.
+pub fn check_select_values(
+    s: &Select,
+    current: Option<&str>,
+    catalog: &dyn Catalog,
+) -> Result<(), SemanticError> {
+    let table = resolve_table(&s.table, current, catalog)?;
+    for r in &s.where_clause {
+        check_relation_values(r, table.column_or_err(r.column())?)?;
+    }
+    Ok(())
+}
+
 fn check_selection(s: &Select, table: &TableSchema) -> Result<(), SemanticError> {
     let Selection::Items(items) = &s.selection else {
         if s.distinct {

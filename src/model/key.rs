@@ -154,7 +154,8 @@ pub fn classify(key: &[u8]) -> Result<KeyKind, KeyError> {
 
 /// The key of a partition's header entry (partition and range tombstones).
 pub fn header_key(prefix: &[u8]) -> Vec<u8> {
-    let mut out = prefix.to_vec();
+    let mut out = Vec::with_capacity(prefix.len() + 1);
+    out.extend_from_slice(prefix);
     out.push(HEADER_TAG);
     out
 }
@@ -175,7 +176,8 @@ pub fn rows_start(prefix: &[u8]) -> Vec<u8> {
 
 /// The smallest key greater than every key of the partition (exclusive end).
 pub fn partition_end(prefix: &[u8]) -> Vec<u8> {
-    let mut out = prefix.to_vec();
+    let mut out = Vec::with_capacity(prefix.len() + 1);
+    out.extend_from_slice(prefix);
     out.push(ROW_TAG + 1);
     out
 }

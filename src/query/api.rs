@@ -16,6 +16,7 @@ use serde::{Deserialize, Serialize};
 use std::future::Future;
 use std::ops::Bound;
 use std::pin::Pin;
+use std::sync::Arc;
 
 /// A boxed, sendable future (the trait methods return these so the traits
 /// stay object-safe).
@@ -76,8 +77,9 @@ pub struct Row {
 /// Rows returned by a SELECT.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ResultSet {
-    /// The columns, in order.
-    pub columns: Vec<ColumnSpec>,
+    /// The columns, in order (shared: a prepared SELECT's results all
+    /// carry the same list).
+    pub columns: Arc<[ColumnSpec]>,
     /// The rows of this page.
     pub rows: Vec<Row>,
     /// Set when more rows follow: send it back for the next page.

@@ -362,54 +362,96 @@ fn check_in_combinations(
     }
 }
 
-/// Replaces every marker by the literal of its bound value (a whole-list
-/// marker by the literal list), after checking the count and the types;
-/// then checks that the IN lists stay within [`MAX_IN_COMBINATIONS`].
+/// The part of binding that does not depend on the values: which variable
+/// each marker occurrence takes and the variables' names and types. A
+/// prepared statement works it out once per schema; binding values then
+/// only types them and substitutes them.
+#[derive(Debug, Clone)]
+pub struct Binder {
+    /// The variables, in order.
+    vars: Vec<MarkerSpec>,
+    /// Per marker occurrence (text order), the index of its variable.
+    index: Vec<usize>,
+}
+
+impl Binder {
+    /// The binder of `stmt` against `schema` (the types come from it).
+    pub fn new(
+        stmt: &Statement,
+        schema: &Schema,
+        keyspace: Option<&str>,
+    ) -> Result<Binder, QueryError> {
+        let (vars, index) = variables(&slots(stmt, schema, keyspace)?)?;
+        Ok(Binder { vars, index })
+    }
+
+    /// The variables the statement takes, in order, with names and types.
+    pub fn specs(&self) -> &[MarkerSpec] {
+        &self.vars
+    }
+
+    /// Replaces every marker of `stmt` (the statement this binder was made
+    /// for, against the same schema) by the literal of its bound value (a
+    /// whole-list marker by the literal list), after checking the count and
+    /// the types; then checks that the IN lists stay within
+    /// [`MAX_IN_COMBINATIONS`].
+    pub fn bind(
+        &self,
+        stmt: &Statement,
+        schema: &Schema,
+        keyspace: Option<&str>,
+        values: Vec<Value>,
+    ) -> Result<Statement, QueryError> {
+        let Binder { vars, index } = self;
+        if vars.len() != values.len() {
+            return Err(invalid(format!(
+                "There were {} markers(?) in CQL but {} bound variables",
+                vars.len(),
+                values.len()
+            )));
+        }
+        if vars.is_empty() {
+            check_in_combinations(stmt, schema, keyspace)?;
+            return Ok(stmt.clone());
+        }
+        let mut bound = Vec::with_capacity(values.len());
+        for (i, (spec, v)) in vars.iter().zip(values).enumerate() {
+            bound.push(typed(i + 1, spec, v)?);
+        }
+        let mut out = stmt.clone();
+        let mut next = 0usize;
+        visit(&mut out, schema, keyspace, &mut |place, _, _| {
+            let var = match &place {
+                Place::Term(Term::BindMarker(_)) | Place::InList(InValues::Marker(_)) => {
+                    let var = index.get(next).copied().unwrap_or(0);
+                    next += 1;
+                    var
+                }
+                _ => return Ok(()),
+            };
+            match (place, bound.get(var)) {
+                (Place::Term(t), Some(Bound::Single(lit))) => *t = Term::Literal(lit.clone()),
+                (Place::InList(values), Some(Bound::List(lits))) => {
+                    *values = InValues::List(lits.iter().cloned().map(Term::Literal).collect())
+                }
+                _ => return Err(invalid("bind markers changed between checking and binding")),
+            }
+            Ok(())
+        })?;
+        check_in_combinations(&out, schema, keyspace)?;
+        Ok(out)
+    }
+}
+
+/// Binds `values` to the markers of `stmt`: [`Binder::new`] then
+/// [`Binder::bind`].
 pub fn bind(
     stmt: &Statement,
     schema: &Schema,
     keyspace: Option<&str>,
     values: Vec<Value>,
 ) -> Result<Statement, QueryError> {
-    let slots = slots(stmt, schema, keyspace)?;
-    let (vars, index) = variables(&slots)?;
-    if vars.len() != values.len() {
-        return Err(invalid(format!(
-            "There were {} markers(?) in CQL but {} bound variables",
-            vars.len(),
-            values.len()
-        )));
-    }
-    if vars.is_empty() {
-        check_in_combinations(stmt, schema, keyspace)?;
-        return Ok(stmt.clone());
-    }
-    let mut bound = Vec::with_capacity(values.len());
-    for (i, (spec, v)) in vars.iter().zip(values).enumerate() {
-        bound.push(typed(i + 1, spec, v)?);
-    }
-    let mut out = stmt.clone();
-    let mut next = 0usize;
-    visit(&mut out, schema, keyspace, &mut |place, _, _| {
-        let var = match &place {
-            Place::Term(Term::BindMarker(_)) | Place::InList(InValues::Marker(_)) => {
-                let var = index.get(next).copied().unwrap_or(0);
-                next += 1;
-                var
-            }
-            _ => return Ok(()),
-        };
-        match (place, bound.get(var)) {
-            (Place::Term(t), Some(Bound::Single(lit))) => *t = Term::Literal(lit.clone()),
-            (Place::InList(values), Some(Bound::List(lits))) => {
-                *values = InValues::List(lits.iter().cloned().map(Term::Literal).collect())
-            }
-            _ => return Err(invalid("bind markers changed between checking and binding")),
-        }
-        Ok(())
-    })?;
-    check_in_combinations(&out, schema, keyspace)?;
-    Ok(out)
+    Binder::new(stmt, schema, keyspace)?.bind(stmt, schema, keyspace, values)
 }
 
 #[cfg(test)]

@@ -4,14 +4,16 @@ use super::api::{
     BoxFuture, ColumnSpec, DataStore, Mutation, PartitionWrite, Prepared, QueryError,
     QueryExecutor, QueryOptions, QueryResult, Response, SessionState, TableRef,
 };
-use super::bind::{bind, bind_specs};
+use super::bind::Binder;
 use super::eval::{invalid, micros_to_hlc, EvalContext, TimeUuids};
 use super::schema_errors::schema_error_at;
-use super::select::{execute_select, plan_select, Fingerprint, ReadBatch};
+use super::select::{execute_select, plan_select, result_columns, Fingerprint, ReadBatch};
 use super::write::{plan_delete, plan_insert, plan_update, table_ref, Planned, WriteContext};
 use crate::model::HybridClock;
 use crate::schema::{Schema, SchemaChange, SchemaStore, Table};
-use cql_lite::analyze::{check_select, check_statement, SemanticError};
+use cql_lite::analyze::{
+    check_select, check_select_values, check_statement, SelectRestrictions, SemanticError,
+};
 use cql_lite::ast::{BatchKind, BatchStatement, QualifiedName, Statement};
 use cql_lite::{ErrorKind, ParseError, Value};
 use parking_lot::Mutex;
@@ -40,10 +42,33 @@ impl Default for ExecutorConfig {
     }
 }
 
+/// A prepared statement, as the executor keeps it.
 struct PreparedEntry {
     stmt: Statement,
     text: String,
     keyspace: Option<String>,
+    /// The statement checked against the schema of its latest execution.
+    checked: Mutex<Option<Arc<Checked>>>,
+}
+
+/// What executions of a statement share: the statement checked against
+/// one schema, and what follows from it without the bound values. A
+/// prepared statement keeps it while the schema stays the same; a schema
+/// change (any, as the schema is replaced whole) makes the next execution
+/// check again, so an ALTER or DROP is never missed.
+struct Checked {
+    /// The schema this was worked out against.
+    schema: Arc<Schema>,
+    /// Which variable each marker takes, and their types.
+    binder: Binder,
+    /// For a SELECT: its restrictions and result columns.
+    select: Option<SelectShape>,
+}
+
+/// The value-independent half of a SELECT's planning.
+struct SelectShape {
+    restrictions: SelectRestrictions,
+    columns: Arc<[ColumnSpec]>,
 }
 
 /// Runs CQL-lite statements: parse, check against the schema, plan,
@@ -164,11 +189,66 @@ impl Executor {
         let mut values = Some(values);
         for stmt in statements {
             let v = values.take().unwrap_or_default();
-            last = Some(self.run(session, &stmt, text, v, options.clone()).await?);
+            last = Some(
+                self.run(session, &stmt, text, v, options.clone(), None)
+                    .await?,
+            );
         }
         last.ok_or_else(|| invalid("no statement to execute"))
     }
 
+    /// Checks `stmt` against `schema` and works out what does not depend
+    /// on bound values.
+    fn check(
+        &self,
+        stmt: &Statement,
+        text: &str,
+        schema: &Arc<Schema>,
+        ks: Option<&str>,
+    ) -> Result<Checked, QueryError> {
+        let select = match stmt {
+            // For a SELECT, `check_statement` is `check_select`.
+            Statement::Select(s) => {
+                let restrictions =
+                    check_select(s, ks, &**schema).map_err(|e| semantic_error(&e, text))?;
+                let table = self.table(schema, &s.table, ks)?;
+                Some(SelectShape {
+                    restrictions,
+                    columns: result_columns(table, s).into(),
+                })
+            }
+            _ => {
+                check_statement(stmt, ks, &**schema).map_err(|e| semantic_error(&e, text))?;
+                None
+            }
+        };
+        Ok(Checked {
+            schema: schema.clone(),
+            binder: Binder::new(stmt, schema, ks)?,
+            select,
+        })
+    }
+
+    /// The checked form of a prepared statement for the current schema:
+    /// kept from an earlier execution if the schema is the same.
+    fn checked_prepared(
+        &self,
+        entry: &PreparedEntry,
+        schema: &Arc<Schema>,
+    ) -> Result<Arc<Checked>, QueryError> {
+        if let Some(c) = entry.checked.lock().as_ref() {
+            if Arc::ptr_eq(&c.schema, schema) {
+                return Ok(c.clone());
+            }
+        }
+        let checked =
+            Arc::new(self.check(&entry.stmt, &entry.text, schema, entry.keyspace.as_deref())?);
+        *entry.checked.lock() = Some(checked.clone());
+        Ok(checked)
+    }
+
+    /// Runs one statement: `prepared` is its entry when it is a prepared
+    /// statement (the session then holds the entry's keyspace).
     async fn run(
         &self,
         session: &mut SessionState,
@@ -176,11 +256,15 @@ impl Executor {
         text: &str,
         values: Vec<Value>,
         options: QueryOptions,
+        prepared: Option<&PreparedEntry>,
     ) -> Result<Response, QueryError> {
         let schema = self.schema.current();
         let ks = session.keyspace.clone();
-        check_statement(stmt, ks.as_deref(), &*schema).map_err(|e| semantic_error(&e, text))?;
-        let bound = bind(stmt, &schema, ks.as_deref(), values)?;
+        let checked = match prepared {
+            Some(entry) => self.checked_prepared(entry, &schema)?,
+            None => Arc::new(self.check(stmt, text, &schema, ks.as_deref())?),
+        };
+        let bound = checked.binder.bind(stmt, &schema, ks.as_deref(), values)?;
         let ok = |result| Response {
             result,
             warnings: Vec::new(),
@@ -198,14 +282,18 @@ impl Executor {
             }
             Statement::Select(s) => {
                 let table = self.table(&schema, &s.table, ks.as_deref())?;
-                let restrictions = check_select(s, ks.as_deref(), &*schema)
+                let shape = checked.select.as_ref().ok_or_else(|| {
+                    QueryError::Server("a SELECT was checked as another statement".into())
+                })?;
+                check_select_values(s, ks.as_deref(), &*schema)
                     .map_err(|e| semantic_error(&e, text))?;
                 let fingerprint =
                     || hash64(&[&table.id.to_le_bytes(), bound.to_string().as_bytes()]);
                 let plan = plan_select(
                     table,
                     s,
-                    &restrictions,
+                    &shape.restrictions,
+                    shape.columns.clone(),
                     &self.eval_ctx(),
                     Fingerprint::new(&fingerprint),
                 )?;
@@ -422,15 +510,13 @@ impl Executor {
         let stmt = cql_lite::parse_statement(text).map_err(|e| parse_error(&e, text))?;
         let schema = self.schema.current();
         let ks = session.keyspace.as_deref();
-        check_statement(&stmt, ks, &*schema).map_err(|e| semantic_error(&e, text))?;
-        let bind_markers = bind_specs(&stmt, &schema, ks)?;
-        let result_columns = match &stmt {
-            Statement::Select(s) => {
-                let table = self.table(&schema, &s.table, ks)?;
-                result_columns(table, s)
-            }
-            _ => Vec::new(),
-        };
+        let checked = self.check(&stmt, text, &schema, ks)?;
+        let bind_markers = checked.binder.specs().to_vec();
+        let result_columns = checked
+            .select
+            .as_ref()
+            .map(|s| s.columns.to_vec())
+            .unwrap_or_default();
         let id = Self::prepared_id(text, ks);
         self.prepared.lock().insert(
             id.clone(),
@@ -438,6 +524,7 @@ impl Executor {
                 stmt,
                 text: text.to_string(),
                 keyspace: session.keyspace.clone(),
+                checked: Mutex::new(Some(Arc::new(checked))),
             }),
         );
         Ok(Prepared {
@@ -445,51 +532,6 @@ impl Executor {
             bind_markers,
             result_columns,
         })
-    }
-}
-
-/// The result columns of a SELECT, without running it.
-fn result_columns(table: &Table, s: &cql_lite::ast::Select) -> Vec<ColumnSpec> {
-    use cql_lite::ast::{Aggregate, Selection, Selector};
-    use cql_lite::DataType;
-    match &s.selection {
-        Selection::All => table
-            .select_star_columns()
-            .iter()
-            .map(|c| ColumnSpec {
-                name: c.name.clone(),
-                data_type: c.data_type,
-            })
-            .collect(),
-        Selection::Items(items) => items
-            .iter()
-            .map(|i| {
-                let ty_of = |c: &str| {
-                    table
-                        .column(c)
-                        .map(|c| c.data_type)
-                        .unwrap_or(DataType::Blob)
-                };
-                let (name, ty) = match &i.selector {
-                    Selector::Column(c) => (c.name.clone(), ty_of(&c.name)),
-                    Selector::CountStar => ("count".into(), DataType::BigInt),
-                    Selector::Aggregate { function, column } => (
-                        format!("system.{}({})", function.name(), column.name),
-                        if *function == Aggregate::Count {
-                            DataType::BigInt
-                        } else {
-                            ty_of(&column.name)
-                        },
-                    ),
-                    Selector::WriteTime(c) => (format!("writetime({})", c.name), DataType::BigInt),
-                    Selector::Ttl(c) => (format!("ttl({})", c.name), DataType::Int),
-                };
-                ColumnSpec {
-                    name: i.alias.as_ref().map(|a| a.name.clone()).unwrap_or(name),
-                    data_type: ty,
-                }
-            })
-            .collect(),
     }
 }
 
@@ -528,7 +570,14 @@ impl QueryExecutor for Executor {
                 keyspace: entry.keyspace.clone(),
             };
             let r = self
-                .run(&mut scoped, &entry.stmt, &entry.text, values, options)
+                .run(
+                    &mut scoped,
+                    &entry.stmt,
+                    &entry.text,
+                    values,
+                    options,
+                    Some(&entry),
+                )
                 .await?;
             if let QueryResult::SetKeyspace(k) = &r.result {
                 session.keyspace = Some(k.clone());

@@ -24,6 +24,7 @@ use cql_lite::{DataType, Value};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::ops::Bound;
+use std::sync::Arc;
 
 /// How much one request to the [`DataStore`] reads: a SELECT holds at
 /// most one such batch in memory at a time (plus the page it builds), so
@@ -94,7 +95,7 @@ pub struct SelectPlan<'t> {
     filters: Vec<Filter<'t>>,
     outputs: Vec<Output<'t>>,
     /// The result columns.
-    pub columns: Vec<ColumnSpec>,
+    pub columns: Arc<[ColumnSpec]>,
     aggregate: bool,
     group_len: usize,
     distinct: bool,
@@ -179,11 +180,57 @@ fn positive(
     }
 }
 
+/// The result columns of a SELECT, without running it.
+pub fn result_columns(table: &Table, s: &cql_lite::ast::Select) -> Vec<ColumnSpec> {
+    match &s.selection {
+        Selection::All => table
+            .select_star_columns()
+            .iter()
+            .map(|c| ColumnSpec {
+                name: c.name.clone(),
+                data_type: c.data_type,
+            })
+            .collect(),
+        Selection::Items(items) => items
+            .iter()
+            .map(|i| {
+                let ty_of = |c: &str| {
+                    table
+                        .column(c)
+                        .map(|c| c.data_type)
+                        .unwrap_or(DataType::Blob)
+                };
+                let (name, ty) = match &i.selector {
+                    Selector::Column(c) => (c.name.clone(), ty_of(&c.name)),
+                    Selector::CountStar => ("count".into(), DataType::BigInt),
+                    Selector::Aggregate { function, column } => (
+                        format!("system.{}({})", function.name(), column.name),
+                        if *function == Aggregate::Count {
+                            DataType::BigInt
+                        } else {
+                            ty_of(&column.name)
+                        },
+                    ),
+                    Selector::WriteTime(c) => (format!("writetime({})", c.name), DataType::BigInt),
+                    Selector::Ttl(c) => (format!("ttl({})", c.name), DataType::Int),
+                };
+                ColumnSpec {
+                    name: i.alias.as_ref().map(|a| a.name.clone()).unwrap_or(name),
+                    data_type: ty,
+                }
+            })
+            .collect(),
+    }
+}
+
 /// Plans a SELECT that passed [`cql_lite::analyze::check_select`].
+/// `columns` are its [`result_columns`] (worked out once for a prepared
+/// statement).
 pub fn plan_select<'t>(
     table: &'t Table,
     sel: &Select,
     restrictions: &SelectRestrictions,
+    columns: Arc<[ColumnSpec]>,
     ctx: &EvalContext<'_>,
     fingerprint: Fingerprint<'t>,
 ) -> Result<SelectPlan<'t>, QueryError> {
@@ -331,7 +378,6 @@ pub fn plan_select<'t>(
         Selection::Items(items) => items.len(),
     };
     let mut outputs = Vec::with_capacity(width);
-    let mut columns = Vec::with_capacity(width);
     let mut aggregate = !sel.group_by.is_empty();
     match &sel.selection {
         Selection::All => {
@@ -350,55 +396,34 @@ pub fn plan_select<'t>(
                     _ => source_of(table, &c.name)?.0,
                 };
                 outputs.push(Output::Value(src));
-                columns.push(ColumnSpec {
-                    name: c.name.clone(),
-                    data_type: c.data_type,
-                });
             }
         }
         Selection::Items(items) => {
             for item in items {
-                let (out, name, ty) = match &item.selector {
-                    Selector::Column(c) => {
-                        let (src, ty) = source_of(table, &c.name)?;
-                        (Output::Value(src), c.name.clone(), ty)
-                    }
-                    Selector::WriteTime(c) => (
-                        Output::WriteTime(c.name.clone()),
-                        format!("writetime({})", c.name),
-                        DataType::BigInt,
-                    ),
-                    Selector::Ttl(c) => (
-                        Output::Ttl(c.name.clone()),
-                        format!("ttl({})", c.name),
-                        DataType::Int,
-                    ),
+                let out = match &item.selector {
+                    Selector::Column(c) => Output::Value(source_of(table, &c.name)?.0),
+                    Selector::WriteTime(c) => Output::WriteTime(c.name.clone()),
+                    Selector::Ttl(c) => Output::Ttl(c.name.clone()),
                     Selector::CountStar => {
                         aggregate = true;
-                        (Output::CountStar, "count".to_string(), DataType::BigInt)
+                        Output::CountStar
                     }
                     Selector::Aggregate { function, column } => {
                         aggregate = true;
                         let (src, ty) = source_of(table, &column.name)?;
-                        let out_ty = if *function == Aggregate::Count {
-                            DataType::BigInt
-                        } else {
-                            ty
-                        };
-                        (
-                            Output::Agg(*function, src, ty),
-                            format!("system.{}({})", function.name(), column.name),
-                            out_ty,
-                        )
+                        Output::Agg(*function, src, ty)
                     }
                 };
                 outputs.push(out);
-                columns.push(ColumnSpec {
-                    name: item.alias.as_ref().map(|a| a.name.clone()).unwrap_or(name),
-                    data_type: ty,
-                });
             }
         }
+    }
+    if columns.len() != outputs.len() {
+        return Err(QueryError::Server(format!(
+            "the plan of a SELECT has {} outputs for {} result columns",
+            outputs.len(),
+            columns.len()
+        )));
     }
     let reverse = match sel.order_by.first() {
         Some(o) => table
@@ -447,16 +472,35 @@ struct ReadRow {
     partition: Vec<u8>,
     key: Vec<Value>,
     clustering: Vec<u8>,
-    cells: BTreeMap<String, Cell>,
+    cells: RowCells,
     state: RowState,
     shadow: Option<Timestamp>,
 }
 
+/// The live, visible cells of a row read.
+enum RowCells {
+    /// The row has one version and every cell of it is live and visible
+    /// (the usual case): the cells are read in place from
+    /// [`ReadRow::state`], without copying the version.
+    InPlace,
+    /// The cells resolved from several versions, or the live and visible
+    /// ones of a version that also holds others.
+    Owned(BTreeMap<String, Cell>),
+}
+
 impl ReadRow {
+    /// The live, visible cell of column `name`.
+    fn cell(&self, name: &str) -> Option<&Cell> {
+        match &self.cells {
+            RowCells::InPlace => self.state.versions().first()?.cells.get(name),
+            RowCells::Owned(cells) => cells.get(name),
+        }
+    }
+
     fn value(&self, src: &Source) -> Value {
         match src {
             Source::Key(i) => self.key.get(*i).cloned().unwrap_or(Value::Null),
-            Source::Cell(name) => match self.cells.get(*name) {
+            Source::Cell(name) => match self.cell(name) {
                 Some(Cell {
                     value: CellValue::Live(v),
                     ..
@@ -504,17 +548,22 @@ fn marker_live(state: &RowState, shadow: Option<Timestamp>, now_ms: u64) -> bool
         .any(|m| deleted.is_none_or(|d| m.ts > d) && m.expires_at.is_none_or(|e| now_ms < e))
 }
 
+/// Whether a cell of column `name` is visible in `table`: the column is a
+/// regular column and the cell was not written before the column was
+/// dropped.
+fn visible(table: &Table, name: &str, cell: &Cell) -> bool {
+    table
+        .column(name)
+        .is_some_and(|c| c.kind == ColumnKind::Regular)
+        && table
+            .dropped_columns
+            .get(name)
+            .is_none_or(|dropped| cell.ts > *dropped)
+}
+
 /// Live cells of a resolved row, without dropped columns.
 fn visible_cells(table: &Table, cells: BTreeMap<String, Cell>) -> BTreeMap<String, Cell> {
-    let visible = |name: &String, cell: &Cell| {
-        table
-            .column(name)
-            .is_some_and(|c| c.kind == ColumnKind::Regular)
-            && table
-                .dropped_columns
-                .get(name)
-                .is_none_or(|dropped| cell.ts > *dropped)
-    };
+    let visible = |name: &String, cell: &Cell| visible(table, name, cell);
     // Usually every cell is: keep the map instead of building another.
     if cells.iter().all(|(name, cell)| visible(name, cell)) {
         return cells;
@@ -523,6 +572,29 @@ fn visible_cells(table: &Table, cells: BTreeMap<String, Cell>) -> BTreeMap<Strin
         .into_iter()
         .filter(|(name, cell)| visible(name, cell))
         .collect()
+}
+
+/// Whether a row's cells can be read in place ([`RowCells::InPlace`]):
+/// it has one version, with at least one cell, and every cell is live at
+/// `now_ms`, newer than the row's deletion and `shadow`, and visible. Then
+/// resolving it would copy the version whole, and [`visible_cells`] would
+/// keep every cell, so reading in place gives the same row.
+fn readable_in_place(
+    table: &Table,
+    state: &RowState,
+    shadow: Option<Timestamp>,
+    now_ms: u64,
+) -> bool {
+    let [version] = state.versions() else {
+        return false;
+    };
+    let deleted = version.deleted_at.max(shadow);
+    !version.cells.is_empty()
+        && version.cells.iter().all(|(name, cell)| {
+            cell.is_live(now_ms)
+                && deleted.is_none_or(|d| cell.ts > d)
+                && visible(table, name, cell)
+        })
 }
 
 fn materialize(
@@ -534,14 +606,19 @@ fn materialize(
     now_ms: u64,
 ) -> Result<Option<ReadRow>, QueryError> {
     let shadow = header.shadow_for(&stored.clustering);
-    let Some(resolved) = stored.state.resolve(shadow, now_ms) else {
-        return Ok(None);
+    let cells = if readable_in_place(table, &stored.state, shadow, now_ms) {
+        RowCells::InPlace
+    } else {
+        let Some(resolved) = stored.state.resolve(shadow, now_ms) else {
+            return Ok(None);
+        };
+        let had_cells = !resolved.cells.is_empty();
+        let cells = visible_cells(table, resolved.cells);
+        if cells.is_empty() && had_cells && !marker_live(&stored.state, shadow, now_ms) {
+            return Ok(None);
+        }
+        RowCells::Owned(cells)
     };
-    let had_cells = !resolved.cells.is_empty();
-    let cells = visible_cells(table, resolved.cells);
-    if cells.is_empty() && had_cells && !marker_live(&stored.state, shadow, now_ms) {
-        return Ok(None);
-    }
     let ck = key::decode_clustering(
         &stored.clustering,
         &table.clustering_types(),
@@ -694,14 +771,19 @@ impl<'p> Collector<'p> {
                 Output::Value(Source::Cell(name))
                     if !outputs[i + 1..].iter().any(|later| later.reads_cell(name)) =>
                 {
-                    match row.cells.get_mut(*name) {
-                        Some(cell) => {
-                            match std::mem::replace(&mut cell.value, CellValue::Deleted) {
-                                CellValue::Live(v) => v,
-                                CellValue::Deleted => Value::Null,
+                    match &mut row.cells {
+                        RowCells::Owned(cells) => match cells.get_mut(*name) {
+                            Some(cell) => {
+                                match std::mem::replace(&mut cell.value, CellValue::Deleted) {
+                                    CellValue::Live(v) => v,
+                                    CellValue::Deleted => Value::Null,
+                                }
                             }
-                        }
-                        None => Value::Null,
+                            None => Value::Null,
+                        },
+                        // Shared with the storage (memtable, row cache):
+                        // copied, not moved.
+                        RowCells::InPlace => self.output_value(o, row),
                     }
                 }
                 _ => self.output_value(o, row),
@@ -713,13 +795,11 @@ impl<'p> Collector<'p> {
         match o {
             Output::Value(src) => row.value(src),
             Output::WriteTime(c) => row
-                .cells
-                .get(c)
+                .cell(c)
                 .map(|cell| Value::BigInt(hlc_to_micros(cell.ts)))
                 .unwrap_or(Value::Null),
             Output::Ttl(c) => row
-                .cells
-                .get(c)
+                .cell(c)
                 .and_then(|cell| cell.expires_at)
                 .map(|e| {
                     let left = e.saturating_sub(self.now_ms).div_ceil(1000);
@@ -743,6 +823,7 @@ impl<'p> Collector<'p> {
                     .resolve(row.shadow, self.now_ms)
                     .map(|r| visible_cells(self.plan.table, r.cells))
                     .unwrap_or_default();
+                let cells = RowCells::Owned(cells);
                 let sib = ReadRow {
                     partition: Vec::new(),
                     key: row.key.clone(),
@@ -1438,4 +1519,134 @@ pub async fn execute_select(
         paging_state,
         causal_context,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::row::{Liveness, RowVersion};
+    use crate::model::{Dot, NodeId};
+    use crate::schema::Schema;
+    use proptest::prelude::*;
+
+    /// A table with regular columns `c0`, `c1` and `c2`, the last dropped
+    /// at timestamp 3 (so `c2` and the unknown `c3` are never visible).
+    fn table() -> Table {
+        let mut schema = Schema::new();
+        for (i, text) in [
+            "CREATE KEYSPACE ks WITH replication = {'class': 'SimpleStrategy', 'replication_factor': 1}",
+            "CREATE TABLE ks.t (k int PRIMARY KEY, c0 bigint, c1 bigint, c2 bigint)",
+            "ALTER TABLE ks.t DROP c2",
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let stmt = cql_lite::parse_statement(text).unwrap();
+            let change = schema
+                .change_for(&stmt, None, i as u128, Timestamp(i as u64 + 1))
+                .unwrap()
+                .unwrap();
+            schema = schema.apply(&change).unwrap();
+        }
+        schema.get_table("ks", "t").unwrap().clone()
+    }
+
+    fn cell() -> impl Strategy<Value = Cell> {
+        (
+            0u64..8,
+            any::<bool>(),
+            proptest::option::of(0u64..8),
+            0i64..3,
+        )
+            .prop_map(|(ts, live, expires_at, v)| Cell {
+                ts: Timestamp(ts),
+                value: if live {
+                    CellValue::Live(Value::BigInt(v))
+                } else {
+                    CellValue::Deleted
+                },
+                expires_at,
+            })
+    }
+
+    fn version() -> impl Strategy<Value = RowVersion> {
+        (
+            1u64..4,
+            proptest::collection::btree_map(
+                prop_oneof![Just("c0"), Just("c1"), Just("c2"), Just("c3")]
+                    .prop_map(str::to_string),
+                cell(),
+                0..4,
+            ),
+            proptest::option::of((0u64..8, proptest::option::of(0u64..8))),
+            proptest::option::of(0u64..8),
+        )
+            .prop_map(|(counter, cells, marker, deleted_at)| RowVersion {
+                dot: Dot {
+                    node: NodeId(1),
+                    counter,
+                },
+                marker: marker.map(|(ts, expires_at)| Liveness {
+                    ts: Timestamp(ts),
+                    expires_at,
+                }),
+                deleted_at: deleted_at.map(Timestamp),
+                cells,
+            })
+    }
+
+    proptest! {
+        /// Reading a row in place gives exactly the row that resolving it
+        /// gives: whenever `readable_in_place` says yes, resolving keeps
+        /// every cell of the version, all of them visible.
+        #[test]
+        fn reading_in_place_is_resolving(
+            versions in proptest::collection::vec(version(), 1..3),
+            shadow in proptest::option::of(0u64..8),
+            now_ms in 0u64..8,
+        ) {
+            let table = table();
+            let state = RowState::from_parts(versions, DotSet::new());
+            let shadow = shadow.map(Timestamp);
+            if readable_in_place(&table, &state, shadow, now_ms) {
+                let resolved = state.resolve(shadow, now_ms);
+                prop_assert!(resolved.is_some());
+                let cells = visible_cells(&table, resolved.map(|r| r.cells).unwrap_or_default());
+                prop_assert_eq!(&cells, &state.versions()[0].cells);
+            }
+        }
+
+        /// A row read through `materialize` shows, column by column, the
+        /// cells resolving and dropping invisible columns gives, whichever
+        /// way it was read.
+        #[test]
+        fn materialized_cells_are_the_resolved_visible_cells(
+            versions in proptest::collection::vec(version(), 1..3),
+            now_ms in 0u64..8,
+        ) {
+            let table = table();
+            let state = RowState::from_parts(versions, DotSet::new());
+            let expected = state
+                .resolve(None, now_ms)
+                .map(|r| visible_cells(&table, r.cells));
+            let stored = StoredRow {
+                clustering: Vec::new(),
+                state: state.clone(),
+            };
+            let row = materialize(&table, b"pk", &[Value::Int(1)], stored, &PartitionHeader::default(), now_ms).unwrap();
+            match (row, expected) {
+                (Some(row), Some(expected)) => {
+                    for name in ["c0", "c1", "c2", "c3"] {
+                        prop_assert_eq!(row.cell(name), expected.get(name), "column {}", name);
+                    }
+                }
+                (None, None) => {}
+                (None, Some(cells)) => {
+                    // Only dropped columns' cells left, and no live marker.
+                    prop_assert!(visible_cells(&table, cells).is_empty());
+                }
+                (Some(_), None) => prop_assert!(false, "a row that resolves to nothing was read"),
+            }
+        }
+    }
 }

@@ -347,9 +347,29 @@ impl Table {
     /// Every column in `SELECT *` order: partition key, clustering, then
     /// regular columns by name.
     pub fn select_star_columns(&self) -> Vec<&ColumnSchema> {
-        let mut out = self.partition_columns();
-        out.extend(self.clustering_columns());
-        out.extend(self.regular_columns());
+        let mut out = Vec::with_capacity(self.def.columns.len());
+        out.extend(
+            self.def
+                .partition_key
+                .iter()
+                .filter_map(|n| self.def.column(n)),
+        );
+        out.extend(
+            self.def
+                .clustering
+                .iter()
+                .filter_map(|(n, _)| self.def.column(n)),
+        );
+        let first_regular = out.len();
+        out.extend(
+            self.def
+                .columns
+                .iter()
+                .filter(|c| c.kind == ColumnKind::Regular),
+        );
+        if let Some(regular) = out.get_mut(first_regular..) {
+            regular.sort_by(|a, b| a.name.cmp(&b.name));
+        }
         out
     }
 
