@@ -94,6 +94,9 @@ pub struct SelectPlan<'t> {
     reverse: bool,
     filters: Vec<Filter<'t>>,
     outputs: Vec<Output<'t>>,
+    /// The table's regular columns, sorted by name (see
+    /// [`readable_in_place`]).
+    regular: Vec<&'t str>,
     /// The result columns.
     pub columns: Arc<[ColumnSpec]>,
     aggregate: bool,
@@ -379,9 +382,16 @@ pub fn plan_select<'t>(
     };
     let mut outputs = Vec::with_capacity(width);
     let mut aggregate = !sel.group_by.is_empty();
+    let mut regular = Vec::new();
     match &sel.selection {
         Selection::All => {
             let star = table.select_star_columns();
+            // Its regular columns come last, sorted by name.
+            regular.extend(
+                star.iter()
+                    .filter(|c| c.kind == ColumnKind::Regular)
+                    .map(|c| c.name.as_str()),
+            );
             // `SELECT *` lists the key columns first, in key order, so the
             // i-th of them is key value i (unless the table lacks one).
             let keys = star
@@ -417,6 +427,9 @@ pub fn plan_select<'t>(
                 outputs.push(out);
             }
         }
+    }
+    if regular.is_empty() {
+        regular.extend(table.regular_columns().iter().map(|c| c.name.as_str()));
     }
     if columns.len() != outputs.len() {
         return Err(QueryError::Server(format!(
@@ -454,6 +467,7 @@ pub fn plan_select<'t>(
         reverse,
         filters,
         outputs,
+        regular,
         columns,
         aggregate,
         group_len: restrictions.group_prefix.min(npk + nck),
@@ -579,8 +593,13 @@ fn visible_cells(table: &Table, cells: BTreeMap<String, Cell>) -> BTreeMap<Strin
 /// `now_ms`, newer than the row's deletion and `shadow`, and visible. Then
 /// resolving it would copy the version whole, and [`visible_cells`] would
 /// keep every cell, so reading in place gives the same row.
+///
+/// `regular` is the table's regular columns sorted by name: the cells are
+/// sorted by name too, so checking that each is a regular column is one
+/// walk over both lists.
 fn readable_in_place(
     table: &Table,
+    regular: &[&str],
     state: &RowState,
     shadow: Option<Timestamp>,
     now_ms: u64,
@@ -589,16 +608,22 @@ fn readable_in_place(
         return false;
     };
     let deleted = version.deleted_at.max(shadow);
+    let mut columns = regular.iter();
     !version.cells.is_empty()
         && version.cells.iter().all(|(name, cell)| {
             cell.is_live(now_ms)
                 && deleted.is_none_or(|d| cell.ts > d)
-                && visible(table, name, cell)
+                && columns.any(|c| *c == name.as_str())
+                && table
+                    .dropped_columns
+                    .get(name)
+                    .is_none_or(|dropped| cell.ts > *dropped)
         })
 }
 
 fn materialize(
     table: &Table,
+    regular: &[&str],
     partition: &[u8],
     pk: &[Value],
     stored: StoredRow,
@@ -606,7 +631,7 @@ fn materialize(
     now_ms: u64,
 ) -> Result<Option<ReadRow>, QueryError> {
     let shadow = header.shadow_for(&stored.clustering);
-    let cells = if readable_in_place(table, &stored.state, shadow, now_ms) {
+    let cells = if readable_in_place(table, regular, &stored.state, shadow, now_ms) {
         RowCells::InPlace
     } else {
         let Some(resolved) = stored.state.resolve(shadow, now_ms) else {
@@ -1203,9 +1228,15 @@ impl Reader<'_> {
                 let mut last = None;
                 for stored in got.rows {
                     last = Some(stored.clustering.clone());
-                    if let Some(row) =
-                        materialize(plan.table, pk, pk_values, stored, &got.header, self.now_ms)?
-                    {
+                    if let Some(row) = materialize(
+                        plan.table,
+                        &plan.regular,
+                        pk,
+                        pk_values,
+                        stored,
+                        &got.header,
+                        self.now_ms,
+                    )? {
                         match sink(row) {
                             Flow::Continue => {}
                             other => return Ok(other),
@@ -1466,9 +1497,15 @@ pub async fn execute_select(
                     let mut last = None;
                     for stored in part.rows {
                         last = Some(stored.clustering.clone());
-                        if let Some(row) =
-                            materialize(plan.table, &pk, &values, stored, &part.header, now_ms)?
-                        {
+                        if let Some(row) = materialize(
+                            plan.table,
+                            &plan.regular,
+                            &pk,
+                            &values,
+                            stored,
+                            &part.header,
+                            now_ms,
+                        )? {
                             flow = c.push(row);
                             if flow != Flow::Continue {
                                 break;
@@ -1530,13 +1567,15 @@ mod tests {
     use proptest::prelude::*;
 
     /// A table with regular columns `c0`, `c1` and `c2`, the last dropped
-    /// at timestamp 3 (so `c2` and the unknown `c3` are never visible).
+    /// at timestamp 3 and added again (so only its cells written after 3
+    /// are visible), and no column `c3`.
     fn table() -> Table {
         let mut schema = Schema::new();
         for (i, text) in [
             "CREATE KEYSPACE ks WITH replication = {'class': 'SimpleStrategy', 'replication_factor': 1}",
             "CREATE TABLE ks.t (k int PRIMARY KEY, c0 bigint, c1 bigint, c2 bigint)",
             "ALTER TABLE ks.t DROP c2",
+            "ALTER TABLE ks.t ADD c2 bigint",
         ]
         .into_iter()
         .enumerate()
@@ -1608,7 +1647,8 @@ mod tests {
             let table = table();
             let state = RowState::from_parts(versions, DotSet::new());
             let shadow = shadow.map(Timestamp);
-            if readable_in_place(&table, &state, shadow, now_ms) {
+            let regular: Vec<&str> = table.regular_columns().iter().map(|c| c.name.as_str()).collect();
+            if readable_in_place(&table, &regular, &state, shadow, now_ms) {
                 let resolved = state.resolve(shadow, now_ms);
                 prop_assert!(resolved.is_some());
                 let cells = visible_cells(&table, resolved.map(|r| r.cells).unwrap_or_default());
@@ -1633,7 +1673,8 @@ mod tests {
                 clustering: Vec::new(),
                 state: state.clone(),
             };
-            let row = materialize(&table, b"pk", &[Value::Int(1)], stored, &PartitionHeader::default(), now_ms).unwrap();
+            let regular: Vec<&str> = table.regular_columns().iter().map(|c| c.name.as_str()).collect();
+            let row = materialize(&table, &regular, b"pk", &[Value::Int(1)], stored, &PartitionHeader::default(), now_ms).unwrap();
             match (row, expected) {
                 (Some(row), Some(expected)) => {
                     for name in ["c0", "c1", "c2", "c3"] {
