@@ -306,6 +306,9 @@ pub fn run(args: ServerArgs) -> anyhow::Result<()> {
             _ = stop.recv() => eprintln!("ringdb: shutting down"),
             _ = node.left() => eprintln!("ringdb: decommissioned: left the ring, shutting down"),
         }
+        // What this node did as a coordinator (repairs, hints, retries),
+        // for whoever reads the log after a run.
+        eprintln!("ringdb: coordinator counters: {:?}", node.cluster.stats());
         node.shutdown().await;
         anyhow::Ok(())
     })
