@@ -232,6 +232,14 @@ impl LocalStore {
         template: EngineOptions,
         boot_id: Option<&str>,
     ) -> Result<LocalStore, QueryError> {
+        // Every table's engine shares one block cache of the template's
+        // size: the node's block memory does not grow with its tables.
+        let mut template = template;
+        if template.block_cache.is_none() {
+            template.block_cache = Some(crate::storage::sstable::BlockCache::new(
+                template.block_cache_bytes,
+            ));
+        }
         let new_directory = holds_nothing_stamped(dir);
         let node = load_or_create_node_id(dir)?;
         let stamp_actor = super::stamp_actor::load_or_renew(dir, node, boot_id, new_directory)?;

@@ -60,8 +60,13 @@ pub struct EngineOptions {
     pub max_frozen_memtables: usize,
     /// SSTable block size and bloom filter density.
     pub sstable: SsTableOptions,
-    /// Shared cache of decoded SSTable blocks.
+    /// Size of the cache of decoded SSTable blocks the engine creates for
+    /// itself when `block_cache` is `None`.
     pub block_cache_bytes: usize,
+    /// A block cache shared with other engines (all the tables of a node
+    /// share one, so the node's block memory is bounded whatever the
+    /// number of tables); `None`: the engine gets one of its own.
+    pub block_cache: Option<Arc<BlockCache>>,
     /// Cache of whole small partitions' merged state (0: none; see
     /// [`super::row_cache`]).
     pub row_cache_bytes: usize,
@@ -94,6 +99,7 @@ impl Default for EngineOptions {
             max_frozen_memtables: 4,
             sstable: SsTableOptions::default(),
             block_cache_bytes: 64 << 20,
+            block_cache: None,
             row_cache_bytes: super::row_cache::DEFAULT_ROW_CACHE_BYTES,
             compaction: CompactionStrategy::default(),
             gc_grace: Duration::from_secs(10 * 24 * 3600),
@@ -281,7 +287,10 @@ impl Engine {
         std::fs::create_dir_all(&tables_dir).map_err(|e| StorageError::io(&tables_dir, e))?;
         let (manifest, state) = Manifest::open(dir)?;
         remove_orphans(&tables_dir, |id| state.live_tables.contains_key(&id))?;
-        let cache = BlockCache::new(opts.block_cache_bytes);
+        let cache = opts
+            .block_cache
+            .clone()
+            .unwrap_or_else(|| BlockCache::new(opts.block_cache_bytes));
         let mut tables = Vec::new();
         for record in state.live_tables.values() {
             let table = SsTable::open(&table_path(dir, record.file_id), Some(cache.clone()))?;
@@ -995,6 +1004,12 @@ impl Engine {
             drop(current);
             self.inner.wake_background();
         }
+    }
+
+    /// The cache of decoded SSTable blocks this engine reads through
+    /// (shared with the node's other engines when it was given one).
+    pub fn block_cache(&self) -> &Arc<BlockCache> {
+        &self.inner.cache
     }
 
     /// Byte counters and table counts.
