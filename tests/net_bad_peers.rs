@@ -4,6 +4,8 @@
 //! node rejects each with a typed error, counts it, and keeps serving. And
 //! the frame decoder never panics on any bytes.
 
+mod support;
+
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -12,9 +14,10 @@ use std::time::Duration;
 use bytes::Bytes;
 use proptest::prelude::*;
 use ringdb::net::frame::{self, code, Envelope, PROTOCOL_VERSION};
-use ringdb::net::tls::{ClusterCa, NodeTls, PEER_SERVER_NAME};
+use ringdb::net::tls::{ClusterCa, NodeTls};
 use ringdb::net::{BoxFuture, Handler, NetError, QuicConfig, QuicTransport, Transport};
 use serde::{Deserialize, Serialize};
+use support::peer::localhost;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 enum Req {
@@ -47,10 +50,6 @@ impl Handler<Req, Resp> for Counting {
     fn on_datagram(&self, _from: SocketAddr, _payload: Bytes) {
         self.datagrams.fetch_add(1, Ordering::SeqCst);
     }
-}
-
-fn localhost() -> SocketAddr {
-    SocketAddr::from(([127, 0, 0, 1], 0))
 }
 
 /// What the node did with one stream of garbage.
@@ -91,14 +90,7 @@ async fn garbage_from_a_certified_peer_does_not_hurt_the_node() {
     let a_addr = a.local_addr();
 
     // The evil peer: a raw quinn client with a valid cluster certificate.
-    let evil_tls = NodeTls::throwaway(&ca, "evil").expect("cert");
-    let endpoint = quinn::Endpoint::client(localhost()).expect("endpoint");
-    let client = quinn::ClientConfig::new(evil_tls.quic_client_crypto().expect("crypto"));
-    let conn = endpoint
-        .connect_with(client, a_addr, PEER_SERVER_NAME)
-        .expect("connect")
-        .await
-        .expect("handshake");
+    let (_endpoint, conn) = support::peer::certified_raw_peer(&ca, "evil", a_addr).await;
 
     let good = frame_of(1, &Req::Get(b"k".to_vec()));
     let mut malformed = 0u64;

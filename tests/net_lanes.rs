@@ -3,6 +3,8 @@
 //! breaks closed alone, large requests on streams of their own, and a peer
 //! that predates lanes still reachable.
 
+mod support;
+
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -13,9 +15,10 @@ use bytes::Bytes;
 use ringdb::net::frame::{self, code, Envelope};
 use ringdb::net::mux::{LaneMessage, LaneReader, LANE_MAGIC};
 use ringdb::net::quic::LANE_MAX_REQUEST;
-use ringdb::net::tls::{ClusterCa, NodeTls, PEER_SERVER_NAME};
+use ringdb::net::tls::{ClusterCa, NodeTls};
 use ringdb::net::{BoxFuture, Handler, QuicConfig, QuicTransport, Transport};
 use serde::{Deserialize, Serialize};
+use support::peer::localhost;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 enum Req {
@@ -51,10 +54,6 @@ impl Handler<Req, Resp> for Echo {
     }
 
     fn on_datagram(&self, _from: SocketAddr, _payload: Bytes) {}
-}
-
-fn localhost() -> SocketAddr {
-    SocketAddr::from(([127, 0, 0, 1], 0))
 }
 
 fn node(ca: &ClusterCa, name: &str) -> (QuicTransport<Req, Resp>, Arc<Echo>) {
@@ -165,14 +164,7 @@ async fn a_lane_that_breaks_its_framing_is_closed_alone() {
     let (a, handler) = node(&ca, "a");
     let a_addr = a.local_addr();
 
-    let evil_tls = NodeTls::throwaway(&ca, "evil").expect("cert");
-    let endpoint = quinn::Endpoint::client(localhost()).expect("endpoint");
-    let client = quinn::ClientConfig::new(evil_tls.quic_client_crypto().expect("crypto"));
-    let conn = endpoint
-        .connect_with(client, a_addr, PEER_SERVER_NAME)
-        .expect("connect")
-        .await
-        .expect("handshake");
+    let (_endpoint, conn) = support::peer::certified_raw_peer(&ca, "evil", a_addr).await;
 
     // A good request, a request that does not decode, another good one.
     let (mut send, recv) = conn.open_bi().await.expect("open lane");
