@@ -162,4 +162,26 @@ fn ycsb_runs_every_phase_on_both_clusters_without_errors() {
     assert!(after.is_some_and(|v| v > 0.0), "{json}");
     assert!(!json.contains("\"errors\":1"), "{json}");
     assert!(json.starts_with('{') && json.trim_end().ends_with('}'));
+    // Requests in flight: a closed loop never has more than its
+    // concurrency (4); the paced run is an open loop bounded by
+    // --paced-max-in-flight (1024 by default).
+    let phases: Vec<(&str, usize)> = json
+        .split("{\"phase\":\"")
+        .skip(1)
+        .map(|chunk| {
+            let name = chunk.split('"').next().unwrap();
+            let most = chunk
+                .split("\"most_in_flight\":")
+                .nth(1)
+                .and_then(|rest| rest.split([',', '}']).next())
+                .and_then(|v| v.parse::<usize>().ok())
+                .unwrap_or_else(|| panic!("no most_in_flight for {name} in {json}"));
+            (name, most)
+        })
+        .collect();
+    assert_eq!(phases.len(), 8, "{phases:?}");
+    for (name, most) in phases {
+        let bound = if name.ends_with("paced") { 1024 } else { 4 };
+        assert!((1..=bound).contains(&most), "{name}: {most} in flight");
+    }
 }

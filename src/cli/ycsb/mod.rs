@@ -118,6 +118,13 @@ pub struct YcsbArgs {
     /// Fraction of the peak throughput the paced run asks for.
     #[arg(long, default_value_t = 0.7)]
     pub paced_fraction: f64,
+    /// Requests the paced run may have in flight at once. It starts every
+    /// operation when it is due (an open loop, as independent clients
+    /// would), however many are still unanswered, up to this bound; with
+    /// only --concurrency slots, a pace near what those slots can carry
+    /// makes the load generator the queue.
+    #[arg(long, default_value_t = 1024, value_parser = clap::value_parser!(u64).range(1..=65536))]
+    pub paced_max_in_flight: u64,
     /// Operations of the first workload run (closed loop) after the load
     /// and before any measured run, and not counted: the peak, and the
     /// pace derived from it, are then measured on warm caches
@@ -155,6 +162,8 @@ struct Sizes {
     concurrency: usize,
     /// Unmeasured operations before the first measured run.
     warmup: u64,
+    /// Most requests in flight in a paced run.
+    paced_in_flight: usize,
 }
 
 /// What one cluster measured.
@@ -197,6 +206,7 @@ pub fn run(args: YcsbArgs) -> anyhow::Result<()> {
             .unwrap_or(if args.quick { 5_000 } else { 50_000 }),
         concurrency: args.concurrency.unwrap_or(if args.quick { 16 } else { 64 }) as usize,
         warmup: 0,
+        paced_in_flight: args.paced_max_in_flight as usize,
     };
     let sizes = Sizes {
         warmup: args.warmup_operations.unwrap_or(sizes.operations / 5),
@@ -226,8 +236,14 @@ pub fn run(args: YcsbArgs) -> anyhow::Result<()> {
         .build()
         .context("starting the client runtime")?;
     eprintln!(
-        "ycsb: {} records, {} operations per workload (after a warm-up of {}), {} requests in flight, {} per request",
-        sizes.records, sizes.operations, sizes.warmup, sizes.concurrency, args.consistency
+        "ycsb: {} records, {} operations per workload (after a warm-up of {}), {} requests in flight \
+         (a paced run: each when due, up to {}), {} per request",
+        sizes.records,
+        sizes.operations,
+        sizes.warmup,
+        sizes.concurrency,
+        sizes.paced_in_flight,
+        args.consistency
     );
 
     let mut notes = Vec::new();
@@ -399,12 +415,13 @@ fn report_phase(label: &str, name: &str, result: &PhaseResult) {
         .map_or("-".to_string(), |v| format!("{v:.2}"));
     eprintln!(
         "ycsb: {label} {name}: {} ok, {} failed in {:.1} s ({:.0} ops/s, {} ops per server CPU-s, \
-         {datagrams} UDP datagrams per op)",
+         {datagrams} UDP datagrams per op, at most {} in flight)",
         result.total_ok(),
         result.total_errors(),
         result.elapsed.as_secs_f64(),
         result.throughput(),
         per_op(cpu::CpuUsage::ops_per_server_cpu_second),
+        result.most_in_flight,
     );
     for e in &result.error_samples {
         eprintln!("ycsb:   error: {e}");
@@ -430,11 +447,17 @@ async fn bench_cluster(
     let session = Session::open(target)
         .await
         .context("connecting and preparing statements")?;
-    let plan = |kind, operations, rate, seed| PhasePlan {
+    let plan = |kind, operations, rate: Option<f64>, seed| PhasePlan {
         kind,
         records: sizes.records,
         operations,
-        concurrency: sizes.concurrency,
+        // A paced run is an open loop: an operation starts when it is
+        // due, not when one of the closed loop's slots frees up.
+        concurrency: if rate.is_some() {
+            sizes.paced_in_flight
+        } else {
+            sizes.concurrency
+        },
         rate,
         seed,
     };
@@ -884,8 +907,8 @@ fn paced_verdict(label: &str, p: &Paced, target_us: u64) -> String {
     let errors = p.result.total_errors();
     let met = kept && errors == 0 && !parts.is_empty() && worst < target_us;
     format!(
-        "p99 verdict, {label}, workload {} at {:.0}% of {:.0} ops/s ({:.0} asked, {:.0} done{}{}): \
-         {}: target p99 < {:.0} ms: {}",
+        "p99 verdict, {label}, workload {} at {:.0}% of {:.0} ops/s ({:.0} asked, {:.0} done, \
+         at most {} in flight{}{}): {}: target p99 < {:.0} ms: {}",
         p.workload.label(),
         if p.peak > 0.0 {
             asked / p.peak * 100.0
@@ -895,6 +918,7 @@ fn paced_verdict(label: &str, p: &Paced, target_us: u64) -> String {
         p.peak,
         asked,
         got,
+        p.result.most_in_flight,
         if errors > 0 {
             format!(", {errors} failed")
         } else {
@@ -1027,7 +1051,7 @@ fn json_phase(name: &str, phase: &PhaseResult) -> String {
         "{{\"phase\":{},\"elapsed_s\":{:.3},\"ops_per_s\":{:.1},\"ok\":{},\"errors\":{},\
          \"rate\":{},\"server_cpu_s\":{},\"client_cpu_s\":{},\"others_cpu_s\":{},\
          \"ops_per_server_cpu_s\":{},\"udp_sent_per_op\":{},\"udp_received_per_op\":{},\
-         \"ops\":[{}]}}",
+         \"most_in_flight\":{},\"ops\":[{}]}}",
         json_string(name),
         phase.elapsed.as_secs_f64(),
         phase.throughput(),
@@ -1040,6 +1064,7 @@ fn json_phase(name: &str, phase: &PhaseResult) -> String {
         num(cpu.and_then(|c| c.ops_per_server_cpu_second(phase.total_ok()))),
         num(cpu.and_then(|c| c.udp_sent_per_op(phase.total_ok()))),
         num(cpu.and_then(|c| c.udp_received_per_op(phase.total_ok()))),
+        phase.most_in_flight,
         ops.join(",")
     )
 }
@@ -1134,6 +1159,7 @@ mod tests {
                 rate: Some(rate),
                 cpu: None,
                 timeline: Default::default(),
+                most_in_flight: 64,
             },
             peak_after: None,
         }
@@ -1184,7 +1210,7 @@ mod tests {
             udp: None,
         });
         let line = paced_verdict("c", &p, 5_000);
-        assert!(line.contains("done, CPUs 90% busy)"), "{line}");
+        assert!(line.contains("done, at most 64 in flight, CPUs 90% busy)"), "{line}");
     }
 
     /// `ringdb bench ycsb` flags as the command line gives them.
