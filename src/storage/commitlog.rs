@@ -538,6 +538,13 @@ impl CommitLog {
         self.shared.prepare_next_segment()
     }
 
+    /// Whether the segment the next roll switches to is already made
+    /// ([`prepare_next_segment`](Self::prepare_next_segment)), so that the
+    /// roll takes no file-system time.
+    pub fn next_segment_ready(&self) -> bool {
+        self.shared.next_segment_ready()
+    }
+
     /// Deletes all segments with id < `segment` (their data is flushed to
     /// SSTables and recorded in the manifest). Never deletes the active
     /// segment.
@@ -858,6 +865,12 @@ impl Shared {
             file,
         });
         Ok(())
+    }
+
+    fn next_segment_ready(&self) -> bool {
+        let spare = self.spare.lock();
+        let next = self.next_segment_id(self.active_id.load(Ordering::Acquire));
+        matches!((&*spare, next), (Some(s), Ok(next)) if s.id == next)
     }
 
     fn next_segment_id(&self, active: u64) -> Result<u64> {

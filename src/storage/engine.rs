@@ -479,20 +479,29 @@ impl Engine {
     }
 
     /// Whether a write now may block for long: writers are being held
-    /// back for the flush to catch up, or the active memtable is (nearly)
-    /// at its size limit, so the write may switch it (or, without
-    /// background threads, flush it). False means a write only appends
-    /// to the commit log (a `write` system call, no fsync) and joins the
-    /// memtable: cheap enough to run on an async thread.
+    /// back for the flush to catch up, the write may switch the memtable
+    /// before the commit log's next segment is made, or (without
+    /// background threads) the active memtable is nearly at its size
+    /// limit, so the write may flush it. False means a write only appends
+    /// to the commit log (a `write` system call, no fsync), joins the
+    /// memtable and perhaps switches it: cheap enough to run on an async
+    /// thread.
     pub fn write_may_stall(&self) -> bool {
         let snap = self.inner.snapshot.read().clone();
-        // Leave room for the write itself (rows are small; 1 MiB is far
-        // more than one write adds).
-        let near_full = snap.active.approximate_bytes().saturating_add(1 << 20)
-            >= self.inner.switch_at.load(Ordering::Relaxed);
-        near_full
-            || (self.inner.opts.background
-                && snap.frozen.len() >= self.inner.opts.max_frozen_memtables.max(1))
+        if !self.inner.opts.background {
+            // The write that fills the memtable flushes it, inline. Leave
+            // room for the write itself (rows are small; 1 MiB is far more
+            // than one write adds).
+            return snap.active.approximate_bytes().saturating_add(1 << 20)
+                >= self.inner.switch_at.load(Ordering::Relaxed);
+        }
+        // With a background thread the write that fills the memtable only
+        // switches it, which takes no file-system time once the commit
+        // log's next segment is made (the background thread makes it
+        // after every switch). Waiting is left: for a flush when the
+        // frozen memtables are at their limit, or for the segment.
+        snap.frozen.len() >= self.inner.opts.max_frozen_memtables.max(1)
+            || !self.inner.log.next_segment_ready()
     }
 
     /// Whether reading partition `prefix` may touch an SSTable: some live
