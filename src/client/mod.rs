@@ -263,8 +263,8 @@ impl Client {
         } else {
             SocketAddr::from(([0u16; 8], 0))
         };
-        let endpoint =
-            quinn::Endpoint::client(bind).map_err(|e| ClientError::Connection(e.to_string()))?;
+        let endpoint = crate::net::udp::endpoint(bind, None)
+            .map_err(|e| ClientError::Connection(e.to_string()))?;
         let connecting = endpoint
             .connect_with(config, addr, &tls.server_name)
             .map_err(|e| ClientError::Connection(e.to_string()))?;

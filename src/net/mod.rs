@@ -34,6 +34,7 @@ pub(crate) mod rpc;
 pub mod sim;
 pub mod stats;
 pub mod tls;
+pub mod udp;
 
 use std::future::Future;
 use std::net::SocketAddr;

@@ -277,7 +277,7 @@ impl ClientServer {
             .max_idle_timeout(quinn::IdleTimeout::try_from(limits.idle_timeout).ok());
         crate::net::quic::tune_ack_frequency(&mut transport);
         config.transport_config(Arc::new(transport));
-        let endpoint = quinn::Endpoint::server(config, addr)
+        let endpoint = crate::net::udp::endpoint(addr, Some(config))
             .map_err(|source| ServerError::Bind { addr, source })?;
         let local_addr = endpoint
             .local_addr()
