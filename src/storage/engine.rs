@@ -1298,10 +1298,7 @@ impl Inner {
             })
         };
         let started = std::time::Instant::now();
-        let sources: Vec<Source> = inputs
-            .iter()
-            .map(|t| table_source(&t.table, Bound::Unbounded, Bound::Unbounded, false))
-            .collect();
+        let sources: Vec<Source> = inputs.iter().map(|t| compaction_source(&t.table)).collect();
         let file_id = self.manifest.lock().allocate_file_id()?;
         let mut writer =
             SsTableWriter::create(&table_path(&self.dir, file_id), &self.opts.sstable)?;
@@ -1515,6 +1512,17 @@ fn table_source(
 ) -> Source {
     let path = table.path().to_path_buf();
     Box::new(table.range(lower, upper, reverse).map(move |item| {
+        let (k, v) = item?;
+        let entry = decode_entry(&v, &path, &k)?;
+        Ok((k, entry))
+    }))
+}
+
+/// Every entry of `table`, for a compaction: its blocks are not put into
+/// the block cache (`SsTable::scan_uncached`).
+fn compaction_source(table: &Arc<SsTable>) -> Source {
+    let path = table.path().to_path_buf();
+    Box::new(table.scan_uncached().map(move |item| {
         let (k, v) = item?;
         let entry = decode_entry(&v, &path, &k)?;
         Ok((k, entry))

@@ -566,11 +566,25 @@ impl SsTable {
             lower,
             upper,
             reverse,
+            fill_cache: true,
             block_idx: 0,
             cursor: None,
             key_buf: Vec::new(),
             started: false,
             done: false,
+        }
+    }
+
+    /// Every key, ascending, like [`range`](Self::range) over the whole
+    /// table, but the blocks it reads are not put into the block cache
+    /// (those already there are used). For compactions: they read each
+    /// block of their inputs once, and through the cache they would push
+    /// out the blocks the reads keep coming back to (RocksDB's
+    /// `fill_cache = false` for the same reason).
+    pub fn scan_uncached(self: &Arc<Self>) -> SsTableIter {
+        SsTableIter {
+            fill_cache: false,
+            ..self.range(Bound::Unbounded, Bound::Unbounded, false)
         }
     }
 
@@ -581,6 +595,12 @@ impl SsTable {
 
     /// Reads, verifies and decodes data block `i` (through the cache).
     fn read_block(&self, i: usize) -> Result<Arc<Block>> {
+        self.read_block_with(i, true)
+    }
+
+    /// [`read_block`](Self::read_block); a block read from the file goes
+    /// into the cache only if `fill_cache`.
+    fn read_block_with(&self, i: usize, fill_cache: bool) -> Result<Arc<Block>> {
         let Some(entry) = self.index.entry(i) else {
             return Err(self.block_corrupt(i, "block number out of range"));
         };
@@ -615,7 +635,7 @@ impl SsTable {
             StorageError::corrupt(&self.path, entry.offset, format!("data block: {r}"))
         })?;
         let block = Arc::new(block);
-        if let Some(cache) = &self.cache {
+        if let Some(cache) = self.cache.as_ref().filter(|_| fill_cache) {
             cache.insert(self.id, entry.offset, Arc::clone(&block));
         }
         Ok(block)
@@ -657,6 +677,8 @@ pub struct SsTableIter {
     lower: Bound<Vec<u8>>,
     upper: Bound<Vec<u8>>,
     reverse: bool,
+    /// Whether blocks read from the file go into the block cache.
+    fill_cache: bool,
     block_idx: usize,
     cursor: Option<BlockCursor>,
     /// Key buffer recycled between blocks.
@@ -668,7 +690,7 @@ pub struct SsTableIter {
 impl SsTableIter {
     /// Positions the cursor on block `i` (not on an entry yet).
     fn load(&mut self, i: usize) -> Result<&mut BlockCursor> {
-        let block = self.table.read_block(i)?;
+        let block = self.table.read_block_with(i, self.fill_cache)?;
         let buf = match self.cursor.take() {
             Some(c) => c.into_key_buf(),
             None => std::mem::take(&mut self.key_buf),

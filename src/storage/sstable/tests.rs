@@ -236,6 +236,37 @@ proptest! {
             prop_assert!(c.usage() <= c.capacity());
         }
     }
+
+    /// A compaction's scan reads what a full range reads, and leaves the
+    /// block cache as it found it.
+    #[test]
+    fn an_uncached_scan_reads_everything_and_fills_no_cache(
+        model in model_strategy(200),
+        block_size in prop_oneof![1usize..48, 48usize..600],
+        warm in proptest::collection::vec(key_strategy(), 0..10),
+    ) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.sst");
+        write_model(&path, &model, &opts(block_size, 10));
+        let cache = BlockCache::new(1 << 20);
+        let table = SsTable::open(&path, Some(cache.clone())).unwrap();
+        // Some blocks cached by point reads first: the scan may use them.
+        for k in &warm {
+            prop_assert_eq!(table.get(k).unwrap(), model.get(k).map(|e| e.value.clone()));
+        }
+        let before = cache.usage();
+        let all = all_ok(table.scan_uncached());
+        prop_assert_eq!(all, model_range(&model, &Bound::Unbounded, &Bound::Unbounded, false));
+        prop_assert_eq!(cache.usage(), before);
+        // The same scan through the cache fills it: every block is then
+        // cached, so an uncached scan afterwards finds them all there.
+        let all = all_ok(table.range(Bound::Unbounded, Bound::Unbounded, false));
+        prop_assert_eq!(all.len(), model.len());
+        prop_assert!(cache.usage() >= before);
+        if before == 0 && !model.is_empty() {
+            prop_assert!(cache.usage() > 0);
+        }
+    }
 }
 
 fn numbered_model(n: usize, value_len: usize) -> Model {
