@@ -1210,7 +1210,10 @@ mod tests {
             udp: None,
         });
         let line = paced_verdict("c", &p, 5_000);
-        assert!(line.contains("done, at most 64 in flight, CPUs 90% busy)"), "{line}");
+        assert!(
+            line.contains("done, at most 64 in flight, CPUs 90% busy)"),
+            "{line}"
+        );
     }
 
     /// `ringdb bench ycsb` flags as the command line gives them.
