@@ -59,16 +59,16 @@ pub fn endpoint(
     )
 }
 
-/// The receive and send buffer sizes the kernel gave `socket` (Linux
-/// reports twice what was granted, to account for its bookkeeping).
-pub fn buffer_sizes(socket: &std::net::UdpSocket) -> io::Result<(usize, usize)> {
-    let socket = socket2::SockRef::from(socket);
-    Ok((socket.recv_buffer_size()?, socket.send_buffer_size()?))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The receive and send buffer sizes the kernel gave `socket` (Linux
+    /// reports twice what was granted, to account for its bookkeeping).
+    fn buffer_sizes(socket: &std::net::UdpSocket) -> io::Result<(usize, usize)> {
+        let socket = socket2::SockRef::from(socket);
+        Ok((socket.recv_buffer_size()?, socket.send_buffer_size()?))
+    }
 
     #[test]
     fn sockets_get_bigger_buffers_than_the_default() {

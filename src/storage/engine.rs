@@ -32,7 +32,7 @@ use super::iter::{hex, MemtableRange, MergeIter, Source};
 use super::manifest::{Manifest, ManifestEdit, TableRecord};
 use super::memtable::Memtable;
 use super::row_cache::{CachedPartition, RowCache, RowCacheStats};
-use super::sstable::{BlockCache, SsTable, SsTableOptions, SsTableWriter};
+use super::sstable::{BlockCache, SsTable, SsTableIter, SsTableOptions, SsTableWriter};
 use super::{Result, StorageError};
 use crate::model::key::{self, KeyKind};
 use crate::model::{
@@ -1510,19 +1510,19 @@ fn table_source(
     upper: Bound<Vec<u8>>,
     reverse: bool,
 ) -> Source {
-    let path = table.path().to_path_buf();
-    Box::new(table.range(lower, upper, reverse).map(move |item| {
-        let (k, v) = item?;
-        let entry = decode_entry(&v, &path, &k)?;
-        Ok((k, entry))
-    }))
+    decoded(table, table.range(lower, upper, reverse))
 }
 
 /// Every entry of `table`, for a compaction: its blocks are not put into
 /// the block cache (`SsTable::scan_uncached`).
 fn compaction_source(table: &Arc<SsTable>) -> Source {
+    decoded(table, table.scan_uncached())
+}
+
+/// The entries of an iterator over `table`, decoded.
+fn decoded(table: &SsTable, iter: SsTableIter) -> Source {
     let path = table.path().to_path_buf();
-    Box::new(table.scan_uncached().map(move |item| {
+    Box::new(iter.map(move |item| {
         let (k, v) = item?;
         let entry = decode_entry(&v, &path, &k)?;
         Ok((k, entry))
