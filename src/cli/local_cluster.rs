@@ -44,21 +44,13 @@ impl LocalClusterSpec {
         }
     }
 
-    /// `nodes` nodes on ports that were free a moment ago (the system picks
-    /// them; there is a small window in which another process could take
-    /// one).
+    /// `nodes` nodes on ports that are free now, picked below the
+    /// system's ephemeral range so that no other socket binding port 0 can
+    /// take one before the node starts
+    /// ([`ringdb::net::udp::pick_free_local_ports`]).
     pub fn free_ports(dir: PathBuf, nodes: u16) -> anyhow::Result<LocalClusterSpec> {
-        // Hold every socket until all are picked so no port is handed out twice.
-        let mut sockets = Vec::new();
-        for _ in 0..2 * nodes {
-            sockets
-                .push(std::net::UdpSocket::bind("127.0.0.1:0").context("picking a free UDP port")?);
-        }
-        let mut picked = Vec::new();
-        for socket in &sockets {
-            picked.push(socket.local_addr()?.port());
-        }
-        drop(sockets);
+        let picked = ringdb::net::udp::pick_free_local_ports(2 * usize::from(nodes))
+            .context("picking free UDP ports")?;
         Ok(LocalClusterSpec {
             dir,
             ports: picked.chunks(2).map(|p| (p[0], p[1])).collect(),

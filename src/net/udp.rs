@@ -15,6 +15,8 @@
 
 use std::io;
 use std::net::SocketAddr;
+use std::ops::RangeInclusive;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 
 use socket2::{Domain, Protocol, Socket, Type};
@@ -59,6 +61,85 @@ pub fn endpoint(
     )
 }
 
+/// The range the kernel hands out ports from when a socket binds port 0
+/// (`net.ipv4.ip_local_port_range`; the Linux default if it cannot be read).
+fn ephemeral_port_range() -> RangeInclusive<u16> {
+    let read = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|text| {
+            let mut bounds = text.split_whitespace().map(|part| part.parse::<u16>());
+            match (bounds.next(), bounds.next()) {
+                (Some(Ok(low)), Some(Ok(high))) if low <= high => Some(low..=high),
+                _ => None,
+            }
+        });
+    read.unwrap_or(32768..=60999)
+}
+
+/// Where [`pick_free_local_ports`] looks next (an offset into its range).
+static NEXT_PORT_OFFSET: AtomicU32 = AtomicU32::new(u32::MAX);
+
+/// `count` distinct UDP ports on 127.0.0.1 that nothing is bound to, for
+/// local clusters and tests that must know a node's address before it
+/// starts.
+///
+/// Asking the kernel for port 0 and then releasing it races with every
+/// other socket that binds port 0 (QUIC client endpoints do): the kernel
+/// may hand the same number to one of them before the node binds it. So
+/// the ports come from below the ephemeral range, where no port-0 bind
+/// lands; each candidate is checked by binding it, and this process never
+/// hands out the same port twice (it walks the range from an offset
+/// derived from its process id, so concurrent processes start apart).
+pub fn pick_free_local_ports(count: usize) -> io::Result<Vec<u16>> {
+    let ephemeral = ephemeral_port_range();
+    // Ports in [floor, ceiling): under the ephemeral range, above the
+    // well-known ports; fall back to 0-binds when there is no such room.
+    let floor: u32 = 10_000;
+    let ceiling = u32::from(*ephemeral.start());
+    if ceiling < floor + 1_000 {
+        return pick_by_binding_port_zero(count);
+    }
+    let span = ceiling - floor;
+    let _ = NEXT_PORT_OFFSET.compare_exchange(
+        u32::MAX,
+        std::process::id().wrapping_mul(7919) % span,
+        Ordering::Relaxed,
+        Ordering::Relaxed,
+    );
+    let mut held = Vec::with_capacity(count);
+    let mut tried = 0;
+    while held.len() < count {
+        if tried >= span {
+            return Err(io::Error::new(
+                io::ErrorKind::AddrInUse,
+                format!("no free UDP port on 127.0.0.1 between {floor} and {ceiling}"),
+            ));
+        }
+        tried += 1;
+        let offset = NEXT_PORT_OFFSET.fetch_add(1, Ordering::Relaxed) % span;
+        let Ok(port) = u16::try_from(floor + offset) else {
+            continue;
+        };
+        if let Ok(socket) = std::net::UdpSocket::bind(SocketAddr::from(([127, 0, 0, 1], port))) {
+            held.push(socket);
+        }
+    }
+    held.iter()
+        .map(|socket| socket.local_addr().map(|addr| addr.port()))
+        .collect()
+}
+
+/// `count` distinct ports the kernel picked (port-0 binds, all held until
+/// every one is picked).
+fn pick_by_binding_port_zero(count: usize) -> io::Result<Vec<u16>> {
+    let held = (0..count)
+        .map(|_| std::net::UdpSocket::bind("127.0.0.1:0"))
+        .collect::<io::Result<Vec<_>>>()?;
+    held.iter()
+        .map(|socket| socket.local_addr().map(|addr| addr.port()))
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -94,5 +175,42 @@ mod tests {
             }
         }
         assert!(tuned.local_addr().unwrap().port() != 0);
+    }
+
+    #[test]
+    fn picked_ports_are_distinct_free_and_outside_the_ephemeral_range() {
+        let ephemeral = ephemeral_port_range();
+        let mut seen = std::collections::HashSet::new();
+        for round in 0..20 {
+            let ports = pick_free_local_ports(8).unwrap();
+            assert_eq!(ports.len(), 8);
+            for port in ports {
+                assert!(
+                    seen.insert(port),
+                    "port {port} handed out twice (round {round})"
+                );
+                if *ephemeral.start() >= 11_000 {
+                    assert!(!ephemeral.contains(&port), "{port} is in {ephemeral:?}");
+                }
+                // Free right after picking: the caller can bind it.
+                std::net::UdpSocket::bind(SocketAddr::from(([127, 0, 0, 1], port))).unwrap();
+            }
+        }
+
+        // A port in use is never picked: hold the next few candidates (in
+        // this test, so no other test's picks race with the holding).
+        let probe = pick_free_local_ports(1).unwrap()[0];
+        let held: Vec<_> = (1..=4u16)
+            .filter_map(|step| {
+                std::net::UdpSocket::bind(SocketAddr::from(([127, 0, 0, 1], probe + step))).ok()
+            })
+            .collect();
+        let held_ports: Vec<u16> = held
+            .iter()
+            .map(|s| s.local_addr().unwrap().port())
+            .collect();
+        for port in pick_free_local_ports(6).unwrap() {
+            assert!(!held_ports.contains(&port), "{port} is held by this test");
+        }
     }
 }

@@ -12,11 +12,7 @@ use std::time::{Duration, Instant};
 
 /// A UDP port on 127.0.0.1 that was free a moment ago.
 pub fn free_port() -> u16 {
-    std::net::UdpSocket::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    ringdb::net::udp::pick_free_local_ports(1).unwrap()[0]
 }
 
 /// One server process (or its place while it is stopped).
