@@ -252,6 +252,7 @@ fn client_frame() -> impl Strategy<Value = ClientFrame> {
         Just(ClientFrame::DescribeSchema),
         Just(ClientFrame::AdminStatus),
         Just(ClientFrame::AdminDecommission),
+        Just(ClientFrame::AdminFlush),
     ]
 }
 

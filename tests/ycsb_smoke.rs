@@ -144,6 +144,23 @@ fn ycsb_runs_every_phase_on_both_clusters_without_errors() {
     assert!(json.contains("\"server_cpu_s\":"), "{json}");
     assert!(json.contains("\"udp_sent_per_op\":"), "{json}");
     assert!(json.contains("\"phase\":\"A paced\""), "{json}");
+    // Every node flushed its memtables before each measured run (warm-up,
+    // workload A, its paced run, the peak check), in both clusters.
+    assert!(json.contains("\"flush_before_runs\":true,"), "{json}");
+    for what in [
+        "the warm-up",
+        "workload A",
+        "the paced run",
+        "the peak check",
+    ] {
+        assert_eq!(
+            stderr
+                .matches(&format!("flushed every node before {what} in"))
+                .count(),
+            2,
+            "{stderr}"
+        );
+    }
     // A fifth of the operations warmed each cluster up, uncounted.
     assert!(json.contains("\"warmup_operations\":40,"), "{json}");
     assert_eq!(

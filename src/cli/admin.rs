@@ -28,6 +28,10 @@ pub enum AdminCommand {
     /// hands the data of its ranges to the nodes that take them over, then
     /// leaves and stops. Its data directory can then be removed.
     Decommission,
+    /// Writes every table's memtables to SSTables and waits until the
+    /// compactions that then become due are done (like `nodetool flush`);
+    /// the commit log segments they covered are deleted.
+    Flush,
 }
 
 /// Runs `ringdb admin`.
@@ -61,6 +65,11 @@ pub fn run(args: AdminArgs) -> anyhow::Result<()> {
                 client.set_timeout(std::time::Duration::from_secs(24 * 3600));
                 eprintln!("decommissioning {addr}: handing its ranges over...");
                 print!("{}", client.admin_decommission().await?);
+            }
+            AdminCommand::Flush => {
+                // Writing out 64 MiB memtables and compacting takes seconds.
+                client.set_timeout(std::time::Duration::from_secs(3600));
+                print!("{}", client.admin_flush().await?);
             }
         }
         client.close().await;

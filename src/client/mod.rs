@@ -469,6 +469,15 @@ impl Client {
         }
     }
 
+    /// Asks the node to write every table's memtables to SSTables and
+    /// wait for the compactions that become due (`ringdb admin flush`).
+    pub async fn admin_flush(&self) -> Result<String, ClientError> {
+        match self.request(ClientFrame::AdminFlush).await? {
+            ServerFrame::AdminText(text) => Ok(text),
+            other => Err(unexpected(&other)),
+        }
+    }
+
     /// Pages through the result of a SELECT: each call of
     /// [`Pager::next_page`] fetches the next page.
     pub fn pages(&self, text: &str, values: Vec<Value>, options: QueryOptions) -> Pager<'_> {

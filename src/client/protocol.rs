@@ -99,6 +99,10 @@ pub enum ClientFrame {
     /// hands the data of its ranges to the nodes that take them over, then
     /// stops. The answer (`AdminText`) comes once the data is handed over.
     AdminDecommission,
+    /// Asks the node to write every table's memtables to SSTables and wait
+    /// for the compactions that become due (`ringdb admin flush`). The
+    /// answer (`AdminText`) says what was written.
+    AdminFlush,
 }
 
 /// A logged or unlogged batch.

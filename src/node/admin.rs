@@ -61,4 +61,18 @@ impl AdminSource for NodeAdmin {
         let decommission = self.decommission.clone();
         Box::pin(async move { decommission.run().await })
     }
+
+    fn flush(&self) -> BoxFuture<'static, Result<String, String>> {
+        let local = self.cluster.local().clone();
+        Box::pin(async move {
+            let started = std::time::Instant::now();
+            match local.flush_tables().await {
+                Ok(summary) => Ok(format!(
+                    "{summary} in {} ms\n",
+                    started.elapsed().as_millis()
+                )),
+                Err(e) => Err(format!("flush failed: {e}")),
+            }
+        })
+    }
 }

@@ -79,6 +79,29 @@ pub struct LocalStore {
     batch_log: Mutex<Option<Arc<BatchLog>>>,
 }
 
+/// What [`LocalStore::flush_tables`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct FlushSummary {
+    /// Tables flushed (every table of the schema).
+    pub tables: usize,
+    /// Bytes of SSTables the flushes wrote.
+    pub flushed_bytes: u64,
+    /// Compactions run after the flushes.
+    pub compactions: u64,
+    /// Live SSTables of those tables afterwards.
+    pub sstables: usize,
+}
+
+impl std::fmt::Display for FlushSummary {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "flushed {} table(s): {} bytes written to SSTables, {} compaction(s) run, {} SSTable(s) live",
+            self.tables, self.flushed_bytes, self.compactions, self.sstables
+        )
+    }
+}
+
 /// Directory of a local store's batch log, inside its data directory (a
 /// keyspace name cannot contain '-', so it never collides with one).
 const LOCAL_BATCH_LOG: &str = "local-batchlog";
@@ -477,6 +500,36 @@ impl LocalStore {
         self.dir
             .join(&table.keyspace)
             .join(format!("{}-{:032x}", table.table, table.id))
+    }
+
+    /// Writes the memtables of every table to SSTables, then runs the
+    /// compactions that became due, and returns when both are done (like
+    /// `nodetool flush` followed by waiting for compactions to finish).
+    /// Reads and writes go on meanwhile; writes that arrive during the
+    /// flush may stay in the new memtables.
+    pub async fn flush_tables(&self) -> Result<FlushSummary, QueryError> {
+        let schema = self.schema.current();
+        let mut engines = Vec::new();
+        for keyspace in schema.keyspaces() {
+            for table in schema.tables(&keyspace.name) {
+                engines.push(self.engine(&super::write::table_ref(table))?);
+            }
+        }
+        blocking(false, move || {
+            let mut summary = FlushSummary::default();
+            for engine in engines {
+                let before = engine.stats();
+                engine.flush().map_err(server)?;
+                engine.wait_idle().map_err(server)?;
+                let after = engine.stats();
+                summary.tables += 1;
+                summary.flushed_bytes += after.flush_bytes.saturating_sub(before.flush_bytes);
+                summary.compactions += after.compactions.saturating_sub(before.compactions);
+                summary.sstables += after.sstables;
+            }
+            Ok(summary)
+        })
+        .await
     }
 
     /// The engine of a table, opened on first use. After a schema change

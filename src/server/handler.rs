@@ -440,6 +440,16 @@ async fn dispatch(
                 "this server runs without the cluster layer: no decommission",
             ),
         },
+        ClientFrame::AdminFlush => match &shared.admin {
+            Some(admin) => match admin.flush().await {
+                Ok(text) => ServerFrame::AdminText(text),
+                Err(e) => ServerFrame::Error(WireError::Query(QueryError::Server(e))),
+            },
+            None => protocol_error(
+                ProtocolErrorCode::Unsupported,
+                "this server runs without the cluster layer: no admin flush",
+            ),
+        },
     };
     if session != before {
         state.lock().session = session;

@@ -52,6 +52,13 @@ pub trait AdminSource: Send + Sync + 'static {
     fn decommission(&self) -> crate::query::api::BoxFuture<'static, Result<String, String>> {
         Box::pin(async { Err("this server cannot decommission".to_string()) })
     }
+
+    /// Writes every table's memtables to SSTables and waits for the
+    /// compactions that become due (like `nodetool flush`); the text says
+    /// what was written.
+    fn flush(&self) -> crate::query::api::BoxFuture<'static, Result<String, String>> {
+        Box::pin(async { Err("this server cannot flush".to_string()) })
+    }
 }
 
 /// Limits that protect the server from one client.

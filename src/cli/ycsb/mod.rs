@@ -125,6 +125,14 @@ pub struct YcsbArgs {
     /// makes the load generator the queue.
     #[arg(long, default_value_t = 1024, value_parser = clap::value_parser!(u64).range(1..=65536))]
     pub paced_max_in_flight: u64,
+    /// Before every measured run (warm-up, each workload, the paced run
+    /// and its peak check), ask every node to write its memtables to
+    /// SSTables and finish due compactions (`ringdb admin flush`), so each
+    /// run starts from the same state instead of inheriting a memtable
+    /// the phases before filled to the brim, whose flush would then land
+    /// in it by chance. `false` leaves the memtables as they are.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    pub flush_before_runs: bool,
     /// Operations of the first workload run (closed loop) after the load
     /// and before any measured run, and not counted: the peak, and the
     /// pace derived from it, are then measured on warm caches
@@ -164,6 +172,8 @@ struct Sizes {
     warmup: u64,
     /// Most requests in flight in a paced run.
     paced_in_flight: usize,
+    /// Whether every node flushed its memtables before each measured run.
+    flush_before_runs: bool,
 }
 
 /// What one cluster measured.
@@ -207,6 +217,7 @@ pub fn run(args: YcsbArgs) -> anyhow::Result<()> {
         concurrency: args.concurrency.unwrap_or(if args.quick { 16 } else { 64 }) as usize,
         warmup: 0,
         paced_in_flight: args.paced_max_in_flight as usize,
+        flush_before_runs: args.flush_before_runs,
     };
     let sizes = Sizes {
         warmup: args.warmup_operations.unwrap_or(sizes.operations / 5),
@@ -470,6 +481,7 @@ async fn bench_cluster(
     .await;
     report_phase(&label, "load", &load);
     if let Some(first) = workloads.first().filter(|_| sizes.warmup > 0) {
+        flush_before(target, args, &label, "the warm-up").await;
         let (warmup, _) = run_on_idle_servers(
             &session,
             server_pids,
@@ -501,6 +513,7 @@ async fn bench_cluster(
         // workload before) leaves flushes and compactions behind, and a
         // peak measured beside them is too low, and so is the pace derived
         // from it.
+        flush_before(target, args, &label, &name).await;
         let (result, waited) = run_on_idle_servers(
             &session,
             server_pids,
@@ -525,6 +538,7 @@ async fn bench_cluster(
         if paced == Some(*w) && paced_result.is_none() {
             let peak = result.throughput();
             let rate = peak * args.paced_fraction;
+            flush_before(target, args, &label, "the paced run").await;
             let (paced_run, waited) = run_on_idle_servers(
                 &session,
                 server_pids,
@@ -546,6 +560,7 @@ async fn bench_cluster(
             // The peak again, on half as many operations: did the machine
             // keep the speed the pace was derived from?
             let check_ops = (sizes.operations / 2).max(1);
+            flush_before(target, args, &label, "the peak check").await;
             let (check, _) = run_on_idle_servers(
                 &session,
                 server_pids,
@@ -588,6 +603,47 @@ async fn bench_cluster(
         runs,
         paced: paced_result,
     })
+}
+
+/// With `--flush-before-runs`, asks every node to flush its memtables
+/// and finish due compactions ([`runner::flush_nodes`]) before `what`,
+/// and says how long that took. A failed flush is reported and the run
+/// goes on from whatever state the nodes are in.
+async fn flush_before(target: &Target, args: &YcsbArgs, label: &str, what: &str) {
+    if !args.flush_before_runs {
+        return;
+    }
+    let started = std::time::Instant::now();
+    match runner::flush_nodes(target).await {
+        Ok(answers) => {
+            let (bytes, compactions) = answers
+                .iter()
+                .map(|a| flush_figures(a))
+                .fold((0, 0), |(b, c), (nb, nc)| (b + nb, c + nc));
+            eprintln!(
+                "ycsb: {label}: flushed every node before {what} in {:.1} s: {:.1} MB written to SSTables, {compactions} compaction(s) run",
+                started.elapsed().as_secs_f64(),
+                bytes as f64 / 1e6
+            );
+        }
+        Err(e) => eprintln!("ycsb: {label}: could not flush the nodes before {what}: {e:#}"),
+    }
+}
+
+/// The bytes written and compactions run that a node's `admin flush`
+/// answer reports (see [`ringdb::query::FlushSummary`]); 0 for a figure
+/// it does not carry.
+fn flush_figures(answer: &str) -> (u64, u64) {
+    let words: Vec<&str> = answer.split_whitespace().collect();
+    let before = |marker: &str| {
+        words
+            .iter()
+            .position(|w| *w == marker)
+            .and_then(|at| at.checked_sub(1))
+            .and_then(|at| words[at].parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    (before("bytes"), before("compaction(s)"))
 }
 
 /// Longest wait for the servers to go idle before a measured run.
@@ -1120,11 +1176,12 @@ fn to_json(results: &[ClusterResult], sizes: Sizes) -> String {
         })
         .collect();
     format!(
-        "{{\"records\":{},\"operations\":{},\"warmup_operations\":{},\"concurrency\":{},\"clusters\":[{}]}}\n",
+        "{{\"records\":{},\"operations\":{},\"warmup_operations\":{},\"concurrency\":{},\"flush_before_runs\":{},\"clusters\":[{}]}}\n",
         sizes.records,
         sizes.operations,
         sizes.warmup,
         sizes.concurrency,
+        sizes.flush_before_runs,
         clusters.join(",")
     )
 }
@@ -1228,6 +1285,19 @@ mod tests {
             Ok(c) => c.args,
             Err(e) => panic!("{flags:?} should parse: {e}"),
         }
+    }
+
+    #[test]
+    fn flush_figures_reads_what_a_flush_summary_says() {
+        let summary = ringdb::query::FlushSummary {
+            tables: 2,
+            flushed_bytes: 63_663_818,
+            compactions: 3,
+            sstables: 4,
+        };
+        let answer = format!("{summary} in 219 ms\n");
+        assert_eq!(flush_figures(&answer), (63_663_818, 3));
+        assert_eq!(flush_figures("this server cannot flush"), (0, 0));
     }
 
     #[test]

@@ -143,6 +143,29 @@ pub struct Target {
     pub connections_per_node: usize,
 }
 
+/// Asks every node of `target` to write its memtables to SSTables and
+/// finish the compactions that become due (`ringdb admin flush`), all
+/// nodes at once; returns each node's answer once all are done.
+pub async fn flush_nodes(target: &Target) -> anyhow::Result<Vec<String>> {
+    let mut flushes = tokio::task::JoinSet::new();
+    for addr in target.addrs.clone() {
+        let tls = target.tls.clone();
+        flushes.spawn(async move {
+            let client = Client::connect(addr, tls).await?;
+            // A 64 MiB memtable and the compaction after it take seconds.
+            client.set_timeout(Duration::from_secs(600));
+            let answer = client.admin_flush().await;
+            client.close().await;
+            anyhow::Ok(answer?)
+        });
+    }
+    let mut answers = Vec::new();
+    while let Some(done) = flushes.join_next().await {
+        answers.push(done??.trim().to_string());
+    }
+    Ok(answers)
+}
+
 /// One connection with its prepared statements.
 struct Conn {
     client: Client,
