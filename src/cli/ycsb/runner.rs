@@ -302,8 +302,9 @@ pub struct PhasePlan {
 #[derive(Debug, Clone)]
 pub struct OpStats {
     /// Response time in µs: from when the operation was due (its pacer
-    /// slot, or its start when not paced) to its answer. Successful
-    /// operations only.
+    /// slot, or its start when not paced) to its answer; an operation the
+    /// pacer sent before it was due (at most one timer tick early) counts
+    /// from when it was sent. Successful operations only.
     pub latency: Histogram<u64>,
     /// Service time in µs: from when the request was sent to its answer.
     pub service: Histogram<u64>,
@@ -391,6 +392,7 @@ fn per_second(n: u64, elapsed: Duration) -> f64 {
 /// paced run with 1024 tasks 600 MiB of zeroed memory at its start, and
 /// the load generator spent its first half second page-faulting instead
 /// of sending requests.
+#[derive(Default)]
 struct TaskResult {
     outcomes: Vec<Outcome>,
     errors: Vec<String>,
@@ -409,9 +411,12 @@ struct Outcome {
 /// Runs one phase with `plan.concurrency` tasks sharing the session's
 /// connections.
 pub async fn run_phase(session: &Session, plan: PhasePlan, progress: ProgressBar) -> PhaseResult {
-    let started = SystemTime::now();
-    let pacer = Arc::new(Pacer::new(plan.operations, plan.rate));
     let chooser = Arc::new(ScrambledZipfian::new(plan.records));
+    // The pacer (and with it the phase's clock) starts once every task
+    // exists: spawning a paced run's thousand tasks takes milliseconds,
+    // and operations due meanwhile would start late, counted against the
+    // database.
+    let (publish_pacer, pacer_published) = tokio::sync::watch::channel(None::<Arc<Pacer>>);
     let options = QueryOptions {
         consistency: session.consistency,
         ..QueryOptions::default()
@@ -420,7 +425,7 @@ pub async fn run_phase(session: &Session, plan: PhasePlan, progress: ProgressBar
     let mut tasks = Vec::new();
     for t in 0..plan.concurrency.max(1) {
         let conn = session.conns[t % session.conns.len()].clone();
-        let pacer = pacer.clone();
+        let mut pacer_published = pacer_published.clone();
         let in_flight = in_flight.clone();
         let chooser = chooser.clone();
         let progress = progress.clone();
@@ -430,6 +435,13 @@ pub async fn run_phase(session: &Session, plan: PhasePlan, progress: ProgressBar
             .wrapping_add(t as u64)
             .wrapping_mul(0x9E37_79B9_7F4A_7C15);
         tasks.push(tokio::spawn(async move {
+            let pacer = match pacer_published.wait_for(Option::is_some).await {
+                Ok(published) => published.clone(),
+                Err(_) => None,
+            };
+            let Some(pacer) = pacer else {
+                return TaskResult::default();
+            };
             let mut worker = Worker {
                 conn,
                 options,
@@ -459,6 +471,10 @@ pub async fn run_phase(session: &Session, plan: PhasePlan, progress: ProgressBar
             worker.result
         }));
     }
+    let started = SystemTime::now();
+    let pacer = Arc::new(Pacer::new(plan.operations, plan.rate));
+    // Every task holds a receiver, so this cannot fail.
+    let _ = publish_pacer.send(Some(pacer.clone()));
     let mut result = PhaseResult {
         elapsed: Duration::ZERO,
         ops: BTreeMap::new(),
@@ -631,14 +647,15 @@ impl Worker {
         let micros = |d: Duration| (d.as_micros() as u64).clamp(1, MAX_LATENCY_US);
         match outcome {
             Ok(()) => {
+                let latency_us = micros(response_time(due, sent, done));
                 self.result.outcomes.push(Outcome {
                     op,
-                    latency_us: Some(micros(done - due)),
+                    latency_us: Some(latency_us),
                     service_us: micros(done - sent),
                 });
                 self.result.samples.push(Sample {
                     due_us: due.saturating_duration_since(self.phase_start).as_micros() as u64,
-                    latency_us: micros(done - due),
+                    latency_us,
                 });
             }
             Err(e) => {
@@ -655,6 +672,15 @@ impl Worker {
     }
 }
 
+/// An operation's response time: from when it was due, or from when it
+/// was sent if the pacer let it go before then (at most a timer tick
+/// early). Never less than the service time (`done - sent`), and every wait
+/// past the due time, the load generator's own included, counts: no
+/// coordinated omission.
+fn response_time(due: Instant, sent: Instant, done: Instant) -> Duration {
+    done.saturating_duration_since(due.min(sent))
+}
+
 /// The key of record `n` (YCSB names them `user<n>`).
 pub fn key(n: u64) -> String {
     format!("user{n}")
@@ -662,4 +688,23 @@ pub fn key(n: u64) -> String {
 
 fn describe(e: &ClientError) -> String {
     e.to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn response_time_counts_from_the_due_time_or_an_earlier_send() {
+        let t0 = Instant::now();
+        let ms = Duration::from_millis;
+        // Sent late (the load generator fell behind): its wait counts.
+        assert_eq!(response_time(t0, t0 + ms(3), t0 + ms(5)), ms(5));
+        // Sent on time.
+        assert_eq!(response_time(t0, t0, t0 + ms(2)), ms(2));
+        // Sent a tick early: from the send, never less than the service time.
+        assert_eq!(response_time(t0 + ms(1), t0, t0 + ms(2)), ms(2));
+        // Answered before it was even due: still the service time.
+        assert_eq!(response_time(t0 + ms(1), t0, t0 + ms(1) / 2), ms(1) / 2);
+    }
 }
