@@ -2,7 +2,7 @@
 //! memtables to SSTables on disk, says how many bytes it wrote, keeps
 //! every row readable, and after a SIGKILL and restart still holds them
 //! (from the SSTables the flush wrote). A second flush with nothing new
-//! writes nothing.
+//! writes nothing. `admin status` shows the table's storage counters.
 
 mod support;
 
@@ -61,6 +61,19 @@ fn bytes_written(answer: &str) -> u64 {
     words[at - 1]
         .parse()
         .unwrap_or_else(|_| panic!("no byte count in {answer:?}"))
+}
+
+/// The numeric `name=value` fields of the `Table <name>:` line of an
+/// `admin status` answer.
+fn table_stats(status: &str, name: &str) -> std::collections::HashMap<String, f64> {
+    let line = status
+        .lines()
+        .find(|l| l.starts_with(&format!("Table {name}:")))
+        .unwrap_or_else(|| panic!("no line for table {name} in:\n{status}"));
+    line.split_whitespace()
+        .filter_map(|field| field.split_once('='))
+        .filter_map(|(k, v)| Some((k.to_string(), v.parse::<f64>().ok()?)))
+        .collect()
 }
 
 /// Every row's value, read at ONE from `node`.
@@ -126,6 +139,18 @@ fn admin_flush_writes_memtables_to_sstables_that_survive_a_sigkill() {
     );
     let expected: Vec<Option<i32>> = (0..ROWS).map(|k| Some(k * 7)).collect();
     assert_eq!(read_all(&cluster, &node), expected, "rows after the flush");
+
+    // `admin status` shows the table's storage: the flushed SSTables, and
+    // a row cache that answers once a partition was read twice.
+    read_all(&cluster, &node);
+    read_all(&cluster, &node);
+    let status = cluster.status(&node);
+    assert!(status.contains("Block cache: "), "{status}");
+    let table = table_stats(&status, "ks.kv");
+    assert!(table["sstables"] >= 1.0, "{status}");
+    assert!(table["flushed_bytes"] > 0.0, "{status}");
+    assert!(table["row_cache_hits"] > 0.0, "{status}");
+    assert!(table["row_cache_misses"] >= f64::from(ROWS), "{status}");
 
     // Nothing new to write: a second flush writes no bytes.
     let again = admin_flush(root.path(), &node);

@@ -39,7 +39,7 @@ impl AdminSource for NodeAdmin {
         let hints = self.cluster.hints().stats();
         let batches = self.batches.stats();
         format!(
-            "{}\nThis node: {:016x}\nHints: stored={} delivered={} expired={} discarded={} pending_targets={}\nBatch log: held={} logged={} log_failures={} replayed_entries={} replayed_partitions={} discarded_partitions={}\nCoordinator: {:?}\n",
+            "{}\nThis node: {:016x}\nHints: stored={} delivered={} expired={} discarded={} pending_targets={}\nBatch log: held={} logged={} log_failures={} replayed_entries={} replayed_partitions={} discarded_partitions={}\nCoordinator: {:?}\n{}",
             status_table(&view),
             self.cluster.node_id().0,
             hints.stored,
@@ -53,7 +53,8 @@ impl AdminSource for NodeAdmin {
             batches.replayed_entries,
             batches.replayed_partitions,
             batches.discarded_partitions,
-            stats
+            stats,
+            self.cluster.local().storage_stats()
         )
     }
 

@@ -47,8 +47,9 @@ use crate::schema::SchemaStore;
 use crate::storage::cached_read;
 use crate::storage::commitlog::SyncTicket;
 use crate::storage::engine::{
-    Engine, EngineOptions, PartitionUpdate, RowStamp, StateSlice, TablePolicy,
+    Engine, EngineOptions, EngineStats, PartitionUpdate, RowStamp, StateSlice, TablePolicy,
 };
+use crate::storage::sstable::BlockCacheStats;
 use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::ops::Bound;
@@ -77,6 +78,59 @@ pub struct LocalStore {
     /// The batch log of logged batches run on this store directly (opened
     /// on first use; a store under a cluster coordinator never uses it).
     batch_log: Mutex<Option<Arc<BatchLog>>>,
+}
+
+/// A node's storage counters ([`LocalStore::storage_stats`]).
+#[derive(Debug, Clone, Default)]
+pub struct StorageStats {
+    /// The block cache the node's tables share, if they share one.
+    pub block_cache: Option<BlockCacheStats>,
+    /// Each open table's engine counters, by `keyspace.table`.
+    pub tables: Vec<(String, EngineStats)>,
+}
+
+/// `hits` as a share of all lookups, or `-` before the first.
+fn hit_rate(hits: u64, misses: u64) -> String {
+    if hits + misses == 0 {
+        "-".to_string()
+    } else {
+        format!("{:.1}%", 100.0 * hits as f64 / (hits + misses) as f64)
+    }
+}
+
+impl std::fmt::Display for StorageStats {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mib = |bytes: u64| bytes as f64 / (1024.0 * 1024.0);
+        if let Some(c) = &self.block_cache {
+            writeln!(
+                f,
+                "Block cache: {:.1} of {:.1} MiB, hits={} misses={} hit_rate={}",
+                mib(c.usage as u64),
+                mib(c.capacity as u64),
+                c.hits,
+                c.misses,
+                hit_rate(c.hits, c.misses)
+            )?;
+        }
+        for (name, t) in &self.tables {
+            writeln!(
+                f,
+                "Table {name}: memtables={} sstables={} sstable_bytes={} flushed_bytes={} compacted_bytes={} compactions={} row_cache_partitions={} row_cache_bytes={} row_cache_hits={} row_cache_misses={} row_cache_hit_rate={}",
+                t.memtables,
+                t.sstables,
+                t.sstable_bytes,
+                t.flush_bytes,
+                t.compaction_bytes,
+                t.compactions,
+                t.row_cache.partitions,
+                t.row_cache.bytes,
+                t.row_cache.hits,
+                t.row_cache.misses,
+                hit_rate(t.row_cache.hits, t.row_cache.misses)
+            )?;
+        }
+        Ok(())
+    }
 }
 
 /// What [`LocalStore::flush_tables`] did.
@@ -500,6 +554,32 @@ impl LocalStore {
         self.dir
             .join(&table.keyspace)
             .join(format!("{}-{:032x}", table.table, table.id))
+    }
+
+    /// What the node's storage holds and how its caches answer, for
+    /// `ringdb admin status`: the shared block cache (if the node's
+    /// engines share one) and each open table's engine counters, by
+    /// `keyspace.table`. Tables not read or written since start are not
+    /// open and not listed.
+    pub fn storage_stats(&self) -> StorageStats {
+        let schema = self.schema.current();
+        let engines = self.engines.lock();
+        let mut tables = Vec::new();
+        for keyspace in schema.keyspaces() {
+            for table in schema.tables(&keyspace.name) {
+                if let Some((engine, _)) = engines.get(&table.id) {
+                    tables.push((
+                        format!("{}.{}", keyspace.name, table.name()),
+                        engine.stats(),
+                    ));
+                }
+            }
+        }
+        tables.sort_by(|a, b| a.0.cmp(&b.0));
+        StorageStats {
+            block_cache: self.template.block_cache.as_ref().map(|c| c.stats()),
+            tables,
+        }
     }
 
     /// Writes the memtables of every table to SSTables, then runs the

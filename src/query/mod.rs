@@ -52,4 +52,4 @@ pub mod stamp_actor;
 pub mod write;
 
 pub use executor::{Executor, ExecutorConfig};
-pub use local::{FlushSummary, LocalStore};
+pub use local::{FlushSummary, LocalStore, StorageStats};

@@ -596,6 +596,17 @@ async fn bench_cluster(
         );
     }
     session.close().await;
+    // How the caches answered over the whole run, for reading the figures.
+    match runner::storage_status(target).await {
+        Ok(nodes) => {
+            for (addr, lines) in nodes {
+                for line in lines {
+                    eprintln!("ycsb: {label}: node {addr}: {line}");
+                }
+            }
+        }
+        Err(e) => eprintln!("ycsb: {label}: no storage status from the nodes: {e:#}"),
+    }
     Ok(ClusterResult {
         label,
         nodes,

@@ -166,6 +166,24 @@ pub async fn flush_nodes(target: &Target) -> anyhow::Result<Vec<String>> {
     Ok(answers)
 }
 
+/// Each node's storage lines of `ringdb admin status` (its block cache
+/// and its tables), by client address.
+pub async fn storage_status(target: &Target) -> anyhow::Result<Vec<(SocketAddr, Vec<String>)>> {
+    let mut out = Vec::new();
+    for addr in &target.addrs {
+        let client = Client::connect(*addr, target.tls.clone()).await?;
+        let status = client.admin_status().await;
+        client.close().await;
+        let lines = status?
+            .lines()
+            .filter(|l| l.starts_with("Block cache:") || l.starts_with("Table "))
+            .map(str::to_string)
+            .collect();
+        out.push((*addr, lines));
+    }
+    Ok(out)
+}
+
 /// One connection with its prepared statements.
 struct Conn {
     client: Client,

@@ -1,6 +1,7 @@
 //! A sharded LRU cache of decoded, verified data blocks, bounded in bytes.
 
 use std::hash::{BuildHasherDefault, Hasher};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use parking_lot::Mutex;
@@ -55,6 +56,21 @@ type Shard = Lru<Key, Arc<Block>, BuildHasherDefault<KeyHasher>>;
 pub struct BlockCache {
     shards: Box<[Mutex<Shard>]>,
     capacity: usize,
+    hits: AtomicU64,
+    misses: AtomicU64,
+}
+
+/// What a [`BlockCache`] holds and how often it answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct BlockCacheStats {
+    /// Configured capacity in bytes.
+    pub capacity: usize,
+    /// Bytes charged to cached blocks.
+    pub usage: usize,
+    /// Lookups that found their block.
+    pub hits: u64,
+    /// Lookups that did not (the block was then read from its file).
+    pub misses: u64,
 }
 
 impl BlockCache {
@@ -69,7 +85,19 @@ impl BlockCache {
                 .map(|_| Mutex::new(Shard::new(per_shard)))
                 .collect(),
             capacity: capacity_bytes,
+            hits: AtomicU64::new(0),
+            misses: AtomicU64::new(0),
         })
+    }
+
+    /// Capacity, usage and the lookups answered and missed since creation.
+    pub fn stats(&self) -> BlockCacheStats {
+        BlockCacheStats {
+            capacity: self.capacity,
+            usage: self.usage(),
+            hits: self.hits.load(Ordering::Relaxed),
+            misses: self.misses.load(Ordering::Relaxed),
+        }
     }
 
     /// The configured capacity in bytes.
@@ -90,7 +118,14 @@ impl BlockCache {
 
     pub(crate) fn get(&self, file_id: u64, offset: u64) -> Option<Arc<Block>> {
         let key = (file_id, offset);
-        self.shard(&key).lock().get(&key)
+        let found = self.shard(&key).lock().get(&key);
+        let counter = if found.is_some() {
+            &self.hits
+        } else {
+            &self.misses
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        found
     }
 
     pub(crate) fn insert(&self, file_id: u64, offset: u64, block: Arc<Block>) {
@@ -141,6 +176,10 @@ mod tests {
         assert!(cache.get(1, 2).is_some());
         assert!(cache.get(1, 3).is_some());
         assert!(cache.get(2, 0).is_none());
+        // Every lookup above counted: 4 found their block, 2 did not.
+        let stats = cache.stats();
+        assert_eq!((stats.hits, stats.misses), (4, 2));
+        assert_eq!((stats.usage, stats.capacity), (3 * one, 3 * one));
         // Replacing an entry does not double-charge it.
         cache.insert(1, 3, block(1000));
         assert_eq!(cache.usage(), 3 * one);

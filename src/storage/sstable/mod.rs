@@ -52,7 +52,7 @@ use format::{
     FOOTER_SIZE,
 };
 
-pub use cache::BlockCache;
+pub use cache::{BlockCache, BlockCacheStats};
 
 use super::{Result, StorageError};
 
