@@ -52,6 +52,11 @@ impl<K: Hash + Eq + Clone, V: Clone, S: BuildHasher + Default> Lru<K, V, S> {
         self.usage
     }
 
+    /// The most charge it holds.
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
     /// Number of entries held.
     pub fn len(&self) -> usize {
         self.map.len()

@@ -14,12 +14,14 @@
 //! Only reads of a whole partition fill the cache, and only partitions
 //! small enough (an eighth of a shard) are kept: a wide time-series
 //! partition would evict everything else. Any slice of a cached partition
-//! is then answered from it. A partition is admitted at its second miss
-//! within a while (a per-shard table of recently missed tokens, the
-//! "doorkeeper" of TinyLFU): a key read once would only push out one that
-//! is read again, and evicting costs CPU of its own (freeing a decoded
-//! partition touches all of its cold memory; profiled at a third of a
-//! miss's cost in a YCSB run whose keys outnumber the cache).
+//! is then answered from it. While a shard has room, a partition is kept
+//! at its first miss (keeping it evicts nothing). Once the shard is full,
+//! a partition is admitted only at its second miss within a while (a
+//! per-shard table of recently missed tokens, the "doorkeeper" of
+//! TinyLFU): a key read once would only push out one that is read again,
+//! and evicting costs CPU of its own (freeing a decoded partition touches
+//! all of its cold memory; profiled at a third of a miss's cost in a YCSB
+//! run whose keys outnumber the cache).
 //!
 //! ## Staying coherent with writes
 //!
@@ -314,9 +316,9 @@ impl RowCache {
 
     /// Keeps `partition` (read from the sources after `ticket` was taken)
     /// unless a write to its shard started since, or one was in flight
-    /// when the ticket was taken, or it is too large, or this is its first
-    /// miss in a while (see the module documentation). Returns whether it
-    /// was kept.
+    /// when the ticket was taken, or it is too large, or its shard is full
+    /// and this is its first miss in a while (see the module
+    /// documentation). Returns whether it was kept.
     pub fn fill(&self, prefix: &[u8], ticket: FillTicket, partition: CachedPartition) -> bool {
         let Some(epoch) = ticket.epoch else {
             return false;
@@ -326,7 +328,13 @@ impl RowCache {
             return false;
         }
         let mut shard = self.shards[ticket.shard].lock();
-        if shard.epoch != epoch || shard.writing != 0 || !shard.admit(prefix) {
+        if shard.epoch != epoch || shard.writing != 0 {
+            return false;
+        }
+        // While the shard has room, keeping a partition evicts nothing, so
+        // it is kept at its first miss; once full, only at its second.
+        let has_room = shard.lru.usage() + charge <= shard.lru.capacity();
+        if !has_room && !shard.admit(prefix) {
             return false;
         }
         shard
@@ -417,11 +425,8 @@ mod tests {
     fn a_fill_is_kept_only_when_no_write_overlapped_the_read() {
         let cache = RowCache::new(1 << 20);
         let p = prefix(1);
-        // A first miss is only remembered; nothing in flight at the
-        // second: kept, then hit.
-        let ticket = cache.fill_ticket(&p);
-        assert!(!cache.fill(&p, ticket, partition()));
-        assert!(!cache.contains(&p));
+        // Nothing in flight and room to spare: kept at the first miss,
+        // then hit.
         let ticket = cache.fill_ticket(&p);
         assert!(cache.fill(&p, ticket, partition()));
         assert!(cache.get(&p).is_some());
@@ -469,8 +474,6 @@ mod tests {
         let (k1, k2) = (key::row_key(&p, b"b"), key::row_key(&p, b"a"));
         let first = stamped(1);
         let ticket = cache.fill_ticket(&p);
-        assert!(!cache.fill(&p, ticket, partition()), "first miss");
-        let ticket = cache.fill_ticket(&p);
         assert!(cache.fill(
             &p,
             ticket,
@@ -517,6 +520,36 @@ mod tests {
             cache.fill(&p, ticket, partition()),
             "no write in flight any more"
         );
+    }
+
+    #[test]
+    fn first_misses_are_kept_while_there_is_room_and_only_second_ones_after() {
+        let cache = RowCache::new(4 << 10);
+        // With room, every first miss is kept, until one would not fit.
+        let mut kept = Vec::new();
+        for token in 100u64.. {
+            let p = prefix(token);
+            let ticket = cache.fill_ticket(&p);
+            if !cache.fill(&p, ticket, partition()) {
+                break;
+            }
+            assert!(cache.contains(&p));
+            kept.push(p);
+        }
+        assert!(kept.len() >= 4, "only {} partitions fit", kept.len());
+        let full = cache.stats().partitions;
+        assert_eq!(full, kept.len());
+        // Full: a new partition's first miss is only remembered...
+        let p = prefix(1);
+        let ticket = cache.fill_ticket(&p);
+        assert!(!cache.fill(&p, ticket, partition()));
+        assert!(!cache.contains(&p));
+        // ...and its second is kept, evicting the least recently used.
+        let ticket = cache.fill_ticket(&p);
+        assert!(cache.fill(&p, ticket, partition()));
+        assert!(cache.contains(&p));
+        assert!(!cache.contains(&kept[0]), "the oldest was evicted");
+        assert_eq!(cache.stats().partitions, full);
     }
 
     #[test]
