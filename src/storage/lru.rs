@@ -194,6 +194,34 @@ impl<K: Hash + Eq + Clone, V: Clone, S: BuildHasher + Default> Lru<K, V, S> {
     }
 }
 
+/// Hits and misses of a cache's lookups, counted without a lock.
+#[derive(Debug, Default)]
+pub struct LookupCounters {
+    hits: std::sync::atomic::AtomicU64,
+    misses: std::sync::atomic::AtomicU64,
+}
+
+impl LookupCounters {
+    /// Counts `found` as a hit or a miss and passes it on.
+    pub fn count<T>(&self, found: Option<T>) -> Option<T> {
+        let counter = if found.is_some() {
+            &self.hits
+        } else {
+            &self.misses
+        };
+        counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        found
+    }
+
+    /// Hits and misses so far.
+    pub fn get(&self) -> (u64, u64) {
+        (
+            self.hits.load(std::sync::atomic::Ordering::Relaxed),
+            self.misses.load(std::sync::atomic::Ordering::Relaxed),
+        )
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -46,12 +46,11 @@
 //! is still in flight. Otherwise the partition is simply read again.
 
 use std::hash::{BuildHasherDefault, Hasher};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use parking_lot::Mutex;
 
-use super::lru::Lru;
+use super::lru::{LookupCounters, Lru};
 use crate::model::key::{self, KeyKind};
 use crate::model::{Entry, PartitionHeader, RowState};
 
@@ -196,8 +195,7 @@ pub struct RowCache {
     shards: Box<[Mutex<Shard>]>,
     /// Largest charge one partition may have.
     max_entry: usize,
-    hits: AtomicU64,
-    misses: AtomicU64,
+    lookups: LookupCounters,
 }
 
 /// A write to some partitions in progress: [`WriteGuard::applied`] ends it
@@ -274,8 +272,7 @@ impl RowCache {
                 })
                 .collect(),
             max_entry: per_shard / 8,
-            hits: AtomicU64::new(0),
-            misses: AtomicU64::new(0),
+            lookups: LookupCounters::default(),
         }
     }
 
@@ -286,14 +283,8 @@ impl RowCache {
 
     /// The cached partition `prefix`, counting a hit or a miss.
     pub fn get(&self, prefix: &[u8]) -> Option<Arc<CachedPartition>> {
-        let found = self.shards[self.shard_of(prefix)].lock().lru.get(prefix);
-        let counter = if found.is_some() {
-            &self.hits
-        } else {
-            &self.misses
-        };
-        counter.fetch_add(1, Ordering::Relaxed);
-        found
+        self.lookups
+            .count(self.shards[self.shard_of(prefix)].lock().lru.get(prefix))
     }
 
     /// Whether partition `prefix` is cached (without touching its recency).
@@ -388,9 +379,10 @@ impl RowCache {
             let s = s.lock();
             (n + s.lru.len(), b + s.lru.usage())
         });
+        let (hits, misses) = self.lookups.get();
         RowCacheStats {
-            hits: self.hits.load(Ordering::Relaxed),
-            misses: self.misses.load(Ordering::Relaxed),
+            hits,
+            misses,
             partitions,
             bytes,
         }

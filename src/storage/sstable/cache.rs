@@ -1,13 +1,12 @@
 //! A sharded LRU cache of decoded, verified data blocks, bounded in bytes.
 
 use std::hash::{BuildHasherDefault, Hasher};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use parking_lot::Mutex;
 
 use super::block::Block;
-use crate::storage::lru::Lru;
+use crate::storage::lru::{LookupCounters, Lru};
 
 /// Cache key: (file id of an open [`SsTable`](super::SsTable), block offset).
 type Key = (u64, u64);
@@ -56,8 +55,7 @@ type Shard = Lru<Key, Arc<Block>, BuildHasherDefault<KeyHasher>>;
 pub struct BlockCache {
     shards: Box<[Mutex<Shard>]>,
     capacity: usize,
-    hits: AtomicU64,
-    misses: AtomicU64,
+    lookups: LookupCounters,
 }
 
 /// What a [`BlockCache`] holds and how often it answered.
@@ -85,18 +83,18 @@ impl BlockCache {
                 .map(|_| Mutex::new(Shard::new(per_shard)))
                 .collect(),
             capacity: capacity_bytes,
-            hits: AtomicU64::new(0),
-            misses: AtomicU64::new(0),
+            lookups: LookupCounters::default(),
         })
     }
 
     /// Capacity, usage and the lookups answered and missed since creation.
     pub fn stats(&self) -> BlockCacheStats {
+        let (hits, misses) = self.lookups.get();
         BlockCacheStats {
             capacity: self.capacity,
             usage: self.usage(),
-            hits: self.hits.load(Ordering::Relaxed),
-            misses: self.misses.load(Ordering::Relaxed),
+            hits,
+            misses,
         }
     }
 
@@ -118,14 +116,7 @@ impl BlockCache {
 
     pub(crate) fn get(&self, file_id: u64, offset: u64) -> Option<Arc<Block>> {
         let key = (file_id, offset);
-        let found = self.shard(&key).lock().get(&key);
-        let counter = if found.is_some() {
-            &self.hits
-        } else {
-            &self.misses
-        };
-        counter.fetch_add(1, Ordering::Relaxed);
-        found
+        self.lookups.count(self.shard(&key).lock().get(&key))
     }
 
     pub(crate) fn insert(&self, file_id: u64, offset: u64, block: Arc<Block>) {
