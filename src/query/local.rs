@@ -12,13 +12,12 @@
 //! that may run in `tokio::task::spawn_blocking` when a tokio runtime is
 //! present, and inline otherwise; the query layer above only awaits
 //! futures. Calls that cannot block for long run on the calling task,
-//! saving two thread hand-offs each: a partition read the memtables alone
-//! answer (`Engine::partition_read_needs_io` is false) and a write that
-//! will not wait for a flush or switch a memtable
-//! (`Engine::write_may_stall` is false). A partition read that touches
-//! SSTables runs there too when the page cache holds everything it reads
-//! (`storage::cached_read`), and moves to a blocking thread only when a
-//! file read would wait for the disk. The wait for the commit log's
+//! saving two thread hand-offs each: a write that will not wait for a
+//! flush or switch a memtable (`Engine::write_may_stall` is false), and a
+//! partition read whose file reads the page cache serves
+//! (`storage::cached_read`; a read answered by the row cache or the
+//! memtables reads no file at all). A read moves to a blocking thread
+//! only when a file read would wait for the disk. The wait for the commit log's
 //! fsync is an async notification (`Engine::wait_synced_async`), not a
 //! blocked thread; in inline mode (`set_inline_io`, deterministic
 //! simulation) everything runs on the calling task, as before.
@@ -244,19 +243,21 @@ where
     blocking(inline, f).await
 }
 
-/// Runs a partition read: on the calling task when the memtables alone
-/// answer it (`needs_io` false) or, if it touches SSTables, when every
-/// file read it makes is served from the page cache
-/// (`cached_read::try_cached`); else like [`blocking`]. A read abandoned
-/// for a read from disk is run again on a blocking thread.
-async fn read_maybe_blocking<T, F>(inline: bool, needs_io: bool, f: F) -> Result<T, QueryError>
+/// Runs a partition read on the calling task when every file read it
+/// makes is served from the page cache (`cached_read::try_cached`; one
+/// answered by the row cache or the memtables makes none), else like
+/// [`blocking`]: a read abandoned for a read from disk is run again on a
+/// blocking thread.
+///
+/// There is no check beforehand of whether the read may touch an SSTable:
+/// it cost a bloom filter probe per table on every read (about 1 % of a
+/// node's CPU in YCSB workload B), twice for a read that then touched
+/// them, while the attempt itself costs two thread-local flags.
+async fn read_maybe_blocking<T, F>(inline: bool, f: F) -> Result<T, QueryError>
 where
     F: Fn() -> Result<T, QueryError> + Send + 'static,
     T: Send + 'static,
 {
-    if !needs_io {
-        return f();
-    }
     if !inline {
         if let Some(result) = cached_read::try_cached(&f) {
             return result;
@@ -490,8 +491,7 @@ impl LocalStore {
     ) -> Result<StateSlice, QueryError> {
         let engine = self.engine(table)?;
         let prefix = key::partition_prefix(partition_key);
-        let needs_io = engine.partition_read_needs_io(&prefix);
-        read_maybe_blocking(self.inline(), needs_io, move || {
+        read_maybe_blocking(self.inline(), move || {
             engine
                 .read_partition_states(
                     &prefix,
@@ -905,11 +905,7 @@ impl DataStore for LocalStore {
         Box::pin(async move {
             let engine = self.engine(table)?;
             let pk = partition_key.to_vec();
-            let needs_io = engine.partition_read_needs_io(&key::partition_prefix(&pk));
-            read_maybe_blocking(self.inline(), needs_io, move || {
-                read_slice(&engine, &pk, &slice)
-            })
-            .await
+            read_maybe_blocking(self.inline(), move || read_slice(&engine, &pk, &slice)).await
         })
     }
 

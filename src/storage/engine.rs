@@ -504,30 +504,6 @@ impl Engine {
             || !self.inner.log.next_segment_ready()
     }
 
-    /// Whether reading partition `prefix` may touch an SSTable: some live
-    /// table's key range covers the partition and its bloom filter may
-    /// hold it. False means the read is answered from the memtables alone
-    /// (memory only), cheap enough to run on an async thread.
-    pub fn partition_read_needs_io(&self, prefix: &[u8]) -> bool {
-        // A partition in the row cache may still say true here: the
-        // caller then tries the read on its own thread first
-        // (`cached_read::try_cached`), which a cache hit passes without
-        // touching a file. Asking the cache here too cost a second lookup
-        // on every hit.
-        let snap = self.inner.snapshot.read().clone();
-        if snap.tables.is_empty() {
-            return false;
-        }
-        let first = key::header_key(prefix);
-        let end = key::partition_end(prefix);
-        snap.tables.iter().any(|live| {
-            let meta = live.table.meta();
-            meta.max_key.as_slice() >= first.as_slice()
-                && meta.min_key.as_slice() < end.as_slice()
-                && live.table.may_contain_partition(prefix)
-        })
-    }
-
     /// Reads the current state of a row and writes the delta `f` computes
     /// from it, atomically with respect to other `update_row` calls on the
     /// same key (a replica stamping a write). Returns the delta.
