@@ -588,3 +588,62 @@ fn compaction_purges_old_tombstones_after_grace_only() {
     );
     h.check(0, &Op::Compact, 0, ROWS, 10);
 }
+
+/// A compaction that purges tombstones from one partition drops only that
+/// partition from the row cache: the others read the same before and
+/// after it (merging tables changes nothing a join would not) and stay
+/// cached, where the whole cache used to be emptied.
+#[test]
+fn a_purging_compaction_drops_only_the_purged_partitions_from_the_row_cache() {
+    let mut h = Harness::new(false);
+    for pk in 0..2 {
+        for ck in 0..ROWS {
+            h.apply(&Op::Write {
+                pk,
+                ck,
+                a: Some(Some(1)),
+                b: None,
+                insert: true,
+                ttl_ms: None,
+            });
+        }
+    }
+    h.apply(&Op::Flush);
+    for ck in 0..ROWS {
+        h.apply(&Op::DeleteRow { pk: 0, ck });
+    }
+    h.apply(&Op::Flush);
+    h.apply(&Op::Advance(GRACE_MS + 1));
+    // Whole-partition reads (checked against the model) cache both.
+    h.check(0, &Op::Flush, 0, ROWS, 10);
+    let read_counting = |h: &Harness, pk: i64| {
+        let before = h.engine().stats().row_cache;
+        h.engine()
+            .read_partition_states(&prefix(pk), Bound::Unbounded, Bound::Unbounded, false, None)
+            .unwrap();
+        let after = h.engine().stats().row_cache;
+        (after.hits - before.hits, after.misses - before.misses)
+    };
+    assert_eq!(read_counting(&h, 0), (1, 0), "partition 0 is cached");
+    assert_eq!(read_counting(&h, 1), (1, 0), "partition 1 is cached");
+    let cached_before = h.engine().stats().row_cache.partitions;
+    h.apply(&Op::Compact);
+    assert!(
+        h.engine().stats().sstable_bytes > 0,
+        "partition 1's rows are still there"
+    );
+    assert_eq!(
+        h.engine().stats().row_cache.partitions,
+        cached_before - 1,
+        "exactly one partition was dropped"
+    );
+    assert_eq!(read_counting(&h, 1), (1, 0), "partition 1 stays cached");
+    assert_eq!(
+        read_counting(&h, 0),
+        (0, 1),
+        "partition 0 was purged: read again"
+    );
+    // And everything reads as the model says, through the cache and not.
+    h.check(1, &Op::Compact, 0, ROWS, 10);
+    h.check(2, &Op::Compact, 0, ROWS, 10);
+}

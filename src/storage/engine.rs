@@ -1279,9 +1279,10 @@ impl Inner {
         let mut writer =
             SsTableWriter::create(&table_path(&self.dir, file_id), &self.opts.sstable)?;
         let mut current_header: Option<(Vec<u8>, PartitionHeader)> = None;
-        // Whether the output differs from the merged inputs (something was
-        // purged): cached partitions may then differ from the tables.
-        let mut purged_any = false;
+        // The partitions whose output differs from the merged inputs
+        // (something was purged): their cached copies may differ from the
+        // tables now.
+        let mut purged = PurgedPartitions::default();
         for item in MergeIter::new(sources, false) {
             let (k, entry) = item?;
             let kind = key::classify(&k).map_err(|e| StorageError::InvalidKey(e.to_string()))?;
@@ -1303,7 +1304,9 @@ impl Inner {
                         Some(h) if *h == header => None,
                         _ => Some((partition, header)),
                     };
-                    purged_any |= current_header.is_some();
+                    if current_header.is_some() {
+                        purged.note(&k[..kind.partition_len()]);
+                    }
                     if let Some(h) = kept {
                         add_to_table(&mut writer, &k, &Entry::Header(h))?;
                     }
@@ -1320,7 +1323,7 @@ impl Inner {
                         }
                     }
                     if purgeable_here && state.is_purgeable(purge_before, now_ms) {
-                        purged_any = true;
+                        purged.note(&k[..kind.partition_len()]);
                         continue;
                     }
                     add_to_table(&mut writer, &k, &Entry::Row(state))?;
@@ -1362,8 +1365,11 @@ impl Inner {
                 tables,
             });
         }
-        if purged_any {
-            self.row_cache.clear();
+        match purged.partitions {
+            Some(prefixes) => self
+                .row_cache
+                .invalidate(prefixes.iter().map(Vec::as_slice)),
+            None => self.row_cache.clear(),
         }
         for id in input_ids {
             let path = table_path(&self.dir, id);
@@ -1377,6 +1383,42 @@ impl Inner {
         sync_dir(&self.dir.join("tables"))?;
         self.compactions.fetch_add(1, Ordering::Relaxed);
         Ok(true)
+    }
+}
+
+/// The partitions a compaction purged something from, for the row cache:
+/// their prefixes, or `None` once there were more than
+/// [`PurgedPartitions::MOST`] (the whole cache is dropped then; a list
+/// that long costs more to keep than the cache is worth refilling).
+struct PurgedPartitions {
+    partitions: Option<Vec<Vec<u8>>>,
+}
+
+impl Default for PurgedPartitions {
+    fn default() -> Self {
+        PurgedPartitions {
+            partitions: Some(Vec::new()),
+        }
+    }
+}
+
+impl PurgedPartitions {
+    const MOST: usize = 4096;
+
+    /// Notes partition `prefix` (compaction meets keys in order, so a
+    /// partition met again is the last one noted).
+    fn note(&mut self, prefix: &[u8]) {
+        let Some(list) = &mut self.partitions else {
+            return;
+        };
+        if list.last().is_some_and(|last| last.as_slice() == prefix) {
+            return;
+        }
+        if list.len() == Self::MOST {
+            self.partitions = None;
+        } else {
+            list.push(prefix.to_vec());
+        }
     }
 }
 
@@ -1644,6 +1686,33 @@ fn lower_thread_priority(nice: i32) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn purged_partitions_are_noted_once_each_up_to_a_bound() {
+        let mut purged = PurgedPartitions::default();
+        for p in [b"a", b"a", b"b", b"b", b"c"] {
+            purged.note(p);
+        }
+        assert_eq!(
+            purged.partitions,
+            Some(vec![b"a".to_vec(), b"b".to_vec(), b"c".to_vec()])
+        );
+        let mut many = PurgedPartitions::default();
+        for i in 0..PurgedPartitions::MOST as u32 {
+            many.note(&i.to_be_bytes());
+        }
+        assert_eq!(
+            many.partitions.as_ref().map(Vec::len),
+            Some(PurgedPartitions::MOST)
+        );
+        many.note(b"one more");
+        assert_eq!(
+            many.partitions, None,
+            "past the bound: the whole cache goes"
+        );
+        many.note(b"and another");
+        assert_eq!(many.partitions, None);
+    }
 
     #[test]
     fn switch_sizes_stay_within_the_jitter_and_vary() {

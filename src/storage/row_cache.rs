@@ -35,8 +35,10 @@
 //! was under way and none started after: it is what the sources hold, and
 //! a reader that already saw a newer state (from the memtable) never gets
 //! an older one from the cache. Compaction, which may purge tombstones and
-//! drop shadowed content, clears the cache when it changed anything
-//! ([`RowCache::clear`]).
+//! drop shadowed content, drops the partitions it purged something from
+//! ([`RowCache::invalidate`]; all of them, [`RowCache::clear`], past a few
+//! thousand); every other partition reads the same from the cache after it
+//! as before (merging the tables changes nothing a join would not).
 //!
 //! A write keeps a hot partition cached ([`WriteGuard::applied`]): the
 //! entry it took out, joined with the written entries, is what the sources
@@ -361,6 +363,18 @@ impl RowCache {
         WriteGuard {
             cache: self,
             partitions,
+        }
+    }
+
+    /// Drops the cached partitions `prefixes` and voids every ticket taken
+    /// so far for their shards (a reader that read the sources before may
+    /// not put its older copy in after), as [`RowCache::clear`] does for
+    /// all.
+    pub fn invalidate<'k>(&self, prefixes: impl IntoIterator<Item = &'k [u8]>) {
+        for prefix in prefixes {
+            let mut shard = self.shards[self.shard_of(prefix)].lock();
+            shard.epoch += 1;
+            shard.lru.remove(prefix);
         }
     }
 
