@@ -1371,6 +1371,9 @@ impl Inner {
                 .invalidate(prefixes.iter().map(Vec::as_slice)),
             None => self.row_cache.clear(),
         }
+        for input in &inputs {
+            input.table.evict_cached_blocks();
+        }
         for id in input_ids {
             let path = table_path(&self.dir, id);
             if let Err(e) = std::fs::remove_file(&path) {

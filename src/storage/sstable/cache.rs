@@ -119,6 +119,12 @@ impl BlockCache {
         self.lookups.count(self.shard(&key).lock().get(&key))
     }
 
+    /// Drops the block if it is cached.
+    pub(crate) fn remove(&self, file_id: u64, offset: u64) {
+        let key = (file_id, offset);
+        self.shard(&key).lock().remove(&key);
+    }
+
     pub(crate) fn insert(&self, file_id: u64, offset: u64, block: Arc<Block>) {
         let key = (file_id, offset);
         let charge = block.size() + ENTRY_OVERHEAD;

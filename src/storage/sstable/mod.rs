@@ -588,6 +588,22 @@ impl SsTable {
         }
     }
 
+    /// Drops this table's blocks from the block cache, for a table no
+    /// longer read (a compaction replaced it). Left there, they would leave
+    /// only after every block used less recently, live ones included, and
+    /// a compaction's inputs held the blocks read most recently. (A read
+    /// still holding the table may put one back; it ages out.)
+    pub fn evict_cached_blocks(&self) {
+        let Some(cache) = &self.cache else {
+            return;
+        };
+        for i in 0..self.index.len() {
+            if let Some(entry) = self.index.entry(i) {
+                cache.remove(self.id, entry.offset);
+            }
+        }
+    }
+
     fn block_corrupt(&self, i: usize, reason: &str) -> StorageError {
         let offset = self.index.entry(i).map_or(0, |e| e.offset);
         StorageError::corrupt(&self.path, offset, format!("data block: {reason}"))

@@ -269,6 +269,39 @@ proptest! {
     }
 }
 
+/// A table a compaction replaced leaves the block cache at once, and
+/// only its blocks do.
+#[test]
+fn an_evicted_tables_blocks_leave_the_cache_and_no_others() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = BlockCache::new(64 << 20);
+    let model = numbered_model(2000, 40);
+    let (pa, pb) = (dir.path().join("a.sst"), dir.path().join("b.sst"));
+    write_model(&pa, &model, &opts(256, 10));
+    write_model(&pb, &model, &opts(256, 10));
+    let a = SsTable::open(&pa, Some(cache.clone())).unwrap();
+    let b = SsTable::open(&pb, Some(cache.clone())).unwrap();
+    let keys: Vec<&Vec<u8>> = model.keys().step_by(37).collect();
+    for k in &keys {
+        a.get(k).unwrap();
+    }
+    let only_a = cache.usage();
+    assert!(only_a > 0);
+    for k in &keys {
+        b.get(k).unwrap();
+    }
+    assert_eq!(cache.usage(), 2 * only_a, "same blocks, twice");
+    a.evict_cached_blocks();
+    assert_eq!(cache.usage(), only_a, "b's blocks stay");
+    let stats = cache.stats();
+    for k in &keys {
+        b.get(k).unwrap();
+    }
+    assert_eq!(cache.stats().hits - stats.hits, keys.len() as u64);
+    b.evict_cached_blocks();
+    assert_eq!(cache.usage(), 0);
+}
+
 fn numbered_model(n: usize, value_len: usize) -> Model {
     (0..n)
         .map(|i| {
