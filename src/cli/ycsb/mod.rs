@@ -561,8 +561,9 @@ async fn bench_cluster(
             // keep the speed the pace was derived from?
             let check_ops = (sizes.operations / 2).max(1);
             // No flush here: the check should find the database as the paced
-            // run left it (a flush can start a compaction, which empties
-            // the row cache, and the check would measure a cold cache).
+            // run left it (a flush can start a compaction, whose output
+            // starts with no block cached, and the check would measure
+            // cold caches).
             let (check, _) = run_on_idle_servers(
                 &session,
                 server_pids,
