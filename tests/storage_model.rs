@@ -557,12 +557,11 @@ proptest! {
     }
 }
 
-#[test]
-fn compaction_purges_old_tombstones_after_grace_only() {
-    let mut h = Harness::new(false);
+/// Inserts every row of partition `pk`.
+fn insert_rows(h: &mut Harness, pk: i64) {
     for ck in 0..ROWS {
         h.apply(&Op::Write {
-            pk: 0,
+            pk,
             ck,
             a: Some(Some(1)),
             b: None,
@@ -570,10 +569,21 @@ fn compaction_purges_old_tombstones_after_grace_only() {
             ttl_ms: None,
         });
     }
-    h.apply(&Op::Flush);
+}
+
+/// Deletes every row of partition `pk`, one by one.
+fn delete_rows(h: &mut Harness, pk: i64) {
     for ck in 0..ROWS {
-        h.apply(&Op::DeleteRow { pk: 0, ck });
+        h.apply(&Op::DeleteRow { pk, ck });
     }
+}
+
+#[test]
+fn compaction_purges_old_tombstones_after_grace_only() {
+    let mut h = Harness::new(false);
+    insert_rows(&mut h, 0);
+    h.apply(&Op::Flush);
+    delete_rows(&mut h, 0);
     h.apply(&Op::DeletePartition { pk: 0 });
     h.apply(&Op::Flush);
     h.apply(&Op::Compact);
@@ -596,22 +606,10 @@ fn compaction_purges_old_tombstones_after_grace_only() {
 #[test]
 fn a_purging_compaction_drops_only_the_purged_partitions_from_the_row_cache() {
     let mut h = Harness::new(false);
-    for pk in 0..2 {
-        for ck in 0..ROWS {
-            h.apply(&Op::Write {
-                pk,
-                ck,
-                a: Some(Some(1)),
-                b: None,
-                insert: true,
-                ttl_ms: None,
-            });
-        }
-    }
+    insert_rows(&mut h, 0);
+    insert_rows(&mut h, 1);
     h.apply(&Op::Flush);
-    for ck in 0..ROWS {
-        h.apply(&Op::DeleteRow { pk: 0, ck });
-    }
+    delete_rows(&mut h, 0);
     h.apply(&Op::Flush);
     h.apply(&Op::Advance(GRACE_MS + 1));
     // Whole-partition reads (checked against the model) cache both.
