@@ -1391,8 +1391,9 @@ impl Inner {
 
 /// The partitions a compaction purged something from, for the row cache:
 /// their prefixes, or `None` once there were more than
-/// [`PurgedPartitions::MOST`] (the whole cache is dropped then; a list
-/// that long costs more to keep than the cache is worth refilling).
+/// [`PurgedPartitions::MOST`] (the whole cache is dropped then: the list
+/// stays small, and a compaction that purged that many partitions changed
+/// much of what a cache of hot partitions holds anyway).
 struct PurgedPartitions {
     partitions: Option<Vec<Vec<u8>>>,
 }
