@@ -316,11 +316,16 @@ mod tests {
     fn sampling_this_process_sees_its_own_cpu() {
         let pid = std::process::id();
         let a = CpuSample::now(&[pid]);
-        // Burn CPU until the counters move (ticks are coarse), 10 s at most.
+        // Burn CPU until both counters move (ticks are coarse), 10 s at
+        // most. The two are read one after the other, so a tick can land
+        // between them: waiting for the client figure alone let the server
+        // figure of the same process still read zero.
         let mut x = 0u64;
         let start = Instant::now();
         let mut b = CpuSample::now(&[pid]);
-        while b.client == a.client && start.elapsed() < Duration::from_secs(10) {
+        while (b.client == a.client || b.servers == a.servers)
+            && start.elapsed() < Duration::from_secs(10)
+        {
             for _ in 0..100_000 {
                 x = x.wrapping_mul(6364136223846793005).wrapping_add(1);
             }
