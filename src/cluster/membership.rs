@@ -482,6 +482,13 @@ impl Membership {
         self.inner.view.borrow().clone()
     }
 
+    /// Whether `node` is known and up (alive or suspect) in the current
+    /// view: [`ClusterView::is_up`] without copying the view, for the
+    /// coordinator, which asks for every replica of every request.
+    pub fn is_up(&self, node: NodeId) -> bool {
+        self.inner.view.borrow().is_up(node)
+    }
+
     /// A receiver of the view, to wait for changes.
     pub fn watch(&self) -> watch::Receiver<ClusterView> {
         self.inner.view.clone()

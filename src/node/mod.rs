@@ -125,7 +125,7 @@ struct GossipLiveness {
 
 impl Liveness for GossipLiveness {
     fn is_alive(&self, node: NodeId) -> bool {
-        node == self.local || self.membership.view().is_up(node)
+        node == self.local || self.membership.is_up(node)
     }
 }
 
@@ -264,7 +264,7 @@ impl Node {
                     clock: clock.clone(),
                 };
                 for peer in ring.nodes() {
-                    if membership.view().is_up(peer.id) {
+                    if membership.is_up(peer.id) {
                         sync.pull(peer.addr).await;
                     }
                 }
@@ -495,7 +495,7 @@ async fn wait_until_known(
     loop {
         let mut unconfirmed = Vec::new();
         for peer in cluster.ring().nodes() {
-            if peer.id == me || !membership.view().is_up(peer.id) {
+            if peer.id == me || !membership.is_up(peer.id) {
                 continue;
             }
             let answer = transport
@@ -551,7 +551,7 @@ async fn bootstrap(
     wait_until_known(membership, cluster, &sync.transport, true, write_timeout).await;
     let (ring, _) = rings_of(membership);
     for peer in ring.nodes() {
-        if membership.view().is_up(peer.id) {
+        if membership.is_up(peer.id) {
             sync.pull(peer.addr).await;
         }
     }
