@@ -400,3 +400,44 @@ async fn a_client_without_a_certificate_is_refused() {
     assert_eq!(ha.requests.load(Ordering::SeqCst), 1);
     assert_eq!(ha.datagrams.load(Ordering::SeqCst), 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mtu_discovery_finds_bigger_packets_on_loopback() {
+    let ca = ClusterCa::generate().expect("CA");
+    let (a, _ha, _a_datagrams) = node(&ca, "a");
+    let (b, _hb, _b_datagrams) = node(&ca, "b");
+    let resp = a
+        .request(b.local_addr(), Req::Echo(0, "hello".into()), T)
+        .await;
+    assert!(matches!(resp, Ok(Resp::Echo { n: 0, .. })), "{resp:?}");
+    assert_eq!(a.path_mtu(a.local_addr()), None, "no connection to itself");
+
+    // QUIC starts at 1200-byte packets; discovery probes upward and
+    // loopback carries far more than quinn's own 1452-byte bound.
+    let start = std::time::Instant::now();
+    let mut mtu = a.path_mtu(b.local_addr()).expect("connected");
+    while mtu <= 1452 && start.elapsed() < T {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        mtu = a.path_mtu(b.local_addr()).expect("still connected");
+    }
+    assert!(
+        mtu > 1452 && mtu <= ringdb::net::udp::MAX_UDP_PAYLOAD,
+        "path MTU {mtu} after {:?}",
+        start.elapsed()
+    );
+    // Bigger packets change nothing for the requests themselves.
+    let text = "x".repeat(20_000);
+    let resp = a
+        .request(b.local_addr(), Req::Echo(1, text.clone()), T)
+        .await;
+    assert_eq!(
+        resp,
+        Ok(Resp::Echo {
+            n: 1,
+            text,
+            from: a.local_addr()
+        })
+    );
+    a.shutdown().await;
+    b.shutdown().await;
+}

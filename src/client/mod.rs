@@ -153,7 +153,7 @@ impl ClientTlsConfig {
         let mut transport = quinn::TransportConfig::default();
         // Keeps an idle session (a shell waiting for input) open.
         transport.keep_alive_interval(Some(KEEP_ALIVE_INTERVAL));
-        crate::net::quic::tune_ack_frequency(&mut transport);
+        crate::net::quic::tune_transport(&mut transport);
         config.transport_config(Arc::new(transport));
         Ok(config)
     }

@@ -95,26 +95,34 @@ impl QuicConfig {
             .max_concurrent_uni_streams(VarInt::from_u32(0))
             .datagram_receive_buffer_size(Some(1024 * 1024))
             .datagram_send_buffer_size(1024 * 1024);
-        tune_ack_frequency(&mut t);
+        tune_transport(&mut t);
         Ok(t)
     }
 }
 
-/// Asks the peer of a connection with this transport configuration to
-/// acknowledge less eagerly: after more than 8 ack-eliciting packets, or
-/// 5 ms, instead of every second packet. Request/response traffic sends
-/// data both ways, so most acknowledgements ride on answers and requests
-/// anyway; the eager ones were datagrams of their own. Measured on YCSB
-/// (3 nodes, RF=3 QUORUM): 9-12 % fewer UDP datagrams per operation, and
-/// no change of p50 or p99 latency with 4 or 64 requests in flight.
-/// Used by the node-to-node transport and by the client protocol's server
-/// and client (quinn on both ends supports the extension; a peer that
-/// does not ignores the request).
-pub fn tune_ack_frequency(transport: &mut quinn::TransportConfig) {
+/// Tunes a connection's transport configuration for request/response
+/// traffic between nodes, and between clients and nodes; used by the
+/// node-to-node transport and by the client protocol's server and client.
+///
+/// - **ACK frequency**: asks the peer to acknowledge less eagerly, after
+///   more than 8 ack-eliciting packets or 5 ms instead of every second
+///   packet. Data flows both ways, so most acknowledgements ride on answers
+///   and requests anyway; the eager ones were datagrams of their own.
+///   Measured on YCSB (3 nodes, RF=3 QUORUM): 9-12 % fewer UDP datagrams
+///   per operation, and no change of p50 or p99 latency with 4 or 64
+///   requests in flight. (quinn on both ends supports the extension; a peer
+///   that does not ignores the request.)
+/// - **MTU discovery up to [`super::udp::MAX_UDP_PAYLOAD`]** instead of
+///   quinn's 1452 bytes, so loopback and jumbo-frame paths carry bigger
+///   packets (see that constant).
+pub fn tune_transport(transport: &mut quinn::TransportConfig) {
     let mut ack = quinn::AckFrequencyConfig::default();
     ack.ack_eliciting_threshold(VarInt::from_u32(8))
         .max_ack_delay(Some(Duration::from_millis(5)));
     transport.ack_frequency_config(Some(ack));
+    let mut mtu = quinn::MtuDiscoveryConfig::default();
+    mtu.upper_bound(super::udp::MAX_UDP_PAYLOAD);
+    transport.mtu_discovery_config(Some(mtu));
 }
 
 /// Largest request frame sent on a lane; a larger one gets a stream of its
@@ -300,6 +308,16 @@ impl<Req: Message, Resp: Message> QuicTransport<Req, Resp> {
             .map_err(|e| NetError::Config {
                 reason: format!("endpoint has no local address: {e}"),
             })
+    }
+
+    /// The largest UDP payload the open connection to `peer` sends now, as
+    /// MTU discovery found it (starts at 1200 bytes, rises up to
+    /// [`super::udp::MAX_UDP_PAYLOAD`] where the path allows); `None`
+    /// without an open connection.
+    pub fn path_mtu(&self, peer: SocketAddr) -> Option<u16> {
+        let slot = self.inner.conns.lock().get(&peer).cloned()?;
+        let conn = slot.live_connection()?;
+        Some(conn.stats().path.current_mtu)
     }
 
     /// Closes all connections (telling peers the node is shutting down),

@@ -282,7 +282,7 @@ impl ClientServer {
             .max_concurrent_uni_streams(quinn::VarInt::from_u32(0))
             .datagram_receive_buffer_size(None)
             .max_idle_timeout(quinn::IdleTimeout::try_from(limits.idle_timeout).ok());
-        crate::net::quic::tune_ack_frequency(&mut transport);
+        crate::net::quic::tune_transport(&mut transport);
         config.transport_config(Arc::new(transport));
         let endpoint = crate::net::udp::endpoint(addr, Some(config))
             .map_err(|source| ServerError::Bind { addr, source })?;
