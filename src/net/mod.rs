@@ -47,7 +47,7 @@ use serde::Serialize;
 
 pub use error::NetError;
 pub use frame::{Envelope, MAX_FRAME_SIZE, PROTOCOL_VERSION};
-pub use quic::{QuicConfig, QuicTransport};
+pub use quic::{PathStats, QuicConfig, QuicTransport};
 pub use sim::{SimConfig, SimNetwork, SimTransport};
 pub use stats::{NetStats, NetStatsSnapshot};
 pub use tls::{CertError, ClusterCa, NodeCert, NodeTls};

@@ -125,6 +125,19 @@ pub fn tune_transport(transport: &mut quinn::TransportConfig) {
     transport.mtu_discovery_config(Some(mtu));
 }
 
+/// What one connection knows of its path ([`QuicTransport::path_stats`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PathStats {
+    /// Largest UDP payload the connection sends now: QUIC's 1200 bytes at
+    /// first, then what MTU discovery found, up to
+    /// [`super::udp::MAX_UDP_PAYLOAD`].
+    pub mtu: u16,
+    /// Packets sent.
+    pub sent_packets: u64,
+    /// Packets declared lost (MTU probes not counted).
+    pub lost_packets: u64,
+}
+
 /// Largest request frame sent on a lane; a larger one gets a stream of its
 /// own, so the server's lane reader never holds more than this for one
 /// request.
@@ -310,14 +323,17 @@ impl<Req: Message, Resp: Message> QuicTransport<Req, Resp> {
             })
     }
 
-    /// The largest UDP payload the open connection to `peer` sends now, as
-    /// MTU discovery found it (starts at 1200 bytes, rises up to
-    /// [`super::udp::MAX_UDP_PAYLOAD`] where the path allows); `None`
-    /// without an open connection.
-    pub fn path_mtu(&self, peer: SocketAddr) -> Option<u16> {
+    /// What the open connection to `peer` knows of its path (`None`
+    /// without one): the packet size MTU discovery reached and how many
+    /// packets were sent and lost.
+    pub fn path_stats(&self, peer: SocketAddr) -> Option<PathStats> {
         let slot = self.inner.conns.lock().get(&peer).cloned()?;
-        let conn = slot.live_connection()?;
-        Some(conn.stats().path.current_mtu)
+        let path = slot.live_connection()?.stats().path;
+        Some(PathStats {
+            mtu: path.current_mtu,
+            sent_packets: path.sent_packets,
+            lost_packets: path.lost_packets,
+        })
     }
 
     /// Closes all connections (telling peers the node is shutting down),

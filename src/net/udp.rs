@@ -51,12 +51,29 @@ pub fn bind_socket(addr: SocketAddr) -> io::Result<std::net::UdpSocket> {
 /// dev`, the tests, the benchmarks) carries 64 KiB and data-centre links
 /// often 9000-byte jumbo frames; packets as big as the path allows carry
 /// several answers each where a 1 KB row nearly fills a 1452-byte packet
-/// (docs/performance.md: 6 % fewer datagrams per insert and lower paced
-/// p99 on YCSB). Discovery starts at QUIC's 1200 bytes and probes upward,
-/// so a path with a smaller MTU just stops the search earlier. 16 KiB
-/// keeps quinn's receive buffer (this size x 64 GRO segments x 32
-/// datagrams per batch, allocated lazily) at 32 MiB of address space.
-pub const MAX_UDP_PAYLOAD: u16 = 16 * 1024;
+/// (docs/performance.md: fewer datagrams per operation, lower paced p99 on
+/// YCSB). Discovery starts at QUIC's 1200 bytes and probes upward, so a
+/// path with a smaller MTU just stops the search earlier.
+///
+/// Why not bigger: quinn hands the kernel up to
+/// [`QUINN_MAX_TRANSMIT_SEGMENTS`] packets in one segmentation-offload
+/// (GSO) send, and Linux refuses a send over 65,507 bytes of UDP payload
+/// (`EMSGSIZE`), which quinn counts as sent: the whole batch is lost and
+/// waits for QUIC's loss detection. With 16 KiB packets every burst of
+/// ten packets stalled its connection for 50-150 ms. So ten packets of
+/// this size must fit in one send.
+pub const MAX_UDP_PAYLOAD: u16 = (MAX_GSO_SEND_PAYLOAD / QUINN_MAX_TRANSMIT_SEGMENTS) as u16;
+
+/// The most packets quinn puts in one GSO send (`MAX_TRANSMIT_SEGMENTS` in
+/// quinn's `connection.rs`, private there). `tests/net_quic.rs` sends a
+/// burst and checks that no packet was lost, which fails if quinn raises
+/// it past what [`MAX_UDP_PAYLOAD`] allows.
+pub const QUINN_MAX_TRANSMIT_SEGMENTS: usize = 10;
+
+/// Most UDP payload bytes Linux takes in one send, segmented or not:
+/// 65,535 bytes of IPv4 datagram less its 20-byte header and the 8-byte
+/// UDP header (IPv6 allows 20 bytes more).
+const MAX_GSO_SEND_PAYLOAD: usize = 65_535 - 20 - 8;
 
 /// A quinn endpoint on [`bind_socket`]`(addr)`: a server if
 /// `server_config` is given, else a client only; it accepts packets up to
