@@ -97,6 +97,33 @@ fn node(
 
 const T: Duration = Duration::from_secs(10);
 
+/// Sends requests 1..=`count` from `a` to `b` all at once, the text of
+/// request `n` being `text_of(n)`, and checks that each answer echoes its
+/// own request.
+async fn echo_concurrently(a: &Node, b: &Node, count: u64, text_of: impl Fn(u64) -> String) {
+    let mut tasks = Vec::new();
+    for n in 1..=count {
+        let (a, b, text) = (a.clone(), b.clone(), text_of(n));
+        tasks.push(tokio::spawn(async move {
+            let resp = a
+                .request(b.local_addr(), Req::Echo(n, text.clone()), T)
+                .await;
+            (n, text, resp)
+        }));
+    }
+    for task in tasks {
+        let (n, text, resp) = task.await.expect("task");
+        assert_eq!(
+            resp,
+            Ok(Resp::Echo {
+                n,
+                text,
+                from: a.local_addr()
+            })
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn requests_and_datagrams_between_two_nodes() {
     let ca = ClusterCa::generate().expect("CA");
@@ -116,29 +143,7 @@ async fn requests_and_datagrams_between_two_nodes() {
             from: a.local_addr()
         })
     );
-    let mut tasks = Vec::new();
-    for n in 1..=300u64 {
-        let (a, b) = (a.clone(), b.clone());
-        tasks.push(tokio::spawn(async move {
-            let text = format!("request {n}");
-            (
-                n,
-                text.clone(),
-                a.request(b.local_addr(), Req::Echo(n, text), T).await,
-            )
-        }));
-    }
-    for task in tasks {
-        let (n, text, resp) = task.await.expect("task");
-        assert_eq!(
-            resp,
-            Ok(Resp::Echo {
-                n,
-                text,
-                from: a.local_addr()
-            })
-        );
-    }
+    echo_concurrently(&a, &b, 300, |n| format!("request {n}")).await;
     assert_eq!(hb.requests.load(Ordering::SeqCst), 301);
 
     // The other direction, on B's own connection.
@@ -434,28 +439,7 @@ async fn mtu_discovery_finds_bigger_packets_on_loopback_and_bursts_lose_none() {
     // packets, which quinn sends ten at a time in one GSO send. On
     // loopback none may be lost: a send the kernel refuses as too big is
     // a whole batch lost (and a stall until QUIC notices).
-    let mut tasks = Vec::new();
-    for n in 1..=300u64 {
-        let (a, b) = (a.clone(), b.clone());
-        tasks.push(tokio::spawn(async move {
-            let text = format!("{n:>3000}");
-            let resp = a
-                .request(b.local_addr(), Req::Echo(n, text.clone()), T)
-                .await;
-            (n, text, resp)
-        }));
-    }
-    for task in tasks {
-        let (n, text, resp) = task.await.expect("task");
-        assert_eq!(
-            resp,
-            Ok(Resp::Echo {
-                n,
-                text,
-                from: a.local_addr()
-            })
-        );
-    }
+    echo_concurrently(&a, &b, 300, |n| format!("{n:>3000}")).await;
     let after = a.path_stats(b.local_addr()).expect("still connected");
     assert!(
         after.sent_packets > path.sent_packets + 50,
