@@ -52,8 +52,9 @@ pub fn bind_socket(addr: SocketAddr) -> io::Result<std::net::UdpSocket> {
 /// often 9000-byte jumbo frames; packets as big as the path allows carry
 /// several answers each where a 1 KB row nearly fills a 1452-byte packet
 /// (docs/performance.md, "Bigger QUIC packets": on YCSB half the datagrams
-/// per operation on 1 node, 0.75 -> 0.47 per insert on 3). Discovery starts at QUIC's 1200 bytes and probes upward, so a
-/// path with a smaller MTU just stops the search earlier.
+/// per operation on 1 node, 0.75 -> 0.47 per insert on 3). Discovery
+/// starts at QUIC's 1200 bytes and probes upward, so a path with a smaller
+/// MTU just stops the search earlier.
 ///
 /// Why not bigger: quinn hands the kernel up to
 /// [`QUINN_MAX_TRANSMIT_SEGMENTS`] packets in one segmentation-offload
