@@ -151,6 +151,14 @@ fn admin_flush_writes_memtables_to_sstables_that_survive_a_sigkill() {
     assert!(table["flushed_bytes"] > 0.0, "{status}");
     assert!(table["row_cache_hits"] > 0.0, "{status}");
     assert!(table["row_cache_misses"] >= f64::from(ROWS), "{status}");
+    // The commit log (`batch` mode, the default) synced the writes, and
+    // says how long its fdatasyncs took.
+    assert!(table["log_syncs"] >= 1.0, "{status}");
+    assert!(
+        table["log_sync_p50_us"] <= table["log_sync_p99_us"]
+            && table["log_sync_p99_us"] <= table["log_sync_max_us"],
+        "{status}"
+    );
 
     // Nothing new to write: a second flush writes no bytes.
     let again = admin_flush(root.path(), &node);

@@ -114,7 +114,7 @@ impl std::fmt::Display for StorageStats {
         for (name, t) in &self.tables {
             writeln!(
                 f,
-                "Table {name}: memtables={} sstables={} sstable_bytes={} flushed_bytes={} compacted_bytes={} compactions={} row_cache_partitions={} row_cache_bytes={} row_cache_hits={} row_cache_misses={} row_cache_hit_rate={}",
+                "Table {name}: memtables={} sstables={} sstable_bytes={} flushed_bytes={} compacted_bytes={} compactions={} row_cache_partitions={} row_cache_bytes={} row_cache_hits={} row_cache_misses={} row_cache_hit_rate={} log_syncs={} log_sync_p50_us={} log_sync_p99_us={} log_sync_max_us={}",
                 t.memtables,
                 t.sstables,
                 t.sstable_bytes,
@@ -125,7 +125,11 @@ impl std::fmt::Display for StorageStats {
                 t.row_cache.bytes,
                 t.row_cache.hits,
                 t.row_cache.misses,
-                hit_rate(t.row_cache.hits, t.row_cache.misses)
+                hit_rate(t.row_cache.hits, t.row_cache.misses),
+                t.log_syncs.count,
+                t.log_syncs.p50_us,
+                t.log_syncs.p99_us,
+                t.log_syncs.max_us
             )?;
         }
         Ok(())

@@ -61,6 +61,7 @@ use parking_lot::{Condvar, Mutex, MutexGuard};
 
 use super::error::{Result, StorageError};
 use super::framing::{self, Frame, RecordReader, HEADER_LEN};
+use super::latency::{LatencyHistogram, LatencySummary};
 use super::writeback;
 
 /// Default size past which the active segment is rolled (64 MiB).
@@ -250,6 +251,8 @@ struct Shared {
     #[cfg(test)]
     sync_events: Mutex<Vec<(u64, u64)>>,
     bytes_written: AtomicU64,
+    /// How long each sync's fdatasyncs took.
+    sync_latency: LatencyHistogram,
     stop: Mutex<bool>,
     stop_cv: Condvar,
 }
@@ -392,6 +395,7 @@ impl CommitLog {
             #[cfg(test)]
             sync_events: Mutex::new(Vec::new()),
             bytes_written: AtomicU64::new(0),
+            sync_latency: LatencyHistogram::new(),
             stop: Mutex::new(false),
             stop_cv: Condvar::new(),
         });
@@ -560,6 +564,13 @@ impl CommitLog {
     /// Bytes written to disk by the log since open.
     pub fn bytes_written(&self) -> u64 {
         self.shared.bytes_written.load(Ordering::Relaxed)
+    }
+
+    /// How many syncs (group commits in [`SyncMode::Batch`], the
+    /// background syncs in [`SyncMode::Periodic`]) ran since open, and how
+    /// long their fdatasyncs took.
+    pub fn sync_latency(&self) -> LatencySummary {
+        self.shared.sync_latency.summary()
     }
 
     /// Id of the segment currently receiving appends.
@@ -820,6 +831,7 @@ impl Shared {
         }
         #[cfg(test)]
         self.sync_events.lock().push((_id, _len));
+        self.sync_latency.record(started.elapsed() - got);
         if started.elapsed() > Duration::from_millis(10) {
             tracing::debug!(
                 wait_active_us = got.as_micros() as u64,
@@ -1090,6 +1102,31 @@ mod tests {
     fn commit_log_is_send_and_sync() {
         fn send_sync<T: Send + Sync>() {}
         send_sync::<CommitLog>();
+    }
+
+    #[test]
+    fn sync_latency_counts_each_sync_and_only_syncs() {
+        let dir = tempfile::tempdir().unwrap();
+        let (log, _) = CommitLog::open(dir.path(), SegmentId(0), opts()).unwrap();
+        assert_eq!(log.sync_latency().count, 0, "nothing synced at open");
+        // One after another, each batch-mode append runs its own sync.
+        for i in 0..5u8 {
+            log.append(&[i; 100]).unwrap();
+        }
+        let s = log.sync_latency();
+        assert_eq!(s.count, 5, "{s:?}");
+        assert!(s.p50_us <= s.p99_us && s.p99_us <= s.max_us, "{s:?}");
+        drop(log);
+
+        // In periodic mode an append syncs nothing; a sync counts once.
+        let dir = tempfile::tempdir().unwrap();
+        let (log, _) = CommitLog::open(dir.path(), SegmentId(0), periodic_never_due()).unwrap();
+        for i in 0..5u8 {
+            log.append(&[i; 100]).unwrap();
+        }
+        assert_eq!(log.sync_latency().count, 0);
+        log.sync().unwrap();
+        assert_eq!(log.sync_latency().count, 1);
     }
 
     #[test]

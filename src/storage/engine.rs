@@ -29,6 +29,7 @@ use super::commitlog::{sync_dir, CommitLog, CommitLogOptions, SegmentId, SyncMod
 use super::compaction::{CompactionStrategy, TableStats};
 use super::isolation::{PartitionLocks, PartitionwiseRange};
 use super::iter::{hex, MemtableRange, MergeIter, Source};
+use super::latency::LatencySummary;
 use super::manifest::{Manifest, ManifestEdit, TableRecord};
 use super::memtable::Memtable;
 use super::row_cache::{CachedPartition, RowCache, RowCacheStats};
@@ -132,6 +133,9 @@ pub struct EngineStats {
     pub compactions: u64,
     /// The row cache's hits, misses and size.
     pub row_cache: RowCacheStats,
+    /// The commit log's syncs since open and how long their fdatasyncs
+    /// took (what a write in `batch` mode waits for).
+    pub log_syncs: LatencySummary,
 }
 
 /// One row of a partition slice.
@@ -1010,6 +1014,7 @@ impl Engine {
             memtables: 1 + snap.frozen.len(),
             compactions: self.inner.compactions.load(Ordering::Relaxed),
             row_cache: self.inner.row_cache.stats(),
+            log_syncs: self.inner.log.sync_latency(),
         }
     }
 

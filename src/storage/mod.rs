@@ -14,6 +14,7 @@ pub mod error;
 pub mod framing;
 pub mod isolation;
 pub mod iter;
+pub mod latency;
 pub mod lru;
 pub mod manifest;
 pub mod memtable;
