@@ -15,10 +15,10 @@ pub mod framing;
 pub mod isolation;
 pub mod iter;
 pub mod latency;
-pub mod lru;
 pub mod manifest;
 pub mod memtable;
 pub mod row_cache;
+pub mod sieve;
 pub mod sstable;
 pub mod writeback;
 

@@ -52,7 +52,7 @@ use std::sync::Arc;
 
 use parking_lot::Mutex;
 
-use super::lru::{LookupCounters, Lru};
+use super::sieve::{LookupCounters, Sieve};
 use crate::model::key::{self, KeyKind};
 use crate::model::{Entry, PartitionHeader, RowState};
 
@@ -130,7 +130,7 @@ impl Hasher for PrefixHasher {
 }
 
 struct Shard {
-    lru: Lru<Vec<u8>, Arc<CachedPartition>, BuildHasherDefault<PrefixHasher>>,
+    partitions: Sieve<Vec<u8>, Arc<CachedPartition>, BuildHasherDefault<PrefixHasher>>,
     /// Moves whenever a write to one of the shard's partitions starts, or
     /// the cache is cleared.
     epoch: u64,
@@ -192,7 +192,8 @@ pub struct RowCacheStats {
     pub bytes: usize,
 }
 
-/// A sharded LRU cache of whole partitions, bounded in (estimated) bytes.
+/// A sharded cache of whole partitions, bounded in (estimated) bytes and
+/// evicting by SIEVE (`super::sieve`).
 pub struct RowCache {
     shards: Box<[Mutex<Shard>]>,
     /// Largest charge one partition may have.
@@ -241,7 +242,9 @@ impl WriteGuard<'_, '_> {
             shard.writing -= 1;
             if let (Some(p), Some(charge)) = (updated, charge) {
                 if shard.epoch == w.epoch && shard.writing == 0 && charge <= self.cache.max_entry {
-                    shard.lru.insert(w.prefix.to_vec(), Arc::new(p), charge);
+                    shard
+                        .partitions
+                        .insert(w.prefix.to_vec(), Arc::new(p), charge);
                 }
             }
         }
@@ -266,7 +269,7 @@ impl RowCache {
             shards: (0..shards)
                 .map(|_| {
                     Mutex::new(Shard {
-                        lru: Lru::new(per_shard),
+                        partitions: Sieve::new(per_shard),
                         epoch: 0,
                         writing: 0,
                         missed_once: vec![0; DOORKEEPER_SLOTS].into_boxed_slice(),
@@ -285,15 +288,19 @@ impl RowCache {
 
     /// The cached partition `prefix`, counting a hit or a miss.
     pub fn get(&self, prefix: &[u8]) -> Option<Arc<CachedPartition>> {
-        self.lookups
-            .count(self.shards[self.shard_of(prefix)].lock().lru.get(prefix))
+        self.lookups.count(
+            self.shards[self.shard_of(prefix)]
+                .lock()
+                .partitions
+                .get(prefix),
+        )
     }
 
     /// Whether partition `prefix` is cached (without touching its recency).
     pub fn contains(&self, prefix: &[u8]) -> bool {
         self.shards[self.shard_of(prefix)]
             .lock()
-            .lru
+            .partitions
             .contains(prefix)
     }
 
@@ -326,12 +333,12 @@ impl RowCache {
         }
         // While the shard has room, keeping a partition evicts nothing, so
         // it is kept at its first miss; once full, only at its second.
-        let has_room = shard.lru.usage() + charge <= shard.lru.capacity();
+        let has_room = shard.partitions.usage() + charge <= shard.partitions.capacity();
         if !has_room && !shard.admit(prefix) {
             return false;
         }
         shard
-            .lru
+            .partitions
             .insert(prefix.to_vec(), Arc::new(partition), charge);
         true
     }
@@ -352,7 +359,7 @@ impl RowCache {
             let mut shard = self.shards[i].lock();
             shard.epoch += 1;
             shard.writing += 1;
-            let taken = shard.lru.take(prefix);
+            let taken = shard.partitions.take(prefix);
             partitions.push(Written {
                 shard: i,
                 prefix,
@@ -374,7 +381,7 @@ impl RowCache {
         for prefix in prefixes {
             let mut shard = self.shards[self.shard_of(prefix)].lock();
             shard.epoch += 1;
-            shard.lru.remove(prefix);
+            shard.partitions.remove(prefix);
         }
     }
 
@@ -383,7 +390,7 @@ impl RowCache {
         for shard in self.shards.iter() {
             let mut shard = shard.lock();
             shard.epoch += 1;
-            shard.lru.clear();
+            shard.partitions.clear();
         }
     }
 
@@ -391,7 +398,7 @@ impl RowCache {
     pub fn stats(&self) -> RowCacheStats {
         let (partitions, bytes) = self.shards.iter().fold((0, 0), |(n, b), s| {
             let s = s.lock();
-            (n + s.lru.len(), b + s.lru.usage())
+            (n + s.partitions.len(), b + s.partitions.usage())
         });
         let (hits, misses) = self.lookups.get();
         RowCacheStats {
@@ -550,7 +557,7 @@ mod tests {
         let ticket = cache.fill_ticket(&p);
         assert!(!cache.fill(&p, ticket, partition()));
         assert!(!cache.contains(&p));
-        // ...and its second is kept, evicting the least recently used.
+        // ...and its second is kept, evicting the oldest entry not read again.
         let ticket = cache.fill_ticket(&p);
         assert!(cache.fill(&p, ticket, partition()));
         assert!(cache.contains(&p));

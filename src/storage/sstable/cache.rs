@@ -1,4 +1,5 @@
-//! A sharded LRU cache of decoded, verified data blocks, bounded in bytes.
+//! A sharded cache of decoded, verified data blocks, bounded in bytes and
+//! evicting by SIEVE (`crate::storage::sieve`).
 
 use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::Arc;
@@ -6,7 +7,7 @@ use std::sync::Arc;
 use parking_lot::Mutex;
 
 use super::block::Block;
-use crate::storage::lru::{LookupCounters, Lru};
+use crate::storage::sieve::{LookupCounters, Sieve};
 
 /// Cache key: (file id of an open [`SsTable`](super::SsTable), block offset).
 type Key = (u64, u64);
@@ -42,16 +43,16 @@ impl Hasher for KeyHasher {
     }
 }
 
-type Shard = Lru<Key, Arc<Block>, BuildHasherDefault<KeyHasher>>;
+type Shard = Sieve<Key, Arc<Block>, BuildHasherDefault<KeyHasher>>;
 
-/// Shared LRU cache of decoded, checksum-verified data blocks, keyed by
+/// Shared cache of decoded, checksum-verified data blocks, keyed by
 /// (open file id, block offset) and bounded in bytes.
 ///
 /// One cache is meant to be shared by all SSTables of a node (pass the same
 /// `Arc` to every [`SsTable::open`](super::SsTable::open)). It is split into
 /// shards, each under its own lock, so concurrent readers rarely contend.
 /// Each opened table gets a fresh id, so blocks of a closed or replaced file
-/// are never served again; they age out of the LRU order.
+/// are never served again; they are evicted as the entries not read again.
 pub struct BlockCache {
     shards: Box<[Mutex<Shard>]>,
     capacity: usize,
@@ -156,7 +157,7 @@ mod tests {
     }
 
     #[test]
-    fn evicts_least_recently_used_within_capacity() {
+    fn evicts_entries_not_read_again_within_capacity() {
         let one = block(1000).size() + ENTRY_OVERHEAD;
         let cache = BlockCache::new(3 * one);
         assert_eq!(cache.shards.len(), 1);
@@ -164,7 +165,7 @@ mod tests {
         cache.insert(1, 1, block(1000));
         cache.insert(1, 2, block(1000));
         assert_eq!(cache.usage(), 3 * one);
-        // Touch 0 so 1 is the least recently used.
+        // Read 0 again so 1 is the oldest entry not read again.
         assert!(cache.get(1, 0).is_some());
         cache.insert(1, 3, block(1000));
         assert!(cache.usage() <= cache.capacity());
