@@ -5,20 +5,87 @@
 //! missing after the speculative-retry delay, one more replica is asked for
 //! each (Cassandra's speculative retry). Both the full-data gather and the
 //! digest requests of a read use it.
+//!
+//! The requests are polled by the read that awaits them ([`Running`]), not
+//! spawned as tasks of their own: a reply then wakes the read directly,
+//! instead of waking a task that finishes and wakes the read, and a request
+//! costs no task to spawn and tear down.
 
 use crate::model::NodeId;
 use crate::query::api::BoxFuture;
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
-use tokio::task::JoinSet;
 use tokio::time::Instant;
+
+/// Requests in flight, each answering with a `T`, polled by whoever awaits
+/// [`Running::next`] (they make progress only while someone does).
+pub(super) struct Running<T> {
+    pending: Vec<(NodeId, BoxFuture<'static, T>)>,
+    /// Answers that came before anyone asked for them.
+    ready: VecDeque<(NodeId, T)>,
+}
+
+impl<T> Running<T> {
+    fn new() -> Self {
+        Running {
+            pending: Vec::new(),
+            ready: VecDeque::new(),
+        }
+    }
+
+    /// Adds the request to `node` and polls it once at once, so that it is
+    /// sent now rather than when the caller first awaits an answer (the
+    /// caller may have other work first, such as its own replica's read).
+    fn push(&mut self, node: NodeId, mut request: BoxFuture<'static, T>) {
+        let mut cx = Context::from_waker(Waker::noop());
+        match request.as_mut().poll(&mut cx) {
+            Poll::Ready(answer) => self.ready.push_back((node, answer)),
+            Poll::Pending => self.pending.push((node, request)),
+        }
+    }
+
+    /// Requests not answered yet, or answered and not taken.
+    pub(super) fn len(&self) -> usize {
+        self.pending.len() + self.ready.len()
+    }
+
+    /// Whether every answer was taken.
+    pub(super) fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The next answer, in the order they come; `None` when none is left.
+    pub(super) async fn next(&mut self) -> Option<(NodeId, T)> {
+        std::future::poll_fn(|cx| self.poll_next(cx)).await
+    }
+
+    fn poll_next(&mut self, cx: &mut Context<'_>) -> Poll<Option<(NodeId, T)>> {
+        if let Some(answer) = self.ready.pop_front() {
+            return Poll::Ready(Some(answer));
+        }
+        if self.pending.is_empty() {
+            return Poll::Ready(None);
+        }
+        // A read has one to three requests out, so polling each is cheaper
+        // than keeping track of which one was woken.
+        for i in 0..self.pending.len() {
+            if let Poll::Ready(answer) = self.pending[i].1.as_mut().poll(cx) {
+                let (node, _) = self.pending.swap_remove(i);
+                return Poll::Ready(Some((node, answer)));
+            }
+        }
+        Poll::Pending
+    }
+}
 
 /// Requests to `nodes` in their order; `send` makes the request to one.
 pub(super) struct Fanout<'a, T, F> {
     nodes: &'a [NodeId],
     send: F,
     next: usize,
-    running: JoinSet<(NodeId, T)>,
+    running: Running<T>,
     delay: Duration,
     due: Instant,
     retries: &'a AtomicU64,
@@ -43,7 +110,7 @@ where
             nodes,
             send,
             next: 0,
-            running: JoinSet::new(),
+            running: Running::new(),
             delay,
             due: Instant::now() + delay,
             retries,
@@ -61,7 +128,7 @@ where
         };
         self.next += 1;
         let request = (self.send)(node);
-        self.running.spawn(async move { (node, request.await) });
+        self.running.push(node, request);
         true
     }
 
@@ -85,12 +152,11 @@ where
             }
             let spare_left = self.next < self.nodes.len() && !self.delay.is_zero();
             tokio::select! {
-                res = self.running.join_next() => match res {
-                    Some(Ok(answer)) => return Some(answer),
-                    // The request's task died: treat it as a failed node.
-                    Some(Err(_)) => self.replace(),
-                    None => {}
-                },
+                res = self.running.next() => {
+                    if res.is_some() {
+                        return res;
+                    }
+                }
                 _ = tokio::time::sleep_until(self.due), if spare_left => {
                     for _ in 0..missing {
                         self.replace();
@@ -102,7 +168,7 @@ where
     }
 
     /// The requests still running, for whoever collects late answers.
-    pub(super) fn into_running(self) -> JoinSet<(NodeId, T)> {
+    pub(super) fn into_running(self) -> Running<T> {
         self.running
     }
 }

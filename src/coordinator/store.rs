@@ -4,7 +4,7 @@ mod stream;
 
 pub use stream::StreamReport;
 
-use super::fanout::Fanout;
+use super::fanout::{Fanout, Running};
 use super::liveness::Liveness;
 use super::merge::{merge_partition, MergedPartition};
 use super::messages::{
@@ -1048,8 +1048,8 @@ impl ClusterStore {
                 (table.clone(), pk.to_vec(), slice.clone(), alive.to_vec());
             tokio::spawn(async move {
                 let mut differs = false;
-                while let Some(res) = digests.join_next().await {
-                    if let Ok((_, Some(d))) = res {
+                while let Some((_, answer)) = digests.next().await {
+                    if let Some(d) = answer {
                         differs |= d != expected;
                     }
                 }
@@ -1223,8 +1223,8 @@ impl ClusterStore {
         let this = self.clone();
         tokio::spawn(async move {
             let mut late = Vec::new();
-            while let Some(res) = rest.join_next().await {
-                if let Ok((n, Ok(PeerResponse::Partition(p)))) = res {
+            while let Some(answer) = rest.next().await {
+                if let (n, Ok(PeerResponse::Partition(p))) = answer {
                     late.push((n, p));
                 }
             }
@@ -1553,7 +1553,7 @@ impl ClusterStore {
     }
 }
 
-type Replies = JoinSet<(NodeId, Result<PeerResponse, SendError>)>;
+type Replies = Running<Result<PeerResponse, SendError>>;
 
 fn partitions_of(
     got: Vec<(NodeId, PeerResponse)>,
