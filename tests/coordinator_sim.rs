@@ -369,6 +369,44 @@ async fn any_with_every_replica_down_is_stamped_by_the_coordinator_and_delivered
 }
 
 #[tokio::test(start_paused = true)]
+async fn any_is_not_acknowledged_by_a_hint_that_could_not_be_stored() {
+    let c = Cluster::new(4, SimConfig::with_seed(7), &[KV]).await;
+    let (k, _, outsider) = pick_key(&c, 0);
+    c.ddl(outsider, "ALTER KEYSPACE ks WITH sloppy_quorum = false")
+        .await;
+    // The coordinator's hint store cannot write a hint for any replica:
+    // where each replica's hint directory would go there is a plain file.
+    let hints_dir = c.node(outsider).dir.join("hints");
+    std::fs::create_dir_all(&hints_dir).expect("hints dir");
+    for i in c.replicas_of(k) {
+        let id = c.options.layout.node_id(i);
+        std::fs::write(hints_dir.join(format!("node-{:016x}", id.0)), b"x").expect("blocker");
+        c.kill(i);
+    }
+    let err = c
+        .query(
+            outsider,
+            Consistency::Any,
+            &format!("INSERT INTO ks.kv (k, v) VALUES ({k}, 1)"),
+        )
+        .await
+        .expect_err("no replica took the write and no hint was stored");
+    assert!(
+        matches!(
+            err,
+            QueryError::Timeout {
+                consistency: Consistency::Any,
+                received: 0,
+                write: true,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    assert_eq!(c.store(outsider).hints().stats().stored, 0);
+}
+
+#[tokio::test(start_paused = true)]
 async fn unavailable_and_timeout_name_their_counts() {
     let c = Cluster::new(3, SimConfig::with_seed(6), &[KV]).await;
     c.kill(2);

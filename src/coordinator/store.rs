@@ -437,8 +437,10 @@ impl ClusterStore {
         })
     }
 
-    /// Stores a hint for `target` in this node's hint store.
-    fn store_hint(&self, target: NodeId, table: &TableRef, entries: &Deltas) {
+    /// Stores a hint for `target` in this node's hint store; returns
+    /// whether it is stored (durably), so that only a stored hint counts
+    /// towards a write at ANY.
+    fn store_hint(&self, target: NodeId, table: &TableRef, entries: &Deltas) -> bool {
         let payload = match (HintPayload {
             table: table.clone(),
             entries: entries.clone(),
@@ -448,7 +450,7 @@ impl ClusterStore {
             Ok(p) => p,
             Err(e) => {
                 tracing::error!(error = %e, "cannot encode a hint");
-                return;
+                return false;
             }
         };
         let hint = Hint {
@@ -461,8 +463,12 @@ impl ClusterStore {
                     .counters
                     .hints_stored
                     .fetch_add(1, Ordering::Relaxed);
+                true
             }
-            Err(e) => tracing::error!(error = %e, target = target.0, "cannot store a hint"),
+            Err(e) => {
+                tracing::error!(error = %e, target = target.0, "cannot store a hint");
+                false
+            }
         }
     }
 
@@ -571,8 +577,9 @@ impl ClusterStore {
             .filter(|t| !fallbacks.iter().any(|(x, _)| x == *t))
             .chain(failed_stampers.iter())
         {
-            self.store_hint(t, table, &deltas);
-            hinted += 1;
+            if self.store_hint(t, table, &deltas) {
+                hinted += 1;
+            }
         }
         let me = self.inner.node;
         let done = |acks: usize, hinted: usize| acks >= required || (any && acks + hinted >= 1);
@@ -583,8 +590,9 @@ impl ClusterStore {
                 // but its fsync failed: no hint to itself, no ack.
                 Some(Ok((target, false))) if target == me => {}
                 Some(Ok((target, false))) => {
-                    self.store_hint(target, table, &deltas);
-                    hinted += 1;
+                    if self.store_hint(target, table, &deltas) {
+                        hinted += 1;
+                    }
                 }
                 Some(Err(e)) => tracing::error!(error = %e, "write task failed"),
                 None => break,
@@ -598,7 +606,7 @@ impl ClusterStore {
                 while let Some(res) = set.join_next().await {
                     match res {
                         Ok((target, false)) if target != me => {
-                            this.store_hint(target, &table, &deltas)
+                            this.store_hint(target, &table, &deltas);
                         }
                         _ => {}
                     }
