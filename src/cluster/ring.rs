@@ -239,6 +239,72 @@ impl Ring {
         Ring::default()
     }
 
+    /// Builds a ring from what gossip says, which a node cannot refuse the
+    /// way [`Ring::new`] refuses a bad list: one node started with a token
+    /// another already has, or with none, must not leave every node
+    /// without a ring. So conflicts are settled the same way on every node,
+    /// whatever order the nodes arrive in: a node id listed twice keeps
+    /// its first entry in (id, address, rack, tokens) order, a token
+    /// listed twice by one node counts once, a token claimed by two nodes
+    /// stays with the smaller id, and a node left without tokens is not in
+    /// the ring. Returns the ring and each conflict settled (for the logs);
+    /// for a list [`Ring::new`] accepts, the same ring and none.
+    pub fn from_gossip(nodes: impl IntoIterator<Item = NodeInfo>) -> (Ring, Vec<RingError>) {
+        let mut nodes: Vec<NodeInfo> = nodes.into_iter().collect();
+        let mut conflicts = Vec::new();
+        for node in &mut nodes {
+            node.tokens.sort_unstable();
+        }
+        nodes.sort_by(|a, b| {
+            (a.id, a.addr, &a.rack, &a.tokens).cmp(&(b.id, b.addr, &b.rack, &b.tokens))
+        });
+        conflicts.extend(
+            nodes
+                .windows(2)
+                .filter(|w| w[0].id == w[1].id)
+                .map(|w| RingError::DuplicateNode(w[0].id)),
+        );
+        nodes.dedup_by(|later, first| later.id == first.id);
+        let mut owner_of: std::collections::BTreeMap<Token, NodeId> = Default::default();
+        for node in &mut nodes {
+            conflicts.extend(node.tokens.windows(2).filter(|w| w[0] == w[1]).map(|w| {
+                RingError::DuplicateToken {
+                    token: w[0],
+                    first: node.id,
+                    second: node.id,
+                }
+            }));
+            node.tokens.dedup();
+            // Nodes come in id order, so the first claimant is the smaller id.
+            node.tokens.retain(|&token| match owner_of.get(&token) {
+                Some(&first) => {
+                    conflicts.push(RingError::DuplicateToken {
+                        token,
+                        first,
+                        second: node.id,
+                    });
+                    false
+                }
+                None => {
+                    owner_of.insert(token, node.id);
+                    true
+                }
+            });
+            if node.tokens.is_empty() {
+                conflicts.push(RingError::NoTokens(node.id));
+            }
+        }
+        nodes.retain(|n| !n.tokens.is_empty());
+        match Ring::new(nodes) {
+            Ok(ring) => (ring, conflicts),
+            // Not reached: every reason `new` has to refuse was settled above.
+            Err(e) => {
+                conflicts.push(e);
+                (Ring::empty(), conflicts)
+            }
+        }
+    }
+
     /// Builds a ring from nodes in any order. Duplicate node ids, a token
     /// claimed twice and a node without tokens are errors. The same nodes
     /// in any order (and with tokens in any order) give the same ring.

@@ -576,3 +576,111 @@ fn version_tells_rings_apart_and_is_stable() {
     let clone = ring.clone();
     assert_eq!(clone.version(), ring.version());
 }
+
+/// Node lists as gossip may carry them after operator mistakes: ids listed
+/// twice, tokens repeated within a node and across nodes, nodes without
+/// tokens (tokens drawn from a small range so that clashes are common).
+fn gossiped_nodes() -> impl Strategy<Value = Vec<NodeInfo>> {
+    prop::collection::vec(
+        (
+            1u64..8,
+            prop::option::of(prop::sample::select(vec!["r1", "r2"])),
+            prop::collection::vec(0u64..40, 0..6),
+            0u64..2,
+        ),
+        0..10,
+    )
+    .prop_map(|specs| {
+        specs
+            .into_iter()
+            .map(|(id, rack, tokens, port)| {
+                let mut n = node(id, rack, tokens);
+                n.addr.set_port(7000 + port as u16);
+                n
+            })
+            .collect()
+    })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    /// Whatever gossip carries, every node builds the same ring from it,
+    /// each token has one owner, every node in it has tokens, and nothing
+    /// is settled that did not need settling.
+    #[test]
+    fn a_gossiped_ring_is_always_built_and_the_same_on_every_node(
+        nodes in gossiped_nodes(),
+        perm in any::<prop::sample::Index>(),
+    ) {
+        let (ring, conflicts) = Ring::from_gossip(nodes.clone());
+        let mut shuffled = nodes.clone();
+        if !shuffled.is_empty() {
+            let k = perm.index(shuffled.len());
+            shuffled.rotate_left(k);
+        }
+        shuffled.reverse();
+        for n in &mut shuffled {
+            n.tokens.reverse();
+        }
+        let (other, other_conflicts) = Ring::from_gossip(shuffled);
+        prop_assert_eq!(&ring, &other);
+        prop_assert_eq!(ring.version(), other.version());
+        prop_assert_eq!(conflicts.len(), other_conflicts.len());
+        // Every token claimed by someone is owned by exactly one node in
+        // the ring: the smallest id among the claimants kept.
+        let mut owners: BTreeMap<Token, BTreeSet<NodeId>> = BTreeMap::new();
+        for n in ring.nodes() {
+            prop_assert!(!n.tokens.is_empty());
+            for &t in &n.tokens {
+                prop_assert!(owners.entry(t).or_default().insert(n.id));
+            }
+        }
+        prop_assert!(owners.values().all(|o| o.len() == 1));
+        // (An id listed twice keeps one of its entries; the tokens of the
+        // other may go.)
+        let listed_once = |id: NodeId| nodes.iter().filter(|n| n.id == id).count() == 1;
+        for n in nodes.iter().filter(|n| listed_once(n.id)) {
+            for t in &n.tokens {
+                let owner = owners.get(t).and_then(|o| o.iter().next());
+                prop_assert!(owner.is_some_and(|o| *o <= n.id), "token {} lost", t);
+            }
+        }
+        match Ring::new(nodes.clone()) {
+            Ok(strict) => {
+                prop_assert_eq!(&strict, &ring);
+                prop_assert!(conflicts.is_empty(), "{:?}", conflicts);
+            }
+            Err(_) => prop_assert!(!conflicts.is_empty()),
+        }
+    }
+}
+
+#[test]
+fn a_token_claimed_twice_stays_with_the_smaller_id_and_a_node_without_tokens_is_left_out() {
+    let (ring, conflicts) = Ring::from_gossip(vec![
+        node(2, None, vec![10, 20]),
+        node(1, None, vec![20, 30]),
+        node(3, None, vec![]),
+    ]);
+    let tokens: BTreeMap<NodeId, Vec<Token>> = ring
+        .nodes()
+        .iter()
+        .map(|n| (n.id, n.tokens.clone()))
+        .collect();
+    assert_eq!(
+        tokens,
+        BTreeMap::from([(NodeId(1), vec![20, 30]), (NodeId(2), vec![10])])
+    );
+    assert_eq!(
+        conflicts,
+        vec![
+            RingError::DuplicateToken {
+                token: 20,
+                first: NodeId(1),
+                second: NodeId(2)
+            },
+            RingError::NoTokens(NodeId(3)),
+        ]
+    );
+}

@@ -449,24 +449,19 @@ fn rings_of(membership: &Membership) -> (Ring, Option<Ring>) {
     let owners = view.ring_nodes();
     let joining = view.joining_nodes();
     let leaving = view.leaving_nodes();
-    let ring = match Ring::new(owners.clone()) {
-        Ok(ring) => ring,
-        Err(e) => {
-            tracing::warn!(error = %e, "gossiped ring is inconsistent; keeping an empty ring");
-            Ring::empty()
-        }
-    };
+    let (ring, conflicts) = Ring::from_gossip(owners.clone());
+    for e in conflicts {
+        tracing::warn!(error = %e, "gossiped ring is inconsistent; settled the same way on every node");
+    }
     if joining.is_empty() && leaving.is_empty() {
         return (ring, None);
     }
     let staying = owners.into_iter().filter(|n| !leaving.contains(&n.id));
-    match Ring::new(staying.chain(joining)) {
-        Ok(future) => (ring, Some(future)),
-        Err(e) => {
-            tracing::warn!(error = %e, "the ring after the joins and leaves is inconsistent");
-            (ring, None)
-        }
+    let (future, conflicts) = Ring::from_gossip(staying.chain(joining));
+    for e in conflicts {
+        tracing::warn!(error = %e, "the ring after the joins and leaves is inconsistent; settled the same way on every node");
     }
+    (ring, Some(future))
 }
 
 /// Tries of [`ClusterStore::bootstrap_stream`] before the node gives up
