@@ -14,7 +14,7 @@ use ringdb::cluster::hints::HintOptions;
 use ringdb::cluster::NodeInfo;
 use ringdb::coordinator::CoordinatorConfig;
 use ringdb::model::key::serialize_partition_key;
-use ringdb::model::{Consistency, NodeId};
+use ringdb::model::{Consistency, Dot, DotSet, NodeId};
 use ringdb::net::sim::{Event, PacketKind};
 use ringdb::net::SimConfig;
 use ringdb::query::api::{QueryError, ResultSet};
@@ -788,6 +788,56 @@ async fn concurrent_writes_in_a_partition_become_siblings_and_a_context_write_su
         let local = c.local_query(i, "SELECT * FROM ks.abc WHERE k = 1").await;
         assert!(!local.rows[0].conflict, "replica {i}");
     }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_causal_context_with_an_impossible_counter_is_refused_and_changes_nothing() {
+    let c = Cluster::new(3, SimConfig::with_seed(12), &[KV]).await;
+    c.query(
+        0,
+        Consistency::All,
+        "INSERT INTO ks.kv (k, v) VALUES (1, 1)",
+    )
+    .await
+    .expect("write");
+    // Stamping after a counter at the top would overflow it: the write is
+    // refused wherever it is stamped.
+    let forged: DotSet = (0..3)
+        .map(|i| Dot {
+            node: c.options.layout.node_id(i),
+            counter: u64::MAX,
+        })
+        .collect();
+    for coordinator in 0..3 {
+        let err = c
+            .query_with(
+                coordinator,
+                Consistency::Quorum,
+                "UPDATE ks.kv SET v = 2 WHERE k = 1",
+                Some(forged.clone()),
+            )
+            .await
+            .expect_err("forged context");
+        assert!(
+            matches!(&err, QueryError::Invalid { message, .. } if message.contains("causal context")),
+            "{err:?}"
+        );
+    }
+    let r = c
+        .query(0, Consistency::All, "SELECT * FROM ks.kv WHERE k = 1")
+        .await
+        .expect("read");
+    assert_eq!(single_v(rows(&r)), Some(Value::Int(1)));
+    // The context a read returned still works.
+    let context = rows(&r).causal_context.clone();
+    c.query_with(
+        1,
+        Consistency::Quorum,
+        "UPDATE ks.kv SET v = 3 WHERE k = 1",
+        context,
+    )
+    .await
+    .expect("real context");
 }
 
 #[tokio::test(start_paused = true)]

@@ -19,8 +19,8 @@ use crate::model::row::Liveness as RowMarker;
 use crate::model::{Consistency, Dot, DotSet, Entry, NodeId, RowState, RowVersion};
 use crate::net::{NetError, Transport};
 use crate::query::api::{
-    BoxFuture, DataStore, Mutation, QueryError, ScannedPartition, SliceRequest, StoredPartition,
-    TableRef,
+    check_causal_contexts, BoxFuture, DataStore, Mutation, QueryError, ScannedPartition,
+    SliceRequest, StoredPartition, TableRef,
 };
 use crate::query::local::PendingSync;
 use crate::query::LocalStore;
@@ -481,6 +481,7 @@ impl ClusterStore {
         mutations: Vec<Mutation>,
         cl: Consistency,
     ) -> Result<(), QueryError> {
+        check_causal_contexts(&mutations)?;
         let (rf, sloppy) = self.write_settings(&table.keyspace)?;
         let token = key::token_of(pk);
         let (ring, future) = self.rings();

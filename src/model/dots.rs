@@ -22,6 +22,14 @@ pub struct Dot {
     pub counter: u64,
 }
 
+/// The largest counter a causal context from outside the node may carry.
+/// A counter counts the writes one stamping id made to one row (or, for a
+/// write stamped with every replica down, is a clock reading in
+/// milliseconds), so a real one stays far below this; a larger one could
+/// only make the next stamp's counter overflow. Contexts above it are
+/// refused where they are used to stamp.
+pub const MAX_COUNTER: u64 = 1 << 62;
+
 /// An exact set of dots: a version vector plus non-contiguous extra dots.
 ///
 /// The representation is kept normal (no cloud dot is covered by or
@@ -96,6 +104,13 @@ impl DotSet {
             .map(|d| d.counter)
             .unwrap_or(0);
         base.max(cloud)
+    }
+
+    /// The largest counter of any node in the set (0 when empty).
+    pub fn largest_counter(&self) -> u64 {
+        let vector = self.vector.values().copied().max().unwrap_or(0);
+        let cloud = self.cloud.iter().map(|d| d.counter).max().unwrap_or(0);
+        vector.max(cloud)
     }
 
     /// Number of entries in the representation (vector entries plus cloud

@@ -383,7 +383,15 @@ impl RowState {
         write: &RowWrite,
     ) -> RowState {
         let seen = client_context.unwrap_or(self.context());
-        let counter = self.context().max_counter(node).max(seen.max_counter(node)) + 1;
+        // Saturating: contexts from outside are checked against
+        // `MAX_COUNTER` before they get here, and a stored one that reached
+        // the top would rather reuse a dot than wrap to 0, a dot no context
+        // can hold.
+        let counter = self
+            .context()
+            .max_counter(node)
+            .max(seen.max_counter(node))
+            .saturating_add(1);
         let dot = Dot { node, counter };
         let mut version = RowVersion {
             dot,

@@ -252,6 +252,22 @@ fn blind_writes_through_one_replica_form_a_chain() {
 }
 
 #[test]
+fn a_counter_at_the_top_is_not_wrapped_and_contexts_say_their_largest_counter() {
+    let a = NodeId(1);
+    let top: DotSet = [Dot {
+        node: a,
+        counter: u64::MAX,
+    }]
+    .into_iter()
+    .collect();
+    assert_eq!(top.largest_counter(), u64::MAX);
+    assert_eq!(DotSet::new().largest_counter(), 0);
+    // Counter 0 is a dot no context can hold: stamping must never give it.
+    let delta = RowState::default().stamp(a, Some(&top), &write(1, &[("x", 1)]));
+    assert!(delta.versions().iter().all(|v| v.dot.counter == u64::MAX));
+}
+
+#[test]
 fn concurrent_writes_become_siblings_and_a_later_write_supersedes_both() {
     let (a, b) = (NodeId(1), NodeId(2));
     let base = RowState::default().stamp(a, None, &write(1, &[("x", 1), ("y", 1)]));

@@ -7,6 +7,7 @@
 //! cluster's coordinator implements it over replicas, without the query
 //! layer changing.
 
+use crate::model::dots::MAX_COUNTER;
 use crate::model::{
     Consistency, DotSet, PartitionHeader, RangeTombstone, RowState, RowWrite, Timestamp,
 };
@@ -253,6 +254,35 @@ pub struct TableRef {
     pub table: String,
     /// Schema id of the table.
     pub id: u128,
+}
+
+/// Refuses mutations whose causal context (sent by a client, or by a
+/// coordinator on a client's behalf) has a counter no real write has
+/// (above [`MAX_COUNTER`]): stamping after it would overflow the counter.
+/// Checked by the coordinator before it asks a replica to stamp, and by
+/// the replica that stamps.
+pub fn check_causal_contexts(mutations: &[Mutation]) -> Result<(), QueryError> {
+    for m in mutations {
+        let Mutation::Row {
+            context: Some(context),
+            ..
+        } = m
+        else {
+            continue;
+        };
+        let largest = context.largest_counter();
+        if largest > MAX_COUNTER {
+            let message = format!(
+                "causal context has a dot counter of {largest}, above the largest a write \
+                 can have ({MAX_COUNTER}); send back the context a read returned"
+            );
+            return Err(QueryError::Invalid {
+                rendered: message.clone(),
+                message,
+            });
+        }
+    }
+    Ok(())
 }
 
 /// One change to one partition.

@@ -35,9 +35,9 @@
 //! wrote, and carry the batch's timestamp, so nothing changes for readers.
 
 use super::api::{
-    decode_partition_writes, encode_partition_writes, BoxFuture, DataStore, Mutation,
-    PartitionWrite, QueryError, ScannedPartition, SliceRequest, StoredPartition, StoredRow,
-    TableRef,
+    check_causal_contexts, decode_partition_writes, encode_partition_writes, BoxFuture, DataStore,
+    Mutation, PartitionWrite, QueryError, ScannedPartition, SliceRequest, StoredPartition,
+    StoredRow, TableRef,
 };
 use crate::cluster::batchlog::{BatchEntry, BatchLog, BatchLogOptions};
 use crate::model::key::{self, KeyKind};
@@ -716,6 +716,7 @@ fn apply_mutations(
     mutations: Vec<Mutation>,
 ) -> Result<(Deltas, Option<SyncTicket>), QueryError> {
     let prefix = key::partition_prefix(partition_key);
+    check_causal_contexts(&mutations)?;
     let updates: Vec<PartitionUpdate<'_>> = mutations
         .into_iter()
         .map(|m| match m {
