@@ -63,6 +63,28 @@ fn bytes_written(answer: &str) -> u64 {
         .unwrap_or_else(|_| panic!("no byte count in {answer:?}"))
 }
 
+/// The `Load` column of the one node line (state `UN`) of an `admin
+/// status` answer, in bytes (it is printed as "12.34 KiB" or "512 B").
+fn load_of(status: &str) -> Option<f64> {
+    let line = status
+        .lines()
+        .find(|l| l.split_whitespace().any(|w| w == "UN"))?;
+    let words: Vec<&str> = line
+        .split(|c: char| c.is_whitespace() || c == '|')
+        .filter(|w| !w.is_empty())
+        .collect();
+    words.windows(2).find_map(|w| {
+        let scale = match w[1] {
+            "B" => 1.0,
+            "KiB" => 1024.0,
+            "MiB" => 1024.0 * 1024.0,
+            "GiB" => 1024.0 * 1024.0 * 1024.0,
+            _ => return None,
+        };
+        w[0].parse::<f64>().ok().map(|v| v * scale)
+    })
+}
+
 /// The numeric `name=value` fields of the `Table <name>:` line of an
 /// `admin status` answer.
 fn table_stats(status: &str, name: &str) -> std::collections::HashMap<String, f64> {
@@ -158,6 +180,25 @@ fn admin_flush_writes_memtables_to_sstables_that_survive_a_sigkill() {
         table["log_sync_p50_us"] <= table["log_sync_p99_us"]
             && table["log_sync_p99_us"] <= table["log_sync_max_us"],
         "{status}"
+    );
+
+    // The node gossips its load (bytes of SSTables), and `admin status`
+    // shows it in the node's line; it was 0 before the flush.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let load = loop {
+        let status = cluster.status(&node);
+        let load = load_of(&status);
+        if load.is_some_and(|b| b > 0.0) || std::time::Instant::now() > deadline {
+            break (load, status);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    };
+    let sstable_bytes = table_stats(&load.1, "ks.kv")["sstable_bytes"];
+    let shown = load.0.unwrap_or_else(|| panic!("no load in:\n{}", load.1));
+    assert!(
+        (shown - sstable_bytes).abs() <= sstable_bytes * 0.01 + 1.0,
+        "load {shown} against {sstable_bytes} bytes of SSTables:\n{}",
+        load.1
     );
 
     // Nothing new to write: a second flush writes no bytes.

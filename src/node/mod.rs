@@ -336,6 +336,11 @@ impl Node {
                 },
             )),
         ];
+        tasks.push(tokio::spawn(publish_load(
+            membership.clone(),
+            local.clone(),
+            LOAD_PUBLISH_INTERVAL,
+        )));
         tasks.push(tokio::spawn(publish_schema_changes(
             membership.clone(),
             SchemaSync {
@@ -857,6 +862,24 @@ impl SchemaSync {
             Ok(other) => tracing::warn!(?other, "unexpected answer to a schema pull from {from}"),
             Err(e) => tracing::warn!(error = %e, "schema pull from {from} failed"),
         }
+    }
+}
+
+/// How often a node checks how much data it stores and gossips it when it
+/// changed (the `Load` column of `ringdb admin status`).
+const LOAD_PUBLISH_INTERVAL: Duration = Duration::from_secs(2);
+
+/// Publishes in gossip how many bytes of SSTables this node stores (the
+/// `Load` of `nodetool status`), at once and then whenever it changed,
+/// looking every `interval`.
+async fn publish_load(membership: Membership, local: Arc<LocalStore>, interval: Duration) {
+    let mut published = None;
+    loop {
+        let load = local.storage_stats().load_bytes();
+        if published != Some(load) && membership.update_local(|m| m.load_bytes = load).is_ok() {
+            published = Some(load);
+        }
+        tokio::time::sleep(interval).await;
     }
 }
 

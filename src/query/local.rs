@@ -97,6 +97,15 @@ fn hit_rate(hits: u64, misses: u64) -> String {
     }
 }
 
+impl StorageStats {
+    /// Bytes of SSTables over every table: the node's load, as
+    /// `nodetool status` counts it (memtables and the commit log not
+    /// included).
+    pub fn load_bytes(&self) -> u64 {
+        self.tables.iter().map(|(_, t)| t.sstable_bytes).sum()
+    }
+}
+
 impl std::fmt::Display for StorageStats {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let mib = |bytes: u64| bytes as f64 / (1024.0 * 1024.0);
