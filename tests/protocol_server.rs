@@ -721,3 +721,65 @@ async fn a_dropped_client_ends_its_lane_and_connection() {
     assert_eq!(server.stats().connections_open, 0, "{:?}", server.stats());
     server.shutdown().await;
 }
+
+/// This machine's address on the interface that carries its default route
+/// (not a loopback address), found by "connecting" a UDP socket, which
+/// sends nothing.
+fn non_loopback_address() -> std::net::IpAddr {
+    let probe = std::net::UdpSocket::bind("0.0.0.0:0").expect("UDP socket");
+    probe
+        .connect("198.51.100.1:9")
+        .expect("this test needs a network interface with a default route");
+    let ip = probe.local_addr().expect("local address").ip();
+    assert!(!ip.is_loopback() && !ip.is_unspecified(), "{ip}");
+    ip
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_requests_that_change_the_node_are_served_only_to_its_own_machine() {
+    let certs = test_certs();
+    let executor = TestExecutor::new();
+    let server = ClientServer::bind_with_limits(
+        "0.0.0.0:0".parse().expect("address"),
+        server_tls(&certs),
+        executor.clone(),
+        executor,
+        ServerLimits::default(),
+    )
+    .expect("server binds");
+    let port = server.local_addr().port();
+    // From another address of the machine, as from another machine: both
+    // refused as forbidden, naming where the request came from.
+    let ip = non_loopback_address();
+    let remote = Client::connect(SocketAddr::new(ip, port), client_tls(&certs))
+        .await
+        .expect("connects over the network interface");
+    for (what, result) in [
+        ("flush", remote.admin_flush().await),
+        ("decommission", remote.admin_decommission().await),
+    ] {
+        match result {
+            Err(ClientError::Refused(e)) => {
+                assert_eq!(e.code, ProtocolErrorCode::Forbidden, "{what}: {e}");
+                assert!(e.message.contains(&ip.to_string()), "{what}: {e}");
+                assert!(e.message.contains(what), "{what}: {e}");
+            }
+            other => panic!("{what}: forbidden expected, got {other:?}"),
+        }
+    }
+    // Reading the status is allowed from anywhere (this test server has no
+    // cluster layer, so it answers that it has none).
+    assert!(matches!(
+        remote.admin_status().await,
+        Err(ClientError::Refused(e)) if e.code == ProtocolErrorCode::Unsupported
+    ));
+    // From the loopback address the request passes the check and reaches
+    // the node (which, again, has no cluster layer here).
+    let local = Client::connect(SocketAddr::from(([127, 0, 0, 1], port)), client_tls(&certs))
+        .await
+        .expect("connects over loopback");
+    assert!(matches!(
+        local.admin_flush().await,
+        Err(ClientError::Refused(e)) if e.code == ProtocolErrorCode::Unsupported
+    ));
+}

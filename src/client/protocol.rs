@@ -208,6 +208,9 @@ pub enum ProtocolErrorCode {
     /// The server does not offer what was asked (e.g. admin status on a
     /// server without the cluster layer).
     Unsupported,
+    /// The request is not accepted from this client (an admin request that
+    /// changes the node, from another machine).
+    Forbidden,
 }
 
 impl ProtocolErrorCode {
@@ -223,6 +226,7 @@ impl ProtocolErrorCode {
             ProtocolErrorCode::ReadTimeout => 7,
             ProtocolErrorCode::Internal => 8,
             ProtocolErrorCode::Unsupported => 9,
+            ProtocolErrorCode::Forbidden => 10,
         }
     }
 }
@@ -239,6 +243,7 @@ impl fmt::Display for ProtocolErrorCode {
             ProtocolErrorCode::ReadTimeout => "request read timed out",
             ProtocolErrorCode::Internal => "internal server error",
             ProtocolErrorCode::Unsupported => "not supported by this server",
+            ProtocolErrorCode::Forbidden => "not allowed from this client",
         };
         f.write_str(name)
     }

@@ -12,6 +12,7 @@ use crate::query::api::{QueryError, QueryExecutor, QueryOptions, SessionState};
 use cql_lite::Value;
 use parking_lot::Mutex;
 use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
@@ -73,6 +74,8 @@ impl PreparedTexts {
 struct Connection {
     started: bool,
     session: SessionState,
+    /// Where the client connects from (`None` only in tests).
+    remote: Option<SocketAddr>,
 }
 
 /// Counts open connections while it lives.
@@ -113,7 +116,10 @@ async fn serve_connection(incoming: quinn::Incoming, shared: Arc<Shared>) {
     let _open = OpenGuard(shared.stats.clone());
     let remote = connection.remote_address();
     tracing::debug!(%remote, "client connected");
-    let state = Arc::new(Mutex::new(Connection::default()));
+    let state = Arc::new(Mutex::new(Connection {
+        remote: Some(remote),
+        ..Connection::default()
+    }));
     loop {
         match connection.accept_bi().await {
             Ok((send, recv)) => {
@@ -364,9 +370,9 @@ async fn dispatch(
     {
         return startup(&shared, &state, protocol_version, keyspace).await;
     }
-    let (started, mut session) = {
+    let (started, mut session, remote) = {
         let conn = state.lock();
-        (conn.started, conn.session.clone())
+        (conn.started, conn.session.clone(), conn.remote)
     };
     if !started {
         return protocol_error(
@@ -430,6 +436,22 @@ async fn dispatch(
                 "this server runs without the cluster layer: no admin status",
             ),
         },
+        ClientFrame::AdminDecommission | ClientFrame::AdminFlush if !is_local_client(remote) => {
+            let what = if matches!(frame, ClientFrame::AdminDecommission) {
+                "decommission"
+            } else {
+                "flush"
+            };
+            protocol_error(
+                ProtocolErrorCode::Forbidden,
+                format!(
+                    "admin {what} changes the node, so it is accepted only from the node's own \
+                     machine (a loopback address), and this request came from {}; run \
+                     `ringdb admin {what}` on the node itself",
+                    remote.map_or_else(|| "an unknown address".to_string(), |r| r.to_string())
+                ),
+            )
+        }
         ClientFrame::AdminDecommission => match &shared.admin {
             Some(admin) => match admin.decommission().await {
                 Ok(text) => ServerFrame::AdminText(text),
@@ -455,6 +477,16 @@ async fn dispatch(
         state.lock().session = session;
     }
     answer
+}
+
+/// Whether a client connecting from `remote` is on the node's own machine
+/// (a loopback address, IPv4-mapped ones included): the only clients whose
+/// admin requests that change the node (decommission, flush) are served,
+/// as Cassandra's `nodetool` is local-only by default. The client port
+/// takes clients without certificates, so an address is what tells an
+/// operator on the node from anyone who can reach the port.
+fn is_local_client(remote: Option<SocketAddr>) -> bool {
+    remote.is_some_and(|r| r.ip().to_canonical().is_loopback())
 }
 
 /// The startup frame is handled before the match in [`dispatch`].
@@ -558,6 +590,20 @@ fn hex(bytes: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_loopback_clients_count_as_local() {
+        let local = |a: &str| is_local_client(Some(a.parse().expect("address")));
+        assert!(local("127.0.0.1:1"));
+        assert!(local("127.3.2.1:1"));
+        assert!(local("[::1]:1"));
+        assert!(local("[::ffff:127.0.0.1]:1"));
+        assert!(!local("192.0.2.7:1"));
+        assert!(!local("[::ffff:192.0.2.7]:1"));
+        assert!(!local("[2001:db8::1]:1"));
+        assert!(!local("0.0.0.0:1"));
+        assert!(!is_local_client(None));
+    }
 
     #[test]
     fn identifiers_are_quoted_only_when_needed() {
