@@ -37,17 +37,15 @@ pub struct DevArgs {
 
 /// Runs `ringdb dev`; returns the shell's exit code.
 pub fn run(args: DevArgs) -> anyhow::Result<i32> {
-    let cluster = LocalCluster::start(LocalClusterSpec::consecutive(
-        args.dir.clone(),
-        args.nodes,
-        args.port,
-        args.peer_port,
-    ))?;
+    let spec =
+        LocalClusterSpec::consecutive(args.dir.clone(), args.nodes, args.port, args.peer_port)?;
+    let last_port = spec.ports.last().map_or(args.port, |&(client, _)| client);
+    let cluster = LocalCluster::start(spec)?;
     eprintln!(
         "ringdb dev: {} node(s) up, clients on 127.0.0.1:{}..{} (data in {}); leave the shell to stop them",
         args.nodes,
         args.port,
-        args.port + args.nodes - 1,
+        last_port,
         args.dir.display()
     );
     let shell = ShellArgs {

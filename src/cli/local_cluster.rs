@@ -35,13 +35,21 @@ pub struct LocalClusterSpec {
 
 impl LocalClusterSpec {
     /// `nodes` nodes on consecutive ports: node i listens for clients on
-    /// `port + i - 1` and for peers on `peer_port + i - 1`.
-    pub fn consecutive(dir: PathBuf, nodes: u16, port: u16, peer_port: u16) -> LocalClusterSpec {
-        LocalClusterSpec {
+    /// `port + i - 1` and for peers on `peer_port + i - 1`. An error if a
+    /// port would be above 65535.
+    pub fn consecutive(
+        dir: PathBuf,
+        nodes: u16,
+        port: u16,
+        peer_port: u16,
+    ) -> anyhow::Result<LocalClusterSpec> {
+        let clients = consecutive_ports(port, nodes, "--port")?;
+        let peers = consecutive_ports(peer_port, nodes, "--peer-port")?;
+        Ok(LocalClusterSpec {
             dir,
-            ports: (0..nodes).map(|i| (port + i, peer_port + i)).collect(),
+            ports: clients.into_iter().zip(peers).collect(),
             server_args: Vec::new(),
-        }
+        })
     }
 
     /// `nodes` nodes on ports that are free now, picked below the
@@ -57,6 +65,24 @@ impl LocalClusterSpec {
             server_args: Vec::new(),
         })
     }
+}
+
+/// `nodes` ports from `first` on, one per node; an error naming `flag` (the
+/// option `first` came from) when the last would be above 65535.
+pub fn consecutive_ports(first: u16, nodes: u16, flag: &str) -> anyhow::Result<Vec<u16>> {
+    (0..nodes)
+        .map(|i| {
+            first.checked_add(i).with_context(|| {
+                format!(
+                    "{flag} {first} leaves no room for {nodes} nodes on consecutive ports \
+                     (node {} would need port {}); use {flag} {} or lower",
+                    u32::from(i) + 1,
+                    u32::from(first) + u32::from(i),
+                    u16::MAX - (nodes - 1),
+                )
+            })
+        })
+        .collect()
 }
 
 /// A server child process, stopped (SIGTERM, then SIGKILL) when dropped.
@@ -272,6 +298,28 @@ fn wait_until_up(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn consecutive_ports_stop_at_65535_with_an_error_naming_the_flag() {
+        assert_eq!(
+            consecutive_ports(9042, 3, "--port").unwrap(),
+            [9042, 9043, 9044]
+        );
+        assert_eq!(
+            consecutive_ports(65533, 3, "--port").unwrap(),
+            [65533, 65534, 65535],
+            "the last port fits"
+        );
+        let err = consecutive_ports(65534, 3, "--port").unwrap_err();
+        let text = format!("{err:#}");
+        assert!(text.contains("--port 65534"), "{text}");
+        assert!(text.contains("--port 65533 or lower"), "{text}");
+        let err =
+            LocalClusterSpec::consecutive(PathBuf::from("/x"), 2, 9042, u16::MAX).unwrap_err();
+        assert!(format!("{err:#}").contains("--peer-port"), "{err:#}");
+        let spec = LocalClusterSpec::consecutive(PathBuf::from("/x"), 2, 9042, 7000).unwrap();
+        assert_eq!(spec.ports, [(9042, 7000), (9043, 7001)]);
+    }
 
     #[test]
     fn nodes_split_the_cpus_and_each_gets_at_least_one_thread() {

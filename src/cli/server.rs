@@ -3,15 +3,19 @@
 //! Settings come from flags, or from a TOML file (`--config`) whose keys
 //! are the flag names with underscores; flags given on the command line
 //! win over the file. A node with no seeds starts a new cluster; a node
-//! with seeds joins theirs. Without `--certs-dir`, a throw-away CA and node
-//! certificate are created in `<data-dir>/certs` (fine for one node; a
-//! cluster needs certificates from one CA: `ringdb certs`).
+//! with seeds joins theirs. Without `--certs-dir` (or `certs_dir`), a
+//! throw-away CA and node certificate are created in `<data-dir>/certs`
+//! (fine for one node; a cluster needs certificates from one CA:
+//! `ringdb certs`). A certificate directory that is given must hold the
+//! node's files already.
 
 use anyhow::Context;
+use ringdb::cluster::hints::HintOptions;
 use ringdb::cluster::membership::MembershipConfig;
-use ringdb::cluster::ring::DEFAULT_VNODES;
+use ringdb::cluster::ring::{NodeInfo, Ring, RingError, DEFAULT_VNODES};
 use ringdb::coordinator::CoordinatorConfig;
-use ringdb::net::tls::{ClusterCa, NodeCert};
+use ringdb::model::NodeId;
+use ringdb::net::tls::{ClusterCa, NodeCert, CA_CERT_FILE, NODE_CERT_FILE, NODE_KEY_FILE};
 use ringdb::node::{Node, NodeConfig, DEFAULT_ROW_CACHE_BYTES};
 use ringdb::storage::commitlog::SyncMode;
 use serde::Deserialize;
@@ -38,17 +42,20 @@ pub struct ServerArgs {
     /// Data directory of the node.
     #[arg(long)]
     pub data_dir: Option<PathBuf>,
-    /// Directory of the node's certificates (`ca.pem`, `node.pem`, `node.key`).
+    /// Directory of the node's certificates (`ca.pem`, `node.pem`,
+    /// `node.key`, from `ringdb certs node`); they must exist. Default:
+    /// `<data-dir>/certs`, where a throw-away CA is created if empty.
     #[arg(long)]
     pub certs_dir: Option<PathBuf>,
     /// Rack of the node (replicas go to distinct racks first).
     #[arg(long)]
     pub rack: Option<String>,
-    /// Tokens (virtual nodes) to take on first start.
+    /// Tokens (virtual nodes) to take on first start (at least 1; default
+    /// 16).
     #[arg(long)]
     pub vnodes: Option<usize>,
     /// Exact tokens (unsigned 64-bit, comma-separated) to take on first
-    /// start instead of picking them.
+    /// start instead of picking them; no token twice.
     #[arg(long, value_delimiter = ',')]
     pub tokens: Vec<u64>,
     /// Commit-log durability: `batch` (acknowledge after fsync) or
@@ -61,7 +68,8 @@ pub struct ServerArgs {
     /// Milliseconds a read waits for its replicas.
     #[arg(long)]
     pub read_timeout_ms: Option<u64>,
-    /// Hours a hint is kept for a node that is down.
+    /// Hours a hint is kept for a node that is down (default 3; at least
+    /// 1).
     #[arg(long)]
     pub hint_window_hours: Option<u64>,
     /// Milliseconds after which a logged batch still in this node's batch
@@ -95,6 +103,26 @@ pub struct ServerArgs {
     /// docs/operations.md.
     #[arg(long)]
     pub row_cache_mb: Option<usize>,
+    /// Gossip (SWIM): milliseconds between two probes of this node, each
+    /// of one member (default 1000).
+    #[arg(long)]
+    pub probe_period_ms: Option<u64>,
+    /// Gossip (SWIM): milliseconds a direct probe may take before members
+    /// are asked to probe indirectly; below the probe period (default 500).
+    #[arg(long)]
+    pub probe_rtt_ms: Option<u64>,
+    /// Gossip (SWIM): milliseconds a suspected member has to refute the
+    /// suspicion before it is declared down (default 3000).
+    #[arg(long)]
+    pub suspect_to_down_ms: Option<u64>,
+    /// Gossip (SWIM): milliseconds between two gossips of pending updates
+    /// besides probes (default 200).
+    #[arg(long)]
+    pub gossip_interval_ms: Option<u64>,
+    /// Gossip (SWIM): members asked to probe a member that did not answer
+    /// a direct probe (default 3).
+    #[arg(long)]
+    pub num_indirect_probes: Option<usize>,
 }
 
 /// The TOML form of [`ServerArgs`].
@@ -121,6 +149,11 @@ struct FileConfig {
     speculative_retry_ms: Option<u64>,
     worker_threads: Option<usize>,
     row_cache_mb: Option<usize>,
+    probe_period_ms: Option<u64>,
+    probe_rtt_ms: Option<u64>,
+    suspect_to_down_ms: Option<u64>,
+    gossip_interval_ms: Option<u64>,
+    num_indirect_probes: Option<usize>,
 }
 
 fn parse_sync_mode(text: &str) -> Result<SyncMode, String> {
@@ -143,6 +176,137 @@ struct Settings {
     node: NodeConfig,
     /// Async worker threads (`None`: one per CPU).
     worker_threads: Option<usize>,
+    /// How the certificate directory was given (`--certs-dir` or the
+    /// file's `certs_dir`, as [`pick`] names it), or `None` for the default
+    /// `<data-dir>/certs`, the only one that gets a throw-away CA.
+    certs_dir_given_by: Option<String>,
+}
+
+/// The value of a setting from its flag, else from the file, with the name
+/// an error about it uses: `--flag-name`, or `key in FILE`.
+fn pick<T>(flag: Option<T>, file: Option<T>, key: &str, file_name: &str) -> Option<(T, String)> {
+    match (flag, file) {
+        (Some(value), _) => Some((value, format!("--{}", key.replace('_', "-")))),
+        (None, Some(value)) => Some((value, format!("{key} in {file_name}"))),
+        (None, None) => None,
+    }
+}
+
+/// The most milliseconds any membership timing may be set to (one hour):
+/// SWIM timings are seconds, and a timer much further out could overflow
+/// the clock when it is scheduled.
+const MAX_MEMBERSHIP_MS: u64 = 3_600_000;
+
+/// The membership (SWIM) settings: flags over the file over
+/// [`MembershipConfig`]'s defaults, checked by [`MembershipConfig::validate`].
+fn membership_config(
+    args: &ServerArgs,
+    file: &FileConfig,
+    file_name: &str,
+    seeds: Vec<SocketAddr>,
+) -> anyhow::Result<MembershipConfig> {
+    let mut config = MembershipConfig::with_seeds(seeds);
+    // What was set, to name it when the combination is refused.
+    let mut given = Vec::new();
+    let timings = [
+        (
+            args.probe_period_ms,
+            file.probe_period_ms,
+            "probe_period_ms",
+            &mut config.probe_period,
+        ),
+        (
+            args.probe_rtt_ms,
+            file.probe_rtt_ms,
+            "probe_rtt_ms",
+            &mut config.probe_rtt,
+        ),
+        (
+            args.suspect_to_down_ms,
+            file.suspect_to_down_ms,
+            "suspect_to_down_ms",
+            &mut config.suspect_to_down,
+        ),
+        (
+            args.gossip_interval_ms,
+            file.gossip_interval_ms,
+            "gossip_interval_ms",
+            &mut config.gossip_interval,
+        ),
+    ];
+    for (flag, in_file, key, field) in timings {
+        if let Some((ms, name)) = pick(flag, in_file, key, file_name) {
+            if ms == 0 || ms > MAX_MEMBERSHIP_MS {
+                anyhow::bail!(
+                    "{name} must be between 1 and {MAX_MEMBERSHIP_MS} (one hour), not {ms}"
+                );
+            }
+            *field = Duration::from_millis(ms);
+            given.push(format!("{name} = {ms}"));
+        }
+    }
+    if let Some((n, name)) = pick(
+        args.num_indirect_probes,
+        file.num_indirect_probes,
+        "num_indirect_probes",
+        file_name,
+    ) {
+        if n == 0 {
+            anyhow::bail!("{name} must be at least 1");
+        }
+        config.num_indirect_probes = n;
+        given.push(format!("{name} = {n}"));
+    }
+    config.validate().with_context(|| {
+        format!(
+            "membership settings {} (unset ones keep their defaults, see `ringdb server --help`)",
+            given.join(", ")
+        )
+    })?;
+    Ok(config)
+}
+
+/// The hint window from `hours` (default: the hint store's). Zero is
+/// refused: hints past the window are dropped instead of replayed, so a
+/// window of 0 would drop every hint, also those a write at ANY was
+/// acknowledged through. The hint store counts the window in milliseconds
+/// of a `u64`, which bounds it from above.
+fn hint_window(hours: Option<(u64, String)>) -> anyhow::Result<Duration> {
+    let Some((hours, name)) = hours else {
+        return Ok(HintOptions::default().window);
+    };
+    const MS_PER_HOUR: u64 = 3_600_000;
+    if hours == 0 {
+        anyhow::bail!(
+            "{name} must be at least 1: hints older than the window are dropped, so 0 would drop every hint"
+        );
+    }
+    let ms = hours.checked_mul(MS_PER_HOUR).with_context(|| {
+        format!(
+            "{name} = {hours} is too large (at most {})",
+            u64::MAX / MS_PER_HOUR
+        )
+    })?;
+    Ok(Duration::from_millis(ms))
+}
+
+/// Refuses `tokens` that the ring would refuse (a token listed twice), by
+/// the ring's own rules: a one-node ring is built from them. `name` names
+/// the setting in the error.
+fn check_tokens(tokens: &[u64], name: &str) -> anyhow::Result<()> {
+    let node = NodeInfo::new(
+        NodeId(0),
+        SocketAddr::from(([127, 0, 0, 1], 0)),
+        None,
+        tokens.to_vec(),
+    );
+    match Ring::new([node]) {
+        Ok(_) => Ok(()),
+        Err(RingError::DuplicateToken { token, .. }) => {
+            anyhow::bail!("{name} lists token {token} more than once")
+        }
+        Err(e) => Err(anyhow::Error::new(e).context(name.to_string())),
+    }
 }
 
 /// Flags over the file over the defaults.
@@ -155,26 +319,56 @@ fn merge(args: ServerArgs) -> anyhow::Result<Settings> {
         }
         None => FileConfig::default(),
     };
+    let file_name = args.config.as_deref().map_or_else(
+        || "the config file".to_string(),
+        |p| p.display().to_string(),
+    );
     let data_dir = args
         .data_dir
-        .or(file.data_dir)
+        .clone()
+        .or(file.data_dir.clone())
         .context("--data-dir is required (or data_dir in --config)")?;
-    let sync_mode = match (args.commitlog_sync, file.commitlog_sync) {
+    let sync_mode = match (args.commitlog_sync, &file.commitlog_sync) {
         (Some(m), _) => m,
-        (None, Some(text)) => parse_sync_mode(&text)
+        (None, Some(text)) => parse_sync_mode(text)
             .map_err(anyhow::Error::msg)
             .context("commitlog_sync")?,
         (None, None) => SyncMode::Batch,
     };
     let seeds = if args.seeds.is_empty() {
-        file.seeds
+        file.seeds.clone()
     } else {
-        args.seeds
+        args.seeds.clone()
     };
     let worker_threads = args.worker_threads.or(file.worker_threads);
     if worker_threads == Some(0) {
         anyhow::bail!("worker_threads must be at least 1");
     }
+    let membership = membership_config(&args, &file, &file_name, seeds.clone())?;
+    let vnodes = match pick(args.vnodes, file.vnodes, "vnodes", &file_name) {
+        Some((0, name)) => anyhow::bail!(
+            "{name} must be at least 1: a node without tokens owns no range and breaks the ring"
+        ),
+        Some((vnodes, _)) => vnodes,
+        None => DEFAULT_VNODES,
+    };
+    let to_tokens = |tokens: Vec<u64>| (!tokens.is_empty()).then_some(tokens);
+    let initial_tokens = pick(
+        to_tokens(args.tokens),
+        to_tokens(file.tokens),
+        "tokens",
+        &file_name,
+    );
+    if let Some((tokens, name)) = &initial_tokens {
+        check_tokens(tokens, name)?;
+    }
+    let hint_window = hint_window(pick(
+        args.hint_window_hours,
+        file.hint_window_hours,
+        "hint_window_hours",
+        &file_name,
+    ))?;
+    let certs_dir = pick(args.certs_dir, file.certs_dir, "certs_dir", &file_name);
     let defaults = CoordinatorConfig::default();
     let coordinator = CoordinatorConfig {
         write_timeout: args
@@ -202,11 +396,12 @@ fn merge(args: ServerArgs) -> anyhow::Result<Settings> {
             .unwrap_or(defaults.speculative_retry),
         ..defaults
     };
+    let (certs_dir, certs_dir_given_by) = match certs_dir {
+        Some((dir, name)) => (dir, Some(name)),
+        None => (data_dir.join("certs"), None),
+    };
     let node = NodeConfig {
-        certs_dir: args
-            .certs_dir
-            .or(file.certs_dir)
-            .unwrap_or_else(|| data_dir.join("certs")),
+        certs_dir,
         client_listen: args
             .listen
             .or(file.listen)
@@ -215,23 +410,14 @@ fn merge(args: ServerArgs) -> anyhow::Result<Settings> {
             .peer_listen
             .or(file.peer_listen)
             .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 7000))),
-        membership: MembershipConfig::with_seeds(seeds.clone()),
+        membership,
         seeds,
         rack: args.rack.or(file.rack),
-        vnodes: args.vnodes.or(file.vnodes).unwrap_or(DEFAULT_VNODES),
-        initial_tokens: match (args.tokens.is_empty(), file.tokens.is_empty()) {
-            (false, _) => Some(args.tokens),
-            (true, false) => Some(file.tokens),
-            (true, true) => None,
-        },
+        vnodes,
+        initial_tokens: initial_tokens.map(|(tokens, _)| tokens),
         sync_mode,
         coordinator,
-        hint_window: Duration::from_secs(
-            3600 * args
-                .hint_window_hours
-                .or(file.hint_window_hours)
-                .unwrap_or(3),
-        ),
+        hint_window,
         batchlog_replay_delay: args
             .batchlog_replay_delay_ms
             .or(file.batchlog_replay_delay_ms)
@@ -245,12 +431,35 @@ fn merge(args: ServerArgs) -> anyhow::Result<Settings> {
     Ok(Settings {
         node,
         worker_threads,
+        certs_dir_given_by,
     })
 }
 
-/// Creates a throw-away CA and node certificate when `certs_dir` has none.
-pub fn ensure_certs(certs_dir: &Path) -> anyhow::Result<()> {
-    if certs_dir.join("node.pem").exists() {
+/// Checks that a certificate directory the operator named (`given_by`:
+/// the flag or key) holds the node's files. A mistyped path must stop the
+/// node, not start it with a CA of its own, alone in a cluster of one.
+fn check_given_certs(certs_dir: &Path, given_by: &str) -> anyhow::Result<()> {
+    let missing: Vec<&str> = [CA_CERT_FILE, NODE_CERT_FILE, NODE_KEY_FILE]
+        .into_iter()
+        .filter(|name| !certs_dir.join(name).exists())
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    anyhow::bail!(
+        "{given_by} {dir} has no {missing}. Create the cluster CA once with \
+         `ringdb certs init --dir CA_DIR` and this node's files with \
+         `ringdb certs node NAME --dir CA_DIR --out {dir}`, or leave out {given_by} \
+         for a throw-away CA in <data-dir>/certs (a cluster of one node only)",
+        dir = certs_dir.display(),
+        missing = missing.join(", "),
+    )
+}
+
+/// Creates a throw-away CA and node certificate when `certs_dir` (the
+/// default `<data-dir>/certs`) has none.
+fn ensure_throwaway_certs(certs_dir: &Path) -> anyhow::Result<()> {
+    if certs_dir.join(NODE_CERT_FILE).exists() {
         return Ok(());
     }
     let ca = ClusterCa::generate().context("generating a CA")?;
@@ -265,7 +474,7 @@ pub fn ensure_certs(certs_dir: &Path) -> anyhow::Result<()> {
     eprintln!(
         "ringdb: created a throw-away CA and node certificate in {} (clients trust {})",
         certs_dir.display(),
-        certs_dir.join("ca.pem").display()
+        certs_dir.join(CA_CERT_FILE).display()
     );
     Ok(())
 }
@@ -275,8 +484,12 @@ pub fn run(args: ServerArgs) -> anyhow::Result<()> {
     let Settings {
         node: config,
         worker_threads,
+        certs_dir_given_by,
     } = merge(args)?;
-    ensure_certs(&config.certs_dir)?;
+    match &certs_dir_given_by {
+        Some(given_by) => check_given_certs(&config.certs_dir, given_by)?,
+        None => ensure_throwaway_certs(&config.certs_dir)?,
+    }
     let mut builder = super::runtime_builder(worker_threads);
     let runtime = builder
         .enable_all()
@@ -407,6 +620,224 @@ mod tests {
         })
         .unwrap();
         assert_eq!(off.node.row_cache_bytes, 0, "a flag of 0 turns it off");
+    }
+
+    /// `ringdb server --data-dir /x ARGV` merged, or its error (with causes).
+    fn settings(argv: &[&str]) -> Result<Settings, String> {
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            server: ServerArgs,
+        }
+        use clap::Parser;
+        let mut full = vec!["ringdb", "--data-dir", "/x"];
+        full.extend_from_slice(argv);
+        let cli = Cli::try_parse_from(full).map_err(|e| e.to_string())?;
+        merge(cli.server).map_err(|e| format!("{e:#}"))
+    }
+
+    /// A config file holding `text`, and its directory (deleted on drop).
+    fn config_file(text: &str) -> (tempfile::TempDir, String) {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("node.toml");
+        std::fs::write(&file, text).unwrap();
+        let path = file.to_str().unwrap().to_string();
+        (dir, path)
+    }
+
+    #[test]
+    fn membership_timings_come_from_flags_over_the_file_over_the_defaults() {
+        let defaults = MembershipConfig::default();
+        let m = settings(&[]).unwrap().node.membership;
+        assert_eq!(m.probe_period, defaults.probe_period);
+        assert_eq!(m.probe_rtt, defaults.probe_rtt);
+        assert_eq!(m.suspect_to_down, defaults.suspect_to_down);
+        assert_eq!(m.gossip_interval, defaults.gossip_interval);
+        assert_eq!(m.num_indirect_probes, defaults.num_indirect_probes);
+
+        let (_dir, file) = config_file(
+            "probe_period_ms = 2000\nprobe_rtt_ms = 800\nsuspect_to_down_ms = 5000\n\
+             gossip_interval_ms = 300\nnum_indirect_probes = 4\n",
+        );
+        let m = settings(&["--config", &file]).unwrap().node.membership;
+        assert_eq!(m.probe_period, Duration::from_millis(2000));
+        assert_eq!(m.probe_rtt, Duration::from_millis(800));
+        assert_eq!(m.suspect_to_down, Duration::from_millis(5000));
+        assert_eq!(m.gossip_interval, Duration::from_millis(300));
+        assert_eq!(m.num_indirect_probes, 4);
+
+        let m = settings(&[
+            "--config",
+            &file,
+            "--probe-period-ms",
+            "1500",
+            "--probe-rtt-ms",
+            "600",
+            "--suspect-to-down-ms",
+            "4000",
+            "--gossip-interval-ms",
+            "100",
+            "--num-indirect-probes",
+            "2",
+        ])
+        .unwrap()
+        .node
+        .membership;
+        assert_eq!(m.probe_period, Duration::from_millis(1500), "the flag wins");
+        assert_eq!(m.probe_rtt, Duration::from_millis(600), "the flag wins");
+        assert_eq!(m.suspect_to_down, Duration::from_millis(4000));
+        assert_eq!(m.gossip_interval, Duration::from_millis(100));
+        assert_eq!(m.num_indirect_probes, 2);
+        assert_eq!(m.seeds, Vec::<SocketAddr>::new());
+    }
+
+    #[test]
+    fn bad_membership_timings_are_refused_naming_the_flag_or_key() {
+        let refused = |argv: &[&str], names: &[&str]| {
+            let err = settings(argv).map(|_| ()).unwrap_err();
+            for name in names {
+                assert!(err.contains(name), "{argv:?}: {err}");
+            }
+        };
+        refused(&["--probe-rtt-ms", "0"], &["--probe-rtt-ms", "not 0"]);
+        refused(&["--probe-period-ms", "0"], &["--probe-period-ms"]);
+        refused(&["--gossip-interval-ms", "0"], &["--gossip-interval-ms"]);
+        refused(
+            &["--suspect-to-down-ms", "3600001"],
+            &["--suspect-to-down-ms", "one hour"],
+        );
+        refused(&["--num-indirect-probes", "0"], &["--num-indirect-probes"]);
+        // The probe rtt must stay below the probe period, whichever is set.
+        refused(
+            &["--probe-rtt-ms", "1000"],
+            &["--probe-rtt-ms = 1000", "probe_rtt"],
+        );
+        refused(
+            &["--probe-period-ms", "400"],
+            &["--probe-period-ms = 400", "probe_period"],
+        );
+        let (_dir, file) = config_file("probe_period_ms = 300\nsuspect_to_down_ms = 0\n");
+        refused(
+            &["--config", &file],
+            &["suspect_to_down_ms in", "node.toml"],
+        );
+        refused(
+            &["--config", &file, "--suspect-to-down-ms", "10"],
+            &["probe_period_ms in", "node.toml"],
+        );
+        assert!(
+            settings(&[
+                "--config",
+                &file,
+                "--suspect-to-down-ms",
+                "10",
+                "--probe-rtt-ms",
+                "100"
+            ])
+            .is_ok(),
+            "the flags mend the file"
+        );
+    }
+
+    #[test]
+    fn the_hint_window_is_checked_hours() {
+        let window = |argv: &[&str]| settings(argv).map(|s| s.node.hint_window);
+        assert_eq!(
+            window(&[]),
+            Ok(Duration::from_secs(3 * 3600)),
+            "the default"
+        );
+        assert_eq!(
+            window(&["--hint-window-hours", "5"]),
+            Ok(Duration::from_secs(5 * 3600))
+        );
+        let err = window(&["--hint-window-hours", "0"]).unwrap_err();
+        assert!(
+            err.contains("--hint-window-hours must be at least 1"),
+            "{err}"
+        );
+        let err = window(&["--hint-window-hours", &u64::MAX.to_string()]).unwrap_err();
+        assert!(err.contains("too large"), "{err}");
+        let largest = u64::MAX / 3_600_000;
+        assert_eq!(
+            window(&["--hint-window-hours", &largest.to_string()]),
+            Ok(Duration::from_millis(largest * 3_600_000))
+        );
+        let err = window(&["--hint-window-hours", &(largest + 1).to_string()]).unwrap_err();
+        assert!(err.contains(&format!("at most {largest}")), "{err}");
+        let (_dir, file) = config_file("hint_window_hours = 0\n");
+        let err = window(&["--config", &file]).unwrap_err();
+        assert!(err.contains("hint_window_hours in"), "{err}");
+    }
+
+    #[test]
+    fn no_vnodes_and_repeated_tokens_are_refused() {
+        let err = settings(&["--vnodes", "0"]).map(|_| ()).unwrap_err();
+        assert!(err.contains("--vnodes must be at least 1"), "{err}");
+        assert_eq!(settings(&["--vnodes", "4"]).map(|s| s.node.vnodes), Ok(4));
+        let (_dir, file) = config_file("vnodes = 0\ntokens = [7, 3, 7]\n");
+        let err = settings(&["--config", &file]).map(|_| ()).unwrap_err();
+        assert!(err.contains("vnodes in"), "{err}");
+        let err = settings(&["--config", &file, "--vnodes", "2"])
+            .map(|_| ())
+            .unwrap_err();
+        assert!(err.contains("tokens in"), "{err}");
+        assert!(err.contains("token 7 more than once"), "{err}");
+        let err = settings(&["--tokens", "1,2,1"]).map(|_| ()).unwrap_err();
+        assert!(
+            err.contains("--tokens lists token 1 more than once"),
+            "{err}"
+        );
+        assert_eq!(
+            settings(&["--config", &file, "--vnodes", "2", "--tokens", "9,1"])
+                .map(|s| s.node.initial_tokens),
+            Ok(Some(vec![9, 1])),
+            "the flag's tokens win over the file's"
+        );
+    }
+
+    #[test]
+    fn a_given_certs_dir_without_the_files_is_refused_not_filled() {
+        let given = |argv: &[&str]| settings(argv).map(|s| s.certs_dir_given_by);
+        assert_eq!(given(&[]), Ok(None), "the default dir");
+        assert_eq!(
+            given(&["--certs-dir", "/c"]),
+            Ok(Some("--certs-dir".to_string()))
+        );
+        let (_dir, file) = config_file("certs_dir = \"/c\"\n");
+        assert!(given(&["--config", &file])
+            .unwrap()
+            .is_some_and(|name| name.starts_with("certs_dir in")));
+
+        let root = tempfile::tempdir().unwrap();
+        let certs = root.path().join("certs-typo");
+        let data = root.path().join("data");
+        let err = run(ServerArgs {
+            data_dir: Some(data.clone()),
+            certs_dir: Some(certs.clone()),
+            ..ServerArgs::default()
+        })
+        .unwrap_err();
+        let text = format!("{err:#}");
+        assert!(text.contains("--certs-dir"), "{text}");
+        assert!(text.contains("has no ca.pem, node.pem, node.key"), "{text}");
+        assert!(text.contains("ringdb certs node NAME"), "{text}");
+        assert!(!certs.exists(), "no throw-away CA in a given dir");
+        assert!(!data.join("certs").exists(), "nor in the default one");
+
+        // Only the files that are missing are named; all present passes.
+        let ca = ClusterCa::generate().unwrap();
+        ca.save(&certs, false).unwrap();
+        let err = check_given_certs(&certs, "--certs-dir").unwrap_err();
+        assert!(
+            format!("{err:#}").contains("has no node.pem, node.key."),
+            "{err:#}"
+        );
+        NodeCert::issue(&ca, "n1", &[], &[])
+            .unwrap()
+            .save(&certs, true)
+            .unwrap();
+        check_given_certs(&certs, "--certs-dir").unwrap();
     }
 
     #[test]
