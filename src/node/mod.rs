@@ -41,6 +41,7 @@ use crate::server::{CatalogSource, ClientServer, ServerLimits};
 use crate::storage::commitlog::SyncMode;
 use crate::storage::engine::EngineOptions;
 use handler::NodeHandler;
+use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -795,6 +796,12 @@ fn set_rings(cluster: &ClusterStore, membership: &Membership) {
 /// from and its schema merged into ours.
 async fn react_to_gossip(membership: Membership, cluster: ClusterStore, sync: SchemaSync) {
     let mut events = membership.subscribe();
+    let sync = Arc::new(sync);
+    // Schema pulls run in tasks of their own (one at a time per node
+    // pulled from), so a peer slow to answer one (up to its 5 s timeout)
+    // does not hold up the ring updates and hint replays of the events
+    // behind it.
+    let pulling: Arc<parking_lot::Mutex<HashSet<SocketAddr>>> = Arc::default();
     loop {
         let event = match events.recv().await {
             Ok(e) => e,
@@ -825,8 +832,13 @@ async fn react_to_gossip(membership: Membership, cluster: ClusterStore, sync: Sc
                     continue;
                 };
                 if (meta.schema_version, meta.schema_digest) != sync.schema.current().fingerprint()
+                    && pulling.lock().insert(meta.addr)
                 {
-                    sync.pull(meta.addr).await;
+                    let (sync, pulling) = (sync.clone(), pulling.clone());
+                    tokio::spawn(async move {
+                        sync.pull(meta.addr).await;
+                        pulling.lock().remove(&meta.addr);
+                    });
                 }
             }
             _ => {}
