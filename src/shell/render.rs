@@ -196,6 +196,37 @@ pub fn yellow(text: &str, color: bool) -> String {
 mod tests {
     use super::*;
 
+    #[test]
+    fn availability_errors_name_the_level_and_the_counts() {
+        use crate::model::Consistency;
+        let shown = |e: QueryError| error_text(&ClientError::Query(e));
+        assert_eq!(
+            shown(QueryError::Unavailable {
+                consistency: Consistency::Quorum,
+                required: 2,
+                alive: 1,
+            }),
+            "Unavailable: cannot achieve consistency level QUORUM: 2 replicas required but only 1 alive"
+        );
+        assert_eq!(
+            shown(QueryError::Timeout {
+                consistency: Consistency::All,
+                required: 3,
+                received: 2,
+                write: true,
+            }),
+            "Timeout: operation timed out at consistency ALL: 2 of 3 replicas answered"
+        );
+        let forbidden = ClientError::Refused(crate::client::protocol::ProtocolError::new(
+            crate::client::protocol::ProtocolErrorCode::Forbidden,
+            "from 192.0.2.7:1",
+        ));
+        assert_eq!(
+            error_text(&forbidden),
+            "Protocol error: not allowed from this client: from 192.0.2.7:1"
+        );
+    }
+
     fn spec(name: &str, data_type: DataType) -> ColumnSpec {
         ColumnSpec {
             name: name.into(),
