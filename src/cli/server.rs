@@ -266,6 +266,24 @@ fn membership_config(
     Ok(config)
 }
 
+/// The longest read or write timeout (and speculative-retry delay) a
+/// node takes: one hour. Deadlines are the current instant plus the
+/// timeout, which a value near `u64::MAX` milliseconds would overflow.
+const MAX_REQUEST_TIMEOUT_MS: u64 = 3_600_000;
+
+/// A read or write timeout in milliseconds, from its flag or key (`None`:
+/// not set). Zero is refused (every request would time out before its
+/// replicas could answer), and so is anything over an hour.
+fn request_timeout(ms: Option<(u64, String)>) -> anyhow::Result<Option<Duration>> {
+    match ms {
+        None => Ok(None),
+        Some((ms, name)) if ms == 0 || ms > MAX_REQUEST_TIMEOUT_MS => anyhow::bail!(
+            "{name} must be between 1 and {MAX_REQUEST_TIMEOUT_MS} (one hour), not {ms}"
+        ),
+        Some((ms, _)) => Ok(Some(Duration::from_millis(ms))),
+    }
+}
+
 /// The hint window from `hours` (default: the hint store's). Zero is
 /// refused: hints past the window are dropped instead of replayed, so a
 /// window of 0 would drop every hint, also those a write at ANY was
@@ -370,17 +388,33 @@ fn merge(args: ServerArgs) -> anyhow::Result<Settings> {
     ))?;
     let certs_dir = pick(args.certs_dir, file.certs_dir, "certs_dir", &file_name);
     let defaults = CoordinatorConfig::default();
+    let write_timeout = request_timeout(pick(
+        args.write_timeout_ms,
+        file.write_timeout_ms,
+        "write_timeout_ms",
+        &file_name,
+    ))?;
+    let read_timeout = request_timeout(pick(
+        args.read_timeout_ms,
+        file.read_timeout_ms,
+        "read_timeout_ms",
+        &file_name,
+    ))?;
+    let speculative_retry = match pick(
+        args.speculative_retry_ms,
+        file.speculative_retry_ms,
+        "speculative_retry_ms",
+        &file_name,
+    ) {
+        Some((ms, name)) if ms > MAX_REQUEST_TIMEOUT_MS => anyhow::bail!(
+            "{name} must be at most {MAX_REQUEST_TIMEOUT_MS} (one hour; 0 turns it off), not {ms}"
+        ),
+        Some((ms, _)) => Some(Duration::from_millis(ms)),
+        None => None,
+    };
     let coordinator = CoordinatorConfig {
-        write_timeout: args
-            .write_timeout_ms
-            .or(file.write_timeout_ms)
-            .map(Duration::from_millis)
-            .unwrap_or(defaults.write_timeout),
-        read_timeout: args
-            .read_timeout_ms
-            .or(file.read_timeout_ms)
-            .map(Duration::from_millis)
-            .unwrap_or(defaults.read_timeout),
+        write_timeout: write_timeout.unwrap_or(defaults.write_timeout),
+        read_timeout: read_timeout.unwrap_or(defaults.read_timeout),
         overlap_local_sync: args
             .overlap_local_sync
             .or(file.overlap_local_sync)
@@ -389,11 +423,7 @@ fn merge(args: ServerArgs) -> anyhow::Result<Settings> {
             .read_repair_every
             .or(file.read_repair_every)
             .unwrap_or(defaults.read_repair_every),
-        speculative_retry: args
-            .speculative_retry_ms
-            .or(file.speculative_retry_ms)
-            .map(Duration::from_millis)
-            .unwrap_or(defaults.speculative_retry),
+        speculative_retry: speculative_retry.unwrap_or(defaults.speculative_retry),
         ..defaults
     };
     let (certs_dir, certs_dir_given_by) = match certs_dir {
@@ -737,6 +767,37 @@ mod tests {
             .is_ok(),
             "the flags mend the file"
         );
+    }
+
+    #[test]
+    fn request_timeouts_are_refused_at_zero_and_past_an_hour() {
+        let coordinator = |argv: &[&str]| settings(argv).map(|s| s.node.coordinator);
+        let set = coordinator(&[
+            "--write-timeout-ms",
+            "1500",
+            "--read-timeout-ms",
+            "3600000",
+            "--speculative-retry-ms",
+            "0",
+        ])
+        .expect("valid timeouts");
+        assert_eq!(set.write_timeout, Duration::from_millis(1500));
+        assert_eq!(set.read_timeout, Duration::from_secs(3600));
+        assert_eq!(set.speculative_retry, Duration::ZERO);
+        for flag in ["--write-timeout-ms", "--read-timeout-ms"] {
+            for bad in ["0", "3600001", &u64::MAX.to_string()] {
+                let err = coordinator(&[flag, bad]).unwrap_err();
+                assert!(err.contains(flag) && err.contains("between 1 and"), "{err}");
+            }
+        }
+        let err = coordinator(&["--speculative-retry-ms", &u64::MAX.to_string()]).unwrap_err();
+        assert!(
+            err.contains("--speculative-retry-ms must be at most"),
+            "{err}"
+        );
+        let (_dir, file) = config_file("read_timeout_ms = 0\n");
+        let err = coordinator(&["--config", &file]).unwrap_err();
+        assert!(err.contains("read_timeout_ms in"), "{err}");
     }
 
     #[test]
