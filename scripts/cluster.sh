@@ -28,7 +28,12 @@ fi
 client_port() { echo $((BASE_PORT + $1 - 1)); }
 peer_port() { echo $((PEER_BASE_PORT + $1 - 1)); }
 pid_of() { cat "$DIR/node$1.pid" 2>/dev/null || true; }
-running() { local pid; pid=$(pid_of "$1"); [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; }
+# Whether process $1 runs. A node that exited but whose parent has not
+# reaped it (the nodes outlive this script, so their parent becomes an
+# init, which in many containers never reaps) is a zombie, and still
+# answers kill -0: without /proc (not Linux) kill -0 is all we have.
+alive() { kill -0 "$1" 2>/dev/null && ! grep -qs '^State:[[:space:]]*Z' "/proc/$1/status"; }
+running() { local pid; pid=$(pid_of "$1"); [ -n "$pid" ] && alive "$pid"; }
 
 start_node() {
   local i=$1
@@ -69,7 +74,7 @@ case "${1:-}" in
       [ -e "$pidfile" ] || continue
       pid=$(cat "$pidfile")
       kill -TERM "$pid" 2>/dev/null || true
-      for _ in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+      for _ in $(seq 1 100); do alive "$pid" || break; sleep 0.1; done
       kill -KILL "$pid" 2>/dev/null || true
       rm -f "$pidfile"
     done
@@ -96,7 +101,7 @@ case "${1:-}" in
     i="${2:?node number}"
     "$BIN" admin decommission --host "127.0.0.1:$(client_port "$i")" --ca-cert "$DIR/certs/ca.pem"
     pid=$(pid_of "$i")
-    for _ in $(seq 1 100); do [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    for _ in $(seq 1 100); do [ -n "$pid" ] && alive "$pid" || break; sleep 0.1; done
     rm -f "$DIR/node$i.pid"
     ;;
   status)
