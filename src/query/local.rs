@@ -988,6 +988,19 @@ impl DataStore for LocalStore {
 
     fn truncate<'a>(&'a self, table: &'a TableRef) -> BoxFuture<'a, Result<(), QueryError>> {
         Box::pin(async move {
+            // The names come from peers too, and a dropped table is no
+            // longer in the schema to check them against: names that are
+            // not one plain path component ("..", "/a/b") would remove a
+            // directory outside the data directory.
+            if !one_path_component(&table.keyspace) || !one_path_component(&table.table) {
+                return Err(QueryError::Invalid {
+                    message: format!("no table {} in {}", table.table, table.keyspace),
+                    rendered: format!(
+                        "refusing to truncate {:?}.{:?}: not a table's name",
+                        table.keyspace, table.table
+                    ),
+                });
+            }
             let engine = self.engines.lock().remove(&table.id);
             let dir = self.table_dir(table);
             blocking(self.inline(), move || {
@@ -1003,4 +1016,13 @@ impl DataStore for LocalStore {
             .await
         })
     }
+}
+
+/// Whether `name` joined to a directory names an entry right inside it.
+fn one_path_component(name: &str) -> bool {
+    let mut parts = Path::new(name).components();
+    matches!(
+        (parts.next(), parts.next()),
+        (Some(std::path::Component::Normal(_)), None)
+    ) && !name.contains('/')
 }
