@@ -660,6 +660,14 @@ impl LocalStore {
         opts.compaction = def.storage_compaction().map_err(server)?;
         opts.gc_grace = def.gc_grace();
         opts.clock = self.clock.wall().clone();
+        // Names arrive in schemas merged from peers too: never open a
+        // directory outside the data directory.
+        if !one_path_component(&table.keyspace) || !one_path_component(&table.table) {
+            return Err(server(format!(
+                "refusing to open table {:?}.{:?}: its name is not a directory name",
+                table.keyspace, table.table
+            )));
+        }
         let dir = self.table_dir(table);
         let engine = Arc::new(Engine::open(&dir, opts)?);
         engines.insert(table.id, (engine.clone(), schema.version()));

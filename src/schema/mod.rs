@@ -43,6 +43,28 @@ use std::time::Duration;
 /// Default `gc_grace_seconds` (ten days, as in Cassandra).
 pub const DEFAULT_GC_GRACE_SECONDS: u32 = 864_000;
 
+/// The longest name of a keyspace or table (as in Cassandra).
+pub const MAX_OBJECT_NAME_LEN: usize = 48;
+
+/// Checks a new keyspace's or table's name: 1 to [`MAX_OBJECT_NAME_LEN`]
+/// ASCII letters, digits and underscores, quoted or not (Cassandra's rule).
+/// The names become directory names under the data directory, so a name
+/// like `"../x"` or `"a/b"` must never get that far. `kind` is
+/// "Keyspace" or "Table".
+pub fn check_object_name(kind: &str, name: &str) -> Result<(), SchemaError> {
+    let valid = !name.is_empty()
+        && name.len() <= MAX_OBJECT_NAME_LEN
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+    if valid {
+        Ok(())
+    } else {
+        Err(SchemaError::Invalid(format!(
+            "{kind} name {name:?} is not valid: a name is 1 to {MAX_OBJECT_NAME_LEN} letters, \
+             digits and underscores"
+        )))
+    }
+}
+
 /// Errors of schema changes and of the schema file.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SchemaError {
@@ -1073,6 +1095,7 @@ impl Schema {
         };
         let change = match stmt {
             Statement::CreateKeyspace(s) => {
+                check_object_name("Keyspace", &s.name.name)?;
                 if self.view.keyspaces.contains_key(&s.name.name) {
                     if s.if_not_exists {
                         return Ok(None);
@@ -1118,6 +1141,7 @@ impl Schema {
                 }
             }
             Statement::CreateTable(s) => {
+                check_object_name("Table", &s.name.name.name)?;
                 let ks = ks_of(&s.name)?;
                 if !self.view.keyspaces.contains_key(&ks) {
                     return Err(SchemaError::UnknownKeyspace(ks));

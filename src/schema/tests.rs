@@ -91,6 +91,49 @@ fn if_exists_variants_are_no_ops() {
 }
 
 #[test]
+fn keyspace_and_table_names_are_letters_digits_and_underscores() {
+    let s = sample();
+    let long = "x".repeat(MAX_OBJECT_NAME_LEN);
+    let too_long = "x".repeat(MAX_OBJECT_NAME_LEN + 1);
+    let ks = |name: &str| {
+        format!(
+            "CREATE KEYSPACE {name} WITH replication = {{'class': 'SimpleStrategy', 'replication_factor': 1}}"
+        )
+    };
+    let table = |name: &str| format!("CREATE TABLE {name} (k int PRIMARY KEY)");
+    for good in [ks("\"MyKs\""), ks(&long), table("\"T_1\""), table(&long)] {
+        let stmt = parse_statement(&good).unwrap();
+        assert!(
+            matches!(
+                s.change_for(&stmt, Some("ks"), 1, Timestamp::ZERO),
+                Ok(Some(_))
+            ),
+            "{good}"
+        );
+    }
+    for bad in [
+        ks("\"../x\""),
+        ks("\"a/b\""),
+        ks("\"..\""),
+        ks("\"my ks\""),
+        ks(&format!("\"{too_long}\"")),
+        table("\"../../etc\""),
+        table("\"/tmp/t\""),
+        table("\"é\""),
+        table(&too_long),
+    ] {
+        let stmt = parse_statement(&bad).unwrap();
+        let e = s
+            .change_for(&stmt, Some("ks"), 1, Timestamp::ZERO)
+            .unwrap_err();
+        assert!(
+            matches!(&e, SchemaError::Invalid(m) if m.contains("is not valid")),
+            "{bad}: {e}"
+        );
+    }
+}
+
+#[test]
 fn bad_compaction_options_are_refused() {
     let s = sample();
     let stmt = parse_statement(
