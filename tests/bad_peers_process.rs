@@ -881,6 +881,28 @@ fn garbage_at_the_peer_port_does_not_hurt_a_real_node() {
         !log.contains("panicked"),
         "a panic in the node's log:\n{log}"
     );
+    // `admin status` counts them too: every frame logged as malformed or
+    // of another version was counted (other paths count as well).
+    let status = cluster.status(&n1);
+    let counter = |name: &str| -> usize {
+        let line = status
+            .lines()
+            .find(|l| l.starts_with("Peer transport:"))
+            .unwrap_or_else(|| panic!("no transport line in:\n{status}"));
+        line.split_whitespace()
+            .find_map(|w| w.strip_prefix(&format!("{name}=")))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no {name}= in {line}"))
+    };
+    assert!(
+        counter("malformed") >= expected.malformed_frames,
+        "{status}"
+    );
+    assert!(
+        counter("version_mismatches") >= expected.version_mismatches,
+        "{status}"
+    );
+    assert!(counter("requests_in") > 0, "{status}");
 
     // Clients still read what was written.
     assert_eq!(all_rows(&cluster, &n1), written);

@@ -2,7 +2,9 @@
 
 use super::Decommission;
 use crate::cluster::membership::{status_table, Membership};
+use crate::coordinator::messages::{PeerRequest, PeerResponse};
 use crate::coordinator::{BatchCoordinator, ClusterStore};
+use crate::net::Transport;
 use crate::query::api::BoxFuture;
 use crate::server::AdminSource;
 use std::sync::Arc;
@@ -13,6 +15,7 @@ pub struct NodeAdmin {
     cluster: ClusterStore,
     batches: BatchCoordinator,
     decommission: Arc<Decommission>,
+    transport: Arc<dyn Transport<PeerRequest, PeerResponse>>,
 }
 
 impl NodeAdmin {
@@ -22,12 +25,14 @@ impl NodeAdmin {
         cluster: ClusterStore,
         batches: BatchCoordinator,
         decommission: Arc<Decommission>,
+        transport: Arc<dyn Transport<PeerRequest, PeerResponse>>,
     ) -> NodeAdmin {
         NodeAdmin {
             membership,
             cluster,
             batches,
             decommission,
+            transport,
         }
     }
 }
@@ -38,8 +43,9 @@ impl AdminSource for NodeAdmin {
         let stats = self.cluster.stats();
         let hints = self.cluster.hints().stats();
         let batches = self.batches.stats();
+        let net = self.transport.stats();
         format!(
-            "{}\nThis node: {:016x}\nHints: stored={} delivered={} expired={} discarded={} pending_targets={}\nBatch log: held={} logged={} log_failures={} replayed_entries={} replayed_partitions={} discarded_partitions={}\nCoordinator: {:?}\n{}",
+            "{}\nThis node: {:016x}\nHints: stored={} delivered={} expired={} discarded={} pending_targets={}\nBatch log: held={} logged={} log_failures={} replayed_entries={} replayed_partitions={} discarded_partitions={}\nCoordinator: {:?}\nPeer transport: requests_in={} requests_out={} requests_failed={} malformed={} version_mismatches={} deadlines_exceeded={} datagrams_in={} datagrams_out={} datagrams_dropped={} handshakes_failed={}\n{}",
             status_table(&view),
             self.cluster.node_id().0,
             hints.stored,
@@ -54,6 +60,16 @@ impl AdminSource for NodeAdmin {
             batches.replayed_partitions,
             batches.discarded_partitions,
             stats,
+            net.requests_in,
+            net.requests_out,
+            net.requests_failed,
+            net.malformed,
+            net.version_mismatches,
+            net.deadlines_exceeded,
+            net.datagrams_in,
+            net.datagrams_out,
+            net.datagrams_dropped,
+            net.handshakes_failed,
             self.cluster.local().storage_stats()
         )
     }

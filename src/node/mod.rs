@@ -393,6 +393,7 @@ impl Node {
             cluster.clone(),
             batches.clone(),
             decommission,
+            transport.clone(),
         ));
         let client_server = ClientServer::bind_full(
             config.client_listen,
