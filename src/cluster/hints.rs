@@ -214,7 +214,12 @@ impl HintStore {
         let mut hints = Vec::new();
         let mut expired = 0;
         for (_, path) in &segments {
-            let data = fs::read(path).map_err(|e| StorageError::io(path, e))?;
+            let data = match fs::read(path) {
+                Ok(data) => data,
+                // Expired and deleted meanwhile (`HintStore::expire`).
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(StorageError::io(path, e)),
+            };
             for frame in RecordReader::new(path, &data) {
                 match frame {
                     Frame::Record { offset, payload } => {
@@ -245,6 +250,76 @@ impl HintStore {
             segments: segments.into_iter().map(|(id, _)| id).collect(),
             expired,
         })
+    }
+
+    /// Deletes the segments of `target` whose every hint is past the hint
+    /// window at `now_ms`, counting those hints as expired; returns how
+    /// many. For a node that stays down: its hints would only be dropped
+    /// when replayed, so without this they would sit on disk until it came
+    /// back or left. A segment with one hint still inside the window is
+    /// kept whole (its expired hints are dropped when it is replayed).
+    pub fn expire(&self, target: NodeId, now_ms: u64) -> Result<u64> {
+        let window_ms = self.opts.window.as_millis() as u64;
+        let segments = {
+            let targets = self.targets.lock();
+            let Some(t) = targets.get(&target) else {
+                return Ok(0);
+            };
+            t.segments
+                .iter()
+                .map(|id| (*id, segment_path(&t.dir, *id)))
+                .collect::<Vec<_>>()
+        };
+        let mut stale = Vec::new();
+        let mut dropped = 0u64;
+        for (id, path) in segments {
+            let data = match fs::read(&path) {
+                Ok(data) => data,
+                // Replayed and deleted meanwhile.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(StorageError::io(&path, e)),
+            };
+            let mut hints = 0u64;
+            let all_expired = RecordReader::new(&path, &data).all(|frame| match frame {
+                Frame::Record { payload, .. } => {
+                    hints += 1;
+                    bincode::serde::decode_from_slice::<Hint, _>(
+                        payload,
+                        bincode::config::standard(),
+                    )
+                    .is_ok_and(|(hint, _)| hint.created_ms.saturating_add(window_ms) < now_ms)
+                }
+                // Damaged records are counted when the segment is replayed.
+                Frame::Corrupt { .. } | Frame::TornTail { .. } => false,
+            });
+            if all_expired && hints > 0 {
+                stale.push(id);
+                dropped += hints;
+            }
+        }
+        if stale.is_empty() {
+            return Ok(0);
+        }
+        {
+            // A segment that is still being appended to is closed first.
+            let mut targets = self.targets.lock();
+            if let Some(t) = targets.get_mut(&target) {
+                if t.active
+                    .as_ref()
+                    .is_some_and(|(id, _, _)| stale.contains(id))
+                {
+                    t.active = None;
+                }
+            }
+        }
+        self.remove_segments(&HintBatch {
+            target,
+            hints: Vec::new(),
+            segments: stale,
+            expired: 0,
+        })?;
+        self.expired.fetch_add(dropped, Ordering::Relaxed);
+        Ok(dropped)
     }
 
     /// Records that every hint of `batch` was delivered: its segments are
@@ -401,6 +476,46 @@ mod tests {
             let waiting: Vec<NodeId> = model.iter().filter(|(_, v)| !v.is_empty()).map(|(t, _)| NodeId(*t)).collect();
             prop_assert_eq!(store.targets(), waiting);
         }
+    }
+
+    #[test]
+    fn hints_of_a_node_that_stays_down_expire_by_whole_segments() {
+        let dir = tempfile::tempdir().unwrap();
+        let opts = HintOptions {
+            window: Duration::from_millis(100),
+            sync: false,
+            segment_bytes: 64,
+        };
+        let store = HintStore::open(dir.path(), opts).unwrap();
+        let target = NodeId(4);
+        let segments = |store: &HintStore| store.targets.lock()[&target].segments.len();
+        // Old hints fill a few segments; then new ones (64-byte segments:
+        // every few hints start a new one).
+        for i in 0..12u8 {
+            store.store(target, &hint(1_000, i)).unwrap();
+        }
+        let old_segments = segments(&store);
+        assert!(old_segments >= 3, "{old_segments}");
+        for i in 0..3u8 {
+            store.store(target, &hint(5_000, i)).unwrap();
+        }
+        // Nothing is past the window yet.
+        assert_eq!(store.expire(target, 1_050).unwrap(), 0);
+        // At 5,050 the old ones are: their segments go, counted; a segment
+        // holding a new hint stays.
+        let dropped = store.expire(target, 5_050).unwrap();
+        assert!((1..=12).contains(&dropped), "{dropped}");
+        assert_eq!(store.stats().expired, dropped);
+        assert!(segments(&store) < old_segments + 1);
+        let batch = store.take_batch(target, 5_050).unwrap();
+        let new: Vec<Hint> = (0..3u8).map(|i| hint(5_000, i)).collect();
+        assert_eq!(batch.hints, new, "every hint inside the window is kept");
+        assert_eq!(dropped + batch.expired, 12, "each old hint counted once");
+        // Once every hint is past the window, the target has nothing left.
+        store.store(NodeId(5), &hint(1_000, 1)).unwrap();
+        assert_eq!(store.expire(NodeId(5), 9_000).unwrap(), 1);
+        assert!(!store.targets().contains(&NodeId(5)));
+        assert_eq!(store.expire(NodeId(6), 9_000).unwrap(), 0, "unknown target");
     }
 
     #[test]

@@ -1551,9 +1551,27 @@ impl ClusterStore {
                 let Some(inner) = weak.upgrade() else { return };
                 let this = ClusterStore { inner };
                 for target in this.inner.hints.targets() {
-                    if this.is_alive(target) && target != this.inner.node {
+                    if target == this.inner.node {
+                        continue;
+                    }
+                    if this.is_alive(target) {
                         if let Err(e) = this.replay_hints(target).await {
                             tracing::warn!(error = %e, target = target.0, "hint replay failed");
+                        }
+                    } else {
+                        // Down: its hints past the window need not wait
+                        // on disk for it to come back.
+                        let now = this.inner.local.clock().wall().now_millis();
+                        match this.inner.hints.expire(target, now) {
+                            Ok(0) => {}
+                            Ok(n) => tracing::info!(
+                                target = target.0,
+                                hints = n,
+                                "dropped hints past the hint window for a node still down"
+                            ),
+                            Err(e) => {
+                                tracing::warn!(error = %e, target = target.0, "expiring hints failed")
+                            }
                         }
                     }
                 }
