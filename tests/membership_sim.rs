@@ -226,9 +226,23 @@ async fn scenario(seed: u64) -> Run {
     // Kill node 5: the others mark it down within the detection bound.
     net.kill(addr(5));
     let others: Vec<(usize, &Membership)> = refs[..4].to_vec();
-    let took = wait_until(bound, || all_see(&others, &[5], Liveness::Down))
-        .await
-        .unwrap_or_else(|| panic!("node 5 not down everywhere within {bound:?}"));
+    // SWIM: a node that stops answering is first suspected (it may still
+    // refute), and declared down only after `suspect_to_down`.
+    let mut suspected = false;
+    let took = wait_until(bound, || {
+        suspected |= others
+            .iter()
+            .any(|(_, m)| shows(&m.view(), 5, Liveness::Suspect));
+        all_see(&others, &[5], Liveness::Down)
+    })
+    .await
+    .unwrap_or_else(|| panic!("node 5 not down everywhere within {bound:?}"));
+    assert!(suspected, "node 5 went down without being suspected first");
+    assert!(
+        took >= cfg.suspect_to_down,
+        "down after {took:?}, before the suspicion could run out ({:?})",
+        cfg.suspect_to_down
+    );
     milestones.push(took);
     for i in 1..=4 {
         assert!(
