@@ -197,6 +197,62 @@ async fn quorum_write_with_a_replica_down_goes_to_a_fallback_and_the_hint_replay
 }
 
 #[tokio::test(start_paused = true)]
+async fn hint_replay_is_throttled_in_groups_with_a_pause_between() {
+    let config = CoordinatorConfig {
+        hint_replay_concurrency: 2,
+        hint_replay_pause: Duration::from_millis(100),
+        ..CoordinatorConfig::default()
+    };
+    let c = Cluster::with(3, SimConfig::with_seed(13), &[KV], config, hint_options()).await;
+    let down = 2;
+    c.kill(down);
+    // Seven writes node 0 coordinates while node 2 is down: node 0 keeps a
+    // hint for each (three nodes, RF 3: everyone is a replica).
+    for k in 0..7 {
+        c.query(
+            0,
+            Consistency::One,
+            &format!("INSERT INTO ks.kv (k, v) VALUES ({k}, {k})"),
+        )
+        .await
+        .expect("write with a replica down");
+    }
+    let hinted = c.store(0).hints().stats().stored;
+    assert_eq!(hinted, 7);
+    c.net.clear_log();
+    c.revive(down).await;
+    assert_eq!(c.store(0).hints().stats().delivered, 7);
+    // The replay's requests from node 0 to node 2 went out two at a time,
+    // each group at least the pause after the one before.
+    let mut sent: Vec<Duration> = c
+        .net
+        .log()
+        .into_iter()
+        .filter(|e| {
+            e.from == addr(0)
+                && e.to == addr(down)
+                && matches!(e.kind, PacketKind::Request { .. })
+                && matches!(e.event, Event::Sent { .. })
+        })
+        .map(|e| e.at)
+        .collect();
+    sent.sort();
+    assert_eq!(sent.len(), 7, "{sent:?}");
+    let groups: Vec<&[Duration]> = sent.chunks(2).collect();
+    for group in &groups {
+        assert_eq!(
+            group.first(),
+            group.last(),
+            "a group goes out at once: {sent:?}"
+        );
+    }
+    for pair in groups.windows(2) {
+        let gap = pair[1][0] - pair[0][0];
+        assert!(gap >= Duration::from_millis(100), "gap {gap:?} in {sent:?}");
+    }
+}
+
+#[tokio::test(start_paused = true)]
 async fn hints_past_the_window_are_dropped_and_counted() {
     let hints = HintOptions {
         window: Duration::from_secs(60),
