@@ -783,3 +783,38 @@ async fn admin_requests_that_change_the_node_are_served_only_to_its_own_machine(
         Err(ClientError::Refused(e)) if e.code == ProtocolErrorCode::Unsupported
     ));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_past_the_servers_byte_budget_are_refused_as_overloaded() {
+    let (server, certs) = start(ServerLimits {
+        max_request_bytes: 50 * 1024,
+        ..ServerLimits::default()
+    });
+    let client = Client::connect(server.local_addr(), client_tls(&certs))
+        .await
+        .expect("connects");
+    let text = |n: usize| format!("SELECT * FROM users WHERE name = '{}'", "x".repeat(n));
+    let overloaded = |r: &Result<ringdb::query::api::Response, ClientError>| matches!(r, Err(ClientError::Refused(e)) if e.code == ProtocolErrorCode::Overloaded);
+    // 60 KiB: one chunk on the client's lane; 300 KiB: a stream of its own
+    // (over the lane's largest request). Both are past the 50 KiB budget.
+    for n in [60 * 1024, 300 * 1024] {
+        let r = client.execute(&text(n), vec![]).await;
+        assert!(overloaded(&r), "{n} bytes: {r:?}");
+        if let Err(ClientError::Refused(e)) = &r {
+            assert!(e.message.contains("retry"), "{e}");
+        }
+    }
+    // Within the budget requests are served as before, again and again:
+    // what the refused and the served ones charged came back.
+    for _ in 0..5 {
+        let r = client.execute(&text(30 * 1024), vec![]).await;
+        assert!(!overloaded(&r), "{r:?}");
+    }
+    client.use_keyspace("demo").await.expect("USE");
+    let rows_back = client
+        .execute("SELECT * FROM users", vec![])
+        .await
+        .expect("a small request");
+    assert!(!rows(&rows_back.result).rows.is_empty());
+    assert_eq!(server.stats().overloaded, 2);
+}

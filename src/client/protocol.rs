@@ -211,6 +211,9 @@ pub enum ProtocolErrorCode {
     /// The request is not accepted from this client (an admin request that
     /// changes the node, from another machine).
     Forbidden,
+    /// The server holds as many request bytes as it allows across all
+    /// clients (`ServerLimits::max_request_bytes`); retry later.
+    Overloaded,
 }
 
 impl ProtocolErrorCode {
@@ -227,6 +230,7 @@ impl ProtocolErrorCode {
             ProtocolErrorCode::Internal => 8,
             ProtocolErrorCode::Unsupported => 9,
             ProtocolErrorCode::Forbidden => 10,
+            ProtocolErrorCode::Overloaded => 11,
         }
     }
 }
@@ -244,6 +248,7 @@ impl fmt::Display for ProtocolErrorCode {
             ProtocolErrorCode::Internal => "internal server error",
             ProtocolErrorCode::Unsupported => "not supported by this server",
             ProtocolErrorCode::Forbidden => "not allowed from this client",
+            ProtocolErrorCode::Overloaded => "server overloaded",
         };
         f.write_str(name)
     }

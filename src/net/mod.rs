@@ -26,6 +26,7 @@
 //! is rejected with a typed [`NetError`], logged and counted in [`NetStats`];
 //! it never panics the node.
 
+pub mod budget;
 pub mod error;
 pub mod frame;
 pub mod mux;

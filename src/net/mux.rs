@@ -39,6 +39,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use bytes::{Buf, Bytes};
+
+use super::budget::{ByteBudget, Charge};
 use parking_lot::Mutex;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{mpsc, oneshot};
@@ -119,6 +121,15 @@ pub enum LaneError {
         /// The limit.
         max: usize,
     },
+    /// Unfinished messages would take the server past its budget of
+    /// request bytes across all connections ([`super::budget`]).
+    #[error(
+        "unfinished messages would take the server past its {limit} bytes of requests in flight"
+    )]
+    Overloaded {
+        /// The budget's limit.
+        limit: usize,
+    },
     /// A part of a message with no bytes (writers never send one; it could
     /// only make the reader keep state for nothing).
     #[error("empty part of a message for request {request_id}")]
@@ -140,9 +151,9 @@ impl LaneError {
     pub fn stream_code(&self) -> u64 {
         use super::frame::code;
         match self {
-            LaneError::MessageTooLarge { .. } | LaneError::TooMuchBuffered { .. } => {
-                code::TOO_LARGE
-            }
+            LaneError::MessageTooLarge { .. }
+            | LaneError::TooMuchBuffered { .. }
+            | LaneError::Overloaded { .. } => code::TOO_LARGE,
             _ => code::MALFORMED,
         }
     }
@@ -229,6 +240,9 @@ pub struct LaneReader<R> {
     max_message: usize,
     max_buffered: usize,
     rejects_allowed: bool,
+    /// The server-wide budget the unfinished messages are charged to, if
+    /// any (`partial_bytes` of it).
+    charge: Option<Charge>,
 }
 
 impl<R: AsyncRead + Unpin> LaneReader<R> {
@@ -244,7 +258,16 @@ impl<R: AsyncRead + Unpin> LaneReader<R> {
             max_message,
             max_buffered,
             rejects_allowed,
+            charge: None,
         }
+    }
+
+    /// Charges the bytes of unfinished messages to `budget` as well: a part
+    /// that would take it past its limit ends the lane
+    /// ([`LaneError::Overloaded`]).
+    pub fn with_budget(mut self, budget: &Arc<ByteBudget>) -> Self {
+        self.charge = Some(budget.empty_charge());
+        self
     }
 
     /// The stream this reader reads.
@@ -305,6 +328,13 @@ impl<R: AsyncRead + Unpin> LaneReader<R> {
                     max: self.max_buffered,
                 });
             }
+            if let Some(charge) = &mut self.charge {
+                if !charge.try_grow(len) {
+                    return Err(LaneError::Overloaded {
+                        limit: charge.limit(),
+                    });
+                }
+            }
             let buffer = self.partial.entry(request_id).or_default();
             buffer.resize(earlier + len, 0);
             self.input.read_exact(&mut buffer[earlier..]).await?;
@@ -312,6 +342,9 @@ impl<R: AsyncRead + Unpin> LaneReader<R> {
             if kind == KIND_LAST {
                 let body = self.partial.remove(&request_id).unwrap_or_default();
                 self.partial_bytes -= body.len();
+                if let Some(charge) = &mut self.charge {
+                    charge.shrink(body.len());
+                }
                 return Ok(Some((request_id, LaneMessage::Frame(Bytes::from(body)))));
             }
         }
@@ -336,11 +369,13 @@ pub struct LaneLimits {
 /// requester finishes its side or the stream fails (`Ok`, the error if it
 /// was the stream's), or when the lane's chunks stop parsing (`Err` with
 /// the stream, for the caller to stop it with [`LaneError::stream_code`]).
-/// The answers owed are still sent after it returns.
+/// The answers owed are still sent after it returns. With a `budget`, the
+/// unfinished requests are charged to it ([`LaneReader::with_budget`]).
 pub async fn serve_lane<R, W, F, Fut>(
     recv: R,
     send: W,
     limits: LaneLimits,
+    budget: Option<&Arc<ByteBudget>>,
     serve: F,
 ) -> Result<Option<io::Error>, (LaneError, R)>
 where
@@ -362,6 +397,9 @@ where
         limits.max_buffered,
         false,
     );
+    if let Some(budget) = budget {
+        reader = reader.with_budget(budget);
+    }
     loop {
         match reader.next().await {
             Ok(Some((request_id, LaneMessage::Frame(request)))) => {
@@ -649,6 +687,53 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// Chunk bytes as a writer sends them: header then payload.
+    fn chunk(request_id: u64, kind: u8, payload: &[u8]) -> Vec<u8> {
+        let mut out = request_id.to_be_bytes().to_vec();
+        out.push(kind);
+        out.extend_from_slice(&(payload.len() as u32).to_be_bytes());
+        out.extend_from_slice(payload);
+        out
+    }
+
+    #[test]
+    fn unfinished_messages_are_charged_to_the_budget_and_refused_past_it() {
+        let part = vec![7u8; 1000];
+        // Two messages in two parts each, interleaved: at most 2,000 bytes
+        // unfinished at once (the second parts complete them).
+        let mut bytes = chunk(1, KIND_PART, &part);
+        bytes.extend(chunk(2, KIND_PART, &part));
+        bytes.extend(chunk(1, KIND_LAST, &part));
+        bytes.extend(chunk(2, KIND_LAST, &part));
+        let read_all = |budget: &Arc<ByteBudget>| {
+            runtime().block_on(async {
+                let mut reader =
+                    LaneReader::new(&bytes[..], 10_000, 10_000, false).with_budget(budget);
+                let mut got = Vec::new();
+                while let Some((id, _)) = reader.next().await? {
+                    got.push((id, budget.used()));
+                }
+                Ok::<_, LaneError>(got)
+            })
+        };
+        // Room for both unfinished first parts (and a completing part on
+        // top): both arrive, and what a finished message held comes back.
+        let roomy = ByteBudget::new(3000);
+        assert_eq!(
+            read_all(&roomy).expect("within budget"),
+            vec![(1, 1000), (2, 0)]
+        );
+        assert_eq!(roomy.used(), 0);
+        // Room for one unfinished part only: the second is refused.
+        let tight = ByteBudget::new(1500);
+        assert!(matches!(
+            read_all(&tight),
+            Err(LaneError::Overloaded { limit: 1500 })
+        ));
+        assert_eq!(tight.used(), 0, "the reader's charge went with it");
+        assert_eq!(tight.refusals(), 1);
     }
 
     #[test]

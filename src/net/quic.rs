@@ -798,7 +798,7 @@ async fn serve_lane<Req: Message, Resp: Message>(
         max_buffered: mux::MAX_BUFFERED_REQUESTS,
     };
     let serving = shared.clone();
-    let served = mux::serve_lane(recv, send, limits, move |_, request| {
+    let served = mux::serve_lane(recv, send, limits, None, move |_, request| {
         let shared = serving.clone();
         async move {
             let response = rpc::serve_request(

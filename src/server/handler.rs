@@ -6,6 +6,7 @@ use crate::client::protocol::{
     ProtocolErrorCode, ServerFrame, StreamFrameError, WireError, PROTOCOL_VERSION,
 };
 use crate::model::DotSet;
+use crate::net::budget::ByteBudget;
 use crate::net::mux::{self, LaneMessage, LANE_MAGIC};
 use crate::net::quic::LANE_MAX_REQUEST;
 use crate::query::api::{QueryError, QueryExecutor, QueryOptions, SessionState};
@@ -24,6 +25,8 @@ pub(super) struct Shared {
     stats: Arc<ServerStats>,
     limits: ServerLimits,
     prepared_texts: Mutex<PreparedTexts>,
+    /// Request bytes held across every connection.
+    request_budget: Arc<ByteBudget>,
 }
 
 impl Shared {
@@ -39,6 +42,7 @@ impl Shared {
             schema,
             admin,
             stats,
+            request_budget: ByteBudget::new(limits.max_request_bytes),
             limits,
             prepared_texts: Mutex::new(PreparedTexts::default()),
         }
@@ -139,6 +143,9 @@ async fn serve_stream(
     mut send: quinn::SendStream,
     mut recv: quinn::RecvStream,
 ) {
+    // The request's bytes are charged to the server's budget from when
+    // its length is known until it is answered.
+    let mut charge = None;
     let read = tokio::time::timeout(shared.limits.request_read_timeout, async {
         let mut prefix = [0u8; protocol::LENGTH_PREFIX_LEN];
         recv.read_exact(&mut prefix)
@@ -147,9 +154,14 @@ async fn serve_stream(
         if prefix == LANE_MAGIC {
             return Ok(None);
         }
+        let len = protocol::check_length(prefix)?;
+        charge = shared.request_budget.try_charge(len);
+        if charge.is_none() {
+            return Ok(Some(Err(overloaded(&shared))));
+        }
         protocol::read_frame_after::<ClientFrame>(&mut recv, prefix)
             .await
-            .map(Some)
+            .map(|frame| Some(Ok(frame)))
     })
     .await;
     let frame = match read {
@@ -171,7 +183,8 @@ async fn serve_stream(
             return;
         }
         Ok(Ok(None)) => return serve_lane(shared, state, send, recv).await,
-        Ok(Ok(Some(frame))) => frame,
+        Ok(Ok(Some(Err(error)))) => return refuse(&mut send, &mut recv, error).await,
+        Ok(Ok(Some(Ok(frame)))) => frame,
     };
     bump(&shared.stats.requests);
     // The request runs in its own task so that a panic in the executor
@@ -286,9 +299,19 @@ async fn serve_lane(
         max_buffered: mux::MAX_BUFFERED_REQUESTS,
     };
     let serving = shared.clone();
-    let served = mux::serve_lane(recv, send, limits, move |_, request| {
+    let budget = shared.request_budget.clone();
+    let served = mux::serve_lane(recv, send, limits, Some(&budget), move |_, request| {
         let (shared, state) = (serving.clone(), state.clone());
+        // Held until the request is answered.
+        let charge = shared.request_budget.try_charge(request.len());
         async move {
+            let Some(_charge) = charge else {
+                let refusal = ServerFrame::Error(WireError::Protocol(overloaded(&shared)));
+                return match protocol::encode_frame(&refusal) {
+                    Ok(bytes) => LaneMessage::Frame(bytes.into()),
+                    Err(_) => LaneMessage::Reject(u64::from(ProtocolErrorCode::Overloaded.code())),
+                };
+            };
             let bytes = match protocol::decode_frame::<ClientFrame>(&request) {
                 Ok(frame) => {
                     bump(&shared.stats.requests);
@@ -331,6 +354,20 @@ async fn serve_lane(
             let _ = recv.stop(code);
         }
     }
+}
+
+/// The error a request gets when the server's budget of request bytes
+/// ([`ServerLimits::max_request_bytes`]) is spent.
+fn overloaded(shared: &Shared) -> ProtocolError {
+    bump(&shared.stats.overloaded);
+    ProtocolError::new(
+        ProtocolErrorCode::Overloaded,
+        format!(
+            "the server holds {} bytes of requests from its clients, its limit is {}; retry later",
+            shared.request_budget.used(),
+            shared.request_budget.limit()
+        ),
+    )
 }
 
 /// Answers a bad request: stops reading the stream with the error's code,

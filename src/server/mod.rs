@@ -61,6 +61,11 @@ pub trait AdminSource: Send + Sync + 'static {
     }
 }
 
+/// Bytes a client connection may have sent that the server has not read
+/// yet (QUIC's connection-level flow control window): twice the largest
+/// frame.
+const CONNECTION_RECEIVE_WINDOW: u32 = 2 * crate::client::protocol::MAX_FRAME_LEN;
+
 /// Limits that protect the server from one client.
 #[derive(Debug, Clone)]
 pub struct ServerLimits {
@@ -74,6 +79,10 @@ pub struct ServerLimits {
     pub idle_timeout: Duration,
     /// Prepared statement texts remembered for batches (oldest forgotten first).
     pub max_prepared_texts: usize,
+    /// Bytes of requests held at once across every connection: arriving,
+    /// or waiting for their answer. A request past it is refused as
+    /// overloaded (`net::budget`).
+    pub max_request_bytes: usize,
 }
 
 impl Default for ServerLimits {
@@ -84,6 +93,7 @@ impl Default for ServerLimits {
             request_read_timeout: Duration::from_secs(30),
             idle_timeout: Duration::from_secs(300),
             max_prepared_texts: 10_000,
+            max_request_bytes: 256 << 20,
         }
     }
 }
@@ -107,6 +117,7 @@ pub struct ServerStats {
     stream_failures: AtomicU64,
     lanes_opened: AtomicU64,
     lanes_broken: AtomicU64,
+    overloaded: AtomicU64,
 }
 
 /// A copy of the counters at one moment.
@@ -145,6 +156,9 @@ pub struct StatsSnapshot {
     pub lanes_opened: u64,
     /// Lanes closed because their chunks did not parse.
     pub lanes_broken: u64,
+    /// Requests refused because the server held
+    /// [`ServerLimits::max_request_bytes`] of requests already.
+    pub overloaded: u64,
 }
 
 impl StatsSnapshot {
@@ -181,6 +195,7 @@ impl ServerStats {
             stream_failures: get(&self.stream_failures),
             lanes_opened: get(&self.lanes_opened),
             lanes_broken: get(&self.lanes_broken),
+            overloaded: get(&self.overloaded),
         }
     }
 }
@@ -280,6 +295,10 @@ impl ClientServer {
         transport
             .max_concurrent_bidi_streams(quinn::VarInt::from_u32(limits.max_streams_per_connection))
             .max_concurrent_uni_streams(quinn::VarInt::from_u32(0))
+            // What quinn itself buffers for one connection, unread by the
+            // server (its default is unbounded): room for the largest
+            // frame and the lane's traffic besides.
+            .receive_window(quinn::VarInt::from_u32(CONNECTION_RECEIVE_WINDOW))
             .datagram_receive_buffer_size(None)
             .max_idle_timeout(quinn::IdleTimeout::try_from(limits.idle_timeout).ok());
         crate::net::quic::tune_transport(&mut transport);
