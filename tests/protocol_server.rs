@@ -21,10 +21,15 @@ use std::time::Duration;
 use support::{client_tls, server_tls, test_certs, TestCerts, TestExecutor};
 
 fn start(limits: ServerLimits) -> (ClientServer, TestCerts) {
+    start_on("127.0.0.1:0", limits)
+}
+
+/// A server with the test executor listening on `addr`.
+fn start_on(addr: &str, limits: ServerLimits) -> (ClientServer, TestCerts) {
     let certs = test_certs();
     let executor = TestExecutor::new();
     let server = ClientServer::bind_with_limits(
-        "127.0.0.1:0".parse().expect("address"),
+        addr.parse().expect("address"),
         server_tls(&certs),
         executor.clone(),
         executor,
@@ -737,16 +742,7 @@ fn non_loopback_address() -> std::net::IpAddr {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn admin_requests_that_change_the_node_are_served_only_to_its_own_machine() {
-    let certs = test_certs();
-    let executor = TestExecutor::new();
-    let server = ClientServer::bind_with_limits(
-        "0.0.0.0:0".parse().expect("address"),
-        server_tls(&certs),
-        executor.clone(),
-        executor,
-        ServerLimits::default(),
-    )
-    .expect("server binds");
+    let (server, certs) = start_on("0.0.0.0:0", ServerLimits::default());
     let port = server.local_addr().port();
     // From another address of the machine, as from another machine: both
     // refused as forbidden, naming where the request came from.
