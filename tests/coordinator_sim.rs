@@ -15,7 +15,7 @@ use ringdb::cluster::NodeInfo;
 use ringdb::coordinator::CoordinatorConfig;
 use ringdb::model::key::serialize_partition_key;
 use ringdb::model::{Consistency, Dot, DotSet, NodeId};
-use ringdb::net::sim::{Event, PacketKind};
+use ringdb::net::sim::{Event, LogEntry, PacketKind};
 use ringdb::net::SimConfig;
 use ringdb::query::api::{QueryError, ResultSet};
 use sim_cluster::{rows, Cluster, ClusterOptions, Layout, VNODES};
@@ -224,16 +224,9 @@ async fn hint_replay_is_throttled_in_groups_with_a_pause_between() {
     assert_eq!(c.store(0).hints().stats().delivered, 7);
     // The replay's requests from node 0 to node 2 went out two at a time,
     // each group at least the pause after the one before.
-    let mut sent: Vec<Duration> = c
-        .net
-        .log()
+    let mut sent: Vec<Duration> = requests_sent_by(&c, 0)
         .into_iter()
-        .filter(|e| {
-            e.from == addr(0)
-                && e.to == addr(down)
-                && matches!(e.kind, PacketKind::Request { .. })
-                && matches!(e.event, Event::Sent { .. })
-        })
+        .filter(|e| e.to == addr(down))
         .map(|e| e.at)
         .collect();
     sent.sort();
@@ -608,17 +601,25 @@ async fn background_repair_fixes_the_replica_the_read_did_not_wait_for() {
     assert_eq!(single_v(&repaired), Some(Value::Int(5)));
 }
 
+/// The requests node `from` sent since the log was cleared.
+fn requests_sent_by(c: &Cluster, from: usize) -> Vec<LogEntry> {
+    c.net
+        .log()
+        .into_iter()
+        .filter(|e| {
+            e.from == addr(from)
+                && matches!(e.kind, PacketKind::Request { .. })
+                && matches!(e.event, Event::Sent { .. })
+        })
+        .collect()
+}
+
 /// Requests node 0 sent to each other node since the log was cleared.
 fn requests_from_node0(c: &Cluster) -> Vec<usize> {
     let mut per_node = vec![0; c.nodes.len()];
-    for e in c.net.log() {
-        if e.from == addr(0)
-            && matches!(e.kind, PacketKind::Request { .. })
-            && matches!(e.event, Event::Sent { .. })
-        {
-            if let Some(i) = (0..c.nodes.len()).find(|i| addr(*i) == e.to) {
-                per_node[i] += 1;
-            }
+    for e in requests_sent_by(c, 0) {
+        if let Some(i) = (0..c.nodes.len()).find(|i| addr(*i) == e.to) {
+            per_node[i] += 1;
         }
     }
     per_node
