@@ -253,6 +253,7 @@ fn client_frame() -> impl Strategy<Value = ClientFrame> {
         Just(ClientFrame::AdminStatus),
         Just(ClientFrame::AdminDecommission),
         Just(ClientFrame::AdminFlush),
+        Just(ClientFrame::AdminCompact),
     ]
 }
 

@@ -753,6 +753,7 @@ async fn admin_requests_that_change_the_node_are_served_only_to_its_own_machine(
     for (what, result) in [
         ("flush", remote.admin_flush().await),
         ("decommission", remote.admin_decommission().await),
+        ("compact", remote.admin_compact().await),
     ] {
         match result {
             Err(ClientError::Refused(e)) => {
@@ -776,6 +777,10 @@ async fn admin_requests_that_change_the_node_are_served_only_to_its_own_machine(
         .expect("connects over loopback");
     assert!(matches!(
         local.admin_flush().await,
+        Err(ClientError::Refused(e)) if e.code == ProtocolErrorCode::Unsupported
+    ));
+    assert!(matches!(
+        local.admin_compact().await,
         Err(ClientError::Refused(e)) if e.code == ProtocolErrorCode::Unsupported
     ));
 }

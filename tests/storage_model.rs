@@ -10,6 +10,7 @@
 use cql_lite::{DataType, Value};
 use proptest::prelude::*;
 use ringdb::model::key::{self, ClusteringOrder};
+use ringdb::model::pruning::{StampIdHistory, StampIdView};
 use ringdb::model::{
     CellValue, Entry, KeyBound, ManualClock, NodeId, PartitionHeader, RangeTombstone, RowState,
     RowWrite, Timestamp, WallClock,
@@ -28,6 +29,31 @@ const SINGLE_ROW_PK: i64 = PARTITIONS - 1;
 const ROWS: i32 = 8;
 const LOCAL: NodeId = NodeId(1);
 const GRACE_MS: u64 = 50;
+/// The other replicas: node 2's id counts as long retired, so compactions
+/// prune its dots wherever no live version carries them (it still stamps
+/// here, which a retired id would not: its contexts carry the pruned dots
+/// back, as late copies would); node 3's is in use.
+const RETIRED: NodeId = NodeId(2);
+const IN_USE: NodeId = NodeId(3);
+
+/// Stamping ids as the harness's engine sees them (see [`RETIRED`]).
+#[derive(Debug)]
+struct FixedStampIds;
+
+impl StampIdHistory for FixedStampIds {
+    fn view(&self, _now_ms: u64, _retired_before_ms: u64) -> StampIdView {
+        StampIdView {
+            own: LOCAL,
+            in_use: [IN_USE].into(),
+            retired_long_ago: [RETIRED].into(),
+            retired_recently: Default::default(),
+        }
+    }
+
+    fn notice_unknown(&self, ids: &std::collections::BTreeSet<NodeId>, _now_ms: u64) {
+        assert!(ids.is_empty(), "the harness knows every id: {ids:?}");
+    }
+}
 
 #[derive(Debug, Clone)]
 enum Op {
@@ -144,6 +170,7 @@ impl Harness {
                 min_threshold: 2,
                 max_threshold: 4,
             },
+            stamp_ids: Some(Arc::new(FixedStampIds)),
             ..EngineOptions::default()
         };
         self.engine = Some(Engine::open(self.dir.path(), opts).expect("engine opens"));
@@ -597,6 +624,60 @@ fn compaction_purges_old_tombstones_after_grace_only() {
         "everything was dead and past grace"
     );
     h.check(0, &Op::Compact, 0, ROWS, 10);
+}
+
+/// A row that node 2 (a retired id) wrote and this node then overwrote:
+/// the major compaction forgets node 2's dot, and the row reads the same.
+/// While a memtable holds a copy of the row, it does not: a late copy of
+/// node 2's version would then come back as a sibling (what pruning
+/// costs, shown at the end).
+#[test]
+fn compaction_prunes_retired_ids_only_where_it_sees_every_copy() {
+    let mut h = Harness::new(false);
+    let remote = Op::RemoteWrite {
+        node: RETIRED.0,
+        pk: 0,
+        ck: 1,
+        a: 5,
+    };
+    h.apply(&remote);
+    let k = row_key(0, 1);
+    let late_copy = h.engine().get(&k).unwrap();
+    h.apply(&Op::Flush);
+    h.apply(&Op::Write {
+        pk: 0,
+        ck: 1,
+        a: Some(Some(7)),
+        b: None,
+        insert: false,
+        ttl_ms: None,
+    });
+    // The superseded copy again, in the memtable: no pruning.
+    h.engine().write(&k, late_copy.clone().unwrap()).unwrap();
+    h.apply(&Op::Compact);
+    assert_eq!(h.engine().stats().pruned_rows, 0);
+    let context_ids = |h: &Harness| match h.engine().get(&k).unwrap() {
+        Some(Entry::Row(r)) => {
+            assert_eq!(r.versions().len(), 1, "{r:?}");
+            r.context().nodes()
+        }
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(context_ids(&h), [LOCAL, RETIRED].into());
+    h.apply(&Op::Flush);
+    h.apply(&Op::Compact);
+    let stats = h.engine().stats();
+    assert_eq!((stats.pruned_rows, stats.pruned_context_entries), (1, 1));
+    assert_eq!(context_ids(&h), [LOCAL].into());
+    h.check(0, &Op::Compact, 0, ROWS, 10);
+    // What pruning costs: the same late copy now comes back as a sibling
+    // (its cells lose to the newer write's, so the row reads the same,
+    // flagged as a conflict).
+    h.engine().write(&k, late_copy.unwrap()).unwrap();
+    match h.engine().get(&k).unwrap() {
+        Some(Entry::Row(r)) => assert_eq!(r.versions().len(), 2, "{r:?}"),
+        other => panic!("{other:?}"),
+    }
 }
 
 /// A compaction that purges tombstones from one partition drops only that

@@ -32,6 +32,10 @@ pub enum AdminCommand {
     /// compactions that then become due are done (like `nodetool flush`);
     /// the commit log segments they covered are deleted.
     Flush,
+    /// Flushes, then compacts every table into one SSTable (like
+    /// `nodetool compact`): tombstones past `gc_grace_seconds` are purged
+    /// and the causal contexts of rows are pruned of retired stamping ids.
+    Compact,
 }
 
 /// Runs `ringdb admin`.
@@ -70,6 +74,11 @@ pub fn run(args: AdminArgs) -> anyhow::Result<()> {
                 // Writing out 64 MiB memtables and compacting takes seconds.
                 client.set_timeout(std::time::Duration::from_secs(3600));
                 print!("{}", client.admin_flush().await?);
+            }
+            AdminCommand::Compact => {
+                // Rewriting every table takes as long as the data takes.
+                client.set_timeout(std::time::Duration::from_secs(24 * 3600));
+                print!("{}", client.admin_compact().await?);
             }
         }
         client.close().await;

@@ -478,6 +478,15 @@ impl Client {
         }
     }
 
+    /// Asks the node to flush and compact every table into one SSTable
+    /// (`ringdb admin compact`).
+    pub async fn admin_compact(&self) -> Result<String, ClientError> {
+        match self.request(ClientFrame::AdminCompact).await? {
+            ServerFrame::AdminText(text) => Ok(text),
+            other => Err(unexpected(&other)),
+        }
+    }
+
     /// Pages through the result of a SELECT: each call of
     /// [`Pager::next_page`] fetches the next page.
     pub fn pages(&self, text: &str, values: Vec<Value>, options: QueryOptions) -> Pager<'_> {

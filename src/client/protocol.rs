@@ -103,6 +103,10 @@ pub enum ClientFrame {
     /// for the compactions that become due (`ringdb admin flush`). The
     /// answer (`AdminText`) says what was written.
     AdminFlush,
+    /// Asks the node to flush and compact every table into one SSTable
+    /// (`ringdb admin compact`), purging expired tombstones and pruning
+    /// causal contexts. The answer (`AdminText`) says what was done.
+    AdminCompact,
 }
 
 /// A logged or unlogged batch.

@@ -10,7 +10,9 @@ use std::collections::{BTreeMap, BTreeSet};
 
 /// A node's identity in version vectors: chosen at random on first start
 /// and kept in the data directory.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
 pub struct NodeId(pub u64);
 
 /// One write event: the stamping node and its per-row counter.
@@ -129,6 +131,41 @@ impl DotSet {
         self.cloud.iter().copied()
     }
 
+    /// The set without every dot of the ids `drop_id` names (vector entry
+    /// and cloud dots) and without the cloud dots `drop_cloud_dot` names:
+    /// what pruning leaves (see `RowState::pruned_context`). Removing
+    /// whole ids and cloud dots keeps the representation normal: no
+    /// remaining cloud dot becomes adjacent to its vector entry.
+    pub fn without(
+        &self,
+        drop_id: impl Fn(NodeId) -> bool,
+        drop_cloud_dot: impl Fn(Dot) -> bool,
+    ) -> DotSet {
+        DotSet {
+            vector: self
+                .vector
+                .iter()
+                .filter(|(node, _)| !drop_id(**node))
+                .map(|(node, n)| (*node, *n))
+                .collect(),
+            cloud: self
+                .cloud
+                .iter()
+                .filter(|d| !drop_id(d.node) && !drop_cloud_dot(**d))
+                .copied()
+                .collect(),
+        }
+    }
+
+    /// The ids with a dot in the set.
+    pub fn nodes(&self) -> BTreeSet<NodeId> {
+        self.vector
+            .keys()
+            .copied()
+            .chain(self.cloud.iter().map(|d| d.node))
+            .collect()
+    }
+
     fn normalize(&mut self) {
         let cloud = std::mem::take(&mut self.cloud);
         for dot in cloud {
@@ -193,6 +230,17 @@ mod tests {
             prop_assert_eq!(a_set.is_subset_of(&b_set), a_model.is_subset(&b_model));
             prop_assert_eq!(b_set.is_subset_of(&a_set), b_model.is_subset(&a_model));
             prop_assert!(a_set.is_subset_of(&set));
+            let dropped = set.without(|n| n == NodeId(0), |d| d.counter % 3 == 0);
+            let kept: BTreeSet<Dot> = model
+                .iter()
+                .filter(|d| d.node != NodeId(0) && (set.vector().get(&d.node).is_some_and(|&n| d.counter <= n) || d.counter % 3 != 0))
+                .copied()
+                .collect();
+            let rebuilt: DotSet = kept.iter().copied().collect();
+            prop_assert_eq!(&dropped, &rebuilt, "pruning keeps the normal form");
+            for d in &model {
+                prop_assert_eq!(dropped.contains(*d), kept.contains(d));
+            }
             for n in 0..3 {
                 let node = NodeId(n);
                 let max = model.iter().filter(|d| d.node == node).map(|d| d.counter).max().unwrap_or(0);

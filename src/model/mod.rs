@@ -6,6 +6,7 @@
 //! - [`dots`]: dots and exact dot sets (causal contexts).
 //! - [`row`]: row versions, sibling sets, partition headers and the merge.
 //! - [`digest`]: content digests replicas compare instead of data.
+//! - [`pruning`]: what a replica may forget of a row's causal context.
 //!
 //! What the storage engine stores under a key is an [`Entry`]: a row's state
 //! under a row key, a partition's header under a header key.
@@ -15,6 +16,7 @@ pub mod digest;
 pub mod dots;
 pub mod hlc;
 pub mod key;
+pub mod pruning;
 pub mod row;
 
 pub use consistency::Consistency;

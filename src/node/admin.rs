@@ -92,4 +92,18 @@ impl AdminSource for NodeAdmin {
             }
         })
     }
+
+    fn compact(&self) -> BoxFuture<'static, Result<String, String>> {
+        let local = self.cluster.local().clone();
+        Box::pin(async move {
+            let started = std::time::Instant::now();
+            match local.compact_tables().await {
+                Ok(summary) => Ok(format!(
+                    "{summary} in {} ms\n",
+                    started.elapsed().as_millis()
+                )),
+                Err(e) => Err(format!("compaction failed: {e}")),
+            }
+        })
+    }
 }

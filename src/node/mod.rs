@@ -226,6 +226,7 @@ impl Node {
             saved_tokens.clone().unwrap_or_default(),
         );
         (metadata.schema_version, metadata.schema_digest) = schema.current().fingerprint();
+        metadata.stamp_id = local.stamp_actor();
         if saved_tokens.is_some() {
             metadata.status = NodeStatus::Normal;
         }
@@ -330,6 +331,7 @@ impl Node {
             tokio::spawn(react_to_gossip(
                 membership.clone(),
                 cluster.clone(),
+                local.clone(),
                 SchemaSync {
                     schema: schema.clone(),
                     transport: transport.clone(),
@@ -792,11 +794,31 @@ fn set_rings(cluster: &ClusterStore, membership: &Membership) {
     cluster.set_rings(ring, pending);
 }
 
+/// Tells the store's stamping-id registry which ids the members stamp
+/// with (members that left stamp no more), for context pruning.
+fn observe_stamp_ids(local: &LocalStore, membership: &Membership) {
+    let view = membership.view();
+    let in_use = view
+        .members
+        .values()
+        .filter_map(|m| m.metadata.as_ref())
+        .filter(|m| m.status != NodeStatus::Left)
+        .map(|m| m.stamp_id)
+        .chain(std::iter::once(local.stamp_actor()));
+    local.stamp_ids().observe(in_use);
+}
+
 /// Follows gossip: a node coming up gets its hints; metadata changes
-/// rebuild the ring; a node gossiping a schema other than ours is pulled
+/// rebuild the ring and tell the store which stamping ids are in use; a node gossiping a schema other than ours is pulled
 /// from and its schema merged into ours.
-async fn react_to_gossip(membership: Membership, cluster: ClusterStore, sync: SchemaSync) {
+async fn react_to_gossip(
+    membership: Membership,
+    cluster: ClusterStore,
+    local: Arc<LocalStore>,
+    sync: SchemaSync,
+) {
     let mut events = membership.subscribe();
+    observe_stamp_ids(&local, &membership);
     let sync = Arc::new(sync);
     // Schema pulls run in tasks of their own (one at a time per node
     // pulled from), so a peer slow to answer one (up to its 5 s timeout)
@@ -808,6 +830,7 @@ async fn react_to_gossip(membership: Membership, cluster: ClusterStore, sync: Sc
             Ok(e) => e,
             Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
                 set_rings(&cluster, &membership);
+                observe_stamp_ids(&local, &membership);
                 continue;
             }
             Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
@@ -815,11 +838,13 @@ async fn react_to_gossip(membership: Membership, cluster: ClusterStore, sync: Sc
         match event {
             MembershipEvent::Up { node, .. } => {
                 set_rings(&cluster, &membership);
+                observe_stamp_ids(&local, &membership);
                 // Replays in the background; the task handle is not needed.
                 drop(cluster.on_node_up(node));
             }
             MembershipEvent::MetadataChanged { node, metadata } => {
                 set_rings(&cluster, &membership);
+                observe_stamp_ids(&local, &membership);
                 if metadata.status == NodeStatus::Left {
                     drop_hints_of(&cluster, node);
                 }

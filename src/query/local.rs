@@ -6,7 +6,9 @@
 //! the table's options, which it is given again when `ALTER TABLE ... WITH`
 //! changes them); `<data>/node_id` holds the node's id, chosen at
 //! random on first start; `<data>/stamp_actor` the id its dots carry
-//! (the node id until the OS restarts: see [`super::stamp_actor`]).
+//! (the node id until the OS restarts: see [`super::stamp_actor`]);
+//! `<data>/retired_stamp_ids` the stamping ids it knows retired, for
+//! pruning (see [`super::stamp_ids`]).
 //!
 //! Engine calls may block (fsync, file reads, a memtable switch), so those
 //! that may run in `tokio::task::spawn_blocking` when a tokio runtime is
@@ -39,6 +41,7 @@ use super::api::{
     Mutation, PartitionWrite, QueryError, ScannedPartition, SliceRequest, StoredPartition,
     StoredRow, TableRef,
 };
+use super::stamp_ids::StampIdRegistry;
 use crate::cluster::batchlog::{BatchEntry, BatchLog, BatchLogOptions};
 use crate::model::key::{self, KeyKind};
 use crate::model::{Consistency, Entry, HybridClock, NodeId, PartitionHeader, RowState};
@@ -67,6 +70,9 @@ pub struct LocalStore {
     /// The node part of the dots this store stamps (see
     /// [`super::stamp_actor`]).
     stamp_actor: NodeId,
+    /// What this node knows of the cluster's stamping ids: every table's
+    /// compactions prune causal contexts with it (`model::pruning`).
+    stamp_ids: Arc<StampIdRegistry>,
     clock: Arc<HybridClock>,
     schema: Arc<SchemaStore>,
     template: EngineOptions,
@@ -123,7 +129,7 @@ impl std::fmt::Display for StorageStats {
         for (name, t) in &self.tables {
             writeln!(
                 f,
-                "Table {name}: memtables={} sstables={} sstable_bytes={} flushed_bytes={} compacted_bytes={} compactions={} row_cache_partitions={} row_cache_bytes={} row_cache_hits={} row_cache_misses={} row_cache_hit_rate={} log_syncs={} log_sync_p50_us={} log_sync_p99_us={} log_sync_max_us={}",
+                "Table {name}: memtables={} sstables={} sstable_bytes={} flushed_bytes={} compacted_bytes={} compactions={} row_cache_partitions={} row_cache_bytes={} row_cache_hits={} row_cache_misses={} row_cache_hit_rate={} log_syncs={} log_sync_p50_us={} log_sync_p99_us={} log_sync_max_us={} pruned_rows={} pruned_context_entries={}",
                 t.memtables,
                 t.sstables,
                 t.sstable_bytes,
@@ -138,7 +144,9 @@ impl std::fmt::Display for StorageStats {
                 t.log_syncs.count,
                 t.log_syncs.p50_us,
                 t.log_syncs.p99_us,
-                t.log_syncs.max_us
+                t.log_syncs.max_us,
+                t.pruned_rows,
+                t.pruned_context_entries
             )?;
         }
         Ok(())
@@ -164,6 +172,35 @@ impl std::fmt::Display for FlushSummary {
             f,
             "flushed {} table(s): {} bytes written to SSTables, {} compaction(s) run, {} SSTable(s) live",
             self.tables, self.flushed_bytes, self.compactions, self.sstables
+        )
+    }
+}
+
+/// What [`LocalStore::compact_tables`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct CompactSummary {
+    /// Tables compacted (every table of the schema).
+    pub tables: usize,
+    /// Bytes the compactions wrote.
+    pub compacted_bytes: u64,
+    /// Live SSTables of those tables afterwards.
+    pub sstables: usize,
+    /// Rows whose causal context was pruned (`model::pruning`).
+    pub pruned_rows: u64,
+    /// Context entries those prunings removed.
+    pub pruned_context_entries: u64,
+}
+
+impl std::fmt::Display for CompactSummary {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "compacted {} table(s): {} bytes written, {} SSTable(s) live, causal contexts of {} row(s) pruned ({} entries)",
+            self.tables,
+            self.compacted_bytes,
+            self.sstables,
+            self.pruned_rows,
+            self.pruned_context_entries
         )
     }
 }
@@ -334,10 +371,13 @@ impl LocalStore {
         let new_directory = holds_nothing_stamped(dir);
         let node = load_or_create_node_id(dir)?;
         let stamp_actor = super::stamp_actor::load_or_renew(dir, node, boot_id, new_directory)?;
+        let stamp_ids = Arc::new(StampIdRegistry::open(dir, stamp_actor));
+        template.stamp_ids = Some(stamp_ids.clone());
         let store = LocalStore {
             dir: dir.to_path_buf(),
             node,
             stamp_actor,
+            stamp_ids,
             clock,
             schema,
             template,
@@ -558,6 +598,12 @@ impl LocalStore {
         self.stamp_actor
     }
 
+    /// What this node knows of the cluster's stamping ids; the node tells
+    /// it the ids its members use ([`StampIdRegistry::observe`]).
+    pub fn stamp_ids(&self) -> &Arc<StampIdRegistry> {
+        &self.stamp_ids
+    }
+
     /// The hybrid clock of the node.
     pub fn clock(&self) -> &Arc<HybridClock> {
         &self.clock
@@ -619,6 +665,40 @@ impl LocalStore {
                 summary.flushed_bytes += after.flush_bytes.saturating_sub(before.flush_bytes);
                 summary.compactions += after.compactions.saturating_sub(before.compactions);
                 summary.sstables += after.sstables;
+            }
+            Ok(summary)
+        })
+        .await
+    }
+
+    /// Flushes every table of the schema and compacts each into one
+    /// SSTable (like `nodetool compact`): tombstones past their grace
+    /// period are purged and causal contexts pruned wherever they may be
+    /// (a major compaction sees every copy of each row on this node).
+    pub async fn compact_tables(&self) -> Result<CompactSummary, QueryError> {
+        let schema = self.schema.current();
+        let mut engines = Vec::new();
+        for keyspace in schema.keyspaces() {
+            for table in schema.tables(&keyspace.name) {
+                engines.push(self.engine(&super::write::table_ref(table))?);
+            }
+        }
+        blocking(false, move || {
+            let mut summary = CompactSummary::default();
+            for engine in engines {
+                let before = engine.stats();
+                engine.flush().map_err(server)?;
+                engine.compact().map_err(server)?;
+                let after = engine.stats();
+                summary.tables += 1;
+                summary.compacted_bytes += after
+                    .compaction_bytes
+                    .saturating_sub(before.compaction_bytes);
+                summary.sstables += after.sstables;
+                summary.pruned_rows += after.pruned_rows.saturating_sub(before.pruned_rows);
+                summary.pruned_context_entries += after
+                    .pruned_context_entries
+                    .saturating_sub(before.pruned_context_entries);
             }
             Ok(summary)
         })

@@ -49,7 +49,8 @@ pub mod local;
 pub mod schema_errors;
 pub mod select;
 pub mod stamp_actor;
+pub mod stamp_ids;
 pub mod write;
 
 pub use executor::{Executor, ExecutorConfig};
-pub use local::{FlushSummary, LocalStore, StorageStats};
+pub use local::{CompactSummary, FlushSummary, LocalStore, StorageStats};

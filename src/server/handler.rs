@@ -473,11 +473,13 @@ async fn dispatch(
                 "this server runs without the cluster layer: no admin status",
             ),
         },
-        ClientFrame::AdminDecommission | ClientFrame::AdminFlush if !is_local_client(remote) => {
-            let what = if matches!(frame, ClientFrame::AdminDecommission) {
-                "decommission"
-            } else {
-                "flush"
+        ClientFrame::AdminDecommission | ClientFrame::AdminFlush | ClientFrame::AdminCompact
+            if !is_local_client(remote) =>
+        {
+            let what = match frame {
+                ClientFrame::AdminDecommission => "decommission",
+                ClientFrame::AdminFlush => "flush",
+                _ => "compact",
             };
             protocol_error(
                 ProtocolErrorCode::Forbidden,
@@ -509,6 +511,16 @@ async fn dispatch(
                 "this server runs without the cluster layer: no admin flush",
             ),
         },
+        ClientFrame::AdminCompact => match &shared.admin {
+            Some(admin) => match admin.compact().await {
+                Ok(text) => ServerFrame::AdminText(text),
+                Err(e) => ServerFrame::Error(WireError::Query(QueryError::Server(e))),
+            },
+            None => protocol_error(
+                ProtocolErrorCode::Unsupported,
+                "this server runs without the cluster layer: no admin compact",
+            ),
+        },
     };
     if session != before {
         state.lock().session = session;
@@ -518,7 +530,7 @@ async fn dispatch(
 
 /// Whether a client connecting from `remote` is on the node's own machine
 /// (a loopback address, IPv4-mapped ones included): the only clients whose
-/// admin requests that change the node (decommission, flush) are served,
+/// admin requests that change the node (decommission, flush, compact) are served,
 /// as Cassandra's `nodetool` is local-only by default. The client port
 /// takes clients without certificates, so an address is what tells an
 /// operator on the node from anyone who can reach the port.

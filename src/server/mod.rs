@@ -59,6 +59,12 @@ pub trait AdminSource: Send + Sync + 'static {
     fn flush(&self) -> crate::query::api::BoxFuture<'static, Result<String, String>> {
         Box::pin(async { Err("this server cannot flush".to_string()) })
     }
+
+    /// Flushes and compacts every table into one SSTable (like `nodetool
+    /// compact`); the text says what was done.
+    fn compact(&self) -> crate::query::api::BoxFuture<'static, Result<String, String>> {
+        Box::pin(async { Err("this server cannot compact".to_string()) })
+    }
 }
 
 /// Bytes a client connection may have sent that the server has not read

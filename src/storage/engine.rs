@@ -36,11 +36,12 @@ use super::row_cache::{CachedPartition, RowCache, RowCacheStats};
 use super::sstable::{BlockCache, SsTable, SsTableIter, SsTableOptions, SsTableWriter};
 use super::{Result, StorageError};
 use crate::model::key::{self, KeyKind};
+use crate::model::pruning::StampIdHistory;
 use crate::model::{
     Entry, PartitionHeader, ResolvedRow, RowState, SystemClock, Timestamp, WallClock,
 };
 use parking_lot::{Condvar, Mutex, RwLock};
-use std::collections::VecDeque;
+use std::collections::{BTreeSet, VecDeque};
 use std::ops::Bound;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -89,6 +90,10 @@ pub struct EngineOptions {
     /// gets less CPU than request threads while both want it, and all of
     /// it otherwise (Linux; 0 leaves the thread's priority alone).
     pub background_nice: i32,
+    /// What the node knows of the cluster's stamping ids: with it,
+    /// compactions that see every copy of a row prune its causal context
+    /// (`model::pruning`); `None` never prunes.
+    pub stamp_ids: Option<Arc<dyn StampIdHistory>>,
 }
 
 impl Default for EngineOptions {
@@ -108,6 +113,7 @@ impl Default for EngineOptions {
             background: true,
             memtable_jitter: 0.0,
             background_nice: 0,
+            stamp_ids: None,
         }
     }
 }
@@ -136,6 +142,11 @@ pub struct EngineStats {
     /// The commit log's syncs since open and how long their fdatasyncs
     /// took (what a write in `batch` mode waits for).
     pub log_syncs: LatencySummary,
+    /// Rows whose causal context compaction pruned, and the context
+    /// entries (vector entries and cloud dots) it removed.
+    pub pruned_rows: u64,
+    /// See `pruned_rows`.
+    pub pruned_context_entries: u64,
 }
 
 /// One row of a partition slice.
@@ -240,6 +251,8 @@ struct Inner {
     flush_bytes: AtomicU64,
     compaction_bytes: AtomicU64,
     compactions: AtomicU64,
+    pruned_rows: AtomicU64,
+    pruned_context_entries: AtomicU64,
 }
 
 /// An LSM storage engine on one data directory. Cheap to share: clone the
@@ -357,6 +370,8 @@ impl Engine {
             flush_bytes: AtomicU64::new(0),
             compaction_bytes: AtomicU64::new(0),
             compactions: AtomicU64::new(0),
+            pruned_rows: AtomicU64::new(0),
+            pruned_context_entries: AtomicU64::new(0),
             policy: Mutex::new(TablePolicy {
                 compaction: opts.compaction.clone(),
                 gc_grace: opts.gc_grace,
@@ -1015,6 +1030,8 @@ impl Engine {
             compactions: self.inner.compactions.load(Ordering::Relaxed),
             row_cache: self.inner.row_cache.stats(),
             log_syncs: self.inner.log.sync_latency(),
+            pruned_rows: self.inner.pruned_rows.load(Ordering::Relaxed),
+            pruned_context_entries: self.inner.pruned_context_entries.load(Ordering::Relaxed),
         }
     }
 
@@ -1269,6 +1286,17 @@ impl Inner {
             .chain(snap.frozen.iter().map(|f| &f.mem))
             .collect();
         let in_memtables = |k: &[u8]| memtables.iter().any(|m| m.get(k).is_some());
+        // Causal contexts are pruned under the same condition as
+        // tombstones: a row's other copies (in tables outside this
+        // compaction, or a memtable) could hold a live version with a dot
+        // the pruned context forgot, which would come back as a sibling.
+        let stamp_ids = self
+            .opts
+            .stamp_ids
+            .as_ref()
+            .map(|h| (h, h.view(now_ms, now_ms.saturating_sub(grace_ms))));
+        let mut unknown_ids = BTreeSet::new();
+        let (mut pruned_rows, mut pruned_entries) = (0u64, 0u64);
         // A partition deletion may be dropped only if no memtable holds any
         // key of the partition: their shadowed content would come back.
         let partition_in_memtables = |prefix: &[u8]| {
@@ -1331,11 +1359,34 @@ impl Inner {
                         purged.note(&k[..kind.partition_len()]);
                         continue;
                     }
+                    if let (true, Some((_, view))) = (purgeable_here, &stamp_ids) {
+                        if let Some(pruned) =
+                            state.pruned_context(view, purge_before, &mut unknown_ids)
+                        {
+                            pruned_rows += 1;
+                            pruned_entries +=
+                                (state.context().size() - pruned.context().size()) as u64;
+                            purged.note(&k[..kind.partition_len()]);
+                            state = pruned;
+                        }
+                    }
                     add_to_table(&mut writer, &k, &Entry::Row(state))?;
                 }
             }
         }
         let output = self.finish_table(writer, file_id, 1)?;
+        if let Some((history, _)) = &stamp_ids {
+            if !unknown_ids.is_empty() {
+                history.notice_unknown(&unknown_ids, now_ms);
+            }
+        }
+        if pruned_rows > 0 {
+            tracing::debug!(
+                rows = pruned_rows,
+                entries = pruned_entries,
+                "compaction pruned causal contexts"
+            );
+        }
         tracing::debug!(
             inputs = inputs.len(),
             input_bytes = inputs.iter().map(|t| t.record.size_bytes).sum::<u64>(),
@@ -1390,6 +1441,9 @@ impl Inner {
         }
         sync_dir(&self.dir.join("tables"))?;
         self.compactions.fetch_add(1, Ordering::Relaxed);
+        self.pruned_rows.fetch_add(pruned_rows, Ordering::Relaxed);
+        self.pruned_context_entries
+            .fetch_add(pruned_entries, Ordering::Relaxed);
         Ok(true)
     }
 }

@@ -67,6 +67,10 @@ pub struct NodeMetadata {
     pub schema_digest: u64,
     /// Bytes of data the node stores (the `Load` of `nodetool status`).
     pub load_bytes: u64,
+    /// The id the node stamps its writes' dots with (its node id until its
+    /// OS restarts; see `query::stamp_actor`). Ids no member gossips are
+    /// retired, and context pruning may forget them (`model::pruning`).
+    pub stamp_id: NodeId,
     /// The generation (process start) this metadata was published under.
     pub generation: u64,
     /// Bumps on every local change within one generation.
@@ -86,6 +90,7 @@ impl NodeMetadata {
             schema_version: 0,
             schema_digest: 0,
             load_bytes: 0,
+            stamp_id: node,
             generation: 0,
             version: 0,
         }
