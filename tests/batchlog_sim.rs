@@ -51,6 +51,7 @@ impl Cluster {
                 window: Duration::from_secs(3600),
                 sync: false,
                 segment_bytes: 1 << 20,
+                replay_batch_bytes: 1 << 20,
             },
             batches: Some(faults),
         };

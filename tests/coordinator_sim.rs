@@ -77,6 +77,7 @@ fn hint_options() -> HintOptions {
         window: Duration::from_secs(600),
         sync: false,
         segment_bytes: 1 << 20,
+        replay_batch_bytes: 1 << 20,
     }
 }
 
@@ -242,6 +243,88 @@ async fn hint_replay_is_throttled_in_groups_with_a_pause_between() {
     for pair in groups.windows(2) {
         let gap = pair[1][0] - pair[0][0];
         assert!(gap >= Duration::from_millis(100), "gap {gap:?} in {sent:?}");
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_hint_replay_failing_midway_keeps_only_the_undelivered_batches() {
+    let config = CoordinatorConfig {
+        hint_replay_concurrency: 1,
+        hint_replay_pause: Duration::from_millis(100),
+        ..CoordinatorConfig::default()
+    };
+    // A segment per hint and a batch per segment.
+    let hints = HintOptions {
+        segment_bytes: 1,
+        replay_batch_bytes: 1,
+        ..hint_options()
+    };
+    let c = Cluster::with(3, SimConfig::with_seed(17), &[KV], config, hints).await;
+    let down = 2;
+    c.kill(down);
+    for k in 0..7 {
+        c.query(
+            0,
+            Consistency::One,
+            &format!("INSERT INTO ks.kv (k, v) VALUES ({k}, {k})"),
+        )
+        .await
+        .expect("write with a replica down");
+    }
+    assert_eq!(c.store(0).hints().stats().stored, 7);
+    let hint_dir = c
+        .node(0)
+        .dir
+        .join("hints")
+        .join(format!("node-{:016x}", node_id(down).0));
+    let segments = || std::fs::read_dir(&hint_dir).expect("hint dir").count();
+    assert_eq!(segments(), 7);
+    // Node 2 comes back; node 0 replays; node 2 goes down again once three
+    // batches were delivered (and acknowledged), during the pause before
+    // the fourth.
+    c.net.clear_log();
+    c.net.revive(addr(down));
+    c.live.set_up(node_id(down));
+    let replay = c.store(0).on_node_up(node_id(down));
+    for _ in 0..10_000 {
+        if c.store(0).hints().stats().delivered >= 3 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    c.kill(down);
+    let report = replay.await.expect("replay task").expect("replay");
+    assert_eq!((report.delivered, report.failed), (3, 1), "{report:?}");
+    assert_eq!(c.store(0).stats().hints_replayed, 3);
+    // The throttle held across batches.
+    let mut sent: Vec<Duration> = requests_sent_by(&c, 0)
+        .into_iter()
+        .filter(|e| e.to == addr(down))
+        .map(|e| e.at)
+        .collect();
+    sent.sort();
+    assert!(sent.len() >= 3, "{sent:?}");
+    for pair in sent.windows(2) {
+        assert!(pair[1] - pair[0] >= Duration::from_millis(100), "{sent:?}");
+    }
+    // The delivered batches are gone; the failed one and the later ones stay.
+    assert_eq!(segments(), 4);
+    assert_eq!(c.store(0).hints().stats().delivered, 3);
+    // The next replay sends only those four.
+    c.net.clear_log();
+    c.revive(down).await;
+    let resent = requests_sent_by(&c, 0)
+        .into_iter()
+        .filter(|e| e.to == addr(down))
+        .count();
+    assert_eq!(resent, 4);
+    assert_eq!(c.store(0).hints().stats().delivered, 7);
+    assert!(c.store(0).hints().targets().is_empty());
+    for k in 0..7 {
+        let r = c
+            .local_query(down, &format!("SELECT * FROM ks.kv WHERE k = {k}"))
+            .await;
+        assert_eq!(single_v(&r), Some(Value::Int(k)), "key {k}");
     }
 }
 

@@ -9,6 +9,15 @@
 //! once every hint in it was delivered or expired. Hints older than the
 //! hint window are dropped (and counted) instead of replayed, as in
 //! Cassandra's `max_hint_window`: past it, repair is the way to converge.
+//!
+//! Replay reads a target's hints in batches of its oldest segments, up to
+//! [`HintOptions::replay_batch_bytes`] (but always one whole segment), and
+//! deletes each batch once it is delivered. So a node that was down for
+//! hours under heavy writes, with gigabytes of hints, is caught up while
+//! holding about one batch in memory, and a failed replay keeps what it
+//! already delivered. A replay round ([`HintStore::start_round`]) covers
+//! the segments the target had when it began; hints stored meanwhile wait
+//! for the next round.
 
 use crate::model::NodeId;
 use crate::storage::commitlog::sync_dir;
@@ -18,7 +27,7 @@ use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
-use std::io::Write;
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -32,6 +41,9 @@ pub struct HintOptions {
     pub sync: bool,
     /// Roll a target's segment past this size.
     pub segment_bytes: u64,
+    /// A replay batch reads whole segments, oldest first, up to this many
+    /// bytes; a segment larger than this is read alone.
+    pub replay_batch_bytes: u64,
 }
 
 impl Default for HintOptions {
@@ -40,6 +52,7 @@ impl Default for HintOptions {
             window: Duration::from_secs(3 * 3600),
             sync: true,
             segment_bytes: 16 << 20,
+            replay_batch_bytes: 16 << 20,
         }
     }
 }
@@ -68,22 +81,57 @@ pub struct HintStats {
     pub corrupt: u64,
 }
 
-/// Hints for one target, read from disk, to be delivered and then
-/// acknowledged with [`HintStore::ack`].
+/// Hints for one target, read from its oldest segments, to be delivered
+/// and then acknowledged with [`HintStore::ack`].
 #[derive(Debug)]
 pub struct HintBatch {
     /// The target node.
     pub target: NodeId,
     /// Hints in the order they were stored, expired ones left out.
     pub hints: Vec<Hint>,
+    /// The segments read, oldest first.
     segments: Vec<u64>,
+    /// Hints of those segments past the hint window.
     expired: u64,
+    /// Bytes of those segments.
+    bytes: u64,
+}
+
+impl HintBatch {
+    fn empty(target: NodeId) -> HintBatch {
+        HintBatch {
+            target,
+            hints: Vec::new(),
+            segments: Vec::new(),
+            expired: 0,
+            bytes: 0,
+        }
+    }
+}
+
+/// One replay round of a target: it covers the segments the target had
+/// when the round began (see [`HintStore::start_round`]).
+#[derive(Debug, Clone, Copy)]
+pub struct HintRound {
+    target: NodeId,
+    /// The newest segment when the round began; `None` when there was none.
+    last: Option<u64>,
+}
+
+impl HintRound {
+    /// The node the hints are for.
+    pub fn target(&self) -> NodeId {
+        self.target
+    }
 }
 
 struct Target {
     dir: PathBuf,
     /// Segment ids present on disk, oldest first.
     segments: Vec<u64>,
+    /// The id of the next segment. Ids are never reused while the store is
+    /// open, so a round never takes a segment created after it began.
+    next_id: u64,
     /// The segment receiving new hints, and its size.
     active: Option<(u64, File, u64)>,
 }
@@ -116,11 +164,13 @@ impl HintStore {
             };
             let target_dir = entry.path();
             let segments = list_segments(&target_dir)?;
+            let next_id = segments.last().map_or(0, |last| last + 1);
             targets.insert(
                 NodeId(node),
                 Target {
                     dir: target_dir,
                     segments,
+                    next_id,
                     active: None,
                 },
             );
@@ -146,6 +196,7 @@ impl HintStore {
         let t = targets.entry(target).or_insert_with(|| Target {
             dir: self.dir.join(format!("node-{:016x}", target.0)),
             segments: Vec::new(),
+            next_id: 0,
             active: None,
         });
         let roll = t
@@ -154,13 +205,14 @@ impl HintStore {
             .is_none_or(|(_, _, len)| *len >= self.opts.segment_bytes);
         if roll {
             fs::create_dir_all(&t.dir).map_err(|e| StorageError::io(&t.dir, e))?;
-            let id = t.segments.last().map_or(0, |last| last + 1);
+            let id = t.next_id;
             let path = segment_path(&t.dir, id);
             let file = OpenOptions::new()
                 .append(true)
                 .create_new(true)
                 .open(&path)
                 .map_err(|e| StorageError::io(&path, e))?;
+            t.next_id = id + 1;
             sync_dir(&t.dir)?;
             t.segments.push(id);
             t.active = Some((id, file, 0));
@@ -189,38 +241,76 @@ impl HintStore {
             .collect()
     }
 
-    /// Reads the hints waiting for `target` (as of now; hints stored while
-    /// they are delivered go to a new segment and wait for the next round),
-    /// leaving out the ones past the hint window at `now_ms`.
-    pub fn take_batch(&self, target: NodeId, now_ms: u64) -> Result<HintBatch> {
-        let segments = {
-            let mut targets = self.targets.lock();
-            let Some(t) = targets.get_mut(&target) else {
-                return Ok(HintBatch {
-                    target,
-                    hints: Vec::new(),
-                    segments: Vec::new(),
-                    expired: 0,
-                });
-            };
-            // Close the active segment so new hints start a fresh one.
+    /// Starts a replay round of `target`: closes the segment receiving its
+    /// hints, so hints stored from now on go to a new segment and wait for
+    /// the next round, and notes its newest segment, where the round ends.
+    pub fn start_round(&self, target: NodeId) -> HintRound {
+        let mut targets = self.targets.lock();
+        let last = targets.get_mut(&target).and_then(|t| {
             t.active = None;
+            t.segments.last().copied()
+        });
+        HintRound { target, last }
+    }
+
+    /// Reads the next batch of `round`: the oldest segments of its target
+    /// that existed when the round began, whole, up to
+    /// `replay_batch_bytes` (at least one segment, however large). Hints
+    /// past the hint window at `now_ms` are left out and counted, damaged
+    /// records skipped and counted as corrupt. `None` once the round's
+    /// segments are all gone (acknowledged, expired or discarded); a batch
+    /// that is not acknowledged is read again by the next call.
+    pub fn next_batch(&self, round: &HintRound, now_ms: u64) -> Result<Option<HintBatch>> {
+        let Some(last) = round.last else {
+            return Ok(None);
+        };
+        let candidates = {
+            let mut targets = self.targets.lock();
+            let Some(t) = targets.get_mut(&round.target) else {
+                return Ok(None);
+            };
+            // The round's segments were closed when it began; this only
+            // makes sure none is read while it still grows.
+            if t.active.as_ref().is_some_and(|(id, _, _)| *id <= last) {
+                t.active = None;
+            }
             t.segments
                 .iter()
+                .take_while(|id| **id <= last)
                 .map(|id| (*id, segment_path(&t.dir, *id)))
                 .collect::<Vec<_>>()
         };
+        if candidates.is_empty() {
+            return Ok(None);
+        }
         let window_ms = self.opts.window.as_millis() as u64;
-        let mut hints = Vec::new();
-        let mut expired = 0;
-        for (_, path) in &segments {
-            let data = match fs::read(path) {
-                Ok(data) => data,
-                // Expired and deleted meanwhile (`HintStore::expire`).
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-                Err(e) => return Err(StorageError::io(path, e)),
+        let mut batch = HintBatch::empty(round.target);
+        for (id, path) in candidates {
+            let mut file = match File::open(&path) {
+                Ok(file) => file,
+                // Expired or discarded meanwhile: nothing to read, and the
+                // acknowledgement forgets it.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    batch.segments.push(id);
+                    continue;
+                }
+                Err(e) => return Err(StorageError::io(&path, e)),
             };
-            for frame in RecordReader::new(path, &data) {
+            let size = file
+                .metadata()
+                .map_err(|e| StorageError::io(&path, e))?
+                .len();
+            if !batch.segments.is_empty()
+                && batch.bytes.saturating_add(size) > self.opts.replay_batch_bytes
+            {
+                break;
+            }
+            let mut data = Vec::with_capacity(usize::try_from(size).unwrap_or(0));
+            file.read_to_end(&mut data)
+                .map_err(|e| StorageError::io(&path, e))?;
+            batch.segments.push(id);
+            batch.bytes = batch.bytes.saturating_add(data.len() as u64);
+            for frame in RecordReader::new(&path, &data) {
                 match frame {
                     Frame::Record { offset, payload } => {
                         match bincode::serde::decode_from_slice::<Hint, _>(
@@ -228,9 +318,9 @@ impl HintStore {
                             bincode::config::standard(),
                         ) {
                             Ok((hint, _)) if hint.created_ms.saturating_add(window_ms) < now_ms => {
-                                expired += 1
+                                batch.expired += 1
                             }
-                            Ok((hint, _)) => hints.push(hint),
+                            Ok((hint, _)) => batch.hints.push(hint),
                             Err(e) => {
                                 self.corrupt.fetch_add(1, Ordering::Relaxed);
                                 tracing::warn!(path = %path.display(), offset, error = %e, "undecodable hint skipped");
@@ -244,12 +334,17 @@ impl HintStore {
                 }
             }
         }
-        Ok(HintBatch {
-            target,
-            hints,
-            segments: segments.into_iter().map(|(id, _)| id).collect(),
-            expired,
-        })
+        Ok(Some(batch))
+    }
+
+    /// Reads the oldest hints waiting for `target`: the first batch of a
+    /// new round (see [`HintStore::start_round`] and
+    /// [`HintStore::next_batch`]); an empty batch when there are none.
+    pub fn take_batch(&self, target: NodeId, now_ms: u64) -> Result<HintBatch> {
+        let round = self.start_round(target);
+        Ok(self
+            .next_batch(&round, now_ms)?
+            .unwrap_or_else(|| HintBatch::empty(target)))
     }
 
     /// Deletes the segments of `target` whose every hint is past the hint
@@ -313,17 +408,15 @@ impl HintStore {
             }
         }
         self.remove_segments(&HintBatch {
-            target,
-            hints: Vec::new(),
             segments: stale,
-            expired: 0,
+            ..HintBatch::empty(target)
         })?;
         self.expired.fetch_add(dropped, Ordering::Relaxed);
         Ok(dropped)
     }
 
     /// Records that every hint of `batch` was delivered: its segments are
-    /// deleted.
+    /// deleted (the next batch of the round starts after them).
     pub fn ack(&self, batch: HintBatch) -> Result<()> {
         self.remove_segments(&batch)?;
         self.delivered
@@ -334,12 +427,18 @@ impl HintStore {
 
     /// Drops every hint waiting for `target`, a node that left the ring
     /// (the nodes that took its ranges got those writes as pending copies
-    /// or from its hand-over). Returns how many were dropped.
+    /// or from its hand-over). Returns how many were dropped. Reads (to
+    /// count them) one batch at a time.
     pub fn discard_target(&self, target: NodeId) -> Result<u64> {
-        let batch = self.take_batch(target, 0)?;
-        self.remove_segments(&batch)?;
-        let dropped = batch.hints.len() as u64 + batch.expired;
-        self.discarded.fetch_add(dropped, Ordering::Relaxed);
+        let round = self.start_round(target);
+        let mut dropped = 0u64;
+        // At time 0 nothing is past the window: every hint is counted here.
+        while let Some(batch) = self.next_batch(&round, 0)? {
+            self.remove_segments(&batch)?;
+            let n = batch.hints.len() as u64 + batch.expired;
+            self.discarded.fetch_add(n, Ordering::Relaxed);
+            dropped += n;
+        }
         Ok(dropped)
     }
 
@@ -408,56 +507,165 @@ mod tests {
         }
     }
 
+    const WINDOW_MS: u64 = 100;
+
+    /// A hint telling its sequence number (the first 4 payload bytes).
+    fn numbered(ms: u64, seq: u32, tag: u8) -> Hint {
+        let mut payload = seq.to_le_bytes().to_vec();
+        payload.extend(std::iter::repeat_n(tag, tag as usize % 7));
+        Hint {
+            created_ms: ms,
+            payload,
+        }
+    }
+
+    fn seq_of(h: &Hint) -> u32 {
+        u32::from_le_bytes([h.payload[0], h.payload[1], h.payload[2], h.payload[3]])
+    }
+
+    fn live(hints: &[Hint], now: u64) -> Vec<Hint> {
+        hints
+            .iter()
+            .filter(|h| h.created_ms + WINDOW_MS >= now)
+            .cloned()
+            .collect()
+    }
+
+    /// Checks `batch` against the hints the model has waiting for its
+    /// target: it covers a prefix of them (a non-empty one when any wait),
+    /// holds that prefix's hints inside the window, in order, and counts
+    /// the others as expired; it stays within the budget unless it is a
+    /// single segment. Returns the prefix's length.
+    fn check_batch(
+        batch: &HintBatch,
+        waiting: &[Hint],
+        now: u64,
+        budget: u64,
+    ) -> std::result::Result<usize, TestCaseError> {
+        let n = batch.hints.len() + batch.expired as usize;
+        prop_assert!(n <= waiting.len(), "{n} > {}", waiting.len());
+        prop_assert!(waiting.is_empty() || n > 0, "a batch without progress");
+        prop_assert_eq!(&batch.hints, &live(&waiting[..n], now));
+        prop_assert!(
+            batch.bytes <= budget || batch.segments.len() == 1,
+            "{} bytes in {} segments over a budget of {budget}",
+            batch.bytes,
+            batch.segments.len()
+        );
+        Ok(n)
+    }
+
     #[derive(Debug, Clone)]
     enum Op {
         Store(u64, u8),
-        DeliverAll(u64),
+        /// The oldest batch is delivered and acknowledged.
+        DeliverBatch(u64),
+        /// A whole replay round, with this many hints stored after its
+        /// first batch (they wait for the next round).
+        Round(u64, u8),
+        /// The oldest batch is read but its delivery fails.
         TakeAndFail(u64),
+        Expire(u64),
         Discard(u64),
+        Wait(u64),
         Reopen,
     }
 
     proptest! {
-        /// Against a model (a list of waiting hints per target): every
+        /// Against a model (a queue of waiting hints per target), over many
+        /// small segments and a range of batch budgets: every batch is the
+        /// next part of its target's queue, within the budget; every
         /// stored hint is delivered exactly once, in order, unless it
-        /// expired; nothing survives an acknowledged delivery; reopening
-        /// loses nothing.
+        /// expired or its target was discarded; a round ends with the
+        /// hints stored before it; nothing survives an acknowledged
+        /// delivery; reopening loses nothing.
         #[test]
         fn hints_are_delivered_once_in_order_unless_expired(
+            budget in prop_oneof![Just(1u64), Just(100), Just(250), Just(u64::MAX)],
             ops in proptest::collection::vec(prop_oneof![
-                4 => (0u64..3, any::<u8>()).prop_map(|(t, tag)| Op::Store(t, tag)),
-                2 => (0u64..3).prop_map(Op::DeliverAll),
+                6 => (0u64..3, any::<u8>()).prop_map(|(t, tag)| Op::Store(t, tag)),
+                2 => (0u64..3).prop_map(Op::DeliverBatch),
+                1 => (0u64..3, 0u8..4).prop_map(|(t, n)| Op::Round(t, n)),
                 1 => (0u64..3).prop_map(Op::TakeAndFail),
+                1 => (0u64..3).prop_map(Op::Expire),
                 1 => (0u64..3).prop_map(Op::Discard),
+                1 => (0u64..150).prop_map(Op::Wait),
                 1 => Just(Op::Reopen),
-            ], 1..40),
+            ], 1..80),
         ) {
             let dir = tempfile::tempdir().unwrap();
-            let opts = HintOptions { window: Duration::from_millis(100), sync: false, segment_bytes: 64 };
+            let opts = HintOptions {
+                window: Duration::from_millis(WINDOW_MS),
+                sync: false,
+                segment_bytes: 64,
+                replay_batch_bytes: budget,
+            };
             let mut store = HintStore::open(dir.path(), opts.clone()).unwrap();
             let mut model: BTreeMap<u64, Vec<Hint>> = BTreeMap::new();
+            // Sequence numbers delivered, and dropped (expired or discarded).
+            let mut delivered: Vec<u32> = Vec::new();
+            let mut dropped: Vec<u32> = Vec::new();
+            let mut seq = 0u32;
             let mut now = 1_000u64;
             for op in ops {
                 now += 10;
                 match op {
                     Op::Store(t, tag) => {
-                        let h = hint(now, tag);
+                        let h = numbered(now, seq, tag);
+                        seq += 1;
                         store.store(NodeId(t), &h).unwrap();
                         model.entry(t).or_default().push(h);
                     }
-                    Op::DeliverAll(t) => {
+                    Op::DeliverBatch(t) => {
                         let batch = store.take_batch(NodeId(t), now).unwrap();
-                        let waiting = model.remove(&t).unwrap_or_default();
-                        let live: Vec<Hint> = waiting.into_iter().filter(|h| h.created_ms + 100 >= now).collect();
-                        prop_assert_eq!(&batch.hints, &live);
+                        let waiting = model.entry(t).or_default();
+                        let n = check_batch(&batch, waiting, now, budget)?;
+                        let taken: Vec<Hint> = waiting.drain(..n).collect();
+                        delivered.extend(batch.hints.iter().map(seq_of));
+                        dropped.extend(taken.iter().filter(|h| h.created_ms + WINDOW_MS < now).map(seq_of));
                         store.ack(batch).unwrap();
+                    }
+                    Op::Round(t, extra) => {
+                        let round = store.start_round(NodeId(t));
+                        let at_start = model.get(&t).map_or(0, Vec::len);
+                        let mut taken_in_round = 0;
+                        let mut first = true;
+                        while let Some(batch) = store.next_batch(&round, now).unwrap() {
+                            let waiting = model.entry(t).or_default();
+                            let n = check_batch(&batch, waiting, now, budget)?;
+                            prop_assert!(n > 0, "a round's batch without progress");
+                            let taken: Vec<Hint> = waiting.drain(..n).collect();
+                            delivered.extend(batch.hints.iter().map(seq_of));
+                            dropped.extend(taken.iter().filter(|h| h.created_ms + WINDOW_MS < now).map(seq_of));
+                            store.ack(batch).unwrap();
+                            taken_in_round += n;
+                            if first {
+                                first = false;
+                                for i in 0..extra {
+                                    let h = numbered(now, seq, i);
+                                    seq += 1;
+                                    store.store(NodeId(t), &h).unwrap();
+                                    model.entry(t).or_default().push(h);
+                                }
+                            }
+                        }
+                        prop_assert_eq!(taken_in_round, at_start, "the round covers what waited when it began");
                     }
                     Op::TakeAndFail(t) => {
                         // Delivery failed: nothing acknowledged, all still waiting.
                         let batch = store.take_batch(NodeId(t), now).unwrap();
-                        let live: Vec<Hint> = model.get(&t).cloned().unwrap_or_default()
-                            .into_iter().filter(|h| h.created_ms + 100 >= now).collect();
-                        prop_assert_eq!(&batch.hints, &live);
+                        check_batch(&batch, model.get(&t).map_or(&[][..], Vec::as_slice), now, budget)?;
+                    }
+                    Op::Expire(t) => {
+                        let before = store.stats().expired;
+                        let n = store.expire(NodeId(t), now).unwrap() as usize;
+                        prop_assert_eq!(store.stats().expired - before, n as u64);
+                        // Hints are stored in time order, so the segments
+                        // wholly past the window are the oldest ones.
+                        let waiting = model.entry(t).or_default();
+                        prop_assert!(n <= waiting.len());
+                        prop_assert!(live(&waiting[..n], now).is_empty(), "a live hint expired");
+                        dropped.extend(waiting.drain(..n).map(|h| seq_of(&h)));
                     }
                     Op::Discard(t) => {
                         // The target left: all its hints go, expired or not.
@@ -465,8 +673,10 @@ mod tests {
                         let before = store.stats().discarded;
                         prop_assert_eq!(store.discard_target(NodeId(t)).unwrap(), waiting.len() as u64);
                         prop_assert_eq!(store.stats().discarded - before, waiting.len() as u64);
-                        prop_assert!(store.take_batch(NodeId(t), now).unwrap().hints.is_empty());
+                        prop_assert!(store.take_batch(NodeId(t), now).unwrap().segments.is_empty());
+                        dropped.extend(waiting.iter().map(seq_of));
                     }
+                    Op::Wait(ms) => now += ms,
                     Op::Reopen => {
                         drop(store);
                         store = HintStore::open(dir.path(), opts.clone()).unwrap();
@@ -475,7 +685,208 @@ mod tests {
             }
             let waiting: Vec<NodeId> = model.iter().filter(|(_, v)| !v.is_empty()).map(|(t, _)| NodeId(*t)).collect();
             prop_assert_eq!(store.targets(), waiting);
+            // A last round per target delivers the rest.
+            for (t, queue) in &mut model {
+                let round = store.start_round(NodeId(*t));
+                while let Some(batch) = store.next_batch(&round, now).unwrap() {
+                    let n = check_batch(&batch, queue, now, budget)?;
+                    let taken: Vec<Hint> = queue.drain(..n).collect();
+                    delivered.extend(batch.hints.iter().map(seq_of));
+                    dropped.extend(taken.iter().filter(|h| h.created_ms + WINDOW_MS < now).map(seq_of));
+                    store.ack(batch).unwrap();
+                }
+                prop_assert!(queue.is_empty());
+            }
+            prop_assert!(store.targets().is_empty());
+            // Every stored hint was delivered or dropped, exactly once.
+            let mut all: Vec<u32> = delivered.iter().chain(&dropped).copied().collect();
+            all.sort_unstable();
+            prop_assert_eq!(all, (0..seq).collect::<Vec<u32>>());
         }
+    }
+
+    /// The sizes of `target`'s segment files, oldest first.
+    fn segment_sizes(store: &HintStore, target: NodeId) -> Vec<(u64, u64)> {
+        let targets = store.targets.lock();
+        let t = &targets[&target];
+        t.segments
+            .iter()
+            .map(|id| (*id, fs::metadata(segment_path(&t.dir, *id)).unwrap().len()))
+            .collect()
+    }
+
+    #[test]
+    fn a_batch_holds_at_most_its_budget_or_one_whole_segment() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = NodeId(3);
+        for budget in [1u64, 150, 400] {
+            let opts = HintOptions {
+                window: Duration::from_secs(60),
+                sync: false,
+                segment_bytes: 64,
+                replay_batch_bytes: budget,
+            };
+            let store = HintStore::open(&dir.path().join(budget.to_string()), opts).unwrap();
+            let stored: Vec<Hint> = (0..60u8).map(|i| hint(1_000, i)).collect();
+            for h in &stored {
+                store.store(target, h).unwrap();
+            }
+            let sizes = segment_sizes(&store, target);
+            assert!(sizes.len() >= 10, "{sizes:?}");
+            let largest = sizes.iter().map(|(_, len)| *len).max().unwrap();
+            assert!(largest < 150, "{sizes:?}");
+            let mut delivered = Vec::new();
+            let mut batches = 0;
+            loop {
+                let batch = store.take_batch(target, 1_000).unwrap();
+                if batch.segments.is_empty() {
+                    break;
+                }
+                // The batch is the oldest segments, whole.
+                let oldest = segment_sizes(&store, target);
+                let expected = &oldest[..batch.segments.len()];
+                assert_eq!(
+                    batch.segments,
+                    expected.iter().map(|(id, _)| *id).collect::<Vec<_>>()
+                );
+                assert_eq!(
+                    batch.bytes,
+                    expected.iter().map(|(_, len)| len).sum::<u64>()
+                );
+                assert!(
+                    batch.bytes <= budget || batch.segments.len() == 1,
+                    "budget {budget}: {} bytes in {} segments",
+                    batch.bytes,
+                    batch.segments.len()
+                );
+                assert!(batch.bytes <= budget + largest);
+                // And as many as fit.
+                if let Some((_, next)) = oldest.get(batch.segments.len()) {
+                    assert!(batch.bytes + next > budget, "budget {budget}: room left");
+                }
+                batches += 1;
+                delivered.extend(batch.hints.iter().cloned());
+                store.ack(batch).unwrap();
+            }
+            assert_eq!(delivered, stored, "budget {budget}");
+            if budget == 1 {
+                assert_eq!(batches, sizes.len(), "one segment per batch");
+            } else {
+                assert!(
+                    batches > 1 && batches < sizes.len(),
+                    "budget {budget}: {batches} batches"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn a_round_ends_with_the_segments_it_began_with() {
+        let dir = tempfile::tempdir().unwrap();
+        let opts = HintOptions {
+            window: Duration::from_secs(60),
+            sync: false,
+            segment_bytes: 64,
+            replay_batch_bytes: 100,
+        };
+        let store = HintStore::open(dir.path(), opts).unwrap();
+        let target = NodeId(2);
+        let old: Vec<Hint> = (0..20u8).map(|i| hint(1_000, i)).collect();
+        for h in &old {
+            store.store(target, h).unwrap();
+        }
+        let round = store.start_round(target);
+        assert_eq!(round.target(), target);
+        let mut delivered = Vec::new();
+        let mut tag = 20u8;
+        let mut batches = 0;
+        while let Some(batch) = store.next_batch(&round, 2_000).unwrap() {
+            delivered.extend(batch.hints.iter().cloned());
+            store.ack(batch).unwrap();
+            // Hints keep coming while the round runs (a round chasing them
+            // would not end: the bound makes it fail instead).
+            batches += 1;
+            assert!(batches <= 20, "the round does not end");
+            for _ in 0..5 {
+                store.store(target, &hint(2_000, tag)).unwrap();
+                tag += 1;
+            }
+        }
+        assert!(batches > 1, "{batches}");
+        assert_eq!(
+            delivered, old,
+            "the round took only what waited when it began"
+        );
+        let stored_meanwhile = store.stats().stored - 20;
+        assert_eq!(stored_meanwhile, 5 * batches);
+        // They wait for the next round.
+        let next = store.start_round(target);
+        let mut later = 0;
+        while let Some(batch) = store.next_batch(&next, 2_000).unwrap() {
+            later += batch.hints.len() as u64;
+            store.ack(batch).unwrap();
+        }
+        assert_eq!(later, stored_meanwhile);
+        assert!(store.targets().is_empty());
+    }
+
+    #[test]
+    fn a_failed_batch_and_the_later_ones_stay_and_the_acknowledged_ones_are_gone() {
+        let dir = tempfile::tempdir().unwrap();
+        let opts = HintOptions {
+            window: Duration::from_secs(60),
+            sync: true,
+            segment_bytes: 64,
+            replay_batch_bytes: 150,
+        };
+        let target = NodeId(7);
+        let stored: Vec<Hint> = (0..40u8).map(|i| hint(1_000, i)).collect();
+        let (acked, delivered, kept) = {
+            let store = HintStore::open(dir.path(), opts.clone()).unwrap();
+            for h in &stored {
+                store.store(target, h).unwrap();
+            }
+            let round = store.start_round(target);
+            let mut acked = Vec::new();
+            let mut delivered = 0;
+            for _ in 0..2 {
+                let batch = store.next_batch(&round, 1_000).unwrap().unwrap();
+                delivered += batch.hints.len();
+                acked.extend(batch.segments.iter().copied());
+                store.ack(batch).unwrap();
+            }
+            // The third batch fails: the replay stops without acknowledging it.
+            let failed = store.next_batch(&round, 1_000).unwrap().unwrap();
+            assert_eq!(failed.hints[0], stored[delivered]);
+            let kept: Vec<u64> = segment_sizes(&store, target)
+                .iter()
+                .map(|(id, _)| *id)
+                .collect();
+            assert!(kept.starts_with(&failed.segments), "{kept:?}");
+            assert_eq!(store.stats().delivered, delivered as u64);
+            (acked, delivered, kept)
+        };
+        let target_dir = dir.path().join("node-0000000000000007");
+        for id in &acked {
+            assert!(
+                !segment_path(&target_dir, *id).exists(),
+                "acknowledged segment {id} left"
+            );
+        }
+        for id in &kept {
+            assert!(segment_path(&target_dir, *id).exists(), "segment {id} lost");
+        }
+        // A later replay (here after a restart) sends only the rest, from
+        // the failed batch on.
+        let store = HintStore::open(dir.path(), opts).unwrap();
+        let round = store.start_round(target);
+        let mut rest = Vec::new();
+        while let Some(batch) = store.next_batch(&round, 1_000).unwrap() {
+            rest.extend(batch.hints.iter().cloned());
+            store.ack(batch).unwrap();
+        }
+        assert_eq!(rest, stored[delivered..]);
+        assert!(store.targets().is_empty());
     }
 
     #[test]
@@ -485,6 +896,7 @@ mod tests {
             window: Duration::from_millis(100),
             sync: false,
             segment_bytes: 64,
+            replay_batch_bytes: 1 << 20,
         };
         let store = HintStore::open(dir.path(), opts).unwrap();
         let target = NodeId(4);

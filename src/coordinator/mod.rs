@@ -79,9 +79,11 @@
 //! Hints are stored in the node's `cluster::hints::HintStore`, replayed by
 //! [`ClusterStore::replay_hints`] when membership reports the target up
 //! ([`ClusterStore::on_node_up`]) and by a periodic sweep
-//! ([`ClusterStore::spawn_hint_sweeper`]), throttled (a bounded group in
-//! flight, a pause between groups), and dropped and counted by the hint
-//! store past the hint window.
+//! ([`ClusterStore::spawn_hint_sweeper`]), one bounded batch of hint
+//! segments at a time (each deleted once delivered; a failure stops the
+//! replay and keeps the rest), throttled (a bounded group in flight, a
+//! pause between groups), and dropped and counted by the hint store past
+//! the hint window.
 //!
 //! # Logged batches
 //!

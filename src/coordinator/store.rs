@@ -142,12 +142,13 @@ struct Counters {
 /// What one hint replay did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct ReplayReport {
-    /// Hints delivered (and acknowledged, so deleted).
+    /// Hints delivered in batches that were acknowledged (so deleted).
     pub delivered: usize,
-    /// Hints whose delivery failed: the batch was kept for a later replay.
+    /// Hints whose delivery failed: their batch and the later ones were
+    /// kept for a later replay (which sends that whole batch again).
     pub failed: usize,
-    /// Hints dropped because the target does not know their table any
-    /// more, or their payload did not decode.
+    /// Hints dropped, in acknowledged batches, because the target does not
+    /// know their table any more, or their payload did not decode.
     pub discarded: usize,
     /// Another replay to the same node was running; nothing was done.
     pub busy: bool,
@@ -1464,12 +1465,17 @@ impl ClusterStore {
 
     // ----------------------------------------------------------------- hints
 
-    /// Replays the hints this node holds for `target`: sends them
-    /// (at most `hint_replay_concurrency` at a time, pausing between
-    /// groups) and deletes them once all were delivered. Hints past the
-    /// hint window are dropped and counted by the hint store. A failed
-    /// delivery keeps the batch for the next replay (applying a hint twice
-    /// is harmless).
+    /// Replays the hints this node holds for `target`, one batch of its
+    /// oldest hint segments at a time (at most the hint store's
+    /// `replay_batch_bytes`, or one segment, in memory): sends a batch (at
+    /// most `hint_replay_concurrency` hints at a time, pausing between
+    /// groups), deletes it once all of it was delivered, then reads the
+    /// next, until the hints held when the replay began are done (hints
+    /// stored meanwhile wait for the next replay). Hints past the hint
+    /// window are dropped and counted by the hint store. A failed delivery
+    /// stops the replay: that batch and the later ones are kept for the
+    /// next replay (applying a hint twice is harmless), the batches before
+    /// it stay deleted.
     pub async fn replay_hints(&self, target: NodeId) -> Result<ReplayReport, QueryError> {
         if !self.inner.replaying.lock().insert(target) {
             return Ok(ReplayReport {
@@ -1486,48 +1492,61 @@ impl ClusterStore {
             }
         }
         let _release = Release(Arc::downgrade(&self.inner), target);
-        let now = self.inner.local.clock().wall().now_millis();
         let hints = self.inner.hints.clone();
-        let batch = hints.take_batch(target, now).map_err(server)?;
+        let round = hints.start_round(target);
         let mut report = ReplayReport::default();
         let per_group = self.inner.config.hint_replay_concurrency.max(1);
+        let pause = self.inner.config.hint_replay_pause;
         let timeout = self.inner.config.write_timeout;
-        for (i, group) in batch.hints.chunks(per_group).enumerate() {
-            if i > 0 && !self.inner.config.hint_replay_pause.is_zero() {
-                tokio::time::sleep(self.inner.config.hint_replay_pause).await;
-            }
-            let mut set = JoinSet::new();
-            for hint in group {
-                match HintPayload::decode(&hint.payload) {
-                    Ok(p) => {
-                        let req = PeerRequest::Apply {
-                            table: p.table,
-                            entries: p.entries,
-                        };
-                        set.spawn(self.send(target, req, timeout));
-                    }
-                    Err(e) => {
-                        tracing::warn!(error = %e, "undecodable hint dropped");
-                        report.discarded += 1;
+        let mut first_group = true;
+        loop {
+            let now = self.inner.local.clock().wall().now_millis();
+            let Some(batch) = hints.next_batch(&round, now).map_err(server)? else {
+                break;
+            };
+            let (mut delivered, mut discarded, mut failed) = (0usize, 0usize, 0usize);
+            for group in batch.hints.chunks(per_group) {
+                // The throttle holds across batches too.
+                if !first_group && !pause.is_zero() {
+                    tokio::time::sleep(pause).await;
+                }
+                first_group = false;
+                let mut set = JoinSet::new();
+                for hint in group {
+                    match HintPayload::decode(&hint.payload) {
+                        Ok(p) => {
+                            let req = PeerRequest::Apply {
+                                table: p.table,
+                                entries: p.entries,
+                            };
+                            set.spawn(self.send(target, req, timeout));
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e, "undecodable hint dropped");
+                            discarded += 1;
+                        }
                     }
                 }
-            }
-            while let Some(res) = set.join_next().await {
-                match res {
-                    Ok(Ok(_)) => report.delivered += 1,
-                    Ok(Err(SendError::Peer(PeerError::UnknownTable(_)))) => report.discarded += 1,
-                    _ => report.failed += 1,
+                while let Some(res) = set.join_next().await {
+                    match res {
+                        Ok(Ok(_)) => delivered += 1,
+                        Ok(Err(SendError::Peer(PeerError::UnknownTable(_)))) => discarded += 1,
+                        _ => failed += 1,
+                    }
+                }
+                if failed > 0 {
+                    report.failed += failed;
+                    return Ok(report);
                 }
             }
-            if report.failed > 0 {
-                return Ok(report);
-            }
+            hints.ack(batch).map_err(server)?;
+            report.delivered += delivered;
+            report.discarded += discarded;
+            self.inner
+                .counters
+                .hints_replayed
+                .fetch_add(delivered as u64, Ordering::Relaxed);
         }
-        hints.ack(batch).map_err(server)?;
-        self.inner
-            .counters
-            .hints_replayed
-            .fetch_add(report.delivered as u64, Ordering::Relaxed);
         Ok(report)
     }
 
