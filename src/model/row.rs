@@ -383,15 +383,25 @@ impl RowState {
         write: &RowWrite,
     ) -> RowState {
         let seen = client_context.unwrap_or(self.context());
+        // The next counter extends the node's contiguous run (its vector
+        // entry), skipping any dot either context holds. A replica holds
+        // every dot it stamped itself, so the run's successor is new; cloud
+        // dots of its id are clock readings (a write it stamped at ANY with
+        // every replica down, `CLOCK_COUNTER_FLOOR` and up), far above the
+        // run. Continuing from those instead would make every later dot a
+        // cloud dot of its own: the context would grow by one per write.
         // Saturating: contexts from outside are checked against
         // `MAX_COUNTER` before they get here, and a stored one that reached
         // the top would rather reuse a dot than wrap to 0, a dot no context
         // can hold.
-        let counter = self
-            .context()
-            .max_counter(node)
-            .max(seen.max_counter(node))
-            .saturating_add(1);
+        let run = |set: &DotSet| set.vector().get(&node).copied().unwrap_or(0);
+        let mut counter = run(self.context()).max(run(seen)).saturating_add(1);
+        while counter < u64::MAX
+            && (self.context().contains(Dot { node, counter })
+                || seen.contains(Dot { node, counter }))
+        {
+            counter += 1;
+        }
         let dot = Dot { node, counter };
         let mut version = RowVersion {
             dot,

@@ -110,6 +110,19 @@ proptest! {
         prop_assert_eq!(b.join(&ab), reference_join(&b, &ab));
     }
 
+    /// A stamp's dot is new to both its state and the context it was given,
+    /// and never 0.
+    #[test]
+    fn a_stamp_never_reuses_a_dot((a, b) in two_states_maybe_differing(), node in 0u64..3, blind in any::<bool>()) {
+        let seen = b.context().clone();
+        let context = if blind { None } else { Some(&seen) };
+        let delta = a.stamp(NodeId(node), context, &write(9, &[("x", 1)]));
+        let dot = delta.versions()[0].dot;
+        prop_assert!(dot.counter > 0);
+        prop_assert!(!a.context().contains(dot), "{:?} is in the state", dot);
+        prop_assert!(!seen.contains(dot) || blind, "{:?} is in the given context", dot);
+    }
+
     #[test]
     fn join_is_commutative((a, b, _c) in three_states()) {
         prop_assert_eq!(a.join(&b), b.join(&a));
@@ -262,9 +275,38 @@ fn a_counter_at_the_top_is_not_wrapped_and_contexts_say_their_largest_counter() 
     .collect();
     assert_eq!(top.largest_counter(), u64::MAX);
     assert_eq!(DotSet::new().largest_counter(), 0);
-    // Counter 0 is a dot no context can hold: stamping must never give it.
+    // Counter 0 is a dot no context can hold: stamping must never give it,
+    // nor a dot the context holds. A lone dot at the top is not part of
+    // the node's run, so the run goes on below it.
     let delta = RowState::default().stamp(a, Some(&top), &write(1, &[("x", 1)]));
-    assert!(delta.versions().iter().all(|v| v.dot.counter == u64::MAX));
+    assert!(delta.versions().iter().all(|v| v.dot.counter == 1));
+}
+
+/// A write stamped at ANY with every replica down carries a clock reading
+/// as its counter (a cloud dot). When that node later stamps the row as a
+/// replica, its dots go on from its contiguous run, not from the clock
+/// dot: the context keeps one cloud dot instead of gaining one per write.
+#[test]
+fn stamps_after_a_clock_dot_extend_the_run_and_the_context_stays_small() {
+    let a = NodeId(1);
+    let clock_dot = Dot {
+        node: a,
+        counter: crate::model::pruning::CLOCK_COUNTER_FLOOR + 12_345,
+    };
+    let mut state = RowState::default().stamp(a, None, &write(1, &[("x", 0)]));
+    state = state.join(&RowState::from_parts(
+        Vec::new(),
+        [clock_dot].into_iter().collect(),
+    ));
+    for i in 1..20 {
+        let delta = state.stamp(a, None, &write(1 + i, &[("x", i as i64)]));
+        let dot = delta.versions()[0].dot;
+        assert!(!state.context().contains(dot), "a fresh dot");
+        assert_eq!(dot.counter, i + 1, "the run goes on");
+        state = state.join(&delta);
+    }
+    assert_eq!(state.context().size(), 2, "{:?}", state.context());
+    assert_eq!(value_of(&state.resolve(None, 0).unwrap(), "x"), Some(19));
 }
 
 #[test]
