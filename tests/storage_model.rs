@@ -140,6 +140,8 @@ struct Harness {
     /// What each other replica holds of each row, so its dots are unique.
     remote: BTreeMap<(u64, Vec<u8>), RowState>,
     hlc: u64,
+    /// Given to the engine at every open.
+    compaction: CompactionStrategy,
 }
 
 impl Harness {
@@ -154,6 +156,10 @@ impl Harness {
             model: BTreeMap::new(),
             remote: BTreeMap::new(),
             hlc: 0,
+            compaction: CompactionStrategy::SizeTiered {
+                min_threshold: 2,
+                max_threshold: 4,
+            },
         };
         h.open();
         h
@@ -166,10 +172,7 @@ impl Harness {
             clock: self.clock.clone(),
             background: self.background,
             gc_grace: Duration::from_millis(GRACE_MS),
-            compaction: CompactionStrategy::SizeTiered {
-                min_threshold: 2,
-                max_threshold: 4,
-            },
+            compaction: self.compaction.clone(),
             stamp_ids: Some(Arc::new(FixedStampIds)),
             ..EngineOptions::default()
         };
@@ -678,6 +681,74 @@ fn compaction_prunes_retired_ids_only_where_it_sees_every_copy() {
         Some(Entry::Row(r)) => assert_eq!(r.versions().len(), 2, "{r:?}"),
         other => panic!("{other:?}"),
     }
+}
+
+/// A compaction of some of the tables purges a tombstone only where no
+/// table left out of it may hold the partition (bloom filter and key
+/// range): partition 2, written and deleted only in the compacted tables,
+/// is purged; row (0, 1), whose insert is in the big table left out, keeps
+/// its deletion (purging it would bring the insert back).
+#[test]
+fn a_partial_compaction_purges_only_partitions_no_other_table_holds() {
+    let mut h = Harness::new(false);
+    // Four tables at a time, at least four: of five, the four smallest.
+    h.compaction = CompactionStrategy::SizeTiered {
+        min_threshold: 4,
+        max_threshold: 4,
+    };
+    h.apply(&Op::Reopen);
+    insert_rows(&mut h, 0);
+    insert_rows(&mut h, 1);
+    h.apply(&Op::Flush);
+    let write = |pk, ck| Op::Write {
+        pk,
+        ck,
+        a: Some(Some(3)),
+        b: None,
+        insert: true,
+        ttl_ms: None,
+    };
+    for op in [
+        Op::DeleteRow { pk: 0, ck: 1 },
+        Op::Flush,
+        write(2, 1),
+        Op::Flush,
+        Op::DeleteRow { pk: 2, ck: 1 },
+        Op::Flush,
+        write(1, 5),
+        Op::Flush,
+        Op::Advance(GRACE_MS + 1),
+    ] {
+        h.apply(&op);
+    }
+    assert_eq!(h.engine().stats().sstables, 5);
+    let states = |h: &Harness, pk: i64| {
+        h.engine()
+            .read_partition_states(&prefix(pk), Bound::Unbounded, Bound::Unbounded, false, None)
+            .unwrap()
+            .rows
+            .len()
+    };
+    assert_eq!(states(&h, 2), 1, "the deleted row of partition 2");
+    h.apply(&Op::CompactDue);
+    assert_eq!(
+        h.engine().stats().sstables,
+        2,
+        "the four small tables were compacted, the big one left out"
+    );
+    assert_eq!(states(&h, 2), 0, "partition 2 was purged");
+    let live_rows = h
+        .engine()
+        .read_partition(&prefix(0), Bound::Unbounded, Bound::Unbounded, false, None)
+        .unwrap()
+        .rows
+        .len();
+    assert_eq!(
+        live_rows,
+        ROWS as usize - 1,
+        "row (0, 1) stays deleted while the big table holds its insert"
+    );
+    h.check(0, &Op::CompactDue, 0, ROWS, 10);
 }
 
 /// A compaction that purges tombstones from one partition drops only that

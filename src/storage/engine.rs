@@ -1276,10 +1276,34 @@ impl Inner {
         if inputs.len() < 2 && !(major && inputs.len() == 1) {
             return Ok(false);
         }
-        // Tombstones may be purged only when no older data for the key can
-        // exist outside this compaction: every table is an input and no
-        // memtable of this snapshot holds the key.
-        let covers_all = inputs.len() == snap.tables.len();
+        // Tombstones may be purged only when no other copy of the key can
+        // exist outside this compaction: no table left out of it may hold
+        // the partition (its bloom filter and key range say so; both are
+        // exact when they say no) and no memtable of this snapshot holds
+        // the key.
+        let input_ids: Vec<u64> = inputs.iter().map(|t| t.record.file_id).collect();
+        let left_out: Vec<&Arc<LiveTable>> = snap
+            .tables
+            .iter()
+            .filter(|t| !input_ids.contains(&t.record.file_id))
+            .collect();
+        let mut left_out_verdict: Option<(Vec<u8>, bool)> = None;
+        let mut held_elsewhere = |partition: &[u8]| -> bool {
+            if let Some((p, held)) = &left_out_verdict {
+                if p.as_slice() == partition {
+                    return *held;
+                }
+            }
+            let end = key::partition_end(partition);
+            let held = left_out.iter().any(|t| {
+                let meta = t.table.meta();
+                t.table.may_contain_partition(partition)
+                    && meta.min_key.as_slice() < end.as_slice()
+                    && meta.max_key.as_slice() >= partition
+            });
+            left_out_verdict = Some((partition.to_vec(), held));
+            held
+        };
         let grace_ms = policy.gc_grace.as_millis() as u64;
         let purge_before = Timestamp::from_millis(now_ms.saturating_sub(grace_ms));
         let memtables: Vec<&Arc<Memtable>> = std::iter::once(&snap.active)
@@ -1319,7 +1343,7 @@ impl Inner {
         for item in MergeIter::new(sources, false) {
             let (k, entry) = item?;
             let kind = key::classify(&k).map_err(|e| StorageError::InvalidKey(e.to_string()))?;
-            let purgeable_here = covers_all && !in_memtables(&k);
+            let purgeable_here = !held_elsewhere(&k[..kind.partition_len()]) && !in_memtables(&k);
             match entry {
                 Entry::Header(header) => {
                     let partition = k[..kind.partition_len()].to_vec();
@@ -1394,7 +1418,6 @@ impl Inner {
             us = started.elapsed().as_micros() as u64,
             "compaction (timing)"
         );
-        let input_ids: Vec<u64> = inputs.iter().map(|t| t.record.file_id).collect();
         let empty = output.table.meta().entries == 0;
         self.compaction_bytes
             .fetch_add(output.record.size_bytes, Ordering::Relaxed);
