@@ -903,6 +903,21 @@ fn garbage_at_the_peer_port_does_not_hurt_a_real_node() {
         "{status}"
     );
     assert!(counter("requests_in") > 0, "{status}");
+    // Gossip counts the junk it refused, each logged refusal at least.
+    let gossip_line = status
+        .lines()
+        .find(|l| l.starts_with("Gossip:"))
+        .unwrap_or_else(|| panic!("no gossip line in:\n{status}"));
+    let gossip_malformed: usize = gossip_line
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("malformed="))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no malformed= in {gossip_line}"));
+    let logged: usize = gossip_refusals.iter().map(|m| count(&log, m)).sum();
+    assert!(
+        gossip_malformed >= logged && logged > 0,
+        "{logged} refusals logged: {gossip_line}"
+    );
 
     // Clients still read what was written.
     assert_eq!(all_rows(&cluster, &n1), written);

@@ -44,8 +44,9 @@ impl AdminSource for NodeAdmin {
         let hints = self.cluster.hints().stats();
         let batches = self.batches.stats();
         let net = self.transport.stats();
+        let gossip = self.membership.stats();
         format!(
-            "{}\nThis node: {:016x}\nHints: stored={} delivered={} expired={} discarded={} pending_targets={}\nBatch log: held={} logged={} log_failures={} replayed_entries={} replayed_partitions={} discarded_partitions={}\nCoordinator: {:?}\nPeer transport: requests_in={} requests_out={} requests_failed={} malformed={} version_mismatches={} deadlines_exceeded={} datagrams_in={} datagrams_out={} datagrams_dropped={} handshakes_failed={}\n{}",
+            "{}\nThis node: {:016x}\nHints: stored={} delivered={} expired={} discarded={} pending_targets={}\nBatch log: held={} logged={} log_failures={} replayed_entries={} replayed_partitions={} discarded_partitions={}\nCoordinator: {:?}\nPeer transport: requests_in={} requests_out={} requests_failed={} malformed={} version_mismatches={} deadlines_exceeded={} datagrams_in={} datagrams_out={} datagrams_dropped={} handshakes_failed={}\nGossip: datagrams_in={} datagrams_out={} malformed={} spoofed={} rejected={} inbox_full={} oversize={}\n{}",
             status_table(&view),
             self.cluster.node_id().0,
             hints.stored,
@@ -70,6 +71,13 @@ impl AdminSource for NodeAdmin {
             net.datagrams_out,
             net.datagrams_dropped,
             net.handshakes_failed,
+            gossip.datagrams_in,
+            gossip.datagrams_out,
+            gossip.malformed,
+            gossip.spoofed,
+            gossip.rejected,
+            gossip.inbox_full,
+            gossip.oversize,
             self.cluster.local().storage_stats()
         )
     }
