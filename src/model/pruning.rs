@@ -96,6 +96,16 @@ impl RowState {
         unknown: &mut BTreeSet<NodeId>,
     ) -> Option<RowState> {
         let context = self.context();
+        // The common case, without allocating: every id in use and no
+        // clock dot, so nothing to forget and nothing new to report.
+        let kept = |id: NodeId| id == view.own || view.in_use.contains(&id);
+        if context.vector().keys().all(|&id| kept(id))
+            && context
+                .cloud()
+                .all(|d| kept(d.node) && d.counter < CLOCK_COUNTER_FLOOR)
+        {
+            return None;
+        }
         for id in context.nodes() {
             if !view.knows(id) {
                 unknown.insert(id);
@@ -103,7 +113,6 @@ impl RowState {
         }
         let live_ids: BTreeSet<NodeId> = self.versions().iter().map(|v| v.dot.node).collect();
         let live_dots: BTreeSet<Dot> = self.versions().iter().map(|v| v.dot).collect();
-        let kept = |id: NodeId| id == view.own || view.in_use.contains(&id);
         let pruned = context.without(
             |id| !kept(id) && !live_ids.contains(&id) && view.retired_long_ago.contains(&id),
             |dot| {
