@@ -79,6 +79,11 @@ pub struct HintStats {
     pub discarded: u64,
     /// Damaged records skipped on reading (each also logged).
     pub corrupt: u64,
+    /// Segment files read to look for expired hints ([`HintStore::expire`]).
+    /// A segment whose newest hint is known and still inside the window is
+    /// not read, so a target that stays down costs reads only as its
+    /// segments expire, not on every sweep.
+    pub expiry_scans: u64,
 }
 
 /// Hints for one target, read from its oldest segments, to be delivered
@@ -134,6 +139,10 @@ struct Target {
     next_id: u64,
     /// The segment receiving new hints, and its size.
     active: Option<(u64, File, u64)>,
+    /// The newest hint's `created_ms` of segments where it is known (those
+    /// written since open, and those `expire` read): such a segment cannot
+    /// be all expired before that hint is.
+    newest_ms: BTreeMap<u64, u64>,
 }
 
 /// The hints of one node, for all targets.
@@ -146,6 +155,7 @@ pub struct HintStore {
     expired: AtomicU64,
     discarded: AtomicU64,
     corrupt: AtomicU64,
+    expiry_scans: AtomicU64,
 }
 
 impl HintStore {
@@ -172,6 +182,7 @@ impl HintStore {
                     segments,
                     next_id,
                     active: None,
+                    newest_ms: BTreeMap::new(),
                 },
             );
         }
@@ -184,6 +195,7 @@ impl HintStore {
             expired: AtomicU64::new(0),
             discarded: AtomicU64::new(0),
             corrupt: AtomicU64::new(0),
+            expiry_scans: AtomicU64::new(0),
         })
     }
 
@@ -198,6 +210,7 @@ impl HintStore {
             segments: Vec::new(),
             next_id: 0,
             active: None,
+            newest_ms: BTreeMap::new(),
         });
         let roll = t
             .active
@@ -227,6 +240,8 @@ impl HintStore {
             file.sync_data().map_err(|e| StorageError::io(&path, e))?;
         }
         *len += record.len() as u64;
+        let newest = t.newest_ms.entry(*id).or_insert(hint.created_ms);
+        *newest = (*newest).max(hint.created_ms);
         self.stored.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
@@ -355,6 +370,7 @@ impl HintStore {
     /// kept whole (its expired hints are dropped when it is replayed).
     pub fn expire(&self, target: NodeId, now_ms: u64) -> Result<u64> {
         let window_ms = self.opts.window.as_millis() as u64;
+        let expired = |created_ms: u64| created_ms.saturating_add(window_ms) < now_ms;
         let segments = {
             let targets = self.targets.lock();
             let Some(t) = targets.get(&target) else {
@@ -362,11 +378,15 @@ impl HintStore {
             };
             t.segments
                 .iter()
+                // A segment whose newest hint is still inside the window
+                // cannot be all expired: no need to read it.
+                .filter(|id| t.newest_ms.get(id).is_none_or(|&ms| expired(ms)))
                 .map(|id| (*id, segment_path(&t.dir, *id)))
                 .collect::<Vec<_>>()
         };
         let mut stale = Vec::new();
         let mut dropped = 0u64;
+        let mut learned = Vec::new();
         for (id, path) in segments {
             let data = match fs::read(&path) {
                 Ok(data) => data,
@@ -374,22 +394,49 @@ impl HintStore {
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
                 Err(e) => return Err(StorageError::io(&path, e)),
             };
+            self.expiry_scans.fetch_add(1, Ordering::Relaxed);
             let mut hints = 0u64;
-            let all_expired = RecordReader::new(&path, &data).all(|frame| match frame {
-                Frame::Record { payload, .. } => {
-                    hints += 1;
-                    bincode::serde::decode_from_slice::<Hint, _>(
-                        payload,
-                        bincode::config::standard(),
-                    )
-                    .is_ok_and(|(hint, _)| hint.created_ms.saturating_add(window_ms) < now_ms)
+            let mut all_expired = true;
+            let mut newest = 0u64;
+            for frame in RecordReader::new(&path, &data) {
+                match frame {
+                    Frame::Record { payload, .. } => {
+                        hints += 1;
+                        match bincode::serde::decode_from_slice::<Hint, _>(
+                            payload,
+                            bincode::config::standard(),
+                        ) {
+                            Ok((hint, _)) => {
+                                newest = newest.max(hint.created_ms);
+                                all_expired &= expired(hint.created_ms);
+                            }
+                            Err(_) => all_expired = false,
+                        }
+                    }
+                    // Damaged records are counted when the segment is
+                    // replayed.
+                    Frame::Corrupt { .. } | Frame::TornTail { .. } => all_expired = false,
                 }
-                // Damaged records are counted when the segment is replayed.
-                Frame::Corrupt { .. } | Frame::TornTail { .. } => false,
-            });
+            }
             if all_expired && hints > 0 {
                 stale.push(id);
                 dropped += hints;
+            } else if hints > 0 {
+                learned.push((id, newest));
+            }
+        }
+        if !learned.is_empty() {
+            let mut targets = self.targets.lock();
+            if let Some(t) = targets.get_mut(&target) {
+                for (id, newest) in learned {
+                    // Only segments still there and not being appended to
+                    // (a store after the read would make `newest` stale;
+                    // `store` keeps the active segment's own entry).
+                    let active = t.active.as_ref().is_some_and(|(a, _, _)| *a == id);
+                    if t.segments.contains(&id) && !active {
+                        t.newest_ms.insert(id, newest);
+                    }
+                }
             }
         }
         if stale.is_empty() {
@@ -455,6 +502,7 @@ impl HintStore {
                 }
             }
             t.segments.retain(|id| !batch.segments.contains(id));
+            t.newest_ms.retain(|id, _| t.segments.contains(id));
             if t.dir.exists() {
                 sync_dir(&t.dir)?;
             }
@@ -470,6 +518,7 @@ impl HintStore {
             expired: self.expired.load(Ordering::Relaxed),
             discarded: self.discarded.load(Ordering::Relaxed),
             corrupt: self.corrupt.load(Ordering::Relaxed),
+            expiry_scans: self.expiry_scans.load(Ordering::Relaxed),
         }
     }
 }
@@ -911,12 +960,24 @@ mod tests {
         for i in 0..3u8 {
             store.store(target, &hint(5_000, i)).unwrap();
         }
-        // Nothing is past the window yet.
-        assert_eq!(store.expire(target, 1_050).unwrap(), 0);
+        // Nothing is past the window yet, and the store knows it without
+        // reading a segment, however often it is asked.
+        for _ in 0..5 {
+            assert_eq!(store.expire(target, 1_050).unwrap(), 0);
+        }
+        assert_eq!(store.stats().expiry_scans, 0);
         // At 5,050 the old ones are: their segments go, counted; a segment
         // holding a new hint stays.
+        let only_old = store.targets.lock()[&target]
+            .newest_ms
+            .values()
+            .filter(|&&ms| ms == 1_000)
+            .count() as u64;
+        assert!(only_old >= 2, "{only_old}");
         let dropped = store.expire(target, 5_050).unwrap();
         assert!((1..=12).contains(&dropped), "{dropped}");
+        // Only the segments holding nothing but old hints were read.
+        assert_eq!(store.stats().expiry_scans, only_old);
         assert_eq!(store.stats().expired, dropped);
         assert!(segments(&store) < old_segments + 1);
         let batch = store.take_batch(target, 5_050).unwrap();
@@ -928,6 +989,39 @@ mod tests {
         assert_eq!(store.expire(NodeId(5), 9_000).unwrap(), 1);
         assert!(!store.targets().contains(&NodeId(5)));
         assert_eq!(store.expire(NodeId(6), 9_000).unwrap(), 0, "unknown target");
+    }
+
+    /// After a restart the store does not know its segments' newest hints:
+    /// the first sweep reads each once, later sweeps read none until one
+    /// may have expired.
+    #[test]
+    fn after_a_reopen_each_segment_is_read_once_until_it_may_expire() {
+        let dir = tempfile::tempdir().unwrap();
+        let opts = HintOptions {
+            window: Duration::from_millis(100),
+            sync: false,
+            segment_bytes: 64,
+            replay_batch_bytes: 1 << 20,
+        };
+        let target = NodeId(4);
+        {
+            let store = HintStore::open(dir.path(), opts.clone()).unwrap();
+            for i in 0..12u8 {
+                store.store(target, &hint(1_000 + u64::from(i), i)).unwrap();
+            }
+        }
+        let store = HintStore::open(dir.path(), opts).unwrap();
+        let segments = store.targets.lock()[&target].segments.len() as u64;
+        assert!(segments >= 3);
+        assert_eq!(store.expire(target, 1_050).unwrap(), 0);
+        assert_eq!(store.stats().expiry_scans, segments, "each read once");
+        for _ in 0..3 {
+            assert_eq!(store.expire(target, 1_080).unwrap(), 0);
+        }
+        assert_eq!(store.stats().expiry_scans, segments, "and not again");
+        assert_eq!(store.expire(target, 2_000).unwrap(), 12);
+        assert_eq!(store.stats().expiry_scans, 2 * segments);
+        assert!(store.targets().is_empty());
     }
 
     #[test]
