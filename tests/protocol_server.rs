@@ -819,3 +819,184 @@ async fn requests_past_the_servers_byte_budget_are_refused_as_overloaded() {
     assert!(!rows(&rows_back.result).rows.is_empty());
     assert_eq!(server.stats().overloaded, 2);
 }
+
+/// A raw connection from `local` (an address of this machine, any port)
+/// to `server`: its endpoint and how its handshake ended.
+async fn connect_from(
+    local: [u8; 4],
+    server: SocketAddr,
+    certs: &TestCerts,
+) -> (
+    quinn::Endpoint,
+    Result<quinn::Connection, quinn::ConnectionError>,
+) {
+    let config = client_tls(certs).quinn_config().expect("client config");
+    connect_with(local, server, config).await
+}
+
+/// Like [`connect_from`], with a client configuration made already.
+async fn connect_with(
+    local: [u8; 4],
+    server: SocketAddr,
+    config: quinn::ClientConfig,
+) -> (
+    quinn::Endpoint,
+    Result<quinn::Connection, quinn::ConnectionError>,
+) {
+    let mut endpoint =
+        quinn::Endpoint::client(SocketAddr::from((local, 0))).expect("client endpoint");
+    endpoint.set_default_client_config(config);
+    let connecting = endpoint
+        .connect(server, support::SERVER_NAME)
+        .expect("connect");
+    (endpoint, connecting.await)
+}
+
+/// Whether a handshake ended with the server refusing the connection
+/// (before its handshake, as past `max_connections`).
+fn refused(handshake: &Result<quinn::Connection, quinn::ConnectionError>) -> bool {
+    matches!(
+        handshake,
+        Err(quinn::ConnectionError::ConnectionClosed(close))
+            if close.error_code == quinn::TransportErrorCode::CONNECTION_REFUSED
+    )
+}
+
+/// Waits (up to 10 s) until the server has `n` connections open.
+async fn until_open(server: &ClientServer, n: u64) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while server.stats().connections_open != n && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(server.stats().connections_open, n, "{:?}", server.stats());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_client_address_gets_at_most_max_connections_per_ip() {
+    let (server, certs) = start_on(
+        "0.0.0.0:0",
+        ServerLimits {
+            max_connections_per_ip: Some(2),
+            ..ServerLimits::default()
+        },
+    );
+    let addr = SocketAddr::from(([127, 0, 0, 1], server.local_addr().port()));
+    let (_e1, first) = connect_from([127, 0, 0, 1], addr, &certs).await;
+    let first = first.expect("the first connection from 127.0.0.1");
+    // The client's handshake ends a moment before the server's: each
+    // connection is counted before the next one arrives, so that one is
+    // refused before its handshake (not closed after it).
+    until_open(&server, 1).await;
+    let (_e2, second) = connect_from([127, 0, 0, 1], addr, &certs).await;
+    let second = second.expect("the second connection from 127.0.0.1");
+    until_open(&server, 2).await;
+    let (_e3, third) = connect_from([127, 0, 0, 1], addr, &certs).await;
+    assert!(refused(&third), "the third from 127.0.0.1: {third:?}");
+    let stats = server.stats();
+    assert_eq!(stats.connections_refused, 1, "{stats:?}");
+    assert_eq!(stats.connections_refused_per_ip, 1, "{stats:?}");
+    assert_eq!(stats.connections_open, 2, "{stats:?}");
+
+    // Another address of the machine has connections of its own.
+    let (_e4, other) = connect_from([127, 0, 0, 2], addr, &certs).await;
+    let other = other.expect("a connection from 127.0.0.2");
+    assert!(other.close_reason().is_none());
+    until_open(&server, 3).await;
+
+    // A connection that ends gives its address's slot back, and only one.
+    first.close(0u32.into(), b"done");
+    until_open(&server, 2).await;
+    let (_e5, again) = connect_from([127, 0, 0, 1], addr, &certs).await;
+    let again = again.expect("127.0.0.1 again, once one of its connections closed");
+    until_open(&server, 3).await;
+    let (_e6, past) = connect_from([127, 0, 0, 1], addr, &certs).await;
+    assert!(refused(&past), "127.0.0.1 at its limit again: {past:?}");
+    let stats = server.stats();
+    assert_eq!(stats.connections_refused_per_ip, 2, "{stats:?}");
+    assert_eq!(stats.connections_accepted, 4, "{stats:?}");
+    assert!(second.close_reason().is_none() && again.close_reason().is_none());
+    server.shutdown().await;
+}
+
+/// Connections whose handshakes overlap pass the check made before the
+/// handshake together; the limit still holds once they complete.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn overlapping_handshakes_from_one_address_stay_within_its_limit() {
+    let (server, certs) = start(ServerLimits {
+        max_connections_per_ip: Some(2),
+        ..ServerLimits::default()
+    });
+    let addr = server.local_addr();
+    let config = client_tls(&certs).quinn_config().expect("client config");
+    let attempts: Vec<_> = (0..8)
+        .map(|_| tokio::spawn(connect_with([127, 0, 0, 1], addr, config.clone())))
+        .collect();
+    let mut outcomes = Vec::new();
+    for attempt in attempts {
+        outcomes.push(attempt.await.expect("a connection attempt"));
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let live = loop {
+        let live: Vec<_> = outcomes
+            .iter()
+            .filter_map(|(_, handshake)| handshake.as_ref().ok())
+            .filter(|c| c.close_reason().is_none())
+            .collect();
+        if live.len() <= 2 || tokio::time::Instant::now() >= deadline {
+            break live.len();
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    assert_eq!(live, 2, "{:?}", server.stats());
+    until_open(&server, 2).await;
+    assert_eq!(server.stats().connections_refused_per_ip, 6);
+    // Those refused before their handshake see a refusal; those closed
+    // after it are told why.
+    for (_, handshake) in &outcomes {
+        let closed = match handshake {
+            Ok(connection) => connection.close_reason(),
+            Err(_) if refused(handshake) => continue,
+            Err(e) => Some(e.clone()),
+        };
+        match closed {
+            None => {}
+            Some(quinn::ConnectionError::ApplicationClosed(close)) => {
+                let reason = String::from_utf8_lossy(&close.reason);
+                assert!(
+                    reason.contains("127.0.0.1") && reason.contains("max_connections_per_ip"),
+                    "{reason}"
+                );
+            }
+            Some(other) => panic!("refused or closed with a reason expected, got {other:?}"),
+        }
+    }
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_closed_idle_gives_its_address_slot_back() {
+    let (server, certs) = start(ServerLimits {
+        max_connections_per_ip: Some(1),
+        idle_timeout: Duration::from_millis(300),
+        ..ServerLimits::default()
+    });
+    let addr = server.local_addr();
+    // The client pings every 15 s: with the server's 300 ms this
+    // connection idles out.
+    let (_e1, first) = connect_from([127, 0, 0, 1], addr, &certs).await;
+    let first = first.expect("the first connection");
+    until_open(&server, 1).await;
+    let (_e2, second) = connect_from([127, 0, 0, 1], addr, &certs).await;
+    assert!(refused(&second), "{second:?}");
+    let closed = tokio::time::timeout(Duration::from_secs(10), first.closed())
+        .await
+        .expect("the idle connection is closed");
+    assert!(
+        matches!(closed, quinn::ConnectionError::TimedOut),
+        "{closed:?}"
+    );
+    until_open(&server, 0).await;
+    let (_e3, again) = connect_from([127, 0, 0, 1], addr, &certs).await;
+    again.expect("a connection once the idle one was closed");
+    server.shutdown().await;
+}

@@ -17,6 +17,7 @@ use ringdb::coordinator::CoordinatorConfig;
 use ringdb::model::NodeId;
 use ringdb::net::tls::{ClusterCa, NodeCert, CA_CERT_FILE, NODE_CERT_FILE, NODE_KEY_FILE};
 use ringdb::node::{Node, NodeConfig, DEFAULT_ROW_CACHE_BYTES};
+use ringdb::server::ServerLimits;
 use ringdb::storage::commitlog::SyncMode;
 use serde::Deserialize;
 use std::net::SocketAddr;
@@ -123,6 +124,26 @@ pub struct ServerArgs {
     /// a direct probe (default 3).
     #[arg(long)]
     pub num_indirect_probes: Option<usize>,
+    /// Client connections open at once; more are refused (default 1024;
+    /// at least 1).
+    #[arg(long)]
+    pub max_client_connections: Option<usize>,
+    /// Client connections open at once from one client IP address; more
+    /// from it are refused, so one machine cannot take them all (default:
+    /// no limit; at least 1).
+    #[arg(long)]
+    pub max_client_connections_per_ip: Option<usize>,
+    /// Bytes of client requests held at once across all clients (arriving
+    /// or waiting for their answer); a request past them is refused as
+    /// overloaded, for the client to retry (default 268435456, 256 MiB; at
+    /// least 16777216, the largest request frame).
+    #[arg(long)]
+    pub max_request_bytes: Option<usize>,
+    /// Milliseconds after which a client connection with no traffic is
+    /// closed (default 300000; 1 ms to one day). The client library pings
+    /// every 15 s, so below that idle sessions are closed too.
+    #[arg(long)]
+    pub client_idle_timeout_ms: Option<u64>,
 }
 
 /// The TOML form of [`ServerArgs`].
@@ -154,6 +175,10 @@ struct FileConfig {
     suspect_to_down_ms: Option<u64>,
     gossip_interval_ms: Option<u64>,
     num_indirect_probes: Option<usize>,
+    max_client_connections: Option<usize>,
+    max_client_connections_per_ip: Option<usize>,
+    max_request_bytes: Option<usize>,
+    client_idle_timeout_ms: Option<u64>,
 }
 
 fn parse_sync_mode(text: &str) -> Result<SyncMode, String> {
@@ -266,6 +291,112 @@ fn membership_config(
     Ok(config)
 }
 
+/// The longest client idle timeout a node takes: one day. quinn counts
+/// it in milliseconds of a QUIC varint and treats a longer one as no
+/// timeout at all, which must not happen silently.
+const MAX_CLIENT_IDLE_TIMEOUT_MS: u64 = 86_400_000;
+
+/// The smallest request byte budget a node takes: one largest request
+/// frame. A request is refused as overloaded when its bytes would take the
+/// budget past its limit, so a smaller budget would refuse every request
+/// larger than it, however idle the node.
+const MIN_REQUEST_BYTES: usize = ringdb::client::protocol::MAX_FRAME_LEN as usize;
+
+/// A client limit the node cannot work with; `name` is the flag or key it
+/// came from, as [`pick`] names it.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+enum ClientLimitError {
+    /// `--max-client-connections` of 0.
+    #[error("{name} must be at least 1, not 0: the node would refuse every client")]
+    NoConnections {
+        /// The flag or key.
+        name: String,
+    },
+    /// `--max-client-connections-per-ip` of 0.
+    #[error(
+        "{name} must be at least 1, not 0: the node would refuse every client \
+         (leave it out for no limit per address)"
+    )]
+    NoConnectionsPerIp {
+        /// The flag or key.
+        name: String,
+    },
+    /// `--max-request-bytes` below [`MIN_REQUEST_BYTES`].
+    #[error(
+        "{name} must be at least {MIN_REQUEST_BYTES} (the largest request frame), not {bytes}: \
+         a smaller budget would refuse every request larger than itself as overloaded"
+    )]
+    RequestBytesBelowFrame {
+        /// The flag or key.
+        name: String,
+        /// The budget asked for.
+        bytes: usize,
+    },
+    /// `--client-idle-timeout-ms` of 0 or over [`MAX_CLIENT_IDLE_TIMEOUT_MS`].
+    #[error("{name} must be between 1 and {MAX_CLIENT_IDLE_TIMEOUT_MS} (one day), not {ms}")]
+    IdleTimeoutOutOfRange {
+        /// The flag or key.
+        name: String,
+        /// The timeout asked for, in milliseconds.
+        ms: u64,
+    },
+}
+
+/// The client server's limits: flags over the file over
+/// [`ServerLimits`]'s defaults.
+fn client_limits(
+    args: &ServerArgs,
+    file: &FileConfig,
+    file_name: &str,
+) -> Result<ServerLimits, ClientLimitError> {
+    let mut limits = ServerLimits::default();
+    if let Some((n, name)) = pick(
+        args.max_client_connections,
+        file.max_client_connections,
+        "max_client_connections",
+        file_name,
+    ) {
+        if n == 0 {
+            return Err(ClientLimitError::NoConnections { name });
+        }
+        limits.max_connections = n;
+    }
+    if let Some((n, name)) = pick(
+        args.max_client_connections_per_ip,
+        file.max_client_connections_per_ip,
+        "max_client_connections_per_ip",
+        file_name,
+    ) {
+        if n == 0 {
+            return Err(ClientLimitError::NoConnectionsPerIp { name });
+        }
+        limits.max_connections_per_ip = Some(n);
+    }
+    if let Some((bytes, name)) = pick(
+        args.max_request_bytes,
+        file.max_request_bytes,
+        "max_request_bytes",
+        file_name,
+    ) {
+        if bytes < MIN_REQUEST_BYTES {
+            return Err(ClientLimitError::RequestBytesBelowFrame { name, bytes });
+        }
+        limits.max_request_bytes = bytes;
+    }
+    if let Some((ms, name)) = pick(
+        args.client_idle_timeout_ms,
+        file.client_idle_timeout_ms,
+        "client_idle_timeout_ms",
+        file_name,
+    ) {
+        if ms == 0 || ms > MAX_CLIENT_IDLE_TIMEOUT_MS {
+            return Err(ClientLimitError::IdleTimeoutOutOfRange { name, ms });
+        }
+        limits.idle_timeout = Duration::from_millis(ms);
+    }
+    Ok(limits)
+}
+
 /// The longest read or write timeout (and speculative-retry delay) a
 /// node takes: one hour. Deadlines are the current instant plus the
 /// timeout, which a value near `u64::MAX` milliseconds would overflow.
@@ -363,6 +494,7 @@ fn merge(args: ServerArgs) -> anyhow::Result<Settings> {
         anyhow::bail!("worker_threads must be at least 1");
     }
     let membership = membership_config(&args, &file, &file_name, seeds.clone())?;
+    let client_limits = client_limits(&args, &file, &file_name)?;
     let vnodes = match pick(args.vnodes, file.vnodes, "vnodes", &file_name) {
         Some((0, name)) => anyhow::bail!(
             "{name} must be at least 1: a node without tokens owns no range and breaks the ring"
@@ -457,6 +589,7 @@ fn merge(args: ServerArgs) -> anyhow::Result<Settings> {
             .or(file.row_cache_mb)
             .map_or(DEFAULT_ROW_CACHE_BYTES, |mb| mb.saturating_mul(1 << 20)),
         data_dir,
+        client_limits,
     };
     Ok(Settings {
         node,
@@ -767,6 +900,150 @@ mod tests {
             .is_ok(),
             "the flags mend the file"
         );
+    }
+
+    #[test]
+    fn client_limits_come_from_flags_over_the_file_over_the_defaults() {
+        let limits = |argv: &[&str]| settings(argv).map(|s| s.node.client_limits);
+        let defaults = ServerLimits::default();
+        let set = limits(&[]).unwrap();
+        assert_eq!(set.max_connections, defaults.max_connections);
+        assert_eq!(set.max_connections_per_ip, None, "no limit per address");
+        assert_eq!(set.max_request_bytes, defaults.max_request_bytes);
+        assert_eq!(set.idle_timeout, defaults.idle_timeout);
+
+        let (_dir, file) = config_file(
+            "max_client_connections = 50\nmax_client_connections_per_ip = 5\n\
+             max_request_bytes = 33554432\nclient_idle_timeout_ms = 60000\n",
+        );
+        let set = limits(&["--config", &file]).unwrap();
+        assert_eq!(set.max_connections, 50);
+        assert_eq!(set.max_connections_per_ip, Some(5));
+        assert_eq!(set.max_request_bytes, 32 << 20);
+        assert_eq!(set.idle_timeout, Duration::from_secs(60));
+
+        let set = limits(&[
+            "--config",
+            &file,
+            "--max-client-connections",
+            "2000",
+            "--max-client-connections-per-ip",
+            "1",
+            "--max-request-bytes",
+            "16777216",
+            "--client-idle-timeout-ms",
+            "86400000",
+        ])
+        .unwrap();
+        assert_eq!(set.max_connections, 2000, "the flag wins");
+        assert_eq!(set.max_connections_per_ip, Some(1), "the flag wins");
+        assert_eq!(
+            set.max_request_bytes,
+            16 << 20,
+            "one largest frame is enough"
+        );
+        assert_eq!(set.idle_timeout, Duration::from_secs(86_400));
+        // The limits the flags do not set keep their defaults.
+        assert_eq!(
+            set.max_streams_per_connection,
+            defaults.max_streams_per_connection
+        );
+    }
+
+    #[test]
+    fn bad_client_limits_are_refused_naming_the_flag_or_key() {
+        /// The typed refusal of `ringdb server --data-dir /x ARGV`.
+        fn refusal(argv: &[&str]) -> ClientLimitError {
+            #[derive(clap::Parser)]
+            struct Cli {
+                #[command(flatten)]
+                server: ServerArgs,
+            }
+            use clap::Parser;
+            let mut full = vec!["ringdb", "--data-dir", "/x"];
+            full.extend_from_slice(argv);
+            let cli = Cli::try_parse_from(full).expect("the flags parse");
+            let err = merge(cli.server).map(|_| ()).unwrap_err();
+            match err.downcast::<ClientLimitError>() {
+                Ok(typed) => typed,
+                Err(other) => panic!("{argv:?}: a client limit error expected, got {other:#}"),
+            }
+        }
+        let flag = |name: &str| name.to_string();
+        assert_eq!(
+            refusal(&["--max-client-connections", "0"]),
+            ClientLimitError::NoConnections {
+                name: flag("--max-client-connections")
+            }
+        );
+        assert_eq!(
+            refusal(&["--max-client-connections-per-ip", "0"]),
+            ClientLimitError::NoConnectionsPerIp {
+                name: flag("--max-client-connections-per-ip")
+            }
+        );
+        for bytes in [0, 1, MIN_REQUEST_BYTES - 1] {
+            let err = refusal(&["--max-request-bytes", &bytes.to_string()]);
+            assert_eq!(
+                err,
+                ClientLimitError::RequestBytesBelowFrame {
+                    name: flag("--max-request-bytes"),
+                    bytes
+                }
+            );
+            let text = err.to_string();
+            assert!(
+                text.starts_with("--max-request-bytes must be at least 16777216"),
+                "{text}"
+            );
+            assert!(text.contains(&format!("not {bytes}")), "{text}");
+        }
+        for ms in [0, MAX_CLIENT_IDLE_TIMEOUT_MS + 1, u64::MAX] {
+            let err = refusal(&["--client-idle-timeout-ms", &ms.to_string()]);
+            assert_eq!(
+                err,
+                ClientLimitError::IdleTimeoutOutOfRange {
+                    name: flag("--client-idle-timeout-ms"),
+                    ms
+                }
+            );
+            let text = err.to_string();
+            assert!(text.contains("--client-idle-timeout-ms"), "{text}");
+            assert!(text.contains(&format!("not {ms}")), "{text}");
+        }
+        let text = refusal(&["--max-client-connections-per-ip", "0"]).to_string();
+        assert!(text.contains("leave it out for no limit"), "{text}");
+        // From the file, the key and the file are named; a flag mends it.
+        let (_dir, file) =
+            config_file("max_request_bytes = 1024\nmax_client_connections_per_ip = 0\n");
+        let err = refusal(&["--config", &file, "--max-request-bytes", "16777216"]);
+        assert!(
+            err.to_string()
+                .starts_with("max_client_connections_per_ip in "),
+            "{err}"
+        );
+        assert!(err.to_string().contains("node.toml"), "{err}");
+        let err = refusal(&["--config", &file, "--max-client-connections-per-ip", "3"]);
+        assert!(
+            err.to_string().starts_with("max_request_bytes in "),
+            "{err}"
+        );
+        assert!(err.to_string().contains("not 1024"), "{err}");
+        // Values that do not fit are refused by the parser, naming the
+        // flag and the value, without a panic.
+        for (name, value) in [
+            ("--max-request-bytes", "99999999999999999999999"),
+            ("--max-client-connections", "-1"),
+            ("--client-idle-timeout-ms", "99999999999999999999999"),
+        ] {
+            let err = settings(&[&format!("{name}={value}")])
+                .map(|_| ())
+                .unwrap_err();
+            assert!(err.contains(name) && err.contains(value), "{err}");
+        }
+        let (_dir, file) = config_file("max_client_connections = -5\n");
+        let err = settings(&["--config", &file]).map(|_| ()).unwrap_err();
+        assert!(err.contains("max_client_connections"), "{err}");
     }
 
     #[test]

@@ -82,6 +82,10 @@ pub struct NodeConfig {
     /// Bytes of each table's row cache (0: none; see
     /// [`crate::storage::row_cache`]).
     pub row_cache_bytes: usize,
+    /// Limits that protect the client listener from its clients
+    /// (connections, per client address too, request bytes held, idle
+    /// time).
+    pub client_limits: ServerLimits,
 }
 
 /// Default size of each table's row cache.
@@ -403,7 +407,7 @@ impl Node {
             executor,
             Arc::new(CatalogSource(schema.clone())),
             Some(admin),
-            ServerLimits::default(),
+            config.client_limits,
         )
         .map_err(|e| start_err("the client listener")(&e))?;
         Ok(Node {

@@ -13,7 +13,7 @@ use crate::query::api::{QueryError, QueryExecutor, QueryOptions, SessionState};
 use cql_lite::Value;
 use parking_lot::Mutex;
 use std::collections::{HashMap, VecDeque};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
@@ -27,6 +27,8 @@ pub(super) struct Shared {
     prepared_texts: Mutex<PreparedTexts>,
     /// Request bytes held across every connection.
     request_budget: Arc<ByteBudget>,
+    /// Connections open per client address.
+    per_ip: Arc<ConnectionsPerIp>,
 }
 
 impl Shared {
@@ -45,8 +47,102 @@ impl Shared {
             request_budget: ByteBudget::new(limits.max_request_bytes),
             limits,
             prepared_texts: Mutex::new(PreparedTexts::default()),
+            per_ip: Arc::default(),
         }
     }
+}
+
+/// Connections open per client address, for
+/// [`ServerLimits::max_connections_per_ip`]. Addresses are kept in their
+/// canonical form: an IPv4-mapped IPv6 address (a client of a server
+/// listening on `[::]`) counts as its IPv4 address.
+#[derive(Default)]
+struct ConnectionsPerIp {
+    open: Mutex<HashMap<IpAddr, usize>>,
+}
+
+impl ConnectionsPerIp {
+    /// Connections open from `ip` now.
+    fn open(&self, ip: IpAddr) -> usize {
+        self.open
+            .lock()
+            .get(&ip.to_canonical())
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// Counts one more connection from `ip`, or `None` if `limit` are
+    /// open from it already. The count goes down when the slot is dropped.
+    fn try_take(self: &Arc<Self>, ip: IpAddr, limit: usize) -> Option<IpSlot> {
+        let ip = ip.to_canonical();
+        let mut open = self.open.lock();
+        let count = open.entry(ip).or_insert(0);
+        if *count >= limit {
+            if *count == 0 {
+                open.remove(&ip);
+            }
+            return None;
+        }
+        *count += 1;
+        Some(IpSlot {
+            table: self.clone(),
+            ip,
+        })
+    }
+}
+
+/// One connection counted in [`ConnectionsPerIp`] while it lives, however
+/// it ends (closed by the client, failed, timed out idle, or its task
+/// dropped).
+struct IpSlot {
+    table: Arc<ConnectionsPerIp>,
+    ip: IpAddr,
+}
+
+impl Drop for IpSlot {
+    fn drop(&mut self) {
+        let mut open = self.table.open.lock();
+        if let Some(count) = open.get_mut(&self.ip) {
+            *count = count.saturating_sub(1);
+            if *count == 0 {
+                open.remove(&self.ip);
+            }
+        }
+    }
+}
+
+/// Why a client connection is refused.
+enum Refusal {
+    /// The server has [`ServerLimits::max_connections`] open.
+    ServerFull,
+    /// The client's address has [`ServerLimits::max_connections_per_ip`]
+    /// open.
+    AddressFull {
+        /// The client's address (canonical).
+        ip: IpAddr,
+        /// The limit per address.
+        limit: usize,
+    },
+}
+
+/// Counts a refused connection and returns why it was refused, as logged.
+fn count_refusal(shared: &Shared, refusal: &Refusal) -> String {
+    bump(&shared.stats.connections_refused);
+    let reason = match refusal {
+        Refusal::ServerFull => format!(
+            "the server has {} client connections open, its limit (max_connections)",
+            shared.limits.max_connections
+        ),
+        Refusal::AddressFull { ip, limit } => {
+            bump(&shared.stats.connections_refused_per_ip);
+            format!(
+                "{ip} has {limit} connections open, the most one client address may have \
+                 (max_connections_per_ip)"
+            )
+        }
+    };
+    tracing::debug!("client connection refused: {reason}");
+    reason
 }
 
 /// Texts of the statements prepared here, by id: a batch names prepared
@@ -82,25 +178,57 @@ struct Connection {
     remote: Option<SocketAddr>,
 }
 
-/// Counts open connections while it lives.
-struct OpenGuard(Arc<ServerStats>);
+/// Counts an open connection, and holds its address's slot (when
+/// connections per address are limited), while it lives.
+struct OpenGuard {
+    stats: Arc<ServerStats>,
+    slot: Option<IpSlot>,
+}
 
 impl Drop for OpenGuard {
     fn drop(&mut self) {
-        self.0.connections_open.fetch_sub(1, Ordering::Relaxed);
+        // The address's slot first: whoever sees the connection no longer
+        // open can connect from that address again.
+        drop(self.slot.take());
+        self.stats.connections_open.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
 pub(super) async fn accept_loop(endpoint: quinn::Endpoint, shared: Arc<Shared>) {
     while let Some(incoming) = endpoint.accept().await {
         let open = shared.stats.connections_open.load(Ordering::Relaxed);
-        if open >= shared.limits.max_connections as u64 {
-            bump(&shared.stats.connections_refused);
+        let refusal = if open >= shared.limits.max_connections as u64 {
+            Some(Refusal::ServerFull)
+        } else {
+            address_full(&shared, incoming.remote_address().ip())
+        };
+        if let Some(refusal) = refusal {
+            // Refused before the handshake: a QUIC refusal carries no
+            // reason, so it goes to the log only.
+            count_refusal(&shared, &refusal);
             incoming.refuse();
             continue;
         }
         tokio::spawn(serve_connection(incoming, shared.clone()));
     }
+}
+
+/// A refusal if `ip` has [`ServerLimits::max_connections_per_ip`]
+/// connections open already.
+///
+/// Only connections whose handshake completed are counted: the source
+/// address of a connection's first packet may be forged, and counting it
+/// then would let anyone who forges a client's address use up that
+/// client's connections. Before the handshake this refuses cheaply an
+/// address at its limit; after it, [`serve_connection`] takes the
+/// address's slot, closing a connection whose handshake overlapped others
+/// from the same address that took the last ones.
+fn address_full(shared: &Shared, ip: IpAddr) -> Option<Refusal> {
+    let limit = shared.limits.max_connections_per_ip?;
+    (shared.per_ip.open(ip) >= limit).then(|| Refusal::AddressFull {
+        ip: ip.to_canonical(),
+        limit,
+    })
 }
 
 async fn serve_connection(incoming: quinn::Incoming, shared: Arc<Shared>) {
@@ -112,12 +240,34 @@ async fn serve_connection(incoming: quinn::Incoming, shared: Arc<Shared>) {
             return;
         }
     };
+    let ip = connection.remote_address().ip();
+    let slot = match shared.limits.max_connections_per_ip {
+        None => None,
+        Some(limit) => match shared.per_ip.try_take(ip, limit) {
+            Some(slot) => Some(slot),
+            None => {
+                let refusal = Refusal::AddressFull {
+                    ip: ip.to_canonical(),
+                    limit,
+                };
+                let reason = count_refusal(&shared, &refusal);
+                connection.close(
+                    quinn::VarInt::from_u32(ProtocolErrorCode::Overloaded.code()),
+                    reason.as_bytes(),
+                );
+                return;
+            }
+        },
+    };
     bump(&shared.stats.connections_accepted);
     shared
         .stats
         .connections_open
         .fetch_add(1, Ordering::Relaxed);
-    let _open = OpenGuard(shared.stats.clone());
+    let _open = OpenGuard {
+        stats: shared.stats.clone(),
+        slot,
+    };
     let remote = connection.remote_address();
     tracing::debug!(%remote, "client connected");
     let state = Arc::new(Mutex::new(Connection {
@@ -652,6 +802,30 @@ mod tests {
         assert!(!local("[2001:db8::1]:1"));
         assert!(!local("0.0.0.0:1"));
         assert!(!is_local_client(None));
+    }
+
+    #[test]
+    fn connections_per_ip_are_counted_by_canonical_address_until_dropped() {
+        let table = Arc::new(ConnectionsPerIp::default());
+        let ip = |a: &str| a.parse::<IpAddr>().expect("address");
+        let first = table.try_take(ip("127.0.0.1"), 2).expect("first");
+        let mapped = table
+            .try_take(ip("::ffff:127.0.0.1"), 2)
+            .expect("the same address, IPv4-mapped: second");
+        assert_eq!(table.open(ip("127.0.0.1")), 2);
+        assert_eq!(table.open(ip("::ffff:127.0.0.1")), 2);
+        assert!(table.try_take(ip("127.0.0.1"), 2).is_none());
+        assert!(table.try_take(ip("::ffff:127.0.0.1"), 2).is_none());
+        let other = table.try_take(ip("127.0.0.2"), 2).expect("another address");
+        drop(mapped);
+        assert_eq!(table.open(ip("127.0.0.1")), 1);
+        let again = table
+            .try_take(ip("127.0.0.1"), 2)
+            .expect("a slot came back");
+        drop((first, again, other));
+        assert!(table.open.lock().is_empty(), "no address kept at zero");
+        assert!(table.try_take(ip("192.0.2.1"), 0).is_none());
+        assert!(table.open.lock().is_empty(), "a refusal keeps nothing");
     }
 
     #[test]

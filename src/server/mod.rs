@@ -79,6 +79,13 @@ pub struct ServerLimits {
     pub max_streams_per_connection: u32,
     /// Open connections; more are refused.
     pub max_connections: usize,
+    /// Open connections from one client IP address (an IPv4-mapped IPv6
+    /// address counts as its IPv4 address); more from that address are
+    /// refused, so one machine cannot take every connection. A connection
+    /// counts once its handshake has proved its address. `None` (the
+    /// default): no limit per address, as Cassandra's
+    /// `native_transport_max_concurrent_connections_per_ip`.
+    pub max_connections_per_ip: Option<usize>,
     /// Time for a request frame to arrive once its stream is open.
     pub request_read_timeout: Duration,
     /// A connection with no traffic for this long is closed.
@@ -96,6 +103,7 @@ impl Default for ServerLimits {
         ServerLimits {
             max_streams_per_connection: 128,
             max_connections: 1024,
+            max_connections_per_ip: None,
             request_read_timeout: Duration::from_secs(30),
             idle_timeout: Duration::from_secs(300),
             max_prepared_texts: 10_000,
@@ -110,6 +118,7 @@ pub struct ServerStats {
     connections_accepted: AtomicU64,
     connections_open: AtomicU64,
     connections_refused: AtomicU64,
+    connections_refused_per_ip: AtomicU64,
     handshake_failures: AtomicU64,
     requests: AtomicU64,
     query_errors: AtomicU64,
@@ -133,8 +142,13 @@ pub struct StatsSnapshot {
     pub connections_accepted: u64,
     /// Connections open now.
     pub connections_open: u64,
-    /// Connections refused because of [`ServerLimits::max_connections`].
+    /// Connections refused because of [`ServerLimits::max_connections`]
+    /// or [`ServerLimits::max_connections_per_ip`].
     pub connections_refused: u64,
+    /// Of [`StatsSnapshot::connections_refused`], those refused because
+    /// their client's address had [`ServerLimits::max_connections_per_ip`]
+    /// open already.
+    pub connections_refused_per_ip: u64,
     /// Handshakes that failed (bad TLS, wrong ALPN, ...).
     pub handshake_failures: u64,
     /// Requests decoded and dispatched.
@@ -188,6 +202,7 @@ impl ServerStats {
             connections_accepted: get(&self.connections_accepted),
             connections_open: get(&self.connections_open),
             connections_refused: get(&self.connections_refused),
+            connections_refused_per_ip: get(&self.connections_refused_per_ip),
             handshake_failures: get(&self.handshake_failures),
             requests: get(&self.requests),
             query_errors: get(&self.query_errors),
