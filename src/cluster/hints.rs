@@ -549,6 +549,16 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
+    /// Options with 64-byte segments (a few hints each), unsynced.
+    fn tiny_segments(window: Duration, replay_batch_bytes: u64) -> HintOptions {
+        HintOptions {
+            window,
+            sync: false,
+            segment_bytes: 64,
+            replay_batch_bytes,
+        }
+    }
+
     fn hint(ms: u64, tag: u8) -> Hint {
         Hint {
             created_ms: ms,
@@ -643,12 +653,7 @@ mod tests {
             ], 1..80),
         ) {
             let dir = tempfile::tempdir().unwrap();
-            let opts = HintOptions {
-                window: Duration::from_millis(WINDOW_MS),
-                sync: false,
-                segment_bytes: 64,
-                replay_batch_bytes: budget,
-            };
+            let opts = tiny_segments(Duration::from_millis(WINDOW_MS), budget);
             let mut store = HintStore::open(dir.path(), opts.clone()).unwrap();
             let mut model: BTreeMap<u64, Vec<Hint>> = BTreeMap::new();
             // Sequence numbers delivered, and dropped (expired or discarded).
@@ -769,12 +774,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let target = NodeId(3);
         for budget in [1u64, 150, 400] {
-            let opts = HintOptions {
-                window: Duration::from_secs(60),
-                sync: false,
-                segment_bytes: 64,
-                replay_batch_bytes: budget,
-            };
+            let opts = tiny_segments(Duration::from_secs(60), budget);
             let store = HintStore::open(&dir.path().join(budget.to_string()), opts).unwrap();
             let stored: Vec<Hint> = (0..60u8).map(|i| hint(1_000, i)).collect();
             for h in &stored {
@@ -832,12 +832,7 @@ mod tests {
     #[test]
     fn a_round_ends_with_the_segments_it_began_with() {
         let dir = tempfile::tempdir().unwrap();
-        let opts = HintOptions {
-            window: Duration::from_secs(60),
-            sync: false,
-            segment_bytes: 64,
-            replay_batch_bytes: 100,
-        };
+        let opts = tiny_segments(Duration::from_secs(60), 100);
         let store = HintStore::open(dir.path(), opts).unwrap();
         let target = NodeId(2);
         let old: Vec<Hint> = (0..20u8).map(|i| hint(1_000, i)).collect();
@@ -883,10 +878,8 @@ mod tests {
     fn a_failed_batch_and_the_later_ones_stay_and_the_acknowledged_ones_are_gone() {
         let dir = tempfile::tempdir().unwrap();
         let opts = HintOptions {
-            window: Duration::from_secs(60),
             sync: true,
-            segment_bytes: 64,
-            replay_batch_bytes: 150,
+            ..tiny_segments(Duration::from_secs(60), 150)
         };
         let target = NodeId(7);
         let stored: Vec<Hint> = (0..40u8).map(|i| hint(1_000, i)).collect();
@@ -941,12 +934,7 @@ mod tests {
     #[test]
     fn hints_of_a_node_that_stays_down_expire_by_whole_segments() {
         let dir = tempfile::tempdir().unwrap();
-        let opts = HintOptions {
-            window: Duration::from_millis(100),
-            sync: false,
-            segment_bytes: 64,
-            replay_batch_bytes: 1 << 20,
-        };
+        let opts = tiny_segments(Duration::from_millis(100), 1 << 20);
         let store = HintStore::open(dir.path(), opts).unwrap();
         let target = NodeId(4);
         let segments = |store: &HintStore| store.targets.lock()[&target].segments.len();
@@ -997,12 +985,7 @@ mod tests {
     #[test]
     fn after_a_reopen_each_segment_is_read_once_until_it_may_expire() {
         let dir = tempfile::tempdir().unwrap();
-        let opts = HintOptions {
-            window: Duration::from_millis(100),
-            sync: false,
-            segment_bytes: 64,
-            replay_batch_bytes: 1 << 20,
-        };
+        let opts = tiny_segments(Duration::from_millis(100), 1 << 20);
         let target = NodeId(4);
         {
             let store = HintStore::open(dir.path(), opts.clone()).unwrap();

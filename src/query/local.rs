@@ -647,13 +647,7 @@ impl LocalStore {
     /// Reads and writes go on meanwhile; writes that arrive during the
     /// flush may stay in the new memtables.
     pub async fn flush_tables(&self) -> Result<FlushSummary, QueryError> {
-        let schema = self.schema.current();
-        let mut engines = Vec::new();
-        for keyspace in schema.keyspaces() {
-            for table in schema.tables(&keyspace.name) {
-                engines.push(self.engine(&super::write::table_ref(table))?);
-            }
-        }
+        let engines = self.schema_engines()?;
         blocking(false, move || {
             let mut summary = FlushSummary::default();
             for engine in engines {
@@ -671,11 +665,9 @@ impl LocalStore {
         .await
     }
 
-    /// Flushes every table of the schema and compacts each into one
-    /// SSTable (like `nodetool compact`): tombstones past their grace
-    /// period are purged and causal contexts pruned wherever they may be
-    /// (a major compaction sees every copy of each row on this node).
-    pub async fn compact_tables(&self) -> Result<CompactSummary, QueryError> {
+    /// The engine of every table of the current schema (opening those not
+    /// open yet).
+    fn schema_engines(&self) -> Result<Vec<Arc<Engine>>, QueryError> {
         let schema = self.schema.current();
         let mut engines = Vec::new();
         for keyspace in schema.keyspaces() {
@@ -683,6 +675,15 @@ impl LocalStore {
                 engines.push(self.engine(&super::write::table_ref(table))?);
             }
         }
+        Ok(engines)
+    }
+
+    /// Flushes every table of the schema and compacts each into one
+    /// SSTable (like `nodetool compact`): tombstones past their grace
+    /// period are purged and causal contexts pruned wherever they may be
+    /// (a major compaction sees every copy of each row on this node).
+    pub async fn compact_tables(&self) -> Result<CompactSummary, QueryError> {
+        let engines = self.schema_engines()?;
         blocking(false, move || {
             let mut summary = CompactSummary::default();
             for engine in engines {
