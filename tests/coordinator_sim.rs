@@ -209,15 +209,7 @@ async fn hint_replay_is_throttled_in_groups_with_a_pause_between() {
     c.kill(down);
     // Seven writes node 0 coordinates while node 2 is down: node 0 keeps a
     // hint for each (three nodes, RF 3: everyone is a replica).
-    for k in 0..7 {
-        c.query(
-            0,
-            Consistency::One,
-            &format!("INSERT INTO ks.kv (k, v) VALUES ({k}, {k})"),
-        )
-        .await
-        .expect("write with a replica down");
-    }
+    write_keys_through_node0(&c, 7).await;
     let hinted = c.store(0).hints().stats().stored;
     assert_eq!(hinted, 7);
     c.net.clear_log();
@@ -225,12 +217,7 @@ async fn hint_replay_is_throttled_in_groups_with_a_pause_between() {
     assert_eq!(c.store(0).hints().stats().delivered, 7);
     // The replay's requests from node 0 to node 2 went out two at a time,
     // each group at least the pause after the one before.
-    let mut sent: Vec<Duration> = requests_sent_by(&c, 0)
-        .into_iter()
-        .filter(|e| e.to == addr(down))
-        .map(|e| e.at)
-        .collect();
-    sent.sort();
+    let sent = request_times(&c, 0, down);
     assert_eq!(sent.len(), 7, "{sent:?}");
     let groups: Vec<&[Duration]> = sent.chunks(2).collect();
     for group in &groups {
@@ -262,15 +249,7 @@ async fn a_hint_replay_failing_midway_keeps_only_the_undelivered_batches() {
     let c = Cluster::with(3, SimConfig::with_seed(17), &[KV], config, hints).await;
     let down = 2;
     c.kill(down);
-    for k in 0..7 {
-        c.query(
-            0,
-            Consistency::One,
-            &format!("INSERT INTO ks.kv (k, v) VALUES ({k}, {k})"),
-        )
-        .await
-        .expect("write with a replica down");
-    }
+    write_keys_through_node0(&c, 7).await;
     assert_eq!(c.store(0).hints().stats().stored, 7);
     let hint_dir = c
         .node(0)
@@ -297,12 +276,7 @@ async fn a_hint_replay_failing_midway_keeps_only_the_undelivered_batches() {
     assert_eq!((report.delivered, report.failed), (3, 1), "{report:?}");
     assert_eq!(c.store(0).stats().hints_replayed, 3);
     // The throttle held across batches.
-    let mut sent: Vec<Duration> = requests_sent_by(&c, 0)
-        .into_iter()
-        .filter(|e| e.to == addr(down))
-        .map(|e| e.at)
-        .collect();
-    sent.sort();
+    let sent = request_times(&c, 0, down);
     assert!(sent.len() >= 3, "{sent:?}");
     for pair in sent.windows(2) {
         assert!(pair[1] - pair[0] >= Duration::from_millis(100), "{sent:?}");
@@ -313,11 +287,7 @@ async fn a_hint_replay_failing_midway_keeps_only_the_undelivered_batches() {
     // The next replay sends only those four.
     c.net.clear_log();
     c.revive(down).await;
-    let resent = requests_sent_by(&c, 0)
-        .into_iter()
-        .filter(|e| e.to == addr(down))
-        .count();
-    assert_eq!(resent, 4);
+    assert_eq!(request_times(&c, 0, down).len(), 4);
     assert_eq!(c.store(0).hints().stats().delivered, 7);
     assert!(c.store(0).hints().targets().is_empty());
     for k in 0..7 {
@@ -695,6 +665,31 @@ fn requests_sent_by(c: &Cluster, from: usize) -> Vec<LogEntry> {
                 && matches!(e.event, Event::Sent { .. })
         })
         .collect()
+}
+
+/// Writes keys `0..count` (value = key) at ONE through node 0.
+async fn write_keys_through_node0(c: &Cluster, count: i32) {
+    for k in 0..count {
+        c.query(
+            0,
+            Consistency::One,
+            &format!("INSERT INTO ks.kv (k, v) VALUES ({k}, {k})"),
+        )
+        .await
+        .expect("write with a replica down");
+    }
+}
+
+/// When node `from` sent each of its requests to node `to` since the log
+/// was cleared, in order.
+fn request_times(c: &Cluster, from: usize, to: usize) -> Vec<Duration> {
+    let mut sent: Vec<Duration> = requests_sent_by(c, from)
+        .into_iter()
+        .filter(|e| e.to == addr(to))
+        .map(|e| e.at)
+        .collect();
+    sent.sort();
+    sent
 }
 
 /// Requests node 0 sent to each other node since the log was cleared.
