@@ -9,7 +9,7 @@ mod support;
 use cql_lite::Value;
 use ringdb::query::api::QueryResult;
 use std::path::{Path, PathBuf};
-use support::process::{make_node, new_cluster, Cluster, Node};
+use support::process::{admin_ok, make_node, new_cluster, Cluster, Node};
 
 const ROWS: i32 = 300;
 
@@ -36,19 +36,7 @@ fn sstables_of_ks(data: &Path) -> Vec<PathBuf> {
 
 /// Runs `ringdb admin flush` against `node`; its standard output.
 fn admin_flush(root: &Path, node: &Node) -> String {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ringdb"))
-        .args(["admin", "flush", "--host", &node.client.to_string()])
-        .arg("--ca-cert")
-        .arg(root.join("certs").join("ca.pem"))
-        .output()
-        .expect("run ringdb admin flush");
-    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
-    assert!(
-        out.status.success(),
-        "admin flush failed: {stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    stdout
+    admin_ok(root, node, "flush")
 }
 
 /// The "N bytes written" figure of an `admin flush` answer.

@@ -18,7 +18,7 @@ use ringdb::query::api::{QueryError, QueryResult};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
-use support::process::{make_node, new_cluster, Cluster, Node};
+use support::process::{make_node, new_cluster, run_admin, Cluster, Node};
 
 const INSERT: &str = "INSERT INTO ks.kv (k, v) VALUES (?, ?)";
 
@@ -209,12 +209,7 @@ fn a_decommissioned_node_hands_its_ranges_over_and_stops() {
 
     let stop = Arc::new(AtomicBool::new(false));
     let writer = background_writer(&cluster, cluster.connect(&n2), 1000, stop.clone());
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ringdb"))
-        .args(["admin", "decommission", "--host", &n4.client.to_string()])
-        .arg("--ca-cert")
-        .arg(root.path().join("certs").join("ca.pem"))
-        .output()
-        .expect("run ringdb admin decommission");
+    let out = run_admin(root.path(), &n4, "decommission");
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success() && stdout.contains("decommissioned node"),
@@ -307,12 +302,7 @@ fn decommissioning_the_only_node_is_refused_and_it_keeps_serving() {
     let mut n1 = make_node(root.path(), &ca, "node1", None);
     n1.start();
     cluster.wait_for_up(&n1, 1);
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ringdb"))
-        .args(["admin", "decommission", "--host", &n1.client.to_string()])
-        .arg("--ca-cert")
-        .arg(root.path().join("certs").join("ca.pem"))
-        .output()
-        .expect("run ringdb admin decommission");
+    let out = run_admin(root.path(), &n1, "decommission");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
         !out.status.success(),

@@ -21,23 +21,11 @@ use ringdb::model::DotSet;
 use ringdb::query::api::{QueryOptions, QueryResult};
 use std::path::Path;
 use std::time::Duration;
-use support::process::{make_node, new_cluster, Cluster, Node};
+use support::process::{admin_ok, make_node, new_cluster, Cluster, Node};
 
 /// Runs `ringdb admin compact` against `node`; its standard output.
 fn admin_compact(root: &Path, node: &Node) -> String {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ringdb"))
-        .args(["admin", "compact", "--host", &node.client.to_string()])
-        .arg("--ca-cert")
-        .arg(root.join("certs").join("ca.pem"))
-        .output()
-        .expect("run ringdb admin compact");
-    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
-    assert!(
-        out.status.success(),
-        "admin compact failed: {stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    stdout
+    admin_ok(root, node, "compact")
 }
 
 /// The "(N entries)" figure of an `admin compact` answer.

@@ -94,6 +94,29 @@ impl Drop for Node {
     }
 }
 
+/// Runs `ringdb admin <command>` against `node`, trusting the CA saved
+/// under `<root>/certs`; its exit status and output.
+pub fn run_admin(root: &Path, node: &Node, command: &str) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_ringdb"))
+        .args(["admin", command, "--host", &node.client.to_string()])
+        .arg("--ca-cert")
+        .arg(root.join("certs").join("ca.pem"))
+        .output()
+        .unwrap_or_else(|e| panic!("run ringdb admin {command}: {e}"))
+}
+
+/// [`run_admin`] that must succeed; its standard output.
+pub fn admin_ok(root: &Path, node: &Node, command: &str) -> String {
+    let out = run_admin(root, node, command);
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        out.status.success(),
+        "admin {command} failed: {stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
 /// A node named `name` under `root`, with a certificate from `ca`, free
 /// ports, and `seed` as its seed; not started.
 pub fn make_node(root: &Path, ca: &ClusterCa, name: &str, seed: Option<SocketAddr>) -> Node {
