@@ -9,6 +9,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use cql_lite::{DataType, Value};
+use ringdb::cluster::anti_entropy::{differing_slices, SlicedSpan, MAX_DEPTH};
 use ringdb::cluster::hints::{HintOptions, HintStore};
 use ringdb::cluster::{NodeInfo, Ring};
 use ringdb::coordinator::messages::{HintPayload, WireSlice};
@@ -244,6 +245,78 @@ async fn the_handler_rejects_bad_requests_with_typed_errors() {
     assert_eq!(stored, PeerResponse::HintStored);
     assert!(HintPayload::decode(&[0xFF; 7]).is_err());
     assert!(HintPayload::decode(&[]).is_err());
+    // A span hash request whose span came off the wire malformed (bounds
+    // the wrong way round, too many slices) is refused, not served.
+    for (lo, hi, depth) in [(5u64, 4u64, 1u8), (0, u64::MAX, MAX_DEPTH + 1)] {
+        let encoded = bincode::serde::encode_to_vec((lo, hi, depth), bincode::config::standard())
+            .expect("encode");
+        let (span, _): (SlicedSpan, usize) =
+            bincode::serde::decode_from_slice(&encoded, bincode::config::standard())
+                .expect("a span decodes from any three numbers");
+        let answer = n
+            .handler
+            .serve(PeerRequest::HashSpan {
+                table: n.table.clone(),
+                span,
+            })
+            .await;
+        assert!(
+            matches!(&answer, PeerResponse::Error(PeerError::Invalid(m)) if m.contains("span")),
+            "{answer:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn span_hashes_count_partitions_in_their_slices_and_change_with_the_data() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let n = one_node(dir.path()).await;
+    let span = SlicedSpan::new(0, u64::MAX, 4).expect("span");
+    let hash = |n: &One| {
+        let req = PeerRequest::HashSpan {
+            table: n.table.clone(),
+            span,
+        };
+        let handler = n.handler.clone();
+        async move {
+            match handler.serve(req).await {
+                PeerResponse::SpanHashes(h) => h,
+                other => panic!("{other:?}"),
+            }
+        }
+    };
+    let empty = hash(&n).await;
+    assert!(empty.hashes.iter().all(|h| *h == 0));
+    for k in 0..100 {
+        n.local
+            .stamp(&n.table, &pk(k), vec![row_write(1, k, false, 10)])
+            .await
+            .expect("write");
+    }
+    let full = hash(&n).await;
+    assert_eq!(full.partitions.iter().sum::<u64>(), 100);
+    for (i, count) in full.partitions.iter().enumerate() {
+        let expected = (0..100)
+            .filter(|k| span.slice_of(ringdb::model::key::token_of(&pk(*k))) == Some(i))
+            .count() as u64;
+        assert_eq!(*count, expected, "slice {i}");
+    }
+    // The same data read from an SSTable hashes the same.
+    n.local.flush_tables().await.expect("flush");
+    assert_eq!(hash(&n).await, full);
+    // One changed row changes exactly its slice.
+    n.local
+        .stamp(&n.table, &pk(42), vec![row_write(1, 0, false, 20)])
+        .await
+        .expect("write");
+    let changed = hash(&n).await;
+    let slice = span
+        .slice_of(ringdb::model::key::token_of(&pk(42)))
+        .expect("inside");
+    assert_eq!(
+        differing_slices(&span, &[&full, &changed]).expect("same shape"),
+        vec![slice]
+    );
 }
 
 /// Three nodes over real QUIC on localhost, same messages as the

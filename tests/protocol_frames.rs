@@ -7,8 +7,8 @@ use cql_lite::{DataType, MarkerType, Value};
 use proptest::prelude::*;
 use ringdb::client::protocol::{
     decode_body, decode_frame, encode_frame, BatchEntry, BatchKind, BatchStatement, ClientFrame,
-    FrameError, KeyspaceDescription, ProtocolError, ProtocolErrorCode, SchemaSnapshot, ServerFrame,
-    TableDescription, WireError, MAX_FRAME_LEN,
+    FrameError, KeyspaceDescription, ProtocolError, ProtocolErrorCode, RepairRequest,
+    SchemaSnapshot, ServerFrame, TableDescription, WireError, MAX_FRAME_LEN,
 };
 use ringdb::model::{Consistency, Dot, DotSet, NodeId};
 use ringdb::query::api::{
@@ -254,6 +254,18 @@ fn client_frame() -> impl Strategy<Value = ClientFrame> {
         Just(ClientFrame::AdminDecommission),
         Just(ClientFrame::AdminFlush),
         Just(ClientFrame::AdminCompact),
+        (
+            proptest::option::of("[a-z_]{1,12}"),
+            proptest::option::of("[a-z_]{1,12}"),
+            any::<bool>()
+        )
+            .prop_map(|(keyspace, table, primary_range)| {
+                ClientFrame::AdminRepair(RepairRequest {
+                    keyspace,
+                    table,
+                    primary_range,
+                })
+            }),
     ]
 }
 

@@ -8,8 +8,8 @@
 mod support;
 
 use ringdb::client::protocol::{
-    self, BatchKind, ClientFrame, ProtocolErrorCode, ServerFrame, WireError, MAX_FRAME_LEN,
-    PROTOCOL_VERSION,
+    self, BatchKind, ClientFrame, ProtocolErrorCode, RepairRequest, ServerFrame, WireError,
+    MAX_FRAME_LEN, PROTOCOL_VERSION,
 };
 use ringdb::client::{Batch, Client, ClientError};
 use ringdb::model::Consistency;
@@ -754,6 +754,10 @@ async fn admin_requests_that_change_the_node_are_served_only_to_its_own_machine(
         ("flush", remote.admin_flush().await),
         ("decommission", remote.admin_decommission().await),
         ("compact", remote.admin_compact().await),
+        (
+            "repair",
+            remote.admin_repair(RepairRequest::default()).await,
+        ),
     ] {
         match result {
             Err(ClientError::Refused(e)) => {
@@ -781,6 +785,10 @@ async fn admin_requests_that_change_the_node_are_served_only_to_its_own_machine(
     ));
     assert!(matches!(
         local.admin_compact().await,
+        Err(ClientError::Refused(e)) if e.code == ProtocolErrorCode::Unsupported
+    ));
+    assert!(matches!(
+        local.admin_repair(RepairRequest::default()).await,
         Err(ClientError::Refused(e)) if e.code == ProtocolErrorCode::Unsupported
     ));
 }

@@ -1,6 +1,7 @@
 //! `ringdb admin`: operations on a running node.
 
 use anyhow::Context;
+use ringdb::client::protocol::RepairRequest;
 use ringdb::client::{Client, ClientTlsConfig};
 use std::path::PathBuf;
 
@@ -36,6 +37,22 @@ pub enum AdminCommand {
     /// `nodetool compact`): tombstones past `gc_grace_seconds` are purged
     /// and the causal contexts of rows are pruned of retired stamping ids.
     Compact,
+    /// Anti-entropy repair (like `nodetool repair`): compares what the
+    /// replicas of every range this node replicates hold, by hashes of
+    /// slices of the range, and sends each replica what it lacks. Run it
+    /// on every node (or with `--primary-range` on every node) at least
+    /// once per `gc_grace_seconds`. Fails, after repairing what it could,
+    /// when a replica was down or did not answer.
+    Repair {
+        /// Only this keyspace.
+        keyspace: Option<String>,
+        /// Only this table of the keyspace.
+        table: Option<String>,
+        /// Only the ranges this node is the first replica of: run on every
+        /// node, each range is repaired once instead of once per replica.
+        #[arg(long, short = 'p')]
+        primary_range: bool,
+    },
 }
 
 /// Runs `ringdb admin`.
@@ -79,6 +96,32 @@ pub fn run(args: AdminArgs) -> anyhow::Result<()> {
                 // Rewriting every table takes as long as the data takes.
                 client.set_timeout(std::time::Duration::from_secs(24 * 3600));
                 print!("{}", client.admin_compact().await?);
+            }
+            AdminCommand::Repair {
+                keyspace,
+                table,
+                primary_range,
+            } => {
+                // Comparing and streaming takes as long as the data takes.
+                client.set_timeout(std::time::Duration::from_secs(7 * 24 * 3600));
+                let request = RepairRequest {
+                    keyspace,
+                    table,
+                    primary_range,
+                };
+                // The node answers once at the end: a spinner with the
+                // elapsed time shows it is still at work (hidden when
+                // stderr is not a terminal).
+                let spinner = indicatif::ProgressBar::new_spinner();
+                spinner.set_style(
+                    indicatif::ProgressStyle::with_template("{spinner} {msg} {elapsed}")
+                        .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
+                );
+                spinner.set_message(format!("repairing through {addr}"));
+                spinner.enable_steady_tick(std::time::Duration::from_millis(200));
+                let answer = client.admin_repair(request).await;
+                spinner.finish_and_clear();
+                print!("{}", answer?);
             }
         }
         client.close().await;

@@ -26,8 +26,8 @@ use crate::query::api::{
 use cql_lite::Value;
 use parking_lot::Mutex;
 use protocol::{
-    BatchEntry, BatchKind, BatchStatement, ClientFrame, ProtocolError, SchemaSnapshot, ServerFrame,
-    StreamFrameError, WireError, ALPN, PROTOCOL_VERSION,
+    BatchEntry, BatchKind, BatchStatement, ClientFrame, ProtocolError, RepairRequest,
+    SchemaSnapshot, ServerFrame, StreamFrameError, WireError, ALPN, PROTOCOL_VERSION,
 };
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
@@ -482,6 +482,16 @@ impl Client {
     /// (`ringdb admin compact`).
     pub async fn admin_compact(&self) -> Result<String, ClientError> {
         match self.request(ClientFrame::AdminCompact).await? {
+            ServerFrame::AdminText(text) => Ok(text),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// Asks the node to run anti-entropy repair (`ringdb admin repair`);
+    /// the answer comes once every range is compared and repaired. Set a
+    /// timeout long enough for that ([`Client::set_timeout`]).
+    pub async fn admin_repair(&self, request: RepairRequest) -> Result<String, ClientError> {
+        match self.request(ClientFrame::AdminRepair(request)).await? {
             ServerFrame::AdminText(text) => Ok(text),
             other => Err(unexpected(&other)),
         }

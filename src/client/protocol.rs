@@ -107,6 +107,23 @@ pub enum ClientFrame {
     /// (`ringdb admin compact`), purging expired tombstones and pruning
     /// causal contexts. The answer (`AdminText`) says what was done.
     AdminCompact,
+    /// Asks the node to run anti-entropy repair over the ranges it
+    /// replicates (`ringdb admin repair`): replicas are compared by hashes
+    /// and sent what they lack. The answer (`AdminText`) says what was
+    /// done; an error when some replica or range could not take part.
+    AdminRepair(RepairRequest),
+}
+
+/// What `ringdb admin repair` repairs.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct RepairRequest {
+    /// Only this keyspace (every keyspace when `None`).
+    pub keyspace: Option<String>,
+    /// Only this table of `keyspace` (every table when `None`).
+    pub table: Option<String>,
+    /// Only the ranges the node is the first replica of, so that running
+    /// it on every node repairs each range once.
+    pub primary_range: bool,
 }
 
 /// A logged or unlogged batch.

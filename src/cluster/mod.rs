@@ -6,6 +6,8 @@
 //!   token, one per rack first where racks are set. Ownership changes only
 //!   by explicit operations (bootstrap, decommission, removenode); liveness
 //!   is not the ring's business.
+//! - [`anti_entropy`]: how replicas compare what they hold of a token
+//!   range by hashes of its slices, so repair streams only what differs.
 //! - [`batchlog`]: the durable batch log, logged batches held for
 //!   coordinators until they are applied (replayed by the coordinator
 //!   layer when one is left behind).
@@ -15,6 +17,7 @@
 //!   the transport's datagrams), and every node's metadata (tokens, status,
 //!   schema version, load) gossiped to all.
 
+pub mod anti_entropy;
 pub mod batchlog;
 pub mod hints;
 pub mod membership;

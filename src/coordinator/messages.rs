@@ -7,6 +7,7 @@
 //! a request the replica cannot decode (another protocol version, garbage)
 //! is rejected by the transport with a typed `NetError` instead.
 
+use crate::cluster::anti_entropy::{SlicedSpan, SpanHashes};
 use crate::model::digest::{self, DigestWriter};
 use crate::model::{Consistency, Entry, KeyBound, NodeId, PartitionHeader, RowState};
 use crate::query::api::{Mutation, PartitionWrite, QueryError, SliceRequest, TableRef};
@@ -107,6 +108,14 @@ pub enum PeerRequest {
     /// node changing the ring waits until every node does, so no write
     /// misses it): [`PeerResponse::RingChanges`].
     RingChanges,
+    /// Hash what you hold of `table` in the span's slices (anti-entropy
+    /// repair compares the answers): [`PeerResponse::SpanHashes`].
+    HashSpan {
+        /// The table.
+        table: TableRef,
+        /// The tokens and how finely to cut them.
+        span: SlicedSpan,
+    },
 }
 
 /// A replica's answer.
@@ -145,6 +154,8 @@ pub enum PeerResponse {
         /// Nodes in its ring and not in its pending ring.
         leaving: Vec<crate::model::NodeId>,
     },
+    /// The hashes of a span's slices ([`PeerRequest::HashSpan`]).
+    SpanHashes(SpanHashes),
 }
 
 /// Why a replica could not serve a request.

@@ -138,4 +138,7 @@ pub use clock::TokioClock;
 pub use liveness::{Liveness, ManualLiveness};
 pub use messages::{PeerError, PeerRequest, PeerResponse};
 pub use replica::ReplicaHandler;
-pub use store::{ClusterStore, CoordinatorConfig, CoordinatorStats, ReplayReport, StreamReport};
+pub use store::{
+    ClusterStore, CoordinatorConfig, CoordinatorStats, RepairReport, RepairTuning, ReplayReport,
+    StreamReport,
+};

@@ -5,14 +5,17 @@ use super::messages::{
     from_key_bound, Deltas, HintPayload, LoggedBatch, PeerError, PeerRequest, PeerResponse,
     ReplicaPartition,
 };
+use crate::cluster::anti_entropy::{SlicedSpan, SpanHasher, SpanHashes};
 use crate::cluster::batchlog::{BatchEntry, BatchLog};
 use crate::cluster::hints::{Hint, HintStore};
+use crate::model::key;
 use crate::model::Entry;
 use crate::net::{BoxFuture, Handler};
-use crate::query::api::DataStore;
+use crate::query::api::{DataStore, TableRef};
 use crate::query::LocalStore;
 use bytes::Bytes;
 use std::net::SocketAddr;
+use std::ops::Bound;
 use std::sync::Arc;
 
 /// Serves [`PeerRequest`]s on one node. Give it to the node's transport
@@ -184,9 +187,56 @@ impl ReplicaHandler {
             PeerRequest::RingChanges => Err(PeerError::Unsupported(
                 "ring questions are served by the node's handler, not the replica".into(),
             )),
+            PeerRequest::HashSpan { table, span } => {
+                span.check()
+                    .map_err(|e| PeerError::Invalid(e.to_string()))?;
+                Ok(PeerResponse::SpanHashes(
+                    self.hash_span(&table, span).await?,
+                ))
+            }
+        }
+    }
+
+    /// Hashes every partition of `table` in `span` (anti-entropy), paging
+    /// through the store so that only a page of partitions is in memory.
+    pub async fn hash_span(
+        &self,
+        table: &TableRef,
+        span: SlicedSpan,
+    ) -> Result<SpanHashes, PeerError> {
+        let mut hasher = SpanHasher::new(span);
+        let upper = match span.hi().checked_add(1) {
+            Some(n) => Bound::Excluded(n.to_be_bytes().to_vec()),
+            None => Bound::Unbounded,
+        };
+        let mut lower = Bound::Included(span.lo().to_be_bytes().to_vec());
+        loop {
+            let (parts, more) = self
+                .local
+                .scan_states(table, lower, upper.clone(), HASH_PAGE, None)
+                .await?;
+            let next = match parts.last() {
+                Some((prefix, _)) if more => Some(key::partition_end(prefix)),
+                _ => None,
+            };
+            for (prefix, slice) in parts {
+                let token = key::token_of_key(&prefix)
+                    .map_err(|e| PeerError::Storage(format!("a stored key: {e}")))?;
+                let digest = ReplicaPartition::from(slice).digest();
+                hasher
+                    .add(token, &prefix, digest)
+                    .map_err(|e| PeerError::Storage(e.to_string()))?;
+            }
+            match next {
+                Some(end) => lower = Bound::Included(end),
+                None => return Ok(hasher.finish()),
+            }
         }
     }
 }
+
+/// Partitions read per page while hashing a span.
+const HASH_PAGE: usize = 512;
 
 /// Every key must be a well-formed key of the entry's kind.
 fn check_entries(entries: &Deltas) -> Result<(), PeerError> {

@@ -1,7 +1,9 @@
 //! [`ClusterStore`]: the coordinator, a [`DataStore`] over the replicas.
 
+mod repair;
 mod stream;
 
+pub use repair::{RepairReport, RepairTuning};
 pub use stream::StreamReport;
 
 use super::fanout::{Fanout, Running};
@@ -69,6 +71,8 @@ pub struct CoordinatorConfig {
     /// speculative retry); a replica that fails is replaced at once. Zero
     /// turns speculation off (a failed replica is still replaced).
     pub speculative_retry: Duration,
+    /// How finely anti-entropy repair compares ranges.
+    pub repair: RepairTuning,
 }
 
 impl Default for CoordinatorConfig {
@@ -83,6 +87,7 @@ impl Default for CoordinatorConfig {
             overlap_local_sync: true,
             read_repair_every: 10,
             speculative_retry: Duration::from_millis(50),
+            repair: RepairTuning::default(),
         }
     }
 }
@@ -120,6 +125,11 @@ pub struct CoordinatorStats {
     /// Partitions a bootstrapping node received from the replicas of the
     /// ranges it took.
     pub partitions_streamed: u64,
+    /// Anti-entropy repairs this node ran.
+    pub repairs: u64,
+    /// Entries (rows, partition deletions) those repairs sent to replicas
+    /// that lacked them.
+    pub repair_entries_sent: u64,
 }
 
 #[derive(Default)]
@@ -137,6 +147,8 @@ struct Counters {
     speculative_retries: AtomicU64,
     pending_writes: AtomicU64,
     partitions_streamed: AtomicU64,
+    repairs: AtomicU64,
+    repair_entries_sent: AtomicU64,
 }
 
 /// What one hint replay did.
@@ -360,6 +372,8 @@ impl ClusterStore {
             speculative_retries: c.speculative_retries.load(Ordering::Relaxed),
             pending_writes: c.pending_writes.load(Ordering::Relaxed),
             partitions_streamed: c.partitions_streamed.load(Ordering::Relaxed),
+            repairs: c.repairs.load(Ordering::Relaxed),
+            repair_entries_sent: c.repair_entries_sent.load(Ordering::Relaxed),
         }
     }
 

@@ -1,11 +1,13 @@
 //! What `ringdb admin` shows: the cluster as this node sees it.
 
-use super::Decommission;
+use super::{all_tables, Decommission};
+use crate::client::protocol::RepairRequest;
 use crate::cluster::membership::{status_table, Membership};
 use crate::coordinator::messages::{PeerRequest, PeerResponse};
 use crate::coordinator::{BatchCoordinator, ClusterStore};
 use crate::net::Transport;
-use crate::query::api::BoxFuture;
+use crate::query::api::{BoxFuture, TableRef};
+use crate::schema::SchemaStore;
 use crate::server::AdminSource;
 use std::sync::Arc;
 
@@ -16,6 +18,7 @@ pub struct NodeAdmin {
     batches: BatchCoordinator,
     decommission: Arc<Decommission>,
     transport: Arc<dyn Transport<PeerRequest, PeerResponse>>,
+    schema: Arc<SchemaStore>,
 }
 
 impl NodeAdmin {
@@ -26,6 +29,7 @@ impl NodeAdmin {
         batches: BatchCoordinator,
         decommission: Arc<Decommission>,
         transport: Arc<dyn Transport<PeerRequest, PeerResponse>>,
+        schema: Arc<SchemaStore>,
     ) -> NodeAdmin {
         NodeAdmin {
             membership,
@@ -33,6 +37,7 @@ impl NodeAdmin {
             batches,
             decommission,
             transport,
+            schema,
         }
     }
 }
@@ -113,5 +118,63 @@ impl AdminSource for NodeAdmin {
                 Err(e) => Err(format!("compaction failed: {e}")),
             }
         })
+    }
+
+    fn repair(&self, request: RepairRequest) -> BoxFuture<'static, Result<String, String>> {
+        let cluster = self.cluster.clone();
+        let tables = tables_to_repair(&self.schema, &request);
+        Box::pin(async move {
+            let tables = tables?;
+            let started = std::time::Instant::now();
+            let report = cluster
+                .repair(&tables, request.primary_range)
+                .await
+                .map_err(|e| format!("repair failed: {e}"))?;
+            let text = format!("{report}\nin {} ms\n", started.elapsed().as_millis());
+            if report.is_complete() {
+                Ok(text)
+            } else {
+                Err(format!(
+                    "repair incomplete (it does not count for gc_grace_seconds; run it again \
+                     once every replica is up): {text}"
+                ))
+            }
+        })
+    }
+}
+
+/// The tables `request` names, or why it names none: an unknown keyspace
+/// or table is an error, not a repair of nothing.
+fn tables_to_repair(
+    schema: &SchemaStore,
+    request: &RepairRequest,
+) -> Result<Vec<TableRef>, String> {
+    let all = all_tables(schema);
+    let Some(keyspace) = &request.keyspace else {
+        if let Some(table) = &request.table {
+            return Err(format!("table {table} given without its keyspace"));
+        }
+        return Ok(all);
+    };
+    let in_keyspace: Vec<TableRef> = all
+        .into_iter()
+        .filter(|t| &t.keyspace == keyspace)
+        .collect();
+    if !schema.current().keyspaces().any(|k| &k.name == keyspace) {
+        return Err(format!("no keyspace named {keyspace}"));
+    }
+    match &request.table {
+        None => Ok(in_keyspace),
+        Some(table) => {
+            let picked: Vec<TableRef> = in_keyspace
+                .into_iter()
+                .filter(|t| &t.table == table)
+                .collect();
+            if picked.is_empty() {
+                Err(format!("no table named {keyspace}.{table}"))
+            } else {
+                Ok(picked)
+            }
+        }
     }
 }

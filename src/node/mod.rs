@@ -400,6 +400,7 @@ impl Node {
             batches.clone(),
             decommission,
             transport.clone(),
+            schema.clone(),
         ));
         let client_server = ClientServer::bind_full(
             config.client_listen,
@@ -722,7 +723,7 @@ impl Decommission {
 }
 
 /// Every table of `schema`.
-fn all_tables(schema: &SchemaStore) -> Vec<TableRef> {
+pub(crate) fn all_tables(schema: &SchemaStore) -> Vec<TableRef> {
     let schema = schema.current();
     schema
         .keyspaces()

@@ -623,12 +623,16 @@ async fn dispatch(
                 "this server runs without the cluster layer: no admin status",
             ),
         },
-        ClientFrame::AdminDecommission | ClientFrame::AdminFlush | ClientFrame::AdminCompact
+        ClientFrame::AdminDecommission
+        | ClientFrame::AdminFlush
+        | ClientFrame::AdminCompact
+        | ClientFrame::AdminRepair(_)
             if !is_local_client(remote) =>
         {
             let what = match frame {
                 ClientFrame::AdminDecommission => "decommission",
                 ClientFrame::AdminFlush => "flush",
+                ClientFrame::AdminRepair(_) => "repair",
                 _ => "compact",
             };
             protocol_error(
@@ -671,6 +675,16 @@ async fn dispatch(
                 "this server runs without the cluster layer: no admin compact",
             ),
         },
+        ClientFrame::AdminRepair(request) => match &shared.admin {
+            Some(admin) => match admin.repair(request).await {
+                Ok(text) => ServerFrame::AdminText(text),
+                Err(e) => ServerFrame::Error(WireError::Query(QueryError::Server(e))),
+            },
+            None => protocol_error(
+                ProtocolErrorCode::Unsupported,
+                "this server runs without the cluster layer: no admin repair",
+            ),
+        },
     };
     if session != before {
         state.lock().session = session;
@@ -680,7 +694,8 @@ async fn dispatch(
 
 /// Whether a client connecting from `remote` is on the node's own machine
 /// (a loopback address, IPv4-mapped ones included): the only clients whose
-/// admin requests that change the node (decommission, flush, compact) are served,
+/// admin requests that change the node (decommission, flush, compact,
+/// repair) are served,
 /// as Cassandra's `nodetool` is local-only by default. The client port
 /// takes clients without certificates, so an address is what tells an
 /// operator on the node from anyone who can reach the port.

@@ -65,6 +65,17 @@ pub trait AdminSource: Send + Sync + 'static {
     fn compact(&self) -> crate::query::api::BoxFuture<'static, Result<String, String>> {
         Box::pin(async { Err("this server cannot compact".to_string()) })
     }
+
+    /// Runs anti-entropy repair over the ranges the node replicates (like
+    /// `nodetool repair`); the text says what was done, the error what
+    /// could not be repaired.
+    fn repair(
+        &self,
+        request: crate::client::protocol::RepairRequest,
+    ) -> crate::query::api::BoxFuture<'static, Result<String, String>> {
+        let _ = request;
+        Box::pin(async { Err("this server cannot repair".to_string()) })
+    }
 }
 
 /// Bytes a client connection may have sent that the server has not read

@@ -94,11 +94,14 @@ impl Drop for Node {
     }
 }
 
-/// Runs `ringdb admin <command>` against `node`, trusting the CA saved
-/// under `<root>/certs`; its exit status and output.
+/// Runs `ringdb admin <command>` against `node` (`command` split at
+/// whitespace, so it may carry arguments), trusting the CA saved under
+/// `<root>/certs`; its exit status and output.
 pub fn run_admin(root: &Path, node: &Node, command: &str) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_ringdb"))
-        .args(["admin", command, "--host", &node.client.to_string()])
+        .arg("admin")
+        .args(command.split_whitespace())
+        .args(["--host", &node.client.to_string()])
         .arg("--ca-cert")
         .arg(root.join("certs").join("ca.pem"))
         .output()

@@ -29,11 +29,24 @@ use super::*;
 const STREAM_PAGE: u32 = 256;
 
 /// Where streamed partitions go.
-enum Sink<'a> {
+pub(super) enum Sink<'a> {
     /// This node's store (bootstrap).
     Local,
     /// These nodes (decommission), each getting every partition.
     Nodes(&'a [NodeId]),
+    /// The sources themselves (anti-entropy repair), each getting what it
+    /// lacks of the merged state; counted in the report.
+    Sources(&'a mut SpanRepair),
+}
+
+/// What streaming a span back to its own replicas sent
+/// ([`ClusterStore::repair`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(super) struct SpanRepair {
+    /// Entries (rows and partition headers) sent, over all replicas.
+    pub entries_sent: usize,
+    /// Partitions where at least one replica lacked something.
+    pub partitions_repaired: usize,
 }
 
 /// The token spans `[lo, hi]` of `ring`'s ranges that `node` replicates
@@ -140,13 +153,13 @@ impl ClusterStore {
 
     /// Streams the partitions with tokens in `[lo, hi]` of `table` from the
     /// alive nodes of `sources` to `sink`; returns how many were streamed.
-    async fn stream_span(
+    pub(super) async fn stream_span(
         &self,
         table: &TableRef,
         lo: Token,
         hi: Token,
         sources: &[NodeId],
-        sink: Sink<'_>,
+        mut sink: Sink<'_>,
     ) -> Result<usize, QueryError> {
         let alive = self.ordered_alive(sources);
         if alive.is_empty() {
@@ -186,10 +199,12 @@ impl ClusterStore {
                 )
                 .await?;
             let mut answers: Vec<(BTreeMap<Vec<u8>, ReplicaPartition>, bool)> = Vec::new();
-            for (_, resp) in got {
+            let mut answered: Vec<NodeId> = Vec::new();
+            for (node, resp) in got {
                 match resp {
                     PeerResponse::Partitions { partitions, cut } => {
-                        answers.push((partitions.into_iter().collect(), cut))
+                        answers.push((partitions.into_iter().collect(), cut));
+                        answered.push(node);
                     }
                     _ => {
                         return Err(server(
@@ -213,17 +228,30 @@ impl ClusterStore {
                 .collect();
             let empty = ReplicaPartition::default();
             let mut deltas: Deltas = Vec::new();
+            // Per answering source, what it lacks (repair only).
+            let mut lacking: Vec<Deltas> = vec![Vec::new(); answers.len()];
             for p in &prefixes {
                 let views: Vec<&ReplicaPartition> = answers
                     .iter()
                     .map(|(parts, _)| parts.get(p).unwrap_or(&empty))
                     .collect();
-                deltas.extend(merge_partition(&views, false).repair_for(p, &empty));
+                let merged = merge_partition(&views, false);
+                if let Sink::Sources(report) = &mut sink {
+                    let mut stale = false;
+                    for (view, out) in views.iter().zip(lacking.iter_mut()) {
+                        let missing = merged.repair_for(p, view);
+                        stale |= !missing.is_empty();
+                        out.extend(missing);
+                    }
+                    report.partitions_repaired += usize::from(stale);
+                } else {
+                    deltas.extend(merged.repair_for(p, &empty));
+                }
             }
-            match sink {
+            match &mut sink {
                 Sink::Local => self.inner.local.apply(table, deltas).await?,
                 Sink::Nodes(targets) if !deltas.is_empty() => {
-                    for &target in targets {
+                    for &target in targets.iter() {
                         let req = PeerRequest::Apply {
                             table: table.clone(),
                             entries: deltas.clone(),
@@ -239,6 +267,26 @@ impl ClusterStore {
                     }
                 }
                 Sink::Nodes(_) => {}
+                Sink::Sources(report) => {
+                    for (&node, missing) in answered.iter().zip(lacking) {
+                        if missing.is_empty() {
+                            continue;
+                        }
+                        report.entries_sent += missing.len();
+                        let req = PeerRequest::Apply {
+                            table: table.clone(),
+                            entries: missing,
+                        };
+                        self.send(node, req, self.inner.config.write_timeout)
+                            .await
+                            .map_err(|e| {
+                                server(format!(
+                                    "replica {:016x} did not take its repair: {e}",
+                                    node.0
+                                ))
+                            })?;
+                    }
+                }
             }
             applied += prefixes.len();
             self.inner

@@ -1,0 +1,176 @@
+//! `ringdb admin repair` on a real cluster of three `ringdb server`
+//! processes (RF 3). Node 3 is killed with SIGKILL while writes go on at
+//! QUORUM, and the hints held for it are lost (node 1, the coordinator
+//! holding them, is stopped and its hints directory removed, as when a
+//! disk is replaced or the hint window passed; node 2's too). Node 3 comes back without
+//! those writes: read alone, it lacks them. `ringdb admin repair` on node
+//! 3 sends them, after which node 3 alone holds every acknowledged write;
+//! a second repair finds nothing to send; a repair with the other nodes
+//! down says it is incomplete and fails; an unknown keyspace is refused.
+
+mod support;
+
+use cql_lite::Value;
+use ringdb::client::Client;
+use ringdb::model::Consistency;
+use std::time::Duration;
+use support::process::{admin_ok, make_node, new_cluster, run_admin, Cluster, Node};
+
+/// The `N` before `label` in an admin repair report ("... 3 partition(s)
+/// repaired ...").
+fn count_before(report: &str, label: &str) -> u64 {
+    let at = report
+        .find(label)
+        .unwrap_or_else(|| panic!("no {label:?} in {report}"));
+    report[..at]
+        .split_whitespace()
+        .last()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no count before {label:?} in {report}"))
+}
+
+/// The keys of `0..keys` whose value node `node`, read alone at ONE, does
+/// not hold as `k * 7`.
+fn missing_on(cluster: &Cluster, node: &Node, keys: i32) -> Vec<i32> {
+    let alone = cluster.connect(node);
+    alone.set_consistency(Consistency::One);
+    let mut missing = Vec::new();
+    for k in 0..keys {
+        let got = cluster
+            .rt
+            .block_on(alone.execute("SELECT v FROM ks.kv WHERE k = ?", vec![Value::Int(k)]))
+            .unwrap_or_else(|e| panic!("read of {k} from {} alone: {e}", node.client));
+        if !format!("{:?}", got.result).contains(&format!("Int({})", k * 7)) {
+            missing.push(k);
+        }
+    }
+    cluster.rt.block_on(alone.close());
+    missing
+}
+
+#[test]
+fn admin_repair_sends_a_node_the_writes_whose_hints_were_lost() {
+    let root = tempfile::tempdir().unwrap();
+    let (ca, cluster) = new_cluster(root.path());
+    let mut n1 = make_node(root.path(), &ca, "node1", None);
+    let seed = Some(n1.peer);
+    let mut n2 = make_node(root.path(), &ca, "node2", seed);
+    let mut n3 = make_node(root.path(), &ca, "node3", seed);
+    // Reads through node 3 ask only node 3 (no read repair): what node 3
+    // holds comes from writes and repair alone.
+    n3.extra_args = vec!["--read-repair-every".into(), "0".into()];
+    n1.start();
+    cluster.wait_for_up(&n1, 1);
+    n2.start();
+    n3.start();
+    cluster.wait_for_up(&n1, 3);
+
+    let client = cluster.connect(&n1);
+    cluster.create_kv_rf3(&client);
+    let write = |c: &Client, k: i32| {
+        cluster
+            .rt
+            .block_on(c.execute(
+                "INSERT INTO ks.kv (k, v) VALUES (?, ?)",
+                vec![Value::Int(k), Value::Int(k * 7)],
+            ))
+            .unwrap_or_else(|e| panic!("write {k}: {e}"));
+    };
+    client.set_consistency(Consistency::All);
+    for k in 0..100 {
+        write(&client, k);
+    }
+    n3.kill9();
+    client.set_consistency(Consistency::Quorum);
+    for k in 100..300 {
+        write(&client, k);
+    }
+    cluster.rt.block_on(client.close());
+    // The hints node 1 holds for node 3 are lost.
+    n1.stop();
+    std::fs::remove_dir_all(n1.data.join("hints")).expect("remove node 1's hints");
+    n1.start();
+    cluster.wait_for_up(&n2, 2);
+    n3.start();
+    cluster.wait_for_up(&n3, 3);
+
+    // Node 3 alone lacks what was written while it was down. Node 2 may
+    // hold hints for it too (a write can time out on node 3 before gossip
+    // says it is down, and its hint go to another node): they are lost as
+    // well, so that only repair can bring node 3 up to date.
+    n1.stop();
+    n2.stop();
+    for node in [&n1, &n2] {
+        let hints = node.data.join("hints");
+        if hints.exists() {
+            std::fs::remove_dir_all(&hints).expect("remove hints");
+        }
+    }
+    let missing = missing_on(&cluster, &n3, 300);
+    assert_eq!(
+        missing,
+        (100..300).collect::<Vec<_>>(),
+        "node 3 should lack exactly the writes made while it was down"
+    );
+    n1.start();
+    n2.start();
+    cluster.wait_for_up(&n3, 3);
+
+    let first = admin_ok(root.path(), &n3, "repair");
+    assert!(first.contains("repaired"), "{first}");
+    assert!(
+        count_before(&first, "partition(s) repaired") >= 200,
+        "{first}"
+    );
+    assert!(count_before(&first, "entries sent") >= 200, "{first}");
+    let second = admin_ok(root.path(), &n3, "repair ks kv");
+    assert_eq!(count_before(&second, "entries sent"), 0, "{second}");
+    assert_eq!(
+        count_before(&second, "partition(s) repaired"),
+        0,
+        "{second}"
+    );
+    let status = cluster.status(&n3);
+    assert!(status.contains("repairs: 2"), "{status}");
+
+    // Node 3 alone now holds every acknowledged write.
+    n1.stop();
+    n2.stop();
+    let missing = missing_on(&cluster, &n3, 300);
+    assert!(
+        missing.is_empty(),
+        "node 3 still lacks {} writes after repair, e.g. {:?}",
+        missing.len(),
+        &missing[..missing.len().min(10)]
+    );
+
+    // The other replicas are down (node 3 may not know it yet: wait for
+    // gossip to say so), so a repair is incomplete.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while cluster
+        .status(&n3)
+        .lines()
+        .filter(|l| l.starts_with("DN"))
+        .count()
+        < 2
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "nodes 1 and 2 never seen down"
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let out = run_admin(root.path(), &n3, "repair --primary-range");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "a repair with replicas down succeeded"
+    );
+    assert!(stderr.contains("repair incomplete"), "{stderr}");
+    assert!(stderr.contains("had a replica down"), "{stderr}");
+
+    let out = run_admin(root.path(), &n3, "repair nosuchks");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("no keyspace named nosuchks"), "{stderr}");
+}
