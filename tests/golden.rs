@@ -20,7 +20,9 @@
 //! - `-- @restart`: reopen the node from its data directory.
 //! - `-- @describe ks` / `-- @describe ks.t`: the CQL that recreates it.
 //!
-//! Every node starts on a manual clock at 2024-03-01T00:00:00Z.
+//! Every node starts on a manual clock at 2024-03-01T00:00:00Z, with the
+//! default hint window of a node (3 h, for the `gc_grace_seconds`
+//! warning).
 //!
 //! `UPDATE_GOLDEN=1 cargo test --test golden` rewrites the expected outputs
 //! (check them by hand before committing). The `cql` examples of

@@ -32,6 +32,10 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+/// The default hint window (`--hint-window-hours`): three hours, as
+/// Cassandra's `max_hint_window`.
+pub const DEFAULT_HINT_WINDOW: Duration = Duration::from_secs(3 * 3600);
+
 /// Settings of the hint store.
 #[derive(Debug, Clone)]
 pub struct HintOptions {
@@ -49,7 +53,7 @@ pub struct HintOptions {
 impl Default for HintOptions {
     fn default() -> Self {
         HintOptions {
-            window: Duration::from_secs(3 * 3600),
+            window: DEFAULT_HINT_WINDOW,
             sync: true,
             segment_bytes: 16 << 20,
             replay_batch_bytes: 16 << 20,

@@ -14,6 +14,7 @@
 
 mod admin;
 mod agreement;
+mod grace;
 mod handler;
 
 pub use admin::NodeAdmin;
@@ -40,6 +41,7 @@ use crate::schema::SchemaStore;
 use crate::server::{CatalogSource, ClientServer, ServerLimits};
 use crate::storage::commitlog::SyncMode;
 use crate::storage::engine::EngineOptions;
+use grace::{watch_gc_grace, GraceWatch};
 use handler::NodeHandler;
 use std::collections::HashSet;
 use std::net::SocketAddr;
@@ -167,6 +169,10 @@ impl Node {
             SchemaStore::open(&config.data_dir.join("schema"))
                 .map_err(|e| start_err("the schema")(&e))?,
         );
+        // Tables whose grace period is too short for the hint window: in
+        // the log at start, and later as the schema changes.
+        let grace_watch = Arc::new(GraceWatch::new(config.hint_window));
+        grace_watch.check(&schema.current());
         let clock = Arc::new(HybridClock::new(Arc::new(SystemClock)));
         let template = EngineOptions {
             sync_mode: config.sync_mode,
@@ -348,6 +354,11 @@ impl Node {
             local.clone(),
             LOAD_PUBLISH_INTERVAL,
         )));
+        tasks.push(tokio::spawn(watch_gc_grace(
+            schema.clone(),
+            grace_watch,
+            grace::CHECK_INTERVAL,
+        )));
         tasks.push(tokio::spawn(publish_schema_changes(
             membership.clone(),
             SchemaSync {
@@ -376,7 +387,10 @@ impl Node {
                 Arc::new(batches.clone()),
                 schema.clone(),
                 clock,
-                ExecutorConfig::default(),
+                ExecutorConfig {
+                    hint_window: Some(config.hint_window),
+                    ..ExecutorConfig::default()
+                },
             )),
             membership.clone(),
             schema.clone(),

@@ -9,8 +9,9 @@ use super::eval::{invalid, micros_to_hlc, EvalContext, TimeUuids};
 use super::schema_errors::schema_error_at;
 use super::select::{execute_select, plan_select, result_columns, Fingerprint, ReadBatch};
 use super::write::{plan_delete, plan_insert, plan_update, table_ref, Planned, WriteContext};
+use crate::cluster::hints::DEFAULT_HINT_WINDOW;
 use crate::model::HybridClock;
-use crate::schema::{Schema, SchemaChange, SchemaStore, Table};
+use crate::schema::{Schema, SchemaChange, SchemaStore, Table, TableAlteration};
 use cql_lite::analyze::{
     check_select, check_select_values, check_statement, SelectRestrictions, SemanticError,
 };
@@ -20,6 +21,7 @@ use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::hash::Hasher;
 use std::sync::Arc;
+use std::time::Duration;
 
 /// Settings of an [`Executor`].
 #[derive(Debug, Clone)]
@@ -30,6 +32,11 @@ pub struct ExecutorConfig {
     pub batch_partitions_warn: usize,
     /// How much a SELECT reads per request to the store (its memory bound).
     pub read_batch: ReadBatch,
+    /// The hint window of the node the executor runs on: a `CREATE TABLE`
+    /// or `ALTER TABLE ... WITH gc_grace_seconds` that leaves the table's
+    /// `gc_grace_seconds` at or below it gets a warning (see
+    /// [`crate::schema::ShortGcGrace`]). `None`: no hints, no warning.
+    pub hint_window: Option<Duration>,
 }
 
 impl Default for ExecutorConfig {
@@ -38,6 +45,7 @@ impl Default for ExecutorConfig {
             default_page_size: 5000,
             batch_partitions_warn: 10,
             read_batch: ReadBatch::default(),
+            hint_window: Some(DEFAULT_HINT_WINDOW),
         }
     }
 }
@@ -185,16 +193,26 @@ impl Executor {
                 "bound values need a single statement, not a script",
             ));
         }
-        let mut last = None;
+        let mut last: Option<Response> = None;
         let mut values = Some(values);
+        // The result is the last statement's; the warnings are every
+        // statement's (a script's CREATE TABLE warns even if an INSERT
+        // follows it).
+        let mut warnings = Vec::new();
         for stmt in statements {
             let v = values.take().unwrap_or_default();
+            if let Some(previous) = last.take() {
+                warnings.extend(previous.warnings);
+            }
             last = Some(
                 self.run(session, &stmt, text, v, options.clone(), None)
                     .await?,
             );
         }
-        last.ok_or_else(|| invalid("no statement to execute"))
+        let mut last = last.ok_or_else(|| invalid("no statement to execute"))?;
+        warnings.append(&mut last.warnings);
+        last.warnings = warnings;
+        Ok(last)
     }
 
     /// Checks `stmt` against `schema` and works out what does not depend
@@ -274,7 +292,7 @@ impl Executor {
                 session.keyspace = Some(k.name.clone());
                 Ok(ok(QueryResult::SetKeyspace(k.name.clone())))
             }
-            s if s.is_schema_change() => self.schema_change(s, text, ks.as_deref()).await.map(ok),
+            s if s.is_schema_change() => self.schema_change(s, text, ks.as_deref()).await,
             Statement::Truncate(t) => {
                 let table = self.table(&schema, &t.name, ks.as_deref())?;
                 self.store.truncate(&table_ref(table)).await?;
@@ -327,7 +345,7 @@ impl Executor {
         stmt: &Statement,
         text: &str,
         session: Option<&str>,
-    ) -> Result<QueryResult, QueryError> {
+    ) -> Result<Response, QueryError> {
         let schema_error = |e| schema_error_at(e, stmt, text);
         let schema = self.schema.current();
         let id = rand::random::<u128>();
@@ -335,7 +353,10 @@ impl Executor {
             .change_for(stmt, session, id, self.clock.now())
             .map_err(schema_error)?
         else {
-            return Ok(QueryResult::Void);
+            return Ok(Response {
+                result: QueryResult::Void,
+                warnings: Vec::new(),
+            });
         };
         // Tables whose data goes with the change.
         let dropped: Vec<TableRef> = match &change {
@@ -349,13 +370,37 @@ impl Executor {
                 .collect(),
             _ => Vec::new(),
         };
-        self.schema.apply(&change).map_err(schema_error)?;
+        let applied = self.schema.apply(&change).map_err(schema_error)?;
         for t in &dropped {
             self.store.truncate(t).await?;
         }
-        Ok(QueryResult::SchemaChange {
-            description: change.description(),
+        Ok(Response {
+            result: QueryResult::SchemaChange {
+                description: change.description(),
+            },
+            warnings: self.short_gc_grace(&change, &applied).into_iter().collect(),
         })
+    }
+
+    /// The warning for a `CREATE TABLE`, or an `ALTER TABLE` that sets
+    /// `gc_grace_seconds`, that leaves the table's grace period at or below
+    /// this node's hint window; `applied` is the schema with the change.
+    fn short_gc_grace(&self, change: &SchemaChange, applied: &Schema) -> Option<String> {
+        let window = self.config.hint_window?;
+        let table = match change {
+            SchemaChange::CreateTable { table, .. } => table,
+            SchemaChange::AlterTable {
+                keyspace,
+                table,
+                id,
+                alteration: TableAlteration::SetOptions(options),
+                ..
+            } if options.gc_grace_seconds.is_some() => {
+                applied.get_table(keyspace, table).filter(|t| t.id == *id)?
+            }
+            _ => return None,
+        };
+        table.short_gc_grace(window).map(|w| w.to_string())
     }
 
     async fn write(

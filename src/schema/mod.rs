@@ -18,12 +18,17 @@
 //! checked against it with positions and carets, and prints the CQL that
 //! recreates a keyspace or a table ([`Schema::describe_keyspace`],
 //! [`Schema::describe_table`]).
+//!
+//! [`Table::short_gc_grace`] tells when a table's `gc_grace_seconds` is
+//! too short for a node's hint window (deleted data could come back).
 
 mod describe;
+mod grace;
 mod legacy;
 mod persist;
 mod state;
 
+pub use grace::ShortGcGrace;
 pub use persist::SchemaStore;
 pub use state::SchemaConflict;
 

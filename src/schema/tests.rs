@@ -489,3 +489,39 @@ fn concurrent_alters_of_different_options_both_stay() {
     assert_eq!(ks.replication, Replication::Simple { rf: 2 });
     assert!(ks.sloppy_quorum, "settings not altered keep their values");
 }
+
+#[test]
+fn a_grace_period_at_or_below_the_hint_window_is_short() {
+    let s = apply(&sample(), "ALTER TABLE kv WITH gc_grace_seconds = 7200", 0);
+    let kv = s.get_table("ks", "kv").unwrap();
+    let hours = |h: u64| Duration::from_secs(h * 3600);
+    assert!(kv.short_gc_grace(hours(1)).is_none());
+    let at = kv.short_gc_grace(hours(2)).expect("equal to the window");
+    assert_eq!((at.gc_grace_seconds, at.hint_window), (7200, hours(2)));
+    assert_eq!(at.hint_window_hours_below_grace(), Some(1));
+    let text = at.to_string();
+    assert!(
+        text.starts_with("Table ks.kv has gc_grace_seconds = 7200, at or below this node's hint window of 7200 s (2 h)"),
+        "{text}"
+    );
+    assert!(text.contains("Raise gc_grace_seconds above 7200"), "{text}");
+    assert!(text.contains("to at most 1 h on every node."), "{text}");
+    // A window with a fraction of a second: whole seconds above it.
+    let odd = kv
+        .short_gc_grace(Duration::from_millis(7_200_500))
+        .expect("below the window");
+    assert!(odd.to_string().contains("window of 7200.500 s:"), "{odd}");
+    assert!(odd.to_string().contains("above 7200,"), "{odd}");
+    // One hour or less: no hint window is below it.
+    let s = apply(&s, "ALTER TABLE kv WITH gc_grace_seconds = 3600", 0);
+    let short = s
+        .get_table("ks", "kv")
+        .unwrap()
+        .short_gc_grace(hours(3))
+        .unwrap();
+    assert_eq!(short.hint_window_hours_below_grace(), None);
+    assert!(short.to_string().contains("cannot be below 1 h"), "{short}");
+    // Every short table of the schema; `readings` keeps the default.
+    assert_eq!(s.short_gc_grace(hours(3)), vec![short]);
+    assert_eq!(s.short_gc_grace(hours(240)).len(), 2);
+}
