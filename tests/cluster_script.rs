@@ -400,6 +400,10 @@ fn cluster_script_starts_kills_restarts_and_stops_real_nodes() {
             n => Err(format!("{n} UN")),
         }
     });
+    // Every replica is up and held every write: repair through the script
+    // compares all of node 1's ranges and finds the table's replicas equal.
+    let repaired = script.run(&["repair", "1", "ks"]);
+    assert!(repaired.contains("repaired 1 table(s)"), "{repaired}");
 
     // 5. stop: every process ends and `status` says none runs.
     let began = Instant::now();
