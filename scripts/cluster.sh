@@ -8,6 +8,7 @@
 #   scripts/cluster.sh add         start one more node; it streams its ranges, then serves
 #   scripts/cluster.sh decommission I   node I hands its ranges over, leaves and stops
 #   scripts/cluster.sh repair I [KS [TABLE]]   anti-entropy repair of node I's ranges
+#   scripts/cluster.sh cleanup I [KS [TABLE]]  node I drops the ranges it gave away
 #   scripts/cluster.sh status      which nodes run, and the cluster as node 1 sees it
 #
 # Node I listens for clients on 127.0.0.1:$((BASE_PORT + I - 1)) and for
@@ -105,10 +106,11 @@ case "${1:-}" in
     for _ in $(seq 1 100); do [ -n "$pid" ] && alive "$pid" || break; sleep 0.1; done
     rm -f "$DIR/node$i.pid"
     ;;
-  repair)
+  repair|cleanup)
+    what="$1"
     i="${2:?node number}"
     shift 2
-    "$BIN" admin repair "$@" --host "127.0.0.1:$(client_port "$i")" --ca-cert "$DIR/certs/ca.pem"
+    "$BIN" admin "$what" "$@" --host "127.0.0.1:$(client_port "$i")" --ca-cert "$DIR/certs/ca.pem"
     ;;
   status)
     n=$(cat "$DIR/size" 2>/dev/null || echo 0)
@@ -123,7 +125,7 @@ case "${1:-}" in
     done
     ;;
   *)
-    sed -n '2,17p' "$0"
+    sed -n '2,18p' "$0"
     exit 2
     ;;
 esac

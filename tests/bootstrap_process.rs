@@ -18,7 +18,7 @@ use ringdb::query::api::{QueryError, QueryResult};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
-use support::process::{make_node, new_cluster, run_admin, Cluster, Node};
+use support::process::{admin_ok, make_node, new_cluster, run_admin, Cluster, Node};
 
 const INSERT: &str = "INSERT INTO ks.kv (k, v) VALUES (?, ?)";
 
@@ -68,6 +68,20 @@ fn a_joining_node_takes_its_ranges_and_the_writes_made_while_it_joins() {
     // with its third copy on the way, and a copy that timed out (a loaded
     // machine) waits as a hint.
     wait_for_copies(&cluster, &[&n1, &n2, &n3, &n4]);
+    // Node 1 gave node 4 part of its ranges and still holds their old
+    // copies: cleanup drops them (about a quarter of the keys).
+    let cleaned = admin_ok(root.path(), &n1, "cleanup ks");
+    let dropped: usize = cleaned
+        .split_whitespace()
+        .skip_while(|w| *w != "dropped")
+        .nth(1)
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no count in {cleaned}"));
+    assert!(
+        dropped * 10 > acked.len() && dropped * 2 < acked.len(),
+        "node 1 dropped {dropped} of {} keys: {cleaned}",
+        acked.len()
+    );
     n1.kill9();
     n2.kill9();
     n3.kill9();
@@ -85,6 +99,12 @@ fn a_joining_node_takes_its_ranges_and_the_writes_made_while_it_joins() {
         );
         std::thread::sleep(Duration::from_millis(300));
     }
+    // With the others down, node 4 cannot tell whether they left: cleanup
+    // refuses rather than drop what it may replicate.
+    let out = run_admin(root.path(), &n4, "cleanup");
+    assert!(!out.status.success(), "cleanup ran with three nodes down");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("are down"), "{stderr}");
     let alone = cluster.connect(&n4);
     alone.set_consistency(Consistency::One);
     let mut served = 0usize;

@@ -404,6 +404,10 @@ fn cluster_script_starts_kills_restarts_and_stops_real_nodes() {
     // compares all of node 1's ranges and finds the table's replicas equal.
     let repaired = script.run(&["repair", "1", "ks"]);
     assert!(repaired.contains("repaired 1 table(s)"), "{repaired}");
+    // Three nodes at RF 3: node 1 replicates everything, so cleanup keeps
+    // it all.
+    let cleaned = script.run(&["cleanup", "1", "ks"]);
+    assert!(cleaned.contains("dropped 0 partition(s)"), "{cleaned}");
 
     // 5. stop: every process ends and `status` says none runs.
     let began = Instant::now();

@@ -1395,9 +1395,19 @@ async fn a_joining_node_streams_its_ranges_and_gets_the_writes_made_meanwhile() 
     }
 
     let table = kv_table_ref(&c);
+    // Ranges are moving: cleanup would drop what node 0 may still own.
+    let refused = c
+        .store(0)
+        .cleanup(std::slice::from_ref(&table))
+        .await
+        .expect_err("cleanup while a node joins");
+    assert!(
+        refused.to_string().contains("ring is changing"),
+        "{refused}"
+    );
     let report = c
         .store(3)
-        .bootstrap_stream(&future, &[table])
+        .bootstrap_stream(&future, std::slice::from_ref(&table))
         .await
         .expect("stream");
     assert_eq!(report.tables, 1);
@@ -1428,10 +1438,62 @@ async fn a_joining_node_streams_its_ranges_and_gets_the_writes_made_meanwhile() 
         let want = (k != 7).then_some(Value::Int(k * 10));
         assert_eq!(got, want, "key {k} on node 3");
     }
+
+    // The old replicas still hold the ranges they gave node 3 until a
+    // cleanup drops them; after it, every node holds exactly the keys it
+    // replicates, and every key is still on its three replicas.
+    let replicates = |i: usize, k: i32| {
+        let pk = serialize_partition_key(&[Value::Int(k)], &[DataType::Int]).expect("pk");
+        c.ring.replicas_for_key(&pk, 3).contains(&node_id(i))
+    };
+    let mut given_away = 0;
+    for k in (0..260).filter(|k| *k != 7) {
+        for i in 0..3 {
+            let held = single_v(&c.local_query(i, &select(k)).await).is_some();
+            if held && !replicates(i, k) {
+                given_away += 1;
+            }
+        }
+    }
+    assert!(
+        given_away > 50,
+        "old replicas kept only {given_away} copies"
+    );
+    let mut dropped = 0;
+    for i in 0..4 {
+        let report = c
+            .store(i)
+            .cleanup(std::slice::from_ref(&table))
+            .await
+            .expect("cleanup");
+        assert_eq!(report.tables, 1);
+        if i == 3 {
+            assert_eq!(
+                report.partitions_dropped, 0,
+                "node 3 holds only its own ranges"
+            );
+        }
+        dropped += report.partitions_dropped;
+    }
+    assert!(dropped >= given_away as u64, "{dropped} < {given_away}");
+    for k in (0..260).filter(|k| *k != 7) {
+        for i in 0..4 {
+            let held = single_v(&c.local_query(i, &select(k)).await).is_some();
+            assert_eq!(held, replicates(i, k), "key {k} on node {i} after cleanup");
+        }
+    }
+
     // And answers them at ONE with the other replicas gone.
     for i in 0..3 {
         c.kill(i);
     }
+    // A node that looks down may have left: cleanup refuses.
+    let refused = c
+        .store(3)
+        .cleanup(std::slice::from_ref(&table))
+        .await
+        .expect_err("cleanup with nodes down");
+    assert!(refused.to_string().contains("are down"), "{refused}");
     for &k in owned.iter().filter(|k| **k != 7) {
         let r = c
             .query(3, Consistency::One, &select(k))

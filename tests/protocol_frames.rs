@@ -266,6 +266,11 @@ fn client_frame() -> impl Strategy<Value = ClientFrame> {
                     primary_range,
                 })
             }),
+        (
+            proptest::option::of("[a-z_]{1,12}"),
+            proptest::option::of("[a-z_]{1,12}")
+        )
+            .prop_map(|(keyspace, table)| ClientFrame::AdminCleanup { keyspace, table }),
     ]
 }
 

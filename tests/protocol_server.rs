@@ -758,6 +758,7 @@ async fn admin_requests_that_change_the_node_are_served_only_to_its_own_machine(
             "repair",
             remote.admin_repair(RepairRequest::default()).await,
         ),
+        ("cleanup", remote.admin_cleanup(None, None).await),
     ] {
         match result {
             Err(ClientError::Refused(e)) => {

@@ -87,6 +87,11 @@ enum Op {
     Flush,
     CompactDue,
     Compact,
+    /// `Engine::cleanup` dropping the partitions whose token is `drop`
+    /// modulo 4 (a node giving a quarter of its ranges away).
+    Cleanup {
+        drop: u64,
+    },
     Reopen,
 }
 
@@ -105,6 +110,7 @@ fn op() -> impl Strategy<Value = Op> {
         2 => Just(Op::Flush),
         1 => Just(Op::CompactDue),
         1 => Just(Op::Compact),
+        1 => (0u64..4).prop_map(|drop| Op::Cleanup { drop }),
         1 => Just(Op::Reopen),
     ]
 }
@@ -317,6 +323,24 @@ impl Harness {
                 self.engine().compact_due().unwrap();
             }
             Op::Compact => self.engine().compact().unwrap(),
+            Op::Cleanup { drop } => {
+                let keep = |token: key::Token| token % 4 != drop;
+                let dropped = self.engine().cleanup(&keep).unwrap();
+                let before: std::collections::BTreeSet<Vec<u8>> = self
+                    .model
+                    .keys()
+                    .map(|k| k[..key::classify(k).unwrap().partition_len()].to_vec())
+                    .filter(|p| !keep(key::token_of_key(p).unwrap()))
+                    .collect();
+                // Compaction may have purged some of them already.
+                assert!(
+                    dropped as usize <= before.len(),
+                    "{dropped} > {}",
+                    before.len()
+                );
+                self.model
+                    .retain(|k, _| keep(key::token_of_key(k).unwrap()));
+            }
             Op::Reopen => {
                 self.engine = None;
                 self.open();

@@ -53,6 +53,16 @@ pub enum AdminCommand {
         #[arg(long, short = 'p')]
         primary_range: bool,
     },
+    /// Drops the data of the ranges this node no longer replicates (like
+    /// `nodetool cleanup`): after a node joined and took ranges from this
+    /// one, their old copies stay on disk until then. Rewrites every table.
+    /// Refused while a node is joining, leaving or down.
+    Cleanup {
+        /// Only this keyspace.
+        keyspace: Option<String>,
+        /// Only this table of the keyspace.
+        table: Option<String>,
+    },
 }
 
 /// Runs `ringdb admin`.
@@ -122,6 +132,11 @@ pub fn run(args: AdminArgs) -> anyhow::Result<()> {
                 let answer = client.admin_repair(request).await;
                 spinner.finish_and_clear();
                 print!("{}", answer?);
+            }
+            AdminCommand::Cleanup { keyspace, table } => {
+                // Rewriting every table takes as long as the data takes.
+                client.set_timeout(std::time::Duration::from_secs(24 * 3600));
+                print!("{}", client.admin_cleanup(keyspace, table).await?);
             }
         }
         client.close().await;

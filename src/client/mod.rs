@@ -497,6 +497,24 @@ impl Client {
         }
     }
 
+    /// Asks the node to drop the data of the ranges it no longer
+    /// replicates (`ringdb admin cleanup`), in every table, the tables of
+    /// `keyspace`, or one `table` of it. Set a timeout long enough to
+    /// rewrite the tables ([`Client::set_timeout`]).
+    pub async fn admin_cleanup(
+        &self,
+        keyspace: Option<String>,
+        table: Option<String>,
+    ) -> Result<String, ClientError> {
+        match self
+            .request(ClientFrame::AdminCleanup { keyspace, table })
+            .await?
+        {
+            ServerFrame::AdminText(text) => Ok(text),
+            other => Err(unexpected(&other)),
+        }
+    }
+
     /// Pages through the result of a SELECT: each call of
     /// [`Pager::next_page`] fetches the next page.
     pub fn pages(&self, text: &str, values: Vec<Value>, options: QueryOptions) -> Pager<'_> {

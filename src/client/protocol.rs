@@ -112,6 +112,16 @@ pub enum ClientFrame {
     /// and sent what they lack. The answer (`AdminText`) says what was
     /// done; an error when some replica or range could not take part.
     AdminRepair(RepairRequest),
+    /// Asks the node to drop the data of ranges it no longer replicates
+    /// (`ringdb admin cleanup`), in every table or the ones named. The
+    /// answer (`AdminText`) says what was dropped; refused while the ring
+    /// is changing or a node is down.
+    AdminCleanup {
+        /// Only this keyspace (every keyspace when `None`).
+        keyspace: Option<String>,
+        /// Only this table of `keyspace` (every table when `None`).
+        table: Option<String>,
+    },
 }
 
 /// What `ringdb admin repair` repairs.

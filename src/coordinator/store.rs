@@ -1,8 +1,10 @@
 //! [`ClusterStore`]: the coordinator, a [`DataStore`] over the replicas.
 
+mod cleanup;
 mod repair;
 mod stream;
 
+pub use cleanup::CleanupReport;
 pub use repair::{RepairReport, RepairTuning};
 pub use stream::StreamReport;
 

@@ -122,7 +122,11 @@ impl AdminSource for NodeAdmin {
 
     fn repair(&self, request: RepairRequest) -> BoxFuture<'static, Result<String, String>> {
         let cluster = self.cluster.clone();
-        let tables = tables_to_repair(&self.schema, &request);
+        let tables = tables_named(
+            &self.schema,
+            request.keyspace.as_ref(),
+            request.table.as_ref(),
+        );
         Box::pin(async move {
             let tables = tables?;
             let started = std::time::Instant::now();
@@ -141,35 +145,51 @@ impl AdminSource for NodeAdmin {
             }
         })
     }
+
+    fn cleanup(
+        &self,
+        keyspace: Option<String>,
+        table: Option<String>,
+    ) -> BoxFuture<'static, Result<String, String>> {
+        let cluster = self.cluster.clone();
+        let tables = tables_named(&self.schema, keyspace.as_ref(), table.as_ref());
+        Box::pin(async move {
+            let tables = tables?;
+            let started = std::time::Instant::now();
+            let report = cluster
+                .cleanup(&tables)
+                .await
+                .map_err(|e| format!("cleanup failed: {e}"))?;
+            Ok(format!(
+                "{report} in {} ms\n",
+                started.elapsed().as_millis()
+            ))
+        })
+    }
 }
 
-/// The tables `request` names, or why it names none: an unknown keyspace
-/// or table is an error, not a repair of nothing.
-fn tables_to_repair(
+/// Every table, those of `keyspace`, or its one `table`; an unknown
+/// keyspace or table is an error, not an operation on nothing.
+fn tables_named(
     schema: &SchemaStore,
-    request: &RepairRequest,
+    keyspace: Option<&String>,
+    table: Option<&String>,
 ) -> Result<Vec<TableRef>, String> {
     let all = all_tables(schema);
-    let Some(keyspace) = &request.keyspace else {
-        if let Some(table) = &request.table {
+    let Some(keyspace) = keyspace else {
+        if let Some(table) = table {
             return Err(format!("table {table} given without its keyspace"));
         }
         return Ok(all);
     };
-    let in_keyspace: Vec<TableRef> = all
-        .into_iter()
-        .filter(|t| &t.keyspace == keyspace)
-        .collect();
     if !schema.current().keyspaces().any(|k| &k.name == keyspace) {
         return Err(format!("no keyspace named {keyspace}"));
     }
-    match &request.table {
-        None => Ok(in_keyspace),
+    let in_keyspace = all.into_iter().filter(|t| &t.keyspace == keyspace);
+    match table {
+        None => Ok(in_keyspace.collect()),
         Some(table) => {
-            let picked: Vec<TableRef> = in_keyspace
-                .into_iter()
-                .filter(|t| &t.table == table)
-                .collect();
+            let picked: Vec<TableRef> = in_keyspace.filter(|t| &t.table == table).collect();
             if picked.is_empty() {
                 Err(format!("no table named {keyspace}.{table}"))
             } else {

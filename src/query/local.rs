@@ -706,6 +706,18 @@ impl LocalStore {
         .await
     }
 
+    /// Drops from `table` every partition whose token `keep` refuses
+    /// (flush, then a rewrite of its SSTables; see [`Engine::cleanup`]);
+    /// how many partitions were dropped.
+    pub async fn cleanup_table(
+        &self,
+        table: &TableRef,
+        keep: Arc<dyn Fn(key::Token) -> bool + Send + Sync>,
+    ) -> Result<u64, QueryError> {
+        let engine = self.engine(table)?;
+        blocking(false, move || engine.cleanup(&*keep).map_err(server)).await
+    }
+
     /// The engine of a table, opened on first use. After a schema change
     /// it gets the table's current compaction strategy and grace period.
     pub fn engine(&self, table: &TableRef) -> Result<Arc<Engine>, QueryError> {

@@ -627,12 +627,14 @@ async fn dispatch(
         | ClientFrame::AdminFlush
         | ClientFrame::AdminCompact
         | ClientFrame::AdminRepair(_)
+        | ClientFrame::AdminCleanup { .. }
             if !is_local_client(remote) =>
         {
             let what = match frame {
                 ClientFrame::AdminDecommission => "decommission",
                 ClientFrame::AdminFlush => "flush",
                 ClientFrame::AdminRepair(_) => "repair",
+                ClientFrame::AdminCleanup { .. } => "cleanup",
                 _ => "compact",
             };
             protocol_error(
@@ -685,6 +687,16 @@ async fn dispatch(
                 "this server runs without the cluster layer: no admin repair",
             ),
         },
+        ClientFrame::AdminCleanup { keyspace, table } => match &shared.admin {
+            Some(admin) => match admin.cleanup(keyspace, table).await {
+                Ok(text) => ServerFrame::AdminText(text),
+                Err(e) => ServerFrame::Error(WireError::Query(QueryError::Server(e))),
+            },
+            None => protocol_error(
+                ProtocolErrorCode::Unsupported,
+                "this server runs without the cluster layer: no admin cleanup",
+            ),
+        },
     };
     if session != before {
         state.lock().session = session;
@@ -695,7 +707,7 @@ async fn dispatch(
 /// Whether a client connecting from `remote` is on the node's own machine
 /// (a loopback address, IPv4-mapped ones included): the only clients whose
 /// admin requests that change the node (decommission, flush, compact,
-/// repair) are served,
+/// repair, cleanup) are served,
 /// as Cassandra's `nodetool` is local-only by default. The client port
 /// takes clients without certificates, so an address is what tells an
 /// operator on the node from anyone who can reach the port.

@@ -76,6 +76,18 @@ pub trait AdminSource: Send + Sync + 'static {
         let _ = request;
         Box::pin(async { Err("this server cannot repair".to_string()) })
     }
+
+    /// Drops the data of the ranges the node no longer replicates, in
+    /// every table, the tables of `keyspace`, or one `table` of it (like
+    /// `nodetool cleanup`); the text says what was dropped.
+    fn cleanup(
+        &self,
+        keyspace: Option<String>,
+        table: Option<String>,
+    ) -> crate::query::api::BoxFuture<'static, Result<String, String>> {
+        let _ = (keyspace, table);
+        Box::pin(async { Err("this server cannot clean up".to_string()) })
+    }
 }
 
 /// Bytes a client connection may have sent that the server has not read

@@ -993,6 +993,18 @@ impl Engine {
         Ok(())
     }
 
+    /// Drops every partition whose token `keep` refuses: flushes, then
+    /// rewrites every SSTable into one without them (a major compaction
+    /// that also purges as [`Engine::compact`] does). `ringdb admin
+    /// cleanup` uses it for the ranges a node no longer replicates.
+    /// Returns how many partitions were dropped. Writes made meanwhile
+    /// stay, whatever their token.
+    pub fn cleanup(&self, keep: &dyn Fn(key::Token) -> bool) -> Result<u64> {
+        self.inner.check_open()?;
+        self.flush()?;
+        Ok(self.inner.compact_filtered(true, Some(keep))?.1)
+    }
+
     /// The compaction strategy and grace period in force.
     pub fn policy(&self) -> TablePolicy {
         self.inner.policy.lock().clone()
@@ -1250,6 +1262,16 @@ impl Inner {
     /// Runs one compaction: all tables when `major`, else what the strategy
     /// picks. Returns whether anything was compacted.
     fn compact_once(&self, major: bool) -> Result<bool> {
+        Ok(self.compact_filtered(major, None)?.0)
+    }
+
+    /// [`Inner::compact_once`], dropping the partitions whose token
+    /// `keep` refuses; also returns how many it dropped.
+    fn compact_filtered(
+        &self,
+        major: bool,
+        keep: Option<&dyn Fn(key::Token) -> bool>,
+    ) -> Result<(bool, u64)> {
         let _compaction = self.compaction_lock.lock();
         let policy = self.policy.lock().clone();
         let snap = self.snapshot.read().clone();
@@ -1274,7 +1296,7 @@ impl Inner {
                 .collect()
         };
         if inputs.len() < 2 && !(major && inputs.len() == 1) {
-            return Ok(false);
+            return Ok((false, 0));
         }
         // Tombstones may be purged only when no other copy of the key can
         // exist outside this compaction: no table left out of it may hold
@@ -1340,9 +1362,25 @@ impl Inner {
         // (something was purged): their cached copies may differ from the
         // tables now.
         let mut purged = PurgedPartitions::default();
+        // The last partition dropped by `keep`, and how many were.
+        let mut last_dropped: Option<Vec<u8>> = None;
+        let mut dropped = 0u64;
         for item in MergeIter::new(sources, false) {
             let (k, entry) = item?;
             let kind = key::classify(&k).map_err(|e| StorageError::InvalidKey(e.to_string()))?;
+            if let Some(keep) = keep {
+                let token =
+                    key::token_of_key(&k).map_err(|e| StorageError::InvalidKey(e.to_string()))?;
+                if !keep(token) {
+                    let partition = &k[..kind.partition_len()];
+                    if last_dropped.as_deref() != Some(partition) {
+                        dropped += 1;
+                        purged.note(partition);
+                        last_dropped = Some(partition.to_vec());
+                    }
+                    continue;
+                }
+            }
             let purgeable_here = !held_elsewhere(&k[..kind.partition_len()]) && !in_memtables(&k);
             match entry {
                 Entry::Header(header) => {
@@ -1467,7 +1505,7 @@ impl Inner {
         self.pruned_rows.fetch_add(pruned_rows, Ordering::Relaxed);
         self.pruned_context_entries
             .fetch_add(pruned_entries, Ordering::Relaxed);
-        Ok(true)
+        Ok((true, dropped))
     }
 }
 
