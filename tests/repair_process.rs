@@ -132,6 +132,7 @@ fn admin_repair_sends_a_node_the_writes_whose_hints_were_lost() {
     );
     let status = cluster.status(&n3);
     assert!(status.contains("repairs: 2"), "{status}");
+    assert!(status.contains("Repair: idle"), "{status}");
 
     // Node 3 alone now holds every acknowledged write.
     n1.stop();

@@ -201,9 +201,39 @@ async fn repair_sends_a_replica_what_it_missed_and_a_second_run_finds_nothing() 
     // One replica's data in SSTables, the others' in memtables.
     c.node(0).store.local().flush_tables().await.expect("flush");
 
+    // While a repair runs, its progress shows; once it ends, none does.
+    let mut seen = Vec::new();
+    let table = log_table(&c);
+    let watched = {
+        let repair = c.store(3).repair(std::slice::from_ref(&table), true);
+        tokio::pin!(repair);
+        loop {
+            tokio::select! {
+                r = &mut repair => break r.expect("repair"),
+                _ = tokio::time::sleep(Duration::from_millis(1)) => {
+                    seen.extend(c.store(3).repair_progress());
+                }
+            }
+        }
+    };
+    assert!(!seen.is_empty(), "no progress seen");
+    assert!(
+        seen.iter()
+            .all(|p| p.spans_total == watched.spans && p.spans_done <= p.spans_total),
+        "{seen:?}"
+    );
+    assert!(
+        seen.windows(2).all(|w| w[0].spans_done <= w[1].spans_done),
+        "{seen:?}"
+    );
+    assert_eq!(c.store(3).repair_progress(), None);
+
     let first = repair_everywhere(&c).await;
     assert!(first.is_complete(), "{first}");
-    assert!(first.partitions_repaired >= stale_keys, "{first}");
+    assert!(
+        first.partitions_repaired + watched.partitions_repaired >= stale_keys,
+        "{first}"
+    );
     assert!(first.entries_sent > 0, "{first}");
     for k in 0..KEYS {
         for r in c.replicas_of(k) {
@@ -223,7 +253,7 @@ async fn repair_sends_a_replica_what_it_missed_and_a_second_run_finds_nothing() 
     );
     assert_eq!(second.entries_sent, 0, "{second}");
     assert!(second.slices_compared > 0, "{second}");
-    assert_eq!(c.store(0).stats().repairs, 2);
+    assert_eq!(c.store(3).stats().repairs, 3);
 }
 
 #[tokio::test(start_paused = true)]

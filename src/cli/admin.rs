@@ -82,7 +82,7 @@ pub fn run(args: AdminArgs) -> anyhow::Result<()> {
             .with_context(|| format!("resolving {}", args.host))?
             .next()
             .with_context(|| format!("{} resolves to no address", args.host))?;
-        let connect = Client::connect(addr, ClientTlsConfig::new(ca, "ringdb-node"));
+        let connect = Client::connect(addr, ClientTlsConfig::new(ca.clone(), "ringdb-node"));
         let client = tokio::time::timeout(std::time::Duration::from_secs(10), connect)
             .await
             .map_err(|_| {
@@ -119,18 +119,42 @@ pub fn run(args: AdminArgs) -> anyhow::Result<()> {
                     table,
                     primary_range,
                 };
-                // The node answers once at the end: a spinner with the
-                // elapsed time shows it is still at work (hidden when
-                // stderr is not a terminal).
-                let spinner = indicatif::ProgressBar::new_spinner();
-                spinner.set_style(
-                    indicatif::ProgressStyle::with_template("{spinner} {msg} {elapsed}")
-                        .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
+                // The node answers once at the end; meanwhile a second
+                // connection reads its progress from `admin status` for a
+                // bar of spans (hidden when stderr is not a terminal).
+                let bar = indicatif::ProgressBar::new(0);
+                bar.set_style(
+                    indicatif::ProgressStyle::with_template(
+                        "{msg} [{bar:30}] {pos}/{len} spans {elapsed}",
+                    )
+                    .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
                 );
-                spinner.set_message(format!("repairing through {addr}"));
-                spinner.enable_steady_tick(std::time::Duration::from_millis(200));
-                let answer = client.admin_repair(request).await;
-                spinner.finish_and_clear();
+                bar.set_message(format!("repairing through {addr}"));
+                bar.enable_steady_tick(std::time::Duration::from_millis(200));
+                let watcher =
+                    Client::connect(addr, ClientTlsConfig::new(ca.clone(), "ringdb-node"))
+                        .await
+                        .ok();
+                let repair = client.admin_repair(request);
+                tokio::pin!(repair);
+                let answer = loop {
+                    tokio::select! {
+                        answer = &mut repair => break answer,
+                        _ = tokio::time::sleep(std::time::Duration::from_millis(500)) => {
+                            let Some(watcher) = &watcher else { continue };
+                            if let Ok(status) = watcher.admin_status().await {
+                                if let Some(p) = ringdb::node::parse_repair_line(&status) {
+                                    bar.set_length(p.spans_total as u64);
+                                    bar.set_position(p.spans_done as u64);
+                                }
+                            }
+                        }
+                    }
+                };
+                bar.finish_and_clear();
+                if let Some(watcher) = watcher {
+                    watcher.close().await;
+                }
                 print!("{}", answer?);
             }
             AdminCommand::Cleanup { keyspace, table } => {

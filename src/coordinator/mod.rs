@@ -139,6 +139,6 @@ pub use liveness::{Liveness, ManualLiveness};
 pub use messages::{PeerError, PeerRequest, PeerResponse};
 pub use replica::ReplicaHandler;
 pub use store::{
-    CleanupReport, ClusterStore, CoordinatorConfig, CoordinatorStats, RepairReport, RepairTuning,
-    ReplayReport, StreamReport,
+    CleanupReport, ClusterStore, CoordinatorConfig, CoordinatorStats, RepairProgress, RepairReport,
+    RepairTuning, ReplayReport, StreamReport,
 };

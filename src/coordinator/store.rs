@@ -5,7 +5,7 @@ mod repair;
 mod stream;
 
 pub use cleanup::CleanupReport;
-pub use repair::{RepairReport, RepairTuning};
+pub use repair::{RepairProgress, RepairReport, RepairTuning};
 pub use stream::StreamReport;
 
 use super::fanout::{Fanout, Running};
@@ -202,6 +202,8 @@ struct Inner {
     config: CoordinatorConfig,
     replaying: Mutex<BTreeSet<NodeId>>,
     counters: Counters,
+    /// How far the repair running on this node is, if one is.
+    repair_progress: Mutex<Option<RepairProgress>>,
 }
 
 /// The coordinator: implements [`DataStore`] over the replicas of the
@@ -258,6 +260,7 @@ impl ClusterStore {
                 config,
                 replaying: Mutex::new(BTreeSet::new()),
                 counters: Counters::default(),
+                repair_progress: Mutex::new(None),
             }),
         }
     }

@@ -4,7 +4,7 @@ use super::{all_tables, Decommission};
 use crate::client::protocol::RepairRequest;
 use crate::cluster::membership::{status_table, Membership};
 use crate::coordinator::messages::{PeerRequest, PeerResponse};
-use crate::coordinator::{BatchCoordinator, ClusterStore};
+use crate::coordinator::{BatchCoordinator, ClusterStore, RepairProgress};
 use crate::net::Transport;
 use crate::query::api::{BoxFuture, TableRef};
 use crate::schema::SchemaStore;
@@ -51,7 +51,7 @@ impl AdminSource for NodeAdmin {
         let net = self.transport.stats();
         let gossip = self.membership.stats();
         format!(
-            "{}\nThis node: {:016x}\nHints: stored={} delivered={} expired={} discarded={} pending_targets={}\nBatch log: held={} logged={} log_failures={} replayed_entries={} replayed_partitions={} discarded_partitions={}\nCoordinator: {:?}\nPeer transport: requests_in={} requests_out={} requests_failed={} malformed={} version_mismatches={} deadlines_exceeded={} datagrams_in={} datagrams_out={} datagrams_dropped={} handshakes_failed={}\nGossip: datagrams_in={} datagrams_out={} malformed={} spoofed={} rejected={} inbox_full={} oversize={}\n{}",
+            "{}\nThis node: {:016x}\nHints: stored={} delivered={} expired={} discarded={} pending_targets={}\nBatch log: held={} logged={} log_failures={} replayed_entries={} replayed_partitions={} discarded_partitions={}\nCoordinator: {:?}\nPeer transport: requests_in={} requests_out={} requests_failed={} malformed={} version_mismatches={} deadlines_exceeded={} datagrams_in={} datagrams_out={} datagrams_dropped={} handshakes_failed={}\nGossip: datagrams_in={} datagrams_out={} malformed={} spoofed={} rejected={} inbox_full={} oversize={}\n{}\n{}",
             status_table(&view),
             self.cluster.node_id().0,
             hints.stored,
@@ -83,6 +83,7 @@ impl AdminSource for NodeAdmin {
             gossip.rejected,
             gossip.inbox_full,
             gossip.oversize,
+            repair_line(self.cluster.repair_progress()),
             self.cluster.local().storage_stats()
         )
     }
@@ -168,6 +169,33 @@ impl AdminSource for NodeAdmin {
     }
 }
 
+/// The `Repair:` line of `admin status` (which `ringdb admin repair`
+/// reads for its progress bar: see [`parse_repair_line`]).
+fn repair_line(progress: Option<RepairProgress>) -> String {
+    match progress {
+        None => "Repair: idle".to_string(),
+        Some(p) => format!(
+            "Repair: running spans_done={} spans_total={}",
+            p.spans_done, p.spans_total
+        ),
+    }
+}
+
+/// The progress in an `admin status` text's `Repair:` line, if a repair
+/// runs.
+pub fn parse_repair_line(status: &str) -> Option<RepairProgress> {
+    let line = status.lines().find(|l| l.starts_with("Repair: running"))?;
+    let field = |name: &str| {
+        line.split_whitespace()
+            .find_map(|w| w.strip_prefix(name))
+            .and_then(|v| v.parse().ok())
+    };
+    Some(RepairProgress {
+        spans_done: field("spans_done=")?,
+        spans_total: field("spans_total=")?,
+    })
+}
+
 /// Every table, those of `keyspace`, or its one `table`; an unknown
 /// keyspace or table is an error, not an operation on nothing.
 fn tables_named(
@@ -196,5 +224,22 @@ fn tables_named(
                 Ok(picked)
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_repair_line_reads_back_as_the_progress_it_shows() {
+        assert_eq!(parse_repair_line(&repair_line(None)), None);
+        let p = RepairProgress {
+            spans_done: 12,
+            spans_total: 49,
+        };
+        let status = format!("Cluster: 3 nodes\n{}\nTables: ...", repair_line(Some(p)));
+        assert_eq!(parse_repair_line(&status), Some(p));
+        assert_eq!(parse_repair_line("Repair: running spans_done=x"), None);
     }
 }

@@ -17,7 +17,7 @@ mod agreement;
 mod grace;
 mod handler;
 
-pub use admin::NodeAdmin;
+pub use admin::{parse_repair_line, NodeAdmin};
 pub use agreement::AgreeingExecutor;
 
 use crate::cluster::batchlog::{BatchLog, BatchLogOptions};

@@ -51,6 +51,25 @@ impl Default for RepairTuning {
 /// the span, so this is many times a range step's timeout.
 const HASH_TIMEOUT_FACTOR: u32 = 10;
 
+/// How far a running [`ClusterStore::repair`] is
+/// ([`ClusterStore::repair_progress`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RepairProgress {
+    /// Spans compared and repaired so far (failed ones included).
+    pub spans_done: usize,
+    /// Spans the repair covers.
+    pub spans_total: usize,
+}
+
+/// Clears the progress of a repair when it ends, however it ends.
+struct ProgressGuard<'a>(&'a Mutex<Option<RepairProgress>>);
+
+impl Drop for ProgressGuard<'_> {
+    fn drop(&mut self) {
+        *self.0.lock() = None;
+    }
+}
+
 /// What [`ClusterStore::repair`] did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RepairReport {
@@ -125,6 +144,8 @@ impl ClusterStore {
         let me = self.inner.node;
         let ring = self.ring();
         let mut report = RepairReport::default();
+        // Every (table, span, replicas) first, so progress has a total.
+        let mut work = Vec::new();
         for table in tables {
             let rf = self.rf(&table.keyspace)?;
             report.tables += 1;
@@ -134,26 +155,35 @@ impl ClusterStore {
                 } else {
                     replicas.contains(&me)
                 };
-                if !mine {
-                    continue;
-                }
-                let alive = self.ordered_alive(&replicas);
-                for span in range.spans() {
-                    report.spans += 1;
-                    if alive.len() < replicas.len() {
-                        report.spans_incomplete += 1;
-                    }
-                    if alive.len() < 2 {
-                        continue;
-                    }
-                    let (lo, hi) = (*span.start(), *span.end());
-                    if let Err(e) = self.repair_span(table, lo, hi, &alive, &mut report).await {
-                        report.failures.push(format!(
-                            "{}.{} tokens {lo:#018x}..={hi:#018x}: {e}",
-                            table.keyspace, table.table
-                        ));
+                if mine {
+                    for span in range.spans() {
+                        work.push((table, *span.start(), *span.end(), replicas.clone()));
                     }
                 }
+            }
+        }
+        let progress = &self.inner.repair_progress;
+        *progress.lock() = Some(RepairProgress {
+            spans_done: 0,
+            spans_total: work.len(),
+        });
+        let _clear = ProgressGuard(progress);
+        for (table, lo, hi, replicas) in work {
+            report.spans += 1;
+            let alive = self.ordered_alive(&replicas);
+            if alive.len() < replicas.len() {
+                report.spans_incomplete += 1;
+            }
+            if alive.len() >= 2 {
+                if let Err(e) = self.repair_span(table, lo, hi, &alive, &mut report).await {
+                    report.failures.push(format!(
+                        "{}.{} tokens {lo:#018x}..={hi:#018x}: {e}",
+                        table.keyspace, table.table
+                    ));
+                }
+            }
+            if let Some(p) = progress.lock().as_mut() {
+                p.spans_done += 1;
             }
         }
         self.inner.counters.repairs.fetch_add(1, Ordering::Relaxed);
@@ -162,6 +192,12 @@ impl ClusterStore {
             .repair_entries_sent
             .fetch_add(report.entries_sent as u64, Ordering::Relaxed);
         Ok(report)
+    }
+
+    /// How far the repair running on this node is (the latest started,
+    /// when several run); `None` when none runs.
+    pub fn repair_progress(&self) -> Option<RepairProgress> {
+        *self.inner.repair_progress.lock()
     }
 
     /// Compares and repairs the tokens `[lo, hi]` of `table` among
