@@ -18,7 +18,7 @@ use ringdb::model::{Consistency, Dot, DotSet, NodeId};
 use ringdb::net::sim::{Event, LogEntry, PacketKind};
 use ringdb::net::SimConfig;
 use ringdb::query::api::{QueryError, ResultSet};
-use sim_cluster::{rows, Cluster, ClusterOptions, Layout, VNODES};
+use sim_cluster::{faulty_log_workload, rows, Cluster, ClusterOptions, Layout, VNODES};
 
 const LAYOUT: Layout = Layout {
     subnet: 0,
@@ -1187,53 +1187,7 @@ fn convergence_case(seed: u64) {
             ..SimConfig::default()
         };
         let c = Arc::new(Cluster::with(4, sim, &[LOG], fast_config(), hint_options()).await);
-        let acked = Arc::new(parking_lot::Mutex::new(Vec::<(i32, i32)>::new()));
-        let mut tasks = Vec::new();
-        for client in 0..3i32 {
-            let c = c.clone();
-            let acked = acked.clone();
-            tasks.push(tokio::spawn(async move {
-                let mut rng = StdRng::seed_from_u64(seed * 31 + client as u64);
-                for i in 0..25 {
-                    let node = rng.random_range(0..4usize);
-                    let k = rng.random_range(0..5);
-                    let seq = client * 1000 + i;
-                    let text = format!("INSERT INTO ks.log (k, seq, v) VALUES ({k}, {seq}, {seq})");
-                    if c.query(node, Consistency::Quorum, &text).await.is_ok() {
-                        acked.lock().push((k, seq));
-                    }
-                    tokio::time::sleep(Duration::from_millis(rng.random_range(0..40))).await;
-                }
-            }));
-        }
-        {
-            let mut rng = StdRng::seed_from_u64(seed ^ 0x5eed);
-            for _ in 0..10 {
-                tokio::time::sleep(Duration::from_millis(rng.random_range(20..200))).await;
-                let n = rng.random_range(0..4usize);
-                match rng.random_range(0..4) {
-                    0 => c.kill(n),
-                    1 => c.revive(n).await,
-                    2 => {
-                        let others: Vec<SocketAddr> =
-                            (0..4).filter(|m| *m != n).map(addr).collect();
-                        c.net.partition(&[addr(n)], &others);
-                    }
-                    _ => c.net.heal(),
-                }
-            }
-        }
-        for t in tasks {
-            t.await.expect("client");
-        }
-        // Heal everything and replay every hint.
-        c.net.heal();
-        c.net.set_drop(0.0);
-        tokio::time::sleep(Duration::from_secs(5)).await;
-        for n in 0..4 {
-            c.revive(n).await;
-        }
-        tokio::time::sleep(Duration::from_secs(5)).await;
+        let acked = faulty_log_workload(&c, seed, 5).await;
         // Repair sweep.
         for k in 0..5 {
             let r = c
@@ -1245,7 +1199,7 @@ fn convergence_case(seed: u64) {
                 .await
                 .expect("repair read");
             let seen: Vec<Value> = rows(&r).rows.iter().map(|r| r.values[1].clone()).collect();
-            for (_, seq) in acked.lock().iter().filter(|(kk, _)| *kk == k) {
+            for (_, seq) in acked.iter().filter(|(kk, _)| *kk == k) {
                 assert!(
                     seen.contains(&Value::Int(*seq)),
                     "seed {seed}: acknowledged insert ({k}, {seq}) lost"

@@ -16,19 +16,16 @@
 mod sim_cluster;
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use cql_lite::Value;
-use rand::rngs::StdRng;
-use rand::{RngExt, SeedableRng};
 use ringdb::cluster::hints::HintOptions;
 use ringdb::coordinator::{CoordinatorConfig, RepairReport, RepairTuning};
 use ringdb::model::Consistency;
 use ringdb::net::SimConfig;
 use ringdb::query::api::TableRef;
-use sim_cluster::{Cluster, ClusterOptions, Layout};
+use sim_cluster::{faulty_log_workload, Cluster, ClusterOptions, Layout};
 
 const LAYOUT: Layout = Layout {
     subnet: 42,
@@ -355,8 +352,9 @@ async fn one_missed_write_in_many_partitions_streams_only_a_few_after_finer_comp
 }
 
 /// Three clients writing through random coordinators while a nemesis
-/// kills, revives, partitions and heals, with loss and delays; then every
-/// node runs repair. Returns the entries repair sent.
+/// kills, revives, partitions and heals, with loss and delays
+/// ([`faulty_log_workload`]); then every node runs repair. Returns the
+/// entries repair sent.
 fn repair_convergence_case(seed: u64) -> usize {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_time()
@@ -372,56 +370,13 @@ fn repair_convergence_case(seed: u64) -> usize {
             ..SimConfig::default()
         };
         let c = Arc::new(cluster(4, sim).await);
-        let acked = Arc::new(parking_lot::Mutex::new(Vec::<(i32, i32)>::new()));
-        let mut tasks = Vec::new();
-        for client in 0..3i32 {
-            let c = c.clone();
-            let acked = acked.clone();
-            tasks.push(tokio::spawn(async move {
-                let mut rng = StdRng::seed_from_u64(seed * 17 + client as u64);
-                for i in 0..25 {
-                    let node = rng.random_range(0..4usize);
-                    let k = rng.random_range(0..6);
-                    let seq = client * 1000 + i;
-                    let text = format!("INSERT INTO ks.log (k, seq, v) VALUES ({k}, {seq}, {seq})");
-                    if c.query(node, Consistency::Quorum, &text).await.is_ok() {
-                        acked.lock().push((k, seq));
-                    }
-                    tokio::time::sleep(Duration::from_millis(rng.random_range(0..40))).await;
-                }
-            }));
-        }
-        let mut rng = StdRng::seed_from_u64(seed ^ 0xbeef);
-        for _ in 0..10 {
-            tokio::time::sleep(Duration::from_millis(rng.random_range(20..200))).await;
-            let n = rng.random_range(0..4usize);
-            match rng.random_range(0..4) {
-                0 => c.kill(n),
-                1 => c.revive(n).await,
-                2 => {
-                    let others: Vec<SocketAddr> =
-                        (0..4).filter(|m| *m != n).map(|m| LAYOUT.addr(m)).collect();
-                    c.net.partition(&[LAYOUT.addr(n)], &others);
-                }
-                _ => c.net.heal(),
-            }
-        }
-        for t in tasks {
-            t.await.expect("client");
-        }
-        c.net.heal();
-        c.net.set_drop(0.0);
-        tokio::time::sleep(Duration::from_secs(5)).await;
-        for n in 0..4 {
-            c.revive(n).await;
-        }
-        tokio::time::sleep(Duration::from_secs(5)).await;
+        let acked = faulty_log_workload(&c, seed, 6).await;
         let report = repair_everywhere(&c).await;
         assert!(report.is_complete(), "seed {seed}: {report}");
         for k in 0..6 {
             let reps = c.replicas_of(k);
             let first = local_rows(&c, reps[0], k).await;
-            for (kk, seq) in acked.lock().iter().filter(|(kk, _)| *kk == k) {
+            for (kk, seq) in acked.iter().filter(|(kk, _)| *kk == k) {
                 assert!(
                     first.contains(&(Value::Int(*seq), Value::Int(*seq))),
                     "seed {seed}: acknowledged insert ({kk}, {seq}) not on node {}",

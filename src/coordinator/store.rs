@@ -897,6 +897,28 @@ impl ClusterStore {
         Ok((got, requests.into_running()))
     }
 
+    /// Asks every node of `nodes` and waits, at most `timeout`, for all
+    /// their answers (streaming and repair need every replica's view).
+    async fn ask_all(
+        &self,
+        nodes: &[NodeId],
+        req: PeerRequest,
+        timeout: Duration,
+    ) -> Result<Vec<(NodeId, PeerResponse)>, QueryError> {
+        let deadline = Instant::now() + timeout;
+        let (got, _rest) = self
+            .gather(
+                nodes,
+                req,
+                nodes.len(),
+                nodes.len(),
+                deadline,
+                Consistency::All,
+            )
+            .await?;
+        Ok(got)
+    }
+
     /// How many of `alive` replicas a partition read asks up front: all of
     /// them for one read in `read_repair_every`, else only `required`.
     fn read_fanout(&self, alive: usize, required: usize) -> usize {

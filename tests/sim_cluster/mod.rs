@@ -411,3 +411,62 @@ pub fn rows(r: &QueryResult) -> &ResultSet {
         other => panic!("expected rows, got {other:?}"),
     }
 }
+
+/// Three clients inserting `(k, seq, seq)` rows at QUORUM into `ks.log`
+/// (`k` below `keys`) through random coordinators of a 4-node cluster,
+/// while a nemesis kills, revives, partitions and heals nodes; then
+/// everything heals, the drop rate goes to zero and every node is
+/// revived (replaying the hints the others hold, or dropping those past
+/// the window). Returns the `(k, seq)` inserts that were acknowledged.
+/// Deterministic from `seed` (on a paused clock).
+pub async fn faulty_log_workload(c: &Arc<Cluster>, seed: u64, keys: i32) -> Vec<(i32, i32)> {
+    use rand::rngs::StdRng;
+    use rand::{RngExt, SeedableRng};
+    let acked = Arc::new(parking_lot::Mutex::new(Vec::<(i32, i32)>::new()));
+    let mut tasks = Vec::new();
+    for client in 0..3i32 {
+        let c = c.clone();
+        let acked = acked.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut rng = StdRng::seed_from_u64(seed * 31 + client as u64);
+            for i in 0..25 {
+                let node = rng.random_range(0..4usize);
+                let k = rng.random_range(0..keys);
+                let seq = client * 1000 + i;
+                let text = format!("INSERT INTO ks.log (k, seq, v) VALUES ({k}, {seq}, {seq})");
+                if c.query(node, Consistency::Quorum, &text).await.is_ok() {
+                    acked.lock().push((k, seq));
+                }
+                tokio::time::sleep(Duration::from_millis(rng.random_range(0..40))).await;
+            }
+        }));
+    }
+    let mut rng = StdRng::seed_from_u64(seed ^ 0x5eed);
+    let layout = c.options.layout;
+    for _ in 0..10 {
+        tokio::time::sleep(Duration::from_millis(rng.random_range(20..200))).await;
+        let n = rng.random_range(0..4usize);
+        match rng.random_range(0..4) {
+            0 => c.kill(n),
+            1 => c.revive(n).await,
+            2 => {
+                let others: Vec<SocketAddr> =
+                    (0..4).filter(|m| *m != n).map(|m| layout.addr(m)).collect();
+                c.net.partition(&[layout.addr(n)], &others);
+            }
+            _ => c.net.heal(),
+        }
+    }
+    for t in tasks {
+        t.await.expect("client");
+    }
+    c.net.heal();
+    c.net.set_drop(0.0);
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    for n in 0..4 {
+        c.revive(n).await;
+    }
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let acked = acked.lock().clone();
+    acked
+}

@@ -257,18 +257,10 @@ impl ClusterStore {
             table: table.clone(),
             span,
         };
-        let deadline = Instant::now() + self.inner.config.range_timeout * HASH_TIMEOUT_FACTOR;
-        let (got, _rest) = self
-            .gather(
-                alive,
-                req,
-                alive.len(),
-                alive.len(),
-                deadline,
-                Consistency::All,
-            )
-            .await?;
-        got.into_iter()
+        let timeout = self.inner.config.range_timeout * HASH_TIMEOUT_FACTOR;
+        self.ask_all(alive, req, timeout)
+            .await?
+            .into_iter()
             .map(|(node, resp)| match resp {
                 PeerResponse::SpanHashes(h) => Ok(h),
                 PeerResponse::Error(e) => Err(server(format!(

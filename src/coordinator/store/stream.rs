@@ -187,16 +187,8 @@ impl ClusterStore {
                 max_partitions: STREAM_PAGE,
                 rows_per_partition: None,
             };
-            let deadline = Instant::now() + self.inner.config.range_timeout;
-            let (got, _rest) = self
-                .gather(
-                    &alive,
-                    req,
-                    alive.len(),
-                    alive.len(),
-                    deadline,
-                    Consistency::All,
-                )
+            let got = self
+                .ask_all(&alive, req, self.inner.config.range_timeout)
                 .await?;
             let mut answers: Vec<(BTreeMap<Vec<u8>, ReplicaPartition>, bool)> = Vec::new();
             let mut answered: Vec<NodeId> = Vec::new();
@@ -272,7 +264,7 @@ impl ClusterStore {
                         if missing.is_empty() {
                             continue;
                         }
-                        report.entries_sent += missing.len();
+                        let count = missing.len();
                         let req = PeerRequest::Apply {
                             table: table.clone(),
                             entries: missing,
@@ -285,6 +277,7 @@ impl ClusterStore {
                                     node.0
                                 ))
                             })?;
+                        report.entries_sent += count;
                     }
                 }
             }
