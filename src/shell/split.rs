@@ -141,11 +141,7 @@ pub fn split_statements(text: &str) -> (Vec<String>, String) {
         };
         match tokenize(slice) {
             Ok(tokens) => {
-                let semicolons: Vec<usize> = tokens
-                    .iter()
-                    .filter(|t| t.kind == TokenKind::Semicolon)
-                    .map(|t| start + t.span.offset + t.span.len)
-                    .collect();
+                let semicolons = statement_ends(&tokens, start);
                 cut(text, &scan, &mut start, &semicolons, &mut statements);
                 break;
             }
@@ -153,11 +149,7 @@ pub fn split_statements(text: &str) -> (Vec<String>, String) {
                 // Statements that end before the unterminated part are whole.
                 let end = start + e.span.offset;
                 if let Some(Ok(tokens)) = scan.get(start..end).map(tokenize) {
-                    let semicolons: Vec<usize> = tokens
-                        .iter()
-                        .filter(|t| t.kind == TokenKind::Semicolon)
-                        .map(|t| start + t.span.offset + t.span.len)
-                        .collect();
+                    let semicolons = statement_ends(&tokens, start);
                     cut(text, &scan, &mut start, &semicolons, &mut statements);
                 }
                 break;
@@ -199,6 +191,32 @@ fn blank(scan: &mut String, at: usize, len: usize) -> bool {
     true
 }
 
+/// The offsets (from `base`) just past the `;` that end statements among
+/// `tokens`. Inside `BEGIN ... BATCH` the statements of the batch end with
+/// `;` too, as in cqlsh: only the `;` after `APPLY BATCH` ends the batch.
+fn statement_ends(tokens: &[cql_lite::lexer::Token], base: usize) -> Vec<usize> {
+    let word = |t: &cql_lite::lexer::Token, w: &str| matches!(&t.kind, TokenKind::Word(x) if x.eq_ignore_ascii_case(w));
+    let mut ends = Vec::new();
+    let (mut at_start, mut in_batch, mut applied) = (true, false, false);
+    for (i, t) in tokens.iter().enumerate() {
+        if t.kind == TokenKind::Semicolon {
+            if !in_batch || applied {
+                ends.push(base + t.span.offset + t.span.len);
+                (at_start, in_batch, applied) = (true, false, false);
+            }
+            continue;
+        }
+        if at_start && word(t, "BEGIN") {
+            in_batch = true;
+        }
+        if in_batch && word(t, "APPLY") && tokens.get(i + 1).is_some_and(|n| word(n, "BATCH")) {
+            applied = true;
+        }
+        at_start = false;
+    }
+    ends
+}
+
 fn cut(text: &str, scan: &str, start: &mut usize, ends: &[usize], statements: &mut Vec<String>) {
     for &end in ends {
         let piece = text.get(*start..end).unwrap_or("");
@@ -227,6 +245,44 @@ mod tests {
 
     fn stmt(s: &str) -> Input {
         Input::Statement(s.to_string())
+    }
+
+    #[test]
+    fn a_batch_ends_at_the_semicolon_after_apply_batch_not_at_its_statements() {
+        let (out, acc) = run(&[
+            "begin unlogged batch",
+            "  INSERT INTO t (k) VALUES (1);",
+            "  UPDATE t SET v = 'apply batch;' WHERE k = 2;",
+        ]);
+        assert!(out.is_empty(), "{out:?}");
+        assert!(!acc.is_empty());
+        let (out, acc) = run(&[
+            "BEGIN BATCH",
+            "  INSERT INTO t (k) VALUES (1);",
+            "  DELETE FROM t WHERE k = 2;",
+            "APPLY BATCH; SELECT * FROM t;",
+        ]);
+        assert_eq!(
+            out,
+            vec![
+                stmt("BEGIN BATCH\n  INSERT INTO t (k) VALUES (1);\n  DELETE FROM t WHERE k = 2;\nAPPLY BATCH;"),
+                stmt("SELECT * FROM t;")
+            ]
+        );
+        assert!(acc.is_empty());
+        // Inner statements without `;` still work, and a batch is not
+        // needed for `;` to end a statement.
+        let (out, _) = run(&[
+            "BEGIN BATCH INSERT INTO t (k) VALUES (1) APPLY BATCH;",
+            "SELECT 1;",
+        ]);
+        assert_eq!(
+            out,
+            vec![
+                stmt("BEGIN BATCH INSERT INTO t (k) VALUES (1) APPLY BATCH;"),
+                stmt("SELECT 1;")
+            ]
+        );
     }
 
     #[test]
