@@ -9,6 +9,7 @@
 #   scripts/cluster.sh decommission I   node I hands its ranges over, leaves and stops
 #   scripts/cluster.sh repair I [KS [TABLE]]   anti-entropy repair of node I's ranges
 #   scripts/cluster.sh cleanup I [KS [TABLE]]  node I drops the ranges it gave away
+#   scripts/cluster.sh removenode I J  node I takes node J (down for good) out of the ring
 #   scripts/cluster.sh status      which nodes run, and the cluster as node 1 sees it
 #
 # Node I listens for clients on 127.0.0.1:$((BASE_PORT + I - 1)) and for
@@ -106,6 +107,18 @@ case "${1:-}" in
     for _ in $(seq 1 100); do [ -n "$pid" ] && alive "$pid" || break; sleep 0.1; done
     rm -f "$DIR/node$i.pid"
     ;;
+  removenode)
+    i="${2:?node number}"
+    j="${3:?number of the node to remove}"
+    # Node J's host id: the 16 hex digits on its line of node I's status.
+    host_id=$("$BIN" admin status --host "127.0.0.1:$(client_port "$i")" --ca-cert "$DIR/certs/ca.pem" |
+      grep -F " 127.0.0.1:$(peer_port "$j") " | grep -oE '\b[0-9a-f]{16}\b' | head -n 1 || true)
+    if [ -z "$host_id" ]; then
+      echo "node $i does not list node $j (peer port $(peer_port "$j"))" >&2
+      exit 1
+    fi
+    "$BIN" admin removenode "$host_id" --host "127.0.0.1:$(client_port "$i")" --ca-cert "$DIR/certs/ca.pem"
+    ;;
   repair|cleanup)
     what="$1"
     i="${2:?node number}"
@@ -125,7 +138,7 @@ case "${1:-}" in
     done
     ;;
   *)
-    sed -n '2,18p' "$0"
+    sed -n '2,19p' "$0"
     exit 2
     ;;
 esac

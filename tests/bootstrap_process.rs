@@ -8,6 +8,10 @@
 //! - Leaving: `ringdb admin decommission` on one of four nodes (RF=3)
 //!   while writes go on; the node stops, and each remaining node, alone,
 //!   answers every acknowledged write at ONE.
+//! - Removing: one of four nodes is SIGKILLed for good; `ringdb admin
+//!   removenode` on another copies its ranges while writes go on; each
+//!   remaining node, alone, answers every acknowledged write at ONE, and
+//!   the dead node, started again with its old data, is refused.
 
 mod support;
 
@@ -206,24 +210,11 @@ fn wait_for_down(cluster: &Cluster, node: &Node, n: usize) {
 #[test]
 fn a_decommissioned_node_hands_its_ranges_over_and_stops() {
     let root = tempfile::tempdir().unwrap();
-    let (ca, cluster) = new_cluster(root.path());
-    let mut n1 = make_node(root.path(), &ca, "node1", None);
-    let seed = Some(n1.peer);
-    let mut nodes = vec![];
-    for name in ["node2", "node3", "node4"] {
-        nodes.push(make_node(root.path(), &ca, name, seed));
-    }
-    let logs: Vec<std::path::PathBuf> = std::iter::once(&n1)
-        .chain(&nodes)
-        .map(|n| n.log.clone())
-        .collect();
-    n1.start_with_env(&[("RUST_LOG", "info".to_string())]);
-    cluster.wait_for_up(&n1, 1);
-    for n in &mut nodes {
-        n.start_with_env(&[("RUST_LOG", "info".to_string())]);
-    }
-    cluster.wait_for_up(&n1, 4);
-    let [mut n2, mut n3, mut n4] = <[Node; 3]>::try_from(nodes).ok().unwrap();
+    let FourNodes {
+        cluster,
+        nodes: [mut n1, mut n2, mut n3, mut n4],
+        logs,
+    } = start_four_nodes(root.path());
 
     let (client, mut acked) = load_kv(&cluster, &n1);
 
@@ -273,6 +264,157 @@ fn a_decommissioned_node_hands_its_ranges_over_and_stops() {
     n1.kill9();
     n3.kill9();
     assert_alone_holds(&cluster, &n2, &acked, &logs);
+}
+
+#[test]
+fn a_dead_node_is_removed_by_another_and_refused_when_it_comes_back() {
+    let root = tempfile::tempdir().unwrap();
+    let FourNodes {
+        cluster,
+        nodes: [mut n1, mut n2, mut n3, mut n4],
+        logs,
+    } = start_four_nodes(root.path());
+    let host_id = |node: &Node| -> String {
+        let status = cluster.status(&n1);
+        let line = status
+            .lines()
+            .find(|l| l.contains(&format!(" {} ", node.peer)))
+            .unwrap_or_else(|| panic!("no line for {} in\n{status}", node.peer));
+        line.split_whitespace()
+            .find(|w| w.len() == 16 && w.chars().all(|c| c.is_ascii_hexdigit()))
+            .unwrap_or_else(|| panic!("no host id in {line}"))
+            .to_string()
+    };
+    let (id2, id4) = (host_id(&n2), host_id(&n4));
+
+    let (client, mut acked) = load_kv(&cluster, &n1);
+    // Refused: a node that is up, and something that is not a host id.
+    let out = run_admin(root.path(), &n1, &format!("removenode {id2}"));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && stderr.contains("is up"),
+        "{stderr}"
+    );
+    let out = run_admin(root.path(), &n1, "removenode node4");
+    assert!(!out.status.success(), "a name taken for a host id");
+
+    // Node 4 dies for good; writes go on (hinted for it meanwhile).
+    n4.kill9();
+    wait_for_down(&cluster, &n1, 1);
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = background_writer(&cluster, cluster.connect(&n2), 1000, stop.clone());
+    std::thread::sleep(Duration::from_millis(500));
+    let out = run_admin(root.path(), &n1, &format!("removenode {id4}"));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains(&format!("removed node {id4}")),
+        "removenode failed: {stdout}\n{}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        log_tails(&logs)
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    stop.store(true, Ordering::Relaxed);
+    let during = writer.join().unwrap();
+    assert!(during.len() > 10, "too few writes while node 4 was removed");
+    acked.extend(&during);
+    // Its hints are dropped everywhere, and it shows as removed.
+    wait_for_copies(&cluster, &[&n1, &n2, &n3]);
+    for node in [&n1, &n2, &n3] {
+        let status = cluster.status(node);
+        assert_eq!(
+            status.lines().filter(|l| l.starts_with("UN")).count(),
+            3,
+            "{status}"
+        );
+        assert!(
+            status
+                .lines()
+                .any(|l| l.starts_with("DR") && l.contains(&id4)),
+            "{status}"
+        );
+    }
+    // A second removal of the same node is refused.
+    let out = run_admin(root.path(), &n2, &format!("removenode {id4}"));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && stderr.contains("already removed"),
+        "{stderr}"
+    );
+
+    // Node 4 comes back with its old data and tokens: it learns it was
+    // removed and exits with an error saying so; nobody takes it back.
+    n4.start();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let child = n4.child.as_mut().expect("node 4 runs");
+    let exit = loop {
+        if let Some(exit) = child.try_wait().unwrap() {
+            break exit;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the removed node kept running"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    n4.child = None;
+    assert!(!exit.success(), "the removed node exited with success");
+    let log = std::fs::read_to_string(&n4.log).unwrap();
+    assert!(
+        log.contains("was removed from the cluster"),
+        "node 4 did not say why it stopped:\n{log}"
+    );
+    let status = cluster.status(&n1);
+    assert!(
+        status
+            .lines()
+            .any(|l| l.contains(&id4) && l.starts_with(['U', 'D', 'S']) && l[1..].starts_with('R')),
+        "{status}"
+    );
+    cluster.rt.block_on(client.close());
+
+    // RF=3 on the three nodes left: each holds every key on its own.
+    n2.kill9();
+    n3.kill9();
+    assert_alone_holds(&cluster, &n1, &acked, &logs);
+    n2.start();
+    n3.start();
+    cluster.wait_for_up(&n1, 3);
+    cluster.wait_for_up(&n2, 3);
+    n1.kill9();
+    n3.kill9();
+    assert_alone_holds(&cluster, &n2, &acked, &logs);
+}
+
+/// A running 4-node cluster (node 1 everyone's seed, logs at info).
+struct FourNodes {
+    cluster: Cluster,
+    nodes: [Node; 4],
+    logs: Vec<std::path::PathBuf>,
+}
+
+/// Starts four nodes under `root` and waits until node 1 sees them up.
+fn start_four_nodes(root: &std::path::Path) -> FourNodes {
+    let (ca, cluster) = new_cluster(root);
+    let mut n1 = make_node(root, &ca, "node1", None);
+    let seed = Some(n1.peer);
+    let mut nodes = vec![];
+    for name in ["node2", "node3", "node4"] {
+        nodes.push(make_node(root, &ca, name, seed));
+    }
+    n1.start_with_env(&[("RUST_LOG", "info".to_string())]);
+    cluster.wait_for_up(&n1, 1);
+    for n in &mut nodes {
+        n.start_with_env(&[("RUST_LOG", "info".to_string())]);
+    }
+    cluster.wait_for_up(&n1, 4);
+    nodes.insert(0, n1);
+    let logs = nodes.iter().map(|n| n.log.clone()).collect();
+    let nodes = <[Node; 4]>::try_from(nodes).ok().unwrap();
+    FourNodes {
+        cluster,
+        nodes,
+        logs,
+    }
 }
 
 /// With every other node down (waits until `node` sees two down), `node`

@@ -416,6 +416,101 @@ async fn graceful_leave_is_seen_at_once() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_removed_node_stays_out_of_the_ring_and_learns_it_was_removed() {
+    let net = SimNetwork::new(SimConfig::with_seed(5));
+    let history: History = Arc::default();
+    let nodes: Vec<Membership> = (1..=3).map(|i| start(&net, i, 1, 5, &history)).collect();
+    for m in &nodes {
+        m.update_local(|md| md.status = NodeStatus::Normal)
+            .expect("normal");
+    }
+    let refs: Vec<(usize, &Membership)> = (1..=3).zip(nodes.iter()).collect();
+    wait_until(Duration::from_secs(20), || {
+        all_see(&refs, &[1, 2, 3], Liveness::Alive) && metadata_converged(&refs)
+    })
+    .await
+    .expect("3 nodes join");
+    // Node 3 dies.
+    nodes[2].shutdown().await;
+    net.kill(addr(3));
+    wait_until(Duration::from_secs(30), || {
+        all_see(&refs[..2], &[3], Liveness::Down)
+    })
+    .await
+    .expect("node 3 is seen down");
+    let status_of = |m: &Membership| {
+        m.view()
+            .get(NodeId(3))
+            .and_then(|x| x.metadata.as_ref().map(|md| md.status))
+    };
+    // A node cannot speak for itself this way, nor for a node it does not
+    // know.
+    assert!(matches!(
+        nodes[0].publish_for(NodeId(1), |_| {}),
+        Err(MembershipError::NotPublishable { .. })
+    ));
+    assert!(matches!(
+        nodes[0].publish_for(NodeId(9), |_| {}),
+        Err(MembershipError::NotPublishable { .. })
+    ));
+    // Node 1 marks it leaving, then removed, on its behalf: node 2 learns
+    // each at once (pushed, not waiting for failure detection or a sync).
+    nodes[0]
+        .publish_for(NodeId(3), |md| md.status = NodeStatus::Leaving)
+        .expect("leaving");
+    wait_until(Duration::from_secs(1), || {
+        nodes[1].view().leaving_nodes() == vec![NodeId(3)]
+    })
+    .await
+    .expect("node 2 sees node 3 leaving");
+    nodes[0]
+        .publish_for(NodeId(3), |md| md.status = NodeStatus::Removed)
+        .expect("removed");
+    wait_until(Duration::from_secs(1), || {
+        nodes[..2]
+            .iter()
+            .all(|m| status_of(m) == Some(NodeStatus::Removed))
+    })
+    .await
+    .expect("both see node 3 removed");
+    for m in &nodes[..2] {
+        let view = m.view();
+        assert!(view.ring_nodes().iter().all(|n| n.id != NodeId(3)));
+        assert!(view.leaving_nodes().is_empty());
+        assert!(!m.is_removed());
+    }
+    // Node 3 restarts with its old data: a new generation, normal, its
+    // tokens. It learns it was removed, and nobody takes it back.
+    net.revive(addr(3));
+    let again = start(&net, 3, 2, 5, &history);
+    again
+        .update_local(|md| md.status = NodeStatus::Normal)
+        .expect("normal");
+    let took = wait_until(Duration::from_secs(10), || again.is_removed()).await;
+    assert!(
+        took.is_some(),
+        "the restarted node never learned it was removed"
+    );
+    tokio::time::timeout(Duration::from_secs(1), again.removed())
+        .await
+        .expect("removed() resolves once removed");
+    // It keeps publishing newer versions of itself; for a while, nobody
+    // takes them.
+    for round in 0..20u64 {
+        let _ = again.update_local(|md| md.load_bytes = round);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        for m in &nodes[..2] {
+            assert_eq!(status_of(m), Some(NodeStatus::Removed), "round {round}");
+            assert!(m.view().ring_nodes().iter().all(|n| n.id != NodeId(3)));
+        }
+    }
+    again.shutdown().await;
+    for m in &nodes[..2] {
+        m.shutdown().await;
+    }
+}
+
+#[tokio::test(start_paused = true)]
 async fn bad_configuration_and_oversized_metadata_are_errors() {
     let net = SimNetwork::new(SimConfig::with_seed(1));
     let transport = net.add_node::<(), ()>(addr(1), Arc::new(GossipHandler::default()));

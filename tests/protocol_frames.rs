@@ -271,6 +271,7 @@ fn client_frame() -> impl Strategy<Value = ClientFrame> {
             proptest::option::of("[a-z_]{1,12}")
         )
             .prop_map(|(keyspace, table)| ClientFrame::AdminCleanup { keyspace, table }),
+        any::<u64>().prop_map(|node| ClientFrame::AdminRemoveNode { node }),
     ]
 }
 

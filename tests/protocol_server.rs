@@ -759,6 +759,7 @@ async fn admin_requests_that_change_the_node_are_served_only_to_its_own_machine(
             remote.admin_repair(RepairRequest::default()).await,
         ),
         ("cleanup", remote.admin_cleanup(None, None).await),
+        ("removenode", remote.admin_remove_node(7).await),
     ] {
         match result {
             Err(ClientError::Refused(e)) => {

@@ -53,6 +53,18 @@ pub enum AdminCommand {
         #[arg(long, short = 'p')]
         primary_range: bool,
     },
+    /// Takes a node that is down for good out of the ring, from this node
+    /// (like `nodetool removenode`): the ranges it replicated are copied
+    /// to the nodes that take them over from their other replicas, then it
+    /// is gossiped as removed, and should it ever restart with its old
+    /// data it is refused. Needs every other node up. For a node that runs,
+    /// use `decommission` on it.
+    Removenode {
+        /// The host id of the node to remove, as `ringdb admin status`
+        /// shows it (16 hex digits).
+        #[arg(value_parser = parse_host_id)]
+        host_id: u64,
+    },
     /// Drops the data of the ranges this node no longer replicates (like
     /// `nodetool cleanup`): after a node joined and took ranges from this
     /// one, their old copies stay on disk until then. Rewrites every table.
@@ -157,6 +169,12 @@ pub fn run(args: AdminArgs) -> anyhow::Result<()> {
                 }
                 print!("{}", answer?);
             }
+            AdminCommand::Removenode { host_id } => {
+                // Copying the ranges takes as long as the data takes.
+                client.set_timeout(std::time::Duration::from_secs(24 * 3600));
+                eprintln!("removing node {host_id:016x} through {addr}: copying its ranges...");
+                print!("{}", client.admin_remove_node(host_id).await?);
+            }
             AdminCommand::Cleanup { keyspace, table } => {
                 // Rewriting every table takes as long as the data takes.
                 client.set_timeout(std::time::Duration::from_secs(24 * 3600));
@@ -166,4 +184,34 @@ pub fn run(args: AdminArgs) -> anyhow::Result<()> {
         client.close().await;
         anyhow::Ok(())
     })
+}
+
+/// Parses a host id as `ringdb admin status` shows it: hexadecimal, with or
+/// without `0x`.
+fn parse_host_id(text: &str) -> Result<u64, String> {
+    let digits = text.strip_prefix("0x").unwrap_or(text);
+    if digits.is_empty() || digits.len() > 16 {
+        return Err(format!(
+            "a host id is 1 to 16 hexadecimal digits (the Host ID column of `ringdb admin \
+             status`), not {text:?}"
+        ));
+    }
+    u64::from_str_radix(digits, 16)
+        .map_err(|_| format!("{text:?} is not a host id: expected hexadecimal digits"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_ids_parse_as_status_shows_them_and_nonsense_is_refused() {
+        assert_eq!(parse_host_id("00000000000000ff"), Ok(255));
+        assert_eq!(parse_host_id("0xFF"), Ok(255));
+        assert_eq!(parse_host_id("ffffffffffffffff"), Ok(u64::MAX));
+        assert!(parse_host_id("").is_err());
+        assert!(parse_host_id("1ffffffffffffffff").is_err());
+        assert!(parse_host_id("node4").is_err());
+        assert!(parse_host_id("-1").is_err());
+    }
 }

@@ -678,15 +678,25 @@ pub fn run(args: ServerArgs) -> anyhow::Result<()> {
             node.client_addr(),
             node.peer_addr()
         );
-        tokio::select! {
-            _ = stop.recv() => eprintln!("ringdb: shutting down"),
-            _ = node.left() => eprintln!("ringdb: decommissioned: left the ring, shutting down"),
-        }
+        let removed = tokio::select! {
+            _ = stop.recv() => {
+                eprintln!("ringdb: shutting down");
+                None
+            }
+            _ = node.left() => {
+                eprintln!("ringdb: decommissioned: left the ring, shutting down");
+                None
+            }
+            removed = node.removed() => Some(removed),
+        };
         // What this node did as a coordinator (repairs, hints, retries),
         // for whoever reads the log after a run.
         eprintln!("ringdb: coordinator counters: {:?}", node.cluster.stats());
         node.shutdown().await;
-        anyhow::Ok(())
+        match removed {
+            Some(removed) => Err(removed.into()),
+            None => anyhow::Ok(()),
+        }
     })
 }
 

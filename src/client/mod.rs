@@ -515,6 +515,17 @@ impl Client {
         }
     }
 
+    /// Asks the node to take the down node `node` (its host id) out of the
+    /// ring (`ringdb admin removenode`); the answer comes once its ranges
+    /// are copied to their new replicas. Set a timeout long enough for that
+    /// ([`Client::set_timeout`]).
+    pub async fn admin_remove_node(&self, node: u64) -> Result<String, ClientError> {
+        match self.request(ClientFrame::AdminRemoveNode { node }).await? {
+            ServerFrame::AdminText(text) => Ok(text),
+            other => Err(unexpected(&other)),
+        }
+    }
+
     /// Pages through the result of a SELECT: each call of
     /// [`Pager::next_page`] fetches the next page.
     pub fn pages(&self, text: &str, values: Vec<Value>, options: QueryOptions) -> Pager<'_> {

@@ -122,6 +122,14 @@ pub enum ClientFrame {
         /// Only this table of `keyspace` (every table when `None`).
         table: Option<String>,
     },
+    /// Asks the node to take another node, down for good, out of the ring
+    /// (`ringdb admin removenode`): the ranges it replicated are copied to
+    /// the nodes that take them over from their other replicas, then it is
+    /// gossiped as removed. The answer (`AdminText`) comes once done.
+    AdminRemoveNode {
+        /// The host id of the node to remove (`ringdb admin status`).
+        node: u64,
+    },
 }
 
 /// What `ringdb admin repair` repairs.

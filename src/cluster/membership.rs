@@ -293,6 +293,15 @@ pub enum MembershipError {
     /// The service has stopped (left the cluster or shut down).
     #[error("the membership service has stopped")]
     Stopped,
+    /// A node tried to publish metadata on behalf of a node it knows no
+    /// metadata of, or on behalf of itself.
+    #[error("cannot publish on behalf of node {node:016x}: {reason}")]
+    NotPublishable {
+        /// The node.
+        node: u64,
+        /// Why not.
+        reason: &'static str,
+    },
 }
 
 /// Counters of one membership service.
@@ -346,6 +355,8 @@ impl Counters {
 
 enum Control {
     LocalChanged,
+    /// Metadata of another node, published on its behalf.
+    PublishFor(NodeMetadata),
     Leave(oneshot::Sender<()>),
     Shutdown(oneshot::Sender<()>),
 }
@@ -357,6 +368,8 @@ struct Inner {
     events: broadcast::Sender<MembershipEvent>,
     local: Arc<Mutex<NodeMetadata>>,
     counters: Arc<Counters>,
+    /// Turns true once another node says this one was removed.
+    removed: watch::Receiver<bool>,
 }
 
 /// A running membership service (see the module docs). Cheap to clone;
@@ -424,7 +437,9 @@ impl Membership {
         let (events, _) = broadcast::channel(1024);
         let local = Arc::new(Mutex::new(local));
         let counters = Arc::new(Counters::default());
+        let (removed_tx, removed) = watch::channel(false);
         let mut task = Task {
+            removed: removed_tx,
             foca,
             runtime: AccumulatingRuntime::new(),
             sender: Arc::new(sender),
@@ -462,6 +477,7 @@ impl Membership {
                 events,
                 local,
                 counters,
+                removed,
             }),
         })
     }
@@ -525,19 +541,7 @@ impl Membership {
         change: impl FnOnce(&mut NodeMetadata),
     ) -> Result<NodeMetadata, MembershipError> {
         let mut local = self.inner.local.lock();
-        let mut next = local.clone();
-        change(&mut next);
-        next.node = local.node;
-        next.addr = local.addr;
-        next.generation = local.generation;
-        next.version = local.version.saturating_add(1);
-        let size = encode_metadata(&next).len();
-        if size > MAX_METADATA_BYTES {
-            return Err(MembershipError::MetadataTooLarge {
-                size,
-                max: MAX_METADATA_BYTES,
-            });
-        }
+        let next = next_version(&local, change)?;
         if self.inner.control.is_closed() {
             return Err(MembershipError::Stopped);
         }
@@ -547,6 +551,56 @@ impl Membership {
             .send(Control::LocalChanged)
             .map_err(|_| MembershipError::Stopped)?;
         Ok(next)
+    }
+
+    /// Publishes a new version of another node's metadata on its behalf:
+    /// `change` applied to the newest known version, with the version
+    /// bumped (same node, address and generation). Used by `ringdb admin
+    /// removenode` to mark a down node leaving, then removed. The node
+    /// itself, should it run, publishes its own versions, and a newer one
+    /// wins, except over a removal ([`NodeMetadata::freshness`]).
+    pub fn publish_for(
+        &self,
+        node: NodeId,
+        change: impl FnOnce(&mut NodeMetadata),
+    ) -> Result<NodeMetadata, MembershipError> {
+        let not = |reason| MembershipError::NotPublishable {
+            node: node.0,
+            reason,
+        };
+        if node == self.inner.local.lock().node {
+            return Err(not("it is this node (use update_local)"));
+        }
+        let known = self
+            .inner
+            .view
+            .borrow()
+            .get(node)
+            .and_then(|m| m.metadata.clone())
+            .ok_or_else(|| not("its metadata is unknown"))?;
+        let next = next_version(&known, change)?;
+        self.inner
+            .control
+            .send(Control::PublishFor(next.clone()))
+            .map_err(|_| MembershipError::Stopped)?;
+        Ok(next)
+    }
+
+    /// Whether another node said this one was removed from the cluster
+    /// (`ringdb admin removenode` while it was down or cut off). A removed
+    /// node is out of every ring for good and should stop.
+    pub fn is_removed(&self) -> bool {
+        *self.inner.removed.borrow()
+    }
+
+    /// Resolves once this node learns it was removed from the cluster
+    /// (never, if it is not).
+    pub async fn removed(&self) {
+        let mut removed = self.inner.removed.clone();
+        if removed.wait_for(|r| *r).await.is_err() {
+            // The service stopped without learning of a removal.
+            std::future::pending::<()>().await;
+        }
     }
 
     /// Leaves the cluster: publishes status [`NodeStatus::Left`], tells a
@@ -577,6 +631,29 @@ impl Membership {
     pub fn stats(&self) -> MembershipStats {
         self.inner.counters.snapshot()
     }
+}
+
+/// The version after `current`: `change` applied, with the node id,
+/// address and generation kept and the version bumped; an error if it no
+/// longer fits a gossip packet.
+fn next_version(
+    current: &NodeMetadata,
+    change: impl FnOnce(&mut NodeMetadata),
+) -> Result<NodeMetadata, MembershipError> {
+    let mut next = current.clone();
+    change(&mut next);
+    next.node = current.node;
+    next.addr = current.addr;
+    next.generation = current.generation;
+    next.version = current.version.saturating_add(1);
+    let size = encode_metadata(&next).len();
+    if size > MAX_METADATA_BYTES {
+        return Err(MembershipError::MetadataTooLarge {
+            size,
+            max: MAX_METADATA_BYTES,
+        });
+    }
+    Ok(next)
 }
 
 /// The size of every gossip packet this node sends, tag byte included:
@@ -623,6 +700,8 @@ struct Task {
     view_signature: Option<ViewSignature>,
     events: broadcast::Sender<MembershipEvent>,
     counters: Arc<Counters>,
+    /// Set once another node says this one was removed.
+    removed: watch::Sender<bool>,
     /// Whether foca is connected: it knows a live member that knows this
     /// node's current identity (foca's `Active`, until `Idle` or a
     /// renewal). While not, the node announces itself every `join_retry`.
@@ -662,6 +741,7 @@ impl Task {
                 msg = control.recv() => match msg {
                     None => stop = Some(None),
                     Some(Control::LocalChanged) => self.publish_local(),
+                    Some(Control::PublishFor(meta)) => self.publish_for(&meta),
                     Some(Control::Leave(done)) => {
                         self.leave();
                         stop = Some(Some(done));
@@ -780,6 +860,17 @@ impl Task {
         }
     }
 
+    /// Disseminates metadata published on another node's behalf, and
+    /// pushes it to every member at once: it changes the ring.
+    fn publish_for(&mut self, meta: &NodeMetadata) {
+        self.learn(meta);
+        let body = encode_metadata(meta);
+        let members: Vec<SocketAddr> = self.foca.iter_members().map(|m| m.id().addr).collect();
+        for to in members {
+            self.send(to, TAG_PUSH, &body);
+        }
+    }
+
     fn leave(&mut self) {
         let meta = {
             let mut local = self.local.lock();
@@ -866,10 +957,10 @@ impl Task {
             let store = self.store.lock();
             for entry in &msg.have {
                 match store.get(entry.node) {
-                    Some(ours) if ours.freshness() > (entry.generation, entry.version) => {
+                    Some(ours) if ours.freshness() > entry.freshness() => {
                         push.insert(entry.node);
                     }
-                    Some(ours) if ours.freshness() == (entry.generation, entry.version) => {}
+                    Some(ours) if ours.freshness() == entry.freshness() => {}
                     _ => want.push(entry.node),
                 }
             }
@@ -1032,6 +1123,12 @@ impl Task {
 
     /// Publishes a new view and its events if anything changed.
     fn refresh_view(&mut self, view_tx: &watch::Sender<ClusterView>) {
+        if !*self.removed.borrow() && self.store.lock().is_removed() {
+            tracing::error!(
+                "another node removed this one from the cluster (ringdb admin removenode)"
+            );
+            self.removed.send_replace(true);
+        }
         let signature = self.signature();
         let metadata_changed = self.store.lock().take_changed();
         if !metadata_changed && self.view_signature.as_ref() == Some(&signature) {

@@ -1,5 +1,6 @@
 //! What `ringdb admin` shows: the cluster as this node sees it.
 
+use super::removal::RemoveNode;
 use super::{all_tables, Decommission};
 use crate::client::protocol::RepairRequest;
 use crate::cluster::membership::{status_table, Membership};
@@ -17,6 +18,7 @@ pub struct NodeAdmin {
     cluster: ClusterStore,
     batches: BatchCoordinator,
     decommission: Arc<Decommission>,
+    removal: Arc<RemoveNode>,
     transport: Arc<dyn Transport<PeerRequest, PeerResponse>>,
     schema: Arc<SchemaStore>,
 }
@@ -28,6 +30,7 @@ impl NodeAdmin {
         cluster: ClusterStore,
         batches: BatchCoordinator,
         decommission: Arc<Decommission>,
+        removal: Arc<RemoveNode>,
         transport: Arc<dyn Transport<PeerRequest, PeerResponse>>,
         schema: Arc<SchemaStore>,
     ) -> NodeAdmin {
@@ -36,6 +39,7 @@ impl NodeAdmin {
             cluster,
             batches,
             decommission,
+            removal,
             transport,
             schema,
         }
@@ -91,6 +95,11 @@ impl AdminSource for NodeAdmin {
     fn decommission(&self) -> BoxFuture<'static, Result<String, String>> {
         let decommission = self.decommission.clone();
         Box::pin(async move { decommission.run().await })
+    }
+
+    fn remove_node(&self, node: u64) -> BoxFuture<'static, Result<String, String>> {
+        let removal = self.removal.clone();
+        Box::pin(async move { removal.run(crate::model::NodeId(node)).await })
     }
 
     fn flush(&self) -> BoxFuture<'static, Result<String, String>> {

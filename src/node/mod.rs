@@ -16,6 +16,7 @@ mod admin;
 mod agreement;
 mod grace;
 mod handler;
+mod removal;
 
 pub use admin::{parse_repair_line, NodeAdmin};
 pub use agreement::AgreeingExecutor;
@@ -114,6 +115,19 @@ pub enum NodeError {
         /// Why.
         reason: String,
     },
+    /// Another node removed this one from the cluster (`ringdb admin
+    /// removenode`) while it was down: it must not serve its old ranges.
+    #[error(
+        "this node ({node:016x}) was removed from the cluster with `ringdb admin removenode`; \
+         its data is out of date and its ranges belong to other nodes now. To add this \
+         machine again, empty its data directory ({data_dir}) and start it as a new node"
+    )]
+    Removed {
+        /// The node's id.
+        node: u64,
+        /// Its data directory.
+        data_dir: PathBuf,
+    },
 }
 
 fn start_err(layer: &'static str) -> impl Fn(&dyn std::fmt::Display) -> NodeError {
@@ -150,6 +164,7 @@ pub struct Node {
     transport: Arc<dyn Transport<PeerRequest, PeerResponse>>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
     left: tokio::sync::watch::Receiver<bool>,
+    data_dir: PathBuf,
 }
 
 /// Share of the memtable size by which each of a node's memtables may be
@@ -249,6 +264,20 @@ impl Node {
         )
         .map_err(|e| start_err("gossip")(&e))?;
         handler.set_membership(membership.clone());
+        // A node restarting with its tokens may have been removed while it
+        // was down: the seeds tell it within a round trip of meeting it.
+        // (Found out later, a removal stops the node too: `Node::removed`.)
+        if saved_tokens.is_some() && !config.seeds.is_empty() {
+            wait_for_peers(&membership, Duration::from_secs(5)).await;
+        }
+        if membership.is_removed() {
+            membership.shutdown().await;
+            transport.shutdown().await;
+            return Err(NodeError::Removed {
+                node: node_id.0,
+                data_dir: config.data_dir.clone(),
+            });
+        }
 
         // Tokens this node joins with, when it joins a cluster whose nodes
         // own tokens already: it takes its ranges' data before it owns them.
@@ -408,11 +437,20 @@ impl Node {
             started: parking_lot::Mutex::new(false),
             left: left_tx,
         });
+        let removal = Arc::new(removal::RemoveNode {
+            membership: membership.clone(),
+            cluster: cluster.clone(),
+            schema: schema.clone(),
+            transport: transport.clone(),
+            write_timeout: config.coordinator.write_timeout,
+            running: parking_lot::Mutex::new(false),
+        });
         let admin = Arc::new(NodeAdmin::new(
             membership.clone(),
             cluster.clone(),
             batches.clone(),
             decommission,
+            removal,
             transport.clone(),
             schema.clone(),
         ));
@@ -434,6 +472,7 @@ impl Node {
             transport,
             tasks,
             left,
+            data_dir: config.data_dir.clone(),
         })
     }
 
@@ -444,6 +483,18 @@ impl Node {
         // An error means the sender is gone: nobody can decommission.
         if left.wait_for(|l| *l).await.is_err() {
             std::future::pending::<()>().await;
+        }
+    }
+
+    /// Resolves once another node has removed this one from the cluster
+    /// (`ringdb admin removenode` while it was cut off, or before it
+    /// restarted): the server should then stop, with
+    /// [`NodeError::Removed`].
+    pub async fn removed(&self) -> NodeError {
+        self.membership.removed().await;
+        NodeError::Removed {
+            node: self.cluster.node_id().0,
+            data_dir: self.data_dir.clone(),
         }
     }
 
@@ -500,33 +551,49 @@ const BOOTSTRAP_ATTEMPTS: usize = 5;
 /// that it learned the change before it goes on anyway (with a warning).
 const RING_CHANGE_PATIENCE: Duration = Duration::from_secs(60);
 
-/// Waits until every up node of the ring but this one answers that its
-/// coordinator treats this node as joining (`joining`) or as leaving: from
-/// then on each copies the writes this node's change needs. Then waits one
-/// write timeout more, so the writes they coordinated before they learned
-/// are over. After [`RING_CHANGE_PATIENCE`] it goes on with a warning
-/// naming the nodes that did not confirm.
+/// The ring change [`wait_until_known`] waits for every node to know of.
+#[derive(Debug, Clone, Copy)]
+enum RingChange {
+    /// This node joins.
+    Joining(NodeId),
+    /// This node (decommission) or a down one (removenode) leaves.
+    Leaving(NodeId),
+}
+
+/// Waits until every up node of the ring but this one (and the node
+/// changing) answers that its coordinator treats the node as joining or as
+/// leaving (`change`): from then on each copies the writes the change
+/// needs. Then waits one write timeout more, so the writes they
+/// coordinated before they learned are over. After [`RING_CHANGE_PATIENCE`]
+/// it goes on with a warning naming the nodes that did not confirm.
 async fn wait_until_known(
     membership: &Membership,
     cluster: &ClusterStore,
     transport: &Arc<dyn Transport<PeerRequest, PeerResponse>>,
-    joining: bool,
+    change: RingChange,
     write_timeout: Duration,
 ) {
     let me = cluster.node_id();
+    let changing = match change {
+        RingChange::Joining(n) | RingChange::Leaving(n) => n,
+    };
     let deadline = tokio::time::Instant::now() + RING_CHANGE_PATIENCE;
     loop {
         let mut unconfirmed = Vec::new();
         for peer in cluster.ring().nodes() {
-            if peer.id == me || !membership.is_up(peer.id) {
+            if peer.id == me || peer.id == changing || !membership.is_up(peer.id) {
                 continue;
             }
             let answer = transport
                 .request(peer.addr, PeerRequest::RingChanges, Duration::from_secs(2))
                 .await;
-            let knows = match answer {
-                Ok(PeerResponse::RingChanges { joining: j, .. }) if joining => j.contains(&me),
-                Ok(PeerResponse::RingChanges { leaving: l, .. }) => l.contains(&me),
+            let knows = match (answer, change) {
+                (Ok(PeerResponse::RingChanges { joining, .. }), RingChange::Joining(n)) => {
+                    joining.contains(&n)
+                }
+                (Ok(PeerResponse::RingChanges { leaving, .. }), RingChange::Leaving(n)) => {
+                    leaving.contains(&n)
+                }
                 _ => false,
             };
             if !knows {
@@ -545,7 +612,7 @@ async fn wait_until_known(
         if tokio::time::Instant::now() >= deadline {
             tracing::warn!(
                 nodes = %unconfirmed.join(","),
-                "these nodes did not confirm the ring change; going on (writes they coordinate may miss this node until repaired)"
+                "these nodes did not confirm the ring change; going on (writes they coordinate may miss the node gaining ranges until repaired)"
             );
             break;
         }
@@ -571,7 +638,14 @@ async fn bootstrap(
         tokens = tokens.len(),
         "joining a cluster that owns tokens: streaming this node's ranges before owning them"
     );
-    wait_until_known(membership, cluster, &sync.transport, true, write_timeout).await;
+    wait_until_known(
+        membership,
+        cluster,
+        &sync.transport,
+        RingChange::Joining(local),
+        write_timeout,
+    )
+    .await;
     let (ring, _) = rings_of(membership);
     for peer in ring.nodes() {
         if membership.is_up(peer.id) {
@@ -679,7 +753,7 @@ impl Decommission {
             &self.membership,
             &self.cluster,
             &self.transport,
-            false,
+            RingChange::Leaving(me),
             self.write_timeout,
         )
         .await;
@@ -797,7 +871,7 @@ async fn drop_hints_of_left_nodes(membership: Membership, cluster: ClusterStore,
                 .filter(|t| {
                     view.get(*t)
                         .and_then(|m| m.metadata.as_ref())
-                        .is_some_and(|m| m.status == NodeStatus::Left)
+                        .is_some_and(|m| m.status.is_gone())
                 })
                 .collect()
         };
@@ -821,7 +895,7 @@ fn observe_stamp_ids(local: &LocalStore, membership: &Membership) {
         .members
         .values()
         .filter_map(|m| m.metadata.as_ref())
-        .filter(|m| m.status != NodeStatus::Left)
+        .filter(|m| !m.status.is_gone())
         .map(|m| m.stamp_id)
         .chain(std::iter::once(local.stamp_actor()));
     local.stamp_ids().observe(in_use);
@@ -864,7 +938,7 @@ async fn react_to_gossip(
             MembershipEvent::MetadataChanged { node, metadata } => {
                 set_rings(&cluster, &membership);
                 observe_stamp_ids(&local, &membership);
-                if metadata.status == NodeStatus::Left {
+                if metadata.status.is_gone() {
                     drop_hints_of(&cluster, node);
                 }
             }
@@ -876,6 +950,9 @@ async fn react_to_gossip(
                 let Some(meta) = view.get(node).and_then(|m| m.metadata.clone()) else {
                     continue;
                 };
+                if meta.status.is_gone() {
+                    continue;
+                }
                 if (meta.schema_version, meta.schema_digest) != sync.schema.current().fingerprint()
                     && pulling.lock().insert(meta.addr)
                 {
@@ -967,7 +1044,7 @@ async fn publish_schema_changes(membership: Membership, sync: SchemaSync) {
                 .values()
                 .filter(|m| m.liveness.is_up())
                 .filter_map(|m| m.metadata.as_ref())
-                .filter(|md| md.node != view.local)
+                .filter(|md| md.node != view.local && !md.status.is_gone())
                 .filter(|md| (md.schema_version, md.schema_digest) != now)
                 .map(|md| md.addr)
                 .collect();

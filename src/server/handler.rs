@@ -628,6 +628,7 @@ async fn dispatch(
         | ClientFrame::AdminCompact
         | ClientFrame::AdminRepair(_)
         | ClientFrame::AdminCleanup { .. }
+        | ClientFrame::AdminRemoveNode { .. }
             if !is_local_client(remote) =>
         {
             let what = match frame {
@@ -635,6 +636,7 @@ async fn dispatch(
                 ClientFrame::AdminFlush => "flush",
                 ClientFrame::AdminRepair(_) => "repair",
                 ClientFrame::AdminCleanup { .. } => "cleanup",
+                ClientFrame::AdminRemoveNode { .. } => "removenode",
                 _ => "compact",
             };
             protocol_error(
@@ -697,6 +699,16 @@ async fn dispatch(
                 "this server runs without the cluster layer: no admin cleanup",
             ),
         },
+        ClientFrame::AdminRemoveNode { node } => match &shared.admin {
+            Some(admin) => match admin.remove_node(node).await {
+                Ok(text) => ServerFrame::AdminText(text),
+                Err(e) => ServerFrame::Error(WireError::Query(QueryError::Server(e))),
+            },
+            None => protocol_error(
+                ProtocolErrorCode::Unsupported,
+                "this server runs without the cluster layer: no admin removenode",
+            ),
+        },
     };
     if session != before {
         state.lock().session = session;
@@ -706,8 +718,8 @@ async fn dispatch(
 
 /// Whether a client connecting from `remote` is on the node's own machine
 /// (a loopback address, IPv4-mapped ones included): the only clients whose
-/// admin requests that change the node (decommission, flush, compact,
-/// repair, cleanup) are served,
+/// admin requests that change the node or the ring (decommission, flush,
+/// compact, repair, cleanup, removenode) are served,
 /// as Cassandra's `nodetool` is local-only by default. The client port
 /// takes clients without certificates, so an address is what tells an
 /// operator on the node from anyone who can reach the port.

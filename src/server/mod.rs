@@ -53,6 +53,18 @@ pub trait AdminSource: Send + Sync + 'static {
         Box::pin(async { Err("this server cannot decommission".to_string()) })
     }
 
+    /// Takes the down node `node` (its host id) out of the ring, its
+    /// ranges copied to the nodes that take them over from their other
+    /// replicas (like `nodetool removenode`); the text says what was done,
+    /// the error why it was refused or failed.
+    fn remove_node(
+        &self,
+        node: u64,
+    ) -> crate::query::api::BoxFuture<'static, Result<String, String>> {
+        let _ = node;
+        Box::pin(async { Err("this server cannot remove nodes".to_string()) })
+    }
+
     /// Writes every table's memtables to SSTables and waits for the
     /// compactions that become due (like `nodetool flush`); the text says
     /// what was written.

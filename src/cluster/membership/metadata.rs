@@ -24,19 +24,34 @@ pub enum NodeStatus {
     Normal,
     /// Decommissioning: handing its ranges over.
     Leaving,
-    /// Gone from the ring.
+    /// Gone from the ring: it left by itself (`ringdb admin
+    /// decommission`) and may come back as a new node with new tokens.
     Left,
+    /// Taken out of the ring by another node while it was down (`ringdb
+    /// admin removenode`). Final: published on the node's behalf, it
+    /// outranks anything the node publishes later ([`NodeMetadata::freshness`]),
+    /// so a removed node that restarts with its old data is never back in
+    /// the ring; it learns it was removed and stops.
+    Removed,
 }
 
 impl NodeStatus {
-    /// The one-letter code of `nodetool status`: J, N, L; X for left.
+    /// The one-letter code of `nodetool status`: J, N, L; X for left, R
+    /// for removed.
     pub fn letter(self) -> char {
         match self {
             NodeStatus::Joining => 'J',
             NodeStatus::Normal => 'N',
             NodeStatus::Leaving => 'L',
             NodeStatus::Left => 'X',
+            NodeStatus::Removed => 'R',
         }
+    }
+
+    /// Whether the node is out of the cluster for good (left or removed):
+    /// it stamps no more writes and no hint for it will ever be delivered.
+    pub fn is_gone(self) -> bool {
+        matches!(self, NodeStatus::Left | NodeStatus::Removed)
     }
 }
 
@@ -45,7 +60,9 @@ impl NodeStatus {
 ///
 /// Versions are ordered by `(generation, version)`: `version` bumps on every
 /// local change ([`super::Membership::update_local`]) and restarts from 0
-/// with each new `generation` (process start).
+/// with each new `generation` (process start). A removal
+/// ([`NodeStatus::Removed`]) outranks every version without it
+/// ([`NodeMetadata::freshness`]).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct NodeMetadata {
     /// The node's id.
@@ -109,9 +126,18 @@ impl NodeMetadata {
         NodeInfo::new(self.node, self.addr, self.rack.clone(), self.tokens.clone())
     }
 
-    /// `(generation, version)`: larger is newer.
-    pub fn freshness(&self) -> (u64, u64) {
-        (self.generation, self.version)
+    /// `(removed, generation, version)`: larger is newer. A removal
+    /// comes first: it is published by another node on this one's behalf,
+    /// under the generation it last saw, and must win over whatever this
+    /// node publishes afterwards (a restart with a larger generation
+    /// included), or a removed node would come back into the ring with its
+    /// stale data.
+    pub fn freshness(&self) -> (bool, u64, u64) {
+        (
+            self.status == NodeStatus::Removed,
+            self.generation,
+            self.version,
+        )
     }
 
     /// Whether this version replaces `other` (same node, newer).
@@ -170,7 +196,7 @@ pub(crate) fn decode_metadata(bytes: &[u8]) -> Result<NodeMetadata, MetaError> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct MetaKey {
     node: NodeId,
-    freshness: (u64, u64),
+    freshness: (bool, u64, u64),
 }
 
 impl Invalidates for MetaKey {
@@ -186,6 +212,9 @@ pub(crate) struct MetaStore {
     /// This node's id and generation: others cannot publish for it.
     local: PeerId,
     known: BTreeMap<NodeId, NodeMetadata>,
+    /// Set once another node told this one that it was removed from the
+    /// cluster (`ringdb admin removenode` while it was down or cut off).
+    removed: bool,
     /// Set by every merge that kept something, cleared by
     /// [`MetaStore::take_changed`].
     changed: bool,
@@ -196,16 +225,25 @@ impl MetaStore {
         MetaStore {
             local,
             known: BTreeMap::new(),
+            removed: false,
             changed: false,
         }
     }
 
     /// Keeps `meta` if it is newer than what is known of its node; returns
     /// whether it was kept. Metadata of this node is only taken from this
-    /// node's own generation (an older incarnation's leftovers are stale).
+    /// node's own generation (an older incarnation's leftovers are stale),
+    /// except a removal, which is not kept but noted
+    /// ([`MetaStore::is_removed`]).
     pub(crate) fn merge(&mut self, meta: NodeMetadata) -> bool {
-        if meta.node == self.local.node && meta.generation != self.local.generation {
-            return false;
+        if meta.node == self.local.node {
+            if meta.status == NodeStatus::Removed {
+                self.removed = true;
+                return false;
+            }
+            if meta.generation != self.local.generation {
+                return false;
+            }
         }
         match self.known.get(&meta.node) {
             Some(old) if !meta.is_newer_than(old) => false,
@@ -215,6 +253,11 @@ impl MetaStore {
                 true
             }
         }
+    }
+
+    /// Whether another node said this one was removed from the cluster.
+    pub(crate) fn is_removed(&self) -> bool {
+        self.removed
     }
 
     /// Whether anything was merged since the last call.
@@ -235,6 +278,7 @@ impl MetaStore {
             .values()
             .map(|m| DigestEntry {
                 node: m.node,
+                removed: m.status == NodeStatus::Removed,
                 generation: m.generation,
                 version: m.version,
             })
@@ -268,8 +312,17 @@ impl BroadcastHandler<PeerId> for MetaBroadcasts {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct DigestEntry {
     pub(crate) node: NodeId,
+    /// Whether that version is a removal (it outranks any other).
+    pub(crate) removed: bool,
     pub(crate) generation: u64,
     pub(crate) version: u64,
+}
+
+impl DigestEntry {
+    /// Comparable with [`NodeMetadata::freshness`].
+    pub(crate) fn freshness(&self) -> (bool, u64, u64) {
+        (self.removed, self.generation, self.version)
+    }
 }
 
 /// The anti-entropy exchange, one datagram: the versions the sender has,
@@ -292,5 +345,118 @@ impl SyncMessage {
     }
 }
 
-/// Encoded size bound of one digest entry or wanted node (varint u64s).
+/// Encoded size bound of one digest entry or wanted node (varint u64s and
+/// a bool).
 pub(crate) const DIGEST_ENTRY_MAX: usize = 30;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use std::net::{Ipv4Addr, SocketAddrV4};
+
+    fn meta(node: u64, status: NodeStatus, generation: u64, version: u64) -> NodeMetadata {
+        let addr = SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 7000));
+        NodeMetadata {
+            status,
+            generation,
+            version,
+            ..NodeMetadata::new(NodeId(node), addr, None, vec![node << 32])
+        }
+    }
+
+    fn status() -> impl Strategy<Value = NodeStatus> {
+        prop_oneof![
+            Just(NodeStatus::Joining),
+            Just(NodeStatus::Normal),
+            Just(NodeStatus::Leaving),
+            Just(NodeStatus::Left),
+            Just(NodeStatus::Removed),
+        ]
+    }
+
+    proptest! {
+        /// Whatever order versions of a node arrive in, a store keeps the
+        /// freshest, the same on every node; once it holds a removal, no
+        /// version without one replaces it, whatever its generation.
+        #[test]
+        fn stores_agree_on_the_freshest_version_and_a_removal_is_final(
+            versions in proptest::collection::vec((status(), 0u64..4, 0u64..4), 1..12),
+            order in any::<prop::sample::Index>(),
+        ) {
+            let local = PeerId::new("127.0.0.1:7001".parse().unwrap(), NodeId(1), 1);
+            let items: Vec<NodeMetadata> =
+                versions.iter().map(|&(s, g, v)| meta(7, s, g, v)).collect();
+            let mut rotated = items.clone();
+            rotated.rotate_left(order.index(items.len()));
+            rotated.reverse();
+            let mut a = MetaStore::new(local);
+            let mut b = MetaStore::new(local);
+            let mut removed_seen = false;
+            for m in &items {
+                a.merge(m.clone());
+                removed_seen |= m.status == NodeStatus::Removed;
+                if removed_seen {
+                    prop_assert_eq!(a.get(NodeId(7)).map(|m| m.status), Some(NodeStatus::Removed));
+                }
+            }
+            for m in rotated {
+                b.merge(m);
+            }
+            let freshest = items.iter().map(NodeMetadata::freshness).max();
+            prop_assert_eq!(a.get(NodeId(7)).map(NodeMetadata::freshness), freshest);
+            // (Versions of equal freshness are the same version: a node
+            // publishes each (generation, version) once.)
+            prop_assert_eq!(
+                a.get(NodeId(7)).map(NodeMetadata::freshness),
+                b.get(NodeId(7)).map(NodeMetadata::freshness)
+            );
+            // A digest entry compares as the metadata it stands for.
+            for entry in a.digest() {
+                prop_assert_eq!(Some(entry.freshness()), freshest);
+            }
+        }
+    }
+
+    #[test]
+    fn a_removal_of_this_node_is_noted_not_kept_and_others_cannot_speak_for_it() {
+        let local = PeerId::new("127.0.0.1:7001".parse().unwrap(), NodeId(1), 5);
+        let mut store = MetaStore::new(local);
+        assert!(store.merge(meta(1, NodeStatus::Normal, 5, 0)));
+        // Another node's version of this one, of an older generation.
+        assert!(!store.merge(meta(1, NodeStatus::Leaving, 4, 9)));
+        assert!(!store.is_removed());
+        // A removal, published by another node under the generation it saw.
+        assert!(!store.merge(meta(1, NodeStatus::Removed, 4, 10)));
+        assert!(store.is_removed());
+        assert_eq!(
+            store.get(NodeId(1)).map(|m| m.status),
+            Some(NodeStatus::Normal)
+        );
+    }
+
+    #[test]
+    fn removed_and_left_are_gone_and_shown_apart() {
+        assert!(NodeStatus::Removed.is_gone() && NodeStatus::Left.is_gone());
+        assert!(!NodeStatus::Normal.is_gone() && !NodeStatus::Leaving.is_gone());
+        assert_eq!(NodeStatus::Removed.letter(), 'R');
+        // A digest entry with a removal still fits its size bound.
+        let entry = DigestEntry {
+            node: NodeId(u64::MAX),
+            removed: true,
+            generation: u64::MAX,
+            version: u64::MAX,
+        };
+        let msg = SyncMessage {
+            have: vec![entry],
+            want: Vec::new(),
+            reply: false,
+        };
+        let empty = SyncMessage {
+            have: Vec::new(),
+            want: Vec::new(),
+            reply: false,
+        };
+        assert!(msg.encode().len() - empty.encode().len() <= DIGEST_ENTRY_MAX);
+    }
+}

@@ -223,8 +223,8 @@ fn human_bytes(n: u64) -> String {
 }
 
 /// Renders `view` like `nodetool status`: one line per node with its state
-/// (U/S/D for up, suspect, down; N/J/L/X for normal, joining, leaving,
-/// left; `?` while its metadata is unknown), address, load, token count,
+/// (U/S/D for up, suspect, down; N/J/L/X/R for normal, joining, leaving,
+/// left, removed; `?` while its metadata is unknown), address, load, token count,
 /// rack, host id and schema version. `ringdb admin status` prints this.
 pub fn status_table(view: &ClusterView) -> String {
     let header = [
@@ -266,7 +266,7 @@ pub fn status_table(view: &ClusterView) -> String {
     let up = view.members.values().filter(|m| m.liveness.is_up()).count();
     let _ = writeln!(out, "Cluster: {} nodes, {} up", view.members.len(), up);
     let _ = writeln!(out, "Status=Up/Suspect/Down");
-    let _ = writeln!(out, "|/ State=Normal/Leaving/Joining/Left(X)");
+    let _ = writeln!(out, "|/ State=Normal/Leaving/Joining/Left(X)/Removed(R)");
     let mut line = |cells: &[&str]| {
         let mut s = String::new();
         for (i, (cell, w)) in cells.iter().zip(widths).enumerate() {

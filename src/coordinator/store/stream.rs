@@ -22,6 +22,11 @@
 //! still owns its ranges, coordinators copy writes to the nodes that will
 //! replace it, and it streams each of its ranges (merged from every alive
 //! current replica, itself included) to the nodes that gain it.
+//!
+//! Removing a down node (`ringdb admin removenode`) is the same hand-over,
+//! run by another node on the down node's behalf: the ranges come from the
+//! other replicas, merged. A range whose only replica was the removed node
+//! (RF=1) has no source left; its data is lost, and the report counts it.
 
 use super::*;
 
@@ -76,6 +81,9 @@ pub struct StreamReport {
     pub spans: usize,
     /// Partitions received and applied, over all tables.
     pub partitions: usize,
+    /// Spans skipped because no replica but the (down) node leaving held
+    /// them: what they held is lost (removing a node of an RF=1 keyspace).
+    pub spans_lost: usize,
 }
 
 impl ClusterStore {
@@ -126,20 +134,41 @@ impl ClusterStore {
         future: &Ring,
         tables: &[TableRef],
     ) -> Result<StreamReport, QueryError> {
-        let me = self.inner.node;
+        self.handover_stream(self.inner.node, future, tables).await
+    }
+
+    /// Hands every partition of `tables` in the ranges `leaving` replicates
+    /// now to the nodes that replicate them in `future` (the ring without
+    /// `leaving`) and do not now, merged from every alive current replica:
+    /// [`ClusterStore::decommission_stream`] for this node, `ringdb admin
+    /// removenode` for a down one. A range with no alive replica is
+    /// skipped and counted in [`StreamReport::spans_lost`] only when
+    /// `leaving` was its sole replica; otherwise it fails, as does a
+    /// gaining node that does not take a page in time. Running it again is
+    /// safe.
+    pub async fn handover_stream(
+        &self,
+        leaving: NodeId,
+        future: &Ring,
+        tables: &[TableRef],
+    ) -> Result<StreamReport, QueryError> {
         let current = self.ring();
         let mut report = StreamReport::default();
         for table in tables {
             let rf = self.rf(&table.keyspace)?;
             report.tables += 1;
             // `current` has every boundary of `future` and more.
-            for (lo, hi, replicas) in spans_replicated_by(&current, rf, me) {
+            for (lo, hi, replicas) in spans_replicated_by(&current, rf, leaving) {
                 let gainers: Vec<NodeId> = future
                     .replicas(hi, rf)
                     .into_iter()
                     .filter(|n| !replicas.contains(n))
                     .collect();
                 if gainers.is_empty() {
+                    continue;
+                }
+                if replicas.iter().all(|n| *n == leaving) && !self.is_alive(leaving) {
+                    report.spans_lost += 1;
                     continue;
                 }
                 report.partitions += self
