@@ -22,7 +22,7 @@ use ringdb::query::api::{QueryError, QueryResult};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
-use support::process::{admin_ok, make_node, new_cluster, run_admin, Cluster, Node};
+use support::process::{admin_ok, make_node, new_cluster, run_admin, start_nodes, Cluster, Node};
 
 const INSERT: &str = "INSERT INTO ks.kv (k, v) VALUES (?, ?)";
 
@@ -30,16 +30,11 @@ const INSERT: &str = "INSERT INTO ks.kv (k, v) VALUES (?, ?)";
 fn a_joining_node_takes_its_ranges_and_the_writes_made_while_it_joins() {
     let root = tempfile::tempdir().unwrap();
     let (ca, cluster) = new_cluster(root.path());
-    let mut n1 = make_node(root.path(), &ca, "node1", None);
-    let seed = Some(n1.peer);
-    let mut n2 = make_node(root.path(), &ca, "node2", seed);
-    let mut n3 = make_node(root.path(), &ca, "node3", seed);
-    let mut n4 = make_node(root.path(), &ca, "node4", seed);
-    n1.start();
-    cluster.wait_for_up(&n1, 1);
-    n2.start();
-    n3.start();
-    cluster.wait_for_up(&n1, 3);
+    let [mut n1, mut n2, mut n3] =
+        <[Node; 3]>::try_from(start_nodes(&cluster, root.path(), &ca, 3, &[], |_, _| {}))
+            .ok()
+            .unwrap();
+    let mut n4 = make_node(root.path(), &ca, "node4", Some(n1.peer));
 
     let (client, mut acked) = load_kv(&cluster, &n1);
     let run =
@@ -395,19 +390,8 @@ struct FourNodes {
 /// Starts four nodes under `root` and waits until node 1 sees them up.
 fn start_four_nodes(root: &std::path::Path) -> FourNodes {
     let (ca, cluster) = new_cluster(root);
-    let mut n1 = make_node(root, &ca, "node1", None);
-    let seed = Some(n1.peer);
-    let mut nodes = vec![];
-    for name in ["node2", "node3", "node4"] {
-        nodes.push(make_node(root, &ca, name, seed));
-    }
-    n1.start_with_env(&[("RUST_LOG", "info".to_string())]);
-    cluster.wait_for_up(&n1, 1);
-    for n in &mut nodes {
-        n.start_with_env(&[("RUST_LOG", "info".to_string())]);
-    }
-    cluster.wait_for_up(&n1, 4);
-    nodes.insert(0, n1);
+    let info = [("RUST_LOG", "info".to_string())];
+    let nodes = start_nodes(&cluster, root, &ca, 4, &info, |_, _| {});
     let logs = nodes.iter().map(|n| n.log.clone()).collect();
     let nodes = <[Node; 4]>::try_from(nodes).ok().unwrap();
     FourNodes {

@@ -23,7 +23,7 @@ use ringdb::model::Consistency;
 use ringdb::net::tls::ClusterCa;
 use ringdb::query::api::QueryResult;
 use std::time::{Duration, Instant};
-use support::process::{make_node, Cluster, Node};
+use support::process::{make_node, new_cluster, start_nodes, Cluster, Node};
 
 fn hint_line(status: &str) -> (u64, u64, u64) {
     let line = status
@@ -46,21 +46,9 @@ fn hint_line(status: &str) -> (u64, u64, u64) {
 #[test]
 fn quorum_writes_survive_sigkill_and_hints_reach_the_restarted_node() {
     let root = tempfile::tempdir().unwrap();
-    let ca = ClusterCa::generate().unwrap();
-    ca.save(&root.path().join("certs"), false).unwrap();
-    let mut n1 = make_node(root.path(), &ca, "node1", None);
-    let seed = Some(n1.peer);
-    let mut n2 = make_node(root.path(), &ca, "node2", seed);
-    let mut n3 = make_node(root.path(), &ca, "node3", seed);
-    let cluster = Cluster {
-        rt: tokio::runtime::Runtime::new().unwrap(),
-        ca_pem: ca.cert_pem().to_string(),
-    };
-    n1.start();
-    cluster.wait_for_up(&n1, 1);
-    n2.start();
-    n3.start();
-    cluster.wait_for_up(&n1, 3);
+    let (ca, cluster) = new_cluster(root.path());
+    let nodes = start_nodes(&cluster, root.path(), &ca, 3, &[], |_, _| {});
+    let [mut n1, mut n2, mut n3] = <[Node; 3]>::try_from(nodes).ok().unwrap();
 
     let client = cluster.connect(&n1);
     client.set_consistency(Consistency::Quorum);

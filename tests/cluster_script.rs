@@ -409,6 +409,37 @@ fn cluster_script_starts_kills_restarts_and_stops_real_nodes() {
     let cleaned = script.run(&["cleanup", "1", "ks"]);
     assert!(cleaned.contains("dropped 0 partition(s)"), "{cleaned}");
 
+    // Node 3 dies for good: node 1 removes it through the script (which
+    // finds its host id in the status), it shows as removed, and started
+    // again with its old data it exits by itself.
+    script.run(&["kill", "3"]);
+    let node3_peer = nodes[2].peer.to_string();
+    script.wait_for_status("node 3 down", |s| {
+        match s.lines().find(|l| l.contains(&node3_peer)) {
+            Some(l) if l.starts_with("DN") => Ok(()),
+            _ => Err(format!("node 3 ({node3_peer}) is not DN")),
+        }
+    });
+    let removed = script.run(&["removenode", "1", "3"]);
+    assert!(removed.contains("removed node"), "{removed}");
+    script.wait_for_status("node 3 removed", |s| {
+        match s.lines().find(|l| l.contains(&node3_peer)) {
+            Some(l) if l.starts_with("DR") && up_normal(s) == 2 => Ok(()),
+            _ => Err(format!("node 3 ({node3_peer}) is not DR beside two UN")),
+        }
+    });
+    script.run(&["restart", "3"]);
+    let pid3 = script.pid(3).expect("restart wrote node 3's pid file");
+    wait_for("the removed node 3 exits", Duration::from_secs(30), || {
+        if alive(pid3) {
+            Err(format!("pid {pid3} still runs"))
+        } else {
+            Ok(())
+        }
+    });
+    let log3 = std::fs::read_to_string(script.log(3)).unwrap_or_default();
+    assert!(log3.contains("was removed from the cluster"), "{log3}");
+
     // 5. stop: every process ends and `status` says none runs.
     let began = Instant::now();
     script.run(&["stop"]);

@@ -14,7 +14,7 @@ use cql_lite::Value;
 use ringdb::client::Client;
 use ringdb::model::Consistency;
 use std::time::Duration;
-use support::process::{admin_ok, make_node, new_cluster, run_admin, Cluster, Node};
+use support::process::{admin_ok, new_cluster, run_admin, start_nodes, Cluster, Node};
 
 /// The `N` before `label` in an admin repair report ("... 3 partition(s)
 /// repaired ...").
@@ -52,18 +52,14 @@ fn missing_on(cluster: &Cluster, node: &Node, keys: i32) -> Vec<i32> {
 fn admin_repair_sends_a_node_the_writes_whose_hints_were_lost() {
     let root = tempfile::tempdir().unwrap();
     let (ca, cluster) = new_cluster(root.path());
-    let mut n1 = make_node(root.path(), &ca, "node1", None);
-    let seed = Some(n1.peer);
-    let mut n2 = make_node(root.path(), &ca, "node2", seed);
-    let mut n3 = make_node(root.path(), &ca, "node3", seed);
     // Reads through node 3 ask only node 3 (no read repair): what node 3
     // holds comes from writes and repair alone.
-    n3.extra_args = vec!["--read-repair-every".into(), "0".into()];
-    n1.start();
-    cluster.wait_for_up(&n1, 1);
-    n2.start();
-    n3.start();
-    cluster.wait_for_up(&n1, 3);
+    let nodes = start_nodes(&cluster, root.path(), &ca, 3, &[], |i, n| {
+        if i == 3 {
+            n.extra_args = vec!["--read-repair-every".into(), "0".into()];
+        }
+    });
+    let [mut n1, mut n2, mut n3] = <[Node; 3]>::try_from(nodes).ok().unwrap();
 
     let client = cluster.connect(&n1);
     cluster.create_kv_rf3(&client);

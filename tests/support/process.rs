@@ -140,6 +140,36 @@ pub fn make_node(root: &Path, ca: &ClusterCa, name: &str, seed: Option<SocketAdd
     }
 }
 
+/// `count` nodes named `node1`, `node2`, ... under `root`, node 1 the seed
+/// of all; `configure` adjusts each (1-based index) before any starts, its
+/// flags say. Starts node 1 and waits until it is up, starts the others,
+/// all with `env`, and waits until node 1 sees every one up and normal.
+#[allow(dead_code)] // Not every test file that includes this module uses it.
+pub fn start_nodes(
+    cluster: &Cluster,
+    root: &Path,
+    ca: &ClusterCa,
+    count: usize,
+    env: &[(&str, String)],
+    mut configure: impl FnMut(usize, &mut Node),
+) -> Vec<Node> {
+    let mut nodes: Vec<Node> = Vec::with_capacity(count);
+    for i in 1..=count {
+        let seed = nodes.first().map(|n1| n1.peer);
+        let mut node = make_node(root, ca, &format!("node{i}"), seed);
+        configure(i, &mut node);
+        nodes.push(node);
+    }
+    for (i, node) in nodes.iter_mut().enumerate() {
+        node.start_with_env(env);
+        if i == 0 {
+            cluster.wait_for_up(node, 1);
+        }
+    }
+    cluster.wait_for_up(&nodes[0], count);
+    nodes
+}
+
 /// The client side of a test: a runtime and the CA clients trust.
 pub struct Cluster {
     pub rt: tokio::runtime::Runtime,
