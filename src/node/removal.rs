@@ -143,6 +143,21 @@ impl RemoveNode {
         } else {
             self.hand_over(target).await?
         };
+        if self.membership.is_up(target) {
+            // It came back while its ranges were copied: it takes writes as
+            // a replica again, some of which the nodes that received its
+            // ranges never saw. Removing it now could hide them from quorum
+            // reads; it stays (normal: a restart gossips that anyway, and a
+            // healed partition may not have yet), and can be decommissioned.
+            let _ = self
+                .membership
+                .publish_for(target, |m| m.status = NodeStatus::Normal);
+            return Err(format!(
+                "node {:016x} came back up while its ranges were copied: it stays in the \
+                 ring (run `ringdb admin decommission` on it to take it out)",
+                target.0
+            ));
+        }
         self.membership
             .publish_for(target, |m| m.status = NodeStatus::Removed)
             .map_err(|e| e.to_string())?;
@@ -222,11 +237,9 @@ impl RemoveNode {
             }
         }
         // It still owns its ranges: as it was before.
-        if !self.membership.is_up(target) {
-            let _ = self
-                .membership
-                .publish_for(target, |m| m.status = NodeStatus::Normal);
-        }
+        let _ = self
+            .membership
+            .publish_for(target, |m| m.status = NodeStatus::Normal);
         Err(format!(
             "copying the ranges of node {:016x} failed (it stays in the ring): {last_error}",
             target.0
