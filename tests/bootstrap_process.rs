@@ -249,18 +249,8 @@ fn a_decommissioned_node_hands_its_ranges_over_and_stops() {
     );
     cluster.rt.block_on(client.close());
 
-    // RF=3 on three nodes: each holds every key. Node 1 alone, then (the
-    // others back, then node 1 and 3 killed) node 2 alone.
-    n2.kill9();
-    n3.kill9();
-    assert_alone_holds(&cluster, &n1, &acked, &logs);
-    n2.start();
-    n3.start();
-    cluster.wait_for_up(&n1, 3);
-    cluster.wait_for_up(&n2, 3);
-    n1.kill9();
-    n3.kill9();
-    assert_alone_holds(&cluster, &n2, &acked, &logs);
+    // RF=3 on three nodes: each holds every key.
+    first_then_second_alone_hold(&cluster, [&mut n1, &mut n2, &mut n3], &acked, &logs);
 }
 
 #[test]
@@ -370,16 +360,7 @@ fn a_dead_node_is_removed_by_another_and_refused_when_it_comes_back() {
     cluster.rt.block_on(client.close());
 
     // RF=3 on the three nodes left: each holds every key on its own.
-    n2.kill9();
-    n3.kill9();
-    assert_alone_holds(&cluster, &n1, &acked, &logs);
-    n2.start();
-    n3.start();
-    cluster.wait_for_up(&n1, 3);
-    cluster.wait_for_up(&n2, 3);
-    n1.kill9();
-    n3.kill9();
-    assert_alone_holds(&cluster, &n2, &acked, &logs);
+    first_then_second_alone_hold(&cluster, [&mut n1, &mut n2, &mut n3], &acked, &logs);
 }
 
 /// A running 4-node cluster (node 1 everyone's seed, logs at info).
@@ -401,6 +382,26 @@ fn start_four_nodes(root: &std::path::Path) -> FourNodes {
         nodes,
         logs,
     }
+}
+
+/// Of three nodes at RF=3, the first alone holds every one of `keys`, then
+/// (the others back, then the first and third killed) the second alone.
+fn first_then_second_alone_hold(
+    cluster: &Cluster,
+    [n1, n2, n3]: [&mut Node; 3],
+    keys: &[i32],
+    logs: &[std::path::PathBuf],
+) {
+    n2.kill9();
+    n3.kill9();
+    assert_alone_holds(cluster, n1, keys, logs);
+    n2.start();
+    n3.start();
+    cluster.wait_for_up(n1, 3);
+    cluster.wait_for_up(n2, 3);
+    n1.kill9();
+    n3.kill9();
+    assert_alone_holds(cluster, n2, keys, logs);
 }
 
 /// With every other node down (waits until `node` sees two down), `node`
