@@ -564,7 +564,7 @@ impl Client {
     /// Closes the connection and waits until the server has been told.
     pub async fn close(self) {
         self.connection.close(0u32.into(), b"bye");
-        self.endpoint.wait_idle().await;
+        crate::net::wait_drained(&self.endpoint).await;
     }
 
     async fn response(&self, frame: ClientFrame) -> Result<Response, ClientError> {

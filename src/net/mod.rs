@@ -46,6 +46,30 @@ use bytes::Bytes;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
+/// The longest a closed QUIC endpoint waits for its connections to drain
+/// (peers told of the close, late packets absorbed). quinn's `wait_idle`
+/// waits for every connection's draining period, and a connection whose
+/// driver stalls can keep it waiting for ever: a node that was asked to
+/// stop (or that decommissioned, with clients still connected) hung there.
+/// RFC 9000, section 10.2, lets an endpoint that closes its socket end the
+/// draining early.
+pub const DRAIN_LIMIT: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// Waits until the connections of the closed `endpoint` have drained, at
+/// most [`DRAIN_LIMIT`]; false when it gave up waiting.
+pub async fn wait_drained(endpoint: &quinn::Endpoint) -> bool {
+    let drained = tokio::time::timeout(DRAIN_LIMIT, endpoint.wait_idle())
+        .await
+        .is_ok();
+    if !drained {
+        tracing::debug!(
+            open = endpoint.open_connections(),
+            "QUIC connections still draining after the limit; closing anyway"
+        );
+    }
+    drained
+}
+
 pub use error::NetError;
 pub use frame::{Envelope, MAX_FRAME_SIZE, PROTOCOL_VERSION};
 pub use quic::{PathStats, QuicConfig, QuicTransport};

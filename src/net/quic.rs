@@ -350,7 +350,7 @@ impl<Req: Message, Resp: Message> QuicTransport<Req, Resp> {
         self.inner
             .endpoint
             .close(VarInt::from_u32(code::SHUTTING_DOWN as u32), b"shutdown");
-        self.inner.endpoint.wait_idle().await;
+        super::wait_drained(&self.inner.endpoint).await;
     }
 }
 

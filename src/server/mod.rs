@@ -393,12 +393,12 @@ impl ClientServer {
     }
 
     /// Stops accepting, closes every connection and waits until the peers
-    /// were told (bounded by the idle timeout).
+    /// were told, at most [`crate::net::DRAIN_LIMIT`].
     pub async fn shutdown(self) {
         self.accept_task.abort();
         self.endpoint
             .close(quinn::VarInt::from_u32(0), b"server shutting down");
-        self.endpoint.wait_idle().await;
+        crate::net::wait_drained(&self.endpoint).await;
     }
 }
 
