@@ -12,6 +12,10 @@
 //!   removenode` on another copies its ranges while writes go on; each
 //!   remaining node, alone, answers every acknowledged write at ONE, and
 //!   the dead node, started again with its old data, is refused.
+//! - Two leaves at once: two decommissions started at the same moment
+//!   never stream at once; run again, one after the other, both finish and
+//!   nothing acknowledged is lost. A decommission is refused while a node
+//!   that would take over its ranges is down.
 
 mod support;
 
@@ -225,16 +229,7 @@ fn a_decommissioned_node_hands_its_ranges_over_and_stops() {
         String::from_utf8_lossy(&out.stderr)
     );
     // The node stops by itself.
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    let child = n4.child.as_mut().expect("node 4 runs");
-    while child.try_wait().unwrap().is_none() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "node 4 did not stop after its decommission"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    n4.child = None;
+    wait_until_exited(&mut n4);
     stop.store(true, Ordering::Relaxed);
     let during = writer.join().unwrap();
     assert!(during.len() > 10, "too few writes while node 4 left");
@@ -261,18 +256,10 @@ fn a_dead_node_is_removed_by_another_and_refused_when_it_comes_back() {
         nodes: [mut n1, mut n2, mut n3, mut n4],
         logs,
     } = start_four_nodes(root.path());
-    let host_id = |node: &Node| -> String {
-        let status = cluster.status(&n1);
-        let line = status
-            .lines()
-            .find(|l| l.contains(&format!(" {} ", node.peer)))
-            .unwrap_or_else(|| panic!("no line for {} in\n{status}", node.peer));
-        line.split_whitespace()
-            .find(|w| w.len() == 16 && w.chars().all(|c| c.is_ascii_hexdigit()))
-            .unwrap_or_else(|| panic!("no host id in {line}"))
-            .to_string()
-    };
-    let (id2, id4) = (host_id(&n2), host_id(&n4));
+    let (id2, id4) = (
+        host_id_of(&cluster, &n1, &n2),
+        host_id_of(&cluster, &n1, &n4),
+    );
 
     let (client, mut acked) = load_kv(&cluster, &n1);
     // Refused: a node that is up, and something that is not a host id.
@@ -361,6 +348,173 @@ fn a_dead_node_is_removed_by_another_and_refused_when_it_comes_back() {
 
     // RF=3 on the three nodes left: each holds every key on its own.
     first_then_second_alone_hold(&cluster, [&mut n1, &mut n2, &mut n3], &acked, &logs);
+}
+
+/// Nodes leave one at a time. A decommission is refused while a node
+/// that would take over some of its ranges is down. Two decommissions
+/// started at the same moment (nodes 4 and 5) never stream at the same
+/// time: one is refused because the other is leaving, or both are, or
+/// the second finds the first already gone. Run again one after the
+/// other, both finish, and each node left holds every acknowledged write
+/// on its own.
+#[test]
+fn two_leaves_at_once_run_one_at_a_time() {
+    let root = tempfile::tempdir().unwrap();
+    let (ca, cluster) = new_cluster(root.path());
+    let info = [("RUST_LOG", "info".to_string())];
+    let nodes = start_nodes(&cluster, root.path(), &ca, 5, &info, |_, _| {});
+    let logs: Vec<_> = nodes.iter().map(|n| n.log.clone()).collect();
+    let [mut n1, mut n2, mut n3, mut n4, mut n5] = <[Node; 5]>::try_from(nodes).ok().unwrap();
+    let id5 = host_id_of(&cluster, &n1, &n5);
+    let (client, mut acked) = load_kv(&cluster, &n1);
+
+    // Node 5 is down: node 4 cannot hand it its ranges.
+    n5.kill9();
+    wait_for_down(&cluster, &n4, 1);
+    let out = run_admin(root.path(), &n4, "decommission");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && stderr.contains(&id5) && stderr.contains("are down"),
+        "{stderr}"
+    );
+    n5.start_with_env(&info);
+    for node in [&n1, &n2, &n3, &n4, &n5] {
+        cluster.wait_for_up(node, 5);
+    }
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = background_writer(&cluster, cluster.connect(&n2), 1000, stop.clone());
+    // Both requests leave at once from connected clients, so both usually
+    // land before either node's `leaving` has reached the other.
+    let (c4, c5) = (cluster.connect(&n4), cluster.connect(&n5));
+    let (first, second) = cluster.rt.block_on(async {
+        let (a, b) = tokio::join!(c4.admin_decommission(), c5.admin_decommission());
+        (a.map_err(|e| e.to_string()), b.map_err(|e| e.to_string()))
+    });
+    eprintln!("concurrent decommissions: {first:?}, {second:?}");
+    // Both may finish only one after the other: the second checked for
+    // leaving nodes after the first had streamed everything and left.
+    if first.is_ok() && second.is_ok() {
+        let streams = [&n4, &n5].map(|n| {
+            stream_interval(&n.log).unwrap_or_else(|| panic!("no stream in {}", n.log.display()))
+        });
+        assert!(
+            streams[0].1 < streams[1].0 || streams[1].1 < streams[0].0,
+            "the two streams overlapped: {streams:?}\n{first:?}\n{second:?}"
+        );
+    }
+    for refused in [&first, &second]
+        .into_iter()
+        .filter_map(|r| r.as_ref().err())
+    {
+        assert!(
+            refused.contains("leaving"),
+            "refused for another reason: {refused}\n{}",
+            log_tails(&logs)
+        );
+    }
+    // A refused leave put its node back to normal: once the other is done
+    // (and the others know), it runs.
+    for (out, node) in [(&first, &mut n4), (&second, &mut n5)] {
+        if out.is_ok() {
+            wait_until_exited(node);
+        }
+    }
+    for (out, node) in [(&first, &mut n4), (&second, &mut n5)] {
+        if out.is_err() {
+            admin_until_ok(root.path(), node, "decommission", &logs);
+            wait_until_exited(node);
+        }
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    stop.store(true, Ordering::Relaxed);
+    let during = writer.join().unwrap();
+    assert!(during.len() > 10, "too few writes while nodes 4 and 5 left");
+    acked.extend(during);
+    wait_for_copies(&cluster, &[&n1, &n2, &n3]);
+    let status = cluster.status(&n1);
+    assert_eq!(
+        status.lines().filter(|l| l.starts_with("UN")).count(),
+        3,
+        "{status}"
+    );
+    cluster.rt.block_on(async {
+        client.close().await;
+        c4.close().await;
+        c5.close().await;
+    });
+    first_then_second_alone_hold(&cluster, [&mut n1, &mut n2, &mut n3], &acked, &logs);
+}
+
+/// When a node's decommission stream started and ended, as its log's
+/// timestamps (RFC 3339 with microseconds: they sort as text).
+fn stream_interval(log: &std::path::Path) -> Option<(String, String)> {
+    let text = std::fs::read_to_string(log).ok()?;
+    let time_of = |marker: &str| {
+        text.lines().rfind(|l| l.contains(marker)).map(|line| {
+            // Strip the ANSI colours around the timestamp.
+            let plain: String = line
+                .split('\u{1b}')
+                .map(|part| part.split_once('m').map_or(part, |(_, rest)| rest))
+                .collect();
+            plain
+                .split_whitespace()
+                .next()
+                .unwrap_or_default()
+                .to_string()
+        })
+    };
+    Some((
+        time_of("decommission stream starts")?,
+        time_of("decommission stream done")?,
+    ))
+}
+
+/// Runs `ringdb admin COMMAND` on `node` until it succeeds, for at most
+/// 30 s.
+fn admin_until_ok(root: &std::path::Path, node: &Node, command: &str, logs: &[std::path::PathBuf]) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let out = run_admin(root, node, command);
+        if out.status.success() {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "admin {command}: {}\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            log_tails(logs)
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+/// `node`'s host id (16 hex digits) in `seen_by`'s `admin status`.
+fn host_id_of(cluster: &Cluster, seen_by: &Node, node: &Node) -> String {
+    let status = cluster.status(seen_by);
+    let line = status
+        .lines()
+        .find(|l| l.contains(&format!(" {} ", node.peer)))
+        .unwrap_or_else(|| panic!("no line for {} in\n{status}", node.peer));
+    line.split_whitespace()
+        .find(|w| w.len() == 16 && w.chars().all(|c| c.is_ascii_hexdigit()))
+        .unwrap_or_else(|| panic!("no host id in {line}"))
+        .to_string()
+}
+
+/// Waits until a decommissioned node's process has stopped by itself.
+fn wait_until_exited(node: &mut Node) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let child = node.child.as_mut().expect("the node runs");
+    while child.try_wait().unwrap().is_none() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the node did not stop after its decommission:\n{}",
+            log_tails(std::slice::from_ref(&node.log))
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    node.child = None;
 }
 
 /// A running 4-node cluster (node 1 everyone's seed, logs at info).

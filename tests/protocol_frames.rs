@@ -272,6 +272,7 @@ fn client_frame() -> impl Strategy<Value = ClientFrame> {
         )
             .prop_map(|(keyspace, table)| ClientFrame::AdminCleanup { keyspace, table }),
         any::<u64>().prop_map(|node| ClientFrame::AdminRemoveNode { node }),
+        any::<u64>().prop_map(|mib_per_sec| ClientFrame::AdminSetStreamThroughput { mib_per_sec }),
     ]
 }
 

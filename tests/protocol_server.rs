@@ -766,6 +766,10 @@ async fn admin_requests_that_change_the_node_are_served_only_to_its_own_machine(
         ),
         ("cleanup", remote.admin_cleanup(None, None).await),
         ("removenode", remote.admin_remove_node(7).await),
+        (
+            "setstreamthroughput",
+            remote.admin_set_stream_throughput(8).await,
+        ),
     ] {
         match result {
             Err(ClientError::Refused(e)) => {

@@ -112,6 +112,21 @@ fn admin_repair_sends_a_node_the_writes_whose_hints_were_lost() {
     n2.start();
     cluster.wait_for_up(&n3, 3);
 
+    // The stream limit can be changed on the running node; repair keeps
+    // to it (the simulation tests time it) and counts what it streamed.
+    let set = admin_ok(root.path(), &n3, "setstreamthroughput 16");
+    assert!(
+        set.contains("16 MiB/s") && set.contains("was 64 MiB/s"),
+        "{set}"
+    );
+    let status = cluster.status(&n3);
+    assert!(
+        status.contains("Streams: limit=16MiB/s bytes_streamed="),
+        "{status}"
+    );
+    let out = run_admin(root.path(), &n3, "setstreamthroughput lots");
+    assert!(!out.status.success(), "a limit that is not a number");
+
     let first = admin_ok(root.path(), &n3, "repair");
     assert!(first.contains("repaired"), "{first}");
     assert!(
@@ -129,6 +144,14 @@ fn admin_repair_sends_a_node_the_writes_whose_hints_were_lost() {
     let status = cluster.status(&n3);
     assert!(status.contains("repairs: 2"), "{status}");
     assert!(status.contains("Repair: idle"), "{status}");
+    let streamed: u64 = status
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("bytes_streamed="))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no Streams line in {status}"));
+    assert!(streamed > 200 * 8, "{status}");
+    let set = admin_ok(root.path(), &n3, "setstreamthroughput 0");
+    assert!(set.contains("limit: none (was 16 MiB/s)"), "{set}");
 
     // Node 3 alone now holds every acknowledged write.
     n1.stop();

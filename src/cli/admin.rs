@@ -75,6 +75,15 @@ pub enum AdminCommand {
         /// Only this table of the keyspace.
         table: Option<String>,
     },
+    /// Sets how many MiB per second all range streams of this node
+    /// together may copy (joins, decommissions, removenode, repair), until
+    /// it restarts (like `nodetool setstreamthroughput`); 0 lifts the
+    /// limit. Streams already running use it from their next page. The
+    /// default comes from `stream_throughput_mib` (64).
+    Setstreamthroughput {
+        /// MiB per second (0: no limit).
+        mib_per_sec: u64,
+    },
 }
 
 /// Runs `ringdb admin`.
@@ -174,6 +183,9 @@ pub fn run(args: AdminArgs) -> anyhow::Result<()> {
                 client.set_timeout(std::time::Duration::from_secs(24 * 3600));
                 eprintln!("removing node {host_id:016x} through {addr}: copying its ranges...");
                 print!("{}", client.admin_remove_node(host_id).await?);
+            }
+            AdminCommand::Setstreamthroughput { mib_per_sec } => {
+                print!("{}", client.admin_set_stream_throughput(mib_per_sec).await?);
             }
             AdminCommand::Cleanup { keyspace, table } => {
                 // Rewriting every table takes as long as the data takes.

@@ -104,6 +104,11 @@ pub struct ServerArgs {
     /// docs/operations.md.
     #[arg(long)]
     pub row_cache_mb: Option<usize>,
+    /// MiB per second that all range streams of this node together may
+    /// copy (bootstrap, decommission, removenode, repair), so they leave
+    /// room for requests (default 64; 0: no limit). See docs/operations.md.
+    #[arg(long)]
+    pub stream_throughput_mib: Option<u64>,
     /// Gossip (SWIM): milliseconds between two probes of this node, each
     /// of one member (default 1000).
     #[arg(long)]
@@ -170,6 +175,7 @@ struct FileConfig {
     speculative_retry_ms: Option<u64>,
     worker_threads: Option<usize>,
     row_cache_mb: Option<usize>,
+    stream_throughput_mib: Option<u64>,
     probe_period_ms: Option<u64>,
     probe_rtt_ms: Option<u64>,
     suspect_to_down_ms: Option<u64>,
@@ -216,6 +222,10 @@ fn pick<T>(flag: Option<T>, file: Option<T>, key: &str, file_name: &str) -> Opti
         (None, None) => None,
     }
 }
+
+/// The highest stream limit that may be set, in MiB per second (1 TiB/s:
+/// far above any network, and its bytes fit in a `u64`).
+const MAX_STREAM_THROUGHPUT_MIB: u64 = 1 << 20;
 
 /// The most milliseconds any membership timing may be set to (one hour):
 /// SWIM timings are seconds, and a timer much further out could overflow
@@ -544,6 +554,19 @@ fn merge(args: ServerArgs) -> anyhow::Result<Settings> {
         Some((ms, _)) => Some(Duration::from_millis(ms)),
         None => None,
     };
+    let stream_throughput = match pick(
+        args.stream_throughput_mib,
+        file.stream_throughput_mib,
+        "stream_throughput_mib",
+        &file_name,
+    ) {
+        Some((mib, name)) if mib > MAX_STREAM_THROUGHPUT_MIB => anyhow::bail!(
+            "{name} must be at most {MAX_STREAM_THROUGHPUT_MIB} MiB/s (0 turns the limit off), \
+             not {mib}"
+        ),
+        Some((mib, _)) => Some(mib << 20),
+        None => None,
+    };
     let coordinator = CoordinatorConfig {
         write_timeout: write_timeout.unwrap_or(defaults.write_timeout),
         read_timeout: read_timeout.unwrap_or(defaults.read_timeout),
@@ -556,6 +579,7 @@ fn merge(args: ServerArgs) -> anyhow::Result<Settings> {
             .or(file.read_repair_every)
             .unwrap_or(defaults.read_repair_every),
         speculative_retry: speculative_retry.unwrap_or(defaults.speculative_retry),
+        stream_throughput: stream_throughput.unwrap_or(defaults.stream_throughput),
         ..defaults
     };
     let (certs_dir, certs_dir_given_by) = match certs_dir {
@@ -723,7 +747,7 @@ mod tests {
         let file = dir.path().join("node.toml");
         std::fs::write(
             &file,
-            "data_dir = \"/data/a\"\nlisten = \"127.0.0.1:9100\"\nseeds = [\"127.0.0.1:7001\"]\ncommitlog_sync = \"periodic:20\"\ntokens = [5, 1000]\nbatchlog_replay_delay_ms = 2500\noverlap_local_sync = false\nread_repair_every = 4\nspeculative_retry_ms = 20\nworker_threads = 3\nrow_cache_mb = 5\n",
+            "data_dir = \"/data/a\"\nlisten = \"127.0.0.1:9100\"\nseeds = [\"127.0.0.1:7001\"]\ncommitlog_sync = \"periodic:20\"\ntokens = [5, 1000]\nbatchlog_replay_delay_ms = 2500\noverlap_local_sync = false\nread_repair_every = 4\nspeculative_retry_ms = 20\nworker_threads = 3\nrow_cache_mb = 5\nstream_throughput_mib = 8\n",
         )
         .unwrap();
         let settings = merge(ServerArgs {
@@ -741,6 +765,11 @@ mod tests {
         assert!(!config.coordinator.overlap_local_sync, "from the file");
         assert_eq!(config.coordinator.read_repair_every, 4, "from the file");
         assert_eq!(config.row_cache_bytes, 5 << 20, "from the file");
+        assert_eq!(
+            config.coordinator.stream_throughput,
+            8 << 20,
+            "from the file"
+        );
         assert_eq!(
             config.coordinator.speculative_retry,
             Duration::from_millis(20),
@@ -793,6 +822,21 @@ mod tests {
         })
         .unwrap();
         assert_eq!(off.node.row_cache_bytes, 0, "a flag of 0 turns it off");
+        assert_eq!(
+            defaults.node.coordinator.stream_throughput,
+            64 << 20,
+            "64 MiB/s by default"
+        );
+        let err = merge(ServerArgs {
+            data_dir: Some(PathBuf::from("/x")),
+            stream_throughput_mib: Some(u64::MAX),
+            ..ServerArgs::default()
+        })
+        .unwrap_err();
+        assert!(
+            format!("{err:#}").contains("--stream-throughput-mib must be at most"),
+            "{err:#}"
+        );
     }
 
     /// `ringdb server --data-dir /x ARGV` merged, or its error (with causes).

@@ -526,6 +526,22 @@ impl Client {
         }
     }
 
+    /// Sets how many MiB per second the node's range streams may copy
+    /// until it restarts, 0 for no limit (`ringdb admin
+    /// setstreamthroughput`); the answer gives the old and new limits.
+    pub async fn admin_set_stream_throughput(
+        &self,
+        mib_per_sec: u64,
+    ) -> Result<String, ClientError> {
+        match self
+            .request(ClientFrame::AdminSetStreamThroughput { mib_per_sec })
+            .await?
+        {
+            ServerFrame::AdminText(text) => Ok(text),
+            other => Err(unexpected(&other)),
+        }
+    }
+
     /// Pages through the result of a SELECT: each call of
     /// [`Pager::next_page`] fetches the next page.
     pub fn pages(&self, text: &str, values: Vec<Value>, options: QueryOptions) -> Pager<'_> {

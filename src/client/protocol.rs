@@ -130,6 +130,13 @@ pub enum ClientFrame {
         /// The host id of the node to remove (`ringdb admin status`).
         node: u64,
     },
+    /// Sets how many MiB per second the node's range streams may copy,
+    /// until it restarts (`ringdb admin setstreamthroughput`); 0 lifts the
+    /// limit. The answer (`AdminText`) gives the old and new limits.
+    AdminSetStreamThroughput {
+        /// The new limit in MiB per second (0: none).
+        mib_per_sec: u64,
+    },
 }
 
 /// What `ringdb admin repair` repairs.

@@ -129,6 +129,7 @@ pub mod merge;
 pub mod messages;
 mod replica;
 mod store;
+pub mod throttle;
 
 pub use batch::{
     BatchConfig, BatchCoordinator, BatchFault, BatchReplayReport, BatchStats, FAULT_ENV,

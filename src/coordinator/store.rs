@@ -16,6 +16,7 @@ use super::messages::{
     WireSlice,
 };
 use super::replica::ReplicaHandler;
+use super::throttle::StreamThrottle;
 use crate::cluster::hints::{Hint, HintStore};
 use crate::cluster::Ring;
 use crate::model::key::{self, Token};
@@ -75,6 +76,11 @@ pub struct CoordinatorConfig {
     pub speculative_retry: Duration,
     /// How finely anti-entropy repair compares ranges.
     pub repair: RepairTuning,
+    /// Bytes per second that all range streams of this node together may
+    /// copy (bootstrap, decommission, removenode and repair streams; what
+    /// the pages read from the source replicas weigh on the wire); 0 is no
+    /// limit. See [`crate::coordinator::throttle`].
+    pub stream_throughput: u64,
 }
 
 impl Default for CoordinatorConfig {
@@ -90,6 +96,7 @@ impl Default for CoordinatorConfig {
             read_repair_every: 10,
             speculative_retry: Duration::from_millis(50),
             repair: RepairTuning::default(),
+            stream_throughput: 64 << 20,
         }
     }
 }
@@ -132,6 +139,11 @@ pub struct CoordinatorStats {
     /// Entries (rows, partition deletions) those repairs sent to replicas
     /// that lacked them.
     pub repair_entries_sent: u64,
+    /// Bytes of the pages range streams read from source replicas (what
+    /// the stream throttle counts).
+    pub stream_bytes: u64,
+    /// Microseconds range streams waited for the stream throttle.
+    pub stream_throttled_us: u64,
 }
 
 #[derive(Default)]
@@ -151,6 +163,8 @@ struct Counters {
     partitions_streamed: AtomicU64,
     repairs: AtomicU64,
     repair_entries_sent: AtomicU64,
+    stream_bytes: AtomicU64,
+    stream_throttled_us: AtomicU64,
 }
 
 /// What one hint replay did.
@@ -204,6 +218,8 @@ struct Inner {
     counters: Counters,
     /// How far the repair running on this node is, if one is.
     repair_progress: Mutex<Option<RepairProgress>>,
+    /// The byte-rate limit every range stream of this node shares.
+    stream_throttle: StreamThrottle,
 }
 
 /// The coordinator: implements [`DataStore`] over the replicas of the
@@ -257,12 +273,19 @@ impl ClusterStore {
                 ring: RwLock::new(ring),
                 pending: RwLock::new(None),
                 liveness,
+                stream_throttle: StreamThrottle::new(config.stream_throughput),
                 config,
                 replaying: Mutex::new(BTreeSet::new()),
                 counters: Counters::default(),
                 repair_progress: Mutex::new(None),
             }),
         }
+    }
+
+    /// The byte-rate limit this node's range streams share; it can be
+    /// changed while they run.
+    pub fn stream_throttle(&self) -> &StreamThrottle {
+        &self.inner.stream_throttle
     }
 
     /// This node's id.
@@ -379,6 +402,8 @@ impl ClusterStore {
             partitions_streamed: c.partitions_streamed.load(Ordering::Relaxed),
             repairs: c.repairs.load(Ordering::Relaxed),
             repair_entries_sent: c.repair_entries_sent.load(Ordering::Relaxed),
+            stream_bytes: c.stream_bytes.load(Ordering::Relaxed),
+            stream_throttled_us: c.stream_throttled_us.load(Ordering::Relaxed),
         }
     }
 

@@ -5,7 +5,7 @@ use super::{all_tables, Decommission};
 use crate::client::protocol::RepairRequest;
 use crate::cluster::membership::{status_table, Membership};
 use crate::coordinator::messages::{PeerRequest, PeerResponse};
-use crate::coordinator::{BatchCoordinator, ClusterStore, RepairProgress};
+use crate::coordinator::{BatchCoordinator, ClusterStore, CoordinatorStats, RepairProgress};
 use crate::net::Transport;
 use crate::query::api::{BoxFuture, TableRef};
 use crate::schema::SchemaStore;
@@ -55,7 +55,7 @@ impl AdminSource for NodeAdmin {
         let net = self.transport.stats();
         let gossip = self.membership.stats();
         format!(
-            "{}\nThis node: {:016x}\nHints: stored={} delivered={} expired={} discarded={} pending_targets={}\nBatch log: held={} logged={} log_failures={} replayed_entries={} replayed_partitions={} discarded_partitions={}\nCoordinator: {:?}\nPeer transport: requests_in={} requests_out={} requests_failed={} malformed={} version_mismatches={} deadlines_exceeded={} datagrams_in={} datagrams_out={} datagrams_dropped={} handshakes_failed={}\nGossip: datagrams_in={} datagrams_out={} malformed={} spoofed={} rejected={} inbox_full={} oversize={}\n{}\n{}",
+            "{}\nThis node: {:016x}\nHints: stored={} delivered={} expired={} discarded={} pending_targets={}\nBatch log: held={} logged={} log_failures={} replayed_entries={} replayed_partitions={} discarded_partitions={}\nCoordinator: {:?}\nPeer transport: requests_in={} requests_out={} requests_failed={} malformed={} version_mismatches={} deadlines_exceeded={} datagrams_in={} datagrams_out={} datagrams_dropped={} handshakes_failed={}\nGossip: datagrams_in={} datagrams_out={} malformed={} spoofed={} rejected={} inbox_full={} oversize={}\nStreams: {}\n{}\n{}",
             status_table(&view),
             self.cluster.node_id().0,
             hints.stored,
@@ -87,6 +87,7 @@ impl AdminSource for NodeAdmin {
             gossip.rejected,
             gossip.inbox_full,
             gossip.oversize,
+            stream_line(self.cluster.stream_throttle().bytes_per_sec(), &stats),
             repair_line(self.cluster.repair_progress()),
             self.cluster.local().storage_stats()
         )
@@ -95,6 +96,28 @@ impl AdminSource for NodeAdmin {
     fn decommission(&self) -> BoxFuture<'static, Result<String, String>> {
         let decommission = self.decommission.clone();
         Box::pin(async move { decommission.run().await })
+    }
+
+    fn set_stream_throughput(&self, mib_per_sec: u64) -> Result<String, String> {
+        let throttle = self.cluster.stream_throttle();
+        let bytes = mib_per_sec.checked_mul(1 << 20).ok_or_else(|| {
+            format!("{mib_per_sec} MiB/s is more bytes per second than fit in 64 bits")
+        })?;
+        let old = throttle.bytes_per_sec();
+        throttle.set_bytes_per_sec(bytes);
+        let show = |b: u64| {
+            if b == 0 {
+                "none".to_string()
+            } else {
+                format!("{} MiB/s", b as f64 / (1u64 << 20) as f64)
+            }
+        };
+        tracing::info!(old = old, new = bytes, "stream throughput limit changed");
+        Ok(format!(
+            "stream throughput limit: {} (was {}), until the node restarts\n",
+            show(bytes),
+            show(old)
+        ))
     }
 
     fn remove_node(&self, node: u64) -> BoxFuture<'static, Result<String, String>> {
@@ -176,6 +199,20 @@ impl AdminSource for NodeAdmin {
             ))
         })
     }
+}
+
+/// The `Streams:` line of `admin status`: the stream limit and what range
+/// streams copied and waited for it since start.
+fn stream_line(limit_bytes_per_sec: u64, stats: &CoordinatorStats) -> String {
+    let limit = match limit_bytes_per_sec {
+        0 => "none".to_string(),
+        b => format!("{}MiB/s", b as f64 / (1u64 << 20) as f64),
+    };
+    format!(
+        "limit={limit} bytes_streamed={} throttled_ms={}",
+        stats.stream_bytes,
+        stats.stream_throttled_us / 1000
+    )
 }
 
 /// The `Repair:` line of `admin status` (which `ringdb admin repair`

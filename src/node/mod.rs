@@ -621,6 +621,57 @@ async fn wait_until_known(
     tokio::time::sleep(write_timeout).await;
 }
 
+/// The nodes other than `subject` that this node sees leaving, as hex host
+/// ids. Leaves run one at a time: each streams its ranges to the nodes
+/// that gain them in the ring without it alone, so two at once could both
+/// hand a range to the same node and none to the second node that gains
+/// it. (Joins need no such rule: a join only narrows what other nodes
+/// gain, and a joining node copies its own ranges.)
+fn other_leaves(membership: &Membership, subject: NodeId) -> Vec<String> {
+    let mut others: Vec<NodeId> = membership
+        .view()
+        .leaving_nodes()
+        .into_iter()
+        .filter(|n| *n != subject)
+        .collect();
+    others.sort();
+    others.iter().map(|n| format!("{:016x}", n.0)).collect()
+}
+
+/// Refuses a leave (decommission or removenode of `subject`) that started
+/// while another node was leaving too. Called twice: before the leave is
+/// gossiped, and again, before anything is streamed, once every node
+/// confirmed it. Two leaves started at the same moment may both pass the
+/// first check, but their streams never overlap: each waits until every
+/// up node (the other's runner among them) knows of it before it checks
+/// again, so the one that checks last sees the other still leaving unless
+/// the other has already streamed everything and left.
+fn refuse_concurrent_leave(
+    membership: &Membership,
+    subject: NodeId,
+    confirmed: bool,
+) -> Result<(), String> {
+    let others = other_leaves(membership, subject);
+    if others.is_empty() {
+        return Ok(());
+    }
+    let others = others.join(", ");
+    Err(if confirmed {
+        format!(
+            "node(s) {others} started leaving at the same time: nodes leave one at a time, so \
+             this leave stopped and node {:016x} stays in the ring; run it again once they are \
+             done",
+            subject.0
+        )
+    } else {
+        format!(
+            "node(s) {others} are leaving: nodes leave one at a time; run it again once they are \
+             done (a node stuck leaving, `DL` in `ringdb admin status`, is finished by \
+             `ringdb admin removenode` of it)"
+        )
+    })
+}
+
 /// Joins a cluster that holds data: with this node gossiping `joining` and
 /// its tokens, waits until every coordinator has learned it (from then on
 /// they send it copies of the writes to its future ranges), pulls the
@@ -743,6 +794,20 @@ impl Decommission {
                 "this is the only node of the ring: it cannot hand its data to anyone".into(),
             );
         }
+        refuse_concurrent_leave(&self.membership, me, false)?;
+        let future = current.remove_node(me).map_err(|e| e.to_string())?;
+        let down = self
+            .cluster
+            .down_gainers(me, &future, &all_tables(&self.schema))
+            .map_err(|e| e.to_string())?;
+        if !down.is_empty() {
+            let down: Vec<String> = down.iter().map(|n| format!("{:016x}", n.0)).collect();
+            return Err(format!(
+                "node(s) {} are down and would take over some of this node's ranges: bring them \
+                 back up, or take a dead one out with `ringdb admin removenode` first",
+                down.join(", ")
+            ));
+        }
         self.membership
             .update_local(|m| m.status = NodeStatus::Leaving)
             .map_err(|e| e.to_string())?;
@@ -757,6 +822,8 @@ impl Decommission {
             self.write_timeout,
         )
         .await;
+        refuse_concurrent_leave(&self.membership, me, true)?;
+        tracing::info!("decommission stream starts: no other node is leaving");
         let mut last_error = String::new();
         let mut report = None;
         for attempt in 1..=BOOTSTRAP_ATTEMPTS {

@@ -10,7 +10,10 @@
 //! 2. It gossips the node as `leaving` on its behalf
 //!    ([`Membership::publish_for`]) and waits until every up node confirms
 //!    it knows (coordinators then copy each write to the nodes that gain a
-//!    range, besides hinting the down one), then one write timeout.
+//!    range, besides hinting the down one), then one write timeout. If
+//!    another node started leaving meanwhile, it stops and gossips the
+//!    node `normal` again: nodes leave one at a time (see
+//!    `refuse_concurrent_leave`).
 //! 3. It streams every range the node replicated to the nodes that gain
 //!    it, merged from every other replica ([`ClusterStore::handover_stream`]).
 //!    On failure the node is gossiped `normal` again, as it was.
@@ -23,7 +26,9 @@
 //! and never copied elsewhere are lost with it, as are ranges it was the
 //! only replica of (RF=1); the report counts the latter.
 
-use super::{all_tables, wait_until_known, RingChange, BOOTSTRAP_ATTEMPTS};
+use super::{
+    all_tables, refuse_concurrent_leave, wait_until_known, RingChange, BOOTSTRAP_ATTEMPTS,
+};
 use crate::cluster::membership::{Membership, NodeStatus};
 use crate::coordinator::messages::{PeerRequest, PeerResponse};
 use crate::coordinator::{ClusterStore, StreamReport};
@@ -212,6 +217,16 @@ impl RemoveNode {
             self.write_timeout,
         )
         .await;
+        if let Err(refused) = refuse_concurrent_leave(&self.membership, target, true) {
+            let _ = self
+                .membership
+                .publish_for(target, |m| m.status = NodeStatus::Normal);
+            return Err(refused);
+        }
+        tracing::info!(
+            node = target.0,
+            "removenode stream starts: no other node is leaving"
+        );
         let mut last_error = String::new();
         for attempt in 1..=BOOTSTRAP_ATTEMPTS {
             if self.membership.is_up(target) {

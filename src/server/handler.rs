@@ -623,97 +623,78 @@ async fn dispatch(
                 "this server runs without the cluster layer: no admin status",
             ),
         },
-        ClientFrame::AdminDecommission
+        // The admin requests that change the node or the ring: served only
+        // to clients on the node's own machine.
+        frame @ (ClientFrame::AdminDecommission
         | ClientFrame::AdminFlush
         | ClientFrame::AdminCompact
         | ClientFrame::AdminRepair(_)
         | ClientFrame::AdminCleanup { .. }
         | ClientFrame::AdminRemoveNode { .. }
-            if !is_local_client(remote) =>
-        {
-            let what = match frame {
-                ClientFrame::AdminDecommission => "decommission",
-                ClientFrame::AdminFlush => "flush",
-                ClientFrame::AdminRepair(_) => "repair",
-                ClientFrame::AdminCleanup { .. } => "cleanup",
-                ClientFrame::AdminRemoveNode { .. } => "removenode",
-                _ => "compact",
-            };
-            protocol_error(
-                ProtocolErrorCode::Forbidden,
-                format!(
-                    "admin {what} changes the node, so it is accepted only from the node's own \
-                     machine (a loopback address), and this request came from {}; run \
-                     `ringdb admin {what}` on the node itself",
-                    remote.map_or_else(|| "an unknown address".to_string(), |r| r.to_string())
-                ),
-            )
+        | ClientFrame::AdminSetStreamThroughput { .. }) => {
+            let what = admin_command_name(&frame);
+            if !is_local_client(remote) {
+                protocol_error(
+                    ProtocolErrorCode::Forbidden,
+                    format!(
+                        "admin {what} changes the node, so it is accepted only from the node's \
+                         own machine (a loopback address), and this request came from {}; run \
+                         `ringdb admin {what}` on the node itself",
+                        remote.map_or_else(|| "an unknown address".to_string(), |r| r.to_string())
+                    ),
+                )
+            } else if let Some(admin) = &shared.admin {
+                match run_admin_command(admin.as_ref(), frame).await {
+                    Ok(text) => ServerFrame::AdminText(text),
+                    Err(e) => ServerFrame::Error(WireError::Query(QueryError::Server(e))),
+                }
+            } else {
+                protocol_error(
+                    ProtocolErrorCode::Unsupported,
+                    format!("this server runs without the cluster layer: no admin {what}"),
+                )
+            }
         }
-        ClientFrame::AdminDecommission => match &shared.admin {
-            Some(admin) => match admin.decommission().await {
-                Ok(text) => ServerFrame::AdminText(text),
-                Err(e) => ServerFrame::Error(WireError::Query(QueryError::Server(e))),
-            },
-            None => protocol_error(
-                ProtocolErrorCode::Unsupported,
-                "this server runs without the cluster layer: no decommission",
-            ),
-        },
-        ClientFrame::AdminFlush => match &shared.admin {
-            Some(admin) => match admin.flush().await {
-                Ok(text) => ServerFrame::AdminText(text),
-                Err(e) => ServerFrame::Error(WireError::Query(QueryError::Server(e))),
-            },
-            None => protocol_error(
-                ProtocolErrorCode::Unsupported,
-                "this server runs without the cluster layer: no admin flush",
-            ),
-        },
-        ClientFrame::AdminCompact => match &shared.admin {
-            Some(admin) => match admin.compact().await {
-                Ok(text) => ServerFrame::AdminText(text),
-                Err(e) => ServerFrame::Error(WireError::Query(QueryError::Server(e))),
-            },
-            None => protocol_error(
-                ProtocolErrorCode::Unsupported,
-                "this server runs without the cluster layer: no admin compact",
-            ),
-        },
-        ClientFrame::AdminRepair(request) => match &shared.admin {
-            Some(admin) => match admin.repair(request).await {
-                Ok(text) => ServerFrame::AdminText(text),
-                Err(e) => ServerFrame::Error(WireError::Query(QueryError::Server(e))),
-            },
-            None => protocol_error(
-                ProtocolErrorCode::Unsupported,
-                "this server runs without the cluster layer: no admin repair",
-            ),
-        },
-        ClientFrame::AdminCleanup { keyspace, table } => match &shared.admin {
-            Some(admin) => match admin.cleanup(keyspace, table).await {
-                Ok(text) => ServerFrame::AdminText(text),
-                Err(e) => ServerFrame::Error(WireError::Query(QueryError::Server(e))),
-            },
-            None => protocol_error(
-                ProtocolErrorCode::Unsupported,
-                "this server runs without the cluster layer: no admin cleanup",
-            ),
-        },
-        ClientFrame::AdminRemoveNode { node } => match &shared.admin {
-            Some(admin) => match admin.remove_node(node).await {
-                Ok(text) => ServerFrame::AdminText(text),
-                Err(e) => ServerFrame::Error(WireError::Query(QueryError::Server(e))),
-            },
-            None => protocol_error(
-                ProtocolErrorCode::Unsupported,
-                "this server runs without the cluster layer: no admin removenode",
-            ),
-        },
     };
     if session != before {
         state.lock().session = session;
     }
     answer
+}
+
+/// The `ringdb admin` subcommand an admin frame comes from, for messages.
+fn admin_command_name(frame: &ClientFrame) -> &'static str {
+    match frame {
+        ClientFrame::AdminStatus => "status",
+        ClientFrame::AdminDecommission => "decommission",
+        ClientFrame::AdminFlush => "flush",
+        ClientFrame::AdminCompact => "compact",
+        ClientFrame::AdminRepair(_) => "repair",
+        ClientFrame::AdminCleanup { .. } => "cleanup",
+        ClientFrame::AdminRemoveNode { .. } => "removenode",
+        ClientFrame::AdminSetStreamThroughput { .. } => "setstreamthroughput",
+        _ => "request",
+    }
+}
+
+/// Runs an admin frame that changes the node on `admin`: the answer's
+/// text, or why it was refused or failed.
+async fn run_admin_command(admin: &dyn AdminSource, frame: ClientFrame) -> Result<String, String> {
+    match frame {
+        ClientFrame::AdminDecommission => admin.decommission().await,
+        ClientFrame::AdminFlush => admin.flush().await,
+        ClientFrame::AdminCompact => admin.compact().await,
+        ClientFrame::AdminRepair(request) => admin.repair(request).await,
+        ClientFrame::AdminCleanup { keyspace, table } => admin.cleanup(keyspace, table).await,
+        ClientFrame::AdminRemoveNode { node } => admin.remove_node(node).await,
+        ClientFrame::AdminSetStreamThroughput { mib_per_sec } => {
+            admin.set_stream_throughput(mib_per_sec)
+        }
+        other => Err(format!(
+            "{} is not an admin command that changes the node",
+            admin_command_name(&other)
+        )),
+    }
 }
 
 /// Whether a client connecting from `remote` is on the node's own machine

@@ -100,6 +100,14 @@ pub trait AdminSource: Send + Sync + 'static {
         let _ = (keyspace, table);
         Box::pin(async { Err("this server cannot clean up".to_string()) })
     }
+
+    /// Sets the MiB per second the node's range streams may copy (0: no
+    /// limit), until it restarts (like `nodetool setstreamthroughput`);
+    /// the text gives the old and new limits.
+    fn set_stream_throughput(&self, mib_per_sec: u64) -> Result<String, String> {
+        let _ = mib_per_sec;
+        Err("this server does not stream".to_string())
+    }
 }
 
 /// Bytes a client connection may have sent that the server has not read

@@ -33,6 +33,35 @@ use super::*;
 /// Partitions asked for per scan page.
 const STREAM_PAGE: u32 = 256;
 
+/// Host ids as `admin status` shows them, comma-separated.
+fn hex_ids(nodes: &[NodeId]) -> String {
+    nodes
+        .iter()
+        .map(|n| format!("{:016x}", n.0))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// How many bytes `value` takes encoded as peer messages encode it (what
+/// a streamed page weighs on the wire, for the stream throttle).
+fn wire_bytes<T: serde::Serialize>(value: &T) -> usize {
+    struct Count(usize);
+    impl std::io::Write for Count {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0 += buf.len();
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut count = Count(0);
+    // Encoding an in-memory value into a counter cannot fail; were it to,
+    // the page would pass unthrottled.
+    let _ = bincode::serde::encode_into_std_write(value, &mut count, bincode::config::standard());
+    count.0
+}
+
 /// Where streamed partitions go.
 pub(super) enum Sink<'a> {
     /// This node's store (bootstrap).
@@ -152,6 +181,15 @@ impl ClusterStore {
         future: &Ring,
         tables: &[TableRef],
     ) -> Result<StreamReport, QueryError> {
+        let down = self.down_gainers(leaving, future, tables)?;
+        if !down.is_empty() {
+            return Err(server(format!(
+                "node(s) {} take over ranges of node {:016x} but are down: bring them back up, \
+                 or remove them first (`ringdb admin removenode`)",
+                hex_ids(&down),
+                leaving.0
+            )));
+        }
         let current = self.ring();
         let mut report = StreamReport::default();
         for table in tables {
@@ -178,6 +216,32 @@ impl ClusterStore {
             }
         }
         Ok(report)
+    }
+
+    /// The nodes that would gain a range of `tables` when `leaving` hands
+    /// its ranges over to make `future` ([`ClusterStore::handover_stream`])
+    /// and that this node sees down, sorted: a hand-over needs every one
+    /// of them up, so a decommission checks before it starts.
+    pub fn down_gainers(
+        &self,
+        leaving: NodeId,
+        future: &Ring,
+        tables: &[TableRef],
+    ) -> Result<Vec<NodeId>, QueryError> {
+        let current = self.ring();
+        let mut down = BTreeSet::new();
+        for table in tables {
+            let rf = self.rf(&table.keyspace)?;
+            for (_, hi, replicas) in spans_replicated_by(&current, rf, leaving) {
+                down.extend(
+                    future
+                        .replicas(hi, rf)
+                        .into_iter()
+                        .filter(|n| !replicas.contains(n) && !self.is_alive(*n)),
+                );
+            }
+        }
+        Ok(down.into_iter().collect())
     }
 
     /// Streams the partitions with tokens in `[lo, hi]` of `table` from the
@@ -221,9 +285,11 @@ impl ClusterStore {
                 .await?;
             let mut answers: Vec<(BTreeMap<Vec<u8>, ReplicaPartition>, bool)> = Vec::new();
             let mut answered: Vec<NodeId> = Vec::new();
+            let mut page_bytes = 0usize;
             for (node, resp) in got {
                 match resp {
                     PeerResponse::Partitions { partitions, cut } => {
+                        page_bytes += wire_bytes(&partitions);
                         answers.push((partitions.into_iter().collect(), cut));
                         answered.push(node);
                     }
@@ -315,6 +381,16 @@ impl ClusterStore {
                 .counters
                 .partitions_streamed
                 .fetch_add(prefixes.len() as u64, Ordering::Relaxed);
+            self.inner
+                .counters
+                .stream_bytes
+                .fetch_add(page_bytes as u64, Ordering::Relaxed);
+            // The next page waits its turn under the node's stream limit.
+            let waited = self.inner.stream_throttle.pass(page_bytes).await;
+            self.inner
+                .counters
+                .stream_throttled_us
+                .fetch_add(waited.as_micros() as u64, Ordering::Relaxed);
             match cutoff {
                 Some(c) => pos = Some(c),
                 None => return Ok(applied),
