@@ -333,11 +333,20 @@ async fn one_missed_write_in_many_partitions_streams_only_a_few_after_finer_comp
         "node 1 missed the write"
     );
 
-    let report = c
-        .store(2)
-        .repair(&[log_table(&c)], false)
-        .await
-        .expect("repair");
+    // A second repair started on the same node while the first runs is
+    // refused, saying one runs; the first is not disturbed.
+    let table = log_table(&c);
+    let store = c.store(2);
+    let (report, second) = tokio::join!(store.repair(std::slice::from_ref(&table), false), async {
+        while store.repair_progress().is_none() {
+            tokio::time::sleep(Duration::from_micros(100)).await;
+        }
+        store.repair(std::slice::from_ref(&table), false).await
+    });
+    let refused = second.expect_err("a second repair at once");
+    assert!(refused.to_string().contains("already runs"), "{refused}");
+    let report = report.expect("repair");
+    assert!(store.repair_progress().is_none(), "progress cleared");
     assert!(report.is_complete(), "{report}");
     assert_eq!(report.partitions_repaired, 1, "{report}");
     assert_eq!(report.entries_sent, 1, "one row to node 1: {report}");

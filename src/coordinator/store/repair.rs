@@ -135,7 +135,8 @@ impl ClusterStore {
     /// it is the primary replica of when `primary_only`, so that running it
     /// on every node repairs each range once). A span that fails is
     /// reported in [`RepairReport::failures`] and the others are still
-    /// repaired; an unknown keyspace fails the whole call.
+    /// repaired; an unknown keyspace fails the whole call, and so does a
+    /// repair started while another runs on this node (one at a time).
     pub async fn repair(
         &self,
         tables: &[TableRef],
@@ -163,10 +164,22 @@ impl ClusterStore {
             }
         }
         let progress = &self.inner.repair_progress;
-        *progress.lock() = Some(RepairProgress {
-            spans_done: 0,
-            spans_total: work.len(),
-        });
+        {
+            // One repair at a time per node: a second would read the same
+            // data again, and `admin status` shows one progress line.
+            let mut running = progress.lock();
+            if let Some(p) = *running {
+                return Err(server(format!(
+                    "a repair already runs on this node ({} of {} spans done): wait until \
+                     `ringdb admin status` shows `Repair: idle`, then run it again",
+                    p.spans_done, p.spans_total
+                )));
+            }
+            *running = Some(RepairProgress {
+                spans_done: 0,
+                spans_total: work.len(),
+            });
+        }
         let _clear = ProgressGuard(progress);
         for (table, lo, hi, replicas) in work {
             report.spans += 1;
@@ -194,8 +207,7 @@ impl ClusterStore {
         Ok(report)
     }
 
-    /// How far the repair running on this node is (the latest started,
-    /// when several run); `None` when none runs.
+    /// How far the repair running on this node is; `None` when none runs.
     pub fn repair_progress(&self) -> Option<RepairProgress> {
         *self.inner.repair_progress.lock()
     }
