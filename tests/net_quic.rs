@@ -257,6 +257,73 @@ async fn a_peer_restarted_on_the_same_port_is_reachable_again() {
     assert_eq!(handler.requests.load(Ordering::SeqCst), 1);
 }
 
+/// A peer that crashes (its process gone without a word, so the
+/// connection to it stays open here) and restarts on the same address with
+/// the same certificate resets the stale connection when the first packet
+/// of it arrives (its stateless-reset and connection-ID keys come from its
+/// private key: `RestartKeys`): requests to it fail at most once, fast,
+/// and never wait out the 10 s idle timeout (each may wait 3 s here).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_that_crashed_and_restarted_resets_the_stale_connection() {
+    let ca = ClusterCa::generate().expect("CA");
+    let (a, _, _) = node(&ca, "a");
+    let b_tls = NodeTls::throwaway(&ca, "b").expect("cert");
+
+    // B runs on a runtime of its own, which is then stopped in its tracks:
+    // nothing of B runs or sends anything after that, as after SIGKILL.
+    let b_runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let (b_handler, _rx) = TestHandler::new();
+    let b = {
+        let _in_b = b_runtime.enter();
+        bind(b_tls.clone(), localhost(), b_handler).expect("bind b")
+    };
+    let b_addr = b.local_addr();
+    let resp = a.request(b_addr, Req::Echo(1, "before".into()), T).await;
+    assert!(resp.is_ok(), "{resp:?}");
+    b_runtime.shutdown_background();
+    drop(b);
+
+    let (handler, _rx) = TestHandler::new();
+    let mut attempt = 0;
+    let b2 = loop {
+        match bind(b_tls.clone(), b_addr, handler.clone()) {
+            Ok(node) => break node,
+            Err(NetError::Bind { .. }) if attempt < 100 => {
+                attempt += 1;
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Err(e) => panic!("cannot bind {b_addr} again: {e}"),
+        }
+    };
+    let mut outcomes = Vec::new();
+    for n in 2..4 {
+        let resp = a
+            .request(b_addr, Req::Echo(n, "after".into()), Duration::from_secs(3))
+            .await;
+        let done = resp.is_ok();
+        outcomes.push(resp);
+        if done {
+            break;
+        }
+    }
+    assert!(
+        matches!(outcomes.last(), Some(Ok(Resp::Echo { .. }))),
+        "the restarted peer never answered: {outcomes:?}"
+    );
+    assert!(
+        !outcomes
+            .iter()
+            .any(|r| matches!(r, Err(NetError::Timeout { .. }))),
+        "a request waited on the dead connection: {outcomes:?}"
+    );
+    assert_eq!(handler.requests.load(Ordering::SeqCst), 1);
+    b2.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_of_another_ca_cannot_talk_to_the_cluster() {
     let ca = ClusterCa::generate().expect("CA");

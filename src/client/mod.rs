@@ -263,7 +263,7 @@ impl Client {
         } else {
             SocketAddr::from(([0u16; 8], 0))
         };
-        let endpoint = crate::net::udp::endpoint(bind, None)
+        let endpoint = crate::net::udp::endpoint(bind, None, None)
             .map_err(|e| ClientError::Connection(e.to_string()))?;
         let connecting = endpoint
             .connect_with(config, addr, &tls.server_name)

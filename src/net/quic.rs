@@ -280,11 +280,14 @@ impl<Req: Message, Resp: Message> QuicTransport<Req, Resp> {
         let mut client_config = quinn::ClientConfig::new(config.tls.quic_client_crypto()?);
         client_config.transport_config(Arc::new(config.transport_config(0)?));
 
-        let endpoint = super::udp::endpoint(config.listen, Some(server_config)).map_err(|e| {
-            NetError::Bind {
-                addr: config.listen,
-                reason: e.to_string(),
-            }
+        let endpoint = super::udp::endpoint(
+            config.listen,
+            Some(server_config),
+            Some(&config.tls.restart_keys("peers")),
+        )
+        .map_err(|e| NetError::Bind {
+            addr: config.listen,
+            reason: e.to_string(),
         })?;
         let bound = endpoint.local_addr().map_err(|e| NetError::Bind {
             addr: config.listen,

@@ -20,6 +20,11 @@
 //! overwritten unless asked.
 //!
 //! One crypto provider is used throughout: ring (see [`crypto_provider`]).
+//!
+//! The node's private key also seeds its QUIC endpoints' stateless-reset
+//! and connection-ID keys ([`RestartKeys`]), so that a node restarted on
+//! the same address tells its peers at once that their connections to the
+//! old process are gone.
 
 use std::fmt;
 use std::net::IpAddr;
@@ -202,6 +207,70 @@ fn parse_cert(path: &Path, pem: &str) -> Result<CertificateDer<'static>, CertErr
         path: path.to_path_buf(),
         reason: format!("no PEM certificate: {e}"),
     })
+}
+
+/// What makes a QUIC endpoint restarted on the same address recognisable
+/// to the peers of its previous process: the key its stateless-reset
+/// tokens are signed with (RFC 9000 section 10.3) and the key its
+/// connection IDs are validated with. Both are derived from the node's
+/// private key and a purpose (one per endpoint: `"peers"`, `"clients"`), so
+/// they are the same after a restart and secret to anyone without the
+/// private key.
+///
+/// Why: a process that died without closing its connections leaves them
+/// open at its peers until their idle timeout (10 s between nodes), and
+/// requests sent on them meanwhile are lost. Once a new process listens on
+/// the address, quinn answers a packet of such a connection with a
+/// stateless reset, and the peer drops the connection at once (and dials
+/// anew), but only if the new process takes the connection ID for one it
+/// could have issued and signs the reset with the old process's key. With
+/// quinn's defaults, random keys per process, neither holds: the packets
+/// are dropped in silence.
+#[derive(Clone)]
+pub struct RestartKeys {
+    reset: Arc<ring::hmac::Key>,
+    connection_ids: u64,
+}
+
+impl fmt::Debug for RestartKeys {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RestartKeys").finish_non_exhaustive()
+    }
+}
+
+impl RestartKeys {
+    /// The keys of the endpoint for `purpose` of the node whose private key
+    /// (DER) is `private_key_der`.
+    pub fn derive(private_key_der: &[u8], purpose: &str) -> RestartKeys {
+        let derive = |what: &[u8]| {
+            let mut seed = ring::digest::Context::new(&ring::digest::SHA256);
+            seed.update(b"ringdb QUIC endpoint key v1\0");
+            seed.update(what);
+            seed.update(b"\0");
+            seed.update(purpose.as_bytes());
+            seed.update(b"\0");
+            seed.update(private_key_der);
+            seed.finish()
+        };
+        let cid_seed = derive(b"connection ids");
+        let mut cid_key = [0u8; 8];
+        cid_key.copy_from_slice(&cid_seed.as_ref()[..8]);
+        RestartKeys {
+            reset: Arc::new(ring::hmac::Key::new(
+                ring::hmac::HMAC_SHA256,
+                derive(b"stateless reset").as_ref(),
+            )),
+            connection_ids: u64::from_le_bytes(cid_key),
+        }
+    }
+
+    /// Sets both keys in an endpoint's configuration.
+    pub fn apply(&self, config: &mut quinn::EndpointConfig) {
+        let cid_key = self.connection_ids;
+        config.reset_key(self.reset.clone()).cid_generator(move || {
+            Box::new(quinn_proto::HashedConnectionIdGenerator::from_key(cid_key))
+        });
+    }
 }
 
 fn parse_key(path: &Path, pem: &str) -> Result<PrivateKeyDer<'static>, CertError> {
@@ -483,6 +552,11 @@ impl NodeTls {
         })
     }
 
+    /// The [`RestartKeys`] of this node's endpoint for `purpose`.
+    pub fn restart_keys(&self, purpose: &str) -> RestartKeys {
+        RestartKeys::derive(self.key.secret_der(), purpose)
+    }
+
     /// Builds an identity from PEM text.
     pub fn from_pem(ca_pem: &str, cert_pem: &str, key_pem: &str) -> Result<NodeTls, CertError> {
         Ok(NodeTls {
@@ -561,5 +635,54 @@ impl NodeTls {
 fn config_err(e: impl fmt::Display) -> NetError {
     NetError::Config {
         reason: format!("TLS: {e}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What an endpoint with `keys` signs as the reset token of `cid`, and
+    /// whether it takes `cid` for one it issued.
+    fn behaviour(keys: &RestartKeys, cid: &[u8]) -> (Vec<u8>, bool) {
+        let token = ring::hmac::sign(&keys.reset, cid).as_ref().to_vec();
+        let mut generator = quinn_proto::HashedConnectionIdGenerator::from_key(keys.connection_ids);
+        use quinn_proto::ConnectionIdGenerator;
+        let valid = generator
+            .validate(&quinn_proto::ConnectionId::new(cid))
+            .is_ok();
+        // And it takes what it generates itself.
+        let own = generator.generate_cid();
+        assert!(generator.validate(&own).is_ok());
+        (token, valid)
+    }
+
+    #[test]
+    fn restart_keys_are_the_same_after_a_restart_and_differ_otherwise() {
+        let ca = ClusterCa::generate().unwrap();
+        let node = NodeTls::throwaway(&ca, "n1").unwrap();
+        let other = NodeTls::throwaway(&ca, "n2").unwrap();
+        let before = node.restart_keys("peers");
+        let mut issuer = quinn_proto::HashedConnectionIdGenerator::from_key(before.connection_ids);
+        let cid = {
+            use quinn_proto::ConnectionIdGenerator;
+            issuer.generate_cid().to_vec()
+        };
+        let original = behaviour(&before, &cid);
+        assert!(original.1, "an endpoint takes its own connection ids");
+        // Loaded again from the same key: the same.
+        let reloaded = NodeTls {
+            ca: node.ca.clone(),
+            cert: node.cert.clone(),
+            key: node.key.clone_key(),
+        };
+        assert_eq!(behaviour(&reloaded.restart_keys("peers"), &cid), original);
+        // Another purpose or another node: another token, and (with all but
+        // negligible odds) a connection id it never issued.
+        for keys in [node.restart_keys("clients"), other.restart_keys("peers")] {
+            let (token, valid) = behaviour(&keys, &cid);
+            assert_ne!(token, original.0);
+            assert!(!valid, "a connection id of another key taken as its own");
+        }
     }
 }

@@ -78,19 +78,21 @@ const MAX_GSO_SEND_PAYLOAD: usize = 65_535 - 20 - 8;
 
 /// A quinn endpoint on [`bind_socket`]`(addr)`: a server if
 /// `server_config` is given, else a client only; it accepts packets up to
-/// [`MAX_UDP_PAYLOAD`]. Must be called inside a tokio runtime.
+/// [`MAX_UDP_PAYLOAD`]. A server's `restart_keys` should outlive the
+/// process (see [`super::tls::RestartKeys`]); `None` takes quinn's random
+/// ones. Must be called inside a tokio runtime.
 pub fn endpoint(
     addr: SocketAddr,
     server_config: Option<quinn::ServerConfig>,
+    restart_keys: Option<&super::tls::RestartKeys>,
 ) -> io::Result<quinn::Endpoint> {
     let runtime: Arc<dyn quinn::Runtime> = quinn::default_runtime()
         .ok_or_else(|| io::Error::other("no async runtime for the QUIC endpoint"))?;
-    quinn::Endpoint::new(
-        endpoint_config()?,
-        server_config,
-        bind_socket(addr)?,
-        runtime,
-    )
+    let mut config = endpoint_config()?;
+    if let Some(keys) = restart_keys {
+        keys.apply(&mut config);
+    }
+    quinn::Endpoint::new(config, server_config, bind_socket(addr)?, runtime)
 }
 
 /// quinn's endpoint configuration with [`MAX_UDP_PAYLOAD`].

@@ -235,6 +235,7 @@ impl Node {
             batch_log.clone(),
             schema.clone(),
         ));
+        let client_restart_keys = tls.restart_keys("clients");
         let quic = QuicTransport::bind(QuicConfig::new(config.peer_listen, tls), handler.clone())
             .map_err(|e| start_err("the peer listener")(&e))?;
         let transport: Arc<dyn Transport<PeerRequest, PeerResponse>> = Arc::new(quic);
@@ -461,6 +462,7 @@ impl Node {
             Arc::new(CatalogSource(schema.clone())),
             Some(admin),
             config.client_limits,
+            Some(client_restart_keys),
         )
         .map_err(|e| start_err("the client listener")(&e))?;
         Ok(Node {

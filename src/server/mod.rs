@@ -337,11 +337,15 @@ impl ClientServer {
         schema: Arc<dyn SchemaSource>,
         limits: ServerLimits,
     ) -> Result<ClientServer, ServerError> {
-        ClientServer::bind_full(addr, tls, executor, schema, None, limits)
+        ClientServer::bind_full(addr, tls, executor, schema, None, limits, None)
     }
 
     /// Like [`ClientServer::bind_with_limits`], with cluster administration
-    /// (`admin`) for `ringdb admin` when the node runs the cluster layer.
+    /// (`admin`) for `ringdb admin` when the node runs the cluster layer,
+    /// and the endpoint's [`RestartKeys`](crate::net::tls::RestartKeys)
+    /// (derived from the node's private key, so that clients of a node
+    /// restarted on the same address learn at once that their connections
+    /// are gone; `None`: random keys).
     pub fn bind_full(
         addr: SocketAddr,
         mut tls: rustls::ServerConfig,
@@ -349,6 +353,7 @@ impl ClientServer {
         schema: Arc<dyn SchemaSource>,
         admin: Option<Arc<dyn AdminSource>>,
         limits: ServerLimits,
+        restart_keys: Option<crate::net::tls::RestartKeys>,
     ) -> Result<ClientServer, ServerError> {
         tls.alpn_protocols = vec![ALPN.to_vec()];
         tls.max_early_data_size = 0;
@@ -367,7 +372,7 @@ impl ClientServer {
             .max_idle_timeout(quinn::IdleTimeout::try_from(limits.idle_timeout).ok());
         crate::net::quic::tune_transport(&mut transport);
         config.transport_config(Arc::new(transport));
-        let endpoint = crate::net::udp::endpoint(addr, Some(config))
+        let endpoint = crate::net::udp::endpoint(addr, Some(config), restart_keys.as_ref())
             .map_err(|source| ServerError::Bind { addr, source })?;
         let local_addr = endpoint
             .local_addr()
