@@ -12,6 +12,9 @@
 //!   removenode` on another copies its ranges while writes go on; each
 //!   remaining node, alone, answers every acknowledged write at ONE, and
 //!   the dead node, started again with its old data, is refused.
+//! - Coming back during a removal: the dead node restarts while its ranges
+//!   are copied; the removal stops, it stays a normal replica, and a
+//!   decommission then takes it out without losing a write.
 //! - Two leaves at once: two decommissions started at the same moment
 //!   never stream at once; run again, one after the other, both finish and
 //!   nothing acknowledged is lost. A decommission is refused while a node
@@ -26,7 +29,9 @@ use ringdb::query::api::{QueryError, QueryResult};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
-use support::process::{admin_ok, make_node, new_cluster, run_admin, start_nodes, Cluster, Node};
+use support::process::{
+    admin_ok, make_node, new_cluster, run_admin, run_admin_at, start_nodes, Cluster, Node,
+};
 
 const INSERT: &str = "INSERT INTO ks.kv (k, v) VALUES (?, ?)";
 
@@ -348,6 +353,108 @@ fn a_dead_node_is_removed_by_another_and_refused_when_it_comes_back() {
 
     // RF=3 on the three nodes left: each holds every key on its own.
     first_then_second_alone_hold(&cluster, [&mut n1, &mut n2, &mut n3], &acked, &logs);
+}
+
+/// A dead node that comes back up while another removes it stays in the
+/// ring: node 1's stream limit is cut to 1 MiB/s so the copy of node 4's
+/// ranges (about 12 MiB) takes seconds, and node 4 is started again as it
+/// starts. The removal fails saying why; node 4 is a normal replica again
+/// (reads at ALL, which need it for most keys, answer every write made
+/// meanwhile), and a decommission then takes it out as the error advises,
+/// losing nothing.
+#[test]
+fn a_dead_node_that_comes_back_during_its_removal_stays_in_the_ring() {
+    let root = tempfile::tempdir().unwrap();
+    let FourNodes {
+        cluster,
+        nodes: [mut n1, mut n2, mut n3, mut n4],
+        logs,
+    } = start_four_nodes(root.path());
+    let id4 = host_id_of(&cluster, &n1, &n4);
+    let (client, mut acked) = load_kv(&cluster, &n1);
+    // Bulk, so that the copy takes long at 1 MiB/s.
+    cluster
+        .rt
+        .block_on(client.execute("CREATE TABLE ks.bulk (k int PRIMARY KEY, v text)", vec![]))
+        .expect("create ks.bulk");
+    let filler = "x".repeat(10_000);
+    for k in 0..1200 {
+        cluster
+            .rt
+            .block_on(client.execute(
+                "INSERT INTO ks.bulk (k, v) VALUES (?, ?)",
+                vec![Value::Int(k), Value::Text(filler.clone())],
+            ))
+            .expect("bulk write");
+    }
+    let out = admin_ok(root.path(), &n1, "setstreamthroughput 1");
+    assert!(out.contains("1 MiB/s"), "{out}");
+
+    n4.kill9();
+    wait_for_down(&cluster, &n1, 1);
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = background_writer(&cluster, cluster.connect(&n2), 1000, stop.clone());
+    let removal = {
+        let (root, host) = (root.path().to_path_buf(), n1.client);
+        let command = format!("removenode {id4}");
+        std::thread::spawn(move || run_admin_at(&root, host, &command))
+    };
+    wait_for_log(&n1.log, "removenode stream starts", &logs);
+    n4.start_with_env(&[("RUST_LOG", "info".to_string())]);
+    let out = removal.join().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && stderr.contains("came back up while its ranges were copied"),
+        "the removal did not stop for the node that came back: {}\n{stderr}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        log_tails(&logs)
+    );
+    for node in [&n1, &n2, &n3, &n4] {
+        wait_for_up_or_logs(&cluster, node, 4, &logs);
+    }
+    stop.store(true, Ordering::Relaxed);
+    let during = writer.join().unwrap();
+    assert!(during.len() > 10, "too few writes during the removal");
+    acked.extend(&during);
+    // Every write is on all three of its replicas, node 4 among them for
+    // three keys in four.
+    client.set_consistency(Consistency::All);
+    for &k in &acked {
+        let got = cluster
+            .rt
+            .block_on(client.execute("SELECT v FROM ks.kv WHERE k = ?", vec![Value::Int(k)]))
+            .map(|r| r.result);
+        match got {
+            Ok(QueryResult::Rows(rs)) => assert_eq!(
+                rs.rows.first().map(|r| r.values[0].clone()),
+                Some(Value::Int(k * 3)),
+                "key {k} at ALL"
+            ),
+            other => panic!("key {k} at ALL: {other:?}\n{}", log_tails(&logs)),
+        }
+    }
+    cluster.rt.block_on(client.close());
+
+    // As the error advises: a decommission takes it out, losing nothing.
+    let out = admin_ok(root.path(), &n4, "decommission");
+    assert!(out.contains("decommissioned node"), "{out}");
+    wait_until_exited(&mut n4);
+    wait_for_copies(&cluster, &[&n1, &n2, &n3]);
+    first_then_second_alone_hold(&cluster, [&mut n1, &mut n2, &mut n3], &acked, &logs);
+}
+
+/// Waits (at most 60 s) until `log` has a line containing `marker`.
+fn wait_for_log(log: &std::path::Path, marker: &str, logs: &[std::path::PathBuf]) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while !std::fs::read_to_string(log).is_ok_and(|t| t.contains(marker)) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no {marker:?} in {}:\n{}",
+            log.display(),
+            log_tails(logs)
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 /// Nodes leave one at a time. A decommission is refused while a node

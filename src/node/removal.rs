@@ -16,7 +16,9 @@
 //!    `refuse_concurrent_leave`).
 //! 3. It streams every range the node replicated to the nodes that gain
 //!    it, merged from every other replica ([`ClusterStore::handover_stream`]).
-//!    On failure the node is gossiped `normal` again, as it was.
+//!    On failure the node is gossiped `normal` again, as it was; so it is
+//!    if it comes back up meanwhile (it took writes the new replicas never
+//!    saw), and the error says to decommission it instead.
 //! 4. It gossips the node as `removed`. That status outranks anything the
 //!    node itself may publish later: should it restart with its old data
 //!    directory, every node keeps it out of the ring, tells it, and it
@@ -149,19 +151,7 @@ impl RemoveNode {
             self.hand_over(target).await?
         };
         if self.membership.is_up(target) {
-            // It came back while its ranges were copied: it takes writes as
-            // a replica again, some of which the nodes that received its
-            // ranges never saw. Removing it now could hide them from quorum
-            // reads; it stays (normal: a restart gossips that anyway, and a
-            // healed partition may not have yet), and can be decommissioned.
-            let _ = self
-                .membership
-                .publish_for(target, |m| m.status = NodeStatus::Normal);
-            return Err(format!(
-                "node {:016x} came back up while its ranges were copied: it stays in the \
-                 ring (run `ringdb admin decommission` on it to take it out)",
-                target.0
-            ));
+            return Err(self.came_back(target));
         }
         self.membership
             .publish_for(target, |m| m.status = NodeStatus::Removed)
@@ -189,6 +179,32 @@ impl RemoveNode {
             ));
         }
         Ok(text)
+    }
+
+    /// The node came back up while its ranges were copied: it takes writes
+    /// as a replica again, some of which the nodes that received its ranges
+    /// never saw. Removing it now could hide them from quorum reads, so it
+    /// stays (gossiped normal: a restart gossips that anyway, and a healed
+    /// partition may not have yet), and can be decommissioned. The error
+    /// says so.
+    fn came_back(&self, target: NodeId) -> String {
+        let _ = self
+            .membership
+            .publish_for(target, |m| m.status = NodeStatus::Normal);
+        format!(
+            "node {:016x} came back up while its ranges were copied: it stays in the ring \
+             (run `ringdb admin decommission` on it to take it out)",
+            target.0
+        )
+    }
+
+    /// Resolves once gossip sees `target` up.
+    async fn until_up(&self, target: NodeId) {
+        let mut view = self.membership.watch();
+        // Only an error if the membership service stopped: then never.
+        if view.wait_for(|v| v.is_up(target)).await.is_err() {
+            std::future::pending::<()>().await;
+        }
     }
 
     /// Gossips `target` leaving, waits until every node knows, and streams
@@ -230,19 +246,18 @@ impl RemoveNode {
         let mut last_error = String::new();
         for attempt in 1..=BOOTSTRAP_ATTEMPTS {
             if self.membership.is_up(target) {
-                last_error = format!(
-                    "node {:016x} came back up: decommission it instead",
-                    target.0
-                );
-                break;
+                return Err(self.came_back(target));
             }
             let current = self.cluster.ring();
             let future = current.remove_node(target).map_err(|e| e.to_string())?;
-            match self
-                .cluster
-                .handover_stream(target, &future, &all_tables(&self.schema))
-                .await
-            {
+            let tables = all_tables(&self.schema);
+            // Should it come back up, the copy stops there (a copy cut
+            // short is harmless: what landed is data the gainers may hold).
+            let streamed = tokio::select! {
+                streamed = self.cluster.handover_stream(target, &future, &tables) => streamed,
+                () = self.until_up(target) => return Err(self.came_back(target)),
+            };
+            match streamed {
                 Ok(report) => return Ok(report),
                 Err(e) => {
                     tracing::warn!(attempt, error = %e, "removenode stream failed; trying again");

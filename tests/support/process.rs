@@ -98,10 +98,16 @@ impl Drop for Node {
 /// whitespace, so it may carry arguments), trusting the CA saved under
 /// `<root>/certs`; its exit status and output.
 pub fn run_admin(root: &Path, node: &Node, command: &str) -> std::process::Output {
+    run_admin_at(root, node.client, command)
+}
+
+/// [`run_admin`] against the node whose client listener is `host` (for a
+/// thread that cannot borrow the [`Node`]).
+pub fn run_admin_at(root: &Path, host: SocketAddr, command: &str) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_ringdb"))
         .arg("admin")
         .args(command.split_whitespace())
-        .args(["--host", &node.client.to_string()])
+        .args(["--host", &host.to_string()])
         .arg("--ca-cert")
         .arg(root.join("certs").join("ca.pem"))
         .output()
