@@ -11,6 +11,8 @@
 //!   table name created on both keeps the earliest creation, without the
 //!   other's rows. Two tables created at the same moment on the joined
 //!   cluster both exist too.
+//! - A client of a node killed (SIGKILL) and started again connects again
+//!   by itself, on the keyspace it was using.
 //! - SIGTERM while a node is still starting (here: waiting for a seed that
 //!   never answers) stops it cleanly, with exit status 0, instead of by
 //!   the signal's default action.
@@ -18,7 +20,7 @@
 mod support;
 
 use cql_lite::Value;
-use ringdb::client::Client;
+use ringdb::client::{Client, ClientError};
 use ringdb::model::Consistency;
 use ringdb::net::tls::ClusterCa;
 use ringdb::query::api::QueryResult;
@@ -140,6 +142,57 @@ fn quorum_writes_survive_sigkill_and_hints_reach_the_restarted_node() {
         missing.len(),
         &missing[..missing.len().min(10)]
     );
+}
+
+/// A client whose node was killed and started again connects again by
+/// itself: a statement may fail once (sent on the dead connection before
+/// the restarted node's reset arrived), the next runs on the keyspace the
+/// session was using, and `reconnects()` counts one reconnection.
+#[test]
+fn a_client_connects_again_to_a_restarted_node() {
+    let root = tempfile::tempdir().unwrap();
+    let (ca, cluster) = new_cluster(root.path());
+    let mut n1 = make_node(root.path(), &ca, "node1", None);
+    n1.start();
+    cluster.wait_for_up(&n1, 1);
+    let client = cluster.connect(&n1);
+    // Far below the 5-minute idle timeout of a stale connection.
+    client.set_timeout(Duration::from_secs(5));
+    let run = |text: &str| cluster.rt.block_on(client.execute(text, vec![]));
+    for ddl in [
+        "CREATE KEYSPACE ks WITH replication = {'class': 'SimpleStrategy', 'replication_factor': 1}",
+        "USE ks",
+        "CREATE TABLE kv (k int PRIMARY KEY, v int)",
+        "INSERT INTO kv (k, v) VALUES (1, 10)",
+    ] {
+        run(ddl).unwrap_or_else(|e| panic!("{ddl}: {e}"));
+    }
+    n1.kill9();
+    n1.start();
+    cluster.wait_for_up(&n1, 1);
+    let mut outcomes = Vec::new();
+    for _ in 0..2 {
+        let got = run("SELECT v FROM kv WHERE k = 1");
+        let done = got.is_ok();
+        outcomes.push(got);
+        if done {
+            break;
+        }
+    }
+    let (last, before) = outcomes.split_last().unwrap();
+    match last {
+        Ok(response) => assert_eq!(first_column(&response.result), vec![Value::Int(10)]),
+        Err(e) => panic!("no answer after the restart: {e}; before: {before:?}"),
+    }
+    assert!(
+        before
+            .iter()
+            .all(|r| matches!(r, Err(ClientError::Connection(_)))),
+        "{before:?}"
+    );
+    assert_eq!(client.reconnects(), 1);
+    assert_eq!(client.keyspace().as_deref(), Some("ks"));
+    cluster.rt.block_on(client.close());
 }
 
 #[test]

@@ -14,6 +14,12 @@
 //! The protocol is in [`protocol`]. A [`Client`] holds one QUIC connection
 //! (one session on the server) and sends each request on its own stream, so
 //! requests may run concurrently from several tasks.
+//!
+//! A connection found closed (the node restarted, or it closed the
+//! connection) is dialed again before the next request, and the session
+//! opened again with the keyspace in use; a request in flight when the
+//! connection was lost fails with [`ClientError::Connection`] and is not
+//! sent again (it may or may not have been applied).
 
 pub mod protocol;
 
@@ -223,7 +229,16 @@ pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
 /// A connection to one ringdb node: one session.
 pub struct Client {
     endpoint: quinn::Endpoint,
-    connection: quinn::Connection,
+    /// The current connection; replaced when found closed.
+    connection: Mutex<quinn::Connection>,
+    /// What dialing the node again needs.
+    addr: SocketAddr,
+    quinn_config: quinn::ClientConfig,
+    server_name: String,
+    /// Held while dialing again, so that one request does it.
+    redial: tokio::sync::Mutex<()>,
+    /// How many times the connection was dialed again.
+    reconnects: AtomicU64,
     inner: Mutex<ClientSettings>,
     /// The request lane (`net::mux`), opened after the startup; requests go
     /// on it, each tagged with its id, instead of a stream each.
@@ -265,22 +280,16 @@ impl Client {
         };
         let endpoint = crate::net::udp::endpoint(bind, None, None)
             .map_err(|e| ClientError::Connection(e.to_string()))?;
-        let connecting = endpoint
-            .connect_with(config, addr, &tls.server_name)
-            .map_err(|e| ClientError::Connection(e.to_string()))?;
         let timeout = DEFAULT_REQUEST_TIMEOUT;
-        let connection = match tokio::time::timeout(timeout, connecting).await {
-            Err(_) => return Err(ClientError::Timeout(timeout)),
-            Ok(Err(e)) => {
-                return Err(ClientError::Connection(format!(
-                    "connecting to {addr}: {e}"
-                )))
-            }
-            Ok(Ok(c)) => c,
-        };
+        let connection = dial(&endpoint, &config, addr, &tls.server_name, timeout).await?;
         let client = Client {
             endpoint,
-            connection,
+            connection: Mutex::new(connection),
+            addr,
+            quinn_config: config,
+            server_name: tls.server_name.clone(),
+            redial: tokio::sync::Mutex::new(()),
+            reconnects: AtomicU64::new(0),
             inner: Mutex::new(ClientSettings {
                 consistency: Consistency::One,
                 page_size: None,
@@ -291,7 +300,14 @@ impl Client {
             lanes_refused: Arc::new(AtomicBool::new(false)),
             next_request_id: AtomicU64::new(1),
         };
-        let ready = client
+        client.start_session(keyspace).await?;
+        Ok(client)
+    }
+
+    /// Opens the session on the current connection: checks the protocol
+    /// version and sets `keyspace`.
+    async fn start_session(&self, keyspace: Option<String>) -> Result<(), ClientError> {
+        let ready = self
             .request(ClientFrame::Startup {
                 protocol_version: PROTOCOL_VERSION,
                 keyspace,
@@ -299,11 +315,65 @@ impl Client {
             .await?;
         match ready {
             ServerFrame::Ready { keyspace, .. } => {
-                client.inner.lock().keyspace = keyspace;
-                Ok(client)
+                self.inner.lock().keyspace = keyspace;
+                Ok(())
             }
             other => Err(unexpected(&other)),
         }
+    }
+
+    /// The connection, dialed again (and the session opened again with
+    /// the keyspace in use) if it was closed.
+    async fn live_connection(&self) -> Result<quinn::Connection, ClientError> {
+        let current = self.connection.lock().clone();
+        let Some(reason) = current.close_reason() else {
+            return Ok(current);
+        };
+        let _redialing = self.redial.lock().await;
+        let current = self.connection.lock().clone();
+        if current.close_reason().is_none() {
+            // Another request dialed meanwhile.
+            return Ok(current);
+        }
+        let timeout = self.inner.lock().timeout;
+        let fresh = dial(
+            &self.endpoint,
+            &self.quinn_config,
+            self.addr,
+            &self.server_name,
+            timeout,
+        )
+        .await?;
+        *self.connection.lock() = fresh.clone();
+        *self.lane.lock() = None;
+        self.lanes_refused.store(false, Ordering::Relaxed);
+        self.reconnects.fetch_add(1, Ordering::Relaxed);
+        tracing::info!(addr = %self.addr, %reason, "connection lost; connected again");
+        let keyspace = self.inner.lock().keyspace.clone();
+        let ready = self
+            .request_on_stream_of(
+                &fresh,
+                &protocol::encode_frame(&ClientFrame::Startup {
+                    protocol_version: PROTOCOL_VERSION,
+                    keyspace,
+                })
+                .map_err(|e| ClientError::Protocol(e.to_string()))?,
+            )
+            .await?;
+        match ready {
+            ServerFrame::Ready { keyspace, .. } => {
+                self.inner.lock().keyspace = keyspace;
+                Ok(fresh)
+            }
+            ServerFrame::Error(WireError::Query(e)) => Err(ClientError::Query(e)),
+            ServerFrame::Error(WireError::Protocol(e)) => Err(ClientError::Refused(e)),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// How many times the connection was found closed and dialed again.
+    pub fn reconnects(&self) -> u64 {
+        self.reconnects.load(Ordering::Relaxed)
     }
 
     /// Sets the consistency level used when no options are given.
@@ -334,7 +404,7 @@ impl Client {
 
     /// The server's address.
     pub fn remote_address(&self) -> SocketAddr {
-        self.connection.remote_address()
+        self.addr
     }
 
     /// Options with the client's defaults (consistency, page size).
@@ -579,7 +649,7 @@ impl Client {
 
     /// Closes the connection and waits until the server has been told.
     pub async fn close(self) {
-        self.connection.close(0u32.into(), b"bye");
+        self.connection.lock().close(0u32.into(), b"bye");
         crate::net::wait_drained(&self.endpoint).await;
     }
 
@@ -632,7 +702,8 @@ impl Client {
             return Ok(None);
         }
         let (send, recv) = self
-            .connection
+            .live_connection()
+            .await?
             .open_bi()
             .await
             .map_err(|e| ClientError::Connection(e.to_string()))?;
@@ -687,8 +758,17 @@ impl Client {
     }
 
     async fn request_on_stream(&self, bytes: &[u8]) -> Result<ServerFrame, ClientError> {
-        let (mut send, mut recv) = self
-            .connection
+        let connection = self.live_connection().await?;
+        self.request_on_stream_of(&connection, bytes).await
+    }
+
+    /// One request on a stream of its own on `connection`.
+    async fn request_on_stream_of(
+        &self,
+        connection: &quinn::Connection,
+        bytes: &[u8],
+    ) -> Result<ServerFrame, ClientError> {
+        let (mut send, mut recv) = connection
             .open_bi()
             .await
             .map_err(|e| ClientError::Connection(e.to_string()))?;
@@ -705,6 +785,26 @@ impl Client {
             let _ = recv.stop(quinn::VarInt::from_u32(0));
         }
         Ok(answer)
+    }
+}
+
+/// Dials the node at `addr`, for at most `timeout`.
+async fn dial(
+    endpoint: &quinn::Endpoint,
+    config: &quinn::ClientConfig,
+    addr: SocketAddr,
+    server_name: &str,
+    timeout: Duration,
+) -> Result<quinn::Connection, ClientError> {
+    let connecting = endpoint
+        .connect_with(config.clone(), addr, server_name)
+        .map_err(|e| ClientError::Connection(e.to_string()))?;
+    match tokio::time::timeout(timeout, connecting).await {
+        Err(_) => Err(ClientError::Timeout(timeout)),
+        Ok(Err(e)) => Err(ClientError::Connection(format!(
+            "connecting to {addr}: {e}"
+        ))),
+        Ok(Ok(c)) => Ok(c),
     }
 }
 

@@ -364,10 +364,23 @@ impl Shell {
     fn run_statement(&mut self, text: &str) {
         let options = self.options();
         let started = Instant::now();
+        let reconnects = self.client.reconnects();
         let result =
             self.runtime
                 .block_on(self.client.execute_with(text, Vec::new(), options.clone()));
         let mut elapsed = started.elapsed();
+        if self.client.reconnects() > reconnects {
+            eprintln!(
+                "{}",
+                render::yellow(
+                    &format!(
+                        "(the connection to {} was lost: connected again)",
+                        self.client.remote_address()
+                    ),
+                    self.color
+                )
+            );
+        }
         let response = match result {
             Ok(r) => r,
             Err(e) => {

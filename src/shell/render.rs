@@ -170,6 +170,9 @@ pub fn error_text(error: &ClientError) -> String {
             QueryError::Server(_) => format!("Server error: {q}"),
         },
         ClientError::Refused(e) => format!("Protocol error: {e}"),
+        ClientError::Connection(_) => format!(
+            "Error: {error} (the statement may or may not have run; the next one connects again)"
+        ),
         other => format!("Error: {other}"),
     }
 }
@@ -224,6 +227,12 @@ mod tests {
         assert_eq!(
             error_text(&forbidden),
             "Protocol error: not allowed from this client: from 192.0.2.7:1"
+        );
+        // A lost connection says what became of the statement.
+        let lost = error_text(&ClientError::Connection("reset by peer".into()));
+        assert!(
+            lost.contains("reset by peer") && lost.contains("the next one connects again"),
+            "{lost}"
         );
     }
 
