@@ -97,6 +97,20 @@ fn node(
 
 const T: Duration = Duration::from_secs(10);
 
+/// Binds `addr` again for a restarted node. The old endpoint releases its
+/// port once its driver task has seen the last handle go: the bind is
+/// retried a bounded number of times.
+async fn bind_again(tls: &NodeTls, addr: SocketAddr, handler: &Arc<TestHandler>) -> Node {
+    for _ in 0..100 {
+        match bind(tls.clone(), addr, handler.clone()) {
+            Ok(node) => return node,
+            Err(NetError::Bind { .. }) => tokio::time::sleep(Duration::from_millis(20)).await,
+            Err(e) => panic!("cannot bind {addr} again: {e}"),
+        }
+    }
+    panic!("{addr} still taken after 2 s")
+}
+
 /// Sends requests 1..=`count` from `a` to `b` all at once, the text of
 /// request `n` being `text_of(n)`, and checks that each answer echoes its
 /// own request.
@@ -236,21 +250,9 @@ async fn a_peer_restarted_on_the_same_port_is_reachable_again() {
 
     b.shutdown().await;
     drop(b);
-    // The old endpoint releases its port once its driver task has seen the
-    // last handle go: retry the bind a bounded number of times.
     let tls = NodeTls::throwaway(&ca, "b").expect("cert");
     let (handler, _rx) = TestHandler::new();
-    let mut attempt = 0;
-    let b2 = loop {
-        match bind(tls.clone(), b_addr, handler.clone()) {
-            Ok(node) => break node,
-            Err(NetError::Bind { .. }) if attempt < 100 => {
-                attempt += 1;
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-            Err(e) => panic!("cannot bind {b_addr} again: {e}"),
-        }
-    };
+    let b2 = bind_again(&tls, b_addr, &handler).await;
     assert_eq!(b2.local_addr(), b_addr);
     let resp = a.request(b_addr, Req::Echo(2, "after".into()), T).await;
     assert!(matches!(resp, Ok(Resp::Echo { n: 2, .. })), "{resp:?}");
@@ -288,17 +290,7 @@ async fn a_peer_that_crashed_and_restarted_resets_the_stale_connection() {
     drop(b);
 
     let (handler, _rx) = TestHandler::new();
-    let mut attempt = 0;
-    let b2 = loop {
-        match bind(b_tls.clone(), b_addr, handler.clone()) {
-            Ok(node) => break node,
-            Err(NetError::Bind { .. }) if attempt < 100 => {
-                attempt += 1;
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-            Err(e) => panic!("cannot bind {b_addr} again: {e}"),
-        }
-    };
+    let b2 = bind_again(&b_tls, b_addr, &handler).await;
     let mut outcomes = Vec::new();
     for n in 2..4 {
         let resp = a
