@@ -202,6 +202,8 @@ async fn hint_replay_is_throttled_in_groups_with_a_pause_between() {
     let config = CoordinatorConfig {
         hint_replay_concurrency: 2,
         hint_replay_pause: Duration::from_millis(100),
+        // A request per hint.
+        hint_replay_request_bytes: 1,
         ..CoordinatorConfig::default()
     };
     let c = Cluster::with(3, SimConfig::with_seed(13), &[KV], config, hint_options()).await;
@@ -233,11 +235,75 @@ async fn hint_replay_is_throttled_in_groups_with_a_pause_between() {
     }
 }
 
+/// Hints of one table go to their node packed into as few requests as
+/// `hint_replay_request_bytes` allows: 60 hints of small rows in one
+/// request, every one applied.
+#[tokio::test(start_paused = true)]
+async fn hints_of_one_table_replay_packed_into_one_request() {
+    let c = Cluster::with(
+        3,
+        SimConfig::with_seed(19),
+        &[KV],
+        CoordinatorConfig::default(),
+        hint_options(),
+    )
+    .await;
+    let down = 2;
+    c.kill(down);
+    write_keys_through_node0(&c, 60).await;
+    assert_eq!(c.store(0).hints().stats().stored, 60);
+    c.net.clear_log();
+    c.revive(down).await;
+    assert_eq!(c.store(0).hints().stats().delivered, 60);
+    assert_eq!(request_times(&c, 0, down).len(), 1);
+    for k in 0..60 {
+        let r = c
+            .local_query(down, &format!("SELECT * FROM ks.kv WHERE k = {k}"))
+            .await;
+        assert_eq!(single_v(&r), Some(Value::Int(k)), "key {k}");
+    }
+}
+
+/// `hint_throughput` bounds the bytes of hints replayed per second: 200
+/// hints (each over 40 bytes as stored) at 2,000 bytes a second, one per
+/// request, take at least (8,000 - 2,000 of burst - one hint) / 2,000 s,
+/// about 3 s of virtual time; without the limit they take the round trips
+/// of the simulated network, under 2 s.
+#[tokio::test(start_paused = true)]
+async fn hint_replay_keeps_to_the_hint_throughput() {
+    let mut spans = Vec::new();
+    for throughput in [0, 2_000] {
+        let config = CoordinatorConfig {
+            hint_replay_concurrency: 1,
+            hint_replay_pause: Duration::ZERO,
+            hint_replay_request_bytes: 1,
+            hint_throughput: throughput,
+            ..CoordinatorConfig::default()
+        };
+        let c = Cluster::with(3, SimConfig::with_seed(23), &[KV], config, hint_options()).await;
+        let down = 2;
+        c.kill(down);
+        write_keys_through_node0(&c, 200).await;
+        c.net.clear_log();
+        c.revive(down).await;
+        assert_eq!(c.store(0).hints().stats().delivered, 200);
+        let sent = request_times(&c, 0, down);
+        assert_eq!(sent.len(), 200);
+        spans.push(sent[199] - sent[0]);
+    }
+    assert!(spans[0] < Duration::from_secs(2), "unlimited: {spans:?}");
+    assert!(
+        spans[1] >= Duration::from_millis(2_980),
+        "limited: {spans:?}"
+    );
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_hint_replay_failing_midway_keeps_only_the_undelivered_batches() {
     let config = CoordinatorConfig {
         hint_replay_concurrency: 1,
         hint_replay_pause: Duration::from_millis(100),
+        hint_replay_request_bytes: 1,
         ..CoordinatorConfig::default()
     };
     // A segment per hint and a batch per segment.

@@ -109,6 +109,10 @@ pub struct ServerArgs {
     /// room for requests (default 64; 0: no limit). See docs/operations.md.
     #[arg(long)]
     pub stream_throughput_mib: Option<u64>,
+    /// KiB per second of hints this node replays to nodes back up, all
+    /// together (default 4096; 0: no limit). See docs/operations.md.
+    #[arg(long)]
+    pub hint_throughput_kib: Option<u64>,
     /// Gossip (SWIM): milliseconds between two probes of this node, each
     /// of one member (default 1000).
     #[arg(long)]
@@ -176,6 +180,7 @@ struct FileConfig {
     worker_threads: Option<usize>,
     row_cache_mb: Option<usize>,
     stream_throughput_mib: Option<u64>,
+    hint_throughput_kib: Option<u64>,
     probe_period_ms: Option<u64>,
     probe_rtt_ms: Option<u64>,
     suspect_to_down_ms: Option<u64>,
@@ -226,6 +231,9 @@ fn pick<T>(flag: Option<T>, file: Option<T>, key: &str, file_name: &str) -> Opti
 /// The highest stream limit that may be set, in MiB per second (1 TiB/s:
 /// far above any network, and its bytes fit in a `u64`).
 const MAX_STREAM_THROUGHPUT_MIB: u64 = 1 << 20;
+
+/// Largest `hint_throughput_kib` (1 TiB/s: no limit in practice).
+const MAX_HINT_THROUGHPUT_KIB: u64 = 1 << 30;
 
 /// The most milliseconds any membership timing may be set to (one hour):
 /// SWIM timings are seconds, and a timer much further out could overflow
@@ -567,6 +575,19 @@ fn merge(args: ServerArgs) -> anyhow::Result<Settings> {
         Some((mib, _)) => Some(mib << 20),
         None => None,
     };
+    let hint_throughput = match pick(
+        args.hint_throughput_kib,
+        file.hint_throughput_kib,
+        "hint_throughput_kib",
+        &file_name,
+    ) {
+        Some((kib, name)) if kib > MAX_HINT_THROUGHPUT_KIB => anyhow::bail!(
+            "{name} must be at most {MAX_HINT_THROUGHPUT_KIB} KiB/s (0 turns the limit off), \
+             not {kib}"
+        ),
+        Some((kib, _)) => Some(kib << 10),
+        None => None,
+    };
     let coordinator = CoordinatorConfig {
         write_timeout: write_timeout.unwrap_or(defaults.write_timeout),
         read_timeout: read_timeout.unwrap_or(defaults.read_timeout),
@@ -580,6 +601,7 @@ fn merge(args: ServerArgs) -> anyhow::Result<Settings> {
             .unwrap_or(defaults.read_repair_every),
         speculative_retry: speculative_retry.unwrap_or(defaults.speculative_retry),
         stream_throughput: stream_throughput.unwrap_or(defaults.stream_throughput),
+        hint_throughput: hint_throughput.unwrap_or(defaults.hint_throughput),
         ..defaults
     };
     let (certs_dir, certs_dir_given_by) = match certs_dir {
@@ -747,7 +769,7 @@ mod tests {
         let file = dir.path().join("node.toml");
         std::fs::write(
             &file,
-            "data_dir = \"/data/a\"\nlisten = \"127.0.0.1:9100\"\nseeds = [\"127.0.0.1:7001\"]\ncommitlog_sync = \"periodic:20\"\ntokens = [5, 1000]\nbatchlog_replay_delay_ms = 2500\noverlap_local_sync = false\nread_repair_every = 4\nspeculative_retry_ms = 20\nworker_threads = 3\nrow_cache_mb = 5\nstream_throughput_mib = 8\n",
+            "data_dir = \"/data/a\"\nlisten = \"127.0.0.1:9100\"\nseeds = [\"127.0.0.1:7001\"]\ncommitlog_sync = \"periodic:20\"\ntokens = [5, 1000]\nbatchlog_replay_delay_ms = 2500\noverlap_local_sync = false\nread_repair_every = 4\nspeculative_retry_ms = 20\nworker_threads = 3\nrow_cache_mb = 5\nstream_throughput_mib = 8\nhint_throughput_kib = 512\n",
         )
         .unwrap();
         let settings = merge(ServerArgs {
@@ -768,6 +790,11 @@ mod tests {
         assert_eq!(
             config.coordinator.stream_throughput,
             8 << 20,
+            "from the file"
+        );
+        assert_eq!(
+            config.coordinator.hint_throughput,
+            512 << 10,
             "from the file"
         );
         assert_eq!(
@@ -835,6 +862,21 @@ mod tests {
         .unwrap_err();
         assert!(
             format!("{err:#}").contains("--stream-throughput-mib must be at most"),
+            "{err:#}"
+        );
+        assert_eq!(
+            defaults.node.coordinator.hint_throughput,
+            4 << 20,
+            "4 MiB/s by default"
+        );
+        let err = merge(ServerArgs {
+            data_dir: Some(PathBuf::from("/x")),
+            hint_throughput_kib: Some(u64::MAX),
+            ..ServerArgs::default()
+        })
+        .unwrap_err();
+        assert!(
+            format!("{err:#}").contains("--hint-throughput-kib must be at most"),
             "{err:#}"
         );
     }
