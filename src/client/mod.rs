@@ -344,27 +344,49 @@ impl Client {
             timeout,
         )
         .await?;
+        // The session first, then the connection is handed out: a request
+        // never reaches a connection whose session is not open.
+        let keyspace = self.inner.lock().keyspace.clone();
+        let started = match self.start_session_on(&fresh, keyspace.clone()).await {
+            Err(ClientError::Query(e)) if keyspace.is_some() => {
+                // The keyspace was dropped meanwhile: a session without one
+                // (statements then say no keyspace is in use).
+                tracing::warn!(error = %e, "the session's keyspace is gone; connected again without one");
+                self.start_session_on(&fresh, None).await
+            }
+            other => other,
+        };
+        let keyspace = match started {
+            Ok(keyspace) => keyspace,
+            Err(e) => {
+                // Dialed again by the next request.
+                fresh.close(0u32.into(), b"session not started");
+                return Err(e);
+            }
+        };
+        self.inner.lock().keyspace = keyspace;
         *self.connection.lock() = fresh.clone();
         *self.lane.lock() = None;
         self.lanes_refused.store(false, Ordering::Relaxed);
         self.reconnects.fetch_add(1, Ordering::Relaxed);
         tracing::info!(addr = %self.addr, %reason, "connection lost; connected again");
-        let keyspace = self.inner.lock().keyspace.clone();
-        let ready = self
-            .request_on_stream_of(
-                &fresh,
-                &protocol::encode_frame(&ClientFrame::Startup {
-                    protocol_version: PROTOCOL_VERSION,
-                    keyspace,
-                })
-                .map_err(|e| ClientError::Protocol(e.to_string()))?,
-            )
-            .await?;
-        match ready {
-            ServerFrame::Ready { keyspace, .. } => {
-                self.inner.lock().keyspace = keyspace;
-                Ok(fresh)
-            }
+        Ok(fresh)
+    }
+
+    /// Opens a session on `connection` with `keyspace`; the keyspace the
+    /// server then reports in use.
+    async fn start_session_on(
+        &self,
+        connection: &quinn::Connection,
+        keyspace: Option<String>,
+    ) -> Result<Option<String>, ClientError> {
+        let frame = protocol::encode_frame(&ClientFrame::Startup {
+            protocol_version: PROTOCOL_VERSION,
+            keyspace,
+        })
+        .map_err(|e| ClientError::Protocol(e.to_string()))?;
+        match self.request_on_stream_of(connection, &frame).await? {
+            ServerFrame::Ready { keyspace, .. } => Ok(keyspace),
             ServerFrame::Error(WireError::Query(e)) => Err(ClientError::Query(e)),
             ServerFrame::Error(WireError::Protocol(e)) => Err(ClientError::Refused(e)),
             other => Err(unexpected(&other)),
