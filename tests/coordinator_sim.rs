@@ -654,6 +654,171 @@ async fn unavailable_and_timeout_name_their_counts() {
     }
 }
 
+/// Replicas that answer with an error (here: they do not know the table
+/// yet) are a `Failure` naming each of them and why, at once, not a
+/// `Timeout` at the deadline; a level they leave reachable still succeeds.
+#[tokio::test(start_paused = true)]
+async fn replicas_that_fail_are_a_failure_at_once_naming_them() {
+    let c = Cluster::new(3, SimConfig::with_seed(31), &[KV]).await;
+    // The table reaches node 0 and node 1 only.
+    c.query(
+        0,
+        Consistency::One,
+        "CREATE TABLE ks.t2 (k int PRIMARY KEY, v int)",
+    )
+    .await
+    .expect("create");
+    let schema = (*c.node(0).schema.current()).clone();
+    c.node(1).schema.merge(&schema).expect("schema");
+    let unknown = |err: &QueryError, failed: &[usize]| match err {
+        QueryError::Failure { failures, .. } => {
+            // In the order they failed.
+            let mut named: Vec<usize> = failures
+                .iter()
+                .map(|f| {
+                    assert!(f.contains("unknown table: unconfigured table"), "{f}");
+                    (0..3)
+                        .find(|i| f.starts_with(&format!("{}: ", addr(*i))))
+                        .unwrap_or_else(|| panic!("no node named in {f}"))
+                })
+                .collect();
+            named.sort();
+            assert_eq!(named, failed, "{err}");
+        }
+        other => panic!("a failure expected, got {other:?}"),
+    };
+    let started = tokio::time::Instant::now();
+    let err = c
+        .query(
+            0,
+            Consistency::All,
+            "INSERT INTO ks.t2 (k, v) VALUES (1, 1)",
+        )
+        .await
+        .expect_err("node 2 cannot take it");
+    // It fails as soon as node 2 did: node 1 may not have answered yet.
+    assert!(
+        matches!(
+            err,
+            QueryError::Failure {
+                consistency: Consistency::All,
+                required: 3,
+                received: 0..=2,
+                write: true,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    unknown(&err, &[2]);
+    let err = c
+        .query(0, Consistency::All, "SELECT * FROM ks.t2 WHERE k = 1")
+        .await
+        .expect_err("node 2 cannot answer");
+    assert!(
+        matches!(
+            err,
+            QueryError::Failure {
+                required: 3,
+                received: 2,
+                write: false,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    unknown(&err, &[2]);
+    // Neither waited for its deadline.
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "took {:?}",
+        started.elapsed()
+    );
+    // With node 1 silent as well, ALL cannot be met once node 2 failed:
+    // the write fails then, without waiting for node 1's deadline.
+    c.net.partition(&[addr(0)], &[addr(1)]);
+    let started = tokio::time::Instant::now();
+    let err = c
+        .query(
+            0,
+            Consistency::All,
+            "INSERT INTO ks.t2 (k, v) VALUES (3, 3)",
+        )
+        .await
+        .expect_err("node 2 cannot take it, node 1 is cut off");
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "took {:?}",
+        started.elapsed()
+    );
+    unknown(&err, &[2]);
+    c.net.heal();
+    // QUORUM does not need node 2.
+    c.query(
+        0,
+        Consistency::Quorum,
+        "INSERT INTO ks.t2 (k, v) VALUES (2, 2)",
+    )
+    .await
+    .expect("quorum write");
+    let r = c
+        .query(0, Consistency::Quorum, "SELECT * FROM ks.t2 WHERE k = 2")
+        .await
+        .expect("quorum read");
+    assert_eq!(single_v(rows(&r)), Some(Value::Int(2)));
+
+    // A table only node 0 knows: one answer of the two QUORUM needs.
+    c.query(
+        0,
+        Consistency::One,
+        "CREATE TABLE ks.t3 (k int PRIMARY KEY, v int)",
+    )
+    .await
+    .expect("create");
+    let err = c
+        .query(
+            0,
+            Consistency::Quorum,
+            "INSERT INTO ks.t3 (k, v) VALUES (1, 1)",
+        )
+        .await
+        .expect_err("only node 0 takes it");
+    assert!(
+        matches!(
+            err,
+            QueryError::Failure {
+                consistency: Consistency::Quorum,
+                required: 2,
+                received: 1,
+                write: true,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    unknown(&err, &[1, 2]);
+    assert!(err.to_string().starts_with(
+        "operation failed at consistency QUORUM: 1 of 2 replicas answered, 2 failed ("
+    ));
+
+    // Once the schema is everywhere, ALL succeeds.
+    let schema = (*c.node(0).schema.current()).clone();
+    c.node(1).schema.merge(&schema).expect("schema");
+    c.node(2).schema.merge(&schema).expect("schema");
+    c.query(
+        0,
+        Consistency::All,
+        "INSERT INTO ks.t3 (k, v) VALUES (1, 3)",
+    )
+    .await
+    .expect("all write");
+    let r = c
+        .query(0, Consistency::All, "SELECT * FROM ks.t3 WHERE k = 1")
+        .await
+        .expect("all read");
+    assert_eq!(single_v(rows(&r)), Some(Value::Int(3)));
+}
+
 #[tokio::test(start_paused = true)]
 async fn read_repair_brings_a_stale_replica_up_to_date() {
     let c = Cluster::new(3, SimConfig::with_seed(7), &[KV]).await;

@@ -131,6 +131,22 @@ fn query_error() -> impl Strategy<Value = QueryError> {
         ),
         ".{0,20}".prop_map(QueryError::UnknownPrepared),
         ".{0,20}".prop_map(QueryError::Server),
+        (
+            consistency(),
+            any::<usize>(),
+            any::<usize>(),
+            proptest::collection::vec(".{0,30}", 0..4),
+            any::<bool>()
+        )
+            .prop_map(|(consistency, required, received, failures, write)| {
+                QueryError::Failure {
+                    consistency,
+                    required,
+                    received,
+                    failures,
+                    write,
+                }
+            }),
     ]
 }
 

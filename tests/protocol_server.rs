@@ -8,8 +8,8 @@
 mod support;
 
 use ringdb::client::protocol::{
-    self, BatchKind, ClientFrame, ProtocolErrorCode, RepairRequest, ServerFrame, WireError,
-    MAX_FRAME_LEN, PROTOCOL_VERSION,
+    self, BatchKind, ClientFrame, ProtocolError, ProtocolErrorCode, RepairRequest, ServerFrame,
+    WireError, MAX_FRAME_LEN, MIN_PROTOCOL_VERSION, PROTOCOL_VERSION,
 };
 use ringdb::client::{Batch, Client, ClientError};
 use ringdb::model::Consistency;
@@ -105,6 +105,15 @@ async fn client_library_end_to_end() {
         client.execute("SELECT * FROM users", vec![]).await,
         Err(ClientError::Query(QueryError::Unavailable { .. }))
     ));
+    client.set_consistency(Consistency::Three);
+    match client.execute("SELECT * FROM users", vec![]).await {
+        Err(ClientError::Query(QueryError::Failure {
+            received: 2,
+            failures,
+            ..
+        })) => assert_eq!(failures.len(), 1),
+        other => panic!("a failure expected, got {other:?}"),
+    }
     client.set_consistency(Consistency::Quorum);
 
     // Prepared statements and batches mixing text and prepared statements.
@@ -321,10 +330,20 @@ async fn bad_frames_fail_only_their_own_stream() {
         protocol_code(&raw_exchange(&raw, &startup(PROTOCOL_VERSION + 1), true).await),
         Some(ProtocolErrorCode::UnsupportedVersion)
     );
-    assert!(matches!(
-        raw_exchange(&raw, &startup(PROTOCOL_VERSION), true).await,
-        Some(ServerFrame::Ready { .. })
-    ));
+    assert_eq!(
+        protocol_code(&raw_exchange(&raw, &startup(MIN_PROTOCOL_VERSION - 1), true).await),
+        Some(ProtocolErrorCode::UnsupportedVersion)
+    );
+    // Every version from the oldest to the newest opens a session of that
+    // version.
+    for version in MIN_PROTOCOL_VERSION..=PROTOCOL_VERSION {
+        match raw_exchange(&raw, &startup(version), true).await {
+            Some(ServerFrame::Ready {
+                protocol_version, ..
+            }) => assert_eq!(protocol_version, version),
+            other => panic!("version {version}: {other:?}"),
+        }
+    }
     assert_good_query(&raw).await;
 
     // An oversized length prefix: refused before the body is read, without
@@ -466,6 +485,40 @@ async fn bad_frames_fail_only_their_own_stream() {
     assert!(stats.protocol_errors() >= 10, "{stats:?}");
     assert_eq!(stats.internal_errors, 0, "{stats:?}");
     assert_eq!(stats.connections_open, 2, "{stats:?}");
+    server.shutdown().await;
+}
+
+/// A session of the oldest version gets a replica failure as the Timeout
+/// that version knows; a session of the newest gets the Failure.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_of_version_1_gets_a_failure_as_a_timeout() {
+    let (server, certs) = start(ServerLimits::default());
+    let addr = server.local_addr();
+    let at_three = frame(&ClientFrame::Query {
+        text: "SELECT * FROM demo.users".into(),
+        values: vec![],
+        options: QueryOptions {
+            consistency: Consistency::Three,
+            ..QueryOptions::default()
+        },
+    });
+    let (_endpoint, v1) = raw_connection(addr, &certs).await;
+    for (version, failure) in [(MIN_PROTOCOL_VERSION, false), (PROTOCOL_VERSION, true)] {
+        assert!(matches!(
+            raw_exchange(&v1, &startup(version), true).await,
+            Some(ServerFrame::Ready { .. })
+        ));
+        match raw_exchange(&v1, &at_three, true).await {
+            Some(ServerFrame::Error(WireError::Query(QueryError::Timeout {
+                consistency: Consistency::Three,
+                required: 3,
+                received: 2,
+                write: false,
+            }))) if !failure => {}
+            Some(ServerFrame::Error(WireError::Query(QueryError::Failure { .. }))) if failure => {}
+            other => panic!("version {version}: {other:?}"),
+        }
+    }
     server.shutdown().await;
 }
 
@@ -642,14 +695,18 @@ async fn a_bad_lane_fails_alone() {
     server.shutdown().await;
 }
 
-/// A server from before lanes reads a lane's magic as a frame far over the
-/// limit and answers with an error frame: the client then sends every
-/// request on a stream of its own.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_server_without_lanes_gets_a_stream_per_request() {
-    use std::sync::atomic::{AtomicUsize, Ordering};
-    let certs = test_certs();
-    let mut tls = server_tls(&certs);
+/// A hand-written server of the client protocol, standing in for builds
+/// older than this one: on each stream it reads one frame and answers with
+/// what `answer` makes of the read (a read that failed also stops the
+/// stream, as servers do); `None` answers nothing.
+fn frame_server<F>(certs: &TestCerts, answer: F) -> SocketAddr
+where
+    F: Fn(Result<ClientFrame, protocol::StreamFrameError>) -> Option<ServerFrame>
+        + Send
+        + Sync
+        + 'static,
+{
+    let mut tls = server_tls(certs);
     tls.alpn_protocols = vec![protocol::ALPN.to_vec()];
     let quic = quinn::crypto::rustls::QuicServerConfig::try_from(tls).expect("quic config");
     let endpoint = quinn::Endpoint::server(
@@ -658,41 +715,64 @@ async fn a_server_without_lanes_gets_a_stream_per_request() {
     )
     .expect("endpoint");
     let addr = endpoint.local_addr().expect("address");
-    let oversized = Arc::new(AtomicUsize::new(0));
-    let seen = oversized.clone();
+    let answer = Arc::new(answer);
     tokio::spawn(async move {
         while let Some(incoming) = endpoint.accept().await {
-            let seen = seen.clone();
+            let answer = answer.clone();
             tokio::spawn(async move {
                 let Ok(conn) = incoming.await else { return };
                 while let Ok((mut send, mut recv)) = conn.accept_bi().await {
-                    let seen = seen.clone();
+                    let answer = answer.clone();
                     tokio::spawn(async move {
-                        // What the server did before lanes: one frame per
-                        // stream; Startup is answered, any other request
-                        // gets a query error.
-                        let answer = match protocol::read_frame::<ClientFrame>(&mut recv).await {
-                            Ok(ClientFrame::Startup { keyspace, .. }) => ServerFrame::Ready {
-                                protocol_version: PROTOCOL_VERSION,
-                                keyspace,
-                            },
-                            Ok(_) => ServerFrame::Error(WireError::Query(QueryError::Server(
-                                "served on a stream".into(),
-                            ))),
-                            Err(e) => {
-                                seen.fetch_add(1, Ordering::SeqCst);
-                                let _ = recv.stop(quinn::VarInt::from_u32(1));
-                                let protocol::StreamFrameError::Frame(e) = e else {
-                                    return;
-                                };
-                                ServerFrame::Error(WireError::Protocol(e.to_protocol_error()))
-                            }
-                        };
-                        let _ = protocol::write_frame(&mut send, &answer).await;
-                        let _ = send.finish();
+                        let read = protocol::read_frame::<ClientFrame>(&mut recv).await;
+                        if read.is_err() {
+                            let _ = recv.stop(quinn::VarInt::from_u32(1));
+                        }
+                        if let Some(frame) = answer(read) {
+                            let _ = protocol::write_frame(&mut send, &frame).await;
+                            let _ = send.finish();
+                        }
                     });
                 }
             });
+        }
+    });
+    addr
+}
+
+/// A frame that did not read as the error frame a server answers with, if
+/// it can answer at all.
+fn read_error_answer(e: protocol::StreamFrameError) -> Option<ServerFrame> {
+    match e {
+        protocol::StreamFrameError::Frame(e) => Some(ServerFrame::Error(WireError::Protocol(
+            e.to_protocol_error(),
+        ))),
+        _ => None,
+    }
+}
+
+/// A server from before lanes reads a lane's magic as a frame far over the
+/// limit and answers with an error frame: the client then sends every
+/// request on a stream of its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_without_lanes_gets_a_stream_per_request() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let certs = test_certs();
+    let oversized = Arc::new(AtomicUsize::new(0));
+    let seen = oversized.clone();
+    // What the server did before lanes: one frame per stream; Startup is
+    // answered, any other request gets a query error.
+    let addr = frame_server(&certs, move |read| match read {
+        Ok(ClientFrame::Startup { keyspace, .. }) => Some(ServerFrame::Ready {
+            protocol_version: PROTOCOL_VERSION,
+            keyspace,
+        }),
+        Ok(_) => Some(ServerFrame::Error(WireError::Query(QueryError::Server(
+            "served on a stream".into(),
+        )))),
+        Err(e) => {
+            seen.fetch_add(1, Ordering::SeqCst);
+            read_error_answer(e)
         }
     });
     let client = Client::connect(addr, client_tls(&certs))
@@ -707,6 +787,55 @@ async fn a_server_without_lanes_gets_a_stream_per_request() {
         }
     }
     assert_eq!(oversized.load(Ordering::SeqCst), 1);
+}
+
+/// A server of protocol version 1 refuses the client's newer version: the
+/// client opens a version-1 session instead and works as before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_speaks_version_1_to_a_server_of_version_1() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let certs = test_certs();
+    let refused = Arc::new(AtomicUsize::new(0));
+    let seen = refused.clone();
+    // A version-1 server: any other version is refused, as servers before
+    // version 2 did.
+    let addr = frame_server(&certs, move |read| match read {
+        Ok(ClientFrame::Startup {
+            protocol_version: 1,
+            keyspace,
+        }) => Some(ServerFrame::Ready {
+            protocol_version: 1,
+            keyspace,
+        }),
+        Ok(ClientFrame::Startup {
+            protocol_version, ..
+        }) => {
+            seen.fetch_add(1, Ordering::SeqCst);
+            Some(ServerFrame::Error(WireError::Protocol(ProtocolError::new(
+                ProtocolErrorCode::UnsupportedVersion,
+                format!(
+                    "protocol version {protocol_version} is not supported; this server speaks version 1"
+                ),
+            ))))
+        }
+        Ok(_) => Some(ServerFrame::Error(WireError::Query(QueryError::Server(
+            "served by version 1".into(),
+        )))),
+        Err(e) => read_error_answer(e),
+    });
+    let client = Client::connect(addr, client_tls(&certs))
+        .await
+        .expect("connects with version 1");
+    assert_eq!(client.protocol_version(), 1);
+    assert_eq!(refused.load(Ordering::SeqCst), 1, "version 2 asked first");
+    for n in 0..3 {
+        match client.execute("SELECT * FROM demo.users", vec![]).await {
+            Err(ClientError::Query(QueryError::Server(message))) => {
+                assert_eq!(message, "served by version 1")
+            }
+            other => assert!(n == 0, "request {n}: {other:?}"),
+        }
+    }
 }
 
 /// A client dropped without `close` still goes away: its lane's tasks do

@@ -188,6 +188,17 @@ impl TestExecutor {
                         alive: 1,
                     });
                 }
+                if options.consistency == Consistency::Three {
+                    return Err(QueryError::Failure {
+                        consistency: Consistency::Three,
+                        required: 3,
+                        received: 2,
+                        failures: vec![
+                            "192.0.2.3:7000: storage error on the replica: disk full".into()
+                        ],
+                        write: false,
+                    });
+                }
                 self.select(session, text, &select, values, options)?
             }
             Statement::Insert(insert) => {

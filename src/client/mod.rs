@@ -32,13 +32,14 @@ use crate::query::api::{
 use cql_lite::Value;
 use parking_lot::Mutex;
 use protocol::{
-    BatchEntry, BatchKind, BatchStatement, ClientFrame, ProtocolError, RepairRequest,
-    SchemaSnapshot, ServerFrame, StreamFrameError, WireError, ALPN, PROTOCOL_VERSION,
+    BatchEntry, BatchKind, BatchStatement, ClientFrame, ProtocolError, ProtocolErrorCode,
+    RepairRequest, SchemaSnapshot, ServerFrame, StreamFrameError, WireError, ALPN,
+    MIN_PROTOCOL_VERSION, PROTOCOL_VERSION,
 };
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -239,6 +240,9 @@ pub struct Client {
     redial: tokio::sync::Mutex<()>,
     /// How many times the connection was dialed again.
     reconnects: AtomicU64,
+    /// The protocol version of the session: [`PROTOCOL_VERSION`], or
+    /// [`MIN_PROTOCOL_VERSION`] with a server that does not speak it.
+    protocol_version: AtomicU16,
     inner: Mutex<ClientSettings>,
     /// The request lane (`net::mux`), opened after the startup; requests go
     /// on it, each tagged with its id, instead of a stream each.
@@ -290,6 +294,7 @@ impl Client {
             server_name: tls.server_name.clone(),
             redial: tokio::sync::Mutex::new(()),
             reconnects: AtomicU64::new(0),
+            protocol_version: AtomicU16::new(PROTOCOL_VERSION),
             inner: Mutex::new(ClientSettings {
                 consistency: Consistency::One,
                 page_size: None,
@@ -307,19 +312,10 @@ impl Client {
     /// Opens the session on the current connection: checks the protocol
     /// version and sets `keyspace`.
     async fn start_session(&self, keyspace: Option<String>) -> Result<(), ClientError> {
-        let ready = self
-            .request(ClientFrame::Startup {
-                protocol_version: PROTOCOL_VERSION,
-                keyspace,
-            })
-            .await?;
-        match ready {
-            ServerFrame::Ready { keyspace, .. } => {
-                self.inner.lock().keyspace = keyspace;
-                Ok(())
-            }
-            other => Err(unexpected(&other)),
-        }
+        let connection = self.connection.lock().clone();
+        let keyspace = self.start_session_on(&connection, keyspace).await?;
+        self.inner.lock().keyspace = keyspace;
+        Ok(())
     }
 
     /// The connection, dialed again (and the session opened again with
@@ -374,23 +370,57 @@ impl Client {
     }
 
     /// Opens a session on `connection` with `keyspace`; the keyspace the
-    /// server then reports in use.
+    /// server then reports in use. A server that does not speak this
+    /// client's protocol version is asked for [`MIN_PROTOCOL_VERSION`].
     async fn start_session_on(
         &self,
         connection: &quinn::Connection,
         keyspace: Option<String>,
     ) -> Result<Option<String>, ClientError> {
-        let frame = protocol::encode_frame(&ClientFrame::Startup {
-            protocol_version: PROTOCOL_VERSION,
-            keyspace,
-        })
-        .map_err(|e| ClientError::Protocol(e.to_string()))?;
-        match self.request_on_stream_of(connection, &frame).await? {
-            ServerFrame::Ready { keyspace, .. } => Ok(keyspace),
-            ServerFrame::Error(WireError::Query(e)) => Err(ClientError::Query(e)),
-            ServerFrame::Error(WireError::Protocol(e)) => Err(ClientError::Refused(e)),
-            other => Err(unexpected(&other)),
+        let mut version = self.protocol_version.load(Ordering::Relaxed);
+        loop {
+            let frame = protocol::encode_frame(&ClientFrame::Startup {
+                protocol_version: version,
+                keyspace: keyspace.clone(),
+            })
+            .map_err(|e| ClientError::Protocol(e.to_string()))?;
+            match self.request_on_stream_of(connection, &frame).await? {
+                ServerFrame::Ready {
+                    keyspace,
+                    protocol_version,
+                } if protocol_version == version => {
+                    self.protocol_version.store(version, Ordering::Relaxed);
+                    return Ok(keyspace);
+                }
+                ServerFrame::Ready {
+                    protocol_version, ..
+                } => {
+                    return Err(ClientError::Protocol(format!(
+                        "asked for protocol version {version}, the server answered with version {protocol_version}"
+                    )))
+                }
+                ServerFrame::Error(WireError::Protocol(e))
+                    if e.code == ProtocolErrorCode::UnsupportedVersion
+                        && version > MIN_PROTOCOL_VERSION =>
+                {
+                    tracing::info!(
+                        version,
+                        error = %e,
+                        "the server does not speak this protocol version; trying the oldest"
+                    );
+                    version = MIN_PROTOCOL_VERSION;
+                }
+                ServerFrame::Error(WireError::Query(e)) => return Err(ClientError::Query(e)),
+                ServerFrame::Error(WireError::Protocol(e)) => return Err(ClientError::Refused(e)),
+                other => return Err(unexpected(&other)),
+            }
         }
+    }
+
+    /// The protocol version of the session (see
+    /// [`protocol::PROTOCOL_VERSION`]).
+    pub fn protocol_version(&self) -> u16 {
+        self.protocol_version.load(Ordering::Relaxed)
     }
 
     /// How many times the connection was found closed and dialed again.

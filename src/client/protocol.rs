@@ -17,9 +17,17 @@
 //!   refused before anything is read or allocated; decoding is limited to the
 //!   frame's length and must consume the frame exactly.
 //! - The first request of a connection is [`ClientFrame::Startup`] with
-//!   [`PROTOCOL_VERSION`]; the server answers [`ServerFrame::Ready`], or an
-//!   error with [`ProtocolErrorCode::UnsupportedVersion`]. Other requests
-//!   before a successful startup get [`ProtocolErrorCode::NotStarted`].
+//!   the client's protocol version; the server answers [`ServerFrame::Ready`]
+//!   when it speaks that version (any from [`MIN_PROTOCOL_VERSION`] to
+//!   [`PROTOCOL_VERSION`]), or an error with
+//!   [`ProtocolErrorCode::UnsupportedVersion`]; a client then tries
+//!   [`MIN_PROTOCOL_VERSION`], so a newer client still talks to an older
+//!   server. Other requests before a successful startup get
+//!   [`ProtocolErrorCode::NotStarted`].
+//! - Versions: 1 is the first; 2 adds `QueryError::Failure` (replicas that
+//!   failed rather than timed out). The server answers a version-1 session
+//!   as version 1 did ([`ServerFrame::for_version`]). New variants are
+//!   added last, so the variants before them keep their numbers.
 //! - A malformed, oversized or truncated frame fails only its own request:
 //!   on a stream of its own the server answers with an error frame where it
 //!   can, stops reading the stream with the error's code and finishes it;
@@ -37,8 +45,12 @@ use std::fmt;
 /// transport uses its own).
 pub const ALPN: &[u8] = b"ringdb-cql/1";
 
-/// The protocol version this build speaks.
-pub const PROTOCOL_VERSION: u16 = 1;
+/// The newest protocol version this build speaks (the one its client asks
+/// for first).
+pub const PROTOCOL_VERSION: u16 = 2;
+
+/// The oldest protocol version this build still speaks.
+pub const MIN_PROTOCOL_VERSION: u16 = 1;
 
 /// The largest frame body either side accepts, in bytes (16 MiB).
 pub const MAX_FRAME_LEN: u32 = 16 * 1024 * 1024;
@@ -52,7 +64,7 @@ pub enum ClientFrame {
     /// Opens the session: checks the protocol version and optionally
     /// chooses a keyspace (as `USE keyspace` would).
     Startup {
-        /// Must be [`PROTOCOL_VERSION`].
+        /// From [`MIN_PROTOCOL_VERSION`] to [`PROTOCOL_VERSION`].
         protocol_version: u16,
         /// Keyspace to use from the start.
         keyspace: Option<String>,
@@ -184,7 +196,7 @@ pub enum BatchStatement {
 pub enum ServerFrame {
     /// The session is open.
     Ready {
-        /// The version the server speaks (equal to the client's).
+        /// The version of the session (equal to the client's).
         protocol_version: u16,
         /// The keyspace in use, if the startup chose one.
         keyspace: Option<String>,
@@ -199,6 +211,20 @@ pub enum ServerFrame {
     AdminText(String),
     /// The request failed.
     Error(WireError),
+}
+
+impl ServerFrame {
+    /// This answer as a session of protocol `version` understands it: for
+    /// version 1, a `QueryError::Failure` becomes the `Timeout` version 1
+    /// reported for it.
+    pub fn for_version(self, version: u16) -> ServerFrame {
+        match self {
+            ServerFrame::Error(WireError::Query(e)) if version < 2 => {
+                ServerFrame::Error(WireError::Query(e.for_version_1()))
+            }
+            other => other,
+        }
+    }
 }
 
 /// An error as it travels to the client.
@@ -564,6 +590,65 @@ pub enum StreamFrameError {
 mod tests {
     use super::*;
     use crate::model::Consistency;
+
+    fn failure() -> QueryError {
+        QueryError::Failure {
+            consistency: Consistency::Quorum,
+            required: 2,
+            received: 1,
+            failures: vec!["127.0.0.1:7001: storage error on the replica: disk full".into()],
+            write: true,
+        }
+    }
+
+    #[test]
+    fn a_version_1_session_gets_a_failure_as_the_timeout_it_knows() {
+        let timeout = QueryError::Timeout {
+            consistency: Consistency::Quorum,
+            required: 2,
+            received: 1,
+            write: true,
+        };
+        let answer = ServerFrame::Error(WireError::Query(failure()));
+        assert_eq!(
+            answer.clone().for_version(1),
+            ServerFrame::Error(WireError::Query(timeout.clone()))
+        );
+        assert_eq!(answer.clone().for_version(PROTOCOL_VERSION), answer);
+        // Everything else is the same in both versions.
+        let others = [
+            ServerFrame::Error(WireError::Query(timeout)),
+            ServerFrame::Error(WireError::Query(QueryError::Server("x".into()))),
+            ServerFrame::AdminText("status".into()),
+        ];
+        for frame in others {
+            assert_eq!(frame.clone().for_version(1), frame);
+        }
+    }
+
+    #[test]
+    fn the_errors_of_version_1_keep_their_bytes() {
+        // A Timeout error frame as version 1 encoded it: adding `Failure`
+        // after the other variants must not renumber them.
+        let frame = ServerFrame::Error(WireError::Query(QueryError::Timeout {
+            consistency: Consistency::Quorum,
+            required: 2,
+            received: 1,
+            write: true,
+        }));
+        let bytes = encode_frame(&frame).unwrap();
+        assert_eq!(bytes, VERSION_1_TIMEOUT_FRAME);
+        assert_eq!(decode_frame::<ServerFrame>(&bytes).unwrap(), frame);
+        // A failure round-trips under version 2.
+        let frame = ServerFrame::Error(WireError::Query(failure()));
+        let bytes = encode_frame(&frame).unwrap();
+        assert_eq!(decode_frame::<ServerFrame>(&bytes).unwrap(), frame);
+    }
+
+    /// As the build before version 2 (commit e9b23e2) encoded it: length
+    /// 7; `ServerFrame::Error` (5), `WireError::Query` (0),
+    /// `QueryError::Timeout` (3), QUORUM (4), 2, 1, true.
+    const VERSION_1_TIMEOUT_FRAME: &[u8] = &[0, 0, 0, 7, 5, 0, 3, 4, 2, 1, 1];
 
     #[test]
     fn frame_round_trip_and_exactness() {

@@ -29,7 +29,12 @@
 //!    fallback (or with sloppy quorum off for the keyspace) this node
 //!    stores the hint; that counts only for ANY.
 //! 4. W acknowledgements answer the client; otherwise, at the deadline,
-//!    `QueryError::Timeout { received }`. Replicas that fail or do not
+//!    `QueryError::Timeout { received }`. When replicas *fail* (answer
+//!    with an error, or their connection breaks) so that too few are
+//!    left to reach W, the write fails at once with
+//!    `QueryError::Failure { received, failures }`, each failure naming
+//!    the replica and why (Cassandra's WriteFailure); a replica that ran
+//!    out of time makes it a Timeout. Replicas that fail or do not
 //!    answer get a hint on this node, also after the client was answered.
 //!
 //! ANY with every replica down: this node stamps the write itself (a blind
@@ -52,6 +57,10 @@
 //! at the limit covers the slice only up to its last row; the merge stops
 //! there, and if too few rows are live the read is asked again with twice
 //! the limit (short-read protection).
+//!
+//! A read that gets fewer than R answers fails like a write: `Failure`
+//! when every replica it could ask failed before the deadline, `Timeout`
+//! when one ran out of time.
 //!
 //! Read repair: before answering, the merged state of every row where an
 //! answering replica differs is written to it and awaited (so quorum reads

@@ -209,6 +209,80 @@ impl std::fmt::Display for SendError {
     }
 }
 
+/// How one copy of a write went: the replica it is for, the fallback it
+/// went to as a hint (if so), and the outcome.
+type WriteCopy = (NodeId, Option<NodeId>, Result<(), SendError>);
+
+/// What [`ClusterStore::stamp`] gives back: the stamper, the deltas, the
+/// replicas that failed to stamp (with why) and, when this node stamped,
+/// its write still waiting for the commit log's fsync.
+type Stamped = (
+    NodeId,
+    Deltas,
+    Vec<(NodeId, SendError)>,
+    Option<PendingSync>,
+);
+
+impl SendError {
+    /// Whether the request ran out of time, rather than failed.
+    fn is_timeout(&self) -> bool {
+        matches!(self, SendError::Net(NetError::Timeout { .. }))
+    }
+}
+
+/// The replicas a request could not count: the ones that failed (with why)
+/// and whether any ran out of time. It decides how a request that falls
+/// short is reported: [`QueryError::Failure`] when every replica that did
+/// not answer failed, [`QueryError::Timeout`] when one ran out of time.
+#[derive(Debug, Default)]
+struct Shortfall {
+    failures: Vec<String>,
+    timed_out: bool,
+}
+
+impl Shortfall {
+    /// Records that the replica `who` (its name for people) did not answer
+    /// because of `error`.
+    fn note(&mut self, who: String, error: &SendError) {
+        if error.is_timeout() {
+            self.timed_out = true;
+        } else {
+            self.failures.push(format!("{who}: {error}"));
+        }
+    }
+
+    /// Whether some replica failed and none ran out of time.
+    fn only_failures(&self) -> bool {
+        !self.timed_out && !self.failures.is_empty()
+    }
+
+    /// The error of a request that got `received` of `required` answers.
+    fn into_error(
+        self,
+        consistency: Consistency,
+        required: usize,
+        received: usize,
+        write: bool,
+    ) -> QueryError {
+        if self.only_failures() {
+            QueryError::Failure {
+                consistency,
+                required,
+                received,
+                failures: self.failures,
+                write,
+            }
+        } else {
+            QueryError::Timeout {
+                consistency,
+                required,
+                received,
+                write,
+            }
+        }
+    }
+}
+
 struct Inner {
     node: NodeId,
     local: Arc<LocalStore>,
@@ -292,6 +366,11 @@ impl ClusterStore {
                 repair_progress: Mutex::new(None),
             }),
         }
+    }
+
+    /// The byte-rate limit hint replay keeps to (`hint_throughput`).
+    pub fn hint_throttle(&self) -> &StreamThrottle {
+        &self.inner.hint_throttle
     }
 
     /// The byte-rate limit this node's range streams share; it can be
@@ -440,6 +519,20 @@ impl ClusterStore {
         self.write_settings(keyspace).map(|(rf, _)| rf)
     }
 
+    /// A node as errors name it: its address, or its id when neither the
+    /// ring nor the pending ring knows it.
+    fn node_name(&self, node: NodeId) -> String {
+        let known = self.inner.ring.read().node(node).map(|n| n.addr);
+        let addr = known.or_else(|| {
+            let pending = self.inner.pending.read();
+            pending.as_ref().and_then(|r| r.node(node)).map(|n| n.addr)
+        });
+        match addr {
+            Some(addr) => addr.to_string(),
+            None => format!("node {:016x}", node.0),
+        }
+    }
+
     /// Alive nodes of `nodes`, this node first, then in the given order.
     fn ordered_alive(&self, nodes: &[NodeId]) -> Vec<NodeId> {
         let mut out: Vec<NodeId> = nodes
@@ -572,6 +665,7 @@ impl ClusterStore {
         }
         let deadline = Instant::now() + self.inner.config.write_timeout;
         let alive = self.ordered_alive(&alive);
+        let mut shortfall = Shortfall::default();
         let (stamper, deltas, failed_stampers, local_sync) = if alive.is_empty() {
             (
                 None,
@@ -583,14 +677,20 @@ impl ClusterStore {
             let stamped = self
                 .stamp(table, pk, mutations, &alive, deadline, cl, required)
                 .await?;
-            (Some(stamped.0), stamped.1, stamped.2, stamped.3)
+            let failed: Vec<NodeId> = stamped.2.iter().map(|(n, _)| *n).collect();
+            for (n, e) in &stamped.2 {
+                shortfall.note(self.node_name(*n), e);
+            }
+            (Some(stamped.0), stamped.1, failed, stamped.3)
         };
         // A remote stamper answered after its own durable write: that is
         // the first acknowledgement. This node's own stamp is still being
         // synced: it counts when its fsync returns (below).
         let mut acks = usize::from(stamper.is_some() && local_sync.is_none());
         let mut hinted = 0usize;
-        let mut set: JoinSet<(NodeId, bool)> = JoinSet::new();
+        // Each copy answers with the replica it is for, the fallback it
+        // went to as a hint (if so), and how it went.
+        let mut set: JoinSet<WriteCopy> = JoinSet::new();
         for &r in &alive {
             if Some(r) == stamper || failed_stampers.contains(&r) {
                 continue;
@@ -600,7 +700,7 @@ impl ClusterStore {
                 entries: deltas.clone(),
             };
             let fut = self.send(r, req, remaining(deadline));
-            set.spawn(async move { (r, fut.await.is_ok()) });
+            set.spawn(async move { (r, None, fut.await.map(|_| ())) });
         }
         for &(target, fallback) in &fallbacks {
             let req = PeerRequest::StoreHint {
@@ -613,16 +713,17 @@ impl ClusterStore {
                 .hints_sent_to_fallbacks
                 .fetch_add(1, Ordering::Relaxed);
             let fut = self.send(fallback, req, remaining(deadline));
-            set.spawn(async move { (target, fut.await.is_ok()) });
+            set.spawn(async move { (target, Some(fallback), fut.await.map(|_| ())) });
         }
         if let Some(pending) = local_sync {
             let (local, me) = (self.inner.local.clone(), self.inner.node);
             set.spawn(async move {
                 match local.wait_synced(pending).await {
-                    Ok(()) => (me, true),
+                    Ok(()) => (me, None, Ok(())),
                     Err(e) => {
                         tracing::error!(error = %e, "the local copy of a write did not sync");
-                        (me, false)
+                        let error = PeerError::Storage(format!("the commit log did not sync: {e}"));
+                        (me, None, Err(SendError::Peer(error)))
                     }
                 }
             });
@@ -642,13 +743,27 @@ impl ClusterStore {
         let me = self.inner.node;
         let done = |acks: usize, hinted: usize| acks >= required || (any && acks + hinted >= 1);
         while !done(acks, hinted) {
+            // Failed copies can leave too few outstanding to reach W: the
+            // write fails now rather than at the deadline (ANY can still be
+            // met by a hint this node stores, so it waits for every copy).
+            if !any && acks + set.len() < required && shortfall.only_failures() {
+                break;
+            }
             match set.join_next().await {
-                Some(Ok((_, true))) => acks += 1,
-                // This node's copy is written (it survives a process crash)
-                // but its fsync failed: no hint to itself, no ack.
-                Some(Ok((target, false))) if target == me => {}
-                Some(Ok((target, false))) => {
-                    if self.store_hint(target, table, &deltas) {
+                Some(Ok((_, _, Ok(())))) => acks += 1,
+                Some(Ok((target, fallback, Err(e)))) => {
+                    let who = match fallback {
+                        Some(f) => format!(
+                            "{} (a hint for {})",
+                            self.node_name(f),
+                            self.node_name(target)
+                        ),
+                        None => self.node_name(target),
+                    };
+                    shortfall.note(who, &e);
+                    // This node's copy is written (it survives a process
+                    // crash) but its fsync failed: no hint to itself.
+                    if target != me && self.store_hint(target, table, &deltas) {
                         hinted += 1;
                     }
                 }
@@ -663,7 +778,7 @@ impl ClusterStore {
             tokio::spawn(async move {
                 while let Some(res) = set.join_next().await {
                     match res {
-                        Ok((target, false)) if target != me => {
+                        Ok((target, _, Err(_))) if target != me => {
                             this.store_hint(target, &table, &deltas);
                         }
                         _ => {}
@@ -674,12 +789,7 @@ impl ClusterStore {
         if done(acks, hinted) {
             Ok(())
         } else {
-            Err(QueryError::Timeout {
-                consistency: cl,
-                required,
-                received: acks,
-                write: true,
-            })
+            Err(shortfall.into_error(cl, required, acks, true))
         }
     }
 
@@ -723,7 +833,7 @@ impl ClusterStore {
 
     /// Has one alive replica stamp the write (this node first if it is
     /// one). Returns the stamper, the deltas, the replicas that failed
-    /// to stamp (they get hints) and, when this node stamped, its write
+    /// to stamp, with why (they get hints) and, when this node stamped, its write
     /// still waiting for the commit log's fsync: the deltas go to the
     /// other replicas while it syncs, and it counts as an acknowledgement
     /// once synced. Its record is written to the OS before the deltas
@@ -740,8 +850,9 @@ impl ClusterStore {
         deadline: Instant,
         cl: Consistency,
         required: usize,
-    ) -> Result<(NodeId, Deltas, Vec<NodeId>, Option<PendingSync>), QueryError> {
-        let mut failed = Vec::new();
+    ) -> Result<Stamped, QueryError> {
+        let mut failed: Vec<(NodeId, SendError)> = Vec::new();
+        let mut shortfall = Shortfall::default();
         let mut last_error = None;
         for (i, &node) in alive.iter().enumerate() {
             let left = remaining(deadline);
@@ -768,16 +879,22 @@ impl ClusterStore {
                                 return Ok((node, deltas, failed, None));
                             }
                             Err(e) => {
-                                tracing::error!(error = %e, "the local stamp did not sync")
+                                tracing::error!(error = %e, "the local stamp did not sync");
+                                let error =
+                                    PeerError::Storage(format!("the commit log did not sync: {e}"));
+                                failed.push((node, SendError::Peer(error)));
                             }
                         }
                     }
-                    Err(e) => match PeerError::from(e) {
-                        PeerError::UnknownTable(m) => last_error = Some(m),
-                        e => tracing::debug!(error = %e, "stamping here failed"),
-                    },
+                    Err(e) => {
+                        let error = PeerError::from(e);
+                        match &error {
+                            PeerError::UnknownTable(m) => last_error = Some(m.clone()),
+                            e => tracing::debug!(error = %e, "stamping here failed"),
+                        }
+                        failed.push((node, SendError::Peer(error)));
+                    }
                 }
-                failed.push(node);
                 continue;
             }
             // Leave time for another replica unless this is the last one.
@@ -787,25 +904,35 @@ impl ClusterStore {
                 pk: pk.to_vec(),
                 mutations: mutations.clone(),
             };
-            match self.send(node, req, timeout).await {
+            let error = match self.send(node, req, timeout).await {
                 Ok(PeerResponse::Stamped(deltas)) => return Ok((node, deltas, failed, None)),
-                Ok(_) => last_error = Some("unexpected answer to a stamp request".to_string()),
-                Err(SendError::Peer(PeerError::UnknownTable(m))) => last_error = Some(m),
-                Err(e) => tracing::debug!(node = node.0, error = %e, "stamping failed"),
-            }
-            failed.push(node);
+                Ok(_) => {
+                    let m = "unexpected answer to a stamp request".to_string();
+                    last_error = Some(m.clone());
+                    SendError::Peer(PeerError::Invalid(m))
+                }
+                Err(SendError::Peer(PeerError::UnknownTable(m))) => {
+                    last_error = Some(m.clone());
+                    SendError::Peer(PeerError::UnknownTable(m))
+                }
+                Err(e) => {
+                    tracing::debug!(node = node.0, error = %e, "stamping failed");
+                    e
+                }
+            };
+            failed.push((node, error));
         }
         if let Some(m) = last_error {
             if failed.len() == alive.len() {
                 return Err(server(format!("no replica could stamp the write: {m}")));
             }
         }
-        Err(QueryError::Timeout {
-            consistency: cl,
-            required,
-            received: 0,
-            write: true,
-        })
+        // Replicas not tried for want of time ran out of it.
+        shortfall.timed_out = failed.len() < alive.len();
+        for (n, e) in &failed {
+            shortfall.note(self.node_name(*n), e);
+        }
+        Err(shortfall.into_error(cl, required, 0, true))
     }
 
     /// Stamps a write at this node when no replica is alive (consistency
@@ -913,23 +1040,20 @@ impl ClusterStore {
             send,
         );
         let mut got = Vec::new();
+        let mut shortfall = Shortfall::default();
         while got.len() < need {
             match requests.next(need - got.len()).await {
                 Some((n, Ok(resp))) => got.push((n, resp)),
                 Some((n, Err(e))) => {
                     tracing::debug!(node = n.0, error = %e, "replica did not answer");
+                    shortfall.note(self.node_name(n), &e);
                     requests.replace();
                 }
                 None => break,
             }
         }
         if got.len() < need {
-            return Err(QueryError::Timeout {
-                consistency: cl,
-                required: need,
-                received: got.len(),
-                write: false,
-            });
+            return Err(shortfall.into_error(cl, need, got.len(), false));
         }
         Ok((got, requests.into_running()))
     }
@@ -1263,7 +1387,7 @@ impl ClusterStore {
         cl: Consistency,
     ) -> Result<(), QueryError> {
         let mut ok = 0;
-        let mut set: JoinSet<bool> = JoinSet::new();
+        let mut set: JoinSet<(NodeId, Result<PeerResponse, SendError>)> = JoinSet::new();
         for (n, a) in answers {
             let deltas = merged.repair_for(prefix, a);
             if deltas.is_empty() {
@@ -1278,21 +1402,19 @@ impl ClusterStore {
                 table: table.clone(),
                 entries: deltas,
             };
-            let fut = self.send(*n, req, remaining(deadline));
-            set.spawn(async move { fut.await.is_ok() });
+            let (n, fut) = (*n, self.send(*n, req, remaining(deadline)));
+            set.spawn(async move { (n, fut.await) });
         }
+        let mut shortfall = Shortfall::default();
         while let Some(res) = set.join_next().await {
-            if matches!(res, Ok(true)) {
-                ok += 1;
+            match res {
+                Ok((_, Ok(_))) => ok += 1,
+                Ok((n, Err(e))) => shortfall.note(self.node_name(n), &e),
+                Err(e) => tracing::error!(error = %e, "read repair task failed"),
             }
         }
         if ok < required {
-            return Err(QueryError::Timeout {
-                consistency: cl,
-                required,
-                received: ok,
-                write: false,
-            });
+            return Err(shortfall.into_error(cl, required, ok, false));
         }
         Ok(())
     }

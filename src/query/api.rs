@@ -169,6 +169,54 @@ pub enum QueryError {
     /// The storage or another server-side part failed.
     #[error("server error: {0}")]
     Server(String),
+    /// Replicas answered with an error, or could not be reached, so that
+    /// the level could not be met; every replica asked had answered or
+    /// failed before the deadline (Cassandra's WriteFailure / ReadFailure).
+    /// A failed write may still have been applied on the replicas that
+    /// answered, like a timed-out one. Sent only to clients of protocol
+    /// version 2 and later; older ones get it as a [`QueryError::Timeout`]
+    /// (see `crate::client::protocol`). Added last so that the variants
+    /// before it keep their numbers on the wire.
+    #[error(
+        "operation failed at consistency {consistency}: {received} of {required} replicas answered, {} failed ({})",
+        .failures.len(),
+        .failures.join("; ")
+    )]
+    Failure {
+        /// The requested level.
+        consistency: Consistency,
+        /// Replicas the level needs.
+        required: usize,
+        /// Replicas that answered.
+        received: usize,
+        /// Each replica that failed, and why (`ADDRESS: reason`).
+        failures: Vec<String>,
+        /// Whether it was a write (its outcome is then unknown).
+        write: bool,
+    },
+}
+
+impl QueryError {
+    /// This error as a client of protocol version 1 knows it: a
+    /// [`QueryError::Failure`] becomes the [`QueryError::Timeout`] that
+    /// version reported for it; everything else is unchanged.
+    pub fn for_version_1(self) -> QueryError {
+        match self {
+            QueryError::Failure {
+                consistency,
+                required,
+                received,
+                write,
+                ..
+            } => QueryError::Timeout {
+                consistency,
+                required,
+                received,
+                write,
+            },
+            other => other,
+        }
+    }
 }
 
 impl From<StorageError> for QueryError {

@@ -114,6 +114,7 @@ pub fn format_error(e: &QueryError) -> String {
         QueryError::Invalid { .. } => "invalid request",
         QueryError::Unavailable { .. } => "unavailable",
         QueryError::Timeout { .. } => "timeout",
+        QueryError::Failure { .. } => "failure",
         QueryError::BatchLog { .. } => "unavailable",
         QueryError::UnknownPrepared(_) => "unprepared",
         QueryError::Server(_) => "server error",

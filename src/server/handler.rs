@@ -3,7 +3,8 @@
 use super::{bump, AdminSource, SchemaSource, ServerLimits, ServerStats};
 use crate::client::protocol::{
     self, BatchEntry, BatchKind, BatchStatement, ClientFrame, FrameError, ProtocolError,
-    ProtocolErrorCode, ServerFrame, StreamFrameError, WireError, PROTOCOL_VERSION,
+    ProtocolErrorCode, ServerFrame, StreamFrameError, WireError, MIN_PROTOCOL_VERSION,
+    PROTOCOL_VERSION,
 };
 use crate::model::DotSet;
 use crate::net::budget::ByteBudget;
@@ -173,6 +174,8 @@ impl PreparedTexts {
 #[derive(Default)]
 struct Connection {
     started: bool,
+    /// The protocol version of the session (set by the startup).
+    protocol_version: u16,
     session: SessionState,
     /// Where the client connects from (`None` only in tests).
     remote: Option<SocketAddr>,
@@ -557,9 +560,14 @@ async fn dispatch(
     {
         return startup(&shared, &state, protocol_version, keyspace).await;
     }
-    let (started, mut session, remote) = {
+    let (started, mut session, remote, version) = {
         let conn = state.lock();
-        (conn.started, conn.session.clone(), conn.remote)
+        (
+            conn.started,
+            conn.session.clone(),
+            conn.remote,
+            conn.protocol_version,
+        )
     };
     if !started {
         return protocol_error(
@@ -659,7 +667,7 @@ async fn dispatch(
     if session != before {
         state.lock().session = session;
     }
-    answer
+    answer.for_version(version)
 }
 
 /// The `ringdb admin` subcommand an admin frame comes from, for messages.
@@ -719,10 +727,13 @@ async fn startup(
     protocol_version: u16,
     keyspace: Option<String>,
 ) -> ServerFrame {
-    if protocol_version != PROTOCOL_VERSION {
+    if !(MIN_PROTOCOL_VERSION..=PROTOCOL_VERSION).contains(&protocol_version) {
         return protocol_error(
             ProtocolErrorCode::UnsupportedVersion,
-            format!("protocol version {protocol_version} is not supported; this server speaks version {PROTOCOL_VERSION}"),
+            format!(
+                "protocol version {protocol_version} is not supported; this server speaks \
+                 versions {MIN_PROTOCOL_VERSION} to {PROTOCOL_VERSION}"
+            ),
         );
     }
     let mut session = state.lock().session.clone();
@@ -738,9 +749,10 @@ async fn startup(
     }
     let mut conn = state.lock();
     conn.started = true;
+    conn.protocol_version = protocol_version;
     conn.session = session;
     ServerFrame::Ready {
-        protocol_version: PROTOCOL_VERSION,
+        protocol_version,
         keyspace: conn.session.keyspace.clone(),
     }
 }

@@ -165,6 +165,7 @@ pub fn error_text(error: &ClientError) -> String {
             QueryError::Invalid { rendered, .. } => format!("Invalid request: {rendered}"),
             QueryError::Unavailable { .. } => format!("Unavailable: {q}"),
             QueryError::Timeout { .. } => format!("Timeout: {q}"),
+            QueryError::Failure { .. } => format!("Failure: {q}"),
             QueryError::BatchLog { .. } => format!("Unavailable: {q}"),
             QueryError::UnknownPrepared(_) => format!("Error: {q}"),
             QueryError::Server(_) => format!("Server error: {q}"),
@@ -219,6 +220,20 @@ mod tests {
                 write: true,
             }),
             "Timeout: operation timed out at consistency ALL: 2 of 3 replicas answered"
+        );
+        assert_eq!(
+            shown(QueryError::Failure {
+                consistency: Consistency::Quorum,
+                required: 2,
+                received: 1,
+                failures: vec![
+                    "127.0.0.1:7001: storage error on the replica: disk full".into(),
+                    "127.0.0.1:7002: unknown table: ks.t".into()
+                ],
+                write: true,
+            }),
+            "Failure: operation failed at consistency QUORUM: 1 of 2 replicas answered, 2 failed \
+             (127.0.0.1:7001: storage error on the replica: disk full; 127.0.0.1:7002: unknown table: ks.t)"
         );
         let forbidden = ClientError::Refused(crate::client::protocol::ProtocolError::new(
             crate::client::protocol::ProtocolErrorCode::Forbidden,
