@@ -23,7 +23,7 @@ use cql_lite::Value;
 use ringdb::client::{Client, ClientError};
 use ringdb::model::Consistency;
 use ringdb::net::tls::ClusterCa;
-use ringdb::query::api::QueryResult;
+use ringdb::query::api::{QueryError, QueryResult};
 use std::time::{Duration, Instant};
 use support::process::{make_node, new_cluster, start_nodes, Cluster, Node};
 
@@ -99,6 +99,28 @@ fn quorum_writes_survive_sigkill_and_hints_reach_the_restarted_node() {
         }
     }
     assert_eq!(acked.len(), 300);
+    // The copies for node 3 time out and become hints, and admin status
+    // names node 3 by its address as the node they wait for.
+    let waiting = format!("  waiting for {} (", n3.peer);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let statuses = [cluster.status(&n1), cluster.status(&n2)];
+        let shown: Vec<&str> = statuses
+            .iter()
+            .flat_map(|s| s.lines())
+            .filter(|l| l.starts_with(&waiting))
+            .collect();
+        if !shown.is_empty() {
+            assert!(shown.iter().all(|l| l.contains(" segment")), "{shown:?}");
+            assert!(statuses.iter().any(|s| hint_line(s).2 >= 1));
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no hints shown waiting for node 3: {statuses:?}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
 
     // Node 3 comes back; the others replay the hints they hold for it.
     n3.start();
@@ -192,6 +214,40 @@ fn a_client_connects_again_to_a_restarted_node() {
     );
     assert_eq!(client.reconnects(), 1);
     assert_eq!(client.keyspace().as_deref(), Some("ks"));
+
+    // The session's keyspace is dropped (through another client) and the
+    // node restarts: the client connects again without a keyspace, and a
+    // statement that needs one says so, rather than every request failing.
+    let other = cluster.connect(&n1);
+    cluster
+        .rt
+        .block_on(other.execute("DROP KEYSPACE ks", vec![]))
+        .expect("drop");
+    cluster.rt.block_on(other.close());
+    n1.kill9();
+    n1.start();
+    cluster.wait_for_up(&n1, 1);
+    let mut errors = Vec::new();
+    let invalid = loop {
+        match run("SELECT v FROM kv WHERE k = 1") {
+            Err(ClientError::Connection(e)) if errors.is_empty() => errors.push(e),
+            Err(ClientError::Query(e @ QueryError::Invalid { .. })) => break e,
+            other => panic!("after {errors:?}: {other:?}"),
+        }
+    };
+    assert!(
+        invalid
+            .to_string()
+            .contains("No keyspace has been specified"),
+        "the error should say no keyspace is in use: {invalid}"
+    );
+    assert_eq!(client.reconnects(), 2);
+    assert_eq!(client.keyspace(), None);
+    // The session works: a keyspace can be chosen again.
+    run("CREATE KEYSPACE ks2 WITH replication = {'class': 'SimpleStrategy', 'replication_factor': 1}")
+        .expect("create");
+    run("USE ks2").expect("use");
+    assert_eq!(client.keyspace().as_deref(), Some("ks2"));
     cluster.rt.block_on(client.close());
 }
 

@@ -90,6 +90,18 @@ pub struct HintStats {
     pub expiry_scans: u64,
 }
 
+/// The hints waiting for one target, as `ringdb admin status` shows them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PendingHints {
+    /// The node they are for.
+    pub target: NodeId,
+    /// Segment files holding them.
+    pub segments: usize,
+    /// Bytes of those files (delivered hints of a segment that is being
+    /// replayed included, until the segment is removed).
+    pub bytes: u64,
+}
+
 /// Hints for one target, read from its oldest segments, to be delivered
 /// and then acknowledged with [`HintStore::ack`].
 #[derive(Debug)]
@@ -514,6 +526,39 @@ impl HintStore {
         Ok(())
     }
 
+    /// The hints waiting, per target with any, in target order. The
+    /// segment files are measured on disk (one that cannot be is counted
+    /// as empty), outside the lock that storing hints takes.
+    pub fn pending(&self) -> Vec<PendingHints> {
+        let listed: Vec<(NodeId, Vec<PathBuf>)> = self
+            .targets
+            .lock()
+            .iter()
+            .filter(|(_, t)| !t.segments.is_empty())
+            .map(|(n, t)| {
+                let paths = t.segments.iter().map(|id| segment_path(&t.dir, *id));
+                (*n, paths.collect())
+            })
+            .collect();
+        listed
+            .into_iter()
+            .map(|(target, paths)| PendingHints {
+                target,
+                segments: paths.len(),
+                bytes: paths
+                    .iter()
+                    .filter_map(|p| fs::metadata(p).ok())
+                    .map(|m| m.len())
+                    .sum(),
+            })
+            .collect()
+    }
+
+    /// How long a hint is kept before it is dropped as expired.
+    pub fn window(&self) -> Duration {
+        self.opts.window
+    }
+
     /// Counters since open.
     pub fn stats(&self) -> HintStats {
         HintStats {
@@ -831,6 +876,36 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn pending_shows_each_target_with_its_segments_and_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let store =
+            HintStore::open(dir.path(), tiny_segments(Duration::from_secs(60), 150)).unwrap();
+        assert!(store.pending().is_empty());
+        for i in 0..30u8 {
+            store.store(NodeId(9), &hint(1_000, i)).unwrap();
+        }
+        store.store(NodeId(4), &hint(1_000, 0)).unwrap();
+        let on_disk = |t: u64| {
+            let sizes = segment_sizes(&store, NodeId(t));
+            (sizes.len(), sizes.iter().map(|(_, b)| b).sum::<u64>())
+        };
+        let pending = store.pending();
+        let shown: Vec<(u64, usize, u64)> = pending
+            .iter()
+            .map(|p| (p.target.0, p.segments, p.bytes))
+            .collect();
+        let (nine, four) = (on_disk(9), on_disk(4));
+        assert_eq!(shown, vec![(4, four.0, four.1), (9, nine.0, nine.1)]);
+        assert!(nine.0 > 1 && nine.1 > four.1, "{shown:?}");
+        // Delivered and acknowledged: the target is no longer pending.
+        let batch = store.take_batch(NodeId(4), 1_000).unwrap();
+        store.ack(batch).unwrap();
+        let left: Vec<u64> = store.pending().iter().map(|p| p.target.0).collect();
+        assert_eq!(left, vec![9]);
+        assert_eq!(store.window(), Duration::from_secs(60));
     }
 
     #[test]

@@ -90,7 +90,7 @@ use crate::model::NodeId;
 pub use identity::{generation_now, BincodeCodec, CodecError, PeerId};
 pub use metadata::{NodeMetadata, NodeStatus};
 pub use sender::GossipSender;
-pub use view::{status_table, ClusterView, Liveness, Member, MembershipEvent};
+pub use view::{human_bytes, status_table, ClusterView, Liveness, Member, MembershipEvent};
 
 use metadata::{
     decode_metadata, encode_metadata, DigestEntry, MetaBroadcasts, MetaStore, SyncMessage,

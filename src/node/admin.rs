@@ -3,7 +3,8 @@
 use super::removal::RemoveNode;
 use super::{all_tables, Decommission};
 use crate::client::protocol::RepairRequest;
-use crate::cluster::membership::{status_table, Membership};
+use crate::cluster::hints::{HintStats, PendingHints};
+use crate::cluster::membership::{human_bytes, status_table, ClusterView, Membership};
 use crate::coordinator::messages::{PeerRequest, PeerResponse};
 use crate::coordinator::{BatchCoordinator, ClusterStore, CoordinatorStats, RepairProgress};
 use crate::net::Transport;
@@ -11,6 +12,7 @@ use crate::query::api::{BoxFuture, TableRef};
 use crate::schema::SchemaStore;
 use crate::server::AdminSource;
 use std::sync::Arc;
+use std::time::Duration;
 
 /// Answers `ringdb admin status` from gossip and the coordinator.
 pub struct NodeAdmin {
@@ -55,14 +57,16 @@ impl AdminSource for NodeAdmin {
         let net = self.transport.stats();
         let gossip = self.membership.stats();
         format!(
-            "{}\nThis node: {:016x}\nHints: stored={} delivered={} expired={} discarded={} pending_targets={}\nBatch log: held={} logged={} log_failures={} replayed_entries={} replayed_partitions={} discarded_partitions={}\nCoordinator: {:?}\nPeer transport: requests_in={} requests_out={} requests_failed={} malformed={} version_mismatches={} deadlines_exceeded={} datagrams_in={} datagrams_out={} datagrams_dropped={} handshakes_failed={}\nGossip: datagrams_in={} datagrams_out={} malformed={} spoofed={} rejected={} inbox_full={} oversize={}\nStreams: {}\n{}\n{}",
+            "{}\nThis node: {:016x}\n{}\nBatch log: held={} logged={} log_failures={} replayed_entries={} replayed_partitions={} discarded_partitions={}\nCoordinator: {:?}\nPeer transport: requests_in={} requests_out={} requests_failed={} malformed={} version_mismatches={} deadlines_exceeded={} datagrams_in={} datagrams_out={} datagrams_dropped={} handshakes_failed={}\nGossip: datagrams_in={} datagrams_out={} malformed={} spoofed={} rejected={} inbox_full={} oversize={}\nStreams: {}\n{}\n{}",
             status_table(&view),
             self.cluster.node_id().0,
-            hints.stored,
-            hints.delivered,
-            hints.expired,
-            hints.discarded,
-            self.cluster.hints().targets().len(),
+            hint_lines(
+                &view,
+                &hints,
+                &self.cluster.hints().pending(),
+                self.cluster.hint_throttle().bytes_per_sec(),
+                self.cluster.hints().window(),
+            ),
             self.batches.batch_log().len(),
             batches.logged,
             batches.log_failures,
@@ -201,6 +205,63 @@ impl AdminSource for NodeAdmin {
     }
 }
 
+/// The `Hints:` line of `admin status` (counters, what waits, the replay
+/// limit and the hint window), then one line per node hints wait for.
+fn hint_lines(
+    view: &ClusterView,
+    stats: &HintStats,
+    pending: &[PendingHints],
+    limit_bytes_per_sec: u64,
+    window: Duration,
+) -> String {
+    let limit = match limit_bytes_per_sec {
+        0 => "none".to_string(),
+        b => format!("{}MiB/s", b as f64 / (1u64 << 20) as f64),
+    };
+    let mut out = format!(
+        "Hints: stored={} delivered={} expired={} discarded={} pending_targets={} pending_bytes={} limit={limit} window={}",
+        stats.stored,
+        stats.delivered,
+        stats.expired,
+        stats.discarded,
+        pending.len(),
+        pending.iter().map(|p| p.bytes).sum::<u64>(),
+        duration_text(window),
+    );
+    for p in pending {
+        let who = match view.get(p.target) {
+            Some(m) => format!("{} ({:016x})", m.addr, p.target.0),
+            None => format!("{:016x} (no longer a member)", p.target.0),
+        };
+        let noun = if p.segments == 1 {
+            "segment"
+        } else {
+            "segments"
+        };
+        out.push_str(&format!(
+            "\n  waiting for {who}: {} in {} {noun}",
+            human_bytes(p.bytes),
+            p.segments
+        ));
+    }
+    out
+}
+
+/// A whole number of hours, minutes or seconds where it is one (`3h`,
+/// `90m`, `45s`), else milliseconds.
+fn duration_text(d: Duration) -> String {
+    let (secs, ms) = (d.as_secs(), d.as_millis());
+    if ms % 1000 != 0 {
+        format!("{ms}ms")
+    } else if secs != 0 && secs % 3600 == 0 {
+        format!("{}h", secs / 3600)
+    } else if secs != 0 && secs % 60 == 0 {
+        format!("{}m", secs / 60)
+    } else {
+        format!("{secs}s")
+    }
+}
+
 /// The `Streams:` line of `admin status`: the stream limit and what range
 /// streams copied and waited for it since start.
 fn stream_line(limit_bytes_per_sec: u64, stats: &CoordinatorStats) -> String {
@@ -276,6 +337,65 @@ fn tables_named(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_hint_lines_show_what_waits_for_whom_and_the_limits() {
+        use crate::cluster::membership::{Liveness, Member};
+        use crate::model::NodeId;
+        let mut view = ClusterView {
+            local: NodeId(1),
+            members: std::collections::BTreeMap::new(),
+        };
+        view.members.insert(
+            NodeId(2),
+            Member {
+                addr: "10.0.0.2:7000".parse().unwrap(),
+                liveness: Liveness::Down,
+                metadata: None,
+                generation: 0,
+            },
+        );
+        let stats = HintStats {
+            stored: 7,
+            delivered: 2,
+            ..HintStats::default()
+        };
+        let none = hint_lines(&view, &stats, &[], 0, Duration::from_secs(3 * 3600));
+        assert_eq!(
+            none,
+            "Hints: stored=7 delivered=2 expired=0 discarded=0 pending_targets=0 pending_bytes=0 limit=none window=3h"
+        );
+        let pending = [
+            PendingHints {
+                target: NodeId(2),
+                segments: 3,
+                bytes: 3 << 20,
+            },
+            PendingHints {
+                target: NodeId(9),
+                segments: 1,
+                bytes: 100,
+            },
+        ];
+        let lines = hint_lines(&view, &stats, &pending, 4 << 20, Duration::from_secs(90));
+        let lines: Vec<&str> = lines.lines().collect();
+        assert_eq!(lines.len(), 3, "{lines:?}");
+        assert!(
+            lines[0].ends_with("pending_targets=2 pending_bytes=3145828 limit=4MiB/s window=90s"),
+            "{}",
+            lines[0]
+        );
+        assert_eq!(
+            lines[1],
+            "  waiting for 10.0.0.2:7000 (0000000000000002): 3.00 MiB in 3 segments"
+        );
+        assert_eq!(
+            lines[2],
+            "  waiting for 0000000000000009 (no longer a member): 100 B in 1 segment"
+        );
+        assert_eq!(duration_text(Duration::from_millis(1500)), "1500ms");
+        assert_eq!(duration_text(Duration::from_secs(120)), "2m");
+    }
 
     #[test]
     fn the_repair_line_reads_back_as_the_progress_it_shows() {

@@ -208,7 +208,8 @@ pub(crate) fn diff(old: &ClusterView, new: &ClusterView) -> Vec<MembershipEvent>
     events
 }
 
-fn human_bytes(n: u64) -> String {
+/// A byte count for people: `512 B`, `3.00 MiB`.
+pub fn human_bytes(n: u64) -> String {
     const UNITS: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
     if n < 1024 {
         return format!("{n} B");
