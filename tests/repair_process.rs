@@ -7,6 +7,8 @@
 //! 3 sends them, after which node 3 alone holds every acknowledged write;
 //! a second repair finds nothing to send; a repair with the other nodes
 //! down says it is incomplete and fails; an unknown keyspace is refused.
+//! Automatic repair (`--auto-repair-interval-secs`) does the same without
+//! an operator.
 
 mod support;
 
@@ -48,13 +50,13 @@ fn missing_on(cluster: &Cluster, node: &Node, keys: i32) -> Vec<i32> {
     missing
 }
 
-#[test]
-fn admin_repair_sends_a_node_the_writes_whose_hints_were_lost() {
-    let root = tempfile::tempdir().unwrap();
-    let (ca, cluster) = new_cluster(root.path());
-    // Reads through node 3 ask only node 3 (no read repair): what node 3
-    // holds comes from writes and repair alone.
-    let nodes = start_nodes(&cluster, root.path(), &ca, 3, &[], |i, n| {
+/// Three nodes, RF 3, all up, where node 3 lacks the writes 100..300 of
+/// `ks.kv` (made while it was down, their hints lost) and holds 0..100.
+/// Reads through node 3 ask only node 3 (no read repair): what node 3
+/// holds comes from writes and repair alone.
+fn node_3_missing_writes(root: &std::path::Path) -> (Cluster, [Node; 3]) {
+    let (ca, cluster) = new_cluster(root);
+    let nodes = start_nodes(&cluster, root, &ca, 3, &[], |i, n| {
         if i == 3 {
             n.extra_args = vec!["--read-repair-every".into(), "0".into()];
         }
@@ -111,6 +113,13 @@ fn admin_repair_sends_a_node_the_writes_whose_hints_were_lost() {
     n1.start();
     n2.start();
     cluster.wait_for_up(&n3, 3);
+    (cluster, [n1, n2, n3])
+}
+
+#[test]
+fn admin_repair_sends_a_node_the_writes_whose_hints_were_lost() {
+    let root = tempfile::tempdir().unwrap();
+    let (cluster, [mut n1, mut n2, n3]) = node_3_missing_writes(root.path());
 
     // The stream limit can be changed on the running node; repair keeps
     // to it (the simulation tests time it) and counts what it streamed.
@@ -193,4 +202,75 @@ fn admin_repair_sends_a_node_the_writes_whose_hints_were_lost() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert!(stderr.contains("no keyspace named nosuchks"), "{stderr}");
+}
+
+/// With automatic repair every 2 s, the nodes bring node 3 up to date by
+/// themselves: each repairs the ranges it leads, so together they cover
+/// every range. `admin status` says when the last one completed, and a
+/// restarted node remembers it.
+#[test]
+fn automatic_repair_sends_a_node_the_writes_whose_hints_were_lost() {
+    let root = tempfile::tempdir().unwrap();
+    let (cluster, mut nodes) = node_3_missing_writes(root.path());
+    let status = cluster.status(&nodes[2]);
+    assert!(
+        status.contains("Auto repair: every 24h (primary ranges), none complete yet, next in"),
+        "the default is a day: {status}"
+    );
+    for node in &mut nodes {
+        node.stop();
+        node.extra_args
+            .extend(["--auto-repair-interval-secs".to_string(), "2".to_string()]);
+    }
+    for node in &mut nodes {
+        node.start();
+    }
+    let [n1, n2, mut n3] = nodes;
+    cluster.wait_for_up(&n3, 3);
+    let deadline = std::time::Instant::now() + Duration::from_secs(90);
+    loop {
+        let missing = missing_on(&cluster, &n3, 300);
+        if missing.is_empty() {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "node 3 still lacks {} writes, e.g. {:?}; its status:\n{}",
+            missing.len(),
+            &missing[..missing.len().min(10)],
+            cluster.status(&n3)
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    // Every node completes its own, and says so.
+    for node in [&n1, &n2, &n3] {
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let status = cluster.status(node);
+            let line = status
+                .lines()
+                .find(|l| l.starts_with("Auto repair:"))
+                .unwrap_or_else(|| panic!("no auto repair line: {status}"))
+                .to_string();
+            if line.contains("last complete") {
+                assert!(
+                    line.starts_with("Auto repair: every 2s (primary ranges)"),
+                    "{line}"
+                );
+                break;
+            }
+            assert!(std::time::Instant::now() < deadline, "{line}");
+            std::thread::sleep(Duration::from_millis(300));
+        }
+        assert!(node.data.join("auto-repair").exists());
+    }
+    // Restarted, node 3 remembers its last complete repair.
+    n3.stop();
+    n3.start();
+    cluster.wait_for_up(&n3, 3);
+    let status = cluster.status(&n3);
+    assert!(
+        status.contains("Auto repair: every 2s (primary ranges), last complete"),
+        "{status}"
+    );
 }

@@ -73,6 +73,11 @@ pub struct ServerArgs {
     /// 1).
     #[arg(long)]
     pub hint_window_hours: Option<u64>,
+    /// Seconds between two automatic repairs of the ranges this node is
+    /// the first replica of (default 86400, a day; 0 turns it off). See
+    /// docs/operations.md.
+    #[arg(long)]
+    pub auto_repair_interval_secs: Option<u64>,
     /// Milliseconds after which a logged batch still in this node's batch
     /// log is replayed (default: twice the write timeout).
     #[arg(long)]
@@ -173,6 +178,7 @@ struct FileConfig {
     write_timeout_ms: Option<u64>,
     read_timeout_ms: Option<u64>,
     hint_window_hours: Option<u64>,
+    auto_repair_interval_secs: Option<u64>,
     batchlog_replay_delay_ms: Option<u64>,
     overlap_local_sync: Option<bool>,
     read_repair_every: Option<u32>,
@@ -438,6 +444,23 @@ fn request_timeout(ms: Option<(u64, String)>) -> anyhow::Result<Option<Duration>
 /// window of 0 would drop every hint, also those a write at ANY was
 /// acknowledged through. The hint store counts the window in milliseconds
 /// of a `u64`, which bounds it from above.
+/// The longest automatic-repair interval (a year): a longer one would
+/// outlive any `gc_grace_seconds` worth having.
+const MAX_AUTO_REPAIR_INTERVAL_SECS: u64 = 366 * 24 * 3600;
+
+/// The automatic repair's interval from its setting (`name` says where it
+/// was given); the default when not given.
+fn auto_repair_interval(secs: Option<(u64, String)>) -> anyhow::Result<Duration> {
+    match secs {
+        None => Ok(ringdb::node::auto_repair::DEFAULT_INTERVAL),
+        Some((secs, name)) if secs > MAX_AUTO_REPAIR_INTERVAL_SECS => anyhow::bail!(
+            "{name} must be at most {MAX_AUTO_REPAIR_INTERVAL_SECS} (a year; 0 turns automatic \
+             repair off), not {secs}"
+        ),
+        Some((secs, _)) => Ok(Duration::from_secs(secs)),
+    }
+}
+
 fn hint_window(hours: Option<(u64, String)>) -> anyhow::Result<Duration> {
     let Some((hours, name)) = hours else {
         return Ok(HintOptions::default().window);
@@ -536,6 +559,12 @@ fn merge(args: ServerArgs) -> anyhow::Result<Settings> {
         "hint_window_hours",
         &file_name,
     ))?;
+    let auto_repair_interval = auto_repair_interval(pick(
+        args.auto_repair_interval_secs,
+        file.auto_repair_interval_secs,
+        "auto_repair_interval_secs",
+        &file_name,
+    ))?;
     let certs_dir = pick(args.certs_dir, file.certs_dir, "certs_dir", &file_name);
     let defaults = CoordinatorConfig::default();
     let write_timeout = request_timeout(pick(
@@ -626,6 +655,7 @@ fn merge(args: ServerArgs) -> anyhow::Result<Settings> {
         sync_mode,
         coordinator,
         hint_window,
+        auto_repair_interval,
         batchlog_replay_delay: args
             .batchlog_replay_delay_ms
             .or(file.batchlog_replay_delay_ms)
@@ -902,6 +932,36 @@ mod tests {
         std::fs::write(&file, text).unwrap();
         let path = file.to_str().unwrap().to_string();
         (dir, path)
+    }
+
+    #[test]
+    fn the_auto_repair_interval_comes_from_a_flag_or_the_file_and_is_bounded() {
+        let interval = |argv: &[&str]| settings(argv).map(|s| s.node.auto_repair_interval);
+        assert_eq!(interval(&[]), Ok(Duration::from_secs(24 * 3600)), "a day");
+        assert_eq!(
+            interval(&["--auto-repair-interval-secs", "0"]),
+            Ok(Duration::ZERO),
+            "0 turns it off"
+        );
+        let (_dir, file) = config_file("auto_repair_interval_secs = 3600\n");
+        assert_eq!(
+            interval(&["--config", &file]),
+            Ok(Duration::from_secs(3600))
+        );
+        assert_eq!(
+            interval(&["--config", &file, "--auto-repair-interval-secs", "60"]),
+            Ok(Duration::from_secs(60)),
+            "the flag wins"
+        );
+        let err = interval(&["--auto-repair-interval-secs", "40000000"]).unwrap_err();
+        assert!(
+            err.contains("--auto-repair-interval-secs must be at most 31622400"),
+            "{err}"
+        );
+        let (_dir, file) = config_file("auto_repair_interval_secs = 99999999\n");
+        let err = interval(&["--config", &file]).unwrap_err();
+        assert!(err.contains("auto_repair_interval_secs in "), "{err}");
+        assert!(interval(&["--auto-repair-interval-secs", "soon"]).is_err());
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! What `ringdb admin` shows: the cluster as this node sees it.
 
+use super::auto_repair::AutoRepair;
 use super::removal::RemoveNode;
 use super::{all_tables, Decommission};
 use crate::client::protocol::RepairRequest;
@@ -23,10 +24,12 @@ pub struct NodeAdmin {
     removal: Arc<RemoveNode>,
     transport: Arc<dyn Transport<PeerRequest, PeerResponse>>,
     schema: Arc<SchemaStore>,
+    auto_repair: Arc<AutoRepair>,
 }
 
 impl NodeAdmin {
     /// An admin view over a running node.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
         membership: Membership,
         cluster: ClusterStore,
@@ -35,6 +38,7 @@ impl NodeAdmin {
         removal: Arc<RemoveNode>,
         transport: Arc<dyn Transport<PeerRequest, PeerResponse>>,
         schema: Arc<SchemaStore>,
+        auto_repair: Arc<AutoRepair>,
     ) -> NodeAdmin {
         NodeAdmin {
             membership,
@@ -44,6 +48,7 @@ impl NodeAdmin {
             removal,
             transport,
             schema,
+            auto_repair,
         }
     }
 }
@@ -57,7 +62,7 @@ impl AdminSource for NodeAdmin {
         let net = self.transport.stats();
         let gossip = self.membership.stats();
         format!(
-            "{}\nThis node: {:016x}\n{}\nBatch log: held={} logged={} log_failures={} replayed_entries={} replayed_partitions={} discarded_partitions={}\nCoordinator: {:?}\nPeer transport: requests_in={} requests_out={} requests_failed={} malformed={} version_mismatches={} deadlines_exceeded={} datagrams_in={} datagrams_out={} datagrams_dropped={} handshakes_failed={}\nGossip: datagrams_in={} datagrams_out={} malformed={} spoofed={} rejected={} inbox_full={} oversize={}\nStreams: {}\n{}\n{}",
+            "{}\nThis node: {:016x}\n{}\nBatch log: held={} logged={} log_failures={} replayed_entries={} replayed_partitions={} discarded_partitions={}\nCoordinator: {:?}\nPeer transport: requests_in={} requests_out={} requests_failed={} malformed={} version_mismatches={} deadlines_exceeded={} datagrams_in={} datagrams_out={} datagrams_dropped={} handshakes_failed={}\nGossip: datagrams_in={} datagrams_out={} malformed={} spoofed={} rejected={} inbox_full={} oversize={}\nStreams: {}\n{}\n{}\n{}",
             status_table(&view),
             self.cluster.node_id().0,
             hint_lines(
@@ -93,6 +98,7 @@ impl AdminSource for NodeAdmin {
             gossip.oversize,
             stream_line(self.cluster.stream_throttle().bytes_per_sec(), &stats),
             repair_line(self.cluster.repair_progress()),
+            self.auto_repair.status_line(),
             self.cluster.local().storage_stats()
         )
     }

@@ -14,6 +14,7 @@
 
 mod admin;
 mod agreement;
+pub mod auto_repair;
 mod grace;
 mod handler;
 mod removal;
@@ -79,6 +80,9 @@ pub struct NodeConfig {
     pub membership: MembershipConfig,
     /// How long a hint is kept for a node that is down.
     pub hint_window: Duration,
+    /// How often the node repairs the ranges it is the first replica of
+    /// (zero: never; see [`auto_repair`]).
+    pub auto_repair_interval: Duration,
     /// Age at which a batch-log entry is replayed (`None`: twice the
     /// write timeout).
     pub batchlog_replay_delay: Option<Duration>,
@@ -384,6 +388,13 @@ impl Node {
             local.clone(),
             LOAD_PUBLISH_INTERVAL,
         )));
+        let auto_repair = auto_repair::AutoRepair::new(
+            cluster.clone(),
+            schema.clone(),
+            config.auto_repair_interval,
+            &config.data_dir,
+        );
+        tasks.push(tokio::spawn(auto_repair.clone().run()));
         tasks.push(tokio::spawn(watch_gc_grace(
             schema.clone(),
             grace_watch,
@@ -454,6 +465,7 @@ impl Node {
             removal,
             transport.clone(),
             schema.clone(),
+            auto_repair,
         ));
         let client_server = ClientServer::bind_full(
             config.client_listen,
@@ -1169,21 +1181,25 @@ fn load_tokens(path: &Path) -> Result<Option<Vec<Token>>, NodeError> {
 
 fn save_tokens(path: &Path, tokens: &[Token]) -> Result<(), NodeError> {
     let text: Vec<String> = tokens.iter().map(|t| t.to_string()).collect();
-    let tmp = path.with_extension("tmp");
-    let write = || -> std::io::Result<()> {
-        std::fs::write(&tmp, text.join("\n") + "\n")?;
-        std::fs::File::open(&tmp)?.sync_all()?;
-        std::fs::rename(&tmp, path)?;
-        if let Some(dir) = path.parent() {
-            std::fs::File::open(dir)?.sync_all()?;
-        }
-        Ok(())
-    };
-    write().map_err(|e| NodeError::File {
+    write_durably(path, &(text.join("\n") + "\n")).map_err(|e| NodeError::File {
         what: "token file",
         path: path.to_path_buf(),
         reason: e.to_string(),
     })
+}
+
+/// Replaces the file at `path` with `text` so that a crash leaves the old
+/// file or the new one, both whole: written to a temporary file, synced,
+/// renamed over `path`, and the directory synced.
+pub(crate) fn write_durably(path: &Path, text: &str) -> std::io::Result<()> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, text)?;
+    std::fs::File::open(&tmp)?.sync_all()?;
+    std::fs::rename(&tmp, path)?;
+    if let Some(dir) = path.parent() {
+        std::fs::File::open(dir)?.sync_all()?;
+    }
+    Ok(())
 }
 
 fn client_tls(certs_dir: &Path) -> Result<rustls::ServerConfig, NodeError> {
