@@ -1,16 +1,17 @@
-//! The node's log warning for tables whose `gc_grace_seconds` is at or
-//! below its hint window (see [`crate::schema::ShortGcGrace`] for why it
-//! matters).
+//! The node's log warnings for tables whose `gc_grace_seconds` is at or
+//! below its hint window, or its automatic repair interval (see
+//! [`crate::schema::ShortGcGrace`] and [`crate::schema::GraceWithinRepair`]
+//! for why it matters).
 //!
 //! A DDL statement run on this node warns its client already; the log
 //! covers what a client never sees: tables of the schema the node starts
 //! with, and tables created or altered on other nodes that reach it
 //! through gossip. Each table is logged once per value of its
 //! `gc_grace_seconds`, not at every check: again only if the value
-//! changes to another that is still too short, or rises above the window
+//! changes to another that is still too short, or rises above the limit
 //! and comes back.
 
-use crate::schema::{Schema, SchemaStore, ShortGcGrace};
+use crate::schema::{GraceWithinRepair, Schema, SchemaStore, ShortGcGrace};
 use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -19,48 +20,105 @@ use std::time::Duration;
 /// How often the node looks whether its schema changed.
 pub(crate) const CHECK_INTERVAL: Duration = Duration::from_secs(1);
 
+/// A table found too short by one check.
+trait Finding: std::fmt::Display {
+    fn table_id(&self) -> u128;
+    fn gc_grace_seconds(&self) -> u32;
+}
+
+impl Finding for ShortGcGrace {
+    fn table_id(&self) -> u128 {
+        self.table_id
+    }
+    fn gc_grace_seconds(&self) -> u32 {
+        self.gc_grace_seconds
+    }
+}
+
+impl Finding for GraceWithinRepair {
+    fn table_id(&self) -> u128 {
+        self.table_id
+    }
+    fn gc_grace_seconds(&self) -> u32 {
+        self.gc_grace_seconds
+    }
+}
+
+/// Table ids to the `gc_grace_seconds` they were logged with, for one
+/// check; only tables found too short now.
+#[derive(Debug, Default)]
+struct Warned(Mutex<HashMap<u128, u32>>);
+
+impl Warned {
+    /// Of `found` (every table too short now), the ones not logged with
+    /// their value already; remembers them, and forgets tables no longer
+    /// found (dropped or raised above the limit: coming back is news).
+    fn news<T: Finding>(&self, found: Vec<T>) -> Vec<T> {
+        let mut warned = self.0.lock();
+        warned.retain(|id, _| found.iter().any(|s| s.table_id() == *id));
+        found
+            .into_iter()
+            .filter(|s| {
+                warned.insert(s.table_id(), s.gc_grace_seconds()) != Some(s.gc_grace_seconds())
+            })
+            .collect()
+    }
+}
+
+/// What one look at the schema found that was not logged before.
+#[derive(Debug, Default)]
+pub(crate) struct GraceNews {
+    /// Tables whose grace period is at or below the hint window.
+    pub(crate) hint_window: Vec<ShortGcGrace>,
+    /// Tables whose grace period is at or below the repair interval.
+    pub(crate) repair_interval: Vec<GraceWithinRepair>,
+}
+
 /// Remembers which tables were logged with which `gc_grace_seconds`.
 #[derive(Debug)]
 pub(crate) struct GraceWatch {
     hint_window: Duration,
-    /// Table id to the `gc_grace_seconds` it was logged with; only tables
-    /// whose grace period is at or below the window now.
-    warned: Mutex<HashMap<u128, u32>>,
+    /// `None` when automatic repair is off.
+    repair_interval: Option<Duration>,
+    warned_hints: Warned,
+    warned_repair: Warned,
 }
 
 impl GraceWatch {
-    /// A watch for a node whose hint window is `hint_window`.
-    pub(crate) fn new(hint_window: Duration) -> GraceWatch {
+    /// A watch for a node whose hint window is `hint_window` and whose
+    /// automatic repair runs every `repair_interval` (`None`: off).
+    pub(crate) fn new(hint_window: Duration, repair_interval: Option<Duration>) -> GraceWatch {
         GraceWatch {
             hint_window,
-            warned: Mutex::new(HashMap::new()),
+            repair_interval,
+            warned_hints: Warned::default(),
+            warned_repair: Warned::default(),
         }
     }
 
     /// Logs a warning for each table of `schema` whose grace period is at
-    /// or below the hint window and was not logged with that value
-    /// already; returns those tables.
-    pub(crate) fn check(&self, schema: &Schema) -> Vec<ShortGcGrace> {
-        let short = schema.short_gc_grace(self.hint_window);
-        let mut warned = self.warned.lock();
-        // Forget tables dropped or raised above the window: coming back
-        // below it is news again.
-        warned.retain(|id, _| short.iter().any(|s| s.table_id == *id));
-        let new: Vec<ShortGcGrace> = short
-            .into_iter()
-            .filter(|s| warned.insert(s.table_id, s.gc_grace_seconds) != Some(s.gc_grace_seconds))
-            .collect();
-        drop(warned);
-        for s in &new {
-            tracing::warn!(
-                keyspace = %s.keyspace,
-                table = %s.table,
-                gc_grace_seconds = s.gc_grace_seconds,
-                hint_window_secs = s.hint_window.as_secs(),
-                "{s}"
-            );
+    /// or below the hint window or the repair interval and was not logged
+    /// with that value already; returns those tables.
+    pub(crate) fn check(&self, schema: &Schema) -> GraceNews {
+        let news = GraceNews {
+            hint_window: self
+                .warned_hints
+                .news(schema.short_gc_grace(self.hint_window)),
+            repair_interval: match self.repair_interval {
+                Some(interval) => self
+                    .warned_repair
+                    .news(schema.gc_grace_within_repair(interval)),
+                None => Vec::new(),
+            },
+        };
+        // The warning names the table, both values and the fix.
+        for s in &news.hint_window {
+            tracing::warn!(table_id = s.table_id, "{s}");
         }
-        new
+        for s in &news.repair_interval {
+            tracing::warn!(table_id = s.table_id, "{s}");
+        }
+        news
     }
 }
 
@@ -123,8 +181,9 @@ mod tests {
         s
     }
 
-    fn names(found: &[ShortGcGrace]) -> Vec<(&str, u32)> {
-        found
+    fn names(news: &GraceNews) -> Vec<(&str, u32)> {
+        assert!(news.repair_interval.is_empty(), "no repair interval set");
+        news.hint_window
             .iter()
             .map(|s| (s.table.as_str(), s.gc_grace_seconds))
             .collect()
@@ -133,24 +192,24 @@ mod tests {
     #[test]
     fn tables_at_or_below_the_window_are_logged_once_per_value() {
         let window = Duration::from_secs(10_800);
-        let watch = GraceWatch::new(window);
+        let watch = GraceWatch::new(window, None);
         let s = schema(10_800);
         // At start: the table at the window and the one below it.
         assert_eq!(names(&watch.check(&s)), vec![("a", 10_800), ("b", 10_799)]);
         // Not again while nothing changes.
-        assert!(watch.check(&s).is_empty());
+        assert!(names(&watch.check(&s)).is_empty());
         // A new short value is news; an unrelated change is not.
         let s = apply(&s, "ALTER TABLE a WITH gc_grace_seconds = 60", 0);
         let s = apply(&s, "ALTER TABLE b WITH comment = 'x'", 0);
         assert_eq!(names(&watch.check(&s)), vec![("a", 60)]);
         // Raised above the window, then back to a value already logged.
         let s = apply(&s, "ALTER TABLE b WITH gc_grace_seconds = 864000", 0);
-        assert!(watch.check(&s).is_empty());
+        assert!(names(&watch.check(&s)).is_empty());
         let s = apply(&s, "ALTER TABLE b WITH gc_grace_seconds = 10799", 0);
         assert_eq!(names(&watch.check(&s)), vec![("b", 10_799)]);
         // Dropped and created again under the same name: a new table.
         let s = apply(&s, "DROP TABLE a", 0);
-        assert!(watch.check(&s).is_empty());
+        assert!(names(&watch.check(&s)).is_empty());
         let s = apply(
             &s,
             "CREATE TABLE a (k int PRIMARY KEY, v int) WITH gc_grace_seconds = 60",
@@ -162,7 +221,7 @@ mod tests {
     #[test]
     fn a_window_longer_than_the_default_grace_flags_default_tables() {
         // --hint-window-hours 240: ten days, the default grace period.
-        let watch = GraceWatch::new(Duration::from_secs(864_000));
+        let watch = GraceWatch::new(Duration::from_secs(864_000), None);
         let found = watch.check(&schema(3600));
         assert_eq!(
             names(&found),
@@ -170,10 +229,29 @@ mod tests {
         );
     }
 
+    #[test]
+    fn tables_at_or_below_the_repair_interval_are_logged_once_per_value_too() {
+        // Hint window one hour, repair every 3 hours (10800 s).
+        let watch = GraceWatch::new(Duration::from_secs(3600), Some(Duration::from_secs(10_800)));
+        let news = watch.check(&schema(10_800));
+        let repair: Vec<(&str, u32)> = news
+            .repair_interval
+            .iter()
+            .map(|s| (s.table.as_str(), s.gc_grace_seconds))
+            .collect();
+        assert_eq!(repair, vec![("a", 10_800), ("b", 10_799)]);
+        assert!(news.hint_window.is_empty(), "all above one hour");
+        assert!(news.repair_interval[0]
+            .to_string()
+            .contains("automatic repair interval of 10800 s (3 h)"));
+        let again = watch.check(&schema(10_800));
+        assert!(again.repair_interval.is_empty() && again.hint_window.is_empty());
+    }
+
     #[tokio::test(start_paused = true)]
     async fn the_watch_task_checks_schemas_learned_later() {
         let store = Arc::new(SchemaStore::in_memory());
-        let watch = Arc::new(GraceWatch::new(Duration::from_secs(3600)));
+        let watch = Arc::new(GraceWatch::new(Duration::from_secs(3600), None));
         let task = tokio::spawn(watch_gc_grace(store.clone(), watch.clone(), CHECK_INTERVAL));
         tokio::time::sleep(CHECK_INTERVAL * 2).await;
         // A schema from another node, as gossip merges it.
@@ -181,8 +259,8 @@ mod tests {
         store.merge(&theirs).unwrap();
         tokio::time::sleep(CHECK_INTERVAL * 2).await;
         // The task logged its two short tables already.
-        assert_eq!(watch.warned.lock().len(), 2);
-        assert!(watch.check(&store.current()).is_empty());
+        assert_eq!(watch.warned_hints.0.lock().len(), 2);
+        assert!(names(&watch.check(&store.current())).is_empty());
         task.abort();
     }
 }

@@ -190,7 +190,9 @@ impl Node {
         );
         // Tables whose grace period is too short for the hint window: in
         // the log at start, and later as the schema changes.
-        let grace_watch = Arc::new(GraceWatch::new(config.hint_window));
+        let repair_interval =
+            (!config.auto_repair_interval.is_zero()).then_some(config.auto_repair_interval);
+        let grace_watch = Arc::new(GraceWatch::new(config.hint_window, repair_interval));
         grace_watch.check(&schema.current());
         let clock = Arc::new(HybridClock::new(Arc::new(SystemClock)));
         let template = EngineOptions {
@@ -430,6 +432,7 @@ impl Node {
                 clock,
                 ExecutorConfig {
                     hint_window: Some(config.hint_window),
+                    auto_repair_interval: repair_interval,
                     ..ExecutorConfig::default()
                 },
             )),

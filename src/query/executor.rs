@@ -37,6 +37,11 @@ pub struct ExecutorConfig {
     /// `gc_grace_seconds` at or below it gets a warning (see
     /// [`crate::schema::ShortGcGrace`]). `None`: no hints, no warning.
     pub hint_window: Option<Duration>,
+    /// The automatic repair interval of the node the executor runs on: a
+    /// table's `gc_grace_seconds` at or below it gets a warning too (see
+    /// [`crate::schema::GraceWithinRepair`]). `None`: no automatic repair,
+    /// no warning.
+    pub auto_repair_interval: Option<Duration>,
 }
 
 impl Default for ExecutorConfig {
@@ -46,6 +51,7 @@ impl Default for ExecutorConfig {
             batch_partitions_warn: 10,
             read_batch: ReadBatch::default(),
             hint_window: Some(DEFAULT_HINT_WINDOW),
+            auto_repair_interval: None,
         }
     }
 }
@@ -378,15 +384,38 @@ impl Executor {
             result: QueryResult::SchemaChange {
                 description: change.description(),
             },
-            warnings: self.short_gc_grace(&change, &applied).into_iter().collect(),
+            warnings: self.short_gc_grace(&change, &applied),
         })
     }
 
-    /// The warning for a `CREATE TABLE`, or an `ALTER TABLE` that sets
+    /// The warnings for a `CREATE TABLE`, or an `ALTER TABLE` that sets
     /// `gc_grace_seconds`, that leaves the table's grace period at or below
-    /// this node's hint window; `applied` is the schema with the change.
-    fn short_gc_grace(&self, change: &SchemaChange, applied: &Schema) -> Option<String> {
-        let window = self.config.hint_window?;
+    /// this node's hint window or automatic repair interval; `applied` is
+    /// the schema with the change.
+    fn short_gc_grace(&self, change: &SchemaChange, applied: &Schema) -> Vec<String> {
+        let Some(table) = self.changed_grace(change, applied) else {
+            return Vec::new();
+        };
+        let hints = self
+            .config
+            .hint_window
+            .and_then(|w| table.short_gc_grace(w))
+            .map(|w| w.to_string());
+        let repair = self
+            .config
+            .auto_repair_interval
+            .and_then(|i| table.gc_grace_within_repair(i))
+            .map(|w| w.to_string());
+        hints.into_iter().chain(repair).collect()
+    }
+
+    /// The table whose grace period `change` set (a `CREATE TABLE`, or an
+    /// `ALTER TABLE ... WITH gc_grace_seconds`), as `applied` has it.
+    fn changed_grace<'s>(
+        &self,
+        change: &'s SchemaChange,
+        applied: &'s Schema,
+    ) -> Option<&'s Table> {
         let table = match change {
             SchemaChange::CreateTable { table, .. } => table,
             SchemaChange::AlterTable {
@@ -400,7 +429,7 @@ impl Executor {
             }
             _ => return None,
         };
-        table.short_gc_grace(window).map(|w| w.to_string())
+        Some(table)
     }
 
     async fn write(

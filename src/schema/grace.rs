@@ -11,6 +11,15 @@
 //! [`Table::short_gc_grace`] is the check, and [`ShortGcGrace`] says what
 //! is wrong and what to do, for the warning of a DDL statement and for the
 //! node's log.
+//!
+//! Repair is the other way a replica gets a tombstone it missed (its hint
+//! lost, expired, or never stored). With automatic repair every interval
+//! (`crate::node::auto_repair`), a grace period at or below that interval
+//! lets the other replicas purge a tombstone before the repair that would
+//! bring it to the replica that missed it: the deleted data comes back
+//! from that replica. [`Table::gc_grace_within_repair`] is that check and
+//! [`GraceWithinRepair`] its warning (Cassandra's rule: repair every node
+//! at least once per `gc_grace_seconds`).
 
 use super::{Schema, Table};
 use std::fmt;
@@ -112,6 +121,67 @@ impl Schema {
         self.keyspaces()
             .flat_map(|ks| self.tables(&ks.name))
             .filter_map(|t| t.short_gc_grace(hint_window))
+            .collect()
+    }
+}
+
+/// A table whose `gc_grace_seconds` is at or below a node's automatic
+/// repair interval. Its `Display` is the warning an operator reads.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GraceWithinRepair {
+    /// The table's keyspace.
+    pub keyspace: String,
+    /// The table.
+    pub table: String,
+    /// The table's id.
+    pub table_id: u128,
+    /// The table's `gc_grace_seconds`.
+    pub gc_grace_seconds: u32,
+    /// The node's automatic repair interval.
+    pub repair_interval: Duration,
+}
+
+impl fmt::Display for GraceWithinRepair {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "Table {}.{} has gc_grace_seconds = {}, at or below this node's automatic repair \
+             interval of {}: a replica that missed a delete (its hint lost or expired) gets the \
+             tombstone only from repair, and the other replicas may purge it before the next \
+             repair, bringing the deleted data back. Raise gc_grace_seconds well above {}, or \
+             lower the interval (--auto-repair-interval-secs / auto_repair_interval_secs) well \
+             below {} on every node.",
+            self.keyspace,
+            self.table,
+            self.gc_grace_seconds,
+            show_seconds(self.repair_interval),
+            self.repair_interval.as_secs(),
+            self.gc_grace_seconds,
+        )
+    }
+}
+
+impl Table {
+    /// The warning for this table when its `gc_grace_seconds` is at or
+    /// below `repair_interval` (see the module documentation).
+    pub fn gc_grace_within_repair(&self, repair_interval: Duration) -> Option<GraceWithinRepair> {
+        (self.gc_grace() <= repair_interval).then(|| GraceWithinRepair {
+            keyspace: self.keyspace().to_string(),
+            table: self.name().to_string(),
+            table_id: self.id,
+            gc_grace_seconds: self.gc_grace_seconds,
+            repair_interval,
+        })
+    }
+}
+
+impl Schema {
+    /// The warnings of every table whose `gc_grace_seconds` is at or below
+    /// `repair_interval`, in keyspace and table order.
+    pub fn gc_grace_within_repair(&self, repair_interval: Duration) -> Vec<GraceWithinRepair> {
+        self.keyspaces()
+            .flat_map(|ks| self.tables(&ks.name))
+            .filter_map(|t| t.gc_grace_within_repair(repair_interval))
             .collect()
     }
 }

@@ -28,7 +28,7 @@ mod legacy;
 mod persist;
 mod state;
 
-pub use grace::ShortGcGrace;
+pub use grace::{GraceWithinRepair, ShortGcGrace};
 pub use persist::SchemaStore;
 pub use state::SchemaConflict;
 

@@ -525,3 +525,34 @@ fn a_grace_period_at_or_below_the_hint_window_is_short() {
     assert_eq!(s.short_gc_grace(hours(3)), vec![short]);
     assert_eq!(s.short_gc_grace(hours(240)).len(), 2);
 }
+
+#[test]
+fn a_grace_period_at_or_below_the_repair_interval_is_warned_about() {
+    let s = apply(&sample(), "ALTER TABLE kv WITH gc_grace_seconds = 86400", 0);
+    let kv = s.get_table("ks", "kv").unwrap();
+    let hours = |h: u64| Duration::from_secs(h * 3600);
+    assert!(kv.gc_grace_within_repair(hours(23)).is_none());
+    let at = kv
+        .gc_grace_within_repair(hours(24))
+        .expect("equal to the interval");
+    assert_eq!(
+        (at.gc_grace_seconds, at.repair_interval),
+        (86_400, hours(24))
+    );
+    let text = at.to_string();
+    assert!(
+        text.starts_with(
+            "Table ks.kv has gc_grace_seconds = 86400, at or below this node's automatic repair \
+             interval of 86400 s (24 h)"
+        ),
+        "{text}"
+    );
+    assert!(
+        text.contains("Raise gc_grace_seconds well above 86400"),
+        "{text}"
+    );
+    assert!(text.contains("--auto-repair-interval-secs"), "{text}");
+    // The other table keeps the default of ten days.
+    assert_eq!(s.gc_grace_within_repair(hours(24)), vec![at]);
+    assert_eq!(s.gc_grace_within_repair(hours(240)).len(), 2);
+}
