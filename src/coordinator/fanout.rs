@@ -167,6 +167,12 @@ where
         }
     }
 
+    /// Answers that may still come: requests running (or answered and not
+    /// taken) and nodes not asked yet.
+    pub(super) fn left(&self) -> usize {
+        self.running.len() + (self.nodes.len() - self.next)
+    }
+
     /// The requests still running, for whoever collects late answers.
     pub(super) fn into_running(self) -> Running<T> {
         self.running
@@ -215,6 +221,7 @@ mod tests {
             send_with_log(&asked),
         );
         assert_eq!(*asked.lock(), vec![1], "only the first node up front");
+        assert_eq!(fanout.left(), 3, "one running, two not asked");
         // The delay passes: node 2 is asked, fails, and node 3 replaces it.
         let answer = loop {
             match fanout.next(1).await {
@@ -245,6 +252,7 @@ mod tests {
         fanout.replace();
         assert!(matches!(fanout.next(1).await, Some((_, Err(())))));
         fanout.replace();
+        assert_eq!(fanout.left(), 0);
         assert!(fanout.next(1).await.is_none(), "every node was asked");
         assert_eq!(asked.lock().len(), 2);
         assert_eq!(retries.load(Ordering::Relaxed), 1);

@@ -59,7 +59,8 @@
 //! the limit (short-read protection).
 //!
 //! A read that gets fewer than R answers fails like a write: `Failure`
-//! when every replica it could ask failed before the deadline, `Timeout`
+//! when replicas failed so that too few answers are left to come (it
+//! fails then, without waiting for the requests still running), `Timeout`
 //! when one ran out of time.
 //!
 //! Read repair: before answering, the merged state of every row where an

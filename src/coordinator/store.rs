@@ -1048,6 +1048,11 @@ impl ClusterStore {
                     tracing::debug!(node = n.0, error = %e, "replica did not answer");
                     shortfall.note(self.node_name(n), &e);
                     requests.replace();
+                    // Failures left too few answers to come: fail now
+                    // rather than wait for the ones still running.
+                    if got.len() + requests.left() < need && shortfall.only_failures() {
+                        break;
+                    }
                 }
                 None => break,
             }
@@ -1237,7 +1242,14 @@ impl ClusterStore {
                         .fetch_add(1, Ordering::Relaxed);
                     return None;
                 }
-                Some((_, None)) => digest_requests.replace(),
+                Some((_, None)) => {
+                    digest_requests.replace();
+                    // Too few digests left to come: the full read decides
+                    // (and fails at once if the replicas failed).
+                    if matched + digest_requests.left() < required - 1 {
+                        return None;
+                    }
+                }
                 None => return None,
             }
         }
