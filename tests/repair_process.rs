@@ -273,4 +273,54 @@ fn automatic_repair_sends_a_node_the_writes_whose_hints_were_lost() {
         status.contains("Auto repair: every 2s (primary ranges), last complete"),
         "{status}"
     );
+
+    // Node 1 goes down: node 2's repairs cannot complete, and it waits for
+    // every node to be up rather than repairing again and again; once node
+    // 1 is back, it completes again.
+    let mut n1 = n1;
+    n1.kill9();
+    let auto_line = |node: &Node| {
+        let status = cluster.status(node);
+        status
+            .lines()
+            .find(|l| l.starts_with("Auto repair:"))
+            .unwrap_or_else(|| panic!("no auto repair line: {status}"))
+            .to_string()
+    };
+    let wait_for = |node: &Node, what: &str, ok: &dyn Fn(&str) -> bool| {
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            let line = auto_line(node);
+            if ok(&line) {
+                return;
+            }
+            assert!(std::time::Instant::now() < deadline, "never {what}: {line}");
+            std::thread::sleep(Duration::from_millis(300));
+        }
+    };
+    wait_for(&n2, "waiting for node 1", &|l| {
+        l.contains("next once every node is up; last attempt incomplete")
+    });
+    let repairs_while_down = |node: &Node| -> u64 {
+        let status = cluster.status(node);
+        status
+            .split("repairs: ")
+            .nth(1)
+            .and_then(|rest| rest.split(|c: char| !c.is_ascii_digit()).next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("no repairs counter: {status}"))
+    };
+    let before = repairs_while_down(&n2);
+    std::thread::sleep(Duration::from_secs(5));
+    assert_eq!(
+        repairs_while_down(&n2),
+        before,
+        "no repair runs while a node is down"
+    );
+    n1.start();
+    wait_for(&n2, "complete again", &|l| {
+        l.contains("last complete")
+            && !l.contains("last attempt")
+            && !l.contains("every node is up")
+    });
 }

@@ -498,6 +498,11 @@ impl ClusterStore {
         }
     }
 
+    /// Whether every node of the ring is up, as this node sees it.
+    pub fn all_nodes_up(&self) -> bool {
+        self.ring().nodes().iter().all(|n| self.is_alive(n.id))
+    }
+
     fn is_alive(&self, node: NodeId) -> bool {
         node == self.inner.node || self.inner.liveness.is_alive(node)
     }

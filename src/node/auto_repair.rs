@@ -11,9 +11,13 @@
 //!   gets a random extra of up to a tenth of the interval (at most ten
 //!   minutes), so nodes started together do not repair together.
 //! - **Incomplete.** A repair with a replica down or a span that failed
-//!   does not count (for `gc_grace_seconds` neither): it is tried again
-//!   after an eighth of the interval (between one second and one hour).
-//!   So is one that could not start because another repair ran.
+//!   does not count (for `gc_grace_seconds` neither). One that was
+//!   incomplete only because replicas were down is run again once every
+//!   node is up (checked every few seconds: a repair cannot complete
+//!   before, and running it again meanwhile would read all the data again
+//!   for nothing). One where spans failed is tried again after an eighth
+//!   of the interval (between one second and one hour); so is one that
+//!   could not start because another repair ran.
 //! - **Cost.** It is the repair `ringdb admin repair --primary-range` runs:
 //!   slices compared by hashes, only differing slices streamed, under the
 //!   node's stream limit. `admin status` shows when the last one completed
@@ -42,6 +46,19 @@ pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(24 * 3600);
 
 /// The longest extra wait added to spread nodes out.
 const MAX_JITTER: Duration = Duration::from_secs(600);
+
+/// How often a repair that found replicas down looks whether every node
+/// is up again.
+const UP_CHECK: Duration = Duration::from_secs(5);
+
+/// Why a repair did not complete, which decides when it runs again.
+#[derive(Debug)]
+enum Shortfall {
+    /// Only because replicas were down: again once every node is up.
+    ReplicasDown(String),
+    /// Spans failed, or the repair could not run: again after a while.
+    Failed(String),
+}
 
 /// Why the state file could not be used.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -75,6 +92,9 @@ pub struct AutoRepairState {
     pub next_due_ms: Option<u64>,
     /// Why the last attempt did not complete, when it did not.
     pub last_problem: Option<String>,
+    /// The last attempt found replicas down, and the next waits until
+    /// every node is up.
+    pub waiting_for_nodes: bool,
 }
 
 /// The automatic repair of one node; [`AutoRepair::run`] is its task.
@@ -134,7 +154,21 @@ impl AutoRepair {
             self.state.lock().next_due_ms = None;
             wait = match self.repair_once().await {
                 Ok(()) => self.interval + jitter(self.interval),
-                Err(problem) => {
+                Err(Shortfall::ReplicasDown(problem)) => {
+                    tracing::warn!(%problem, "automatic repair incomplete: a replica was down; running it again once every node is up");
+                    {
+                        let mut state = self.state.lock();
+                        state.last_problem = Some(problem);
+                        state.waiting_for_nodes = true;
+                    }
+                    while !self.cluster.all_nodes_up() {
+                        tokio::time::sleep(UP_CHECK.min(retry_wait(self.interval))).await;
+                    }
+                    self.state.lock().waiting_for_nodes = false;
+                    // The nodes that came back are repairing too.
+                    jitter(self.interval)
+                }
+                Err(Shortfall::Failed(problem)) => {
                     tracing::warn!(%problem, "automatic repair did not complete; trying again later");
                     self.state.lock().last_problem = Some(problem);
                     retry_wait(self.interval)
@@ -145,16 +179,21 @@ impl AutoRepair {
 
     /// One repair of this node's primary ranges in every table; `Err`
     /// says why it did not complete.
-    async fn repair_once(&self) -> Result<(), String> {
+    async fn repair_once(&self) -> Result<(), Shortfall> {
         let tables = all_tables(&self.schema);
         let started = std::time::Instant::now();
         let report = self
             .cluster
             .repair(&tables, true)
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| Shortfall::Failed(e.to_string()))?;
         if !report.is_complete() {
-            return Err(format!("incomplete: {report}"));
+            let problem = format!("incomplete: {report}");
+            return Err(if report.failures.is_empty() {
+                Shortfall::ReplicasDown(problem)
+            } else {
+                Shortfall::Failed(problem)
+            });
         }
         let done = wall_ms();
         if let Err(e) = write_durably(&self.path, &format_state(done)) {
@@ -198,6 +237,7 @@ fn status_line(interval: Duration, state: AutoRepairState, now_ms: u64) -> Strin
             ", next in {}",
             approx(Duration::from_millis(ms.saturating_sub(now_ms)))
         )),
+        None if state.waiting_for_nodes => line.push_str(", next once every node is up"),
         None => line.push_str(", running now"),
     }
     if let Some(problem) = state.last_problem {
@@ -385,7 +425,7 @@ mod tests {
         let waiting = AutoRepairState {
             last_complete_ms: None,
             next_due_ms: Some(now + s(90)),
-            last_problem: None,
+            ..AutoRepairState::default()
         };
         assert_eq!(
             status_line(24 * HOUR, waiting, now),
@@ -395,11 +435,21 @@ mod tests {
             last_complete_ms: Some(now - s(3 * 3600 + 12 * 60)),
             next_due_ms: None,
             last_problem: Some("incomplete: repaired 1 table(s)\n  failed: x".into()),
+            waiting_for_nodes: false,
         };
         assert_eq!(
-            status_line(24 * HOUR, retrying, now),
+            status_line(24 * HOUR, retrying.clone(), now),
             "Auto repair: every 24h (primary ranges), last complete 3h12m ago, running now; \
              last attempt incomplete: repaired 1 table(s)"
+        );
+        let waiting_for_nodes = AutoRepairState {
+            waiting_for_nodes: true,
+            ..retrying
+        };
+        assert_eq!(
+            status_line(24 * HOUR, waiting_for_nodes, now),
+            "Auto repair: every 24h (primary ranges), last complete 3h12m ago, next once every \
+             node is up; last attempt incomplete: repaired 1 table(s)"
         );
     }
 
