@@ -307,6 +307,17 @@ struct Inner {
     hint_throttle: StreamThrottle,
 }
 
+impl Inner {
+    /// Where `node` listens for peers, from the ring or the pending ring.
+    fn addr_of(&self, node: NodeId) -> Option<std::net::SocketAddr> {
+        let known = self.ring.read().node(node).map(|n| n.addr);
+        known.or_else(|| {
+            let pending = self.pending.read();
+            pending.as_ref().and_then(|r| r.node(node)).map(|n| n.addr)
+        })
+    }
+}
+
 /// The coordinator: implements [`DataStore`] over the replicas of the
 /// ring, so the query executor runs unchanged on any node. Cheap to clone.
 ///
@@ -527,12 +538,7 @@ impl ClusterStore {
     /// A node as errors name it: its address, or its id when neither the
     /// ring nor the pending ring knows it.
     fn node_name(&self, node: NodeId) -> String {
-        let known = self.inner.ring.read().node(node).map(|n| n.addr);
-        let addr = known.or_else(|| {
-            let pending = self.inner.pending.read();
-            pending.as_ref().and_then(|r| r.node(node)).map(|n| n.addr)
-        });
-        match addr {
+        match self.inner.addr_of(node) {
             Some(addr) => addr.to_string(),
             None => format!("node {:016x}", node.0),
         }
@@ -566,13 +572,7 @@ impl ClusterStore {
             let resp = if node == inner.node {
                 inner.replica.serve(req).await
             } else {
-                let known = inner.ring.read().node(node).map(|n| n.addr);
-                let addr = known
-                    .or_else(|| {
-                        let pending = inner.pending.read();
-                        pending.as_ref().and_then(|r| r.node(node)).map(|n| n.addr)
-                    })
-                    .ok_or(SendError::UnknownNode(node))?;
+                let addr = inner.addr_of(node).ok_or(SendError::UnknownNode(node))?;
                 if timeout.is_zero() {
                     return Err(SendError::Net(NetError::Timeout {
                         peer: addr,
