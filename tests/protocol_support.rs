@@ -12,8 +12,9 @@
 //!
 //! It runs USE, SELECT (optionally `WHERE <first column> = x`, LIMIT,
 //! paging, `WITH SIBLINGS`), INSERT and batches of INSERTs; other
-//! statements are acknowledged without effect. SELECT at consistency ALL is
-//! Unavailable; a statement containing `panic_please` panics.
+//! statements are acknowledged without effect. SELECT at consistency ALL, or
+//! at an explicit count above 1, is Unavailable (one replica alive); at THREE
+//! it is a Failure; a statement containing `panic_please` panics.
 
 #![allow(dead_code)]
 
@@ -185,6 +186,13 @@ impl TestExecutor {
                     return Err(QueryError::Unavailable {
                         consistency: Consistency::All,
                         required: 3,
+                        alive: 1,
+                    });
+                }
+                if let Consistency::Count(n @ 2..) = options.consistency {
+                    return Err(QueryError::Unavailable {
+                        consistency: options.consistency,
+                        required: n.into(),
                         alive: 1,
                     });
                 }

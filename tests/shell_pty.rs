@@ -188,6 +188,33 @@ fn interactive_shell_in_a_pseudo_terminal() {
     keys(&mut shell, "SELECT * FROM users;\r");
     shell.exp_string("Unavailable").expect("unavailable at ALL");
     shell.exp_string("ringdb:demo> ").expect("prompt");
+    // An explicit number of replicas travels the same way.
+    keys(&mut shell, "CONSISTENCY 2\r");
+    shell
+        .exp_string("Consistency level set to 2.")
+        .expect("count set");
+    keys(&mut shell, "SELECT * FROM users;\r");
+    shell
+        .exp_string("cannot achieve consistency level 2: 2 replicas required but only 1 alive")
+        .expect("unavailable at 2");
+    shell.exp_string("ringdb:demo> ").expect("prompt");
+    keys(&mut shell, "CONSISTENCY 1\r");
+    shell
+        .exp_string("Consistency level set to 1.")
+        .expect("count set");
+    keys(&mut shell, "SELECT name FROM users WHERE id = 7;\r");
+    shell.exp_string("user7").expect("one replica is enough");
+    shell.exp_string("(1 row, ").expect("row count");
+    shell.exp_string("ringdb:demo> ").expect("prompt");
+    keys(&mut shell, "CONSISTENCY 0\r");
+    shell
+        .exp_string("'0' is not one of ANY, ONE, TWO, THREE, QUORUM, ALL or a number of replicas")
+        .expect("no level of zero");
+    keys(&mut shell, "CONSISTENCY\r");
+    shell
+        .exp_string("Current consistency level is 1.")
+        .expect("the level stays");
+    shell.exp_string("ringdb:demo> ").expect("prompt");
 
     keys(&mut shell, "EXIT\r");
     shell.exp_eof().expect("the shell exits");

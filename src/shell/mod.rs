@@ -565,7 +565,7 @@ impl Shell {
                             out(&format!("Consistency level set to {level}."));
                         }
                         None => self.error(&format!(
-                            "Improper CONSISTENCY command: '{rest}' is not one of ANY, ONE, TWO, THREE, QUORUM, ALL."
+                            "Improper CONSISTENCY command: '{rest}' is not one of ANY, ONE, TWO, THREE, QUORUM, ALL or a number of replicas (1 to 255)."
                         )),
                     }
                 }
@@ -751,7 +751,9 @@ Statements (end with ';', may span lines):
   row; conflicted rows are marked with '*'.
 
 Shell commands (one line, no ';' needed):
-  CONSISTENCY [ANY|ONE|TWO|THREE|QUORUM|ALL]   show or set the consistency level
+  CONSISTENCY [ANY|ONE|TWO|THREE|QUORUM|ALL|n]
+                                              show or set the consistency level;
+                                              n replicas: an explicit W or R
   PAGING [ON|OFF|n]                           show or set paging (page size n)
   EXPAND [ON|OFF]                             one column per line
   DESCRIBE KEYSPACES | KEYSPACE [k] | TABLES | TABLE t | SCHEMA
