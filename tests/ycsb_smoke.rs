@@ -1,9 +1,18 @@
-//! `ringdb bench ycsb` end to end with tiny numbers: a 3-node RF=3 and a 1-node
-//! RF=1 cluster of real processes, every phase (load, workloads A and F,
-//! A paced) done with operations counted and none failed. No timing is
-//! asserted.
+//! `ringdb bench ycsb` end to end with tiny numbers. No timing is asserted.
+//!
+//! - Local clusters: a 3-node RF=3 and a 1-node RF=1 cluster of real
+//!   processes, every phase (load, workloads A and F, A paced) done with
+//!   operations counted and none failed.
+//! - `--host`: workloads B and C against a running 3-node cluster; the rows
+//!   it loaded are YCSB's (10 fields of 100 bytes) and every one is there.
 
+mod support;
+
+use cql_lite::Value;
+use ringdb::model::Consistency;
+use ringdb::query::api::QueryResult;
 use std::process::Command;
+use support::process::{new_cluster, start_nodes};
 
 /// The cells of the markdown table rows on stdout whose first column is a
 /// cluster label.
@@ -18,6 +27,19 @@ fn rows(stdout: &str) -> Vec<Vec<String>> {
                 .collect()
         })
         .collect()
+}
+
+/// Checks a results-table row: `ok` operations done, none failed, and its
+/// latency columns (p50, p99, p99.9, max) in order and not zero.
+fn check_result_row(row: &[String]) -> u64 {
+    let ok: u64 = row[3].parse().unwrap();
+    let errors: u64 = row[4].parse().unwrap();
+    let latency: Vec<u64> = row[6..10].iter().map(|c| c.parse().unwrap()).collect();
+    assert!(ok > 0, "{row:?}");
+    assert_eq!(errors, 0, "{row:?}");
+    assert!(latency[0] > 0, "{row:?}");
+    assert!(latency.windows(2).all(|w| w[0] <= w[1]), "{row:?}");
+    ok
 }
 
 #[test]
@@ -59,12 +81,7 @@ fn ycsb_runs_every_phase_on_both_clusters_without_errors() {
                 .iter()
                 .find(|r| r[0] == cluster && r[1] == phase && r[2] == op)
                 .unwrap_or_else(|| panic!("no row {cluster} {phase} {op} in:\n{stdout}"));
-            let ok: u64 = row[3].parse().unwrap();
-            let errors: u64 = row[4].parse().unwrap();
-            let p99: u64 = row[7].parse().unwrap();
-            assert!(ok > 0, "{row:?}");
-            assert_eq!(errors, 0, "{row:?}");
-            assert!(p99 > 0, "{row:?}");
+            check_result_row(row);
         }
         // Every operation of a phase is counted, as done or failed.
         let load_ok: u64 = results
@@ -198,4 +215,98 @@ fn ycsb_runs_every_phase_on_both_clusters_without_errors() {
         let bound = if name.ends_with("paced") { 1024 } else { 4 };
         assert!((1..=bound).contains(&most), "{name}: {most} in flight");
     }
+}
+
+#[test]
+fn ycsb_runs_workloads_b_and_c_against_a_running_cluster() {
+    let root = tempfile::tempdir().unwrap();
+    let (ca, cluster) = new_cluster(root.path());
+    let nodes = start_nodes(&cluster, root.path(), &ca, 3, &[], |_, _| {});
+    let hosts: Vec<String> = nodes.iter().map(|n| n.client.to_string()).collect();
+    let out = Command::new(env!("CARGO_BIN_EXE_ringdb"))
+        .args(["bench", "ycsb", "--records", "300", "--operations", "400"])
+        .args(["--workloads", "b,c", "--concurrency", "4"])
+        .args(["--paced-workload", "none", "--host", &hosts.join(",")])
+        .arg("--ca-cert")
+        .arg(root.path().join("certs").join("ca.pem"))
+        .output()
+        .expect("run ringdb bench ycsb --host");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "exit {:?}\nstdout:\n{stdout}\nstderr:\n{stderr}",
+        out.status
+    );
+    let label = "3 host(s) RF=3 QUORUM";
+    let results: Vec<Vec<String>> = stdout
+        .lines()
+        .filter(|l| l.starts_with(&format!("| {label}")))
+        .map(|l| {
+            l.trim_matches('|')
+                .split('|')
+                .map(|c| c.trim().to_string())
+                .collect::<Vec<String>>()
+        })
+        .filter(|r| r.len() == 10 && r[2] != "total")
+        .collect();
+    let ok = |phase: &str, op: &str| -> Option<u64> {
+        results
+            .iter()
+            .find(|r| r[1] == phase && r[2] == op)
+            .map(|r| check_result_row(r))
+    };
+    assert_eq!(ok("load", "INSERT"), Some(300), "{stdout}");
+    // B: 95 % reads, 5 % updates; C: reads only.
+    let b_reads = ok("B", "READ").expect("B reads");
+    let b_updates = ok("B", "UPDATE").expect("B updates");
+    assert_eq!(b_reads + b_updates, 400, "{stdout}");
+    assert!(
+        b_updates < b_reads / 4,
+        "{b_reads} reads, {b_updates} updates"
+    );
+    assert_eq!(ok("C", "READ"), Some(400), "{stdout}");
+    assert_eq!(ok("C", "UPDATE"), None, "{stdout}");
+
+    // Every loaded record is in the table, as YCSB shapes it: a key and
+    // ten text fields of 100 printable bytes (1 KB a row).
+    let client = cluster.connect(&nodes[1]);
+    let all = ringdb::query::api::QueryOptions {
+        consistency: Consistency::All,
+        ..Default::default()
+    };
+    let count = cluster
+        .rt
+        .block_on(client.execute_with("SELECT count(*) FROM ycsb.usertable", vec![], all.clone()))
+        .unwrap();
+    match count.result {
+        QueryResult::Rows(rs) => assert_eq!(rs.rows[0].values[0], Value::BigInt(300)),
+        other => panic!("count answered {other:?}"),
+    }
+    for record in [0, 150, 299] {
+        let row = cluster
+            .rt
+            .block_on(client.execute_with(
+                "SELECT * FROM ycsb.usertable WHERE y_id = ?",
+                vec![Value::Text(format!("user{record}"))],
+                all.clone(),
+            ))
+            .unwrap();
+        let QueryResult::Rows(rs) = row.result else {
+            panic!("read answered {:?}", row.result);
+        };
+        assert_eq!(rs.rows.len(), 1, "user{record}");
+        let values = &rs.rows[0].values;
+        assert_eq!(values.len(), 11, "{:?}", rs.columns);
+        for field in &values[1..] {
+            match field {
+                Value::Text(t) => {
+                    assert_eq!(t.len(), 100, "{t}");
+                    assert!(t.bytes().all(|b| b.is_ascii_graphic()), "{t}");
+                }
+                other => panic!("field {other:?}"),
+            }
+        }
+    }
+    cluster.rt.block_on(client.close());
 }

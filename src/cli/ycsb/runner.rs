@@ -576,12 +576,17 @@ struct Worker {
 /// Printable characters for field values (as YCSB's random ASCII strings).
 const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
 
+/// One field's value: `FIELD_LENGTH` random printable characters.
+fn random_field<R: rand::Rng + ?Sized>(rng: &mut R) -> Value {
+    let text: String = (0..FIELD_LENGTH)
+        .map(|_| ALPHABET[rng.random_range(0..ALPHABET.len())] as char)
+        .collect();
+    Value::Text(text)
+}
+
 impl Worker {
     fn value(&mut self) -> Value {
-        let text: String = (0..FIELD_LENGTH)
-            .map(|_| ALPHABET[self.rng.random_range(0..ALPHABET.len())] as char)
-            .collect();
-        Value::Text(text)
+        random_field(&mut self.rng)
     }
 
     async fn insert(&mut self, record: u64) -> Result<(), String> {
@@ -711,6 +716,61 @@ fn describe(e: &ClientError) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn each_workload_draws_ycsb_s_mix_of_operations() {
+        // (workload, reads, updates, read-modify-writes) as YCSB's core
+        // workload files give them.
+        let expected = [
+            ('a', 0.5, 0.5, 0.0),
+            ('b', 0.95, 0.05, 0.0),
+            ('c', 1.0, 0.0, 0.0),
+            ('f', 0.5, 0.0, 0.5),
+        ];
+        let draws = 200_000;
+        for (name, read, update, rmw) in expected {
+            let workload = Workload::by_name(&name.to_string()).expect("known workload");
+            assert_eq!(
+                Workload::by_name(&name.to_ascii_uppercase().to_string()),
+                Some(workload)
+            );
+            let mut rng = SmallRng::seed_from_u64(7);
+            let mut counts = [0u32; 3];
+            for _ in 0..draws {
+                match workload.pick(&mut rng) {
+                    Op::Read => counts[0] += 1,
+                    Op::Update => counts[1] += 1,
+                    Op::ReadModifyWrite => counts[2] += 1,
+                    Op::Insert => panic!("a run never inserts"),
+                }
+            }
+            for (got, want) in counts.iter().zip([read, update, rmw]) {
+                let share = f64::from(*got) / f64::from(draws);
+                assert!(
+                    (share - want).abs() < 0.005,
+                    "workload {name}: {counts:?} of {draws}"
+                );
+                if want == 0.0 {
+                    assert_eq!(*got, 0, "workload {name}: {counts:?}");
+                }
+            }
+        }
+        assert_eq!(Workload::by_name("d"), None);
+        assert_eq!(Workload::by_name("ab"), None);
+    }
+
+    #[test]
+    fn a_loaded_row_is_ten_fields_of_a_hundred_printable_bytes() {
+        assert_eq!((FIELDS, FIELD_LENGTH), (10, 100));
+        let mut rng = SmallRng::seed_from_u64(3);
+        for _ in 0..100 {
+            let Value::Text(field) = random_field(&mut rng) else {
+                panic!("a field is text");
+            };
+            assert_eq!(field.len(), FIELD_LENGTH);
+            assert!(field.bytes().all(|b| ALPHABET.contains(&b)), "{field}");
+        }
+    }
 
     #[test]
     fn response_time_counts_from_the_due_time_or_an_earlier_send() {
