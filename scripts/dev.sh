@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Starts a local ringdb node and opens the CQL-lite shell on it; leaving the
-# shell stops the node. Data is kept in ./ringdb-dev (delete it to start
-# afresh). Extra arguments go to `ringdb dev` (e.g. --port 9043, -e "...").
+# Starts a local ringdb cluster (3 server processes on 127.0.0.1 by default)
+# and opens the CQL-lite shell on node 1; leaving the shell stops the nodes.
+# Data is kept in ./ringdb-dev (delete it to start afresh). Extra arguments
+# go to `ringdb dev` (e.g. --nodes 1, --port 9043, -e "...").
 # Installs what the build needs on a fresh machine.
 set -euo pipefail
 cd "$(dirname "$0")/.."

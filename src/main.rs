@@ -27,8 +27,9 @@ enum Command {
     /// Creates the cluster CA and issues node certificates (mutual TLS
     /// between nodes).
     Certs(cli::certs::CertsArgs),
-    /// A local ringdb in one command: starts a node and opens the shell on
-    /// it; leaving the shell stops the node.
+    /// A local ringdb in one command: starts a cluster of server processes
+    /// on 127.0.0.1 (3 nodes by default) and opens the shell on node 1;
+    /// leaving the shell stops the nodes.
     Dev(cli::dev::DevArgs),
     /// Benchmarks: `ringdb bench storage` (the storage engine beside fjall
     /// and RocksDB's db_bench) and `ringdb bench ycsb` (YCSB workloads on

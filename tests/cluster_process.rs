@@ -49,8 +49,23 @@ fn hint_line(status: &str) -> (u64, u64, u64) {
 fn quorum_writes_survive_sigkill_and_hints_reach_the_restarted_node() {
     let root = tempfile::tempdir().unwrap();
     let (ca, cluster) = new_cluster(root.path());
-    let nodes = start_nodes(&cluster, root.path(), &ca, 3, &[], |_, _| {});
+    // Each node in a rack of its own (`--rack`): with RF=3 every node
+    // still holds every key, and gossip spreads each node's rack.
+    let nodes = start_nodes(&cluster, root.path(), &ca, 3, &[], |i, node| {
+        node.extra_args
+            .extend(["--rack".into(), format!("rack{i}")])
+    });
     let [mut n1, mut n2, mut n3] = <[Node; 3]>::try_from(nodes).ok().unwrap();
+    let status = cluster.wait_for_up(&n3, 3);
+    for (i, node) in [&n1, &n2, &n3].into_iter().enumerate() {
+        let line = status
+            .lines()
+            .find(|l| l.starts_with("UN") && l.contains(&node.peer.to_string()))
+            .unwrap_or_else(|| panic!("no line for {}:\n{status}", node.peer));
+        let cells: Vec<&str> = line.split_whitespace().collect();
+        // State, address, load (two words), tokens (16 by default), rack.
+        assert_eq!(cells[4..6], ["16", &format!("rack{}", i + 1)], "{status}");
+    }
 
     let client = cluster.connect(&n1);
     client.set_consistency(Consistency::Quorum);

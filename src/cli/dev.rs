@@ -13,7 +13,7 @@ use std::path::PathBuf;
 /// Arguments of `ringdb dev`.
 #[derive(clap::Args, Debug)]
 pub struct DevArgs {
-    /// Directory holding the node's data, certificates and log (kept
+    /// Directory holding the nodes' data, certificates and logs (kept
     /// between runs; delete it to start afresh).
     #[arg(long, default_value = "ringdb-dev")]
     pub dir: PathBuf,

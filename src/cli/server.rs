@@ -799,7 +799,7 @@ mod tests {
         let file = dir.path().join("node.toml");
         std::fs::write(
             &file,
-            "data_dir = \"/data/a\"\nlisten = \"127.0.0.1:9100\"\nseeds = [\"127.0.0.1:7001\"]\ncommitlog_sync = \"periodic:20\"\ntokens = [5, 1000]\nbatchlog_replay_delay_ms = 2500\noverlap_local_sync = false\nread_repair_every = 4\nspeculative_retry_ms = 20\nworker_threads = 3\nrow_cache_mb = 5\nstream_throughput_mib = 8\nhint_throughput_kib = 512\n",
+            "data_dir = \"/data/a\"\nlisten = \"127.0.0.1:9100\"\nseeds = [\"127.0.0.1:7001\"]\ncommitlog_sync = \"periodic:20\"\ntokens = [5, 1000]\nbatchlog_replay_delay_ms = 2500\noverlap_local_sync = false\nread_repair_every = 4\nspeculative_retry_ms = 20\nworker_threads = 3\nrow_cache_mb = 5\nstream_throughput_mib = 8\nhint_throughput_kib = 512\nrack = \"rack-a\"\n",
         )
         .unwrap();
         let settings = merge(ServerArgs {
@@ -809,6 +809,18 @@ mod tests {
             ..ServerArgs::default()
         })
         .unwrap();
+        assert_eq!(
+            settings.node.rack.as_deref(),
+            Some("rack-a"),
+            "from the file"
+        );
+        let racked = merge(ServerArgs {
+            config: Some(file.clone()),
+            rack: Some("rack-b".into()),
+            ..ServerArgs::default()
+        })
+        .unwrap();
+        assert_eq!(racked.node.rack.as_deref(), Some("rack-b"), "the flag wins");
         assert_eq!(settings.worker_threads, Some(3), "from the file");
         let config = settings.node;
         assert_eq!(config.client_listen, "127.0.0.1:9200".parse().unwrap());

@@ -396,6 +396,11 @@ mod tests {
         assert!(lines[4].starts_with("UN  10.0.0.1:7000"), "{table}");
         assert!(lines[4].contains("3.00 MiB"), "{table}");
         assert!(lines[4].contains("0000000000000001 *"), "{table}");
+        // Address, load (two words), tokens and rack, in their columns.
+        let cells: Vec<&str> = lines[4].split_whitespace().collect();
+        assert_eq!(&cells[1..6], ["10.0.0.1:7000", "3.00", "MiB", "3", "r1"]);
+        let header: Vec<&str> = lines[3].split_whitespace().collect();
+        assert_eq!(&header[..5], ["--", "Address", "Load", "Tokens", "Rack"]);
         assert!(lines[5].starts_with("DN  10.0.0.2:7000"), "{table}");
         assert!(lines[6].starts_with("S?  10.0.0.3:7000"), "{table}");
         assert_eq!(lines.len(), 7, "{table}");
