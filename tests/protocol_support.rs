@@ -13,8 +13,8 @@
 //! It runs USE, SELECT (optionally `WHERE <first column> = x`, LIMIT,
 //! paging, `WITH SIBLINGS`), INSERT and batches of INSERTs; other
 //! statements are acknowledged without effect. SELECT at consistency ALL, or
-//! at an explicit count above 1, is Unavailable (one replica alive); at THREE
-//! it is a Failure; a statement containing `panic_please` panics.
+//! at an explicit count above 1, is Unavailable (one replica alive); at TWO
+//! it is a Timeout and at THREE a Failure; a statement containing `panic_please` panics.
 
 #![allow(dead_code)]
 
@@ -194,6 +194,14 @@ impl TestExecutor {
                         consistency: options.consistency,
                         required: n.into(),
                         alive: 1,
+                    });
+                }
+                if options.consistency == Consistency::Two {
+                    return Err(QueryError::Timeout {
+                        consistency: Consistency::Two,
+                        required: 2,
+                        received: 1,
+                        write: false,
                     });
                 }
                 if options.consistency == Consistency::Three {

@@ -188,6 +188,16 @@ fn interactive_shell_in_a_pseudo_terminal() {
     keys(&mut shell, "SELECT * FROM users;\r");
     shell.exp_string("Unavailable").expect("unavailable at ALL");
     shell.exp_string("ringdb:demo> ").expect("prompt");
+    // Replicas too slow: the shell names the level and who answered.
+    keys(&mut shell, "CONSISTENCY TWO\r");
+    shell
+        .exp_string("Consistency level set to TWO.")
+        .expect("level set");
+    keys(&mut shell, "SELECT * FROM users;\r");
+    shell
+        .exp_string("Timeout: operation timed out at consistency TWO: 1 of 2 replicas answered")
+        .expect("timeout at TWO");
+    shell.exp_string("ringdb:demo> ").expect("prompt");
     // An explicit number of replicas travels the same way.
     keys(&mut shell, "CONSISTENCY 2\r");
     shell
