@@ -19,7 +19,7 @@ use support::process::{new_cluster, start_nodes};
 fn rows(stdout: &str) -> Vec<Vec<String>> {
     stdout
         .lines()
-        .filter(|l| l.starts_with("| ") && l.contains("-node RF="))
+        .filter(|l| l.starts_with("| ") && (l.contains("-node RF=") || l.contains(" host(s) RF=")))
         .map(|l| {
             l.trim_matches('|')
                 .split('|')
@@ -27,6 +27,20 @@ fn rows(stdout: &str) -> Vec<Vec<String>> {
                 .collect()
         })
         .collect()
+}
+
+/// Runs `ringdb` as `command` says and checks that it succeeded; its
+/// standard output and error.
+fn run_ringdb(command: &mut Command) -> (String, String) {
+    let out = command.output().expect("run ringdb");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(
+        out.status.success(),
+        "exit {:?}\nstdout:\n{stdout}\nstderr:\n{stderr}",
+        out.status
+    );
+    (stdout, stderr)
 }
 
 /// Checks a results-table row: `ok` operations done, none failed, and its
@@ -46,22 +60,15 @@ fn check_result_row(row: &[String]) -> u64 {
 fn ycsb_runs_every_phase_on_both_clusters_without_errors() {
     let dir = tempfile::tempdir().unwrap();
     let json = dir.path().join("ycsb.json");
-    let out = Command::new(env!("CARGO_BIN_EXE_ringdb"))
-        .args(["bench", "ycsb", "--records", "200", "--operations", "200"])
-        .args(["--workloads", "a,f", "--concurrency", "4"])
-        .args(["--clusters", "3,1", "--paced-workload", "a"])
-        .arg("--dir")
-        .arg(dir.path().join("clusters"))
-        .arg("--json")
-        .arg(&json)
-        .output()
-        .expect("run ringdb bench ycsb");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success(),
-        "exit {:?}\nstdout:\n{stdout}\nstderr:\n{stderr}",
-        out.status
+    let (stdout, stderr) = run_ringdb(
+        Command::new(env!("CARGO_BIN_EXE_ringdb"))
+            .args(["bench", "ycsb", "--records", "200", "--operations", "200"])
+            .args(["--workloads", "a,f", "--concurrency", "4"])
+            .args(["--clusters", "3,1", "--paced-workload", "a"])
+            .arg("--dir")
+            .arg(dir.path().join("clusters"))
+            .arg("--json")
+            .arg(&json),
     );
 
     // Results table: cluster | phase | op | ok | errors | ops/s | p50 | ...
@@ -223,32 +230,17 @@ fn ycsb_runs_workloads_b_and_c_against_a_running_cluster() {
     let (ca, cluster) = new_cluster(root.path());
     let nodes = start_nodes(&cluster, root.path(), &ca, 3, &[], |_, _| {});
     let hosts: Vec<String> = nodes.iter().map(|n| n.client.to_string()).collect();
-    let out = Command::new(env!("CARGO_BIN_EXE_ringdb"))
-        .args(["bench", "ycsb", "--records", "300", "--operations", "400"])
-        .args(["--workloads", "b,c", "--concurrency", "4"])
-        .args(["--paced-workload", "none", "--host", &hosts.join(",")])
-        .arg("--ca-cert")
-        .arg(root.path().join("certs").join("ca.pem"))
-        .output()
-        .expect("run ringdb bench ycsb --host");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success(),
-        "exit {:?}\nstdout:\n{stdout}\nstderr:\n{stderr}",
-        out.status
+    let (stdout, _) = run_ringdb(
+        Command::new(env!("CARGO_BIN_EXE_ringdb"))
+            .args(["bench", "ycsb", "--records", "300", "--operations", "400"])
+            .args(["--workloads", "b,c", "--concurrency", "4"])
+            .args(["--paced-workload", "none", "--host", &hosts.join(",")])
+            .arg("--ca-cert")
+            .arg(root.path().join("certs").join("ca.pem")),
     );
-    let label = "3 host(s) RF=3 QUORUM";
-    let results: Vec<Vec<String>> = stdout
-        .lines()
-        .filter(|l| l.starts_with(&format!("| {label}")))
-        .map(|l| {
-            l.trim_matches('|')
-                .split('|')
-                .map(|c| c.trim().to_string())
-                .collect::<Vec<String>>()
-        })
-        .filter(|r| r.len() == 10 && r[2] != "total")
+    let results: Vec<Vec<String>> = rows(&stdout)
+        .into_iter()
+        .filter(|r| r.len() == 10 && r[0] == "3 host(s) RF=3 QUORUM" && r[2] != "total")
         .collect();
     let ok = |phase: &str, op: &str| -> Option<u64> {
         results
