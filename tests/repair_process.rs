@@ -159,6 +159,18 @@ fn admin_repair_sends_a_node_the_writes_whose_hints_were_lost() {
         .and_then(|n| n.parse().ok())
         .unwrap_or_else(|| panic!("no Streams line in {status}"));
     assert!(streamed > 200 * 8, "{status}");
+    // Every replica hashed its data for both repairs, node 1 for node 3's
+    // requests (served under node 1's own limit) and node 3 for itself.
+    for node in [&n1, &n3] {
+        let status = cluster.status(node);
+        let hashed: u64 = status
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix("bytes_hashed="))
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("no bytes_hashed in {status}"));
+        assert!(hashed > 2 * 300 * 8, "{status}");
+        assert!(status.contains(" hash_throttled_ms="), "{status}");
+    }
     let set = admin_ok(root.path(), &n3, "setstreamthroughput 0");
     assert!(set.contains("limit: none (was 16 MiB/s)"), "{set}");
 

@@ -9,6 +9,8 @@
 //!   whether it sits in memtables or SSTables).
 //! - With a replica down, repair still repairs the others and says it is
 //!   incomplete.
+//! - Hashing a span for a repair keeps to the node's stream limit, but
+//!   never waits past half of the coordinator's timeout for the answer.
 //! - Under random kills, partitions, loss and delays, every acknowledged
 //!   write is on every replica after repair, and replicas agree
 //!   (invariants 2 and 4 of DESIGN.md, with repair as the only healer).
@@ -20,8 +22,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use cql_lite::Value;
+use ringdb::cluster::anti_entropy::SlicedSpan;
 use ringdb::cluster::hints::HintOptions;
-use ringdb::coordinator::{CoordinatorConfig, RepairReport, RepairTuning};
+use ringdb::coordinator::{CoordinatorConfig, PeerResponse, RepairReport, RepairTuning};
 use ringdb::model::Consistency;
 use ringdb::net::SimConfig;
 use ringdb::query::api::TableRef;
@@ -409,4 +412,72 @@ fn after_faults_repair_alone_puts_every_acknowledged_write_on_every_replica() {
     let sent: usize = (0..5).map(repair_convergence_case).sum();
     // The faults did leave replicas behind: repair had work to do.
     assert!(sent > 0, "repair sent nothing over five seeds");
+}
+
+/// Hashing reads every partition of a span: it shares the node's stream
+/// limit (the bytes it reads pass the throttle page by page), yet never
+/// waits past half of the time the coordinator gives a hash
+/// (`range_timeout` x 10 / 2 = 5 s here), so a low limit slows a repair
+/// down without making it time out.
+#[tokio::test(start_paused = true)]
+async fn repair_hashing_keeps_to_the_stream_limit_within_the_hash_timeout() {
+    let c = cluster(3, SimConfig::with_seed(61)).await;
+    let partitions = 1_200;
+    for k in 0..partitions {
+        write(
+            &c,
+            k as usize % 3,
+            Consistency::All,
+            &format!("INSERT INTO ks.log (k, seq, v) VALUES ({k}, 1, {k})"),
+        )
+        .await;
+    }
+    let table = log_table(&c);
+    let store = c.store(0);
+    let whole = SlicedSpan::new(0, u64::MAX, 4).expect("span");
+    let hash = || async {
+        let began = tokio::time::Instant::now();
+        match store.serve_hash_span(table.clone(), whole).await {
+            PeerResponse::SpanHashes(h) => (h, began.elapsed()),
+            other => panic!("hashing answered {other:?}"),
+        }
+    };
+
+    store.stream_throttle().set_bytes_per_sec(0);
+    let (unlimited, _) = hash().await;
+    assert_eq!(unlimited.partitions.iter().sum::<u64>(), partitions as u64);
+    let stats = store.stats();
+    let bytes = stats.repair_hash_bytes;
+    assert!(bytes > 100_000, "{stats:?}");
+    assert_eq!(stats.repair_hash_throttled_us, 0, "{stats:?}");
+
+    // A limit of a quarter of the span's bytes per second: about four
+    // seconds (the first second's worth goes at once), inside the 5 s.
+    store.stream_throttle().set_bytes_per_sec(bytes / 4);
+    let (limited, took) = hash().await;
+    assert_eq!(limited, unlimited, "the same data hashes the same");
+    assert!(
+        (Duration::from_secs(2)..=Duration::from_secs(4)).contains(&took),
+        "{took:?}"
+    );
+    let stats = store.stats();
+    assert_eq!(stats.repair_hash_bytes, 2 * bytes, "{stats:?}");
+    assert!(stats.repair_hash_throttled_us >= 2_000_000, "{stats:?}");
+
+    // A limit at which the span would take days: the answer comes after
+    // the 5 s budget, read at full speed from then on.
+    store.stream_throttle().set_bytes_per_sec(1);
+    let (starved, took) = hash().await;
+    assert_eq!(starved, unlimited);
+    assert!(
+        (Duration::from_secs(5)..=Duration::from_millis(5_100)).contains(&took),
+        "{took:?}"
+    );
+    // And a whole repair at that limit completes, with nothing to send.
+    let report = store
+        .repair(std::slice::from_ref(&table), true)
+        .await
+        .expect("repair");
+    assert!(report.failures.is_empty(), "{report:?}");
+    assert_eq!(report.entries_sent, 0, "{report:?}");
 }

@@ -148,7 +148,7 @@ pub use batch::{
 pub use clock::TokioClock;
 pub use liveness::{Liveness, ManualLiveness};
 pub use messages::{PeerError, PeerRequest, PeerResponse};
-pub use replica::ReplicaHandler;
+pub use replica::{HashCost, HashPacing, ReplicaHandler};
 pub use store::{
     CleanupReport, ClusterStore, CoordinatorConfig, CoordinatorStats, RepairProgress, RepairReport,
     RepairTuning, ReplayReport, StreamReport,

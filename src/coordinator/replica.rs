@@ -5,6 +5,7 @@ use super::messages::{
     from_key_bound, Deltas, HintPayload, LoggedBatch, PeerError, PeerRequest, PeerResponse,
     ReplicaPartition,
 };
+use super::throttle::StreamThrottle;
 use crate::cluster::anti_entropy::{SlicedSpan, SpanHasher, SpanHashes};
 use crate::cluster::batchlog::{BatchEntry, BatchLog};
 use crate::cluster::hints::{Hint, HintStore};
@@ -17,6 +18,8 @@ use bytes::Bytes;
 use std::net::SocketAddr;
 use std::ops::Bound;
 use std::sync::Arc;
+use std::time::Duration;
+use tokio::time::Instant;
 
 /// Serves [`PeerRequest`]s on one node. Give it to the node's transport
 /// (`SimNetwork::add_node`, `QuicTransport::bind`) at construction.
@@ -188,22 +191,25 @@ impl ReplicaHandler {
                 "ring questions are served by the node's handler, not the replica".into(),
             )),
             PeerRequest::HashSpan { table, span } => {
-                span.check()
-                    .map_err(|e| PeerError::Invalid(e.to_string()))?;
-                Ok(PeerResponse::SpanHashes(
-                    self.hash_span(&table, span).await?,
-                ))
+                let (hashes, _) = self.hash_span(&table, span, None).await?;
+                Ok(PeerResponse::SpanHashes(hashes))
             }
         }
     }
 
     /// Hashes every partition of `table` in `span` (anti-entropy), paging
-    /// through the store so that only a page of partitions is in memory.
+    /// through the store so that only a page of partitions is in memory;
+    /// with `pacing`, each page's bytes pass the throttle once read, so the
+    /// page (or span) after it waits its turn. Returns the hashes and what reading the span cost.
     pub async fn hash_span(
         &self,
         table: &TableRef,
         span: SlicedSpan,
-    ) -> Result<SpanHashes, PeerError> {
+        pacing: Option<HashPacing<'_>>,
+    ) -> Result<(SpanHashes, HashCost), PeerError> {
+        span.check()
+            .map_err(|e| PeerError::Invalid(e.to_string()))?;
+        let mut cost = HashCost::default();
         let mut hasher = SpanHasher::new(span);
         let upper = match span.hi().checked_add(1) {
             Some(n) => Bound::Excluded(n.to_be_bytes().to_vec()),
@@ -219,6 +225,18 @@ impl ReplicaHandler {
                 Some((prefix, _)) if more => Some(key::partition_end(prefix)),
                 _ => None,
             };
+            let page_bytes: usize = parts
+                .iter()
+                .map(|(prefix, slice)| {
+                    let rows: usize = slice
+                        .rows
+                        .iter()
+                        .map(|r| r.clustering.len() + r.state.approximate_bytes())
+                        .sum();
+                    prefix.len() + slice.header.approximate_bytes() + rows
+                })
+                .sum();
+            cost.bytes += page_bytes as u64;
             for (prefix, slice) in parts {
                 let token = key::token_of_key(&prefix)
                     .map_err(|e| PeerError::Storage(format!("a stored key: {e}")))?;
@@ -227,12 +245,38 @@ impl ReplicaHandler {
                     .add(token, &prefix, digest)
                     .map_err(|e| PeerError::Storage(e.to_string()))?;
             }
+            // The next page (or the next span) waits its turn.
+            if let Some(p) = pacing {
+                cost.waited += p.throttle.pass_until(page_bytes, p.until).await;
+            }
             match next {
                 Some(end) => lower = Bound::Included(end),
-                None => return Ok(hasher.finish()),
+                None => return Ok((hasher.finish(), cost)),
             }
         }
     }
+}
+
+/// How [`ReplicaHandler::hash_span`] paces its reads, so that a repair's
+/// hashing (which reads every partition of the span) leaves the disks and
+/// CPUs to the requests served meanwhile.
+#[derive(Debug, Clone, Copy)]
+pub struct HashPacing<'a> {
+    /// The node's limit for range streams, which hashing shares.
+    pub throttle: &'a StreamThrottle,
+    /// No page waits past this instant: a throttled hash still answers
+    /// within the coordinator's timeout.
+    pub until: Instant,
+}
+
+/// What hashing a span read and waited for.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct HashCost {
+    /// About how many bytes of row states were read (as a cache would
+    /// count them).
+    pub bytes: u64,
+    /// How long pages waited under the throttle.
+    pub waited: Duration,
 }
 
 /// Partitions read per page while hashing a span.

@@ -153,6 +153,11 @@ pub struct CoordinatorStats {
     pub stream_bytes: u64,
     /// Microseconds range streams waited for the stream throttle.
     pub stream_throttled_us: u64,
+    /// Bytes of row states this node read to hash spans for repairs (its
+    /// own and other nodes').
+    pub repair_hash_bytes: u64,
+    /// Microseconds that hashing waited for the stream throttle.
+    pub repair_hash_throttled_us: u64,
 }
 
 #[derive(Default)]
@@ -174,6 +179,8 @@ struct Counters {
     repair_entries_sent: AtomicU64,
     stream_bytes: AtomicU64,
     stream_throttled_us: AtomicU64,
+    repair_hash_bytes: AtomicU64,
+    repair_hash_throttled_us: AtomicU64,
 }
 
 /// What one hint replay did.
@@ -506,6 +513,8 @@ impl ClusterStore {
             repair_entries_sent: c.repair_entries_sent.load(Ordering::Relaxed),
             stream_bytes: c.stream_bytes.load(Ordering::Relaxed),
             stream_throttled_us: c.stream_throttled_us.load(Ordering::Relaxed),
+            repair_hash_bytes: c.repair_hash_bytes.load(Ordering::Relaxed),
+            repair_hash_throttled_us: c.repair_hash_throttled_us.load(Ordering::Relaxed),
         }
     }
 
@@ -570,7 +579,12 @@ impl ClusterStore {
         let inner = self.inner.clone();
         Box::pin(async move {
             let resp = if node == inner.node {
-                inner.replica.serve(req).await
+                match req {
+                    PeerRequest::HashSpan { table, span } => {
+                        inner.serve_hash_span(&table, span).await
+                    }
+                    req => inner.replica.serve(req).await,
+                }
             } else {
                 let addr = inner.addr_of(node).ok_or(SendError::UnknownNode(node))?;
                 if timeout.is_zero() {

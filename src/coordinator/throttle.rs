@@ -8,6 +8,10 @@
 //! and waits until its reservation starts. A stream that was idle may go
 //! ahead by at most [`BURST`] of reserved time, so the rate over any
 //! stretch longer than that stays at the limit.
+//!
+//! A replica hashing a span for a repair reads through the same limit
+//! ([`StreamThrottle::pass_until`]), for as long as the coordinator's
+//! timeout leaves room.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -56,6 +60,25 @@ impl StreamThrottle {
             None => return Duration::ZERO,
         };
         let now = Instant::now();
+        if start <= now {
+            return Duration::ZERO;
+        }
+        tokio::time::sleep_until(start).await;
+        start - now
+    }
+
+    /// [`StreamThrottle::pass`] for work that must end by a deadline: never
+    /// waits past `until`, and once `until` has passed, lets `bytes` through
+    /// at once without reserving them. Returns how long it waited.
+    pub async fn pass_until(&self, bytes: usize, until: Instant) -> Duration {
+        let now = Instant::now();
+        if now >= until {
+            return Duration::ZERO;
+        }
+        let start = match self.reserve(bytes, now) {
+            Some(start) => start.min(until),
+            None => return Duration::ZERO,
+        };
         if start <= now {
             return Duration::ZERO;
         }
@@ -114,6 +137,39 @@ mod tests {
         // seven take their time at the limit, and nothing more.
         assert!(took >= Duration::from_millis(6_900), "{took:?}");
         assert!(took <= Duration::from_millis(7_100), "{took:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn passing_until_a_deadline_never_waits_past_it() {
+        // 1 MB/s, a stream already 10 s ahead: a page with a deadline 3 s
+        // away waits 3 s, not 10, and once the deadline has passed pages go
+        // at once without taking the stream's place.
+        let throttle = StreamThrottle::new(1_000_000);
+        throttle.pass(11_000_000).await;
+        let began = Instant::now();
+        let until = began + Duration::from_secs(3);
+        assert_eq!(
+            throttle.pass_until(100_000, until).await,
+            Duration::from_secs(3)
+        );
+        assert_eq!(Instant::now(), until);
+        assert_eq!(
+            throttle.pass_until(100_000_000, until).await,
+            Duration::ZERO
+        );
+        assert_eq!(Instant::now(), until);
+        // Before the deadline, with the limit free, it waits as `pass` does.
+        let throttle = StreamThrottle::new(1_000_000);
+        let far = Instant::now() + Duration::from_secs(60);
+        throttle.pass_until(1_000_000, far).await;
+        throttle.pass_until(2_000_000, far).await;
+        let began = Instant::now();
+        assert_eq!(
+            throttle.pass_until(1, far).await,
+            Duration::from_secs(2),
+            "the first second's worth went at once, the next two take their time"
+        );
+        assert_eq!(Instant::now() - began, Duration::from_secs(2));
     }
 
     #[tokio::test(start_paused = true)]

@@ -268,17 +268,20 @@ fn duration_text(d: Duration) -> String {
     }
 }
 
-/// The `Streams:` line of `admin status`: the stream limit and what range
-/// streams copied and waited for it since start.
+/// The `Streams:` line of `admin status`: the stream limit, what range
+/// streams copied and waited for it since start, and what repair hashing
+/// read and waited under the same limit.
 fn stream_line(limit_bytes_per_sec: u64, stats: &CoordinatorStats) -> String {
     let limit = match limit_bytes_per_sec {
         0 => "none".to_string(),
         b => format!("{}MiB/s", b as f64 / (1u64 << 20) as f64),
     };
     format!(
-        "limit={limit} bytes_streamed={} throttled_ms={}",
+        "limit={limit} bytes_streamed={} throttled_ms={} bytes_hashed={} hash_throttled_ms={}",
         stats.stream_bytes,
-        stats.stream_throttled_us / 1000
+        stats.stream_throttled_us / 1000,
+        stats.repair_hash_bytes,
+        stats.repair_hash_throttled_us / 1000
     )
 }
 

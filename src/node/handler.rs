@@ -20,7 +20,8 @@ pub struct NodeHandler {
     /// Set once gossip is started (it needs the transport this handler
     /// belongs to); datagrams before that are dropped, and gossip retries.
     membership: OnceLock<Membership>,
-    /// Set once the coordinator exists, for ring questions.
+    /// Set once the coordinator exists, for ring questions and for repair
+    /// hashing under its stream limit.
     coordinator: OnceLock<ClusterStore>,
 }
 
@@ -65,6 +66,14 @@ impl Handler<PeerRequest, PeerResponse> for NodeHandler {
                 .map(ClusterStore::ring_changes)
                 .unwrap_or_default();
             return Box::pin(async move { PeerResponse::RingChanges { joining, leaving } });
+        }
+        if let (PeerRequest::HashSpan { table, span }, Some(coordinator)) =
+            (&req, self.coordinator.get())
+        {
+            // Repair hashing shares the node's stream limit, which the
+            // coordinator holds.
+            let (coordinator, table, span) = (coordinator.clone(), table.clone(), *span);
+            return Box::pin(async move { coordinator.serve_hash_span(table, span).await });
         }
         let replica = self.replica.clone();
         Box::pin(async move { replica.serve(req).await })

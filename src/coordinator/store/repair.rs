@@ -17,6 +17,7 @@
 //! grace-period contract (repair every replica within `gc_grace_seconds`)
 //! is kept only by a repair that covered every replica.
 
+use super::super::replica::HashPacing;
 use super::stream::{Sink, SpanRepair};
 use super::*;
 use crate::cluster::anti_entropy::{differing_slices, SlicedSpan, SpanHashes};
@@ -50,6 +51,41 @@ impl Default for RepairTuning {
 /// How long a replica may take to hash a span: it reads all its data in
 /// the span, so this is many times a range step's timeout.
 const HASH_TIMEOUT_FACTOR: u32 = 10;
+
+impl Inner {
+    /// Hashes `span` of `table` for a repair's comparison, this node's
+    /// reads kept to its stream limit for at most half of the time the
+    /// coordinator waits for the answer (after that, at full speed), and
+    /// counted.
+    pub(super) async fn serve_hash_span(&self, table: &TableRef, span: SlicedSpan) -> PeerResponse {
+        let budget = self.config.range_timeout * HASH_TIMEOUT_FACTOR / 2;
+        let pacing = HashPacing {
+            throttle: &self.stream_throttle,
+            until: Instant::now() + budget,
+        };
+        match self.replica.hash_span(table, span, Some(pacing)).await {
+            Ok((hashes, cost)) => {
+                self.counters
+                    .repair_hash_bytes
+                    .fetch_add(cost.bytes, Ordering::Relaxed);
+                self.counters
+                    .repair_hash_throttled_us
+                    .fetch_add(cost.waited.as_micros() as u64, Ordering::Relaxed);
+                PeerResponse::SpanHashes(hashes)
+            }
+            Err(e) => PeerResponse::Error(e),
+        }
+    }
+}
+
+impl ClusterStore {
+    /// Serves another node's [`PeerRequest::HashSpan`] as this node's own
+    /// are served: under the stream limit, and counted in
+    /// [`CoordinatorStats::repair_hash_bytes`].
+    pub async fn serve_hash_span(&self, table: TableRef, span: SlicedSpan) -> PeerResponse {
+        self.inner.serve_hash_span(&table, span).await
+    }
+}
 
 /// How far a running [`ClusterStore::repair`] is
 /// ([`ClusterStore::repair_progress`]).
