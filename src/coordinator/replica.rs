@@ -200,7 +200,8 @@ impl ReplicaHandler {
     /// Hashes every partition of `table` in `span` (anti-entropy), paging
     /// through the store so that only a page of partitions is in memory;
     /// with `pacing`, each page's bytes pass the throttle once read, so the
-    /// page (or span) after it waits its turn. Returns the hashes and what reading the span cost.
+    /// page (or span) after it waits its turn. Returns the hashes and what
+    /// reading the span cost.
     pub async fn hash_span(
         &self,
         table: &TableRef,
