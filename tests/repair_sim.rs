@@ -9,6 +9,8 @@
 //!   whether it sits in memtables or SSTables).
 //! - With a replica down, repair still repairs the others and says it is
 //!   incomplete.
+//! - A range holding more data than a span should is cut into several
+//!   spans, and the repair is the same.
 //! - Hashing a span for a repair keeps to the node's stream limit, but
 //!   never waits past half of the coordinator's timeout for the answer.
 //! - Under random kills, partitions, loss and delays, every acknowledged
@@ -308,6 +310,7 @@ async fn one_missed_write_in_many_partitions_streams_only_a_few_after_finer_comp
         slice_depth: 2,
         leaf_partitions: 4,
         max_levels: 8,
+        ..RepairTuning::default()
     };
     let c = Cluster::build(3, SimConfig::with_seed(9), options, KS, &[LOG]).await;
     let keys = 3000;
@@ -480,4 +483,46 @@ async fn repair_hashing_keeps_to_the_stream_limit_within_the_hash_timeout() {
         .expect("repair");
     assert!(report.failures.is_empty(), "{report:?}");
     assert_eq!(report.entries_sent, 0, "{report:?}");
+}
+
+/// Spans are sized by data: with `span_bytes` far below what each range
+/// holds, every range is cut into several spans, each compared and
+/// repaired on its own, and a replica that missed writes gets them all as
+/// with whole ranges.
+#[tokio::test(start_paused = true)]
+async fn ranges_holding_much_data_are_repaired_in_several_spans() {
+    let mut options = options();
+    options.config.repair.span_bytes = 20;
+    let c = Cluster::build(3, SimConfig::with_seed(71), options, KS, &[LOG]).await;
+    let whole = cluster(3, SimConfig::with_seed(71)).await;
+    for c in [&c, &whole] {
+        c.kill(2);
+        for k in 0..200 {
+            write(
+                c,
+                k as usize % 2,
+                Consistency::Quorum,
+                &format!("INSERT INTO ks.log (k, seq, v) VALUES ({k}, 1, {k})"),
+            )
+            .await;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        c.revive(2).await;
+    }
+    let report = repair_everywhere(&whole).await;
+    let cut = repair_everywhere(&c).await;
+    assert!(report.failures.is_empty() && cut.failures.is_empty());
+    // Every node holds every key (RF=3 on 3 nodes): 3 x 16 ranges, one of
+    // them wrapping, when whole.
+    assert_eq!(report.spans, 49, "{report:?}");
+    assert!(cut.spans >= 3 * report.spans, "{cut:?} against {report:?}");
+    assert_eq!(cut.entries_sent, report.entries_sent, "{cut:?}");
+    assert_eq!(cut.partitions_repaired, 200, "{cut:?}");
+    for k in 0..200 {
+        assert_eq!(
+            local_rows(&c, 2, k).await,
+            vec![(Value::Int(1), Value::Int(k))],
+            "key {k} on node 2"
+        );
+    }
 }

@@ -641,6 +641,13 @@ impl LocalStore {
         }
     }
 
+    /// About how many bytes of `table` this node holds (SSTables and
+    /// memtables), opening its engine if it is not open.
+    pub fn table_data_bytes(&self, table: &TableRef) -> Result<u64, QueryError> {
+        let stats = self.engine(table)?.stats();
+        Ok(stats.sstable_bytes + stats.memtable_bytes)
+    }
+
     /// Writes the memtables of every table to SSTables, then runs the
     /// compactions that became due, and returns when both are done (like
     /// `nodetool flush` followed by waiting for compactions to finish).

@@ -135,6 +135,8 @@ pub struct EngineStats {
     pub sstable_bytes: u64,
     /// Memtables not yet flushed (active and frozen).
     pub memtables: usize,
+    /// About how many bytes those memtables hold.
+    pub memtable_bytes: u64,
     /// Compactions run.
     pub compactions: u64,
     /// The row cache's hits, misses and size.
@@ -1039,6 +1041,12 @@ impl Engine {
             sstables: snap.tables.len(),
             sstable_bytes: snap.tables.iter().map(|t| t.record.size_bytes).sum(),
             memtables: 1 + snap.frozen.len(),
+            memtable_bytes: (snap.active.approximate_bytes()
+                + snap
+                    .frozen
+                    .iter()
+                    .map(|f| f.mem.approximate_bytes())
+                    .sum::<usize>()) as u64,
             compactions: self.inner.compactions.load(Ordering::Relaxed),
             row_cache: self.inner.row_cache.stats(),
             log_syncs: self.inner.log.sync_latency(),

@@ -32,20 +32,59 @@ pub struct RepairTuning {
     /// A differing slice with at most this many partitions (on the replica
     /// holding most) is streamed rather than cut finer.
     pub leaf_partitions: u64,
-    /// Most comparison rounds for one range.
+    /// Most comparison rounds for one span.
     pub max_levels: u8,
+    /// About how many bytes of a table one span should hold at most: a
+    /// range holding more of this node's data is cut into spans of equal
+    /// token width, so that a replica hashes each one well within the
+    /// coordinator's timeout for it. 0 never cuts a range.
+    pub span_bytes: u64,
 }
 
 impl Default for RepairTuning {
-    /// 256 slices per round, up to three rounds (`2^24` slices of a range
-    /// at the finest), slices of up to 64 partitions streamed.
+    /// 256 slices per round, up to three rounds (`2^24` slices of a span
+    /// at the finest), slices of up to 64 partitions streamed, spans of
+    /// about 256 MiB (a few seconds to hash at full speed, four at the
+    /// default stream limit).
     fn default() -> Self {
         RepairTuning {
             slice_depth: 8,
             leaf_partitions: 64,
             max_levels: 3,
+            span_bytes: 256 << 20,
         }
     }
+}
+
+/// Most spans one range is cut into.
+const MAX_PIECES: u128 = 1 << 16;
+
+/// How many spans of equal width `[lo, hi]` is cut into so that each
+/// holds about `span_bytes` at most, when this node holds `table_bytes`
+/// of the table over token ranges `held_width` wide (data is spread
+/// evenly over tokens by the partitioner).
+fn pieces_for(lo: Token, hi: Token, table_bytes: u64, held_width: u128, span_bytes: u64) -> u64 {
+    let width = u128::from(hi - lo) + 1;
+    if held_width == 0 || span_bytes == 0 {
+        return 1;
+    }
+    let estimate = u128::from(table_bytes) * width / held_width;
+    let pieces = estimate.div_ceil(u128::from(span_bytes));
+    pieces.clamp(1, MAX_PIECES.min(width)) as u64
+}
+
+/// `[lo, hi]` cut into `pieces` contiguous spans of equal width (within
+/// one token), in order.
+fn split_span(lo: Token, hi: Token, pieces: u64) -> Vec<(Token, Token)> {
+    let width = u128::from(hi - lo) + 1;
+    let pieces = u128::from(pieces).clamp(1, width);
+    (0..pieces)
+        .map(|i| {
+            let start = u128::from(lo) + width * i / pieces;
+            let end = u128::from(lo) + width * (i + 1) / pieces - 1;
+            (start as Token, end as Token)
+        })
+        .collect()
 }
 
 /// How long a replica may take to hash a span: it reads all its data in
@@ -183,10 +222,22 @@ impl ClusterStore {
         let mut report = RepairReport::default();
         // Every (table, span, replicas) first, so progress has a total.
         let mut work = Vec::new();
+        let span_bytes = self.inner.config.repair.span_bytes;
         for table in tables {
             let rf = self.rf(&table.keyspace)?;
             report.tables += 1;
-            for (range, replicas) in ring.range_replicas(rf) {
+            let ranges = ring.range_replicas(rf);
+            // This node's data of the table sizes the spans (replicas of a
+            // range hold about the same).
+            let held_width: u128 = ranges
+                .iter()
+                .filter(|(_, replicas)| replicas.contains(&me))
+                .map(|(range, _)| range.width())
+                .sum();
+            // A table this node cannot open is compared in whole ranges,
+            // and each span then reports why it failed.
+            let table_bytes = self.inner.local.table_data_bytes(table).unwrap_or(0);
+            for (range, replicas) in ranges {
                 let mine = if primary_only {
                     replicas.first() == Some(&me)
                 } else {
@@ -194,7 +245,11 @@ impl ClusterStore {
                 };
                 if mine {
                     for span in range.spans() {
-                        work.push((table, *span.start(), *span.end(), replicas.clone()));
+                        let (lo, hi) = (*span.start(), *span.end());
+                        let pieces = pieces_for(lo, hi, table_bytes, held_width, span_bytes);
+                        for (lo, hi) in split_span(lo, hi, pieces) {
+                            work.push((table, lo, hi, replicas.clone()));
+                        }
                     }
                 }
             }
@@ -321,5 +376,53 @@ impl ClusterStore {
                 ))),
             })
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn a_range_is_cut_by_the_share_of_the_node_s_data_it_holds() {
+        let mib = 1u64 << 20;
+        // A quarter of what the node holds, 1 GiB of 4: four spans of
+        // 256 MiB.
+        let held = 1u128 << 64;
+        let quarter = (u64::MAX / 4) - 1;
+        assert_eq!(pieces_for(0, quarter, 4096 * mib, held, 256 * mib), 4);
+        // Little data, no limit, nothing held: one span.
+        assert_eq!(pieces_for(0, quarter, 10 * mib, held, 256 * mib), 1);
+        assert_eq!(pieces_for(0, quarter, 4096 * mib, held, 0), 1);
+        assert_eq!(pieces_for(0, quarter, 4096 * mib, 0, 256 * mib), 1);
+        // Never more pieces than tokens, nor than MAX_PIECES.
+        assert_eq!(pieces_for(7, 9, u64::MAX, 3, 1), 3);
+        assert_eq!(
+            pieces_for(0, u64::MAX, u64::MAX, held, 1) as u128,
+            MAX_PIECES
+        );
+    }
+
+    proptest! {
+        #[test]
+        fn split_spans_cover_the_span_in_order_with_equal_widths(
+            lo in any::<u64>(),
+            len in prop_oneof![0u64..10, any::<u64>()],
+            pieces in 1u64..300,
+        ) {
+            let hi = lo.saturating_add(len);
+            let spans = split_span(lo, hi, pieces);
+            let width = u128::from(hi - lo) + 1;
+            prop_assert_eq!(spans.len() as u128, u128::from(pieces).min(width));
+            prop_assert_eq!(spans[0].0, lo);
+            prop_assert_eq!(spans[spans.len() - 1].1, hi);
+            for pair in spans.windows(2) {
+                prop_assert_eq!(pair[0].1.checked_add(1), Some(pair[1].0));
+            }
+            let widths: Vec<u128> = spans.iter().map(|(a, b)| u128::from(b - a) + 1).collect();
+            let (min, max) = (widths.iter().min(), widths.iter().max());
+            prop_assert!(max.zip(min).is_some_and(|(max, min)| max - min <= 1), "{:?}", widths);
+        }
     }
 }
